@@ -1,0 +1,328 @@
+"""flashvlm-export: export FlashVLM token selection as static ONNX graphs (and TensorRT engines).
+
+flashvlm-export --model llava15 --budget 128 --random-weights     export graphs/llava15_b128.onnx
+flashvlm-export parity --graph graphs/llava15_b128.onnx --random-weights
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from flashvlm_export import __version__
+from flashvlm_export.errors import FlashVLMError, ParityError, UsageError
+
+SUBCOMMANDS = ("parity",)
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse with one-line errors and exit code 2."""
+
+    def error(self, message: str):  # noqa: D401 - argparse API
+        raise UsageError(f"{message}; see {self.prog} --help")
+
+
+def log(message: str) -> None:
+    print(message, flush=True)
+
+
+# ---------------------------------------------------------------- shared flags
+
+
+def _add_model_flags(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("model and weights")
+    g.add_argument("--model", default="llava15", help="model spec name (default: llava15; llava15-tiny is a test-size model)")
+    g.add_argument(
+        "--model-path",
+        metavar="DIR",
+        help="local checkpoint directory (config.json + *.safetensors); default: the local HF cache",
+    )
+    g.add_argument(
+        "--random-weights", action="store_true", help="build the exact architecture with seeded random weights, offline"
+    )
+    g.add_argument("--seed", type=int, default=0, help="seed of --random-weights (default: 0)")
+
+
+def _add_graph_flags(p: argparse.ArgumentParser, many_budgets: bool) -> None:
+    g = p.add_argument_group("graph shape")
+    g.add_argument(
+        "--budget",
+        default="128",
+        help="visual tokens kept, K (2 <= K <= N)"
+        + ("; a comma list exports several from one model load" if many_budgets else ""),
+    )
+    g.add_argument("--t-max", type=int, help="padded text rows T_max of the static graph (default: the model's, 128 for llava15)")
+    g.add_argument("--batch", type=int, default=1, help="static batch size B (default: 1)")
+    g.add_argument("--image-size", type=int, help="input image side; must equal the model's (336 for llava15)")
+    g.add_argument("--selector-only", action="store_true", help="export the selection core alone (inputs X, a, P(X), T, mask)")
+    g.add_argument(
+        "--n-tokens", type=int, help="with --selector-only: visual tokens N per image if not the model's (own encoder, video)"
+    )
+
+
+def _add_selector_flags(p: argparse.ArgumentParser) -> None:
+    from flashvlm_export.selector.config import GATES, SelectorConfig
+
+    d = SelectorConfig()
+    g = p.add_argument_group("selector hyperparameters (shared/ALGORITHM.md; defaults are the authors')")
+    g.add_argument("--eta", type=float, default=d.eta, help=f"log-fusion weight of the text score (default: {d.eta})")
+    g.add_argument(
+        "--text-temperature",
+        type=float,
+        default=d.text_temperature,
+        help=f"softmax temperature over text tokens (default: {d.text_temperature})",
+    )
+    g.add_argument(
+        "--patch-temperature",
+        type=float,
+        default=d.patch_temperature,
+        help=f"softmax temperature over patches (default: {d.patch_temperature})",
+    )
+    g.add_argument("--power", type=float, default=d.power, help=f"power-law sharpening exponent (default: {d.power})")
+    g.add_argument("--top-p", type=float, default=d.top_p, help=f"top-p gate keeps q >= quantile(1 - top_p) (default: {d.top_p})")
+    g.add_argument(
+        "--attenuation", type=float, default=d.attenuation, help=f"factor on q below the gate (default: {d.attenuation})"
+    )
+    g.add_argument(
+        "--important-ratio",
+        type=float,
+        default=d.important_ratio,
+        help=f"K_imp = floor(ratio * K) (default: {d.important_ratio})",
+    )
+    g.add_argument("--step", type=int, default=d.step, help=f"tokens pruned per round at most (default: {d.step})")
+    g.add_argument(
+        "--max-rounds", type=int, default=d.max_rounds, help="cap on pruning rounds; raises --step to fit (default: no cap)"
+    )
+    g.add_argument("--gate", choices=GATES, default=d.gate, help=f"query gating (default: {d.gate})")
+
+
+def _selector_config(args):
+    from flashvlm_export.selector.config import SelectorConfig
+
+    return SelectorConfig(
+        eta=args.eta,
+        text_temperature=args.text_temperature,
+        patch_temperature=args.patch_temperature,
+        power=args.power,
+        top_p=args.top_p,
+        attenuation=args.attenuation,
+        important_ratio=args.important_ratio,
+        step=args.step,
+        max_rounds=args.max_rounds,
+        gate=args.gate,
+    )
+
+
+def _budgets(text: str, n_tokens: int, model: str) -> list[int]:
+    budgets = []
+    for item in text.split(","):
+        try:
+            k = int(item)
+        except ValueError:
+            raise UsageError(f"--budget {item!r} is not an integer; pass e.g. --budget 128 or --budget 128,64,32") from None
+        if not 2 <= k <= n_tokens:
+            raise UsageError(f"--budget {k} is out of range: {model} has N={n_tokens} visual tokens; use 2 <= K <= {n_tokens}")
+        budgets.append(k)
+    if len(set(budgets)) != len(budgets):
+        raise UsageError(f"--budget {text} repeats a value; list each budget once")
+    return budgets
+
+
+def _requests(args, many_budgets: bool):
+    from flashvlm_export.export.graphs import ExportRequest
+    from flashvlm_export.models.spec import get_spec
+
+    spec = get_spec(args.model)
+    if args.image_size is not None and args.image_size != spec.image_size:
+        raise UsageError(
+            f"--image-size {args.image_size} does not fit {spec.name}: it takes {spec.image_size}x{spec.image_size} images "
+            f"(N={spec.n_tokens} tokens); resize the image or drop --image-size"
+        )
+    t_max = spec.t_max if args.t_max is None else args.t_max
+    if t_max < 1:
+        raise UsageError(f"--t-max {t_max} must be >= 1 (room for the prompt's text tokens)")
+    if args.batch < 1:
+        raise UsageError(f"--batch {args.batch} must be >= 1")
+    n_tokens = spec.n_tokens
+    if args.n_tokens is not None:
+        from flashvlm_export.selector.static import TOPK_LIMIT
+
+        if not args.selector_only:
+            raise UsageError(f"--n-tokens {args.n_tokens} needs --selector-only: the full graph's N comes from the image size")
+        if not 2 <= args.n_tokens <= TOPK_LIMIT:
+            raise UsageError(f"--n-tokens {args.n_tokens} is out of range; use 2 <= N <= {TOPK_LIMIT} (TensorRT's TopK limit)")
+        n_tokens = args.n_tokens
+    budgets = _budgets(args.budget, n_tokens, spec.name)
+    if not many_budgets and len(budgets) > 1:
+        raise UsageError(f"--budget {args.budget}: this command takes one budget")
+    config = _selector_config(args)
+    return spec, [ExportRequest(spec, k, t_max, args.batch, config, args.selector_only, args.n_tokens) for k in budgets]
+
+
+def _load_parts(spec, args, weights_meta: str | None = None):
+    from flashvlm_export.artifacts import StepTimer
+    from flashvlm_export.models.llava import get_parts
+
+    random_weights, seed, model_path = args.random_weights, args.seed, args.model_path
+    if not random_weights and model_path is None and weights_meta and weights_meta.startswith("random:"):
+        random_weights, seed = True, int(weights_meta.split(":", 1)[1])  # rebuild the graph's own weights
+    timer = StepTimer("Model")
+    parts = get_parts(spec, model_path, random_weights, seed)
+    timer.done(f"loaded {spec.name} ({parts.source})")
+    return parts
+
+
+def _weights_tag(parts) -> str:
+    return f"random:{parts.source.rsplit(' ', 1)[-1]}" if parts.source.startswith("random") else parts.source
+
+
+# ---------------------------------------------------------------- export (the main job)
+
+
+def export_parser() -> argparse.ArgumentParser:
+    p = _Parser(
+        prog="flashvlm-export",
+        description="Export the vision encoder, projector and FlashVLM selector as one static-shape ONNX graph.",
+        epilog="subcommands: flashvlm-export parity --help (token-index parity against the PyTorch reference)",
+    )
+    p.add_argument("--version", action="version", version=f"flashvlm-export {__version__}")
+    _add_model_flags(p)
+    _add_graph_flags(p, many_budgets=True)
+    _add_selector_flags(p)
+    o = p.add_argument_group("output")
+    o.add_argument("--out", metavar="PATH", help="graph file (one budget only); default: graphs/<model>[_selector]_b<K>.onnx")
+    o.add_argument("--out-dir", metavar="DIR", default="graphs", help="folder for default-named graphs (default: graphs)")
+    o.add_argument("--force", action="store_true", help="overwrite existing graphs and sidecars")
+    o.add_argument("--opset", type=int, default=18, help="ONNX opset, >= 17 (default: 18)")
+    o.add_argument(
+        "--exporter", choices=("dynamo", "torchscript"), default="dynamo", help="torch.onnx exporter (default: dynamo)"
+    )
+    return p
+
+
+def _graph_paths(args, requests) -> list[Path]:
+    from flashvlm_export.artifacts import graph_name
+
+    if args.out is not None:
+        if len(requests) > 1:
+            raise UsageError("--out names one file but --budget lists several; use --out-dir for several budgets")
+        if not args.out.endswith(".onnx"):
+            raise UsageError(f"--out {args.out} must end in .onnx")
+        return [Path(args.out)]
+    return [Path(args.out_dir) / graph_name(r.spec.name, r.budget, r.selector_only, r.batch, r.n_tokens) for r in requests]
+
+
+def run_export(argv: list[str]) -> int:
+    from flashvlm_export.artifacts import StepTimer, check_writable
+    from flashvlm_export.export.onnx_export import export_onnx
+
+    args = export_parser().parse_args(argv)
+    if args.opset < 17:
+        raise UsageError(f"--opset {args.opset} is too old: LayerNormalization needs 17; use --opset 17 or newer")
+    spec, requests = _requests(args, many_budgets=True)
+    paths = _graph_paths(args, requests)
+    check_writable(paths, args.force)
+    parts = None if args.selector_only else _load_parts(spec, args)
+    weights = None if parts is None else _weights_tag(parts)
+    for request, path in zip(requests, paths, strict=True):
+        timer = StepTimer("ONNX")
+        export_onnx(request.module(parts), request.graph_io(), path, request.metadata(weights), args.opset, args.exporter)
+        timer.done(f"export success ({request.kind} graph, K={request.budget}, B={request.batch}, T_max={request.t_max})", path)
+    weights_flag = ""
+    if parts is not None:
+        weights_flag = " --random-weights" if weights.startswith("random") else f" --model-path {parts.source}"
+    log(f"Done. Check it: flashvlm-export parity --graph {paths[0]}{weights_flag}")
+    return 0
+
+
+# ---------------------------------------------------------------- parity
+
+
+def parity_parser() -> argparse.ArgumentParser:
+    p = _Parser(
+        prog="flashvlm-export parity",
+        description=(
+            "Token-index parity of an exported graph against the PyTorch reference: reference vs static torch vs "
+            "ONNX Runtime on a seeded corpus. Exit 0 when every image matches or differs only by a near-tie."
+        ),
+    )
+    p.add_argument(
+        "--graph", metavar="PATH", help="graph to check; default: export a selector graph for --model/--budget to a temp dir"
+    )
+    _add_model_flags(p)
+    _add_graph_flags(p, many_budgets=False)
+    _add_selector_flags(p)
+    c = p.add_argument_group("corpus and records")
+    c.add_argument("--corpus-seed", type=int, default=0, help="seed of the parity corpus (default: 0)")
+    c.add_argument("--repeats", type=int, default=2, help="instances of each corpus case (default: 2)")
+    c.add_argument("--load-inputs", metavar="JSON", help="run these Polygraphy-format inputs instead of the corpus")
+    c.add_argument(
+        "--save-dir",
+        metavar="DIR",
+        default="graphs/parity",
+        help="where the Polygraphy inputs/outputs JSON go (default: graphs/parity)",
+    )
+    c.add_argument("--no-save", action="store_true", help="do not write Polygraphy records")
+    return p
+
+
+def run_parity_command(argv: list[str]) -> int:
+    from flashvlm_export.export.graphs import request_from_metadata
+    from flashvlm_export.export.onnx_export import export_onnx
+    from flashvlm_export.parity.run import graph_metadata, load_cases, run_parity
+
+    args = parity_parser().parse_args(argv)
+    if args.repeats < 1:
+        raise UsageError(f"--repeats {args.repeats} must be >= 1")
+    cases = load_cases(Path(args.load_inputs)) if args.load_inputs else None
+    save_dir = None if args.no_save else Path(args.save_dir)
+    with tempfile.TemporaryDirectory(prefix="flashvlm-parity-") as scratch:
+        if args.graph is None:
+            args.selector_only = True
+            _, (request,) = _requests(args, many_budgets=False)
+            graph = Path(scratch) / "selector.onnx"
+            start = time.perf_counter()
+            export_onnx(request.module(), request.graph_io(), graph, request.metadata(None))
+            log(
+                f"ONNX: exported the {request.spec.name} selector at K={request.budget} for the check {time.perf_counter() - start:.1f}s"
+            )
+        else:
+            graph = Path(args.graph)
+        meta = graph_metadata(graph)
+        request = request_from_metadata(meta, str(graph))
+        parts = None if request.selector_only else _load_parts(request.spec, args, meta.get("weights"))
+        start = time.perf_counter()
+        reports = run_parity(graph, parts, args.corpus_seed, args.repeats, cases, save_dir, log=log)
+        elapsed = time.perf_counter() - start
+    failed = [r for r in reports if not r]
+    if failed:
+        log(f"FAILED: {', '.join(r.backend for r in failed)} differ from the reference beyond near-ties ({elapsed:.1f}s)")
+        raise ParityError("parity failed")
+    log(f"PASSED: every backend matches the reference (near-ties reported above) ({elapsed:.1f}s)")
+    return 0
+
+
+# ---------------------------------------------------------------- entry point
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    try:
+        if argv and argv[0] == "parity":
+            return run_parity_command(argv[1:])
+        return run_export(argv)
+    except ParityError:
+        return ParityError.exit_code
+    except FlashVLMError as exc:
+        print(f"flashvlm-export: error: {exc}", file=sys.stderr, flush=True)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        print("flashvlm-export: interrupted; no partial files were kept", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,21 @@
+"""One error family. Every message states the bad value and the fix; the CLI prints it on one line, exit 2."""
+
+
+class FlashVLMError(Exception):
+    """Base class for errors the CLI reports as one line with exit code 2."""
+
+    exit_code = 2
+
+
+class UsageError(FlashVLMError):
+    """Bad user input: a flag, a file, a shape or a value."""
+
+
+class MissingDependencyError(FlashVLMError):
+    """An optional dependency (TensorRT, a GPU, a plugin library) is not available."""
+
+
+class ParityError(FlashVLMError):
+    """A backend's indices differ from the reference beyond near-ties."""
+
+    exit_code = 1

@@ -1,0 +1,1 @@
+"""ONNX export of the selector core and the full LLaVA pipeline."""

@@ -1,0 +1,108 @@
+"""What gets exported: the full pipeline or the selector core, declared from a request.
+
+A graph's metadata holds everything needed to rebuild its reference (model, budget, T_max, batch,
+every selector hyperparameter, where the weights came from), so parity needs only the file.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+
+import torch
+
+from flashvlm_export.errors import UsageError
+from flashvlm_export.export.onnx_export import GraphIO
+from flashvlm_export.models.spec import ModelSpec, get_spec
+from flashvlm_export.models.vision import FlashVLMPipeline
+from flashvlm_export.parity.corpus import PIPELINE_INPUTS, SELECTOR_INPUTS
+from flashvlm_export.selector.config import SelectorConfig
+from flashvlm_export.selector.schedule import round_schedule
+from flashvlm_export.selector.static import StaticSelector
+
+FULL_OUTPUTS = ("indices", "visual_embeds")
+SELECTOR_OUTPUTS = ("indices",)
+
+
+@dataclass(frozen=True)
+class ExportRequest:
+    spec: ModelSpec
+    budget: int  # K
+    t_max: int  # padded text rows
+    batch: int  # static batch B
+    config: SelectorConfig
+    selector_only: bool
+    n_tokens: int | None = None  # selector-only graphs may override the model's N (own encoder, video)
+
+    @property
+    def tokens(self) -> int:
+        return self.spec.n_tokens if self.n_tokens is None else self.n_tokens
+
+    @property
+    def kind(self) -> str:
+        return "selector" if self.selector_only else "full"
+
+    def selector(self) -> StaticSelector:
+        return StaticSelector(self.tokens, self.budget, self.config)
+
+    def graph_io(self) -> GraphIO:
+        s, b = self.spec, self.batch
+        gen = torch.Generator().manual_seed(0)
+        text = torch.randn(b, self.t_max, s.text_hidden, generator=gen)
+        mask = torch.zeros(b, self.t_max, dtype=torch.bool)
+        mask[:, : max(1, self.t_max // 2)] = True
+        if self.selector_only:
+            inputs = (
+                torch.randn(b, self.tokens, s.vision_hidden, generator=gen),
+                torch.rand(b, self.tokens, generator=gen),
+                torch.randn(b, self.tokens, s.text_hidden, generator=gen),
+                text,
+                mask,
+            )
+            return GraphIO(SELECTOR_INPUTS, SELECTOR_OUTPUTS, inputs)
+        pixels = torch.randn(b, 3, s.image_size, s.image_size, generator=gen)
+        return GraphIO(PIPELINE_INPUTS, FULL_OUTPUTS, (pixels, text, mask))
+
+    def module(self, parts=None) -> torch.nn.Module:
+        if self.selector_only:
+            return self.selector()
+        if parts is None:
+            raise ValueError("the full graph needs the model's parts")
+        return FlashVLMPipeline(parts.vision_features(), parts.projector, self.selector())
+
+    def metadata(self, weights: str | None) -> dict[str, str]:
+        schedule = round_schedule(self.tokens, self.budget, self.config)
+        values = dict(
+            graph=self.kind,
+            model=self.spec.name,
+            budget=self.budget,
+            t_max=self.t_max,
+            batch=self.batch,
+            n_tokens=self.tokens,
+            image_size=self.spec.image_size,
+            vision_hidden=self.spec.vision_hidden,
+            text_hidden=self.spec.text_hidden,
+            k_imp=schedule.k_imp,
+            k_div=schedule.k_div,
+            step=schedule.step,
+            n_rounds=schedule.n_rounds,
+            selector_config=json.dumps(self.config.to_dict(), sort_keys=True),
+        )
+        if weights is not None:
+            values["weights"] = weights
+        return {key: str(value) for key, value in values.items()}
+
+
+def request_from_metadata(meta: dict[str, str], source: str) -> ExportRequest:
+    try:
+        return ExportRequest(
+            spec=get_spec(meta["model"]),
+            budget=int(meta["budget"]),
+            t_max=int(meta["t_max"]),
+            batch=int(meta["batch"]),
+            config=SelectorConfig.from_dict(json.loads(meta["selector_config"])),
+            selector_only=meta["graph"] == "selector",
+            n_tokens=int(meta["n_tokens"]),
+        )
+    except KeyError as exc:
+        raise UsageError(f"{source} lacks flashvlm metadata {exc}; export it with flashvlm-export") from None

@@ -1,0 +1,144 @@
+"""LLaVA-1.5 parts as LlavaModel composes them: vision tower, projector, text embeddings.
+
+Weights come from a local directory (--model-path) or the local Hugging Face cache, never the
+network; or seeded random weights for the exact architecture (--random-weights). Only the three
+parts the export needs are materialised, so a 7B checkpoint costs ~1.3 GB of RAM, not ~28 GB.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from flashvlm_export.errors import UsageError
+from flashvlm_export.models.spec import ModelSpec
+from flashvlm_export.models.vision import VisionFeatures
+
+# checkpoint key prefixes (llava-hf original layout, and transformers >= 4.52 layout) -> part
+PREFIXES = {
+    "vision_tower": ("model.vision_tower.vision_model.", "vision_tower.vision_model.", "model.vision_tower."),
+    "projector": ("model.multi_modal_projector.", "multi_modal_projector."),
+    "embed_tokens": ("model.language_model.embed_tokens.", "language_model.model.embed_tokens.", "model.embed_tokens."),
+}
+
+
+@dataclass
+class LlavaParts:
+    spec: ModelSpec
+    config: object  # transformers LlavaConfig
+    vision_tower: nn.Module  # CLIPVisionModel, eager attention
+    projector: nn.Module  # LlavaMultiModalProjector
+    embed_tokens: nn.Module | None  # Llama embed_tokens, when asked for
+    source: str  # where the weights came from, for metadata
+
+    def vision_features(self) -> VisionFeatures:
+        return VisionFeatures(self.vision_tower, self.config.vision_feature_layer)
+
+
+def _build(config, with_embeddings: bool):
+    from transformers import AutoModel
+    from transformers.models.llava.modeling_llava import LlavaMultiModalProjector
+
+    config.vision_config._attn_implementation = "eager"
+    vision_tower = AutoModel.from_config(config.vision_config, attn_implementation="eager")
+    projector = LlavaMultiModalProjector(config)
+    embed = None
+    if with_embeddings:
+        text = config.text_config
+        embed = nn.Embedding(text.vocab_size, text.hidden_size, padding_idx=getattr(text, "pad_token_id", None))
+        nn.init.normal_(embed.weight, std=getattr(text, "initializer_range", 0.02))
+    return vision_tower, projector, embed
+
+
+def random_parts(spec: ModelSpec, seed: int = 0, with_embeddings: bool = False) -> LlavaParts:
+    """The exact architecture with weights from torch.manual_seed(seed)."""
+    torch.manual_seed(seed)
+    config = spec.llava_config()
+    vision_tower, projector, embed = _build(config, with_embeddings)
+    return _finish(LlavaParts(spec, config, vision_tower, projector, embed, f"random weights, seed {seed}"))
+
+
+def resolve_weights_dir(spec: ModelSpec, model_path: str | None) -> Path:
+    """--model-path, else the local HF cache; never a download."""
+    fix = "pass --model-path DIR (a local checkpoint) or --random-weights (the architecture, seeded random weights)"
+    if model_path is not None:
+        path = Path(model_path).expanduser()
+        if not (path / "config.json").is_file() or not list(path.glob("*.safetensors")):
+            raise UsageError(f"--model-path {model_path} holds no config.json and *.safetensors; {fix}")
+        return path
+    if not spec.hf_repo:
+        raise UsageError(f"--model {spec.name} has no published weights; use --random-weights")
+    try:
+        from huggingface_hub import snapshot_download
+
+        return Path(snapshot_download(spec.hf_repo, local_files_only=True))
+    except Exception:
+        cache = os.environ.get("HF_HUB_CACHE") or os.environ.get("HF_HOME") or "~/.cache/huggingface"
+        raise UsageError(
+            f"no weights for --model {spec.name}: {spec.hf_repo} is not in the local Hugging Face cache "
+            f"({cache}) and nothing is downloaded at run time; {fix}"
+        ) from None
+
+
+def _check_geometry(spec: ModelSpec, config) -> None:
+    vision = config.vision_config
+    got = (vision.image_size, vision.patch_size, vision.hidden_size, config.text_config.hidden_size)
+    want = (spec.image_size, spec.patch_size, spec.vision_hidden, spec.text_hidden)
+    if got != want:
+        raise UsageError(
+            f"checkpoint geometry (image, patch, Dv, Dl) = {got} does not match --model {spec.name} {want}; "
+            "pick the --model that matches the checkpoint"
+        )
+
+
+def load_parts(spec: ModelSpec, model_path: str | None = None, with_embeddings: bool = False) -> LlavaParts:
+    """Real weights from a local directory or the HF cache, fp32."""
+    from safetensors import safe_open
+    from transformers import LlavaConfig
+
+    path = resolve_weights_dir(spec, model_path)
+    config = LlavaConfig.from_pretrained(str(path))
+    _check_geometry(spec, config)
+    vision_tower, projector, embed = _build(config, with_embeddings)
+    targets = {"vision_tower": vision_tower, "projector": projector}
+    if embed is not None:
+        targets["embed_tokens"] = embed
+    states: dict[str, dict[str, torch.Tensor]] = {name: {} for name in targets}
+    for file in sorted(path.glob("*.safetensors")):
+        with safe_open(str(file), framework="pt") as f:
+            for key in f.keys():
+                for part, prefixes in PREFIXES.items():
+                    if part not in targets:
+                        continue
+                    prefix = next((p for p in prefixes if key.startswith(p)), None)
+                    if prefix is not None:
+                        states[part][key[len(prefix) :]] = f.get_tensor(key).to(torch.float32)
+                        break
+    for part, module in targets.items():
+        missing, unexpected = module.load_state_dict(states[part], strict=False)
+        missing = [k for k in missing if not k.endswith("position_ids")]
+        if missing:
+            raise UsageError(
+                f"checkpoint {path} lacks {len(missing)} {part} weights (e.g. {missing[0]}); "
+                "point --model-path at a complete LLaVA-1.5 checkpoint"
+            )
+    return _finish(LlavaParts(spec, config, vision_tower, projector, embed, str(path)))
+
+
+def _finish(parts: LlavaParts) -> LlavaParts:
+    for module in (parts.vision_tower, parts.projector, parts.embed_tokens):
+        if module is not None:
+            module.eval().requires_grad_(False)
+    return parts
+
+
+def get_parts(spec: ModelSpec, model_path: str | None, random_weights: bool, seed: int = 0, with_embeddings=False):
+    if random_weights and model_path is not None:
+        raise UsageError("--random-weights and --model-path exclude each other; pass one")
+    if random_weights:
+        return random_parts(spec, seed, with_embeddings)
+    return load_parts(spec, model_path, with_embeddings)

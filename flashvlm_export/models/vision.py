@@ -1,0 +1,64 @@
+"""The exported modules: LLaVA's vision features with CLS saliency, and the whole pipeline."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+
+class VisionFeatures(nn.Module):
+    """pixel_values (B, 3, H, W) -> X = hidden_states[layer][:, 1:] (B, N, Dv) and a (B, N).
+
+    a is attentions[layer][:, :, 0, 1:] averaged over heads: the CLS row of the same layer's
+    post-softmax attention. Only the layers up to the feature layer run; the rest would be
+    discarded by LLaVA anyway. The feature layer's forward is CLIPEncoderLayer's, spelled out so
+    that its eager attention weights are kept.
+    """
+
+    def __init__(self, vision_tower: nn.Module, feature_layer: int):
+        super().__init__()
+        layers = vision_tower.encoder.layers
+        self.feature_index = len(layers) + feature_layer  # hidden_states[-2] is the output of layer n-2
+        if not 0 <= self.feature_index < len(layers):
+            raise ValueError(f"vision_feature_layer={feature_layer} out of range for {len(layers)} layers")
+        if vision_tower.config._attn_implementation != "eager":
+            raise ValueError("the vision tower needs eager attention to return CLS attention weights")
+        self.embeddings = vision_tower.embeddings
+        self.pre_layrnorm = vision_tower.pre_layrnorm
+        self.layers = nn.ModuleList(layers[: self.feature_index + 1])
+
+    def forward(self, pixel_values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        h = self.pre_layrnorm(self.embeddings(pixel_values))  # (B, 1 + N, Dv)
+        for layer in self.layers[:-1]:
+            h = layer(h, None)
+        layer = self.layers[-1]
+        attn_out, attn_weights = layer.self_attn(layer.layer_norm1(h), None)  # weights (B, heads, 1+N, 1+N)
+        h = h + attn_out
+        h = h + layer.mlp(layer.layer_norm2(h))
+        cls_attention = attn_weights[:, :, 0, 1:].mean(dim=1)  # (B, N)
+        return h[:, 1:], cls_attention
+
+
+class FlashVLMPipeline(nn.Module):
+    """(pixel_values, text_embeds, text_mask) -> (indices (B, K) int64 ascending, visual_embeds (B, K, Dl)).
+
+    With features_out=True it also returns X, a and P(X), so a test can run the reference on the
+    graph's own features and check the selector's wiring apart from encoder rounding.
+    """
+
+    def __init__(self, vision: VisionFeatures, projector: nn.Module, selector: nn.Module, features_out: bool = False):
+        super().__init__()
+        self.vision = vision
+        self.projector = projector
+        self.selector = selector
+        self.features_out = features_out
+
+    def forward(self, pixel_values, text_embeds, text_mask):
+        vision_features, cls_attention = self.vision(pixel_values)
+        projected = self.projector(vision_features)  # (B, N, Dl)
+        indices = self.selector(vision_features, cls_attention, projected, text_embeds, text_mask)
+        gather_index = indices[..., None].expand(-1, -1, projected.shape[-1])
+        visual_embeds = torch.gather(projected, 1, gather_index)
+        if self.features_out:
+            return indices, visual_embeds, vision_features, cls_attention, projected
+        return indices, visual_embeds

@@ -1,0 +1,173 @@
+"""The seeded parity corpus: structured scenes, random inputs and edge cases, batch-first numpy.
+
+Selector cases feed the selection core (X, a, P(X), T, mask). Pipeline cases feed the full graph
+(pixels, T, mask). Every image of a batch gets its own scene and its own text, so batch handling
+is exercised by every case.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+SELECTOR_INPUTS = ("vision_features", "cls_attention", "projected_features", "text_embeds", "text_mask")
+PIPELINE_INPUTS = ("pixel_values", "text_embeds", "text_mask")
+
+
+@dataclass(frozen=True)
+class Geometry:
+    n_tokens: int  # N
+    vision_hidden: int  # Dv
+    text_hidden: int  # Dl
+    t_max: int  # padded text rows
+    batch: int  # static batch of the graph
+
+
+@dataclass
+class Case:
+    name: str
+    feeds: dict[str, np.ndarray]  # batch-first arrays, keyed by graph input name
+    note: str = ""
+
+
+def _grid(n_tokens: int) -> int:
+    side = int(round(n_tokens**0.5))
+    return side if side * side == n_tokens else 0
+
+
+class _SceneMaker:
+    """Builds one image's selector inputs; P(X) is a fixed random map of X so V and Z agree."""
+
+    def __init__(self, geometry: Geometry, rng: np.random.Generator):
+        self.g = geometry
+        self.rng = rng
+        self.projection = (
+            rng.standard_normal((geometry.vision_hidden, geometry.text_hidden)) / np.sqrt(geometry.vision_hidden)
+        ).astype(np.float32)
+
+    def project(self, x: np.ndarray) -> np.ndarray:
+        return np.tanh(x @ self.projection).astype(np.float32)
+
+    def text(self, rows: np.ndarray | None, length: int) -> tuple[np.ndarray, np.ndarray]:
+        """(T_max, Dl) text padded with garbage (masked rows must not matter) and (T_max,) mask."""
+        g = self.g
+        length = min(length, g.t_max)
+        text = (self.rng.standard_normal((g.t_max, g.text_hidden)) * 50).astype(np.float32)  # garbage padding
+        mask = np.zeros(g.t_max, dtype=bool)
+        if length:
+            body = self.rng.standard_normal((length, g.text_hidden)).astype(np.float32) * 0.02
+            if rows is not None:
+                body[: len(rows)] = rows[:length]
+            text[:length] = body
+            mask[:length] = True
+        return text, mask
+
+    def random(self) -> dict:
+        g, rng = self.g, self.rng
+        x = rng.standard_normal((g.n_tokens, g.vision_hidden)).astype(np.float32)
+        a = rng.random(g.n_tokens).astype(np.float32) ** 2 / g.n_tokens
+        text, mask = self.text(None, int(rng.integers(1, g.t_max + 1)))
+        return dict(vision_features=x, cls_attention=a, projected_features=self.project(x), text_embeds=text, text_mask=mask)
+
+    def scene(self) -> dict:
+        """Redundant background clusters, a salient object, and a query aimed at a non-salient region."""
+        g, rng = self.g, self.rng
+        side = _grid(g.n_tokens) or 1
+        rows, cols = np.divmod(np.arange(g.n_tokens), side)
+        prototypes = rng.standard_normal((4, g.vision_hidden)).astype(np.float32)
+        band = np.minimum(rows * 4 // max(side, 1), 3)  # sky / wall / floor ... bands
+        x = prototypes[band] + 0.05 * rng.standard_normal((g.n_tokens, g.vision_hidden)).astype(np.float32)
+        r0, c0 = rng.integers(0, max(side - 6, 1), size=2)
+        salient = (rows >= r0) & (rows < r0 + 5) & (cols >= c0) & (cols < c0 + 5)
+        x[salient] = rng.standard_normal((int(salient.sum()), g.vision_hidden)).astype(np.float32)
+        q0, p0 = rng.integers(0, max(side - 4, 1), size=2)
+        queried = (rows >= q0) & (rows < q0 + 3) & (cols >= p0) & (cols < p0 + 3) & ~salient
+        x[queried] += 2.0 * rng.standard_normal(g.vision_hidden).astype(np.float32)
+        a = (0.2 + 0.05 * rng.random(g.n_tokens)).astype(np.float32)
+        a[salient] += 3.0
+        a /= a.sum()
+        p = self.project(x)
+        query_rows = p[queried][:8]  # the question "is about" the queried region
+        query_rows = query_rows + 0.01 * rng.standard_normal(query_rows.shape).astype(np.float32)
+        text, mask = self.text(query_rows, int(rng.integers(4, 24)))
+        return dict(vision_features=x, cls_attention=a, projected_features=p, text_embeds=text, text_mask=mask)
+
+    def ties(self) -> dict:
+        """Constant saliency, no text, features that are exact duplicates with exactly representable cosines."""
+        g, rng = self.g, self.rng
+        patterns = np.zeros((6, g.vision_hidden), dtype=np.float32)
+        for i in range(6):  # four ones each: norm exactly 2, cosines in {0, .25, .5, .75, 1}
+            patterns[i, (np.arange(4) + i) % g.vision_hidden] = 1.0
+        x = patterns[rng.integers(0, 6, size=g.n_tokens)]
+        a = np.full(g.n_tokens, 1.0 / g.n_tokens, dtype=np.float32)
+        text, mask = self.text(None, 0)
+        return dict(vision_features=x, cls_attention=a, projected_features=self.project(x), text_embeds=text, text_mask=mask)
+
+    def constant_saliency(self) -> dict:
+        case = self.random()
+        case["cls_attention"] = np.full(self.g.n_tokens, 0.5, dtype=np.float32)
+        return case
+
+    def duplicated_features(self) -> dict:
+        case = self.random()
+        x = case["vision_features"]
+        x[:] = x[self.rng.integers(0, 8, size=self.g.n_tokens)]  # eight distinct rows, many copies
+        case["projected_features"] = self.project(x)
+        return case
+
+    def empty_text(self) -> dict:
+        case = self.random()
+        case["text_embeds"], case["text_mask"] = self.text(None, 0)
+        return case
+
+    def padding(self) -> dict:
+        """Short text and loud garbage in every masked row: the mask alone must decide."""
+        case = self.random()
+        case["text_embeds"], case["text_mask"] = self.text(None, 3)
+        case["text_embeds"][3:] = 1e4
+        return case
+
+
+SELECTOR_CASES = ("scene", "random", "ties", "constant_saliency", "duplicated_features", "empty_text", "padding")
+
+
+def selector_corpus(geometry: Geometry, seed: int = 0, repeats: int = 2, names=SELECTOR_CASES) -> list[Case]:
+    """repeats x each named case, each a batch of geometry.batch different images."""
+    cases = []
+    for name in names:
+        for repeat in range(repeats):
+            rng = np.random.default_rng([seed, SELECTOR_CASES.index(name), repeat])
+            maker = _SceneMaker(geometry, rng)
+            images = [getattr(maker, name)() for _ in range(geometry.batch)]
+            feeds = {key: np.stack([im[key] for im in images]) for key in SELECTOR_INPUTS}
+            cases.append(Case(f"{name}#{repeat}", feeds))
+    return cases
+
+
+PIPELINE_CASES = ("noise", "blocks", "flat")
+
+
+def pipeline_corpus(geometry: Geometry, image_size: int, seed: int = 0, repeats: int = 2) -> list[Case]:
+    """Normalised-pixel images (noise, blocks of colour, near-flat) with random text."""
+    cases = []
+    for name in PIPELINE_CASES:
+        for repeat in range(repeats):
+            rng = np.random.default_rng([seed, 100 + PIPELINE_CASES.index(name), repeat])
+            maker = _SceneMaker(geometry, rng)
+            pixels, texts, masks = [], [], []
+            for _ in range(geometry.batch):
+                if name == "noise":
+                    img = rng.standard_normal((3, image_size, image_size))
+                elif name == "blocks":
+                    img = np.repeat(np.repeat(rng.standard_normal((3, 8, 8)), image_size // 8 + 1, 1), image_size // 8 + 1, 2)
+                    img = img[:, :image_size, :image_size]
+                else:
+                    img = 0.1 * rng.standard_normal((3, 1, 1)) + 0.01 * rng.standard_normal((3, image_size, image_size))
+                pixels.append(img.astype(np.float32))
+                text, mask = maker.text(None, int(rng.integers(0 if repeat else 1, geometry.t_max + 1)))
+                texts.append(text)
+                masks.append(mask)
+            feeds = dict(pixel_values=np.stack(pixels), text_embeds=np.stack(texts), text_mask=np.stack(masks))
+            cases.append(Case(f"{name}#{repeat}", feeds))
+    return cases

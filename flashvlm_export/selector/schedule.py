@@ -1,0 +1,70 @@
+"""The residual-pruning round schedule: it depends on (N, K, step, max_rounds) only, never on data.
+
+This is what lets the rounds be unrolled into a static graph (ALGORITHM.md step 11).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+from flashvlm_export.errors import UsageError
+from flashvlm_export.selector.config import SelectorConfig
+
+
+@dataclass(frozen=True)
+class RoundSchedule:
+    n_tokens: int  # N
+    budget: int  # K
+    k_imp: int  # important tokens kept by score
+    k_div: int  # diverse residual tokens kept by pruning
+    step: int  # effective s (raised by max_rounds when set)
+    sizes: tuple[int, ...]  # |R| at the start of each round
+    removals: tuple[int, ...]  # r removed in each round
+
+    @property
+    def keeps_all(self) -> bool:
+        return self.budget >= self.n_tokens
+
+    @property
+    def n_rounds(self) -> int:
+        return len(self.removals)
+
+    @property
+    def residual_size(self) -> int:
+        """|R0|, the length of the residual list entering round 0."""
+        return self.n_tokens - self.k_imp
+
+
+def check_budget(n_tokens: int, budget: int) -> None:
+    if budget < 2:
+        raise UsageError(f"budget {budget} is too small: use a budget >= 2 (pruning needs two halves)")
+    if n_tokens < 1:
+        raise UsageError(f"n_tokens {n_tokens} must be >= 1")
+
+
+def round_schedule(n_tokens: int, budget: int, config: SelectorConfig = SelectorConfig()) -> RoundSchedule:
+    """Sizes and removals of every pruning round; K >= N keeps every token (no rounds)."""
+    check_budget(n_tokens, budget)
+    if budget >= n_tokens:
+        return RoundSchedule(n_tokens, budget, n_tokens, 0, config.step, (), ())
+    k_imp = math.floor(config.important_ratio * budget)
+    k_div = budget - k_imp
+    if k_div < 1:
+        raise UsageError(
+            f"important_ratio={config.important_ratio} leaves no diverse tokens at budget {budget}; "
+            "lower important_ratio so that K - floor(ratio * K) >= 1"
+        )
+    size = n_tokens - k_imp
+    step = config.step
+    if config.max_rounds is not None:
+        step = max(step, math.ceil((size - k_div) / config.max_rounds))
+    sizes, removals = [], []
+    while True:
+        r = min(step, size - k_div, math.ceil(size / 2))
+        if r <= 0:
+            break
+        sizes.append(size)
+        removals.append(r)
+        size -= r
+    return RoundSchedule(n_tokens, budget, k_imp, k_div, step, tuple(sizes), tuple(removals))

@@ -1,0 +1,146 @@
+"""The static-shape selector: the same maths as the reference with N, K and T_max fixed at build time.
+
+Export rules it keeps (ONNX opset >= 17, TensorRT's ONNX parser):
+- no Loop, If, NonZero or data-dependent shapes: the round schedule is computed from
+  (N, K, step, max_rounds) and unrolled;
+- every TopK has K <= 3840 (TensorRT's limit);
+- the Gram matrix is computed once, flattened, and each round gathers only its A x B block.
+
+Ties: the partition sort uses exact pairwise ranks, so "lower token index first" holds on every
+backend; each round sorts with a stable sort, which exports as ONNX TopK (whose tie rule is
+"lower index first"). On TensorRT the rounds run in the ResidualPrune plugin instead.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from flashvlm_export.selector.config import SelectorConfig
+from flashvlm_export.selector.ops import LOG_FLOOR, MINMAX_EPS, l2norm, lerp, minmax, quantile_position
+from flashvlm_export.selector.schedule import RoundSchedule, round_schedule
+
+TOPK_LIMIT = 3840  # TensorRT's largest TopK K
+
+
+def exporting() -> bool:
+    """True while torch.onnx (dynamo or TorchScript) traces the module."""
+    return torch.compiler.is_exporting() or torch.onnx.is_in_onnx_export()
+
+
+def descending_sort_indices(x: torch.Tensor) -> torch.Tensor:
+    """(B, n) -> (B, n): descending order, ties to the lower position.
+
+    Eager torch uses a stable sort; an export emits ONNX TopK, whose specified tie rule is the same
+    ("the element with the lower index appears first"). aten.sort.stable itself does not export.
+    """
+    if exporting():
+        return torch.topk(x, x.shape[-1], dim=-1, largest=True, sorted=True).indices
+    return torch.sort(x, dim=-1, descending=True, stable=True).indices
+
+
+def stable_descending_order(x: torch.Tensor) -> torch.Tensor:
+    """(B, n) -> (B, n) int64: argsort descending, ties to the lower position, exact on any backend.
+
+    rank_i = #{j: x_j > x_i} + #{j < i: x_j == x_i} is a permutation of 0..n-1, so a TopK over the
+    ranks has no ties to break.
+    """
+    n = x.shape[-1]
+    greater = x[:, None, :] > x[:, :, None]  # (B, n, n) [b, i, j] = x_j > x_i
+    earlier = torch.ones(n, n, dtype=torch.bool).tril(diagonal=-1)  # [i, j] = j < i
+    equal_earlier = (x[:, None, :] == x[:, :, None]) & earlier
+    rank = greater.sum(dim=-1) + equal_earlier.sum(dim=-1)  # (B, n)
+    return torch.topk(rank.to(torch.float32), n, dim=-1, largest=False, sorted=True).indices
+
+
+class StaticScores(nn.Module):
+    """Steps 1-8 with a text mask instead of dropped rows: returns F (B, N)."""
+
+    def __init__(self, n_tokens: int, config: SelectorConfig):
+        super().__init__()
+        self.config = config
+        self.quantile_lower, self.quantile_weight = quantile_position(n_tokens, 1 - config.top_p)
+        self.quantile_k = n_tokens - self.quantile_lower  # TopK from the top reaching the lower index
+
+    def forward(self, cls_attention, projected_features, text_embeds, text_mask):
+        c = self.config
+        a = cls_attention  # (B, N)
+        s_int = (a - a.amin(-1, keepdim=True)) / (a.amax(-1, keepdim=True) - a.amin(-1, keepdim=True) + MINMAX_EPS)
+
+        mask = text_mask.to(torch.bool)  # (B, T)
+        text = text_embeds * mask[..., None].to(text_embeds.dtype)  # masked rows take part in nothing
+        v = l2norm(projected_features)  # (B, N, Dl)
+        t_hat = l2norm(text)  # (B, T, Dl)
+        norms = torch.linalg.vector_norm(t_hat if c.gate == "llava" else text, dim=-1)  # (B, T)
+        norms = torch.where(mask, norms, torch.zeros_like(norms))
+        gate = norms / (norms.amax(-1, keepdim=True) + MINMAX_EPS)
+        t_tilde = gate[..., None] * t_hat  # (B, T, Dl)
+        sim = v @ t_tilde.transpose(1, 2)  # (B, N, T)
+        logits = sim / c.text_temperature
+        logits = torch.where(mask[:, None, :], logits, torch.full_like(logits, torch.finfo(torch.float32).min))
+        w = torch.softmax(logits, dim=-1)
+        s = (w * sim).sum(dim=-1)  # (B, N)
+        p = torch.softmax(s / c.patch_temperature, dim=-1)
+        q = minmax(p**c.power)
+        top = torch.topk(q, self.quantile_k, dim=-1, largest=True, sorted=True).values  # (B, k) descending
+        theta = lerp(top[:, -1:], top[:, -2:-1], self.quantile_weight)  # (B, 1)
+        q = torch.where(q >= theta, q, c.attenuation * q)
+        s_ext = minmax(q)
+        has_text = mask.any(dim=-1, keepdim=True)  # (B, 1)
+        s_ext = torch.where(has_text, s_ext, torch.full_like(s_ext, LOG_FLOOR))
+
+        log_int = torch.log(s_int.clamp_min(LOG_FLOOR))
+        log_ext = torch.log(s_ext.clamp_min(LOG_FLOOR))
+        return torch.exp((1 - c.eta) * log_int + c.eta * log_ext)  # (B, N)
+
+
+class UnrolledResidualPrune(nn.Module):
+    """Step 11 unrolled: (gram (B, N, N), residual (B, |R0|)) -> kept residual (B, K_div), in list order."""
+
+    def __init__(self, schedule: RoundSchedule):
+        super().__init__()
+        self.schedule = schedule
+
+    def forward(self, gram: torch.Tensor, residual: torch.Tensor) -> torch.Tensor:
+        batch, n, _ = gram.shape
+        gram_flat = gram.reshape(batch, n * n)
+        for r in self.schedule.removals:
+            a_side, b_side = residual[:, 0::2], residual[:, 1::2]  # (B, nA), (B, nB)
+            n_a, n_b = a_side.shape[1], b_side.shape[1]
+            flat = (a_side[:, :, None] * n + b_side[:, None, :]).reshape(batch, n_a * n_b)
+            block = torch.gather(gram_flat, 1, flat).reshape(batch, n_a, n_b)  # G[A][:, B]
+            m = block.amax(dim=-1)  # (B, nA)
+            order = descending_sort_indices(m)
+            kept_a = torch.gather(a_side, 1, order[:, r:])
+            residual = torch.cat([kept_a, b_side], dim=1)
+        return residual
+
+
+class StaticSelector(nn.Module):
+    """The selection core with static shapes: (X, a, P(X), T, mask) -> indices (B, K) int64 ascending."""
+
+    def __init__(self, n_tokens: int, budget: int, config: SelectorConfig = SelectorConfig(), prune: nn.Module | None = None):
+        super().__init__()
+        self.config = config
+        self.schedule = round_schedule(n_tokens, budget, config)
+        if n_tokens > TOPK_LIMIT:
+            raise ValueError(f"N={n_tokens} exceeds TensorRT's TopK limit {TOPK_LIMIT}; select per crop or frame")
+        self.scores = StaticScores(n_tokens, config)
+        self.prune = prune if prune is not None else UnrolledResidualPrune(self.schedule)
+
+    def partition(self, fused: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        order = stable_descending_order(fused)  # (B, N)
+        return order[:, : self.schedule.k_imp], order[:, self.schedule.k_imp :]
+
+    def forward(self, vision_features, cls_attention, projected_features, text_embeds, text_mask):
+        batch, n, _ = vision_features.shape
+        if self.schedule.keeps_all:
+            return torch.arange(n, dtype=torch.int64).expand(batch, n)
+        fused = self.scores(cls_attention, projected_features, text_embeds, text_mask)  # (B, N)
+        important, residual = self.partition(fused)
+        z = l2norm(vision_features)  # (B, N, Dv)
+        gram = z @ z.transpose(1, 2)  # (B, N, N)
+        kept = torch.cat([important, self.prune(gram, residual)], dim=1)  # (B, K)
+        # ascending: a TopK over distinct small integers held exactly in float32
+        ascending = torch.topk(kept.to(torch.float32), kept.shape[1], dim=-1, largest=False, sorted=True).values
+        return ascending.to(torch.int64)

@@ -1,0 +1,59 @@
+"""Shared fixtures: seeded selector inputs and exported graphs, built once per session."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from flashvlm_export.export.graphs import ExportRequest
+from flashvlm_export.export.onnx_export import export_onnx
+from flashvlm_export.models.spec import get_spec
+from flashvlm_export.parity.corpus import Geometry, selector_corpus
+from flashvlm_export.selector.config import SelectorConfig
+
+LLAVA15 = get_spec("llava15")
+TINY = get_spec("llava15-tiny")
+
+
+def selector_inputs(batch=2, n=576, dv=64, dl=96, t_max=16, seed=0, lengths=None):
+    """Random selector inputs as torch tensors; each image has its own text length."""
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(batch, n, dv, generator=g)
+    a = torch.rand(batch, n, generator=g)
+    p = torch.tanh(x @ torch.randn(dv, dl, generator=g) / dv**0.5)
+    text = torch.randn(batch, t_max, dl, generator=g)
+    mask = torch.zeros(batch, t_max, dtype=torch.bool)
+    for b, length in enumerate(lengths or [t_max - 3 * b for b in range(batch)]):
+        mask[b, :length] = True
+    return x, a, p, text, mask
+
+
+def corpus(n_tokens=576, dv=64, dl=96, t_max=16, batch=1, repeats=1, seed=0):
+    return selector_corpus(Geometry(n_tokens, dv, dl, t_max, batch), seed=seed, repeats=repeats)
+
+
+def export_selector(path: Path, budget: int, spec=LLAVA15, n_tokens=None, batch=1, t_max=None, exporter="dynamo") -> Path:
+    request = ExportRequest(spec, budget, t_max or spec.t_max, batch, SelectorConfig(), True, n_tokens)
+    return export_onnx(request.module(), request.graph_io(), path, request.metadata(None), exporter=exporter)
+
+
+@pytest.fixture(scope="session")
+def selector_graphs(tmp_path_factory):
+    """llava15 selector graphs (N=576, Dv=1024, Dl=4096, T_max=128) at the budgets the issue names."""
+    folder = tmp_path_factory.mktemp("selector_graphs")
+    return {k: export_selector(folder / f"llava15_selector_b{k}.onnx", k) for k in (32, 64, 128, 192)}
+
+
+@pytest.fixture(scope="session")
+def tiny_parts():
+    from flashvlm_export.models.llava import random_parts
+
+    return random_parts(TINY, seed=0)
+
+
+@pytest.fixture(scope="session")
+def rng():
+    return np.random.default_rng(0)

@@ -1,0 +1,140 @@
+"""Reference and static selector: same indices, tie rules, text masks, batches, edge cases."""
+
+import numpy as np
+import pytest
+import torch
+from conftest import corpus, selector_inputs
+
+from flashvlm_export.selector import SelectorConfig, StaticSelector, reference_select, reference_select_batch
+from flashvlm_export.selector.ops import lerp, quantile_position
+from flashvlm_export.selector.reference import fused_scores
+from flashvlm_export.selector.static import StaticScores, stable_descending_order
+
+
+@pytest.mark.parametrize("budget", [32, 64, 128, 192])
+def test_static_torch_equals_reference_at_576_tokens(budget):
+    for seed in range(3):
+        x, a, p, text, mask = selector_inputs(batch=2, seed=seed)
+        static = StaticSelector(576, budget)(x, a, p, text, mask)
+        assert torch.equal(static, reference_select_batch(x, a, p, text, mask, budget))
+
+
+def test_static_torch_equals_reference_at_2880_tokens():
+    x, a, p, text, mask = selector_inputs(batch=1, n=2880, seed=1)
+    for budget in (160, 640):
+        assert torch.equal(StaticSelector(2880, budget)(x, a, p, text, mask), reference_select_batch(x, a, p, text, mask, budget))
+
+
+@pytest.mark.parametrize("gate", ["llava", "norm"])
+def test_static_torch_equals_reference_on_the_corpus(gate):
+    config = SelectorConfig(gate=gate)
+    for case in corpus(batch=2):
+        f = {k: torch.from_numpy(v) for k, v in case.feeds.items()}
+        args = (f["vision_features"], f["cls_attention"], f["projected_features"], f["text_embeds"], f["text_mask"])
+        assert torch.equal(StaticSelector(576, 64, config)(*args), reference_select_batch(*args, 64, config)), case.name
+
+
+def test_indices_are_ascending_unique_and_k_long():
+    x, a, p, text, mask = selector_inputs()
+    out = StaticSelector(576, 100)(x, a, p, text, mask)
+    assert out.dtype == torch.int64 and out.shape == (2, 100)
+    for row in out:
+        assert torch.all(row[1:] > row[:-1])
+
+
+def test_batch_images_are_selected_independently_with_their_own_text():
+    x, a, p, text, mask = selector_inputs(batch=2, lengths=[16, 5])
+    both = StaticSelector(576, 64)(x, a, p, text, mask)
+    for b in range(2):
+        alone = StaticSelector(576, 64)(x[b : b + 1], a[b : b + 1], p[b : b + 1], text[b : b + 1], mask[b : b + 1])
+        assert torch.equal(both[b], alone[0])
+    swapped = StaticSelector(576, 64)(x, a, p, text.flip(0), mask.flip(0))
+    assert not torch.equal(both, swapped)  # the text changes the choice
+
+
+def test_empty_text_ranks_by_saliency_alone():
+    x, a, p, text, mask = selector_inputs(batch=1)
+    no_text = torch.zeros_like(mask)
+    fused = StaticScores(576, SelectorConfig())(a, p, text, no_text)[0]
+    saliency_order = torch.sort(a[0], descending=True, stable=True).indices
+    assert torch.equal(torch.sort(fused, descending=True, stable=True).indices, saliency_order)
+    _, trace = reference_select(x[0], a[0], p[0], text[0][:0], 128, trace=True)
+    assert torch.equal(trace.important, saliency_order[:64])
+    assert torch.equal(StaticSelector(576, 128)(x, a, p, text, no_text)[0], reference_select(x[0], a[0], p[0], text[0][:0], 128))
+
+
+def test_padding_rows_do_not_change_the_result():
+    x, a, p, text, mask = selector_inputs(batch=1, t_max=16, lengths=[6])
+    garbage = text.clone()
+    garbage[:, 6:] = 1e4
+    zeros = text.clone()
+    zeros[:, 6:] = 0
+    selector = StaticSelector(576, 64)
+    unpadded = reference_select(x[0], a[0], p[0], text[0, :6], 64)
+    assert torch.equal(selector(x, a, p, garbage, mask)[0], unpadded)
+    assert torch.equal(selector(x, a, p, zeros, mask)[0], unpadded)
+    longer = StaticSelector(576, 64)(x, a, p, torch.cat([text, text], 1), torch.cat([mask, torch.zeros_like(mask)], 1))
+    assert torch.equal(longer[0], unpadded)  # a larger T_max is only more padding
+
+
+def test_ties_go_to_the_lower_token_index():
+    n, budget = 576, 64
+    x = torch.zeros(1, n, 8)
+    x[0, :, 0] = 1.0  # every feature identical: every pruning score ties
+    a = torch.full((1, n), 0.3)  # constant saliency: every fused score ties
+    text, mask = torch.zeros(1, 4, 8), torch.zeros(1, 4, dtype=torch.bool)
+    out = StaticSelector(n, budget)(x, a, x.clone(), text, mask)[0]
+    expected_important = torch.arange(32)
+    _, trace = reference_select(x[0], a[0], x[0], text[0][:0], budget, trace=True)
+    assert torch.equal(trace.important, expected_important)  # lower index wins the partition
+    assert torch.equal(out, reference_select(x[0], a[0], x[0], text[0][:0], budget))
+    # with all m equal, each round drops the first r of A in list order: replay that by hand
+    residual = list(range(32, n))
+    for r in StaticSelector(n, budget).schedule.removals:
+        a_side, b_side = residual[0::2], residual[1::2]
+        residual = a_side[r:] + b_side
+    assert out.tolist() == sorted(list(range(32)) + residual)
+
+
+def test_stable_descending_order_breaks_ties_by_position():
+    x = torch.tensor([[0.5, 0.9, 0.5, 0.9, 0.1, 0.5]])
+    assert stable_descending_order(x).tolist() == [[1, 3, 0, 2, 5, 4]]
+
+
+@pytest.mark.parametrize("n", [576, 2880, 577, 10, 33])
+def test_static_top_p_gate_keeps_the_same_tokens_as_torch_quantile(n):
+    gen = torch.Generator().manual_seed(n)
+    lower, weight = quantile_position(n, 0.995)
+    for trial in range(50):
+        q = torch.rand(n, generator=gen) ** 3
+        if trial % 2:  # near-equal neighbours, where rounding could matter
+            q = 0.5 + torch.round(q * 64) * 2**-23
+        ascending = torch.sort(q).values
+        theta = lerp(ascending[lower], ascending[lower + 1], weight)
+        assert torch.equal(q >= theta, q >= torch.quantile(q, 0.995))
+
+
+def test_static_quantile_is_bitwise_torch_quantile_at_576_tokens():
+    lower, weight = quantile_position(576, 0.995)
+    assert weight == 0.125  # a power of two: the product is exact, no fused multiply-add question
+    gen = torch.Generator().manual_seed(0)
+    for _ in range(50):
+        q = torch.rand(576, generator=gen) ** 3
+        ascending = torch.sort(q).values
+        assert lerp(ascending[lower], ascending[lower + 1], weight).item() == torch.quantile(q, 0.995).item()
+
+
+def test_budget_at_n_keeps_every_token():
+    x, a, p, text, mask = selector_inputs(batch=2)
+    assert torch.equal(StaticSelector(576, 576)(x, a, p, text, mask), torch.arange(576).expand(2, 576))
+    assert torch.equal(reference_select(x[0], a[0], p[0], text[0], 576), torch.arange(576))
+
+
+def test_query_aligned_region_is_kept_by_the_text_score():
+    case = next(c for c in corpus() if c.name.startswith("scene"))
+    f = {k: torch.from_numpy(v[0]) for k, v in case.feeds.items()}
+    text = f["text_embeds"][f["text_mask"]]
+    with_text = fused_scores(f["cls_attention"], f["projected_features"], text, SelectorConfig())
+    without = fused_scores(f["cls_attention"], f["projected_features"], text[:0], SelectorConfig())
+    assert not torch.equal(torch.argsort(with_text, descending=True)[:8], torch.argsort(without, descending=True)[:8])
+    assert np.isfinite(with_text.numpy()).all()
