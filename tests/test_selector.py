@@ -3,12 +3,13 @@
 import numpy as np
 import pytest
 import torch
-from conftest import corpus, selector_inputs
 
 from flashvlm_export.selector import SelectorConfig, StaticSelector, reference_select, reference_select_batch
 from flashvlm_export.selector.ops import lerp, quantile_position
 from flashvlm_export.selector.reference import fused_scores
 from flashvlm_export.selector.static import StaticScores, stable_descending_order
+
+from conftest import corpus, selector_inputs
 
 
 @pytest.mark.parametrize("budget", [32, 64, 128, 192])

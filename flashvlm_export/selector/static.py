@@ -46,11 +46,11 @@ def stable_descending_order(x: torch.Tensor) -> torch.Tensor:
     ranks has no ties to break.
     """
     n = x.shape[-1]
-    greater = x[:, None, :] > x[:, :, None]  # (B, n, n) [b, i, j] = x_j > x_i
-    earlier = torch.ones(n, n, dtype=torch.bool).tril(diagonal=-1)  # [i, j] = j < i
-    equal_earlier = (x[:, None, :] == x[:, :, None]) & earlier
-    rank = greater.sum(dim=-1) + equal_earlier.sum(dim=-1)  # (B, n)
-    return torch.topk(rank.to(torch.float32), n, dim=-1, largest=False, sorted=True).indices
+    lhs, rhs = x[:, None, :], x[:, :, None]  # [b, i, j] compares x_j with x_i
+    earlier = torch.ones(n, n, dtype=torch.bool).tril(diagonal=-1)  # [i, j] = j < i, a constant
+    before = (lhs > rhs) | ((lhs == rhs) & earlier)  # (B, n, n): j is ordered before i
+    rank = before.to(torch.float32).sum(dim=-1)  # (B, n) exact: counts < 2**24
+    return torch.topk(rank, n, dim=-1, largest=False, sorted=True).indices
 
 
 class StaticScores(nn.Module):

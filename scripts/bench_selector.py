@@ -1,0 +1,60 @@
+#!/usr/bin/env python3
+"""Selector-core latency on this machine: eager reference vs static torch vs ONNX Runtime (CPU).
+
+    python scripts/bench_selector.py [--n-tokens 576] [--budget 128] [--repeats 20]
+
+Same inputs for every backend (a corpus "scene" at llava15 geometry, batch 1). Prints a table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import tempfile
+from pathlib import Path
+
+import torch
+
+from flashvlm_export.bench.timing import HEADER, measure
+from flashvlm_export.export.graphs import ExportRequest
+from flashvlm_export.export.onnx_export import export_onnx
+from flashvlm_export.models.spec import get_spec
+from flashvlm_export.parity.backends import OnnxRuntime, SelectorReference, TorchModule
+from flashvlm_export.parity.corpus import SELECTOR_INPUTS, Geometry, selector_corpus
+from flashvlm_export.selector.config import SelectorConfig
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--n-tokens", type=int, default=576, help="visual tokens N (default: 576)")
+    p.add_argument("--budget", type=int, default=128, help="budget K (default: 128)")
+    p.add_argument("--repeats", type=int, default=20, help="timed repeats per backend (default: 20)")
+    p.add_argument(
+        "--text-len", type=int, default=60, help="unmasked prompt rows L of T_max=128 (default: 60, a LLaVA-1.5 chat prompt)"
+    )
+    args = p.parse_args()
+    spec = get_spec("llava15")
+    request = ExportRequest(spec, args.budget, spec.t_max, 1, SelectorConfig(), True, args.n_tokens)
+    case = selector_corpus(Geometry(args.n_tokens, spec.vision_hidden, spec.text_hidden, spec.t_max, 1), repeats=1)[0]
+    case.feeds["text_mask"][:] = False
+    case.feeds["text_mask"][:, : args.text_len] = True
+    with tempfile.TemporaryDirectory() as scratch:
+        graph = export_onnx(request.module(), request.graph_io(), Path(scratch) / "selector.onnx", request.metadata(None))
+        backends = [
+            ("eager reference", SelectorReference(args.budget, request.config, trace=False)),
+            ("static torch (eager)", TorchModule(request.module(), SELECTOR_INPUTS)),
+            ("onnxruntime CPU", OnnxRuntime(graph)),
+        ]
+        print(
+            f"selector core N={args.n_tokens} K={args.budget} B=1 L={args.text_len}, torch threads {torch.get_num_threads()}, "
+            f"{os.cpu_count()} cores, {platform.processor() or platform.machine()}"
+        )
+        print(HEADER)
+        with torch.inference_mode():
+            for name, backend in backends:
+                print(measure(name, lambda b=backend: b.run(case.feeds), repeats=args.repeats).row(), flush=True)
+
+
+if __name__ == "__main__":
+    main()

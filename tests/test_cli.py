@@ -1,0 +1,156 @@
+"""CLI: smoke runs, --help, and every bad-input path (one line, exit code 2, nothing left behind)."""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from flashvlm_export.artifacts import atomic_outputs
+from flashvlm_export.cli import export_parser, main, parity_parser
+
+CLI = str(Path(sys.executable).with_name("flashvlm-export"))
+
+
+def run_cli(*args, cwd, env=None):
+    return subprocess.run([CLI, *args], cwd=cwd, capture_output=True, text=True, env={**os.environ, **(env or {})})
+
+
+def files_under(folder: Path) -> list[str]:
+    return sorted(str(p.relative_to(folder)) for p in folder.rglob("*")) if folder.exists() else []
+
+
+def expect_usage_error(capsys, argv, *fragments):
+    code = main(argv)
+    err = capsys.readouterr().err
+    assert code == 2, err
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("flashvlm-export: error:"), err
+    assert "Traceback" not in err
+    for fragment in fragments:
+        assert fragment in lines[0], lines[0]
+    return lines[0]
+
+
+def test_export_and_parity_smoke_on_the_tiny_model(tmp_path):
+    run = run_cli("--model", "llava15-tiny", "--budget", "64,32", "--random-weights", "--out-dir", "graphs", cwd=tmp_path)
+    assert run.returncode == 0, run.stderr
+    assert (tmp_path / "graphs/llava15-tiny_b64.onnx").is_file() and (tmp_path / "graphs/llava15-tiny_b32.json").is_file()
+    assert run.stdout.count("ONNX: export success") == 2
+    assert all(
+        " saved as 'graphs/llava15-tiny_b" in line and "MB)" in line for line in run.stdout.splitlines() if "ONNX:" in line
+    )
+    assert "Model: loaded llava15-tiny (random weights, seed 0)" in run.stdout
+    assert "flashvlm-export parity --graph graphs/llava15-tiny_b64.onnx --random-weights" in run.stdout
+    parity = run_cli("parity", "--graph", "graphs/llava15-tiny_b64.onnx", "--repeats", "1", cwd=tmp_path)
+    assert parity.returncode == 0, parity.stdout + parity.stderr
+    assert "static-torch: exact match 3/3" in parity.stdout and parity.stdout.strip().splitlines()[-1].startswith("PASSED")
+    assert (tmp_path / "graphs/parity/llava15-tiny_b64_inputs.json").is_file()
+    again = run_cli("--model", "llava15-tiny", "--budget", "64", "--random-weights", "--out-dir", "graphs", cwd=tmp_path)
+    assert again.returncode == 2 and "--force" in again.stderr  # never silently overwrite
+
+
+def test_selector_only_export_and_standalone_parity(tmp_path, capsys):
+    assert main(["--model", "llava15-tiny", "--selector-only", "--budget", "16", "--out", str(tmp_path / "s.onnx")]) == 0
+    assert (tmp_path / "s.onnx").is_file() and (tmp_path / "s.json").is_file()
+    code = main(["parity", "--model", "llava15-tiny", "--budget", "16", "--repeats", "1", "--no-save"])
+    out = capsys.readouterr().out
+    assert code == 0 and "PASSED" in out and "onnxruntime[CPU]: exact match" in out
+
+
+@pytest.mark.parametrize("parser", [export_parser, parity_parser])
+def test_help_documents_every_flag(parser):
+    for action in parser()._actions:
+        assert action.help, f"{action.option_strings} has no help"
+
+
+@pytest.mark.parametrize("budget", ["1", "577", "0", "12x"])
+def test_bad_budget_is_a_one_line_error(tmp_path, capsys, budget):
+    expect_usage_error(
+        capsys, ["--model", "llava15-tiny", "--random-weights", "--budget", budget, "--out-dir", str(tmp_path / "g")], "--budget"
+    )
+    assert files_under(tmp_path) in ([], ["g"])
+
+
+def test_unknown_model_suggests_the_nearest_name(capsys):
+    line = expect_usage_error(capsys, ["--model", "llava1.5", "--random-weights"], "llava1.5")
+    assert "did you mean --model llava15" in line
+
+
+def test_missing_weights_offline_names_both_fixes(tmp_path):
+    env = {"HF_HOME": str(tmp_path / "hf"), "HF_HUB_CACHE": str(tmp_path / "hf/hub"), "HF_HUB_OFFLINE": "1"}
+    run = run_cli("--model", "llava15", "--budget", "128", "--out-dir", "graphs", cwd=tmp_path, env=env)
+    assert run.returncode == 2 and "Traceback" not in run.stderr
+    assert "--model-path" in run.stderr and "--random-weights" in run.stderr
+    assert not (tmp_path / "graphs").exists() or files_under(tmp_path / "graphs") == []
+
+
+def test_model_path_without_checkpoint_is_rejected(tmp_path, capsys):
+    expect_usage_error(
+        capsys, ["--model-path", str(tmp_path), "--out-dir", str(tmp_path / "g")], "--model-path", "--random-weights"
+    )
+
+
+def test_unwritable_output_directory_is_rejected_before_work(tmp_path, capsys):
+    blocker = tmp_path / "file.txt"
+    blocker.write_text("not a folder")
+    expect_usage_error(
+        capsys,
+        ["--model", "llava15-tiny", "--random-weights", "--out-dir", str(blocker / "graphs")],
+        "cannot create output directory",
+    )
+
+
+def test_wrong_image_size_is_rejected(tmp_path, capsys):
+    expect_usage_error(capsys, ["--model", "llava15", "--random-weights", "--image-size", "224"], "--image-size 224", "336")
+
+
+def test_existing_graph_is_not_overwritten_without_force(tmp_path, capsys):
+    target = tmp_path / "mine.onnx"
+    target.write_bytes(b"user data")
+    expect_usage_error(capsys, ["--model", "llava15-tiny", "--selector-only", "--out", str(target)], "--force")
+    assert target.read_bytes() == b"user data"
+
+
+def test_nan_input_to_parity_is_rejected(tmp_path, capsys):
+    from polygraphy.json import save_json
+
+    from flashvlm_export.parity.corpus import Geometry, selector_corpus
+
+    graph = tmp_path / "s.onnx"
+    assert main(["--model", "llava15-tiny", "--selector-only", "--budget", "16", "--out", str(graph)]) == 0
+    case = selector_corpus(Geometry(576, 32, 64, 32, 1), repeats=1)[0]
+    case.feeds["cls_attention"][0, 5] = np.nan
+    save_json([case.feeds], str(tmp_path / "nan.json"))
+    capsys.readouterr()
+    expect_usage_error(
+        capsys,
+        ["parity", "--graph", str(graph), "--load-inputs", str(tmp_path / "nan.json"), "--no-save"],
+        "NaN",
+        "cls_attention",
+    )
+
+
+def test_wrong_shaped_parity_input_names_the_expected_shape(tmp_path, capsys):
+    from polygraphy.json import save_json
+
+    graph = tmp_path / "s.onnx"
+    assert main(["--model", "llava15-tiny", "--selector-only", "--budget", "16", "--out", str(graph)]) == 0
+    save_json([{"vision_features": np.zeros((1, 500, 32), np.float32)}], str(tmp_path / "bad.json"))
+    capsys.readouterr()
+    expect_usage_error(capsys, ["parity", "--graph", str(graph), "--load-inputs", str(tmp_path / "bad.json"), "--no-save"])
+
+
+def test_unknown_flag_is_a_one_line_error(capsys):
+    expect_usage_error(capsys, ["--budgett", "128"], "--budgett")
+
+
+def test_failed_write_leaves_no_partial_files(tmp_path):
+    finals = [tmp_path / "a.onnx", tmp_path / "a.json"]
+    with pytest.raises(RuntimeError):
+        with atomic_outputs(finals) as temps:
+            temps[0].write_bytes(b"half a graph")
+            raise RuntimeError("export failed")
+    assert files_under(tmp_path) == []

@@ -1,0 +1,110 @@
+"""The exported selector core: ONNX Runtime gives the reference's indices; the graph is static."""
+
+import json
+
+import numpy as np
+import onnx
+import pytest
+
+from flashvlm_export.export.graph_check import op_counts, static_graph_problems
+from flashvlm_export.parity.run import run_parity
+
+from conftest import LLAVA15, export_selector
+
+
+@pytest.mark.parametrize("budget", [32, 64, 128, 192])
+def test_onnxruntime_matches_reference_and_static_torch_at_576_tokens(selector_graphs, budget):
+    reports = run_parity(selector_graphs[budget], repeats=1, log=lambda _: None)
+    assert [r.backend for r in reports] == ["static-torch", "onnxruntime[CPU]"]
+    for report in reports:
+        assert report, "\n".join(report.lines())  # identical index sets, or near-ties the report shows
+    assert reports[0].exact == reports[0].total  # static torch is the same arithmetic as the reference
+    assert reports[1].exact >= reports[1].total // 2, "\n".join(reports[1].lines())
+
+
+def test_onnxruntime_matches_reference_at_2880_tokens(tmp_path):
+    graph = export_selector(tmp_path / "sel2880.onnx", 640, n_tokens=2880, t_max=32)
+    reports = run_parity(graph, repeats=1, log=lambda _: None)
+    for report in reports:
+        assert report, "\n".join(report.lines())
+
+
+def test_batch_of_two_with_different_texts_matches_per_image(tmp_path):
+    graph = export_selector(tmp_path / "sel_bs2.onnx", 64, batch=2, t_max=32)
+    reports = run_parity(graph, repeats=1, log=lambda _: None)
+    for report in reports:
+        assert report and report.total == 2 * 7, "\n".join(report.lines())
+
+
+@pytest.mark.parametrize("budget", [32, 192])
+def test_selector_graph_has_no_control_flow_and_small_topk(selector_graphs, budget):
+    model = onnx.load(str(selector_graphs[budget]))
+    assert static_graph_problems(model) == []
+    counts = op_counts(model)
+    assert not {"Loop", "If", "NonZero", "Scan"} & set(counts)
+    assert counts["TopK"] >= 1
+
+
+def test_graph_inputs_outputs_and_metadata_are_declared(selector_graphs):
+    path = selector_graphs[128]
+    model = onnx.load(str(path))
+    shapes = {
+        v.name: [d.dim_value for d in v.type.tensor_type.shape.dim] for v in list(model.graph.input) + list(model.graph.output)
+    }
+    assert shapes == {
+        "vision_features": [1, 576, 1024],
+        "cls_attention": [1, 576],
+        "projected_features": [1, 576, 4096],
+        "text_embeds": [1, LLAVA15.t_max, 4096],
+        "text_mask": [1, LLAVA15.t_max],
+        "indices": [1, 128],
+    }
+    meta = {p.key: p.value for p in model.metadata_props}
+    assert meta["budget"] == "128" and meta["model"] == "llava15" and meta["opset"] == "18"
+    assert json.loads(meta["selector_config"])["step"] == 8 and meta["n_rounds"] == "56"
+    assert "flashvlm_export_version" in meta
+    sidecar = json.loads(path.with_suffix(".json").read_text())
+    assert {k: sidecar[k] for k in meta} == meta
+
+
+def test_polygraphy_replays_saved_records_against_the_graph(selector_graphs, tmp_path):
+    import shutil
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    polygraphy = shutil.which("polygraphy") or str(Path(sys.executable).with_name("polygraphy"))
+
+    graph = selector_graphs[64]
+    reports = run_parity(graph, repeats=1, save_dir=tmp_path, log=lambda _: None)
+    assert all(reports)
+    exact_cases = all(r.exact == r.total for r in reports)
+    inputs, outputs = tmp_path / f"{graph.stem}_inputs.json", tmp_path / f"{graph.stem}_reference_outputs.json"
+    from polygraphy.json import load_json
+
+    loaded = load_json(str(inputs))
+    assert len(loaded) == 7 and set(loaded[0]) == {
+        "vision_features",
+        "cls_attention",
+        "projected_features",
+        "text_embeds",
+        "text_mask",
+    }
+    run = subprocess.run(
+        [polygraphy, "run", str(graph), "--onnxrt", "--load-inputs", str(inputs), "--load-outputs", str(outputs)],
+        capture_output=True,
+        text=True,
+    )
+    if exact_cases:
+        assert run.returncode == 0, run.stdout[-2000:] + run.stderr[-2000:]
+    assert "onnxrt-runner" in run.stdout + run.stderr
+
+
+def test_selector_graph_in_onnxruntime_is_deterministic(selector_graphs):
+    from flashvlm_export.parity.backends import OnnxRuntime
+    from flashvlm_export.parity.corpus import Geometry, selector_corpus
+
+    case = selector_corpus(Geometry(576, 1024, 4096, LLAVA15.t_max, 1), repeats=1)[0]
+    runtime = OnnxRuntime(selector_graphs[128])
+    first = runtime.run(case.feeds)
+    assert all(np.array_equal(first, runtime.run(case.feeds)) for _ in range(3))
