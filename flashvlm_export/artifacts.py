@@ -13,11 +13,18 @@ from pathlib import Path
 from flashvlm_export.errors import UsageError
 
 
-def graph_name(model: str, budget: int, selector_only: bool, batch: int = 1, n_tokens: int | None = None) -> str:
-    kind = "_selector" if selector_only else ""
-    tokens = f"_n{n_tokens}" if n_tokens is not None else ""
-    batch_tag = f"_bs{batch}" if batch != 1 else ""
-    return f"{model}{kind}{tokens}_b{budget}{batch_tag}.onnx"
+def artifact_stem(request) -> str:
+    """llava15_b128, llava15_selector_b128, llava15_b128_bs2_fp16_plugin, ... (defaults add nothing)."""
+    kind = "_selector" if request.selector_only else ""
+    tokens = f"_n{request.n_tokens}" if request.n_tokens is not None else ""
+    batch = f"_bs{request.batch}" if request.batch != 1 else ""
+    precision = f"_{request.precision}" if request.precision != "fp32" else ""
+    plugin = "_plugin" if request.plugin else ""
+    return f"{request.spec.name}{kind}{tokens}_b{request.budget}{batch}{precision}{plugin}"
+
+
+def graph_name(request) -> str:
+    return artifact_stem(request) + ".onnx"
 
 
 def sidecar_path(artifact: Path) -> Path:

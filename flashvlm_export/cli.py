@@ -159,7 +159,12 @@ def _requests(args, many_budgets: bool):
     if not many_budgets and len(budgets) > 1:
         raise UsageError(f"--budget {args.budget}: this command takes one budget")
     config = _selector_config(args)
-    return spec, [ExportRequest(spec, k, t_max, args.batch, config, args.selector_only, args.n_tokens) for k in budgets]
+    plugin, precision = getattr(args, "plugin", False), getattr(args, "precision", "fp32")
+    if args.selector_only and precision != "fp32":
+        raise UsageError(f"--precision {precision} applies to the encoder; a --selector-only graph is always fp32, drop one")
+    return spec, [
+        ExportRequest(spec, k, t_max, args.batch, config, args.selector_only, args.n_tokens, plugin, precision) for k in budgets
+    ]
 
 
 def _load_parts(spec, args, weights_meta: str | None = None):
@@ -200,6 +205,16 @@ def export_parser() -> argparse.ArgumentParser:
     o.add_argument(
         "--exporter", choices=("dynamo", "torchscript"), default="dynamo", help="torch.onnx exporter (default: dynamo)"
     )
+    t = p.add_argument_group("deployment")
+    t.add_argument(
+        "--precision",
+        choices=("fp32", "fp16", "bf16"),
+        default="fp32",
+        help="vision encoder + projector precision, as explicit casts in the graph; the selector always runs in fp32",
+    )
+    t.add_argument(
+        "--plugin", action="store_true", help="replace the unrolled pruning rounds by one flashvlm::ResidualPrune plugin node"
+    )
     return p
 
 
@@ -212,7 +227,7 @@ def _graph_paths(args, requests) -> list[Path]:
         if not args.out.endswith(".onnx"):
             raise UsageError(f"--out {args.out} must end in .onnx")
         return [Path(args.out)]
-    return [Path(args.out_dir) / graph_name(r.spec.name, r.budget, r.selector_only, r.batch, r.n_tokens) for r in requests]
+    return [Path(args.out_dir) / graph_name(r) for r in requests]
 
 
 def run_export(argv: list[str]) -> int:

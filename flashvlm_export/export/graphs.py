@@ -6,6 +6,7 @@ every selector hyperparameter, where the weights came from), so parity needs onl
 
 from __future__ import annotations
 
+import copy
 import json
 from dataclasses import dataclass
 
@@ -21,6 +22,7 @@ from flashvlm_export.selector.schedule import round_schedule
 from flashvlm_export.selector.static import StaticSelector
 
 FULL_OUTPUTS = ("indices", "visual_embeds")
+PRECISIONS = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 SELECTOR_OUTPUTS = ("indices",)
 
 
@@ -33,6 +35,8 @@ class ExportRequest:
     config: SelectorConfig
     selector_only: bool
     n_tokens: int | None = None  # selector-only graphs may override the model's N (own encoder, video)
+    plugin: bool = False  # the pruning rounds as one flashvlm::ResidualPrune node
+    precision: str = "fp32"  # encoder + projector precision; the selector is always fp32
 
     @property
     def tokens(self) -> int:
@@ -43,7 +47,12 @@ class ExportRequest:
         return "selector" if self.selector_only else "full"
 
     def selector(self) -> StaticSelector:
-        return StaticSelector(self.tokens, self.budget, self.config)
+        selector = StaticSelector(self.tokens, self.budget, self.config)
+        if self.plugin:
+            from flashvlm_export.plugin.node import PluginResidualPrune
+
+            selector.prune = PluginResidualPrune(selector.schedule)
+        return selector
 
     def graph_io(self) -> GraphIO:
         s, b = self.spec, self.batch
@@ -68,7 +77,11 @@ class ExportRequest:
             return self.selector()
         if parts is None:
             raise ValueError("the full graph needs the model's parts")
-        return FlashVLMPipeline(parts.vision_features(), parts.projector, self.selector())
+        vision, projector = parts.vision_features(), parts.projector
+        dtype = PRECISIONS[self.precision]
+        if dtype != torch.float32:  # copies: the fp32 parts stay as they are for the reference
+            vision, projector = copy.deepcopy(vision).to(dtype), copy.deepcopy(projector).to(dtype)
+        return FlashVLMPipeline(vision, projector, self.selector(), encoder_dtype=dtype)
 
     def metadata(self, weights: str | None) -> dict[str, str]:
         schedule = round_schedule(self.tokens, self.budget, self.config)
@@ -87,7 +100,13 @@ class ExportRequest:
             step=schedule.step,
             n_rounds=schedule.n_rounds,
             selector_config=json.dumps(self.config.to_dict(), sort_keys=True),
+            plugin=int(self.plugin),
+            precision=self.precision,
         )
+        if self.plugin:
+            from flashvlm_export.plugin import PLUGIN_NAMESPACE, PLUGIN_VERSION
+
+            values["plugin_version"] = f"{PLUGIN_NAMESPACE}::ResidualPrune/{PLUGIN_VERSION}"
         if weights is not None:
             values["weights"] = weights
         return {key: str(value) for key, value in values.items()}
@@ -103,6 +122,8 @@ def request_from_metadata(meta: dict[str, str], source: str) -> ExportRequest:
             config=SelectorConfig.from_dict(json.loads(meta["selector_config"])),
             selector_only=meta["graph"] == "selector",
             n_tokens=int(meta["n_tokens"]),
+            plugin=meta.get("plugin", "0") == "1",
+            precision=meta.get("precision", "fp32"),
         )
     except KeyError as exc:
         raise UsageError(f"{source} lacks flashvlm metadata {exc}; export it with flashvlm-export") from None

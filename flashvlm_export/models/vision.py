@@ -46,16 +46,27 @@ class FlashVLMPipeline(nn.Module):
     graph's own features and check the selector's wiring apart from encoder rounding.
     """
 
-    def __init__(self, vision: VisionFeatures, projector: nn.Module, selector: nn.Module, features_out: bool = False):
+    def __init__(
+        self,
+        vision: VisionFeatures,
+        projector: nn.Module,
+        selector: nn.Module,
+        features_out: bool = False,
+        encoder_dtype: torch.dtype = torch.float32,
+    ):
         super().__init__()
         self.vision = vision
         self.projector = projector
         self.selector = selector
         self.features_out = features_out
+        self.encoder_dtype = encoder_dtype  # fp16/bf16: explicit casts in and out; the selector stays fp32
 
     def forward(self, pixel_values, text_embeds, text_mask):
-        vision_features, cls_attention = self.vision(pixel_values)
+        low = self.encoder_dtype != torch.float32
+        vision_features, cls_attention = self.vision(pixel_values.to(self.encoder_dtype) if low else pixel_values)
         projected = self.projector(vision_features)  # (B, N, Dl)
+        if low:
+            vision_features, cls_attention, projected = (t.to(torch.float32) for t in (vision_features, cls_attention, projected))
         indices = self.selector(vision_features, cls_attention, projected, text_embeds, text_mask)
         gather_index = indices[..., None].expand(-1, -1, projected.shape[-1])
         visual_embeds = torch.gather(projected, 1, gather_index)

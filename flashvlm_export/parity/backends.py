@@ -89,7 +89,7 @@ class TorchModule:
 class OnnxRuntime:
     """An ONNX graph in ONNX Runtime (CPU unless another provider is asked for and present)."""
 
-    def __init__(self, path: Path, providers: list[str] | None = None, session_options=None):
+    def __init__(self, path: Path, providers: list[str] | None = None, plugin: bool = False):
         import onnxruntime as ort
 
         available = ort.get_available_providers()
@@ -97,9 +97,14 @@ class OnnxRuntime:
         for provider in providers:
             if provider not in available:
                 raise UsageError(f"ONNX Runtime provider {provider} is not available here ({', '.join(available)})")
-        self.session = ort.InferenceSession(str(path), sess_options=session_options, providers=providers)
+        options = None
+        if plugin:  # flashvlm::ResidualPrune runs as an onnxruntime-extensions Python op
+            from flashvlm_export.plugin.ort_op import session_options
+
+            options = session_options()
+        self.session = ort.InferenceSession(str(path), sess_options=options, providers=providers)
         self.input_names = tuple(i.name for i in self.session.get_inputs())
-        self.name = f"onnxruntime[{providers[0].replace('ExecutionProvider', '')}]"
+        self.name = f"onnxruntime[{providers[0].replace('ExecutionProvider', '')}{', plugin op' if plugin else ''}]"
 
     def run(self, feeds) -> np.ndarray:
         return self.session.run(["indices"], {name: feeds[name] for name in self.input_names})[0]

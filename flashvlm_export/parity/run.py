@@ -136,7 +136,7 @@ def run_parity(
             raise UsageError("the full graph's parity needs its weights: pass --random-weights or --model-path")
         reference = PipelineReference(parts, request.budget, request.config)
         static = TorchModule(request.module(parts), PIPELINE_INPUTS)
-    backends = [static, OnnxRuntime(graph)] + list(extra_backends or [])
+    backends = [static, OnnxRuntime(graph, plugin=request.plugin)] + list(extra_backends or [])
     reports = {b.name: ParityReport(b.name) for b in backends}
     reference_outputs = []
     for case in cases:

@@ -97,6 +97,28 @@ def fused_scores(
     return torch.exp((1 - config.eta) * log_int + config.eta * log_ext)
 
 
+def residual_prune(
+    gram: torch.Tensor,  # (N, N) G = Z Z^T
+    residual: torch.Tensor,  # (|R0|,) R in partition order
+    k_div: int,
+    step: int,  # the effective s (after any max_rounds cap)
+    near_ties: list[NearTie] | None = None,  # when a list, decisive near-ties are appended
+) -> torch.Tensor:
+    """Step 11, Algorithm 1: the kept residual tokens (k_div,), in list order."""
+    round_index = 0
+    while True:
+        r = min(step, len(residual) - k_div, math.ceil(len(residual) / 2))
+        if r <= 0:
+            return residual
+        a_side, b_side = residual[0::2], residual[1::2]
+        m = gram[a_side][:, b_side].amax(dim=1)  # most similar partner in B, for each a
+        sorted_m, o = torch.sort(m, descending=True, stable=True)
+        if near_ties is not None:
+            near_ties += _near_ties(f"round {round_index}", a_side[o], sorted_m, r)
+        residual = torch.cat([a_side[o[r:]], b_side])
+        round_index += 1
+
+
 def reference_select(
     vision_features: torch.Tensor,  # (N, Dv) X
     cls_attention: torch.Tensor,  # (N,) a
@@ -126,20 +148,7 @@ def reference_select(
     gram = z @ z.T  # (N, N)
 
     # 11: iterative bipartite residual pruning
-    k_div, step = schedule.k_div, schedule.step
-    round_index = 0
-    while True:
-        r = min(step, len(residual) - k_div, math.ceil(len(residual) / 2))
-        if r <= 0:
-            break
-        a_side, b_side = residual[0::2], residual[1::2]
-        m = gram[a_side][:, b_side].amax(dim=1)  # most similar partner in B, for each a
-        sorted_m, o = torch.sort(m, descending=True, stable=True)
-        if trace:
-            ties += _near_ties(f"round {round_index}", a_side[o], sorted_m, r)
-        residual = torch.cat([a_side[o[r:]], b_side])
-        round_index += 1
-    assert round_index == schedule.n_rounds, (round_index, schedule.n_rounds)
+    residual = residual_prune(gram, residual, schedule.k_div, schedule.step, ties if trace else None)
 
     # 12: ascending indices
     indices = torch.sort(torch.cat([important, residual])).values

@@ -1,0 +1,206 @@
+/*
+ * flashvlm_plugin_harness: exercise libflashvlm_plugins.so the way TensorRT does, without TensorRT.
+ *
+ *   flashvlm_plugin_harness LIB GRAM.f32 RESIDUAL.i32 BATCH N R0 K_DIV STEP OUT.i32 [ITERS]
+ *
+ * 1. dlopen LIB and find ResidualPrune through getCreators;
+ * 2. create the plugin from a PluginFieldCollection {k_div, step};
+ * 3. serialise it (getFieldsToSerialize) and re-create it from those fields (runtime phase);
+ * 4. onShapeChange + enqueue on real CUDA buffers; write the kept indices to OUT;
+ * 5. with ITERS > 0, time enqueue with CUDA events and print median / p10 / p90 microseconds.
+ * Prints one JSON line. Used by scripts/plugin_harness.py, which checks parity with the reference.
+ */
+#include "NvInferRuntime.h"
+
+#include <algorithm>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <cuda_runtime_api.h>
+#include <dlfcn.h>
+#include <fstream>
+#include <string>
+#include <vector>
+
+using namespace nvinfer1;
+
+namespace
+{
+
+int fail(std::string const& what)
+{
+    std::fprintf(stderr, "harness: %s\n", what.c_str());
+    return 1;
+}
+
+#define CHECK_CUDA(call)                                                                                               \
+    do                                                                                                                 \
+    {                                                                                                                  \
+        cudaError_t const status_ = (call);                                                                            \
+        if (status_ != cudaSuccess)                                                                                    \
+            return fail(std::string(#call) + ": " + cudaGetErrorString(status_));                                      \
+    } while (0)
+
+template <typename T>
+bool readFile(char const* path, std::vector<T>& data)
+{
+    std::ifstream in(path, std::ios::binary);
+    in.read(reinterpret_cast<char*>(data.data()), static_cast<std::streamsize>(data.size() * sizeof(T)));
+    return static_cast<size_t>(in.gcount()) == data.size() * sizeof(T);
+}
+
+PluginTensorDesc describe(DataType type, std::vector<int64_t> const& shape)
+{
+    PluginTensorDesc desc{};
+    desc.type = type;
+    desc.format = TensorFormat::kLINEAR;
+    desc.scale = 1.0F;
+    desc.dims.nbDims = static_cast<int32_t>(shape.size());
+    for (size_t i = 0; i < shape.size(); ++i)
+    {
+        desc.dims.d[i] = shape[i];
+    }
+    return desc;
+}
+
+} // namespace
+
+int main(int argc, char** argv)
+{
+    if (argc < 10)
+    {
+        return fail("usage: flashvlm_plugin_harness LIB GRAM.f32 RESIDUAL.i32 BATCH N R0 K_DIV STEP OUT.i32 [ITERS]");
+    }
+    int32_t const batch = std::atoi(argv[4]);
+    int32_t const n = std::atoi(argv[5]);
+    int32_t const r0 = std::atoi(argv[6]);
+    int32_t kDiv = std::atoi(argv[7]);
+    int32_t step = std::atoi(argv[8]);
+    int32_t const iters = argc > 10 ? std::atoi(argv[10]) : 0;
+
+    void* lib = dlopen(argv[1], RTLD_NOW | RTLD_LOCAL);
+    if (lib == nullptr)
+    {
+        return fail(std::string("dlopen: ") + dlerror());
+    }
+    using GetCreators = IPluginCreatorInterface* const* (*) (int32_t&);
+    auto getCreators = reinterpret_cast<GetCreators>(dlsym(lib, "getCreators"));
+    if (getCreators == nullptr)
+    {
+        return fail("the library does not export getCreators");
+    }
+    int32_t nbCreators = 0;
+    IPluginCreatorInterface* const* creators = getCreators(nbCreators);
+    IPluginCreatorV3One* creator = nullptr;
+    for (int32_t i = 0; i < nbCreators; ++i)
+    {
+        if (std::strcmp(creators[i]->getInterfaceInfo().kind, "PLUGIN CREATOR_V3ONE") == 0)
+        {
+            auto* candidate = static_cast<IPluginCreatorV3One*>(creators[i]);
+            if (std::strcmp(candidate->getPluginName(), "ResidualPrune") == 0
+                && std::strcmp(candidate->getPluginNamespace(), "flashvlm") == 0
+                && std::strcmp(candidate->getPluginVersion(), "1") == 0)
+            {
+                creator = candidate;
+            }
+        }
+    }
+    if (creator == nullptr)
+    {
+        return fail("getCreators returned no flashvlm::ResidualPrune version 1 creator");
+    }
+
+    std::vector<PluginField> fields{
+        PluginField("k_div", &kDiv, PluginFieldType::kINT32, 1), PluginField("step", &step, PluginFieldType::kINT32, 1)};
+    PluginFieldCollection fc{static_cast<int32_t>(fields.size()), fields.data()};
+    IPluginV3* built = creator->createPlugin("residual_prune", &fc, TensorRTPhase::kBUILD);
+    if (built == nullptr)
+    {
+        return fail("createPlugin (build phase) returned null");
+    }
+    auto* buildRuntime = static_cast<IPluginV3OneRuntime*>(built->getCapabilityInterface(PluginCapabilityType::kRUNTIME));
+    PluginFieldCollection const* serialised = buildRuntime->getFieldsToSerialize();
+    IPluginV3* plugin = creator->createPlugin("residual_prune", serialised, TensorRTPhase::kRUNTIME);
+    if (plugin == nullptr)
+    {
+        return fail("createPlugin from the serialised fields returned null");
+    }
+    auto* core = static_cast<IPluginV3OneCore*>(plugin->getCapabilityInterface(PluginCapabilityType::kCORE));
+    auto* runtime = static_cast<IPluginV3OneRuntime*>(plugin->getCapabilityInterface(PluginCapabilityType::kRUNTIME));
+    if (std::strcmp(core->getPluginName(), "ResidualPrune") != 0)
+    {
+        return fail("re-created plugin has the wrong name");
+    }
+
+    std::vector<float> gram(static_cast<size_t>(batch) * n * n);
+    std::vector<int32_t> residual(static_cast<size_t>(batch) * r0);
+    std::vector<int32_t> kept(static_cast<size_t>(batch) * kDiv, -1);
+    if (!readFile(argv[2], gram) || !readFile(argv[3], residual))
+    {
+        return fail("could not read the gram / residual files (sizes must match BATCH, N, R0)");
+    }
+    float* dGram = nullptr;
+    int32_t* dResidual = nullptr;
+    int32_t* dKept = nullptr;
+    CHECK_CUDA(cudaMalloc(reinterpret_cast<void**>(&dGram), gram.size() * sizeof(float)));
+    CHECK_CUDA(cudaMalloc(reinterpret_cast<void**>(&dResidual), residual.size() * sizeof(int32_t)));
+    CHECK_CUDA(cudaMalloc(reinterpret_cast<void**>(&dKept), kept.size() * sizeof(int32_t)));
+    CHECK_CUDA(cudaMemcpy(dGram, gram.data(), gram.size() * sizeof(float), cudaMemcpyHostToDevice));
+    CHECK_CUDA(cudaMemcpy(dResidual, residual.data(), residual.size() * sizeof(int32_t), cudaMemcpyHostToDevice));
+    cudaStream_t stream;
+    CHECK_CUDA(cudaStreamCreate(&stream));
+
+    PluginTensorDesc in[2] = {describe(DataType::kFLOAT, {batch, n, n}), describe(DataType::kINT32, {batch, r0})};
+    PluginTensorDesc out[1] = {describe(DataType::kINT32, {batch, kDiv})};
+    if (runtime->onShapeChange(in, 2, out, 1) != 0)
+    {
+        return fail("onShapeChange rejected the shapes");
+    }
+    void const* inputs[2] = {dGram, dResidual};
+    void* outputs[1] = {dKept};
+    if (runtime->enqueue(in, out, inputs, outputs, nullptr, stream) != 0)
+    {
+        return fail("enqueue failed");
+    }
+    CHECK_CUDA(cudaStreamSynchronize(stream));
+    CHECK_CUDA(cudaMemcpy(kept.data(), dKept, kept.size() * sizeof(int32_t), cudaMemcpyDeviceToHost));
+    std::ofstream(argv[9], std::ios::binary)
+        .write(reinterpret_cast<char const*>(kept.data()), static_cast<std::streamsize>(kept.size() * sizeof(int32_t)));
+
+    std::vector<float> micros;
+    if (iters > 0)
+    {
+        cudaEvent_t start, stop;
+        CHECK_CUDA(cudaEventCreate(&start));
+        CHECK_CUDA(cudaEventCreate(&stop));
+        for (int32_t i = 0; i < 10; ++i)
+        {
+            runtime->enqueue(in, out, inputs, outputs, nullptr, stream);
+        }
+        for (int32_t i = 0; i < iters; ++i)
+        {
+            CHECK_CUDA(cudaEventRecord(start, stream));
+            runtime->enqueue(in, out, inputs, outputs, nullptr, stream);
+            CHECK_CUDA(cudaEventRecord(stop, stream));
+            CHECK_CUDA(cudaEventSynchronize(stop));
+            float ms = 0.0F;
+            CHECK_CUDA(cudaEventElapsedTime(&ms, start, stop));
+            micros.push_back(ms * 1000.0F);
+        }
+        std::sort(micros.begin(), micros.end());
+    }
+    auto at = [&](double q) { return micros.empty() ? 0.0 : micros[static_cast<size_t>(q * (micros.size() - 1))]; };
+    cudaDeviceProp props{};
+    int device = 0;
+    cudaGetDevice(&device);
+    cudaGetDeviceProperties(&props, device);
+    std::printf("{\"ok\": true, \"gpu\": \"%s\", \"cc\": \"%d.%d\", \"batch\": %d, \"n\": %d, \"r0\": %d, \"k_div\": %d, "
+                "\"step\": %d, \"iters\": %d, \"median_us\": %.2f, \"p10_us\": %.2f, \"p90_us\": %.2f}\n",
+        props.name, props.major, props.minor, batch, n, r0, kDiv, step, iters, at(0.5), at(0.1), at(0.9));
+    delete plugin;
+    delete built;
+    cudaFree(dGram);
+    cudaFree(dResidual);
+    cudaFree(dKept);
+    return 0;
+}
