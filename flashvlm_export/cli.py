@@ -15,7 +15,7 @@ from pathlib import Path
 from flashvlm_export import __version__
 from flashvlm_export.errors import FlashVLMError, ParityError, UsageError
 
-SUBCOMMANDS = ("parity",)
+SUBCOMMANDS = ("parity", "build-plugin")
 
 
 class _Parser(argparse.ArgumentParser):
@@ -191,7 +191,10 @@ def export_parser() -> argparse.ArgumentParser:
     p = _Parser(
         prog="flashvlm-export",
         description="Export the vision encoder, projector and FlashVLM selector as one static-shape ONNX graph.",
-        epilog="subcommands: flashvlm-export parity --help (token-index parity against the PyTorch reference)",
+        epilog=(
+            "subcommands: flashvlm-export parity --help (token-index parity against the PyTorch reference); "
+            "flashvlm-export build-plugin --help (build the ResidualPrune TensorRT plugin)"
+        ),
     )
     p.add_argument("--version", action="version", version=f"flashvlm-export {__version__}")
     _add_model_flags(p)
@@ -215,6 +218,13 @@ def export_parser() -> argparse.ArgumentParser:
     t.add_argument(
         "--plugin", action="store_true", help="replace the unrolled pruning rounds by one flashvlm::ResidualPrune plugin node"
     )
+    t.add_argument("--engine", action="store_true", help="also build a TensorRT engine from the graph (needs TensorRT and a GPU)")
+    t.add_argument("--engine-dir", metavar="DIR", default="engines", help="folder for engines (default: engines)")
+    t.add_argument(
+        "--timing-cache", metavar="PATH", help="TensorRT timing cache, saved and reused (default: <engine-dir>/timing.cache)"
+    )
+    t.add_argument("--plugin-lib", metavar="PATH", help="libflashvlm_plugins.so (default: $FLASHVLM_PLUGIN_LIB or build/plugin/)")
+    t.add_argument("--workspace", type=float, default=4.0, help="TensorRT workspace limit in GiB (default: 4)")
     return p
 
 
@@ -239,17 +249,37 @@ def run_export(argv: list[str]) -> int:
         raise UsageError(f"--opset {args.opset} is too old: LayerNormalization needs 17; use --opset 17 or newer")
     spec, requests = _requests(args, many_budgets=True)
     paths = _graph_paths(args, requests)
-    check_writable(paths, args.force)
+    engines, plugin_lib = [], None
+    if args.engine:  # fail fast, before the export, when TensorRT, the GPU or the plugin is missing
+        from flashvlm_export.artifacts import artifact_stem
+        from flashvlm_export.trt.env import gpu_info, import_tensorrt
+
+        import_tensorrt()
+        gpu_info()
+        if args.plugin:
+            from flashvlm_export.plugin.build import find_plugin_library
+
+            plugin_lib = find_plugin_library(args.plugin_lib)
+        engines = [Path(args.engine_dir) / f"{artifact_stem(r)}.plan" for r in requests]
+    check_writable(paths + engines, args.force)
     parts = None if args.selector_only else _load_parts(spec, args)
     weights = None if parts is None else _weights_tag(parts)
     for request, path in zip(requests, paths, strict=True):
         timer = StepTimer("ONNX")
         export_onnx(request.module(parts), request.graph_io(), path, request.metadata(weights), args.opset, args.exporter)
         timer.done(f"export success ({request.kind} graph, K={request.budget}, B={request.batch}, T_max={request.t_max})", path)
+    for request, path, engine in zip(requests, paths, engines, strict=False):
+        from flashvlm_export.trt.build import build_engine
+
+        cache = Path(args.timing_cache) if args.timing_cache else Path(args.engine_dir) / "timing.cache"
+        build_engine(path, engine, request.metadata(weights), request.precision, plugin_lib, cache, args.workspace, log=log)
     weights_flag = ""
     if parts is not None:
         weights_flag = " --random-weights" if weights.startswith("random") else f" --model-path {parts.source}"
-    log(f"Done. Check it: flashvlm-export parity --graph {paths[0]}{weights_flag}")
+    if engines:
+        log(f"Done. Check it: flashvlm-export parity --engine {engines[0]}{weights_flag}")
+    else:
+        log(f"Done. Check it: flashvlm-export parity --graph {paths[0]}{weights_flag}")
     return 0
 
 
@@ -266,6 +296,13 @@ def parity_parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--graph", metavar="PATH", help="graph to check; default: export a selector graph for --model/--budget to a temp dir"
+    )
+    p.add_argument(
+        "--engine", metavar="PLAN", help="also check this TensorRT engine (its sidecar names the graph); needs TensorRT and a GPU"
+    )
+    p.add_argument("--plugin-lib", metavar="PATH", help="libflashvlm_plugins.so for an engine built with --plugin")
+    p.add_argument(
+        "--polygraphy", action="store_true", help="with --engine: also replay the saved records through `polygraphy run --trt`"
     )
     _add_model_flags(p)
     _add_graph_flags(p, many_budgets=False)
@@ -294,6 +331,13 @@ def run_parity_command(argv: list[str]) -> int:
         raise UsageError(f"--repeats {args.repeats} must be >= 1")
     cases = load_cases(Path(args.load_inputs)) if args.load_inputs else None
     save_dir = None if args.no_save else Path(args.save_dir)
+    extra, meta = [], None
+    if args.engine:
+        from flashvlm_export.trt.runner import EngineRunner
+
+        runner = EngineRunner(Path(args.engine), plugin_library=Path(args.plugin_lib) if args.plugin_lib else None)
+        extra, meta = [runner], runner.record["onnx_metadata"]
+        args.graph = args.graph or runner.record["onnx"]
     with tempfile.TemporaryDirectory(prefix="flashvlm-parity-") as scratch:
         if args.graph is None:
             args.selector_only = True
@@ -306,17 +350,49 @@ def run_parity_command(argv: list[str]) -> int:
             )
         else:
             graph = Path(args.graph)
-        meta = graph_metadata(graph)
+        meta = meta or graph_metadata(graph)
         request = request_from_metadata(meta, str(graph))
         parts = None if request.selector_only else _load_parts(request.spec, args, meta.get("weights"))
         start = time.perf_counter()
-        reports = run_parity(graph, parts, args.corpus_seed, args.repeats, cases, save_dir, log=log)
+        reports = run_parity(graph, parts, args.corpus_seed, args.repeats, cases, save_dir, extra, log=log, meta=meta)
         elapsed = time.perf_counter() - start
+    if args.engine and args.polygraphy and save_dir is not None:
+        from flashvlm_export.trt.polygraphy_check import replay_with_polygraphy
+
+        reports.append(replay_with_polygraphy(Path(args.engine), save_dir, Path(graph).stem, args.plugin_lib, log=log))
     failed = [r for r in reports if not r]
     if failed:
         log(f"FAILED: {', '.join(r.backend for r in failed)} differ from the reference beyond near-ties ({elapsed:.1f}s)")
         raise ParityError("parity failed")
-    log(f"PASSED: every backend matches the reference (near-ties reported above) ({elapsed:.1f}s)")
+    reduced = (
+        " (reduced-precision encoders: overlap reported above)"
+        if any(getattr(r, "overlaps", None) is not None for r in reports)
+        else ""
+    )
+    log(f"PASSED: every fp32 backend matches the reference, near-ties reported above{reduced} ({elapsed:.1f}s)")
+    return 0
+
+
+# ---------------------------------------------------------------- build-plugin
+
+
+def build_plugin_parser() -> argparse.ArgumentParser:
+    p = _Parser(
+        prog="flashvlm-export build-plugin",
+        description="Build libflashvlm_plugins.so (the ResidualPrune TensorRT plugin) with CMake and nvcc.",
+    )
+    p.add_argument("--tensorrt-include", metavar="DIR", help="TensorRT include/ (default: $TENSORRT_INCLUDE_DIR or system paths)")
+    p.add_argument("--cuda-arch", help="CMAKE_CUDA_ARCHITECTURES, e.g. 87 (Orin), 80 (A100), 90 (H100/H200); default: this GPU's")
+    p.add_argument("--build-dir", default="build/plugin", help="CMake build folder (default: build/plugin)")
+    return p
+
+
+def run_build_plugin(argv: list[str]) -> int:
+    from flashvlm_export.plugin.build import build_plugin
+
+    args = build_plugin_parser().parse_args(argv)
+    library = build_plugin(args.tensorrt_include, Path(args.build_dir), args.cuda_arch, log=log)
+    log(f"Done. Use it: flashvlm-export ... --engine --plugin --plugin-lib {library}  (or export FLASHVLM_PLUGIN_LIB={library})")
     return 0
 
 
@@ -328,6 +404,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if argv and argv[0] == "parity":
             return run_parity_command(argv[1:])
+        if argv and argv[0] == "build-plugin":
+            return run_build_plugin(argv[1:])
         return run_export(argv)
     except ParityError:
         return ParityError.exit_code

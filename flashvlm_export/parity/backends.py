@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from flashvlm_export.errors import UsageError
+from flashvlm_export.errors import MissingDependencyError, UsageError
 from flashvlm_export.parity.corpus import SELECTOR_INPUTS
 from flashvlm_export.selector.config import SelectorConfig
 from flashvlm_export.selector.reference import NearTie, reference_select
@@ -102,7 +102,11 @@ class OnnxRuntime:
             from flashvlm_export.plugin.ort_op import session_options
 
             options = session_options()
-        self.session = ort.InferenceSession(str(path), sess_options=options, providers=providers)
+        try:
+            self.session = ort.InferenceSession(str(path), sess_options=options, providers=providers)
+        except Exception as exc:  # e.g. bf16 kernels the CPU provider lacks
+            first = str(exc).strip().splitlines()[0][:300]
+            raise MissingDependencyError(f"ONNX Runtime ({providers[0]}) cannot run {Path(path).name}: {first}") from None
         self.input_names = tuple(i.name for i in self.session.get_inputs())
         self.name = f"onnxruntime[{providers[0].replace('ExecutionProvider', '')}{', plugin op' if plugin else ''}]"
 

@@ -7,10 +7,10 @@ from pathlib import Path
 import numpy as np
 import onnx
 
-from flashvlm_export.errors import UsageError
+from flashvlm_export.errors import MissingDependencyError, UsageError
 from flashvlm_export.export.graphs import ExportRequest, request_from_metadata
 from flashvlm_export.parity.backends import OnnxRuntime, PipelineReference, SelectorReference, TorchModule
-from flashvlm_export.parity.compare import ParityReport, compare_case
+from flashvlm_export.parity.compare import ParityReport, compare_case, overlap_case
 from flashvlm_export.parity.corpus import PIPELINE_INPUTS, SELECTOR_INPUTS, Case, Geometry, pipeline_corpus, selector_corpus
 
 
@@ -117,9 +117,10 @@ def run_parity(
     save_dir: Path | None = None,
     extra_backends: list | None = None,
     log=print,
+    meta: dict[str, str] | None = None,
 ) -> list[ParityReport]:
     """Reference vs static torch vs ONNX Runtime (and any extra backend) on one exported graph."""
-    meta = graph_metadata(graph)
+    meta = meta or graph_metadata(graph)
     request = request_from_metadata(meta, str(graph))
     geometry = geometry_of(request)
     if cases is None:
@@ -136,15 +137,31 @@ def run_parity(
             raise UsageError("the full graph's parity needs its weights: pass --random-weights or --model-path")
         reference = PipelineReference(parts, request.budget, request.config)
         static = TorchModule(request.module(parts), PIPELINE_INPUTS)
-    backends = [static, OnnxRuntime(graph, plugin=request.plugin)] + list(extra_backends or [])
-    reports = {b.name: ParityReport(b.name) for b in backends}
+    backends = [static]
+    if graph.is_file():
+        try:
+            backends.append(OnnxRuntime(graph, plugin=request.plugin))
+        except MissingDependencyError as exc:
+            if request.precision == "fp32":
+                raise
+            log(f"Parity: skipped ONNX Runtime: {exc}")  # reduced precision: reported, not fatal
+    backends += list(extra_backends or [])
+    # a backend with a reduced-precision encoder is reported by overlap, as ALGORITHM.md says
+    reports = {
+        b.name: ParityReport(b.name, overlaps=[] if getattr(b, "precision", request.precision) != "fp32" else None)
+        for b in backends
+    }
     reference_outputs = []
     for case in cases:
         ref_indices, near_ties = reference.run(case.feeds)
         reference_outputs.append(ref_indices)
         for backend in backends:
             got = backend.run(case.feeds)
-            reports[backend.name].results += compare_case(case.name, ref_indices, near_ties, got)
+            report = reports[backend.name]
+            if report.overlaps is not None:
+                report.overlaps += overlap_case(ref_indices, got)
+            else:
+                report.results += compare_case(case.name, ref_indices, near_ties, got)
     log(
         f"Parity: {graph.name} ({request.kind} graph, {request.spec.name}, K={request.budget}, batch {request.batch}), "
         f"{len(cases)} cases x {request.batch} images against the reference"

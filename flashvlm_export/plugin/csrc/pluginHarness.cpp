@@ -2,6 +2,7 @@
  * flashvlm_plugin_harness: exercise libflashvlm_plugins.so the way TensorRT does, without TensorRT.
  *
  *   flashvlm_plugin_harness LIB GRAM.f32 RESIDUAL.i32 BATCH N R0 K_DIV STEP OUT.i32 [ITERS]
+ *   flashvlm_plugin_harness LIB        (steps 1-3 only: no GPU needed)
  *
  * 1. dlopen LIB and find ResidualPrune through getCreators;
  * 2. create the plugin from a PluginFieldCollection {k_div, step};
@@ -67,15 +68,16 @@ PluginTensorDesc describe(DataType type, std::vector<int64_t> const& shape)
 
 int main(int argc, char** argv)
 {
-    if (argc < 10)
+    bool const lifecycleOnly = argc == 2;
+    if (argc < 10 && !lifecycleOnly)
     {
-        return fail("usage: flashvlm_plugin_harness LIB GRAM.f32 RESIDUAL.i32 BATCH N R0 K_DIV STEP OUT.i32 [ITERS]");
+        return fail("usage: flashvlm_plugin_harness LIB [GRAM.f32 RESIDUAL.i32 BATCH N R0 K_DIV STEP OUT.i32 [ITERS]]");
     }
-    int32_t const batch = std::atoi(argv[4]);
-    int32_t const n = std::atoi(argv[5]);
-    int32_t const r0 = std::atoi(argv[6]);
-    int32_t kDiv = std::atoi(argv[7]);
-    int32_t step = std::atoi(argv[8]);
+    int32_t const batch = lifecycleOnly ? 1 : std::atoi(argv[4]);
+    int32_t const n = lifecycleOnly ? 576 : std::atoi(argv[5]);
+    int32_t const r0 = lifecycleOnly ? 512 : std::atoi(argv[6]);
+    int32_t kDiv = lifecycleOnly ? 64 : std::atoi(argv[7]);
+    int32_t step = lifecycleOnly ? 8 : std::atoi(argv[8]);
     int32_t const iters = argc > 10 ? std::atoi(argv[10]) : 0;
 
     void* lib = dlopen(argv[1], RTLD_NOW | RTLD_LOCAL);
@@ -130,6 +132,32 @@ int main(int argc, char** argv)
     if (std::strcmp(core->getPluginName(), "ResidualPrune") != 0)
     {
         return fail("re-created plugin has the wrong name");
+    }
+    PluginFieldCollection const* again = runtime->getFieldsToSerialize();
+    for (int32_t i = 0; i < again->nbFields; ++i)
+    {
+        int32_t const value = *static_cast<int32_t const*>(again->fields[i].data);
+        int32_t const expected = std::strcmp(again->fields[i].name, "k_div") == 0 ? kDiv : step;
+        if (value != expected)
+        {
+            return fail(std::string("field ") + again->fields[i].name + " did not survive serialisation");
+        }
+    }
+    IPluginV3* copy = plugin->clone();
+    auto* copyRuntime = static_cast<IPluginV3OneRuntime*>(copy->getCapabilityInterface(PluginCapabilityType::kRUNTIME));
+    if (*static_cast<int32_t const*>(copyRuntime->getFieldsToSerialize()->fields[0].data) != kDiv)
+    {
+        return fail("clone lost k_div");
+    }
+    delete copy;
+    if (lifecycleOnly)
+    {
+        std::printf("{\"ok\": true, \"lifecycle\": \"getCreators, createPlugin, serialise, re-create, clone\", "
+                    "\"fields\": %d}\n",
+            again->nbFields);
+        delete plugin;
+        delete built;
+        return 0;
     }
 
     std::vector<float> gram(static_cast<size_t>(batch) * n * n);

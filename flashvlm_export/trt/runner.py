@@ -1,0 +1,56 @@
+"""Load an engine with its sidecar and run it; refuse any mismatch with a clear message."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from flashvlm_export.artifacts import read_sidecar
+from flashvlm_export.errors import UsageError
+from flashvlm_export.trt.env import gpu_info, import_tensorrt, load_plugin_library
+
+
+class EngineRunner:
+    """A TensorRT engine checked against its sidecar: same TensorRT, same GPU, plugin present, budget."""
+
+    def __init__(self, engine_path: Path, expect_budget: int | None = None, plugin_library: Path | None = None):
+        if not Path(engine_path).is_file():
+            raise UsageError(f"engine {engine_path} does not exist; build it with flashvlm-export ... --engine")
+        self.record = read_sidecar(Path(engine_path))
+        trt = import_tensorrt()
+        rebuild = "rebuild it on this machine with flashvlm-export ... --engine"
+        if trt.__version__ != self.record["tensorrt_version"]:
+            raise UsageError(
+                f"{engine_path} was built with TensorRT {self.record['tensorrt_version']}, this is {trt.__version__}; {rebuild}"
+            )
+        gpu = gpu_info()
+        if (gpu.name, gpu.compute_capability) != (self.record["gpu"], self.record["compute_capability"]):
+            raise UsageError(
+                f"{engine_path} was built for {self.record['gpu']} (sm {self.record['compute_capability']}), "
+                f"this is {gpu.name} (sm {gpu.compute_capability}); {rebuild}"
+            )
+        if expect_budget is not None and expect_budget != self.record["budget"]:
+            raise UsageError(
+                f"{engine_path} keeps K={self.record['budget']} tokens, the caller expects K={expect_budget}; use the matching engine"
+            )
+        if self.record["plugin"]:
+            from flashvlm_export.plugin.build import find_plugin_library
+
+            load_plugin_library(trt, find_plugin_library(str(plugin_library) if plugin_library else None))
+        from polygraphy.backend.trt import EngineFromBytes, TrtRunner
+
+        self.runner = TrtRunner(EngineFromBytes(Path(engine_path).read_bytes()))
+        self.runner.activate()
+        self.precision = self.record["precision"]
+        self.name = f"tensorrt[{self.record['precision']}{', plugin' if self.record['plugin'] else ''}]"
+
+    def infer(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        return {name: np.asarray(value) for name, value in self.runner.infer(feeds, copy_outputs_to_host=True).items()}
+
+    def run(self, feeds: dict[str, np.ndarray]) -> np.ndarray:
+        """The parity-backend interface: indices (B, K)."""
+        return self.infer(feeds)["indices"].astype(np.int64)
+
+    def close(self) -> None:
+        self.runner.deactivate()
