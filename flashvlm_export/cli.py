@@ -15,7 +15,7 @@ from pathlib import Path
 from flashvlm_export import __version__
 from flashvlm_export.errors import FlashVLMError, ParityError, UsageError
 
-SUBCOMMANDS = ("parity", "build-plugin")
+SUBCOMMANDS = ("parity", "build-plugin", "bench")
 
 
 class _Parser(argparse.ArgumentParser):
@@ -193,7 +193,8 @@ def export_parser() -> argparse.ArgumentParser:
         description="Export the vision encoder, projector and FlashVLM selector as one static-shape ONNX graph.",
         epilog=(
             "subcommands: flashvlm-export parity --help (token-index parity against the PyTorch reference); "
-            "flashvlm-export build-plugin --help (build the ResidualPrune TensorRT plugin)"
+            "flashvlm-export build-plugin --help (build the ResidualPrune TensorRT plugin); "
+            "flashvlm-export bench --help (measured costs on this machine)"
         ),
     )
     p.add_argument("--version", action="version", version=f"flashvlm-export {__version__}")
@@ -396,6 +397,72 @@ def run_build_plugin(argv: list[str]) -> int:
     return 0
 
 
+# ---------------------------------------------------------------- bench
+
+
+def bench_parser() -> argparse.ArgumentParser:
+    p = _Parser(
+        prog="flashvlm-export bench",
+        description=(
+            "Measure what the selector costs and what pruning saves on this machine: selector core on every backend, "
+            "the full graph in ONNX Runtime, the export, and (on a GPU) LLM prefill per budget. Writes bench.json and bench.md."
+        ),
+    )
+    p.add_argument("--repeats", type=int, default=10, help="timed runs per figure after warm-up (default: 10)")
+    p.add_argument("--text-len", type=int, default=60, help="prompt rows of the 128 (default: 60, a LLaVA-1.5 chat prompt)")
+    p.add_argument("--out-dir", default="bench-results", help="where bench.json and bench.md go (default: bench-results)")
+    p.add_argument("--no-export", action="store_true", help="skip the export measurement (and the full graph, which uses it)")
+    p.add_argument("--no-full-graph", action="store_true", help="skip the full-graph ONNX Runtime timing")
+    p.add_argument("--no-gpu", action="store_true", help="ignore a CUDA GPU even when present")
+    p.add_argument("--cost-only", action="store_true", help="print the FLOPs / KV-cache calculator and stop")
+    return p
+
+
+def run_bench(argv: list[str]) -> int:
+    from flashvlm_export.bench.cost import cost_markdown, differences_text
+
+    args = bench_parser().parse_args(argv)
+    if args.cost_only:
+        log(cost_markdown())
+        log(differences_text())
+        return 0
+    if args.repeats < 1 or not 0 <= args.text_len <= 128:
+        raise UsageError(f"--repeats {args.repeats} must be >= 1 and --text-len {args.text_len} in [0, 128]")
+    import torch
+
+    from flashvlm_export.bench import report, suite
+
+    settings = suite.BenchSettings(args.repeats, 2, args.text_len, not args.no_full_graph, not args.no_export, not args.no_gpu)
+    results = {
+        "machine": suite.machine(),
+        "settings": settings.__dict__,
+        "command": "flashvlm-export bench " + " ".join(argv),
+        "rows": [],
+    }
+    start = time.perf_counter()
+    with tempfile.TemporaryDirectory(prefix="flashvlm-bench-") as scratch:
+        if settings.export:
+            log("Bench: export (child process)")
+            results["rows"].append(suite.export_cost(Path(scratch), log=log))
+        log("Bench: selector core")
+        results["rows"] += suite.selector_core(settings, log=log)
+        if settings.export and settings.full_graph:
+            log("Bench: full graph")
+            ort_ms = next(
+                r["median_ms"]
+                for r in results["rows"]
+                if r.get("name") == "onnxruntime CPU" and r.get("n_tokens") == 576 and r.get("budget") == 128
+            )
+            results["rows"].append(suite.full_graph(Path(scratch) / "llava15_b128.onnx", ort_ms, settings, log=log))
+    if settings.gpu and torch.cuda.is_available():
+        log("Bench: LLM prefill on the GPU")
+        results["rows"] += suite.prefill_gpu(settings, text_len=args.text_len, log=log)
+    json_path, md_path = report.save(results, Path(args.out_dir))
+    log(report.markdown(results))
+    log(f"Bench: done {time.perf_counter() - start:.0f}s, saved {json_path} and {md_path}")
+    return 0
+
+
 # ---------------------------------------------------------------- entry point
 
 
@@ -406,6 +473,8 @@ def main(argv: list[str] | None = None) -> int:
             return run_parity_command(argv[1:])
         if argv and argv[0] == "build-plugin":
             return run_build_plugin(argv[1:])
+        if argv and argv[0] == "bench":
+            return run_bench(argv[1:])
         return run_export(argv)
     except ParityError:
         return ParityError.exit_code

@@ -1,0 +1,59 @@
+"""Bench results as data (JSON) and as the markdown tables the README publishes."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from flashvlm_export.artifacts import write_json_atomic
+from flashvlm_export.bench.cost import cost_markdown, differences_text
+
+
+def selector_table(rows: list[dict]) -> str:
+    backends = list(dict.fromkeys(r["name"] for r in rows if r["section"] == "selector"))
+    keys = list(dict.fromkeys((r["n_tokens"], r["budget"]) for r in rows if r["section"] == "selector"))
+    lines = ["| N | K | " + " | ".join(backends) + " |", "|---|---|" + "---|" * len(backends)]
+    for n, k in keys:
+        cells = []
+        for backend in backends:
+            match = [r for r in rows if r["section"] == "selector" and (r["n_tokens"], r["budget"], r["name"]) == (n, k, backend)]
+            cells.append(f"{match[0]['median_ms']:.2f} ({match[0]['p10_ms']:.2f}-{match[0]['p90_ms']:.2f})" if match else "")
+        lines.append(f"| {n} | {k} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def markdown(results: dict) -> str:
+    rows = results["rows"]
+    m = results["machine"]
+    parts = [
+        f"Machine: {m['cpu']}, {m['cores']} cores{', GPU ' + m['gpu'] if 'gpu' in m else ', no GPU'}; torch {m['torch']}, "
+        f"onnxruntime {m.get('onnxruntime', '-')}; {m['date']}. Command: `{results['command']}`.",
+        "",
+        f"Selector core, milliseconds, median (p10-p90), batch 1, prompt of {results['settings']['text_len']} text rows:",
+        "",
+        selector_table(rows),
+    ]
+    for r in rows:
+        if r["section"] == "full_graph":
+            parts += [
+                "",
+                f"Full graph (CLIP ViT-L/14-336 + projector + selector, random weights), ONNX Runtime CPU: "
+                f"{r['median_ms']:.0f} ms median (p10 {r['p10_ms']:.0f}, p90 {r['p90_ms']:.0f}); the selector core "
+                f"({r['selector_ms']:.2f} ms) is {100 * r['selector_share']:.2f}% of it.",
+            ]
+        if r["section"] == "export":
+            parts += ["", f"Export (`{r['command']}`): {r['wall_s']} s wall, {r['peak_rss_gib']} GiB peak RSS."]
+    prefill = [r for r in rows if r["section"] == "prefill"]
+    if prefill:
+        parts += ["", "| visual tokens | prefill ms (median) |", "|---|---|"]
+        parts += [f"| {r['visual_tokens']} (+{r['text_tokens']} text) | {r['median_ms']:.2f} |" for r in prefill]
+    parts += ["", "Cost calculator (geometry, not measured):", "", cost_markdown(), "", differences_text()]
+    return "\n".join(parts) + "\n"
+
+
+def save(results: dict, out_dir: Path) -> tuple[Path, Path]:
+    out_dir.mkdir(parents=True, exist_ok=True)
+    json_path, md_path = out_dir / "bench.json", out_dir / "bench.md"
+    write_json_atomic(json_path, json.loads(json.dumps(results, default=str)))
+    md_path.write_text(markdown(results))
+    return json_path, md_path

@@ -1,0 +1,198 @@
+"""`flashvlm-export bench`: every figure with warm-up, repeats, median / p10 / p90, same inputs for all.
+
+Sections: selector core (N=576 at K=32/64/128/192, N=2880 at K=160/320/640) on the eager reference,
+the static torch module and ONNX Runtime CPU, plus torch on GPU (eager, CUDA graph) and the plugin
+kernel where a GPU is present; the full graph in ONNX Runtime and the selector's share of it; the
+export's time and peak RSS; and, on a GPU, LLM prefill time per budget.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from flashvlm_export.bench.timing import Timing, measure
+from flashvlm_export.export.graphs import ExportRequest
+from flashvlm_export.export.onnx_export import export_onnx
+from flashvlm_export.models.spec import get_spec
+from flashvlm_export.parity.backends import OnnxRuntime, SelectorReference, TorchModule
+from flashvlm_export.parity.corpus import SELECTOR_INPUTS, Geometry, selector_corpus
+from flashvlm_export.selector.config import SelectorConfig
+
+SELECTOR_GRID = ((576, (32, 64, 128, 192)), (2880, (160, 320, 640)))
+
+
+@dataclass(frozen=True)
+class BenchSettings:
+    repeats: int = 10  # timed runs per figure (N=2880 and the full graph use fewer, see below)
+    warmup: int = 2
+    text_len: int = 60  # prompt rows of T_max = 128: a LLaVA-1.5 chat prompt with a short question
+    full_graph: bool = True
+    export: bool = True
+    gpu: bool = True  # use a CUDA GPU when one is present
+
+
+def machine() -> dict:
+    info = {
+        "cpu": platform.processor() or platform.machine(),
+        "cores": os.cpu_count(),
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "date": time.strftime("%Y-%m-%d"),
+    }
+    try:
+        import onnxruntime
+
+        info["onnxruntime"] = onnxruntime.__version__
+    except ImportError:
+        pass
+    if torch.cuda.is_available():
+        info["gpu"] = torch.cuda.get_device_name(0)
+    return info
+
+
+def _row(section: str, n: int, k: int, timing: Timing, **extra) -> dict:
+    return {"section": section, "n_tokens": n, "budget": k, **timing.to_dict(), **extra}
+
+
+def _selector_case(n: int, text_len: int):
+    spec = get_spec("llava15")
+    case = selector_corpus(Geometry(n, spec.vision_hidden, spec.text_hidden, spec.t_max, 1), repeats=1)[0]
+    case.feeds["text_mask"][:] = False
+    case.feeds["text_mask"][:, :text_len] = True
+    return case
+
+
+def _gpu_selector(request, case, settings: BenchSettings) -> list[Timing]:
+    """The static selector in torch on the GPU, eager and replayed as a CUDA graph."""
+    module = request.module().cuda().eval()
+    inputs = [torch.from_numpy(case.feeds[name]).cuda() for name in SELECTOR_INPUTS]
+    sync = torch.cuda.synchronize
+    with torch.inference_mode():
+        eager = measure("torch GPU (eager)", lambda: module(*inputs), settings.warmup, settings.repeats, sync)
+        stream = torch.cuda.Stream()
+        with torch.cuda.stream(stream):
+            for _ in range(2):
+                module(*inputs)
+        sync()
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            module(*inputs)
+        replay = measure("torch GPU (CUDA graph)", graph.replay, settings.warmup, settings.repeats, sync)
+    return [eager, replay]
+
+
+def selector_core(settings: BenchSettings, log=print) -> list[dict]:
+    rows = []
+    spec = get_spec("llava15")
+    gpu = settings.gpu and torch.cuda.is_available()
+    with tempfile.TemporaryDirectory() as scratch:
+        for n, budgets in SELECTOR_GRID:
+            case = _selector_case(n, settings.text_len)
+            repeats = settings.repeats if n <= 576 else max(3, settings.repeats // 2)
+            exporter = "dynamo" if n <= 576 else "torchscript"  # same graph; dynamo takes ~100 s for 280 rounds
+            for k in budgets:
+                request = ExportRequest(spec, k, spec.t_max, 1, SelectorConfig(), True, None if n == 576 else n)
+                graph = export_onnx(
+                    request.module(),
+                    request.graph_io(),
+                    Path(scratch) / f"s{n}_{k}.onnx",
+                    request.metadata(None),
+                    exporter=exporter,
+                )
+                backends = [
+                    ("eager reference", SelectorReference(k, request.config, trace=False)),
+                    ("static torch (CPU)", TorchModule(request.module(), SELECTOR_INPUTS)),
+                    ("onnxruntime CPU", OnnxRuntime(graph)),
+                ]
+                with torch.inference_mode():
+                    for name, backend in backends:
+                        timing = measure(name, lambda b=backend, f=case.feeds: b.run(f), settings.warmup, repeats)
+                        rows.append(_row("selector", n, k, timing))
+                        log(f"  selector N={n} K={k:<4} {timing.row()}")
+                if gpu:
+                    for timing in _gpu_selector(request, case, settings):
+                        rows.append(_row("selector", n, k, timing))
+                        log(f"  selector N={n} K={k:<4} {timing.row()}")
+    return rows
+
+
+def export_cost(out_dir: Path, log=print) -> dict:
+    """Wall time and peak RSS of the README's main job, in a child process."""
+    exe = str(Path(sys.executable).with_name("flashvlm-export"))
+    command = [exe, "--model", "llava15", "--budget", "128", "--random-weights", "--out-dir", str(out_dir), "--force"]
+    start = time.perf_counter()
+    run = subprocess.run(command, capture_output=True, text=True)
+    wall = time.perf_counter() - start
+    if run.returncode != 0:
+        raise RuntimeError(f"export failed: {run.stderr.strip()}")
+    peak_gib = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / (1 << 20)  # KiB on Linux
+    log(f"  export llava15 K=128 random weights: {wall:.1f} s wall, {peak_gib:.2f} GiB peak RSS")
+    return {
+        "section": "export",
+        "command": "flashvlm-export --model llava15 --budget 128 --random-weights",  # into a temp --out-dir
+        "wall_s": round(wall, 1),
+        "peak_rss_gib": round(peak_gib, 2),
+    }
+
+
+def full_graph(graph: Path, selector_ms: float, settings: BenchSettings, log=print) -> dict:
+    """Encoder + projector + selector in ONNX Runtime CPU; the selector's share of it."""
+    from flashvlm_export.parity.corpus import pipeline_corpus
+
+    spec = get_spec("llava15")
+    case = pipeline_corpus(Geometry(576, spec.vision_hidden, spec.text_hidden, spec.t_max, 1), spec.image_size, repeats=1)[0]
+    case.feeds["text_mask"][:] = False
+    case.feeds["text_mask"][:, : settings.text_len] = True
+    runtime = OnnxRuntime(graph)
+    timing = measure(
+        "full graph onnxruntime CPU", lambda: runtime.run(case.feeds), warmup=1, repeats=max(3, settings.repeats // 2)
+    )
+    share = selector_ms / timing.median_ms
+    log(f"  full graph N=576 K=128 {timing.row()}  (selector core {selector_ms:.2f} ms = {100 * share:.2f}%)")
+    return {
+        "section": "full_graph",
+        "n_tokens": 576,
+        "budget": 128,
+        **timing.to_dict(),
+        "selector_ms": selector_ms,
+        "selector_share": share,
+    }
+
+
+def prefill_gpu(settings: BenchSettings, budgets=(576, 128, 64, 32), text_len: int = 60, log=print) -> list[dict]:
+    """Llama-2-7B-geometry decoder, random fp16 weights, on the GPU: prefill time per visual-token count."""
+    from transformers import LlamaConfig, LlamaModel
+
+    config = LlamaConfig(
+        hidden_size=4096, intermediate_size=11008, num_hidden_layers=32, num_attention_heads=32, vocab_size=32000
+    )
+    config._attn_implementation = "sdpa"
+    with torch.device("cuda"):
+        model = LlamaModel(config).half().eval()
+    rows = []
+    sync = torch.cuda.synchronize
+    with torch.inference_mode():
+        for visual in budgets:
+            embeds = torch.randn(1, visual + text_len, 4096, device="cuda", dtype=torch.float16) * 0.02
+            timing = measure(
+                f"prefill {visual}+{text_len} tokens",
+                lambda e=embeds, m=model: m(inputs_embeds=e, use_cache=True),
+                settings.warmup,
+                settings.repeats,
+                sync,
+            )
+            rows.append({"section": "prefill", "visual_tokens": visual, "text_tokens": text_len, **timing.to_dict()})
+            log(f"  {timing.row()}")
+    del model
+    torch.cuda.empty_cache()
+    return rows

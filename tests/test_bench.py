@@ -1,0 +1,56 @@
+"""Benchmarks: the cost calculator's arithmetic, the report, and a reduced smoke run (no timing targets)."""
+
+import pytest
+
+from flashvlm_export.bench import cost, report, suite
+from flashvlm_export.bench.timing import measure
+from flashvlm_export.cli import main
+
+
+def test_kv_cache_is_half_a_mebibyte_per_token_and_reproduces_the_published_full_size():
+    g = cost.VICUNA_7B
+    assert cost.kv_cache_mib(g, 1) == 2 * g.layers * g.hidden * 2 / 2**20
+    full = cost.LLAVA_NEXT_7B.full_tokens
+    assert cost.kv_cache_mib(g, full) == cost.LLAVA_NEXT_7B.paper[full][1]  # 2880 tokens: the paper's figure
+
+
+def test_prefill_flops_grow_superlinearly_and_pruning_scales_them_down():
+    g = cost.VICUNA_7B
+    assert cost.prefill_flops(g, 2000) > 2 * cost.prefill_flops(g, 1000) - 2 * 2 * g.hidden * g.vocab  # attention is n^2
+    rows = cost.cost_rows(cost.LLAVA15_7B)
+    ratios = [r["prefill_vs_full"] for r in rows]
+    assert ratios[0] == 1.0 and all(a > b for a, b in zip(ratios, ratios[1:], strict=False))
+    for r in rows[1:]:  # below N, the ratio is at most the token ratio: the attention term shrinks quadratically
+        assert r["prefill_vs_full"] <= r["tokens"] / 576 + 1e-9
+
+
+def test_differences_text_states_both_published_and_computed_values():
+    text = cost.differences_text()
+    for tokens, (tflops, kv) in cost.LLAVA_NEXT_7B.paper.items():
+        assert f"{tflops:.1f} T at {tokens}" in text and f"{kv:.0f} MB at {tokens}" in text
+
+
+def test_measure_reports_ordered_percentiles():
+    t = measure("noop", lambda: sum(range(1000)), warmup=1, repeats=15)
+    assert t.p10_ms <= t.median_ms <= t.p90_ms and t.repeats == 15
+
+
+def test_cost_only_command_prints_the_calculator(capsys):
+    assert main(["bench", "--cost-only"]) == 0
+    out = capsys.readouterr().out
+    assert "LLaVA-NeXT-7B | 2880" in out and "Differences from the paper" in out
+
+
+def test_reduced_bench_runs_every_cpu_backend_on_the_same_inputs(monkeypatch, tmp_path):
+    monkeypatch.setattr(suite, "SELECTOR_GRID", ((576, (64,)),))
+    rows = suite.selector_core(suite.BenchSettings(repeats=2, warmup=1, gpu=False), log=lambda _: None)
+    assert [r["name"] for r in rows] == ["eager reference", "static torch (CPU)", "onnxruntime CPU"]
+    results = {"machine": suite.machine(), "settings": {"text_len": 60}, "command": "test", "rows": rows}
+    json_path, md_path = report.save(results, tmp_path)
+    assert json_path.is_file() and "| 576 | 64 |" in md_path.read_text()
+
+
+@pytest.mark.parametrize("argv", [["bench", "--repeats", "0"], ["bench", "--text-len", "500"]])
+def test_bad_bench_settings_are_one_line_errors(capsys, argv):
+    assert main(argv) == 2
+    assert len(capsys.readouterr().err.strip().splitlines()) == 1
