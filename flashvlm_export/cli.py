@@ -246,6 +246,10 @@ def run_export(argv: list[str]) -> int:
     from flashvlm_export.export.onnx_export import export_onnx
 
     args = export_parser().parse_args(argv)
+    if args.plugin and args.exporter != "dynamo":
+        raise UsageError(
+            f"--plugin needs the dynamo exporter (its custom node does not export with {args.exporter}); drop --exporter"
+        )
     if args.opset < 17:
         raise UsageError(f"--opset {args.opset} is too old: LayerNormalization needs 17; use --opset 17 or newer")
     spec, requests = _requests(args, many_budgets=True)

@@ -143,6 +143,21 @@ def test_wrong_shaped_parity_input_names_the_expected_shape(tmp_path, capsys):
     expect_usage_error(capsys, ["parity", "--graph", str(graph), "--load-inputs", str(tmp_path / "bad.json"), "--no-save"])
 
 
+def test_plugin_with_the_torchscript_exporter_is_rejected(tmp_path, capsys):
+    argv = [
+        "--model",
+        "llava15-tiny",
+        "--selector-only",
+        "--plugin",
+        "--exporter",
+        "torchscript",
+        "--out",
+        str(tmp_path / "p.onnx"),
+    ]
+    expect_usage_error(capsys, argv, "--plugin", "dynamo")
+    assert files_under(tmp_path) == []
+
+
 def test_unknown_flag_is_a_one_line_error(capsys):
     expect_usage_error(capsys, ["--budgett", "128"], "--budgett")
 

@@ -79,27 +79,15 @@ def test_fp16_encoder_outputs_track_fp32_in_onnxruntime(fp16_features_graph, tin
             assert np.abs(got - want).max() <= 2e-2 * max(1.0, np.abs(want).max()), case.name
 
 
+def export_with_engine(tmp_path, *flags) -> int:
+    return main(["--model", "llava15-tiny", *flags, "--out-dir", str(tmp_path), "--engine", "--engine-dir", str(tmp_path)])
+
+
 @needs_trt_gpu
 def test_fp32_engine_matches_reference_and_records_its_build(tmp_path):
     from flashvlm_export.artifacts import read_sidecar
 
-    assert (
-        main(
-            [
-                "--model",
-                "llava15-tiny",
-                "--random-weights",
-                "--budget",
-                "64",
-                "--out-dir",
-                str(tmp_path),
-                "--engine",
-                "--engine-dir",
-                str(tmp_path),
-            ]
-        )
-        == 0
-    )
+    assert export_with_engine(tmp_path, "--random-weights", "--budget", "64") == 0
     engine = tmp_path / "llava15-tiny_b64.plan"
     record = read_sidecar(engine)
     assert record["budget"] == 64 and record["precision"] == "fp32" and len(record["onnx_sha256"]) == 64
@@ -112,22 +100,6 @@ def test_engine_runner_refuses_a_budget_other_than_the_engine_keeps(tmp_path):
     from flashvlm_export.errors import UsageError
     from flashvlm_export.trt.runner import EngineRunner
 
-    assert (
-        main(
-            [
-                "--model",
-                "llava15-tiny",
-                "--selector-only",
-                "--budget",
-                "32",
-                "--out-dir",
-                str(tmp_path),
-                "--engine",
-                "--engine-dir",
-                str(tmp_path),
-            ]
-        )
-        == 0
-    )
+    assert export_with_engine(tmp_path, "--selector-only", "--budget", "32") == 0
     with pytest.raises(UsageError, match="K=32"):
         EngineRunner(tmp_path / "llava15-tiny_selector_b32.plan", expect_budget=64)
