@@ -75,3 +75,22 @@ def test_full_graph_is_static_with_declared_shapes(round_trip_graph):
     dims = {v.name: [d.dim_value for d in v.type.tensor_type.shape.dim] for v in model.graph.input}
     assert dims == {"pixel_values": [2, 3, 336, 336], "text_embeds": [2, TINY.t_max, 64], "text_mask": [2, TINY.t_max]}
     assert {"LayerNormalization", "Softmax"} <= {n.op_type for n in model.graph.node}  # single-op normalisation
+
+
+def test_prompt_embeddings_drop_the_image_token_and_pad_to_t_max():
+    from flashvlm_export.models.prompt import text_inputs
+
+    embed = torch.nn.Embedding(50, 8)
+    ids = [1, 5, 6, 49, 7, 8]  # 49 plays the image token
+    text, mask = text_inputs(embed, ids, t_max=10, image_token_index=49)
+    assert text.shape == (1, 10, 8) and mask.tolist() == [[True] * 5 + [False] * 5]
+    assert torch.equal(text[0, :5], embed(torch.tensor([1, 5, 6, 7, 8])).detach())
+    assert torch.count_nonzero(text[0, 5:]) == 0
+
+
+def test_prompt_longer_than_t_max_is_an_error_not_a_truncation():
+    from flashvlm_export.errors import UsageError
+    from flashvlm_export.models.prompt import text_inputs
+
+    with pytest.raises(UsageError, match="re-export with --t-max 12"):
+        text_inputs(torch.nn.Embedding(50, 8), list(range(12)), t_max=11, image_token_index=49)
