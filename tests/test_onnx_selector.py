@@ -19,7 +19,9 @@ def test_onnxruntime_matches_reference_and_static_torch_at_576_tokens(selector_g
     for report in reports:
         assert report, "\n".join(report.lines())  # identical index sets, or near-ties the report shows
     assert reports[0].exact == reports[0].total  # static torch is the same arithmetic as the reference
-    assert reports[1].exact >= reports[1].total // 2, "\n".join(reports[1].lines())
+    # the ties case holds exactly representable cosines and one fused score: no rounding can excuse a difference
+    ties = [r for r in reports[1].results if r.case.startswith("ties")]
+    assert ties and all(r.status == "match" for r in ties), "\n".join(reports[1].lines())
 
 
 def test_onnxruntime_matches_reference_at_2880_tokens(tmp_path):
