@@ -15,8 +15,6 @@ from pathlib import Path
 from flashvlm_export import __version__
 from flashvlm_export.errors import FlashVLMError, ParityError, UsageError
 
-SUBCOMMANDS = ("parity", "build-plugin", "bench")
-
 
 class _Parser(argparse.ArgumentParser):
     """argparse with one-line errors and exit code 2."""
@@ -469,16 +467,14 @@ def run_bench(argv: list[str]) -> int:
 
 # ---------------------------------------------------------------- entry point
 
+SUBCOMMANDS = {"parity": run_parity_command, "build-plugin": run_build_plugin, "bench": run_bench}
+
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     try:
-        if argv and argv[0] == "parity":
-            return run_parity_command(argv[1:])
-        if argv and argv[0] == "build-plugin":
-            return run_build_plugin(argv[1:])
-        if argv and argv[0] == "bench":
-            return run_bench(argv[1:])
+        if argv and argv[0] in SUBCOMMANDS:
+            return SUBCOMMANDS[argv[0]](argv[1:])
         return run_export(argv)
     except ParityError:
         return ParityError.exit_code

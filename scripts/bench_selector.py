@@ -16,12 +16,11 @@ from pathlib import Path
 
 import torch
 
-from flashvlm_export.bench.timing import HEADER, measure
+from flashvlm_export.bench.suite import cpu_selector_timings, selector_case
+from flashvlm_export.bench.timing import HEADER
 from flashvlm_export.export.graphs import ExportRequest
 from flashvlm_export.export.onnx_export import export_onnx
 from flashvlm_export.models.spec import get_spec
-from flashvlm_export.parity.backends import OnnxRuntime, SelectorReference, TorchModule
-from flashvlm_export.parity.corpus import SELECTOR_INPUTS, Geometry, selector_corpus
 from flashvlm_export.selector.config import SelectorConfig
 
 
@@ -36,24 +35,16 @@ def main() -> None:
     args = p.parse_args()
     spec = get_spec("llava15")
     request = ExportRequest(spec, args.budget, spec.t_max, 1, SelectorConfig(), True, args.n_tokens)
-    case = selector_corpus(Geometry(args.n_tokens, spec.vision_hidden, spec.text_hidden, spec.t_max, 1), repeats=1)[0]
-    case.feeds["text_mask"][:] = False
-    case.feeds["text_mask"][:, : args.text_len] = True
+    case = selector_case(args.n_tokens, args.text_len)
     with tempfile.TemporaryDirectory() as scratch:
         graph = export_onnx(request.module(), request.graph_io(), Path(scratch) / "selector.onnx", request.metadata(None))
-        backends = [
-            ("eager reference", SelectorReference(args.budget, request.config, trace=False)),
-            ("static torch (eager)", TorchModule(request.module(), SELECTOR_INPUTS)),
-            ("onnxruntime CPU", OnnxRuntime(graph)),
-        ]
         print(
             f"selector core N={args.n_tokens} K={args.budget} B=1 L={args.text_len}, torch threads {torch.get_num_threads()}, "
             f"{os.cpu_count()} cores, {platform.processor() or platform.machine()}"
         )
         print(HEADER)
-        with torch.inference_mode():
-            for name, backend in backends:
-                print(measure(name, lambda b=backend: b.run(case.feeds), repeats=args.repeats).row(), flush=True)
+        for timing in cpu_selector_timings(request, case, graph, warmup=3, repeats=args.repeats):
+            print(timing.row(), flush=True)
 
 
 if __name__ == "__main__":

@@ -25,27 +25,19 @@ import numpy as np
 import torch
 
 from flashvlm_export.bench.timing import measure
-from flashvlm_export.parity.corpus import Geometry, selector_corpus
+from flashvlm_export.parity.corpus import SELECTOR_INPUTS, Geometry, selector_corpus
 from flashvlm_export.plugin.build import build_plugin
 from flashvlm_export.selector import SelectorConfig, round_schedule
-from flashvlm_export.selector.ops import l2norm
-from flashvlm_export.selector.reference import fused_scores, residual_prune
+from flashvlm_export.selector.reference import pruning_inputs, residual_prune
 from flashvlm_export.selector.static import UnrolledResidualPrune
 
 CASES = [(576, 32), (576, 64), (576, 128), (576, 192), (2880, 640)]
 
 
 def reference_inputs(case, budget, config=SelectorConfig()):
-    f = {k: torch.from_numpy(v) for k, v in case.feeds.items()}
-    schedule = round_schedule(f["vision_features"].shape[1], budget, config)
-    grams, residuals = [], []
-    for b in range(f["vision_features"].shape[0]):
-        fused = fused_scores(f["cls_attention"][b], f["projected_features"][b], f["text_embeds"][b][f["text_mask"][b]], config)
-        order = torch.sort(fused, descending=True, stable=True).indices
-        z = l2norm(f["vision_features"][b])
-        grams.append(z @ z.T)
-        residuals.append(order[schedule.k_imp :])
-    return torch.stack(grams), torch.stack(residuals), schedule
+    f = [torch.from_numpy(case.feeds[name]) for name in SELECTOR_INPUTS]
+    gram, residual = pruning_inputs(*f, budget, config)
+    return gram, residual, round_schedule(f[0].shape[1], budget, config)
 
 
 def run_harness(harness, library, gram, residual, schedule, out_dir, iters):

@@ -16,11 +16,11 @@ import torch
 from flashvlm_export.export.graph_check import static_graph_problems
 from flashvlm_export.export.graphs import ExportRequest
 from flashvlm_export.export.onnx_export import export_onnx
+from flashvlm_export.parity.corpus import SELECTOR_INPUTS
 from flashvlm_export.parity.run import run_parity
 from flashvlm_export.plugin.cpu import count_rounds_cpu, residual_prune_cpu
 from flashvlm_export.selector import SelectorConfig, round_schedule
-from flashvlm_export.selector.ops import l2norm
-from flashvlm_export.selector.reference import fused_scores, residual_prune
+from flashvlm_export.selector.reference import pruning_inputs, residual_prune
 
 from conftest import LLAVA15, corpus
 
@@ -30,17 +30,9 @@ needs_gxx = pytest.mark.skipif(shutil.which("g++") is None, reason="no g++ to bu
 
 def gram_and_residual(case, budget, config=SelectorConfig()):
     """The reference's own Gram matrix and residual list for each image of a corpus case."""
-    f = {k: torch.from_numpy(v) for k, v in case.feeds.items()}
-    schedule = round_schedule(f["vision_features"].shape[1], budget, config)
-    grams, residuals = [], []
-    for b in range(f["vision_features"].shape[0]):
-        text = f["text_embeds"][b][f["text_mask"][b]]
-        fused = fused_scores(f["cls_attention"][b], f["projected_features"][b], text, config)
-        order = torch.sort(fused, descending=True, stable=True).indices
-        z = l2norm(f["vision_features"][b])
-        grams.append(z @ z.T)
-        residuals.append(order[schedule.k_imp :])
-    return torch.stack(grams), torch.stack(residuals), schedule
+    f = [torch.from_numpy(case.feeds[name]) for name in SELECTOR_INPUTS]
+    gram, residual = pruning_inputs(*f, budget, config)
+    return gram, residual, round_schedule(f[0].shape[1], budget, config)
 
 
 @needs_gxx

@@ -64,12 +64,30 @@ def _row(section: str, n: int, k: int, timing: Timing, **extra) -> dict:
     return {"section": section, "n_tokens": n, "budget": k, **timing.to_dict(), **extra}
 
 
-def _selector_case(n: int, text_len: int):
-    spec = get_spec("llava15")
-    case = selector_corpus(Geometry(n, spec.vision_hidden, spec.text_hidden, spec.t_max, 1), repeats=1)[0]
+def with_prompt_len(case, text_len: int):
+    """Unmask exactly the first text_len rows: a prompt of that length in T_max."""
     case.feeds["text_mask"][:] = False
     case.feeds["text_mask"][:, :text_len] = True
     return case
+
+
+def selector_case(n: int, text_len: int):
+    """The inputs every selector backend is timed on: a corpus scene at llava15 widths, batch 1."""
+    spec = get_spec("llava15")
+    return with_prompt_len(
+        selector_corpus(Geometry(n, spec.vision_hidden, spec.text_hidden, spec.t_max, 1), repeats=1)[0], text_len
+    )
+
+
+def cpu_selector_timings(request, case, graph: Path, warmup: int, repeats: int) -> list[Timing]:
+    """Eager reference, static torch and ONNX Runtime (the exported `graph`) on the same case."""
+    backends = [
+        ("eager reference", SelectorReference(request.budget, request.config, trace=False)),
+        ("static torch (CPU)", TorchModule(request.module(), SELECTOR_INPUTS)),
+        ("onnxruntime CPU", OnnxRuntime(graph)),
+    ]
+    with torch.inference_mode():
+        return [measure(name, lambda b=backend, f=case.feeds: b.run(f), warmup, repeats) for name, backend in backends]
 
 
 def _gpu_selector(request, case, settings: BenchSettings) -> list[Timing]:
@@ -97,7 +115,7 @@ def selector_core(settings: BenchSettings, log=print) -> list[dict]:
     gpu = settings.gpu and torch.cuda.is_available()
     with tempfile.TemporaryDirectory() as scratch:
         for n, budgets in SELECTOR_GRID:
-            case = _selector_case(n, settings.text_len)
+            case = selector_case(n, settings.text_len)
             repeats = settings.repeats if n <= 576 else max(3, settings.repeats // 2)
             exporter = "dynamo" if n <= 576 else "torchscript"  # same graph; dynamo takes ~100 s for 280 rounds
             for k in budgets:
@@ -109,20 +127,12 @@ def selector_core(settings: BenchSettings, log=print) -> list[dict]:
                     request.metadata(None),
                     exporter=exporter,
                 )
-                backends = [
-                    ("eager reference", SelectorReference(k, request.config, trace=False)),
-                    ("static torch (CPU)", TorchModule(request.module(), SELECTOR_INPUTS)),
-                    ("onnxruntime CPU", OnnxRuntime(graph)),
-                ]
-                with torch.inference_mode():
-                    for name, backend in backends:
-                        timing = measure(name, lambda b=backend, f=case.feeds: b.run(f), settings.warmup, repeats)
-                        rows.append(_row("selector", n, k, timing))
-                        log(f"  selector N={n} K={k:<4} {timing.row()}")
+                timings = cpu_selector_timings(request, case, graph, settings.warmup, repeats)
                 if gpu:
-                    for timing in _gpu_selector(request, case, settings):
-                        rows.append(_row("selector", n, k, timing))
-                        log(f"  selector N={n} K={k:<4} {timing.row()}")
+                    timings += _gpu_selector(request, case, settings)
+                for timing in timings:
+                    rows.append(_row("selector", n, k, timing))
+                    log(f"  selector N={n} K={k:<4} {timing.row()}")
     return rows
 
 
@@ -151,8 +161,7 @@ def full_graph(graph: Path, selector_ms: float, settings: BenchSettings, log=pri
 
     spec = get_spec("llava15")
     case = pipeline_corpus(Geometry(576, spec.vision_hidden, spec.text_hidden, spec.t_max, 1), spec.image_size, repeats=1)[0]
-    case.feeds["text_mask"][:] = False
-    case.feeds["text_mask"][:, : settings.text_len] = True
+    with_prompt_len(case, settings.text_len)
     runtime = OnnxRuntime(graph)
     timing = measure(
         "full graph onnxruntime CPU", lambda: runtime.run(case.feeds), warmup=1, repeats=max(3, settings.repeats // 2)

@@ -22,8 +22,8 @@ from flashvlm_export.selector.schedule import round_schedule
 from flashvlm_export.selector.static import StaticSelector
 
 FULL_OUTPUTS = ("indices", "visual_embeds")
-PRECISIONS = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 SELECTOR_OUTPUTS = ("indices",)
+PRECISIONS = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 
 
 @dataclass(frozen=True)
@@ -104,9 +104,9 @@ class ExportRequest:
             precision=self.precision,
         )
         if self.plugin:
-            from flashvlm_export.plugin import PLUGIN_NAMESPACE, PLUGIN_VERSION
+            from flashvlm_export.plugin import PLUGIN_ID
 
-            values["plugin_version"] = f"{PLUGIN_NAMESPACE}::ResidualPrune/{PLUGIN_VERSION}"
+            values["plugin_version"] = PLUGIN_ID
         if weights is not None:
             values["weights"] = weights
         return {key: str(value) for key, value in values.items()}

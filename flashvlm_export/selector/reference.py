@@ -46,6 +46,7 @@ class ReferenceTrace:
     important: torch.Tensor  # (K_imp,) I
     residual: torch.Tensor  # (K_div,) R after the last round
     near_ties: list[NearTie] = field(default_factory=list)  # decisive adjacent pairs closer than 1e-6 relative
+    gram: torch.Tensor | None = None  # (N, N) G, step 11's input (None when K >= N keeps everything)
 
 
 def relative_gap(a: float, b: float) -> float:
@@ -103,12 +104,14 @@ def residual_prune(
     k_div: int,
     step: int,  # the effective s (after any max_rounds cap)
     near_ties: list[NearTie] | None = None,  # when a list, decisive near-ties are appended
+    expected_rounds: int | None = None,  # when given, the loop must run exactly this many rounds
 ) -> torch.Tensor:
     """Step 11, Algorithm 1: the kept residual tokens (k_div,), in list order."""
     round_index = 0
     while True:
         r = min(step, len(residual) - k_div, math.ceil(len(residual) / 2))
         if r <= 0:
+            assert expected_rounds in (None, round_index), (round_index, expected_rounds)
             return residual
         a_side, b_side = residual[0::2], residual[1::2]
         m = gram[a_side][:, b_side].amax(dim=1)  # most similar partner in B, for each a
@@ -148,13 +151,13 @@ def reference_select(
     gram = z @ z.T  # (N, N)
 
     # 11: iterative bipartite residual pruning
-    residual = residual_prune(gram, residual, schedule.k_div, schedule.step, ties if trace else None)
+    residual = residual_prune(gram, residual, schedule.k_div, schedule.step, ties if trace else None, schedule.n_rounds)
 
     # 12: ascending indices
     indices = torch.sort(torch.cat([important, residual])).values
     if not trace:
         return indices
-    return indices, ReferenceTrace(f, order, important, residual, ties)
+    return indices, ReferenceTrace(f, order, important, residual, ties, gram)
 
 
 def reference_select_batch(
@@ -172,3 +175,26 @@ def reference_select_batch(
         text = text_embeds[b] if text_mask is None else text_embeds[b][text_mask[b].bool()]
         rows.append(reference_select(vision_features[b], cls_attention[b], projected_features[b], text, budget, config))
     return torch.stack(rows)
+
+
+def pruning_inputs(
+    vision_features: torch.Tensor,  # (B, N, Dv)
+    cls_attention: torch.Tensor,  # (B, N)
+    projected_features: torch.Tensor,  # (B, N, Dl)
+    text_embeds: torch.Tensor,  # (B, T, Dl)
+    text_mask: torch.Tensor,  # (B, T) bool
+    budget: int,
+    config: SelectorConfig = SelectorConfig(),
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The reference's own step-11 inputs per image: Gram (B, N, N) and residual list (B, |R0|).
+
+    What the ResidualPrune plugin and its CPU twin receive, so they can be checked against
+    residual_prune on exactly the reference's data. Needs K < N.
+    """
+    grams, residuals = [], []
+    for b in range(vision_features.shape[0]):
+        text = text_embeds[b][text_mask[b].bool()]
+        _, trace = reference_select(vision_features[b], cls_attention[b], projected_features[b], text, budget, config, trace=True)
+        grams.append(trace.gram)
+        residuals.append(trace.order[len(trace.important) :])
+    return torch.stack(grams), torch.stack(residuals)

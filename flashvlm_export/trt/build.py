@@ -127,7 +127,7 @@ def build_engine(
         raise FlashVLMError(f"TensorRT failed to build {engine_path.name}; see the TensorRT messages above")
     build_seconds = time.perf_counter() - start
 
-    from flashvlm_export.plugin import PLUGIN_NAME, PLUGIN_NAMESPACE, PLUGIN_VERSION
+    from flashvlm_export.plugin import PLUGIN_ID
 
     record = {
         "engine": engine_path.name,
@@ -143,7 +143,7 @@ def build_engine(
         "t_max": int(graph_meta.get("t_max", 0)),
         "graph_kind": graph_meta.get("graph"),
         "plugin": plugin_library is not None,
-        "plugin_version": f"{PLUGIN_NAMESPACE}::{PLUGIN_NAME}/{PLUGIN_VERSION}" if plugin_library is not None else None,
+        "plugin_version": PLUGIN_ID if plugin_library is not None else None,
         "plugin_library_sha256": sha256_of(plugin_library) if plugin_library is not None else None,
         "onnx": str(onnx_path),
         "onnx_sha256": sha256_of(onnx_path),
