@@ -8,8 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from flashvlm_export.export.graphs import ExportRequest
-from flashvlm_export.export.onnx_export import export_onnx
+from flashvlm_export.export.graphs import ExportRequest, export_graph
 from flashvlm_export.models.spec import get_spec
 from flashvlm_export.parity.corpus import Geometry, selector_corpus
 from flashvlm_export.selector.config import SelectorConfig
@@ -37,7 +36,7 @@ def corpus(n_tokens=576, dv=64, dl=96, t_max=16, batch=1, repeats=1, seed=0):
 
 def export_selector(path: Path, budget: int, spec=LLAVA15, n_tokens=None, batch=1, t_max=None, exporter="dynamo") -> Path:
     request = ExportRequest(spec, budget, t_max or spec.t_max, batch, SelectorConfig(), True, n_tokens)
-    return export_onnx(request.module(), request.graph_io(), path, request.metadata(None), exporter=exporter)
+    return export_graph(request, path, exporter=exporter)
 
 
 @pytest.fixture(scope="session")

@@ -9,20 +9,20 @@ from __future__ import annotations
 import copy
 import json
 from dataclasses import dataclass
+from pathlib import Path
 
+import numpy as np
 import torch
 
 from flashvlm_export.errors import UsageError
-from flashvlm_export.export.onnx_export import GraphIO
+from flashvlm_export.export.interface import GraphInterface, graph_interface
+from flashvlm_export.export.onnx_export import DEFAULT_OPSET, GraphIO, export_onnx
 from flashvlm_export.models.spec import ModelSpec, get_spec
 from flashvlm_export.models.vision import FlashVLMPipeline
-from flashvlm_export.parity.corpus import PIPELINE_INPUTS, SELECTOR_INPUTS
 from flashvlm_export.selector.config import SelectorConfig
 from flashvlm_export.selector.schedule import round_schedule
 from flashvlm_export.selector.static import StaticSelector
 
-FULL_OUTPUTS = ("indices", "visual_embeds")
-SELECTOR_OUTPUTS = ("indices",)
 PRECISIONS = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 
 
@@ -46,42 +46,48 @@ class ExportRequest:
     def kind(self) -> str:
         return "selector" if self.selector_only else "full"
 
-    def selector(self) -> StaticSelector:
-        selector = StaticSelector(self.tokens, self.budget, self.config)
+    def selector(self, verification: bool = False) -> StaticSelector:
+        selector = StaticSelector(self.tokens, self.budget, self.config, verification=verification)
         if self.plugin:
             from flashvlm_export.plugin.node import PluginResidualPrune
 
             selector.prune = PluginResidualPrune(selector.schedule)
         return selector
 
-    def graph_io(self) -> GraphIO:
-        s, b = self.spec, self.batch
-        gen = torch.Generator().manual_seed(0)
-        text = torch.randn(b, self.t_max, s.text_hidden, generator=gen)
-        mask = torch.zeros(b, self.t_max, dtype=torch.bool)
-        mask[:, : max(1, self.t_max // 2)] = True
-        if self.selector_only:
-            inputs = (
-                torch.randn(b, self.tokens, s.vision_hidden, generator=gen),
-                torch.rand(b, self.tokens, generator=gen),
-                torch.randn(b, self.tokens, s.text_hidden, generator=gen),
-                text,
-                mask,
-            )
-            return GraphIO(SELECTOR_INPUTS, SELECTOR_OUTPUTS, inputs)
-        pixels = torch.randn(b, 3, s.image_size, s.image_size, generator=gen)
-        return GraphIO(PIPELINE_INPUTS, FULL_OUTPUTS, (pixels, text, mask))
+    def interface(self) -> GraphInterface:
+        s = self.spec
+        return graph_interface(
+            self.kind, self.batch, self.tokens, self.budget, self.t_max, s.vision_hidden, s.text_hidden, s.image_size
+        )
 
-    def module(self, parts=None) -> torch.nn.Module:
+    def example_inputs(self, seed: int = 0) -> tuple[torch.Tensor, ...]:
+        """Seeded tensors in the interface's shapes and dtypes (masks: the first half of the rows is text)."""
+        gen = torch.Generator().manual_seed(seed)
+        tensors = []
+        for spec in self.interface().inputs:
+            if spec.dtype is np.bool_:
+                mask = torch.zeros(spec.shape, dtype=torch.bool)
+                mask[..., : max(1, spec.shape[-1] // 2)] = True
+                tensors.append(mask)
+            else:
+                tensors.append(torch.randn(spec.shape, generator=gen))
+        return tuple(tensors)
+
+    def graph_io(self) -> GraphIO:
+        interface = self.interface()
+        return GraphIO(interface.input_names, interface.output_names, self.example_inputs(), interface.verification_names)
+
+    def module(self, parts=None, verification: bool = False) -> torch.nn.Module:
+        """The static module; with verification=True it also returns the interface's verification outputs."""
         if self.selector_only:
-            return self.selector()
+            return self.selector(verification)
         if parts is None:
-            raise ValueError("the full graph needs the model's parts")
+            raise UsageError("the full graph needs the model's weights: pass --random-weights or --model-path")
         vision, projector = parts.vision_features(), parts.projector
         dtype = PRECISIONS[self.precision]
         if dtype != torch.float32:  # copies: the fp32 parts stay as they are for the reference
             vision, projector = copy.deepcopy(vision).to(dtype), copy.deepcopy(projector).to(dtype)
-        return FlashVLMPipeline(vision, projector, self.selector(), encoder_dtype=dtype)
+        return FlashVLMPipeline(vision, projector, self.selector(verification), verification, encoder_dtype=dtype)
 
     def metadata(self, weights: str | None) -> dict[str, str]:
         schedule = round_schedule(self.tokens, self.budget, self.config)
@@ -127,3 +133,16 @@ def request_from_metadata(meta: dict[str, str], source: str) -> ExportRequest:
         )
     except KeyError as exc:
         raise UsageError(f"{source} lacks flashvlm metadata {exc}; export it with flashvlm-export") from None
+
+
+def export_graph(
+    request: ExportRequest,
+    path: Path,
+    parts=None,
+    weights: str | None = None,
+    opset: int = DEFAULT_OPSET,
+    exporter: str = "dynamo",
+) -> Path:
+    """Export the request's graph to `path` (+ sidecar): traced with its verification outputs, shipped without."""
+    module = request.module(parts, verification=True)
+    return export_onnx(module, request.graph_io(), path, request.metadata(weights), opset, exporter)

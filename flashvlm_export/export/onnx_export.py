@@ -24,11 +24,16 @@ EXPORTERS = ("dynamo", "torchscript")
 
 @dataclass(frozen=True)
 class GraphIO:
-    """Names and example inputs of a graph: the one place they live."""
+    """What one export traces: input and output names (from export/interface.py) and example inputs.
+
+    The module returns the outputs, then the verification outputs; the shipped graph keeps the
+    latter as named internal tensors only (a verification build exposes them again).
+    """
 
     input_names: tuple[str, ...]
     output_names: tuple[str, ...]
     example_inputs: tuple[torch.Tensor, ...]
+    verification_names: tuple[str, ...] = ()
 
 
 def _parameter_bytes(module: torch.nn.Module) -> int:
@@ -67,12 +72,15 @@ def export_onnx(
                     module,
                     graph_io.example_inputs,
                     input_names=list(graph_io.input_names),
-                    output_names=list(graph_io.output_names),
+                    output_names=list(graph_io.output_names + graph_io.verification_names),
                     opset_version=opset,
                     dynamo=True,
                     optimize=True,
                     verbose=False,
                 )
+                outputs = program.model.graph.outputs
+                for value in [v for v in outputs if v.name in graph_io.verification_names]:
+                    outputs.remove(value)  # the node and its named tensor stay: only the graph output goes
                 program.model.metadata_props.update(metadata)
                 program.save(str(temp_graph), external_data=large)
                 del program
@@ -82,11 +90,14 @@ def export_onnx(
                     graph_io.example_inputs,
                     str(temp_graph),
                     input_names=list(graph_io.input_names),
-                    output_names=list(graph_io.output_names),
+                    output_names=list(graph_io.output_names + graph_io.verification_names),
                     opset_version=opset,
                     dynamo=False,
                 )
                 proto = onnx.load(str(temp_graph))
+                kept = [o for o in proto.graph.output if o.name not in graph_io.verification_names]
+                del proto.graph.output[:]
+                proto.graph.output.extend(kept)
                 for key, value in metadata.items():
                     proto.metadata_props.add(key=key, value=value)
                 onnx.save(proto, str(temp_graph), save_as_external_data=large, location=external_data_path(path).name)

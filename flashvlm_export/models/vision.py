@@ -42,8 +42,8 @@ class VisionFeatures(nn.Module):
 class FlashVLMPipeline(nn.Module):
     """(pixel_values, text_embeds, text_mask) -> (indices (B, K) int64 ascending, visual_embeds (B, K, Dl)).
 
-    With features_out=True it also returns X, a and P(X), so a test can run the reference on the
-    graph's own features and check the selector's wiring apart from encoder rounding.
+    With verification=True it also returns the selector's decision inputs (F, G; none when K >= N)
+    and X, a, P(X), the verification outputs of export/interface.py, in that order.
     """
 
     def __init__(
@@ -51,14 +51,14 @@ class FlashVLMPipeline(nn.Module):
         vision: VisionFeatures,
         projector: nn.Module,
         selector: nn.Module,
-        features_out: bool = False,
+        verification: bool = False,
         encoder_dtype: torch.dtype = torch.float32,
     ):
         super().__init__()
         self.vision = vision
         self.projector = projector
         self.selector = selector
-        self.features_out = features_out
+        self.verification = verification
         self.encoder_dtype = encoder_dtype  # fp16/bf16: explicit casts in and out; the selector stays fp32
 
     def forward(self, pixel_values, text_embeds, text_mask):
@@ -67,9 +67,10 @@ class FlashVLMPipeline(nn.Module):
         projected = self.projector(vision_features)  # (B, N, Dl)
         if low:
             vision_features, cls_attention, projected = (t.to(torch.float32) for t in (vision_features, cls_attention, projected))
-        indices = self.selector(vision_features, cls_attention, projected, text_embeds, text_mask)
+        selected = self.selector(vision_features, cls_attention, projected, text_embeds, text_mask)
+        indices, *decisions = selected if isinstance(selected, tuple) else (selected,)
         gather_index = indices[..., None].expand(-1, -1, projected.shape[-1])
         visual_embeds = torch.gather(projected, 1, gather_index)
-        if self.features_out:
-            return indices, visual_embeds, vision_features, cls_attention, projected
+        if self.verification:
+            return (indices, visual_embeds, *decisions, vision_features, cls_attention, projected)
         return indices, visual_embeds

@@ -1,4 +1,5 @@
-"""Backends that turn a case's feeds into indices (B, K): reference, static torch, ONNX Runtime."""
+"""Backends that turn a case's feeds into outputs: indices (B, K) and, for layers 1 and 2, the
+verification tensors (q, F, G; for a pipeline also X, a, P(X)), named as in export/interface.py."""
 
 from __future__ import annotations
 
@@ -8,9 +9,24 @@ import numpy as np
 import torch
 
 from flashvlm_export.errors import MissingDependencyError, UsageError
-from flashvlm_export.parity.corpus import SELECTOR_INPUTS
+from flashvlm_export.export.interface import (
+    CLS_ATTENTION,
+    FUSED_SCORES,
+    GRAM,
+    INDICES,
+    PIXEL_VALUES,
+    PROJECTED_FEATURES,
+    SELECTOR_INPUTS,
+    SHARPENED_SCORES,
+    TEXT_EMBEDS,
+    TEXT_MASK,
+    TEXT_RELEVANCE,
+    VISION_FEATURES,
+    GraphInterface,
+)
+from flashvlm_export.parity.compare import SHIPPED_INDICES
 from flashvlm_export.selector.config import SelectorConfig
-from flashvlm_export.selector.reference import NearTie, reference_select
+from flashvlm_export.selector.reference import reference_select, sharpen, text_relevance
 
 
 def _tensors(feeds: dict[str, np.ndarray], names) -> list[torch.Tensor]:
@@ -18,32 +34,39 @@ def _tensors(feeds: dict[str, np.ndarray], names) -> list[torch.Tensor]:
 
 
 class SelectorReference:
-    """The gold standard on selector feeds; returns indices and each image's near-ties."""
+    """The gold standard on selector feeds: indices, and s, q, F, G per image (s and q are NaN without text)."""
 
     name = "reference"
 
-    def __init__(self, budget: int, config: SelectorConfig, trace: bool = True):
+    def __init__(self, budget: int, config: SelectorConfig, verification: bool = True):
         self.budget = budget
         self.config = config
-        self.trace = trace  # near-tie tracing costs time; benchmarks turn it off
+        self.verification = verification  # q, F, G for the parity layers; benchmarks turn it off
 
-    def run(self, feeds: dict[str, np.ndarray]) -> tuple[np.ndarray, list[list[NearTie]]]:
+    def run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         x, a, p, t, mask = _tensors(feeds, SELECTOR_INPUTS)
-        rows, ties = [], []
+        rows, relevance, sharpened, fused, grams = [], [], [], [], []
         for b in range(x.shape[0]):
             text = t[b][mask[b].bool()]
-            if self.trace:
-                indices, trace = reference_select(x[b], a[b], p[b], text, self.budget, self.config, trace=True)
-                ties.append(trace.near_ties)
-            else:
-                indices = reference_select(x[b], a[b], p[b], text, self.budget, self.config)
-                ties.append([])
+            if not self.verification:
+                rows.append(reference_select(x[b], a[b], p[b], text, self.budget, self.config).numpy())
+                continue
+            indices, trace = reference_select(x[b], a[b], p[b], text, self.budget, self.config, trace=True)
             rows.append(indices.numpy())
-        return np.stack(rows), ties
+            fused.append(trace.fused_scores.numpy())
+            grams.append(trace.gram.numpy())
+            s = text_relevance(p[b], text, self.config) if len(text) else torch.full_like(a[b], float("nan"))
+            relevance.append(s.numpy())
+            sharpened.append(sharpen(s, self.config).numpy())
+        out = {INDICES: np.stack(rows)}
+        if self.verification:
+            out.update({TEXT_RELEVANCE: np.stack(relevance), SHARPENED_SCORES: np.stack(sharpened)})
+            out.update({FUSED_SCORES: np.stack(fused), GRAM: np.stack(grams)})
+        return out
 
 
 class PipelineFeatures:
-    """pixels -> selector feeds, with the model's own torch vision tower and projector (fp32)."""
+    """pixels -> X, a, P(X) with the model's own torch vision tower and projector (fp32)."""
 
     def __init__(self, parts):
         self.vision = parts.vision_features().eval()
@@ -51,45 +74,52 @@ class PipelineFeatures:
 
     @torch.no_grad()
     def __call__(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        x, a = self.vision(torch.from_numpy(feeds["pixel_values"]))
+        x, a = self.vision(torch.from_numpy(feeds[PIXEL_VALUES]))
         p = self.projector(x)
-        return dict(
-            vision_features=x.numpy(),
-            cls_attention=a.numpy(),
-            projected_features=p.numpy(),
-            text_embeds=feeds["text_embeds"],
-            text_mask=feeds["text_mask"],
-        )
+        return {VISION_FEATURES: x.numpy(), CLS_ATTENTION: a.numpy(), PROJECTED_FEATURES: p.numpy()}
 
 
 class PipelineReference(SelectorReference):
+    """The reference pipeline: fp32 torch encoder, then the reference selector on its features."""
+
     def __init__(self, parts, budget: int, config: SelectorConfig):
         super().__init__(budget, config)
         self.features = PipelineFeatures(parts)
 
     def run(self, feeds):
-        return super().run(self.features(feeds))
+        features = self.features(feeds)
+        selector_feeds = {**features, TEXT_EMBEDS: feeds[TEXT_EMBEDS], TEXT_MASK: feeds[TEXT_MASK]}
+        return {**features, **super().run(selector_feeds)}
 
 
 class TorchModule:
-    """A static torch module (selector or pipeline) run eagerly on the same feeds."""
+    """A static torch module (selector or pipeline) built with its verification outputs, run eagerly."""
 
     name = "static-torch"
 
-    def __init__(self, module: torch.nn.Module, input_names):
+    def __init__(self, module: torch.nn.Module, interface: GraphInterface):
         self.module = module.eval()
-        self.input_names = tuple(input_names)
+        self.interface = interface
 
     @torch.no_grad()
-    def run(self, feeds) -> np.ndarray:
-        out = self.module(*_tensors(feeds, self.input_names))
-        return (out[0] if isinstance(out, tuple) else out).numpy()
+    def run(self, feeds) -> dict[str, np.ndarray]:
+        out = self.module(*_tensors(feeds, self.interface.input_names))
+        out = out if isinstance(out, tuple) else (out,)
+        names = self.interface.output_names + self.interface.verification_names
+        return {name: value.numpy() for name, value in zip(names, out, strict=False)}
 
 
 class OnnxRuntime:
-    """An ONNX graph in ONNX Runtime (CPU unless another provider is asked for and present)."""
+    """A shipped graph and its verification build in ONNX Runtime (CPU unless another provider is asked for)."""
 
-    def __init__(self, path: Path, providers: list[str] | None = None, plugin: bool = False):
+    def __init__(
+        self,
+        path: Path,
+        interface: GraphInterface | None = None,
+        providers: list[str] | None = None,
+        plugin: bool = False,
+        scratch: Path | None = None,
+    ):
         import onnxruntime as ort
 
         available = ort.get_available_providers()
@@ -102,13 +132,32 @@ class OnnxRuntime:
             from flashvlm_export.plugin.ort_op import session_options
 
             options = session_options()
-        try:
-            self.session = ort.InferenceSession(str(path), sess_options=options, providers=providers)
-        except Exception as exc:  # e.g. bf16 kernels the CPU provider lacks
-            first = str(exc).strip().splitlines()[0][:300]
-            raise MissingDependencyError(f"ONNX Runtime ({providers[0]}) cannot run {Path(path).name}: {first}") from None
+
+        def session(model):
+            try:
+                return ort.InferenceSession(model, sess_options=options, providers=providers)
+            except Exception as exc:  # e.g. bf16 kernels the CPU provider lacks
+                first = str(exc).strip().splitlines()[0][:300]
+                raise MissingDependencyError(f"ONNX Runtime ({providers[0]}) cannot run {Path(path).name}: {first}") from None
+
+        self.session = session(str(path))
+        self.verification = None
+        if interface is not None and interface.verification:
+            from flashvlm_export.export.verification import verification_model
+
+            self.verification = session(verification_model(Path(path), interface, scratch or Path(path).parent))
         self.input_names = tuple(i.name for i in self.session.get_inputs())
         self.name = f"onnxruntime[{providers[0].replace('ExecutionProvider', '')}{', plugin op' if plugin else ''}]"
 
-    def run(self, feeds) -> np.ndarray:
-        return self.session.run(["indices"], {name: feeds[name] for name in self.input_names})[0]
+    def indices(self, feeds) -> np.ndarray:
+        """The shipped graph's indices alone."""
+        return self.session.run([INDICES], {name: feeds[name] for name in self.input_names})[0]
+
+    def run(self, feeds) -> dict[str, np.ndarray]:
+        inputs = {name: feeds[name] for name in self.input_names}
+        if self.verification is None:
+            return {INDICES: self.session.run([INDICES], inputs)[0]}
+        names = [o.name for o in self.verification.get_outputs()]
+        out = dict(zip(names, self.verification.run(names, inputs), strict=True))
+        out[SHIPPED_INDICES] = self.session.run([INDICES], inputs)[0]
+        return out

@@ -1,104 +1,306 @@
-"""Parity as ALGORITHM.md states it: identical index sets, near-ties counted and printed, never hidden."""
+"""Parity as ALGORITHM.md states it: three layers, each exact about what it claims.
+
+1. Decision parity (exact): the reference's decision steps (9, 11, 12) run on the backend's own F
+   and G give exactly the backend's indices; and the shipped graph returns what its verification
+   build returns.
+2. Arithmetic parity (stated bounds): the maximum relative error max|b - r| / max|r| of each
+   tensor, stage by stage, each stage's reference computed from the backend's own input to it:
+   - s (steps 2-5) and G (step 10) from the backend's selector inputs (for a pipeline its own X, a,
+     P(X), which are checked against the reference encoder first);
+   - q (step 6) from the backend's own s: softmax(s / 0.01) ** 2.5 amplifies float32 rounding of s
+     about 250 times, so comparing q with a q built from other s would measure that, not the step;
+   - F (steps 1, 7, 8) from the backend's own q and a: the top-p gate is a decision (which tokens
+     pass theta), so F is compared through the gate the reference takes on that q.
+   A wrong temperature, power, gate, eta, attenuation, mask or formula shows up at its own stage.
+3. Outcome agreement (reported; a gate with min_overlap): exact-match rate and index-set overlap
+   with the reference on the original inputs, beside the reference's own sensitivity: its overlap
+   with itself when G carries seeded symmetric noise of 1e-6.
+"""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 
 import numpy as np
+import torch
 
-from flashvlm_export.selector.reference import NearTie
+from flashvlm_export.export.interface import (
+    CLS_ATTENTION,
+    FEATURES,
+    FUSED_SCORES,
+    GRAM,
+    INDICES,
+    SHARPENED_SCORES,
+    TEXT_MASK,
+    TEXT_RELEVANCE,
+)
+from flashvlm_export.selector.config import SelectorConfig
+from flashvlm_export.selector.reference import decide, extrinsic_scores, fuse, intrinsic_scores, no_text_scores, sharpen
+from flashvlm_export.selector.schedule import RoundSchedule
+
+SHIPPED_INDICES = "shipped_indices"  # a graph backend's shipped-graph indices, beside its verification build's
+
+# Layer 2 bounds (fp32), max|b - r| / max|r| per tensor, with the reason for each.
+ARITHMETIC_BOUNDS = {
+    GRAM: 1e-5,  # cosines from one float32 GEMM: measured up to 1.6e-6 (ONNX Runtime against torch)
+    TEXT_RELEVANCE: 1e-5,  # cosines, then a softmax-weighted mean over the text (temperature 0.05)
+    SHARPENED_SCORES: 1e-5,  # step 6 alone, from the backend's own s: exp, power, min-max
+    FUSED_SCORES: 1e-5,  # steps 1, 7, 8 alone, from the backend's own q and a: log, exp
+    # encoder outputs of a full graph: a 24-layer fp32 CLIP run by two runtimes
+    "vision_features": 1e-4,
+    "cls_attention": 1e-4,
+    "projected_features": 1e-4,
+}
+SENSITIVITY_NOISE = 1e-6  # ALGORITHM.md: the float32 GEMM differences between backends are about 1e-6 in G
+
+
+def max_relative_error(got: np.ndarray, want: np.ndarray) -> float:
+    """max |got - want| / max |want| (0 when both are all zero; inf when got is not finite)."""
+    got, want = np.asarray(got, dtype=np.float64), np.asarray(want, dtype=np.float64)
+    if not np.isfinite(got).all():
+        return float("inf")
+    scale = np.abs(want).max() if want.size else 0.0
+    diff = np.abs(got - want).max() if want.size else 0.0
+    return 0.0 if diff == 0.0 else float(diff / scale) if scale > 0 else float("inf")
+
+
+def overlap(a: np.ndarray, b: np.ndarray) -> float:
+    """|A & B| / K for two index rows."""
+    return len(set(np.asarray(a).tolist()) & set(np.asarray(b).tolist())) / len(a)
+
+
+def aligned_fused_scores(sharpened: np.ndarray, cls_attention: np.ndarray, has_text: bool, config: SelectorConfig):
+    """The reference's steps 1, 7 and 8 on a backend's own q and a: F through the gate the reference takes on that q."""
+    s_int = intrinsic_scores(torch.from_numpy(np.asarray(cls_attention, dtype=np.float32)))
+    if has_text:
+        s_ext = extrinsic_scores(torch.from_numpy(np.asarray(sharpened, dtype=np.float32)), config)
+    else:
+        s_ext = no_text_scores(s_int.shape[0])
+    return fuse(s_int, s_ext, config).numpy()
+
+
+def sensitivity_overlaps(reference: dict[str, np.ndarray], schedule: RoundSchedule, seed: int) -> list[float]:
+    """The reference against itself with G + symmetric uniform noise of at most 1e-6, per image."""
+    if schedule.keeps_all:
+        return [1.0] * len(reference[INDICES])
+    rng = np.random.default_rng(seed)
+    overlaps = []
+    for b, indices in enumerate(reference[INDICES]):
+        gram = reference[GRAM][b]
+        noise = rng.uniform(-SENSITIVITY_NOISE, SENSITIVITY_NOISE, size=gram.shape)
+        noisy = (gram + ((noise + noise.T) / 2)).astype(np.float32)
+        perturbed = decide(torch.from_numpy(reference[FUSED_SCORES][b]), torch.from_numpy(noisy), schedule)
+        overlaps.append(overlap(perturbed.numpy(), indices))
+    return overlaps
 
 
 @dataclass
-class ImageResult:
-    case: str
-    image: int
-    status: str  # "match", "near-tie" (a mismatch explained by a near-tie) or "mismatch"
-    only_reference: list[int] = field(default_factory=list)
-    only_backend: list[int] = field(default_factory=list)
-    near_ties: list[NearTie] = field(default_factory=list)
-
-    def describe(self) -> str:
-        head = f"{self.case} image {self.image}: {self.status}"
-        if self.status == "match":
-            return head
-        diff = f"; only in reference {self.only_reference[:8]}, only in backend {self.only_backend[:8]}"
-        if self.near_ties:
-            ties = "; ".join(str(t) for t in self.near_ties[:3])
-            more = f" (+{len(self.near_ties) - 3} more)" if len(self.near_ties) > 3 else ""
-            return f"{head}{diff}; near-ties: {ties}{more}"
-        return f"{head}{diff}; no near-tie explains it"
-
-
-@dataclass
-class ParityReport:
-    backend: str
-    results: list[ImageResult] = field(default_factory=list)
-    overlaps: list[float] | None = None  # reduced precision: |I1 & I2| / K per image, instead of exact parity
+class TensorError:
+    name: str
+    bound: float | None  # None: measured and reported, not a gate (a reduced-precision encoder's outputs)
+    max_error: float = 0.0
+    where: str = ""  # the case and image of the maximum
 
     @property
-    def total(self) -> int:
-        return len(self.results)
+    def passed(self) -> bool:
+        return self.bound is None or self.max_error <= self.bound
+
+    def update(self, error: float, where: str) -> None:
+        if error > self.max_error or not self.where:
+            self.max_error, self.where = error, where
+
+
+@dataclass
+class BackendReport:
+    """One backend's three layers over the whole corpus; truthy when layers 1 and 2 (and any gate) hold."""
+
+    backend: str
+    min_overlap: float | None = None  # layer 3 as a gate, when asked for
+    decisions_checked: int = 0  # layer 1: images whose decisions were replayed
+    decision_failures: list[str] = field(default_factory=list)
+    shipped_checked: int = 0  # layer 1: images where the shipped graph's indices were compared with the verification build's
+    tensors: dict[str, TensorError] = field(default_factory=dict)  # layer 2
+    missing: list[str] = field(default_factory=list)  # verification outputs the backend did not give
+    overlaps: list[float] = field(default_factory=list)  # layer 3, per image
+    differing: list[str] = field(default_factory=list)  # layer 3: images whose index set differs from the reference's
+    sensitivity: list[float] = field(default_factory=list)  # the reference's own overlap under 1e-6 noise in G
+
+    # ------------------------------------------------------------------ verdicts
+    @property
+    def decisions_passed(self) -> bool:
+        return not self.missing and not self.decision_failures and self.decisions_checked > 0
+
+    @property
+    def arithmetic_passed(self) -> bool:
+        return not self.missing and all(t.passed for t in self.tensors.values())
+
+    @property
+    def outcome_passed(self) -> bool:
+        return self.min_overlap is None or (bool(self.overlaps) and min(self.overlaps) >= self.min_overlap)
+
+    def __bool__(self) -> bool:
+        return self.decisions_passed and self.arithmetic_passed and self.outcome_passed
 
     @property
     def exact(self) -> int:
-        return sum(r.status == "match" for r in self.results)
+        return sum(o == 1.0 for o in self.overlaps)
 
-    @property
-    def near_tie_results(self) -> list[ImageResult]:
-        return [r for r in self.results if r.status == "near-tie"]
+    # ------------------------------------------------------------------ accumulation
+    def add_case(
+        self,
+        case: str,
+        reference: dict[str, np.ndarray],  # the reference on the original inputs
+        own_reference: dict[str, np.ndarray],  # the reference's selector on the backend's own selector inputs
+        outputs: dict[str, np.ndarray],  # the backend's
+        basis: dict[str, np.ndarray],  # the backend's own selector inputs (a, text_mask)
+        schedule: RoundSchedule,
+        config: SelectorConfig,
+        bounds: dict[str, float | None],
+        sensitivity: list[float],
+    ) -> None:
+        indices = outputs[INDICES]
+        if indices.shape != reference[INDICES].shape:
+            self.decision_failures.append(f"{case}: indices of shape {indices.shape}, the reference's are {reference[INDICES].shape}")
+            return
+        self.sensitivity += sensitivity
+        for b in range(indices.shape[0]):
+            where = f"{case} image {b}"
+            self._decisions(where, b, outputs, schedule)
+            self._arithmetic(where, b, reference, own_reference, outputs, basis, config, bounds, schedule)
+            o = overlap(indices[b], reference[INDICES][b])
+            self.overlaps.append(o)
+            if o < 1.0:
+                self.differing.append(f"{where}: overlap {o:.3f}")
 
-    @property
-    def failures(self) -> list[ImageResult]:
-        return [r for r in self.results if r.status == "mismatch"]
+    def _decisions(self, where: str, b: int, outputs: dict, schedule: RoundSchedule) -> None:
+        indices = outputs[INDICES][b]
+        if SHIPPED_INDICES in outputs:
+            self.shipped_checked += 1
+            if not np.array_equal(outputs[SHIPPED_INDICES][b], indices):
+                self.decision_failures.append(f"{where}: the shipped graph's indices differ from its verification build's")
+        if schedule.keeps_all:
+            self.decisions_checked += 1
+            if not np.array_equal(indices, np.arange(schedule.n_tokens)):
+                self.decision_failures.append(f"{where}: K >= N keeps every token, the backend returned {indices[:8].tolist()}...")
+            return
+        if FUSED_SCORES not in outputs or GRAM not in outputs:
+            for name in (FUSED_SCORES, GRAM):
+                if name not in outputs and name not in self.missing:
+                    self.missing.append(name)
+            return
+        self.decisions_checked += 1
+        expected = decide(torch.from_numpy(outputs[FUSED_SCORES][b]), torch.from_numpy(outputs[GRAM][b]), schedule).numpy()
+        if not np.array_equal(expected, indices):
+            only_ref = sorted(set(expected.tolist()) - set(indices.tolist()))
+            only_backend = sorted(set(indices.tolist()) - set(expected.tolist()))
+            detail = f"only in the decisions {only_ref[:8]}, only in the backend {only_backend[:8]}" if only_ref else "order"
+            self.decision_failures.append(f"{where}: its own F and G decide other indices ({detail})")
 
-    def __bool__(self) -> bool:
-        return self.overlaps is not None or not self.failures
+    def _arithmetic(self, where, b, reference, own_reference, outputs, basis, config, bounds, schedule) -> None:
+        def check(name: str, got: np.ndarray, want: np.ndarray) -> None:
+            entry = self.tensors.setdefault(name, TensorError(name, bounds.get(name)))
+            entry.update(max_relative_error(got, want), where)
 
-    def summary(self) -> str:
-        if self.overlaps is not None:
-            o = np.asarray(self.overlaps)
-            return (
-                f"{self.backend}: reduced-precision encoder, index-set overlap with the fp32 reference "
-                f"mean {o.mean():.4f}, min {o.min():.4f} over {len(o)} images (reported, not an exact-parity check)"
-            )
-        rate = 100.0 * self.exact / max(self.total, 1)
-        ties = self.near_tie_results
-        gaps = [t.gap for r in ties for t in r.near_ties]
-        gap_text = f" (smallest gap {min(gaps):.1e}, largest {max(gaps):.1e})" if gaps else ""
-        return (
-            f"{self.backend}: exact match {self.exact}/{self.total} ({rate:.1f}%), "
-            f"near-ties {len(ties)}{gap_text}, mismatches {len(self.failures)}"
-        )
+        for name in FEATURES:
+            if name in outputs and name in reference:
+                check(name, outputs[name][b], reference[name][b])
+        if schedule.keeps_all:
+            return
+        missing = [n for n in (TEXT_RELEVANCE, SHARPENED_SCORES, FUSED_SCORES, GRAM) if n not in outputs]
+        for name in missing:
+            if name not in self.missing:
+                self.missing.append(name)
+        if missing:
+            return
+        has_text = bool(np.asarray(basis[TEXT_MASK][b]).any())
+        if has_text:  # with no text s and q are not used (S_ext = 1e-6): nothing to compare
+            check(TEXT_RELEVANCE, outputs[TEXT_RELEVANCE][b], own_reference[TEXT_RELEVANCE][b])
+            own_q = sharpen(torch.from_numpy(np.asarray(outputs[TEXT_RELEVANCE][b], dtype=np.float32)), config).numpy()
+            check(SHARPENED_SCORES, outputs[SHARPENED_SCORES][b], own_q)
+        aligned = aligned_fused_scores(outputs[SHARPENED_SCORES][b], basis[CLS_ATTENTION][b], has_text, config)
+        check(FUSED_SCORES, outputs[FUSED_SCORES][b], aligned)
+        check(GRAM, outputs[GRAM][b], own_reference[GRAM][b])
 
+    # ------------------------------------------------------------------ report
     def lines(self) -> list[str]:
-        if self.overlaps is not None:
-            return [self.summary()]
-        return [self.summary()] + ["  " + r.describe() for r in self.results if r.status != "match"]
+        n = len(self.overlaps)
+        if self.missing:
+            layer1 = f"layer 1 decisions: NOT CHECKED, the backend gives no {', '.join(self.missing)} (no verification build)"
+        else:
+            shipped = f"; shipped graph = verification build on {self.shipped_checked}/{n}" if self.shipped_checked else ""
+            verdict = "held" if self.decisions_passed else f"FAILED on {len(self.decision_failures)}"
+            layer1 = f"layer 1 decisions: {verdict} ({self.decisions_checked}/{n} images replayed exactly{shipped})"
+        parts = []
+        for t in self.tensors.values():
+            bound = "reported" if t.bound is None else f"<= {t.bound:.0e}"
+            mark = "" if t.passed else " FAILED"
+            parts.append(f"{t.name} {t.max_error:.1e} ({bound}){mark}")
+        layer2 = "layer 2 arithmetic: " + ("held" if self.arithmetic_passed else "FAILED") + ", max relative error " + "; ".join(parts)
+        lines = [f"{self.backend}:", "  " + layer1]
+        lines += [f"    {f}" for f in self.decision_failures[:10]]
+        if len(self.decision_failures) > 10:
+            lines.append(f"    (+{len(self.decision_failures) - 10} more)")
+        lines.append("  " + layer2)
+        for t in self.tensors.values():
+            if not t.passed:
+                lines.append(f"    {t.name}: {t.max_error:.2e} > {t.bound:.0e} at {t.where}")
+        if n:
+            o, s = np.asarray(self.overlaps), np.asarray(self.sensitivity or [1.0])
+            gate = "" if self.min_overlap is None else f"; gate min-overlap {self.min_overlap:.3f} {'held' if self.outcome_passed else 'FAILED'}"
+            lines.append(
+                f"  layer 3 outcome: exact {self.exact}/{n} ({100.0 * self.exact / n:.0f}%), overlap mean {o.mean():.3f} "
+                f"min {o.min():.3f}; the reference's own sensitivity (G +- 1e-6) mean {s.mean():.3f} min {s.min():.3f}{gate}"
+            )
+            lines += [f"    {d}" for d in self.differing[:6]]
+            if len(self.differing) > 6:
+                lines.append(f"    (+{len(self.differing) - 6} more images differ)")
+        return lines
+
+    def to_dict(self) -> dict:
+        return {
+            "backend": self.backend,
+            "passed": bool(self),
+            "layer1_decisions": {
+                "passed": self.decisions_passed,
+                "images_replayed": self.decisions_checked,
+                "shipped_equals_verification_build": self.shipped_checked,
+                "missing_outputs": self.missing,
+                "failures": self.decision_failures,
+            },
+            "layer2_arithmetic": {
+                "passed": self.arithmetic_passed,
+                "tensors": {
+                    t.name: {"max_relative_error": t.max_error, "bound": t.bound, "passed": t.passed, "at": t.where}
+                    for t in self.tensors.values()
+                },
+            },
+            "layer3_outcome": {
+                "exact": self.exact,
+                "images": len(self.overlaps),
+                "overlap_mean": float(np.mean(self.overlaps)) if self.overlaps else None,
+                "overlap_min": float(np.min(self.overlaps)) if self.overlaps else None,
+                "per_image": self.overlaps,
+                "differing": self.differing,
+                "reference_sensitivity_mean": float(np.mean(self.sensitivity)) if self.sensitivity else None,
+                "reference_sensitivity_min": float(np.min(self.sensitivity)) if self.sensitivity else None,
+                "min_overlap_gate": self.min_overlap,
+                "gate_passed": self.outcome_passed,
+            },
+        }
 
 
-def compare_case(
-    case: str,
-    reference: np.ndarray,  # (B, K)
-    near_ties: list[list[NearTie]],  # per image, from the reference trace
-    backend: np.ndarray,  # (B, K)
-) -> list[ImageResult]:
-    if backend.shape != reference.shape:
-        return [ImageResult(case, 0, "mismatch", only_backend=[f"shape {backend.shape} != {reference.shape}"])]
-    results = []
-    for image, (ref_row, got_row) in enumerate(zip(reference, backend, strict=True)):
-        ref_set, got_set = set(ref_row.tolist()), set(got_row.tolist())
-        if np.array_equal(ref_row, got_row):
-            results.append(ImageResult(case, image, "match"))
-            continue
-        if ref_set == got_set:  # same tokens, but not ascending or repeated: a wiring bug, never a tie
-            results.append(ImageResult(case, image, "mismatch", only_backend=[f"order {got_row[:8].tolist()}"]))
-            continue
-        status = "near-tie" if near_ties[image] else "mismatch"
-        results.append(ImageResult(case, image, status, sorted(ref_set - got_set), sorted(got_set - ref_set), near_ties[image]))
-    return results
+def layer_summary(reports: list[BackendReport]) -> list[str]:
+    """One line per layer over every backend: what held."""
+    def names(pred) -> str:
+        failed = [r.backend for r in reports if not pred(r)]
+        return "held for every backend" if not failed else f"FAILED for {', '.join(failed)}"
 
+    lines = [f"Layer 1 (decision parity, exact): {names(lambda r: r.decisions_passed)}"]
+    lines.append(f"Layer 2 (arithmetic parity, stated bounds): {names(lambda r: r.arithmetic_passed)}")
+    gated = any(r.min_overlap is not None for r in reports)
+    lines.append(
+        "Layer 3 (outcome agreement): "
+        + (names(lambda r: r.outcome_passed) + " the --min-overlap gate" if gated else "reported above, not a gate (--min-overlap makes it one)")
+    )
+    return lines
 
-def overlap_case(reference: np.ndarray, backend: np.ndarray) -> list[float]:
-    """|I1 & I2| / K for each image: ALGORITHM.md's measure for reduced-precision encoders."""
-    return [len(set(r.tolist()) & set(b.tolist())) / len(r) for r, b in zip(reference, backend, strict=True)]

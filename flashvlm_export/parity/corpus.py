@@ -11,8 +11,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-SELECTOR_INPUTS = ("vision_features", "cls_attention", "projected_features", "text_embeds", "text_mask")
-PIPELINE_INPUTS = ("pixel_values", "text_embeds", "text_mask")
+from flashvlm_export.export.interface import SELECTOR_INPUTS
 
 
 @dataclass(frozen=True)
@@ -29,6 +28,7 @@ class Case:
     name: str
     feeds: dict[str, np.ndarray]  # batch-first arrays, keyed by graph input name
     note: str = ""
+    reference_indices: np.ndarray | None = None  # (B, K), set by the parity run
 
 
 def _grid(n_tokens: int) -> int:

@@ -2,16 +2,22 @@
 
 from __future__ import annotations
 
+import json
+import os
+import tempfile
 from pathlib import Path
 
 import numpy as np
 import onnx
 
+from flashvlm_export.artifacts import human_size
 from flashvlm_export.errors import MissingDependencyError, UsageError
 from flashvlm_export.export.graphs import ExportRequest, request_from_metadata
+from flashvlm_export.export.interface import FEATURES, INDICES, TEXT_EMBEDS, TEXT_MASK
 from flashvlm_export.parity.backends import OnnxRuntime, PipelineReference, SelectorReference, TorchModule
-from flashvlm_export.parity.compare import ParityReport, compare_case, overlap_case
-from flashvlm_export.parity.corpus import PIPELINE_INPUTS, SELECTOR_INPUTS, Case, Geometry, pipeline_corpus, selector_corpus
+from flashvlm_export.parity.compare import ARITHMETIC_BOUNDS, BackendReport, layer_summary, sensitivity_overlaps
+from flashvlm_export.parity.corpus import Case, Geometry, pipeline_corpus, selector_corpus
+from flashvlm_export.selector.schedule import round_schedule
 
 
 def graph_metadata(path: Path) -> dict[str, str]:
@@ -31,27 +37,28 @@ def geometry_of(request: ExportRequest) -> Geometry:
     return Geometry(request.tokens, s.vision_hidden, s.text_hidden, request.t_max, request.batch)
 
 
-def expected_inputs(request: ExportRequest) -> dict[str, tuple[tuple[int, ...], type]]:
-    s, b, t = request.spec, request.batch, request.t_max
-    text = {"text_embeds": ((b, t, s.text_hidden), np.float32), "text_mask": ((b, t), np.bool_)}
-    if request.selector_only:
-        return {
-            "vision_features": ((b, request.tokens, s.vision_hidden), np.float32),
-            "cls_attention": ((b, request.tokens), np.float32),
-            "projected_features": ((b, request.tokens, s.text_hidden), np.float32),
-            **text,
-        }
-    return {"pixel_values": ((b, 3, s.image_size, s.image_size), np.float32), **text}
+def check_graph_interface(graph: Path, request: ExportRequest) -> None:
+    """The graph's own inputs and outputs must be what its metadata declares (an edited graph is refused)."""
+    proto = onnx.load(str(graph), load_external_data=False)
+    declared = request.interface()
+    own = {v.name: tuple(d.dim_value for d in v.type.tensor_type.shape.dim) for v in list(proto.graph.input) + list(proto.graph.output)}
+    want = {t.name: t.shape for t in declared.inputs + declared.outputs}
+    if own != want:
+        diff = "; ".join(f"{n}: graph {own.get(n)} vs metadata {want.get(n)}" for n in sorted(set(own) | set(want)) if own.get(n) != want.get(n))
+        raise UsageError(f"{graph} does not match its own metadata ({diff}); re-export it with flashvlm-export")
 
 
 def validate_cases(cases: list[Case], request: ExportRequest) -> None:
-    """Each case must feed exactly the graph's inputs, at its shapes, finite: else a one-line error."""
-    expected = expected_inputs(request)
+    """Each case must feed exactly the graph's inputs, at its shapes, finite after the cast: else a one-line error."""
+    if not cases:
+        raise UsageError("no parity cases to run: the inputs are empty; pass a non-empty --load-inputs file or drop it")
+    interface = request.interface()
     for case in cases:
-        for name, (shape, dtype) in expected.items():
+        for spec in interface.inputs:
+            name, shape, dtype = spec.name, spec.shape, spec.dtype
             if name not in case.feeds:
-                raise UsageError(f"parity case {case.name} lacks input {name!r}; the graph takes {', '.join(expected)}")
-            value = case.feeds[name]
+                raise UsageError(f"parity case {case.name} lacks input {name!r}; the graph takes {', '.join(interface.input_names)}")
+            value = np.asarray(case.feeds[name])
             if value.shape != shape:
                 hint = ""
                 if name == "pixel_values" and value.ndim == 4:
@@ -60,12 +67,12 @@ def validate_cases(cases: list[Case], request: ExportRequest) -> None:
                     f"parity case {case.name} input {name!r} has shape {tuple(value.shape)}, the graph takes {shape}{hint}; "
                     "resize or re-export with matching --batch/--t-max"
                 )
+            with np.errstate(over="ignore", invalid="ignore"):
+                value = value.astype(dtype, copy=False)
             if dtype is np.float32 and not np.isfinite(value).all():
-                bad = "NaN" if np.isnan(value).any() else "Inf"
-                raise UsageError(
-                    f"parity case {case.name} input {name!r} contains {bad}; parity needs finite inputs, fix the data"
-                )
-            case.feeds[name] = value.astype(dtype, copy=False)
+                bad = "NaN" if np.isnan(value).any() else "Inf (a value beyond float32's range)"
+                raise UsageError(f"parity case {case.name} input {name!r} contains {bad}; parity needs finite float32 inputs, fix the data")
+            case.feeds[name] = value
 
 
 def load_cases(path: Path) -> list[Case]:
@@ -81,10 +88,8 @@ def load_cases(path: Path) -> list[Case]:
     return [Case(f"loaded#{i}", {k: np.asarray(v) for k, v in feeds.items()}) for i, feeds in enumerate(feeds_list)]
 
 
-def save_records(
-    cases: list[Case], reference_outputs: list[np.ndarray], save_dir: Path, stem: str, log=print
-) -> tuple[Path, Path]:
-    """Polygraphy `--load-inputs` / `--load-outputs` files, so a TensorRT engine can replay the same cases."""
+def save_records(cases: list[Case], reports: list[BackendReport], save_dir: Path, stem: str, log=print) -> list[Path]:
+    """Polygraphy `--load-inputs` / `--load-outputs` files (the reference's indices) and the three-layer report JSON."""
     from polygraphy.comparator import IterationResult, RunResults
     from polygraphy.json import save_json
     from polygraphy.logger import G_LOGGER
@@ -93,19 +98,40 @@ def save_records(
 
     from flashvlm_export.artifacts import atomic_outputs
 
-    save_dir.mkdir(parents=True, exist_ok=True)
-    inputs_path = save_dir / f"{stem}_inputs.json"
-    outputs_path = save_dir / f"{stem}_reference_outputs.json"
-    replaced = [p for p in (inputs_path, outputs_path) if p.exists()]
-    with atomic_outputs([inputs_path, outputs_path]) as (temp_inputs, temp_outputs):
+    paths = [save_dir / f"{stem}_inputs.json", save_dir / f"{stem}_reference_outputs.json", save_dir / f"{stem}_parity.json"]
+    replaced = [p for p in paths if p.exists()]
+    with atomic_outputs(paths) as (temp_inputs, temp_outputs, temp_report):
         save_json([c.feeds for c in cases], str(temp_inputs), description="flashvlm parity inputs")
         results = RunResults()
-        iterations = [IterationResult(outputs={"indices": out}, runner_name="reference") for out in reference_outputs]
+        iterations = [IterationResult(outputs={INDICES: c.reference_indices}, runner_name="reference") for c in cases]
         results.append(("reference", iterations))
         results.save(str(temp_outputs))
+        record = {"cases": [c.name for c in cases], "backends": [r.to_dict() for r in reports], "passed": all(reports)}
+        temp_report.write_text(json.dumps(record, indent=2) + "\n")
     if replaced:
         log(f"Parity: replaced the earlier records {', '.join(str(p) for p in replaced)}")
-    return inputs_path, outputs_path
+    return paths
+
+
+def check_save_dir(save_dir: Path) -> None:
+    """Fail before any work when the records cannot be written."""
+    try:
+        save_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise UsageError(f"--save-dir {save_dir} cannot be created ({exc.strerror}); choose another --save-dir or pass --no-save") from None
+    if not os.access(save_dir, os.W_OK | os.X_OK):
+        raise UsageError(f"--save-dir {save_dir} is not writable; choose another --save-dir or pass --no-save")
+
+
+def reference_backends(request: ExportRequest, parts):
+    """The reference and the static torch module (built with its verification outputs) for this graph."""
+    if request.selector_only:
+        reference = SelectorReference(request.budget, request.config)
+    else:
+        if parts is None:
+            raise UsageError("the full graph's parity needs its weights: pass --random-weights or --model-path")
+        reference = PipelineReference(parts, request.budget, request.config)
+    return reference, TorchModule(request.module(parts, verification=True), request.interface())
 
 
 def run_parity(
@@ -118,58 +144,95 @@ def run_parity(
     extra_backends: list | None = None,
     log=print,
     meta: dict[str, str] | None = None,
-) -> list[ParityReport]:
-    """Reference vs static torch vs ONNX Runtime (and any extra backend) on one exported graph."""
+    min_overlap: float | None = None,
+    backends: list | None = None,
+) -> list[BackendReport]:
+    """The three layers of ALGORITHM.md for static torch, ONNX Runtime (and any extra backend) on one graph.
+
+    `backends` replaces the default backends (static torch, ONNX Runtime) - for tests that plant a wrong one.
+    """
     meta = meta or graph_metadata(graph)
     request = request_from_metadata(meta, str(graph))
-    geometry = geometry_of(request)
+    if graph.is_file():
+        check_graph_interface(graph, request)
+    if save_dir is not None:
+        check_save_dir(save_dir)
     if cases is None:
         if request.selector_only:
-            cases = selector_corpus(geometry, seed, repeats)
+            cases = selector_corpus(geometry_of(request), seed, repeats)
         else:
-            cases = pipeline_corpus(geometry, request.spec.image_size, seed, repeats)
+            cases = pipeline_corpus(geometry_of(request), request.spec.image_size, seed, repeats)
     validate_cases(cases, request)
-    if request.selector_only:
-        reference = SelectorReference(request.budget, request.config)
-        static = TorchModule(request.module(), SELECTOR_INPUTS)
-    else:
-        if parts is None:
-            raise UsageError("the full graph's parity needs its weights: pass --random-weights or --model-path")
-        reference = PipelineReference(parts, request.budget, request.config)
-        static = TorchModule(request.module(parts), PIPELINE_INPUTS)
-    backends = [static]
-    if graph.is_file():
-        try:
-            backends.append(OnnxRuntime(graph, plugin=request.plugin))
-        except MissingDependencyError as exc:
-            if request.precision == "fp32":
-                raise
-            log(f"Parity: skipped ONNX Runtime: {exc}")  # reduced precision: reported, not fatal
-    backends += list(extra_backends or [])
-    # a backend with a reduced-precision encoder is reported by overlap, as ALGORITHM.md says
-    reports = {
-        b.name: ParityReport(b.name, overlaps=[] if getattr(b, "precision", request.precision) != "fp32" else None)
-        for b in backends
-    }
-    reference_outputs = []
-    for case in cases:
-        ref_indices, near_ties = reference.run(case.feeds)
-        reference_outputs.append(ref_indices)
-        for backend in backends:
-            got = backend.run(case.feeds)
-            report = reports[backend.name]
-            if report.overlaps is not None:
-                report.overlaps += overlap_case(ref_indices, got)
-            else:
-                report.results += compare_case(case.name, ref_indices, near_ties, got)
+    reference, static = reference_backends(request, parts)
+    with tempfile.TemporaryDirectory(prefix="flashvlm-verify-") as scratch:
+        if backends is None:
+            backends = [static]
+            if graph.is_file():
+                try:
+                    backends.append(OnnxRuntime(graph, request.interface(), plugin=request.plugin, scratch=Path(scratch)))
+                except MissingDependencyError as exc:
+                    if request.precision == "fp32":
+                        raise
+                    log(f"Parity: skipped ONNX Runtime: {exc}")  # e.g. no bf16 kernels on the CPU provider
+        backends = list(backends) + list(extra_backends or [])
+        reports = run_backends(request, reference, backends, cases, seed, min_overlap)
     log(
-        f"Parity: {graph.name} ({request.kind} graph, {request.spec.name}, K={request.budget}, batch {request.batch}), "
-        f"{len(cases)} cases x {request.batch} images against the reference"
+        f"Parity: {graph.name} ({request.kind} graph, {request.spec.name}, K={request.budget}, batch {request.batch}, "
+        f"{request.precision}), {len(cases)} cases x {request.batch} images against the reference"
     )
-    for report in reports.values():
+    for report in reports:
         for line in report.lines():
             log(f"  {line}")
+    for line in layer_summary(reports):
+        log(line)
     if save_dir is not None:
-        inputs_path, outputs_path = save_records(cases, reference_outputs, save_dir, graph.stem, log)
-        log(f"Parity: saved Polygraphy records {inputs_path} and {outputs_path}")
+        paths = save_records(cases, reports, save_dir, graph.stem, log)
+        log(f"Parity: saved {', '.join(str(p) for p in paths)} ({human_size(sum(p.stat().st_size for p in paths))})")
+    return reports
+
+
+def run_backends(request: ExportRequest, reference, backends: list, cases: list[Case], seed: int, min_overlap):
+    """Every case through the reference and each backend, accumulated into one BackendReport per backend."""
+    schedule = round_schedule(request.tokens, request.budget, request.config)
+    reduced = request.precision != "fp32"
+    bounds = dict(ARITHMETIC_BOUNDS)
+    if reduced:  # the encoder's own outputs differ by its precision: measured, not a gate (ALGORITHM.md)
+        bounds.update({name: None for name in FEATURES})
+    selector_reference = SelectorReference(request.budget, request.config)
+    reports = {b.name: BackendReport(b.name, min_overlap) for b in backends}
+    for number, case in enumerate(cases):
+        expected = reference.run(case.feeds)
+        case.reference_indices = expected[INDICES]
+        sensitivity = sensitivity_overlaps(expected, schedule, seed=seed * 100_003 + number)
+        for backend in backends:
+            outputs = backend.run(case.feeds)
+            outputs = outputs if isinstance(outputs, dict) else {INDICES: outputs}
+            if request.selector_only:
+                basis, own = case.feeds, expected
+            else:  # the selector checked on the backend's own encoder outputs
+                basis = {name: outputs.get(name, expected[name]) for name in FEATURES}
+                basis.update({TEXT_EMBEDS: case.feeds[TEXT_EMBEDS], TEXT_MASK: case.feeds[TEXT_MASK]})
+                own = selector_reference.run(basis)
+            reports[backend.name].add_case(
+                case.name, expected, own, outputs, basis, schedule, request.config, bounds, sensitivity
+            )
     return list(reports.values())
+
+
+def check_weights(meta: dict[str, str], random_weights: bool, seed: int, model_path: str | None, source: str) -> None:
+    """The weights given must be the ones the graph was exported with (its metadata records them)."""
+    recorded = meta.get("weights")
+    if recorded is None or not (random_weights or model_path):
+        return  # nothing given: the graph's own record is used
+    if random_weights:
+        given = f"random:{seed}"
+        if recorded != given:
+            raise UsageError(
+                f"{source} was exported with weights {recorded!r}, not {given!r}; pass the same weights "
+                "(or none: the graph's record is used)"
+            )
+    elif Path(model_path).expanduser().resolve() != Path(recorded).expanduser().resolve():
+        raise UsageError(
+            f"{source} was exported with weights {recorded!r}, not --model-path {model_path}; pass the same checkpoint "
+            "(or none: the graph's record is used)"
+        )

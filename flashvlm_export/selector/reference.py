@@ -2,67 +2,84 @@
 
 It is the gold standard of every parity check. One image at a time; `reference_select_batch`
 loops over a batch and drops masked text rows before scoring, so padding cannot matter.
+
+`decide` is steps 9, 11 and 12 alone: given any backend's own fused scores F and Gram G it gives
+the indices that backend must return. Comparisons and max of identical floats are the same on
+every machine, so this is exact (ALGORITHM.md "Parity", layer 1: decision parity).
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 
 from flashvlm_export.selector.config import SelectorConfig
 from flashvlm_export.selector.ops import LOG_FLOOR, MINMAX_EPS, l2norm, minmax
-from flashvlm_export.selector.schedule import round_schedule
-
-NEAR_TIE_RTOL = 1e-6  # ALGORITHM.md: a score gap below 1e-6 relative is a near-tie
-
-
-@dataclass(frozen=True)
-class NearTie:
-    stage: str  # "partition" or "round <i>"
-    token_a: int
-    token_b: int
-    score_a: float
-    score_b: float
-
-    @property
-    def gap(self) -> float:
-        return relative_gap(self.score_a, self.score_b)
-
-    def __str__(self) -> str:
-        return (
-            f"{self.stage}: tokens {self.token_a} and {self.token_b} "
-            f"scores {self.score_a:.9g} vs {self.score_b:.9g} (relative gap {self.gap:.2e})"
-        )
+from flashvlm_export.selector.schedule import RoundSchedule, round_schedule
 
 
 @dataclass
 class ReferenceTrace:
-    """What the reference decided on the way, for explaining a mismatch."""
+    """What the reference computed on the way: the inputs of its decisions and the decisions."""
 
-    fused_scores: torch.Tensor  # (N,) F
-    order: torch.Tensor  # (N,) argsort(F, descending, stable)
-    important: torch.Tensor  # (K_imp,) I
-    residual: torch.Tensor  # (K_div,) R after the last round
-    near_ties: list[NearTie] = field(default_factory=list)  # decisive adjacent pairs closer than 1e-6 relative
-    gram: torch.Tensor | None = None  # (N, N) G, step 11's input (None when K >= N keeps everything)
+    fused_scores: torch.Tensor  # (N,) F, step 8
+    gram: torch.Tensor  # (N, N) G, step 10
+    important: torch.Tensor  # (K_imp,) I, step 9
+    residual: torch.Tensor  # (K_div,) R after the last round, step 11
 
 
-def relative_gap(a: float, b: float) -> float:
-    scale = max(abs(a), abs(b))
-    return 0.0 if scale == 0.0 else abs(a - b) / scale
+def gram_matrix(vision_features: torch.Tensor) -> torch.Tensor:
+    """Step 10: G = Z Z^T with Z = l2norm(X); (..., N, Dv) -> (..., N, N)."""
+    z = l2norm(vision_features)
+    return z @ z.transpose(-1, -2)
 
 
-def _near_ties(stage: str, tokens: torch.Tensor, sorted_scores: torch.Tensor, first_decisive: int) -> list[NearTie]:
-    """Adjacent pairs (p, p+1), p + 1 >= first_decisive, of a descending sort that are within 1e-6 relative."""
-    ties = []
-    values = sorted_scores.tolist()
-    ids = tokens.tolist()
-    for p in range(max(first_decisive - 1, 0), len(values) - 1):
-        if relative_gap(values[p], values[p + 1]) < NEAR_TIE_RTOL:
-            ties.append(NearTie(stage, ids[p], ids[p + 1], values[p], values[p + 1]))
-    return ties
+def intrinsic_scores(cls_attention: torch.Tensor) -> torch.Tensor:
+    """Step 1: S_int = (a - min a) / (max a - min a + 1e-6), (N,)."""
+    a = cls_attention
+    return (a - a.min()) / (a.max() - a.min() + MINMAX_EPS)
+
+
+def text_relevance(
+    projected_features: torch.Tensor,  # (N, Dl) P(X)
+    text_embeds: torch.Tensor,  # (L, Dl) T, unmasked rows only, L >= 1
+    config: SelectorConfig,
+) -> torch.Tensor:
+    """Steps 2-5: s, each patch's similarity to the gated text, softmax-aggregated over the text, (N,)."""
+    v = l2norm(projected_features)  # 2  (N, Dl)
+    t_hat = l2norm(text_embeds)  # 3  (L, Dl)
+    norms = torch.linalg.vector_norm(t_hat if config.gate == "llava" else text_embeds, dim=-1)
+    gate = norms / (norms.max() + MINMAX_EPS)
+    t_tilde = gate[:, None] * t_hat
+    sim = v @ t_tilde.T  # 4  (N, L)
+    w = torch.softmax(sim / config.text_temperature, dim=1)  # 5
+    return (w * sim).sum(dim=1)
+
+
+def sharpen(relevance: torch.Tensor, config: SelectorConfig) -> torch.Tensor:
+    """Step 6: q = minmax(softmax(s / patch_temperature) ** power), (N,) in [0, 1]."""
+    p = torch.softmax(relevance / config.patch_temperature, dim=0)
+    return minmax(p**config.power)
+
+
+def extrinsic_scores(q: torch.Tensor, config: SelectorConfig) -> torch.Tensor:
+    """Step 7: the top-p gate on q, then S_ext = minmax; (N,)."""
+    theta = torch.quantile(q, 1 - config.top_p)  # linear interpolation
+    return minmax(torch.where(q >= theta, q, config.attenuation * q))
+
+
+def fuse(s_int: torch.Tensor, s_ext: torch.Tensor, config: SelectorConfig) -> torch.Tensor:
+    """Step 8: F = exp((1 - eta) log max(S_int, 1e-6) + eta log max(S_ext, 1e-6))."""
+    log_int = torch.log(s_int.clamp_min(LOG_FLOOR))
+    log_ext = torch.log(s_ext.clamp_min(LOG_FLOOR))
+    return torch.exp((1 - config.eta) * log_int + config.eta * log_ext)
+
+
+def no_text_scores(n_tokens: int) -> torch.Tensor:
+    """Step 8's S_ext when there is no text: 1e-6 everywhere, so F ranks by saliency alone."""
+    return torch.full((n_tokens,), LOG_FLOOR)
 
 
 def fused_scores(
@@ -72,30 +89,12 @@ def fused_scores(
     config: SelectorConfig,
 ) -> torch.Tensor:
     """Steps 1-8: F, the log-domain fusion of intrinsic saliency and query relevance."""
-    a = cls_attention
-    s_int = (a - a.min()) / (a.max() - a.min() + MINMAX_EPS)  # 1
+    s_int = intrinsic_scores(cls_attention)
     if text_embeds.shape[0] == 0:
-        s_ext = torch.full_like(s_int, LOG_FLOOR)  # 8: no text, rank by saliency alone
+        s_ext = no_text_scores(s_int.shape[0])
     else:
-        v = l2norm(projected_features)  # 2  (N, Dl)
-        t_hat = l2norm(text_embeds)  # 3  (L, Dl)
-        if config.gate == "llava":
-            norms = torch.linalg.vector_norm(t_hat, dim=-1)
-        else:  # "norm"
-            norms = torch.linalg.vector_norm(text_embeds, dim=-1)
-        gate = norms / (norms.max() + MINMAX_EPS)
-        t_tilde = gate[:, None] * t_hat
-        sim = v @ t_tilde.T  # 4  (N, L)
-        w = torch.softmax(sim / config.text_temperature, dim=1)  # 5
-        s = (w * sim).sum(dim=1)  # (N,)
-        p = torch.softmax(s / config.patch_temperature, dim=0)  # 6
-        q = minmax(p**config.power)
-        theta = torch.quantile(q, 1 - config.top_p)  # 7, linear interpolation
-        q = torch.where(q >= theta, q, config.attenuation * q)
-        s_ext = minmax(q)
-    log_int = torch.log(s_int.clamp_min(LOG_FLOOR))  # 8
-    log_ext = torch.log(s_ext.clamp_min(LOG_FLOOR))
-    return torch.exp((1 - config.eta) * log_int + config.eta * log_ext)
+        s_ext = extrinsic_scores(sharpen(text_relevance(projected_features, text_embeds, config), config), config)
+    return fuse(s_int, s_ext, config)
 
 
 def residual_prune(
@@ -103,7 +102,6 @@ def residual_prune(
     residual: torch.Tensor,  # (|R0|,) R in partition order
     k_div: int,
     step: int,  # the effective s (after any max_rounds cap)
-    near_ties: list[NearTie] | None = None,  # when a list, decisive near-ties are appended
     expected_rounds: int | None = None,  # when given, the loop must run exactly this many rounds
 ) -> torch.Tensor:
     """Step 11, Algorithm 1: the kept residual tokens (k_div,), in list order."""
@@ -115,11 +113,30 @@ def residual_prune(
             return residual
         a_side, b_side = residual[0::2], residual[1::2]
         m = gram[a_side][:, b_side].amax(dim=1)  # most similar partner in B, for each a
-        sorted_m, o = torch.sort(m, descending=True, stable=True)
-        if near_ties is not None:
-            near_ties += _near_ties(f"round {round_index}", a_side[o], sorted_m, r)
+        o = torch.sort(m, descending=True, stable=True).indices  # ties: lower position in A first
         residual = torch.cat([a_side[o[r:]], b_side])
         round_index += 1
+
+
+def decide(
+    fused: torch.Tensor,  # (N,) F, from any backend
+    gram: torch.Tensor,  # (N, N) G, from the same backend
+    schedule: RoundSchedule,
+    trace: bool = False,
+):
+    """Steps 9, 11 and 12 on given F and G: indices (K,) int64 ascending (and the partition with trace=True)."""
+    n = fused.shape[0]
+    if schedule.keeps_all:
+        indices = torch.arange(n, dtype=torch.int64)
+        return (indices, indices, indices[:0]) if trace else indices
+    # 9: partition by F, ties to the lower token index (stable sort)
+    order = torch.sort(fused, descending=True, stable=True).indices
+    important, residual = order[: schedule.k_imp], order[schedule.k_imp :]
+    # 11: iterative bipartite residual pruning
+    residual = residual_prune(gram, residual, schedule.k_div, schedule.step, schedule.n_rounds)
+    # 12: ascending indices
+    indices = torch.sort(torch.cat([important, residual])).values
+    return (indices, important, residual) if trace else indices
 
 
 def reference_select(
@@ -132,32 +149,11 @@ def reference_select(
     trace: bool = False,
 ):
     """Indices (K,) int64 ascending; with trace=True also a ReferenceTrace."""
-    n = vision_features.shape[0]
-    schedule = round_schedule(n, budget, config)
-    f = fused_scores(cls_attention, projected_features, text_embeds, config)
-    if schedule.keeps_all:
-        indices = torch.arange(n, dtype=torch.int64)
-        everything = ReferenceTrace(f, indices, indices, indices[:0])
-        return (indices, everything) if trace else indices
-
-    # 9: partition by F, ties to the lower token index (stable sort)
-    sorted_f, order = torch.sort(f, descending=True, stable=True)
-    important = order[: schedule.k_imp]
-    residual = order[schedule.k_imp :]
-    ties = _near_ties("partition", order, sorted_f, schedule.k_imp) if trace else []
-
-    # 10: Gram of the l2-normalised pre-projector features
-    z = l2norm(vision_features)
-    gram = z @ z.T  # (N, N)
-
-    # 11: iterative bipartite residual pruning
-    residual = residual_prune(gram, residual, schedule.k_div, schedule.step, ties if trace else None, schedule.n_rounds)
-
-    # 12: ascending indices
-    indices = torch.sort(torch.cat([important, residual])).values
-    if not trace:
-        return indices
-    return indices, ReferenceTrace(f, order, important, residual, ties, gram)
+    schedule = round_schedule(vision_features.shape[0], budget, config)
+    fused = fused_scores(cls_attention, projected_features, text_embeds, config)  # 1-8
+    gram = gram_matrix(vision_features)  # 10
+    indices, important, residual = decide(fused, gram, schedule, trace=True)  # 9, 11, 12
+    return (indices, ReferenceTrace(fused, gram, important, residual)) if trace else indices
 
 
 def reference_select_batch(
@@ -196,5 +192,5 @@ def pruning_inputs(
         text = text_embeds[b][text_mask[b].bool()]
         _, trace = reference_select(vision_features[b], cls_attention[b], projected_features[b], text, budget, config, trace=True)
         grams.append(trace.gram)
-        residuals.append(trace.order[len(trace.important) :])
+        residuals.append(torch.sort(trace.fused_scores, descending=True, stable=True).indices[len(trace.important) :])
     return torch.stack(grams), torch.stack(residuals)

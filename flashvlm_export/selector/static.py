@@ -6,9 +6,13 @@ Export rules it keeps (ONNX opset >= 17, TensorRT's ONNX parser):
 - every TopK has K <= 3840 (TensorRT's limit);
 - the Gram matrix is computed once, flattened, and each round gathers only its A x B block.
 
-Ties: the partition sort uses exact pairwise ranks, so "lower token index first" holds on every
-backend; each round sorts with a stable sort, which exports as ONNX TopK (whose tie rule is
-"lower index first"). On TensorRT the rounds run in the ResidualPrune plugin instead.
+Ties: the partition and every pruning round order their scores by exact pairwise ranks, so "lower
+index (or position) first" holds on every backend whatever its own TopK tie rule: the only TopK
+left sorts distinct small integers. On TensorRT the rounds can run in the ResidualPrune plugin.
+
+With verification=True the module also returns the fused scores F and the Gram G, the inputs of
+the decisions (ALGORITHM.md "Parity", layer 1); the exported graph keeps them as named internal
+tensors, and a verification build exposes them as outputs.
 """
 
 from __future__ import annotations
@@ -16,8 +20,10 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from flashvlm_export.errors import UsageError
 from flashvlm_export.selector.config import SelectorConfig
 from flashvlm_export.selector.ops import LOG_FLOOR, MINMAX_EPS, l2norm, lerp, minmax, quantile_position
+from flashvlm_export.selector.reference import gram_matrix
 from flashvlm_export.selector.schedule import RoundSchedule, round_schedule
 
 TOPK_LIMIT = 3840  # TensorRT's largest TopK K
@@ -26,17 +32,6 @@ TOPK_LIMIT = 3840  # TensorRT's largest TopK K
 def exporting() -> bool:
     """True while torch.onnx (dynamo or TorchScript) traces the module."""
     return torch.compiler.is_exporting() or torch.onnx.is_in_onnx_export()
-
-
-def descending_sort_indices(x: torch.Tensor) -> torch.Tensor:
-    """(B, n) -> (B, n): descending order, ties to the lower position.
-
-    Eager torch uses a stable sort; an export emits ONNX TopK, whose specified tie rule is the same
-    ("the element with the lower index appears first"). aten.sort.stable itself does not export.
-    """
-    if exporting():
-        return torch.topk(x, x.shape[-1], dim=-1, largest=True, sorted=True).indices
-    return torch.sort(x, dim=-1, descending=True, stable=True).indices
 
 
 def stable_descending_order(x: torch.Tensor) -> torch.Tensor:
@@ -54,7 +49,7 @@ def stable_descending_order(x: torch.Tensor) -> torch.Tensor:
 
 
 class StaticScores(nn.Module):
-    """Steps 1-8 with a text mask instead of dropped rows: returns F (B, N)."""
+    """Steps 1-8 with a text mask instead of dropped rows: returns F (B, N), and s and q (B, N) of steps 5 and 6."""
 
     def __init__(self, n_tokens: int, config: SelectorConfig):
         super().__init__()
@@ -79,9 +74,9 @@ class StaticScores(nn.Module):
         logits = sim / c.text_temperature
         logits = torch.where(mask[:, None, :], logits, torch.full_like(logits, torch.finfo(torch.float32).min))
         w = torch.softmax(logits, dim=-1)
-        s = (w * sim).sum(dim=-1)  # (B, N)
+        s = relevance = (w * sim).sum(dim=-1)  # (B, N)
         p = torch.softmax(s / c.patch_temperature, dim=-1)
-        q = minmax(p**c.power)
+        sharpened = q = minmax(p**c.power)
         top = torch.topk(q, self.quantile_k, dim=-1, largest=True, sorted=True).values  # (B, k) descending
         theta = lerp(top[:, -1:], top[:, -2:-1], self.quantile_weight)  # (B, 1)
         q = torch.where(q >= theta, q, c.attenuation * q)
@@ -91,7 +86,7 @@ class StaticScores(nn.Module):
 
         log_int = torch.log(s_int.clamp_min(LOG_FLOOR))
         log_ext = torch.log(s_ext.clamp_min(LOG_FLOOR))
-        return torch.exp((1 - c.eta) * log_int + c.eta * log_ext)  # (B, N)
+        return torch.exp((1 - c.eta) * log_int + c.eta * log_ext), relevance, sharpened  # (B, N) each
 
 
 class UnrolledResidualPrune(nn.Module):
@@ -110,23 +105,35 @@ class UnrolledResidualPrune(nn.Module):
             flat = (a_side[:, :, None] * n + b_side[:, None, :]).reshape(batch, n_a * n_b)
             block = torch.gather(gram_flat, 1, flat).reshape(batch, n_a, n_b)  # G[A][:, B]
             m = block.amax(dim=-1)  # (B, nA)
-            order = descending_sort_indices(m)
+            order = stable_descending_order(m)  # exact: ties to the lower position in A
             kept_a = torch.gather(a_side, 1, order[:, r:])
             residual = torch.cat([kept_a, b_side], dim=1)
         return residual
 
 
 class StaticSelector(nn.Module):
-    """The selection core with static shapes: (X, a, P(X), T, mask) -> indices (B, K) int64 ascending."""
+    """The selection core with static shapes: (X, a, P(X), T, mask) -> indices (B, K) int64 ascending.
 
-    def __init__(self, n_tokens: int, budget: int, config: SelectorConfig = SelectorConfig(), prune: nn.Module | None = None):
+    With verification=True: (indices, text_relevance s, sharpened_scores q, fused_scores F (B, N) each, gram G
+    (B, N, N)): the scores of steps 5 and 6, and the inputs of the decisions.
+    """
+
+    def __init__(
+        self,
+        n_tokens: int,
+        budget: int,
+        config: SelectorConfig = SelectorConfig(),
+        prune: nn.Module | None = None,
+        verification: bool = False,
+    ):
         super().__init__()
         self.config = config
         self.schedule = round_schedule(n_tokens, budget, config)
         if n_tokens > TOPK_LIMIT:
-            raise ValueError(f"N={n_tokens} exceeds TensorRT's TopK limit {TOPK_LIMIT}; select per crop or frame")
+            raise UsageError(f"N={n_tokens} exceeds TensorRT's TopK limit {TOPK_LIMIT}; select per crop or frame")
         self.scores = StaticScores(n_tokens, config)
         self.prune = prune if prune is not None else UnrolledResidualPrune(self.schedule)
+        self.verification = verification and not self.schedule.keeps_all  # keeping all decides nothing
 
     def partition(self, fused: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         order = stable_descending_order(fused)  # (B, N)
@@ -136,11 +143,11 @@ class StaticSelector(nn.Module):
         batch, n, _ = vision_features.shape
         if self.schedule.keeps_all:
             return torch.arange(n, dtype=torch.int64).expand(batch, n)
-        fused = self.scores(cls_attention, projected_features, text_embeds, text_mask)  # (B, N)
+        fused, relevance, sharpened = self.scores(cls_attention, projected_features, text_embeds, text_mask)  # (B, N) each
         important, residual = self.partition(fused)
-        z = l2norm(vision_features)  # (B, N, Dv)
-        gram = z @ z.transpose(1, 2)  # (B, N, N)
+        gram = gram_matrix(vision_features)  # (B, N, N)
         kept = torch.cat([important, self.prune(gram, residual)], dim=1)  # (B, K)
         # ascending: a TopK over distinct small integers held exactly in float32
         ascending = torch.topk(kept.to(torch.float32), kept.shape[1], dim=-1, largest=False, sorted=True).values
-        return ascending.to(torch.int64)
+        indices = ascending.to(torch.int64)
+        return (indices, relevance, sharpened, fused, gram) if self.verification else indices

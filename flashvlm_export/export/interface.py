@@ -1,0 +1,110 @@
+"""The graph interface: every input and output of every graph kind, with shape and dtype, in one place.
+
+Export, parity, the runtime and bench read names, shapes and dtypes from here (in the manner of
+Optimum's OnnxConfig). A graph kind is the full pipeline or the selector core; each has the shipped
+outputs and the verification outputs, the extra tensors a verification build exposes (F and G,
+and the scores s and q of steps 5 and 6; for the pipeline also X, a and P(X);
+ALGORITHM.md "Parity").
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+PIXEL_VALUES = "pixel_values"
+VISION_FEATURES = "vision_features"  # X (B, N, Dv)
+CLS_ATTENTION = "cls_attention"  # a (B, N)
+PROJECTED_FEATURES = "projected_features"  # P(X) (B, N, Dl)
+TEXT_EMBEDS = "text_embeds"  # T (B, T_max, Dl)
+TEXT_MASK = "text_mask"  # (B, T_max) bool
+INDICES = "indices"  # (B, K) int64 ascending
+VISUAL_EMBEDS = "visual_embeds"  # P(X)[indices] (B, K, Dl)
+TEXT_RELEVANCE = "text_relevance"  # s (B, N), step 5
+SHARPENED_SCORES = "sharpened_scores"  # q (B, N), step 6: before step 7's top-p gate
+FUSED_SCORES = "fused_scores"  # F (B, N), step 8
+GRAM = "gram"  # G (B, N, N), step 10
+
+FEATURES = (VISION_FEATURES, CLS_ATTENTION, PROJECTED_FEATURES)
+SELECTOR_INPUTS = (*FEATURES, TEXT_EMBEDS, TEXT_MASK)
+PIPELINE_INPUTS = (PIXEL_VALUES, TEXT_EMBEDS, TEXT_MASK)
+DECISION_INPUTS = (FUSED_SCORES, GRAM)  # what layer 1 feeds to the reference's decision steps
+
+
+@dataclass(frozen=True)
+class TensorSpec:
+    name: str
+    shape: tuple[int, ...]
+    dtype: type  # numpy scalar type: np.float32, np.bool_ or np.int64
+
+    @property
+    def onnx_type(self) -> int:
+        from onnx import helper
+
+        return helper.np_dtype_to_tensor_dtype(np.dtype(self.dtype))
+
+
+@dataclass(frozen=True)
+class GraphInterface:
+    kind: str  # "full" or "selector"
+    inputs: tuple[TensorSpec, ...]
+    outputs: tuple[TensorSpec, ...]  # what the shipped graph returns
+    verification: tuple[TensorSpec, ...]  # extra outputs of the verification build (empty when K >= N)
+
+    @property
+    def input_names(self) -> tuple[str, ...]:
+        return tuple(t.name for t in self.inputs)
+
+    @property
+    def output_names(self) -> tuple[str, ...]:
+        return tuple(t.name for t in self.outputs)
+
+    @property
+    def verification_names(self) -> tuple[str, ...]:
+        return tuple(t.name for t in self.verification)
+
+    def tensor(self, name: str) -> TensorSpec:
+        for spec in self.inputs + self.outputs + self.verification:
+            if spec.name == name:
+                return spec
+        raise KeyError(name)
+
+
+def graph_interface(
+    kind: str,
+    batch: int,
+    n_tokens: int,
+    budget: int,
+    t_max: int,
+    vision_hidden: int,
+    text_hidden: int,
+    image_size: int,
+) -> GraphInterface:
+    """The interface of one graph; `budget >= n_tokens` keeps every token and decides nothing."""
+    b, n, k = batch, n_tokens, min(budget, n_tokens)
+    f32 = np.float32
+    features = (
+        TensorSpec(VISION_FEATURES, (b, n, vision_hidden), f32),
+        TensorSpec(CLS_ATTENTION, (b, n), f32),
+        TensorSpec(PROJECTED_FEATURES, (b, n, text_hidden), f32),
+    )
+    text = (TensorSpec(TEXT_EMBEDS, (b, t_max, text_hidden), f32), TensorSpec(TEXT_MASK, (b, t_max), np.bool_))
+    indices = TensorSpec(INDICES, (b, k), np.int64)
+    decisions = (
+        ()
+        if budget >= n_tokens
+        else (
+            TensorSpec(TEXT_RELEVANCE, (b, n), f32),
+            TensorSpec(SHARPENED_SCORES, (b, n), f32),
+            TensorSpec(FUSED_SCORES, (b, n), f32),
+            TensorSpec(GRAM, (b, n, n), f32),
+        )
+    )
+    if kind == "selector":
+        return GraphInterface(kind, features + text, (indices,), decisions)
+    if kind != "full":
+        raise ValueError(f"unknown graph kind {kind!r}")
+    pixels = TensorSpec(PIXEL_VALUES, (b, 3, image_size, image_size), f32)
+    visual = TensorSpec(VISUAL_EMBEDS, (b, k, text_hidden), f32)
+    return GraphInterface(kind, (pixels,) + text, (indices, visual), decisions + features)

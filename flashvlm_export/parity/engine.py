@@ -1,0 +1,60 @@
+"""A TensorRT engine as a parity backend: the shipped engine and a verification engine built from the
+verification build of its graph, with the same precision and plugin (ALGORITHM.md "Parity")."""
+
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import onnx
+
+from flashvlm_export.artifacts import read_sidecar
+from flashvlm_export.errors import UsageError
+from flashvlm_export.export.graphs import request_from_metadata
+from flashvlm_export.export.interface import INDICES
+from flashvlm_export.export.verification import add_verification_outputs
+from flashvlm_export.parity.compare import SHIPPED_INDICES
+
+
+class EngineBackend:
+    """Runs the shipped engine for its indices and the verification engine for q, F, G (and X, a, P(X))."""
+
+    def __init__(self, shipped, verification, graph_path: str, graph_metadata: dict[str, str]):
+        self.shipped, self.verification = shipped, verification
+        self.graph_path, self.graph_metadata = graph_path, graph_metadata
+        self.name = shipped.name
+        self.precision = shipped.precision
+
+    def run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        out = self.verification.infer(feeds)
+        out[SHIPPED_INDICES] = self.shipped.infer(feeds)[INDICES]
+        return out
+
+
+def engine_backend(engine: Path, plugin_library: Path | None, log=print) -> EngineBackend:
+    """Load `engine` (checked against its sidecar) and build its verification engine in a temp folder."""
+    from flashvlm_export.trt.build import build_engine
+    from flashvlm_export.trt.runner import EngineRunner
+
+    shipped = EngineRunner(engine, plugin_library=plugin_library)
+    record = read_sidecar(engine)
+    graph = Path(record["onnx"])
+    if not graph.is_file():
+        raise UsageError(f"{engine}'s sidecar names the graph {graph}, which does not exist; pass the graph with --graph")
+    meta = record["onnx_metadata"]
+    request = request_from_metadata(meta, str(graph))
+    scratch = Path(tempfile.mkdtemp(prefix="flashvlm-verify-engine-"))
+    model = add_verification_outputs(onnx.load(str(graph)), request.interface(), str(graph))
+    verify_graph = scratch / f"{graph.stem}.verify.onnx"
+    onnx.save(model, str(verify_graph), save_as_external_data=model.ByteSize() > 2**31 - 1)
+    log(f"Parity: building the verification engine of {engine.name} (same precision and plugin, F and G exposed)")
+    verify_engine = scratch / f"{engine.stem}.verify.plan"
+    lib = None
+    if record.get("plugin"):
+        from flashvlm_export.plugin.build import find_plugin_library
+
+        lib = find_plugin_library(str(plugin_library) if plugin_library else None)
+    build_engine(verify_graph, verify_engine, meta, record["precision"], lib, None, log=log)
+    verification = EngineRunner(verify_engine, plugin_library=plugin_library)
+    return EngineBackend(shipped, verification, str(graph), meta)

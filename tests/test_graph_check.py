@@ -1,0 +1,91 @@
+"""The static-graph checker catches what TensorRT's static path cannot take: planted handmade graphs."""
+
+import numpy as np
+import onnx
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+
+from flashvlm_export.export.graph_check import static_graph_problems
+
+
+def _model(nodes, inputs, outputs, initializers=()):
+    graph = helper.make_graph(nodes, "planted", inputs, outputs, list(initializers))
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)], ir_version=10)
+
+
+def _vec(name, n=8, dtype=TensorProto.FLOAT):
+    return helper.make_tensor_value_info(name, dtype, [n])
+
+
+def test_a_clean_static_graph_has_no_problems():
+    model = _model([helper.make_node("Relu", ["x"], ["y"])], [_vec("x")], [_vec("y")])
+    assert static_graph_problems(model) == []
+
+
+def test_a_loop_is_caught():
+    body = helper.make_graph(
+        [helper.make_node("Identity", ["cond_in"], ["cond_out"])],
+        "body",
+        [helper.make_tensor_value_info("i", TensorProto.INT64, []), helper.make_tensor_value_info("cond_in", TensorProto.BOOL, [])],
+        [helper.make_tensor_value_info("cond_out", TensorProto.BOOL, [])],
+    )
+    trip = numpy_helper.from_array(np.array(3, dtype=np.int64), "trip")
+    cond = numpy_helper.from_array(np.array(True), "cond")
+    loop = helper.make_node("Loop", ["trip", "cond"], [], body=body)
+    model = _model([loop, helper.make_node("Relu", ["x"], ["y"])], [_vec("x")], [_vec("y")], [trip, cond])
+    assert any("is a Loop" in p for p in static_graph_problems(model))
+
+
+def test_an_if_is_caught():
+    branch = helper.make_graph(
+        [helper.make_node("Identity", ["x"], ["z"])], "branch", [], [helper.make_tensor_value_info("z", TensorProto.FLOAT, [8])]
+    )
+    cond = numpy_helper.from_array(np.array(True), "cond")
+    node = helper.make_node("If", ["cond"], ["y"], then_branch=branch, else_branch=branch)
+    model = _model([node], [_vec("x")], [_vec("y")], [cond])
+    assert any("is a If" in p for p in static_graph_problems(model))
+
+
+def test_a_nonzero_and_its_data_dependent_shape_are_caught():
+    nodes = [helper.make_node("NonZero", ["x"], ["nz"]), helper.make_node("Cast", ["nz"], ["y"], to=TensorProto.FLOAT)]
+    model = _model(nodes, [_vec("x")], [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 8])])
+    problems = static_graph_problems(model)
+    assert any("is a NonZero" in p for p in problems)
+    assert any("data-dependent shape" in p for p in problems)
+
+
+@pytest.mark.parametrize("k, caught", [(3840, False), (3841, True)])
+def test_a_topk_beyond_tensorrts_limit_is_caught(k, caught):
+    kk = numpy_helper.from_array(np.array([k], dtype=np.int64), "k")
+    node = helper.make_node("TopK", ["x", "k"], ["values", "idx"])
+    model = _model(
+        [node],
+        [_vec("x", 4000)],
+        [_vec("values", k), helper.make_tensor_value_info("idx", TensorProto.INT64, [k])],
+        [kk],
+    )
+    assert any(f"K={k} > 3840" in p for p in static_graph_problems(model)) == caught
+
+
+def test_a_topk_with_k_from_data_is_caught():
+    node = helper.make_node("TopK", ["x", "k"], ["values", "idx"])
+    k_input = helper.make_tensor_value_info("k", TensorProto.INT64, [1])
+    model = _model([node], [_vec("x"), k_input], [_vec("values"), helper.make_tensor_value_info("idx", TensorProto.INT64, [8])])
+    assert any("data-dependent K" in p for p in static_graph_problems(model))
+
+
+def test_a_shape_computed_from_data_is_caught():
+    """Range's length comes from an input value: no Loop, If or NonZero, yet the shape depends on the data."""
+    zero = numpy_helper.from_array(np.array(0, dtype=np.int64), "zero")
+    one = numpy_helper.from_array(np.array(1, dtype=np.int64), "one")
+    nodes = [helper.make_node("Range", ["zero", "limit", "one"], ["r"]), helper.make_node("Cast", ["r"], ["y"], to=TensorProto.FLOAT)]
+    limit = helper.make_tensor_value_info("limit", TensorProto.INT64, [])
+    model = _model(nodes, [limit], [_vec("y")], [zero, one])
+    assert any("Range" in p and "data-dependent shape" in p for p in static_graph_problems(model))
+
+
+def test_a_dynamic_graph_input_is_caught():
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 8])
+    model = _model([helper.make_node("Relu", ["x"], ["y"])], [x], [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", 8])])
+    assert any("x has a dynamic dimension" in p for p in static_graph_problems(model))
+    onnx.checker.check_model(model)  # the planted graph is valid ONNX: only our rule rejects it
