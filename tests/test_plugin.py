@@ -13,12 +13,13 @@ import onnx
 import pytest
 import torch
 
+from flashvlm_export.errors import UsageError
 from flashvlm_export.export.graph_check import static_graph_problems
 from flashvlm_export.export.graphs import ExportRequest
 from flashvlm_export.export.onnx_export import export_onnx
 from flashvlm_export.parity.corpus import SELECTOR_INPUTS
 from flashvlm_export.parity.run import run_parity
-from flashvlm_export.plugin.cpu import count_rounds_cpu, residual_prune_cpu
+from flashvlm_export.plugin.cpu import REJECTED_TOKEN, STATUS_TOKEN_OUT_OF_RANGE, count_rounds_cpu, residual_prune_cpu, run_twin
 from flashvlm_export.selector import SelectorConfig, round_schedule
 from flashvlm_export.selector.reference import pruning_inputs, residual_prune
 
@@ -68,6 +69,44 @@ def test_kernel_breaks_ties_by_position_like_a_stable_sort():
     residual = np.arange(40, dtype=np.int32)[None]
     expected = residual_prune(torch.from_numpy(gram[0]), torch.from_numpy(residual[0]).long(), 10, 8)
     assert np.array_equal(residual_prune_cpu(gram, residual, 10, 8)[0], expected.numpy())
+
+
+@needs_gxx
+def test_kernel_and_twin_share_one_round_body():
+    """The twin and the kernel call the same pruneImage template; neither writes its own round loop.
+
+    Textual, so it proves only that the sources are wired so (the GPU harness runs the kernel itself)."""
+    csrc = ROOT / "flashvlm_export/plugin/csrc"
+    for name in ("residualPruneCpu.cpp", "residualPruneKernel.cu"):
+        text = (csrc / name).read_text()
+        assert "pruneImage(" in text and "orderedBefore" not in text and "roundRemoval" not in text, name
+
+
+@needs_gxx
+@pytest.mark.parametrize("bad_id", [576, -1, 2**20])
+def test_twin_catches_a_token_id_outside_the_gram(bad_id):
+    """A planted id outside [0, N): the shared body flags the image, writes -1 to its kept row and
+    reads nothing out of range; the other image of the batch is pruned as usual."""
+    case = corpus(batch=2)[0]
+    gram, residual, schedule = gram_and_residual(case, 64)
+    planted = residual.numpy().astype(np.int32).copy()
+    planted[1, 7] = bad_id
+    status, kept = run_twin(gram.numpy(), planted, schedule.k_div, schedule.step)
+    assert status == STATUS_TOKEN_OUT_OF_RANGE
+    assert (kept[1] == REJECTED_TOKEN).all()
+    expected = residual_prune(gram[0], residual[0], schedule.k_div, schedule.step)
+    assert np.array_equal(kept[0], expected.numpy())  # same path as the corpus test: exact by construction
+    with pytest.raises(UsageError, match=f"token id {bad_id} at residual\\[1, 7\\] is outside \\[0, 576\\)"):
+        residual_prune_cpu(gram.numpy(), planted, schedule.k_div, schedule.step)
+
+
+@needs_gxx
+def test_twin_rejects_an_id_the_int32_cast_would_wrap_into_range():
+    gram = np.ones((1, 40, 40), dtype=np.float32)
+    residual = np.arange(40, dtype=np.int64)[None]
+    residual[0, 3] = 2**32 + 5  # int32 cast: 5, a valid id
+    with pytest.raises(UsageError, match="outside \\[0, 40\\)"):
+        residual_prune_cpu(gram, residual, 10, 8)
 
 
 @pytest.fixture(scope="module")
