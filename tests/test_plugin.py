@@ -236,6 +236,24 @@ def test_plugin_registers_once_in_every_load_order(built_plugin, order):
 
 
 @needs_trt_headers
+def test_plugin_lifecycle_through_get_creators(built_plugin):
+    """dlopen + getCreators + create / serialise / re-create / clone, as loadLibrary's caller would.
+    No registry and no kernel run: proves the creator and the IPluginV3 field round trip only."""
+    run = subprocess.run(
+        [str(built_plugin / "flashvlm_plugin_harness"), str(built_plugin / "libflashvlm_plugins.so")],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "LD_LIBRARY_PATH": str(CUDA_HOME / "lib64")},
+    )
+    assert run.returncode == 0, run.stdout + run.stderr
+    assert json.loads(run.stdout.strip().splitlines()[-1]) == {
+        "ok": True,
+        "lifecycle": "getCreators, createPlugin, serialise, re-create, clone",
+        "fields": 2,
+    }
+
+
+@needs_trt_headers
 def test_registering_library_says_why_when_libnvinfer_is_missing(built_plugin):
     """Planted failure: no libnvinfer on the search path. The registering library must say so on one
     line and register nothing (the process still runs). Proves our message only, not TensorRT's."""
