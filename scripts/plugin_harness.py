@@ -7,7 +7,8 @@
 2. for every parity-corpus image (N=576 at K=32/64/128/192, N=2880 at K=640) takes the reference's
    own Gram matrix and residual list, and runs the harness: getCreators -> createPlugin from a
    PluginFieldCollection -> serialise -> re-create -> enqueue on CUDA buffers;
-3. requires the kept indices to equal the reference loop's, token for token and in order;
+3. requires the kept indices to equal the reference loop's, token for token and in order, and a
+   planted token id outside [0, N) to come back as -1 in every kept slot of its image only;
 4. times the kernel (CUDA events) against the unrolled static pruning stage in torch on the same GPU
    (eager and CUDA-graph replay), and prints both. Needs a CUDA GPU; TensorRT itself is not needed.
 """
@@ -51,6 +52,19 @@ def run_harness(harness, library, gram, residual, schedule, out_dir, iters):
     if run.returncode != 0:
         sys.exit(f"harness failed: {run.stderr.strip()}")
     return np.fromfile(files[2], dtype=np.int32).reshape(batch, schedule.k_div), json.loads(run.stdout.strip().splitlines()[-1])
+
+
+def planted_out_of_range(harness, library, gram, residual, schedule, out_dir) -> int:
+    """Token id N in image 0 of a two-image batch: image 0 must be all -1, image 1 as the reference."""
+    gram2, residual2 = torch.cat([gram, gram]), torch.cat([residual, residual])
+    residual2[0, 7] = gram.shape[1]
+    kept, _ = run_harness(harness, library, gram2, residual2, schedule, out_dir, 0)
+    expected = residual_prune(gram[0], residual[0], schedule.k_div, schedule.step).numpy()
+    if (kept[0] == -1).all() and np.array_equal(kept[1], expected):
+        print("planted token id N: image rejected (-1 row), the other image unaffected")
+        return 0
+    print(f"MISMATCH planted token id N: kept {kept[:, :6]}")
+    return 1
 
 
 def torch_prune_timing(gram, residual, schedule, repeats):
@@ -98,6 +112,8 @@ def main() -> None:
                     failures += 1
                     print(f"MISMATCH N={n} K={budget} {case.name}: first differences at {np.nonzero(kept[0] != expected)[0][:5]}")
             _, timing = run_harness(harness, library, gram, residual, schedule, Path(scratch), args.iters)
+            if n == 576 and budget == 64:
+                failures += planted_out_of_range(harness, library, gram, residual, schedule, Path(scratch))
             eager, replay = torch_prune_timing(gram, residual, schedule, repeats=50)
             rows.append((n, budget, schedule.n_rounds, matched, len(cases), timing, eager, replay))
     print(f"GPU: {rows[0][5]['gpu']} (sm {rows[0][5]['cc']}), torch {torch.__version__}")

@@ -7,7 +7,7 @@ import platform
 from dataclasses import dataclass
 from functools import lru_cache
 
-from flashvlm_export.errors import MissingDependencyError
+from flashvlm_export.errors import MissingDependencyError, UsageError
 
 
 def import_tensorrt():
@@ -63,18 +63,31 @@ def gpu_info(device: int = 0) -> GpuInfo:
     return GpuInfo(buffer.value.decode(), f"{major.value}.{minor.value}")
 
 
-def load_plugin_library(trt, library) -> None:
-    """Load libflashvlm_plugins.so into TensorRT's registry and check the creator is there."""
+def load_plugin_library(trt, library) -> str:
+    """Register libflashvlm_plugins.so in TensorRT's registry through IPluginRegistry::loadLibrary.
+
+    loadLibrary dlopens the library, calls its getCreators and registers the creator
+    (NvInferRuntimeCommon.h; python binding `load_library`, python/src/infer/pyPlugin.cpp on
+    release/10.3 and release/11.1). It "fails and returns nullptr if any of the plugins are already
+    registered", so a creator that is already there (libflashvlm_plugins_register.so loaded earlier in
+    this process, e.g. by Polygraphy's --plugins) is used as it is. Returns how the creator got there.
+    """
+    from pathlib import Path
+
     from flashvlm_export.plugin import PLUGIN_NAME, PLUGIN_NAMESPACE, PLUGIN_VERSION
 
-    registry = trt.get_plugin_registry()
-    if hasattr(registry, "load_library"):
-        registry.load_library(str(library))
-    else:  # older bindings: the library registers itself at load time
-        ctypes.CDLL(str(library))
-    getter = getattr(registry, "get_creator", None) or registry.get_plugin_creator
-    if getter(PLUGIN_NAME, PLUGIN_VERSION, PLUGIN_NAMESPACE) is None:
-        raise MissingDependencyError(
-            f"{library} loaded but TensorRT has no {PLUGIN_NAMESPACE}::{PLUGIN_NAME} v{PLUGIN_VERSION} creator; "
-            "rebuild it with flashvlm-export build-plugin"
+    if Path(library).name.startswith("libflashvlm_plugins_register"):
+        raise UsageError(
+            f"{library} is the registering library for tools that only dlopen (polygraphy --plugins, trtexec "
+            "--staticPlugins); give TensorRT's loader libflashvlm_plugins.so from the same folder"
         )
+    registry = trt.get_plugin_registry()
+    creator_id = (PLUGIN_NAME, PLUGIN_VERSION, PLUGIN_NAMESPACE)
+    if registry.get_creator(*creator_id) is not None:
+        return "already registered"
+    if registry.load_library(str(library)) is None or registry.get_creator(*creator_id) is None:
+        raise MissingDependencyError(
+            f"TensorRT's registry.load_library({library}) registered no {PLUGIN_NAMESPACE}::{PLUGIN_NAME} "
+            f"v{PLUGIN_VERSION} creator; rebuild the library for this TensorRT with flashvlm-export build-plugin"
+        )
+    return "registry.load_library"

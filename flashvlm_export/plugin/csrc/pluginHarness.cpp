@@ -3,6 +3,7 @@
  *
  *   flashvlm_plugin_harness LIB GRAM.f32 RESIDUAL.i32 BATCH N R0 K_DIV STEP OUT.i32 [ITERS]
  *   flashvlm_plugin_harness LIB        (steps 1-3 only: no GPU needed)
+ *   flashvlm_plugin_harness --load-order ORDER LIB REGISTER_LIB   (no GPU needed)
  *
  * 1. dlopen LIB and find ResidualPrune through getCreators;
  * 2. create the plugin from a PluginFieldCollection {k_div, step};
@@ -10,6 +11,17 @@
  * 4. onShapeChange + enqueue on real CUDA buffers; write the kept indices to OUT;
  * 5. with ITERS > 0, time enqueue with CUDA events and print median / p10 / p90 microseconds.
  * Prints one JSON line. Used by scripts/plugin_harness.py, which checks parity with the reference.
+ *
+ * --load-order reaches the creator through a plugin registry instead, the way each tool loads:
+ *   loadlibrary               libnvinfer, then IPluginRegistry::loadLibrary(LIB)  (Python, --dynamicPlugins)
+ *   register-first            dlopen(REGISTER_LIB) before libnvinfer              (polygraphy --plugins)
+ *   nvinfer-then-register     libnvinfer, then dlopen(REGISTER_LIB)               (trtexec --staticPlugins)
+ *   loadlibrary-then-register loadLibrary(LIB), then dlopen(REGISTER_LIB)
+ *   register-then-loadlibrary dlopen(REGISTER_LIB), then loadLibrary(LIB)
+ *   plain-dlopen              libnvinfer, then dlopen(LIB): must register nothing
+ * libnvinfer is opened by its soname libnvinfer.so.<NV_TENSORRT_MAJOR>; CI puts a stand-in there
+ * (testNvinferStandIn.cpp, which counts registrations); on a TensorRT machine it is the real one
+ * and the counts print as -1. The creator found in the registry then runs steps 2-3.
  */
 #include "NvInferRuntime.h"
 
@@ -64,10 +76,174 @@ PluginTensorDesc describe(DataType type, std::vector<int64_t> const& shape)
     return desc;
 }
 
+//! Steps 2-3 on a creator: create from fields, serialise, re-create (runtime), clone. Null on failure.
+IPluginV3* lifecycle(IPluginCreatorV3One* creator, int32_t& kDiv, int32_t& step, IPluginV3*& built, int32_t& nbFields,
+    std::string& error)
+{
+    std::vector<PluginField> fields{
+        PluginField("k_div", &kDiv, PluginFieldType::kINT32, 1), PluginField("step", &step, PluginFieldType::kINT32, 1)};
+    PluginFieldCollection fc{static_cast<int32_t>(fields.size()), fields.data()};
+    built = creator->createPlugin("residual_prune", &fc, TensorRTPhase::kBUILD);
+    if (built == nullptr)
+    {
+        error = "createPlugin (build phase) returned null";
+        return nullptr;
+    }
+    auto* buildRuntime = static_cast<IPluginV3OneRuntime*>(built->getCapabilityInterface(PluginCapabilityType::kRUNTIME));
+    PluginFieldCollection const* serialised = buildRuntime->getFieldsToSerialize();
+    IPluginV3* plugin = creator->createPlugin("residual_prune", serialised, TensorRTPhase::kRUNTIME);
+    if (plugin == nullptr)
+    {
+        error = "createPlugin from the serialised fields returned null";
+        return nullptr;
+    }
+    auto* core = static_cast<IPluginV3OneCore*>(plugin->getCapabilityInterface(PluginCapabilityType::kCORE));
+    auto* runtime = static_cast<IPluginV3OneRuntime*>(plugin->getCapabilityInterface(PluginCapabilityType::kRUNTIME));
+    if (std::strcmp(core->getPluginName(), "ResidualPrune") != 0)
+    {
+        error = "re-created plugin has the wrong name";
+        return nullptr;
+    }
+    PluginFieldCollection const* again = runtime->getFieldsToSerialize();
+    nbFields = again->nbFields;
+    for (int32_t i = 0; i < again->nbFields; ++i)
+    {
+        int32_t const value = *static_cast<int32_t const*>(again->fields[i].data);
+        int32_t const expected = std::strcmp(again->fields[i].name, "k_div") == 0 ? kDiv : step;
+        if (value != expected)
+        {
+            error = std::string("field ") + again->fields[i].name + " did not survive serialisation";
+            return nullptr;
+        }
+    }
+    IPluginV3* copy = plugin->clone();
+    auto* copyRuntime = static_cast<IPluginV3OneRuntime*>(copy->getCapabilityInterface(PluginCapabilityType::kRUNTIME));
+    bool const cloned = *static_cast<int32_t const*>(copyRuntime->getFieldsToSerialize()->fields[0].data) == kDiv;
+    delete copy;
+    if (!cloned)
+    {
+        error = "clone lost k_div";
+        return nullptr;
+    }
+    return plugin;
+}
+
+//! The flashvlm::ResidualPrune v1 creator among `creators`, or null.
+IPluginCreatorV3One* findCreator(IPluginCreatorInterface* const* creators, int32_t nbCreators)
+{
+    for (int32_t i = 0; i < nbCreators; ++i)
+    {
+        if (creators[i] != nullptr && std::strcmp(creators[i]->getInterfaceInfo().kind, "PLUGIN CREATOR_V3ONE") == 0)
+        {
+            auto* candidate = static_cast<IPluginCreatorV3One*>(creators[i]);
+            if (std::strcmp(candidate->getPluginName(), "ResidualPrune") == 0
+                && std::strcmp(candidate->getPluginNamespace(), "flashvlm") == 0
+                && std::strcmp(candidate->getPluginVersion(), "1") == 0)
+            {
+                return candidate;
+            }
+        }
+    }
+    return nullptr;
+}
+
+int loadOrder(std::string const& order, char const* library, char const* registerLibrary)
+{
+    std::string const soname = "libnvinfer.so." + std::to_string(NV_TENSORRT_MAJOR);
+    void* nvinfer = nullptr;
+    IPluginRegistry* registry = nullptr;
+    auto openNvinfer = [&]() -> bool {
+        nvinfer = dlopen(soname.c_str(), RTLD_LAZY);
+        using GetRegistry = IPluginRegistry* (*) ();
+        auto get = nvinfer != nullptr ? reinterpret_cast<GetRegistry>(dlsym(nvinfer, "getPluginRegistry")) : nullptr;
+        registry = get != nullptr ? get() : nullptr;
+        return registry != nullptr;
+    };
+    char const* loadLibraryResult = "-";
+    auto loadLibrary = [&]() { loadLibraryResult = registry->loadLibrary(library) != nullptr ? "ok" : "null"; };
+    int32_t registerStatus = -100;  // not loaded
+    auto openRegister = [&]() -> bool {
+        void* handle = dlopen(registerLibrary, RTLD_LAZY);
+        using Status = int32_t (*)();
+        auto status = handle != nullptr ? reinterpret_cast<Status>(dlsym(handle, "flashvlm_registration_status")) : nullptr;
+        if (status == nullptr)
+        {
+            return false;
+        }
+        registerStatus = status();
+        return true;
+    };
+    bool ok = true;
+    if (order == "loadlibrary")
+    {
+        ok = openNvinfer();
+        if (ok)
+            loadLibrary();
+    }
+    else if (order == "register-first")
+    {
+        ok = openRegister() && openNvinfer();
+    }
+    else if (order == "nvinfer-then-register")
+    {
+        ok = openNvinfer() && openRegister();
+    }
+    else if (order == "loadlibrary-then-register")
+    {
+        ok = openNvinfer();
+        if (ok)
+        {
+            loadLibrary();
+            ok = openRegister();
+        }
+    }
+    else if (order == "register-then-loadlibrary")
+    {
+        ok = openRegister() && openNvinfer();
+        if (ok)
+            loadLibrary();
+    }
+    else if (order == "plain-dlopen")
+    {
+        ok = openNvinfer() && dlopen(library, RTLD_LAZY) != nullptr;
+    }
+    else
+    {
+        return fail("unknown load order " + order);
+    }
+    if (!ok)
+    {
+        char const* why = dlerror();
+        return fail("load order " + order + ": could not open " + soname + ", " + library + " or " + registerLibrary
+            + (why != nullptr ? std::string(" (") + why + ")" : std::string()));
+    }
+    using Count = int32_t (*)();
+    auto registered = reinterpret_cast<Count>(dlsym(nvinfer, "flashvlmStandInRegistered"));
+    auto refused = reinterpret_cast<Count>(dlsym(nvinfer, "flashvlmStandInRefused"));
+    IPluginCreatorInterface* found = registry->getCreator("ResidualPrune", "1", "flashvlm");
+    IPluginCreatorV3One* creator = findCreator(&found, 1);
+    std::string error = creator != nullptr ? "" : "no creator in the registry";
+    int32_t kDiv = 64, step = 8, nbFields = 0;
+    IPluginV3* built = nullptr;
+    IPluginV3* plugin = creator != nullptr ? lifecycle(creator, kDiv, step, built, nbFields, error) : nullptr;
+    std::printf("{\"order\": \"%s\", \"load_library\": \"%s\", \"register_status\": %d, \"registered\": %d, "
+                "\"refused\": %d, \"creator_found\": %s, \"lifecycle\": \"%s\"}\n",
+        order.c_str(), loadLibraryResult, registerStatus, registered != nullptr ? registered() : -1,
+        refused != nullptr ? refused() : -1, creator != nullptr ? "true" : "false",
+        plugin != nullptr ? "ok" : error.c_str());
+    delete plugin;
+    delete built;
+    return 0;
+}
+
 } // namespace
 
 int main(int argc, char** argv)
 {
+    if (argc == 5 && std::strcmp(argv[1], "--load-order") == 0)
+    {
+        return loadOrder(argv[2], argv[3], argv[4]);
+    }
     bool const lifecycleOnly = argc == 2;
     if (argc < 10 && !lifecycleOnly)
     {
@@ -93,68 +269,25 @@ int main(int argc, char** argv)
     }
     int32_t nbCreators = 0;
     IPluginCreatorInterface* const* creators = getCreators(nbCreators);
-    IPluginCreatorV3One* creator = nullptr;
-    for (int32_t i = 0; i < nbCreators; ++i)
-    {
-        if (std::strcmp(creators[i]->getInterfaceInfo().kind, "PLUGIN CREATOR_V3ONE") == 0)
-        {
-            auto* candidate = static_cast<IPluginCreatorV3One*>(creators[i]);
-            if (std::strcmp(candidate->getPluginName(), "ResidualPrune") == 0
-                && std::strcmp(candidate->getPluginNamespace(), "flashvlm") == 0
-                && std::strcmp(candidate->getPluginVersion(), "1") == 0)
-            {
-                creator = candidate;
-            }
-        }
-    }
+    IPluginCreatorV3One* creator = findCreator(creators, nbCreators);
     if (creator == nullptr)
     {
         return fail("getCreators returned no flashvlm::ResidualPrune version 1 creator");
     }
-
-    std::vector<PluginField> fields{
-        PluginField("k_div", &kDiv, PluginFieldType::kINT32, 1), PluginField("step", &step, PluginFieldType::kINT32, 1)};
-    PluginFieldCollection fc{static_cast<int32_t>(fields.size()), fields.data()};
-    IPluginV3* built = creator->createPlugin("residual_prune", &fc, TensorRTPhase::kBUILD);
-    if (built == nullptr)
-    {
-        return fail("createPlugin (build phase) returned null");
-    }
-    auto* buildRuntime = static_cast<IPluginV3OneRuntime*>(built->getCapabilityInterface(PluginCapabilityType::kRUNTIME));
-    PluginFieldCollection const* serialised = buildRuntime->getFieldsToSerialize();
-    IPluginV3* plugin = creator->createPlugin("residual_prune", serialised, TensorRTPhase::kRUNTIME);
+    IPluginV3* built = nullptr;
+    int32_t nbFields = 0;
+    std::string error;
+    IPluginV3* plugin = lifecycle(creator, kDiv, step, built, nbFields, error);
     if (plugin == nullptr)
     {
-        return fail("createPlugin from the serialised fields returned null");
+        return fail(error);
     }
-    auto* core = static_cast<IPluginV3OneCore*>(plugin->getCapabilityInterface(PluginCapabilityType::kCORE));
     auto* runtime = static_cast<IPluginV3OneRuntime*>(plugin->getCapabilityInterface(PluginCapabilityType::kRUNTIME));
-    if (std::strcmp(core->getPluginName(), "ResidualPrune") != 0)
-    {
-        return fail("re-created plugin has the wrong name");
-    }
-    PluginFieldCollection const* again = runtime->getFieldsToSerialize();
-    for (int32_t i = 0; i < again->nbFields; ++i)
-    {
-        int32_t const value = *static_cast<int32_t const*>(again->fields[i].data);
-        int32_t const expected = std::strcmp(again->fields[i].name, "k_div") == 0 ? kDiv : step;
-        if (value != expected)
-        {
-            return fail(std::string("field ") + again->fields[i].name + " did not survive serialisation");
-        }
-    }
-    IPluginV3* copy = plugin->clone();
-    auto* copyRuntime = static_cast<IPluginV3OneRuntime*>(copy->getCapabilityInterface(PluginCapabilityType::kRUNTIME));
-    if (*static_cast<int32_t const*>(copyRuntime->getFieldsToSerialize()->fields[0].data) != kDiv)
-    {
-        return fail("clone lost k_div");
-    }
-    delete copy;
     if (lifecycleOnly)
     {
         std::printf("{\"ok\": true, \"lifecycle\": \"getCreators, createPlugin, serialise, re-create, clone\", "
                     "\"fields\": %d}\n",
-            again->nbFields);
+            nbFields);
         delete plugin;
         delete built;
         return 0;

@@ -1,5 +1,7 @@
 #pragma once
 
+#include "residualPruneCore.h"
+
 #include <cstdint>
 #include <cuda_runtime_api.h>
 
@@ -8,10 +10,9 @@ namespace flashvlm
 
 //! All pruning rounds of every image in one launch: grid = batch, one block per image.
 //! gram (batch, n, n) float32, residual (batch, r0) int32 -> kept (batch, kDiv) int32, device pointers.
+//! Arguments outside validArguments give cudaErrorInvalidValue before any launch. An image whose
+//! residual list holds an id outside [0, n) gets kRejectedToken (-1) in all of its kDiv slots.
 cudaError_t launchResidualPrune(float const* gram, int32_t batch, int32_t nTokens, int32_t const* residual,
     int32_t residualSize, int32_t kDiv, int32_t step, int32_t* kept, cudaStream_t stream);
-
-//! Largest residual list the kernel takes (its lists live in shared memory).
-constexpr int32_t kMaxResidual = 3840;
 
 } // namespace flashvlm

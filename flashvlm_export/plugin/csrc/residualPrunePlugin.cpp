@@ -4,7 +4,6 @@
 
 #include <cstdio>
 #include <cstring>
-#include <dlfcn.h>
 #include <exception>
 #include <new>
 
@@ -197,6 +196,8 @@ int32_t ResidualPrunePlugin::enqueue(PluginTensorDesc const* inputDesc, PluginTe
         mTokens = static_cast<int32_t>(inputDesc[0].dims.d[1]);
         mResidual = static_cast<int32_t>(inputDesc[1].dims.d[1]);
     }
+    // An image whose residual list holds an id outside [0, N) comes back as kRejectedToken (-1) in all
+    // of its k_div slots (see residualPrunePlugin.h): enqueue is asynchronous, so no status can.
     cudaError_t const status = launchResidualPrune(static_cast<float const*>(inputs[0]), mBatch, mTokens,
         static_cast<int32_t const*>(inputs[1]), mResidual, mKDiv, mStep, static_cast<int32_t*>(outputs[0]), stream);
     if (status != cudaSuccess)
@@ -288,46 +289,22 @@ IPluginV3* ResidualPruneCreator::createPlugin(char const* name, PluginFieldColle
 
 } // namespace flashvlm
 
-// ---------------------------------------------------------------- library entry points
+// ---------------------------------------------------------------- library entry point
 
-namespace
+/*
+ * The one registration path of this library: TensorRT's IPluginRegistry::loadLibrary (Python
+ * registry.load_library, trtexec --dynamicPlugins / --setPluginsToSerialize) dlopens it, calls
+ * getCreators and registers what it returns (NvInferRuntimeCommon.h, loadLibrary; the symbol is the
+ * one NVIDIA's own plugin library exports, plugin/common/vfcCommon.cpp:73 on release/10.3,
+ * plugin/vc/vfcCommon.cpp:70 on release/11.1). getCreators always returns the creator and the
+ * library registers nothing by itself, so a plain dlopen of it (polygraphy --plugins,
+ * trtexec --staticPlugins) registers nothing: those tools take libflashvlm_plugins_register.so
+ * (residualPruneRegister.cpp), which registers this creator through getPluginRegistry().
+ */
+extern "C" FLASHVLM_EXPORT nvinfer1::IPluginCreatorInterface* const* getCreators(int32_t& nbCreators)
 {
-
-flashvlm::ResidualPruneCreator gCreator;
-bool gRegisteredAtLoad = false;
-
-//! When libnvinfer is already in the process (Python `import tensorrt`, trtexec), register at load
-//! time, so that a plain dlopen / ctypes.CDLL (polygraphy --plugins) is enough. No link dependency.
-struct RegisterAtLoad
-{
-    RegisterAtLoad()
-    {
-        for (char const* lib : {"libnvinfer.so.11", "libnvinfer.so.10", "libnvinfer.so"})
-        {
-            void* handle = dlopen(lib, RTLD_LAZY | RTLD_NOLOAD);
-            if (handle == nullptr)
-            {
-                continue;
-            }
-            using GetRegistry = nvinfer1::IPluginRegistry* (*) ();
-            auto getRegistry = reinterpret_cast<GetRegistry>(dlsym(handle, "getPluginRegistry"));
-            if (getRegistry != nullptr && getRegistry() != nullptr)
-            {
-                gRegisteredAtLoad = getRegistry()->registerCreator(gCreator, flashvlm::kPluginNamespace);
-            }
-            dlclose(handle);
-            return;
-        }
-    }
-} gRegisterAtLoad;
-
-} // namespace
-
-//! TensorRT's IPluginRegistry::loadLibrary, trtexec --plugins / --staticPlugins call this. When the
-//! creator was already registered at load time it reports none, so nothing is registered twice.
-extern "C" nvinfer1::IPluginCreatorInterface* const* getCreators(int32_t& nbCreators)
-{
-    static nvinfer1::IPluginCreatorInterface* const creators[] = {&gCreator};
-    nbCreators = gRegisteredAtLoad ? 0 : 1;
+    static flashvlm::ResidualPruneCreator creator;
+    static nvinfer1::IPluginCreatorInterface* const creators[] = {&creator};
+    nbCreators = 1;
     return creators;
 }

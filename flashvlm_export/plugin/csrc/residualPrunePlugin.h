@@ -5,6 +5,17 @@
  *          1 residual  (B, |R0|)  int32    residual list from the partition step, in order
  * Output:  0 kept      (B, k_div) int32    the kept residual tokens, in ALGORITHM.md step 11 order
  * Fields:  k_div (int32), step (int32, the effective step after any max_rounds cap)
+ *
+ * Error channel: a token id in `residual` outside [0, N) makes the kernel write kRejectedToken (-1)
+ * to every kept slot of that image (and read nothing out of range); other images are unaffected.
+ * The output is the only place for it: IPluginV3OneRuntime::enqueue returns before the kernel runs
+ * (asynchronous, may be captured in a CUDA graph), and a flag in the workspace
+ * (IPluginV3OneBuild::getWorkspaceSize) would be scratch that TensorRT never hands back to the
+ * caller. A consumer detects the error as a negative index.
+ *
+ * Loading: libflashvlm_plugins.so exports getCreators only, for IPluginRegistry::loadLibrary
+ * (registry.load_library, trtexec --dynamicPlugins). A plain dlopen registers nothing; tools that do
+ * only that (polygraphy run --plugins, trtexec --staticPlugins) take libflashvlm_plugins_register.so.
  */
 #pragma once
 
@@ -13,6 +24,9 @@
 #include <cstdint>
 #include <string>
 #include <vector>
+
+//! The libraries' entry points; everything else stays local (also by the linker maps *.map).
+#define FLASHVLM_EXPORT __attribute__((visibility("default")))
 
 namespace flashvlm
 {
