@@ -255,7 +255,8 @@ def run_export(argv: list[str]) -> int:
     engines, plugin_lib = [], None
     if args.engine:  # fail fast, before the export, when TensorRT, the GPU or the plugin is missing
         from flashvlm_export.artifacts import artifact_stem
-        from flashvlm_export.trt.env import gpu_info, import_tensorrt
+        from flashvlm_export.device import gpu_info
+        from flashvlm_export.trt.env import import_tensorrt
 
         import_tensorrt()
         gpu_info()
@@ -385,7 +386,11 @@ def build_plugin_parser() -> argparse.ArgumentParser:
         description="Build libflashvlm_plugins.so (the ResidualPrune TensorRT plugin) with CMake and nvcc.",
     )
     p.add_argument("--tensorrt-include", metavar="DIR", help="TensorRT include/ (default: $TENSORRT_INCLUDE_DIR or system paths)")
-    p.add_argument("--cuda-arch", help="CMAKE_CUDA_ARCHITECTURES, e.g. 87 (Orin), 80 (A100), 90 (H100/H200); default: this GPU's")
+    p.add_argument(
+        "--cuda-arch",
+        help="CMAKE_CUDA_ARCHITECTURES, e.g. 87 (Orin), 110 (Thor, CUDA 13), 80 (A100), 90 (H100/H200); "
+        "default: this GPU's compute capability (x86-64 without a readable GPU: 80;86;89;90)",
+    )
     p.add_argument("--build-dir", default="build/plugin", help="CMake build folder (default: build/plugin)")
     return p
 

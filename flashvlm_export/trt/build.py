@@ -17,8 +17,9 @@ from pathlib import Path
 
 from flashvlm_export import __version__
 from flashvlm_export.artifacts import atomic_outputs, human_size, sidecar_path, write_json_atomic
+from flashvlm_export.device import gpu_info
 from flashvlm_export.errors import FlashVLMError
-from flashvlm_export.trt.env import gpu_info, import_tensorrt, load_plugin_library, tensorrt_major
+from flashvlm_export.trt.env import import_tensorrt, load_plugin_library, tensorrt_major
 
 REDUCED = {"fp16": "FP16", "bf16": "BF16"}
 

@@ -7,8 +7,9 @@ from pathlib import Path
 import numpy as np
 
 from flashvlm_export.artifacts import read_sidecar
+from flashvlm_export.device import gpu_info
 from flashvlm_export.errors import UsageError
-from flashvlm_export.trt.env import gpu_info, import_tensorrt, load_plugin_library
+from flashvlm_export.trt.env import import_tensorrt, load_plugin_library
 
 
 class EngineRunner:
