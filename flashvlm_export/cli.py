@@ -404,6 +404,33 @@ def run_build_plugin(argv: list[str]) -> int:
     return 0
 
 
+# ---------------------------------------------------------------- sidecar
+
+
+def sidecar_parser() -> argparse.ArgumentParser:
+    p = _Parser(
+        prog="flashvlm-export sidecar",
+        description=(
+            "Write the sidecar record (X.json) of an engine trtexec built, so that parity --engine and the runner "
+            "accept it. Loads the engine with this machine's TensorRT and GPU first."
+        ),
+    )
+    p.add_argument("--engine", metavar="PLAN", required=True, help="the engine trtexec saved (--saveEngine)")
+    p.add_argument("--onnx", metavar="PATH", required=True, help="the graph flashvlm-export exported and trtexec built from")
+    p.add_argument("--plugin-lib", metavar="PATH", help="libflashvlm_plugins.so for a --plugin graph (default: as build-plugin)")
+    p.add_argument("--force", action="store_true", help="overwrite an existing sidecar")
+    return p
+
+
+def run_sidecar(argv: list[str]) -> int:
+    from flashvlm_export.trt.sidecar import record_trtexec_engine
+
+    args = sidecar_parser().parse_args(argv)
+    record_trtexec_engine(Path(args.engine), Path(args.onnx), args.plugin_lib, args.force, log=log)
+    log(f"Done. Check it: flashvlm-export parity --engine {args.engine}")
+    return 0
+
+
 # ---------------------------------------------------------------- bench
 
 
@@ -472,7 +499,12 @@ def run_bench(argv: list[str]) -> int:
 
 # ---------------------------------------------------------------- entry point
 
-SUBCOMMANDS = {"parity": run_parity_command, "build-plugin": run_build_plugin, "bench": run_bench}
+SUBCOMMANDS = {
+    "parity": run_parity_command,
+    "build-plugin": run_build_plugin,
+    "bench": run_bench,
+    "sidecar": run_sidecar,
+}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -33,7 +33,9 @@ def gpu_info(device: int = 0) -> GpuInfo:
         except OSError:
             continue
     else:
-        raise MissingDependencyError("no CUDA driver (libcuda.so.1) on this machine: this step needs an NVIDIA GPU and its driver")
+        raise MissingDependencyError(
+            "no CUDA driver (libcuda.so.1) on this machine: this step needs an NVIDIA GPU and its driver"
+        )
     if cuda.cuInit(0) != 0:
         raise MissingDependencyError("the CUDA driver found no usable GPU (cuInit failed)")
     handle = ctypes.c_int()
