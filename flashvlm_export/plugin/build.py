@@ -50,7 +50,7 @@ def default_cuda_arch() -> tuple[str, str]:
                 f"cannot read this machine's GPU ({exc}); pass --cuda-arch 87 (Jetson Orin) or --cuda-arch 110 "
                 "(Jetson Thor, CUDA 13)"
             ) from None
-        return X86_FALLBACK_ARCHS, f"no GPU readable here ({exc}); pass --cuda-arch to build for one GPU only"
+        return X86_FALLBACK_ARCHS, f"no GPU readable here ({exc}), so A100 to H200; pass --cuda-arch for one GPU"
     return gpu.cuda_arch, f"this GPU: {gpu.name}, compute capability {gpu.compute_capability}"
 
 
@@ -66,7 +66,7 @@ def build_plugin(
     if nvcc is None:
         raise MissingDependencyError("nvcc is not on PATH; install the CUDA toolkit or add /usr/local/cuda/bin to PATH")
     arch, why = (cuda_arch, "--cuda-arch") if cuda_arch else default_cuda_arch()
-    log(f"Plugin: building for CUDA arch {arch} ({why})")
+    log(f"Plugin: building for CUDA arch {arch}: {why}")
     configure = [
         cmake,
         "-S",
