@@ -255,7 +255,8 @@ def run_export(argv: list[str]) -> int:
     engines, plugin_lib = [], None
     if args.engine:  # fail fast, before the export, when TensorRT, the GPU or the plugin is missing
         from flashvlm_export.artifacts import artifact_stem
-        from flashvlm_export.trt.env import gpu_info, import_tensorrt
+        from flashvlm_export.device import gpu_info
+        from flashvlm_export.trt.env import import_tensorrt
 
         import_tensorrt()
         gpu_info()
@@ -416,7 +417,11 @@ def build_plugin_parser() -> argparse.ArgumentParser:
         description="Build libflashvlm_plugins.so (the ResidualPrune TensorRT plugin) with CMake and nvcc.",
     )
     p.add_argument("--tensorrt-include", metavar="DIR", help="TensorRT include/ (default: $TENSORRT_INCLUDE_DIR or system paths)")
-    p.add_argument("--cuda-arch", help="CMAKE_CUDA_ARCHITECTURES, e.g. 87 (Orin), 80 (A100), 90 (H100/H200); default: this GPU's")
+    p.add_argument(
+        "--cuda-arch",
+        help="CMAKE_CUDA_ARCHITECTURES, e.g. 87 (Orin), 110 (Thor, CUDA 13), 80 (A100), 90 (H100/H200); "
+        "default: this GPU's compute capability (x86-64 without a readable GPU: 80;86;89;90)",
+    )
     p.add_argument("--build-dir", default="build/plugin", help="CMake build folder (default: build/plugin)")
     return p
 
@@ -427,6 +432,33 @@ def run_build_plugin(argv: list[str]) -> int:
     args = build_plugin_parser().parse_args(argv)
     library = build_plugin(args.tensorrt_include, Path(args.build_dir), args.cuda_arch, log=log)
     log(f"Done. Use it: flashvlm-export ... --engine --plugin --plugin-lib {library}  (or export FLASHVLM_PLUGIN_LIB={library})")
+    return 0
+
+
+# ---------------------------------------------------------------- sidecar
+
+
+def sidecar_parser() -> argparse.ArgumentParser:
+    p = _Parser(
+        prog="flashvlm-export sidecar",
+        description=(
+            "Write the sidecar record (X.json) of an engine trtexec built, so that parity --engine and the runner "
+            "accept it. Loads the engine with this machine's TensorRT and GPU first."
+        ),
+    )
+    p.add_argument("--engine", metavar="PLAN", required=True, help="the engine trtexec saved (--saveEngine)")
+    p.add_argument("--onnx", metavar="PATH", required=True, help="the graph flashvlm-export exported and trtexec built from")
+    p.add_argument("--plugin-lib", metavar="PATH", help="libflashvlm_plugins.so for a --plugin graph (default: as build-plugin)")
+    p.add_argument("--force", action="store_true", help="overwrite an existing sidecar")
+    return p
+
+
+def run_sidecar(argv: list[str]) -> int:
+    from flashvlm_export.trt.sidecar import record_trtexec_engine
+
+    args = sidecar_parser().parse_args(argv)
+    record_trtexec_engine(Path(args.engine), Path(args.onnx), args.plugin_lib, args.force, log=log)
+    log(f"Done. Check it: flashvlm-export parity --engine {args.engine}")
     return 0
 
 
@@ -498,7 +530,12 @@ def run_bench(argv: list[str]) -> int:
 
 # ---------------------------------------------------------------- entry point
 
-SUBCOMMANDS = {"parity": run_parity_command, "build-plugin": run_build_plugin, "bench": run_bench}
+SUBCOMMANDS = {
+    "parity": run_parity_command,
+    "build-plugin": run_build_plugin,
+    "bench": run_bench,
+    "sidecar": run_sidecar,
+}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -30,16 +30,28 @@ def find_tensorrt_include(explicit: str | None) -> Path:
     raise UsageError(f"no NvInferRuntime.h in {where}; pass --tensorrt-include DIR (TensorRT's include/ folder)")
 
 
-def default_cuda_arch() -> str:
-    """87 on Jetson Orin (aarch64); otherwise the GPU's own when it can be read, else A100/Ada/Hopper."""
-    if platform.machine() == "aarch64":
-        return "87"
-    try:
-        from flashvlm_export.trt.env import gpu_info
+X86_FALLBACK_ARCHS = "80;86;89;90"  # A100, RTX 30xx/A10, Ada (L4, L40), Hopper (H100/H200)
 
-        return gpu_info().compute_capability.replace(".", "")
-    except Exception:
-        return "80;86;89;90"
+
+def default_cuda_arch() -> tuple[str, str]:
+    """(CMAKE_CUDA_ARCHITECTURES, why): this GPU's own when the CUDA driver can read it.
+
+    Jetson needs its own: Orin is 8.7, Thor is 11.0 under CUDA 13 (10.1 under CUDA 12.8/12.9), so an
+    aarch64 machine whose GPU cannot be read must name it. On x86-64 the fallback covers the data-centre
+    GPUs from A100 to H200.
+    """
+    from flashvlm_export.device import gpu_info
+
+    try:
+        gpu = gpu_info()
+    except MissingDependencyError as exc:
+        if platform.machine() == "aarch64":
+            raise UsageError(
+                f"cannot read this machine's GPU ({exc}); pass --cuda-arch 87 (Jetson Orin) or --cuda-arch 110 "
+                "(Jetson Thor, CUDA 13)"
+            ) from None
+        return X86_FALLBACK_ARCHS, f"no GPU readable here ({exc}), so A100 to H200; pass --cuda-arch for one GPU"
+    return gpu.cuda_arch, f"this GPU: {gpu.name}, compute capability {gpu.compute_capability}"
 
 
 def build_plugin(
@@ -53,7 +65,8 @@ def build_plugin(
     nvcc = shutil.which("nvcc") or next((p for p in ("/usr/local/cuda/bin/nvcc",) if Path(p).exists()), None)
     if nvcc is None:
         raise MissingDependencyError("nvcc is not on PATH; install the CUDA toolkit or add /usr/local/cuda/bin to PATH")
-    arch = cuda_arch or default_cuda_arch()
+    arch, why = (cuda_arch, "--cuda-arch") if cuda_arch else default_cuda_arch()
+    log(f"Plugin: building for CUDA arch {arch}: {why}")
     configure = [
         cmake,
         "-S",

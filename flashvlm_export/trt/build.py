@@ -1,34 +1,26 @@
 """Build a TensorRT engine from an exported graph, with a sidecar JSON record.
 
-Precision paths, chosen by the installed TensorRT:
-- TensorRT 11+: strongly typed network. The graph's own types decide: with --precision fp16/bf16
-  the encoder and projector are already fp16/bf16 behind explicit casts; the selector is fp32.
-- TensorRT 10 (JetPack 6 ships 10.3): weakly typed. FP16/BF16 builder flag, and every layer whose
-  outputs are not fp16/bf16 (the selector, the casts back) constrained to fp32 with
-  OBEY_PRECISION_CONSTRAINTS.
-TF32 is switched off in both: it would round the selector's Gram matrix and break index parity.
+One precision path on every supported TensorRT: a strongly typed network. TensorRT 10.x (JetPack
+6.1/6.2 and 7.x ship 10.3 and later) takes NetworkDefinitionCreationFlag.STRONGLY_TYPED; TensorRT 11
+is always strongly typed (the flag is deprecated and ignored there, and the FP16/BF16 builder flags
+are gone). Each layer then computes in the types the graph declares: with --precision fp16/bf16 the
+encoder and projector sit behind explicit casts, and the selector, cast back, is fp32. trt/precision.py
+reads that decision off the ONNX file and the build refuses a graph whose selector is not fp32.
+TF32 is switched off: it would round the selector's Gram matrix and break index parity.
 """
 
 from __future__ import annotations
 
-import hashlib
 import time
+from collections import Counter
 from pathlib import Path
 
-from flashvlm_export import __version__
 from flashvlm_export.artifacts import atomic_outputs, human_size, sidecar_path, write_json_atomic
-from flashvlm_export.errors import FlashVLMError
-from flashvlm_export.trt.env import gpu_info, import_tensorrt, load_plugin_library, tensorrt_major
-
-REDUCED = {"fp16": "FP16", "bf16": "BF16"}
-
-
-def sha256_of(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 24), b""):
-            digest.update(block)
-    return digest.hexdigest()
+from flashvlm_export.device import gpu_info
+from flashvlm_export.errors import FlashVLMError, MissingDependencyError
+from flashvlm_export.trt.env import import_tensorrt, load_plugin_library, tensorrt_major
+from flashvlm_export.trt.precision import compute_type, load_graph, precision_plan
+from flashvlm_export.trt.sidecar import engine_record
 
 
 def _progress_monitor(trt, log):
@@ -55,21 +47,30 @@ def _progress_monitor(trt, log):
     return Progress()
 
 
-def _constrain_selector_to_fp32(trt, network) -> int:
-    """TensorRT 10 weakly typed: pin every layer that produces only non-reduced tensors to fp32."""
-    reduced = {trt.float16, getattr(trt, "bfloat16", trt.float16)}
-    pinned = 0
+def strongly_typed_flags(trt) -> int:
+    """create_network flags for a strongly typed network on this TensorRT, or a one-line error."""
+    flag = getattr(trt.NetworkDefinitionCreationFlag, "STRONGLY_TYPED", None)
+    if flag is not None:
+        return 1 << int(flag)
+    if tensorrt_major(trt) >= 11:
+        return 0  # strongly typed is the only mode
+    raise MissingDependencyError(
+        f"TensorRT {trt.__version__} has no strongly typed networks; flashvlm-export needs TensorRT 10 or newer"
+    )
+
+
+def _layer_types(trt, network) -> Counter:
+    """The same classification as the ONNX check, on the parsed TensorRT layers (for the build log)."""
+    names = {trt.float32: "fp32", trt.float16: "fp16"}
+    if hasattr(trt, "bfloat16"):
+        names[trt.bfloat16] = "bf16"
+    counts = Counter()
     for i in range(network.num_layers):
         layer = network.get_layer(i)
-        outputs = [layer.get_output(j) for j in range(layer.num_outputs)]
-        if any(t.dtype in reduced for t in outputs):
-            continue  # encoder / projector layers run in the reduced type
-        if all(t.dtype == trt.float32 for t in outputs):
-            layer.precision = trt.float32
-            for j in range(layer.num_outputs):
-                layer.set_output_type(j, trt.float32)
-            pinned += 1
-    return pinned
+        tensors = [layer.get_input(j) for j in range(layer.num_inputs)]
+        tensors += [layer.get_output(j) for j in range(layer.num_outputs)]
+        counts[compute_type([names.get(t.dtype, "other") for t in tensors if t is not None])] += 1
+    return counts
 
 
 def build_engine(
@@ -82,17 +83,16 @@ def build_engine(
     workspace_gib: float = 4.0,
     log=print,
 ) -> dict:
-    """Parse, configure, build and save `engine_path` + sidecar; returns the sidecar record."""
+    """Check, parse, configure, build and save `engine_path` + sidecar; returns the sidecar record."""
+    plan = precision_plan(load_graph(onnx_path))
+    plan.check(onnx_path)
     trt = import_tensorrt()
     gpu = gpu_info()
-    major = tensorrt_major(trt)
     logger = trt.Logger(trt.Logger.WARNING)
     if plugin_library is not None:
         load_plugin_library(trt, plugin_library)
     builder = trt.Builder(logger)
-    strongly_typed = major >= 11
-    flags = 1 << int(trt.NetworkDefinitionCreationFlag.STRONGLY_TYPED) if strongly_typed else 0
-    network = builder.create_network(flags)
+    network = builder.create_network(strongly_typed_flags(trt))
     parser = trt.OnnxParser(network, logger)
     start = time.perf_counter()
     if not parser.parse_from_file(str(onnx_path)):
@@ -104,16 +104,10 @@ def build_engine(
     config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, int(workspace_gib * (1 << 30)))
     if hasattr(trt.BuilderFlag, "TF32"):
         config.clear_flag(trt.BuilderFlag.TF32)
-    if strongly_typed:
-        path = f"strongly typed (TensorRT {major}): the graph's casts set the {precision} encoder, the selector is fp32"
-    elif precision in REDUCED:
-        config.set_flag(getattr(trt.BuilderFlag, REDUCED[precision]))
-        config.set_flag(trt.BuilderFlag.OBEY_PRECISION_CONSTRAINTS)
-        pinned = _constrain_selector_to_fp32(trt, network)
-        path = f"weakly typed (TensorRT {major}): {REDUCED[precision]} flag, {pinned} selector layers constrained to fp32"
-    else:
-        path = f"weakly typed (TensorRT {major}): fp32"
+    layers = ", ".join(f"{n} {kind}" for kind, n in sorted(_layer_types(trt, network).items()))
+    path = f"strongly typed (TensorRT {trt.__version__}), {precision} graph: the graph's types decide; {plan.summary()}"
     log(f"TensorRT: precision path {path}")
+    log(f"TensorRT: parsed layers compute in: {layers}")
 
     if timing_cache is not None:
         data = timing_cache.read_bytes() if timing_cache.is_file() else b""
@@ -127,31 +121,20 @@ def build_engine(
         raise FlashVLMError(f"TensorRT failed to build {engine_path.name}; see the TensorRT messages above")
     build_seconds = time.perf_counter() - start
 
-    from flashvlm_export.plugin import PLUGIN_ID
-
-    record = {
-        "engine": engine_path.name,
-        "flashvlm_export_version": __version__,
-        "tensorrt_version": trt.__version__,
-        "gpu": gpu.name,
-        "compute_capability": gpu.compute_capability,
-        "precision": precision,
-        "precision_path": path,
-        "model": graph_meta.get("model"),
-        "budget": int(graph_meta.get("budget", 0)),
-        "batch": int(graph_meta.get("batch", 1)),
-        "t_max": int(graph_meta.get("t_max", 0)),
-        "graph_kind": graph_meta.get("graph"),
-        "plugin": plugin_library is not None,
-        "plugin_version": PLUGIN_ID if plugin_library is not None else None,
-        "plugin_library_sha256": sha256_of(plugin_library) if plugin_library is not None else None,
-        "onnx": str(onnx_path),
-        "onnx_sha256": sha256_of(onnx_path),
-        "onnx_metadata": graph_meta,
-        "build_seconds": round(build_seconds, 1),
-    }
     with atomic_outputs([engine_path]) as (temp,):
         temp.write_bytes(bytes(serialized))
+    record = engine_record(
+        engine_path=engine_path,
+        onnx_path=onnx_path,
+        graph_meta=graph_meta,
+        tensorrt_version=trt.__version__,
+        gpu_name=gpu.name,
+        compute_capability=gpu.compute_capability,
+        precision_path=path,
+        plugin_library=plugin_library,
+        built_by="flashvlm-export",
+        build_seconds=build_seconds,
+    )
     write_json_atomic(sidecar_path(engine_path), record)
     if timing_cache is not None:
         timing_cache.parent.mkdir(parents=True, exist_ok=True)

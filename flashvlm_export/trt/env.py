@@ -1,11 +1,8 @@
-"""What TensorRT and which GPU this process has: lazy import, version, GPU name and compute capability."""
+"""Which TensorRT this process has: lazy import, major version, plugin library loading (GPU facts: device.py)."""
 
 from __future__ import annotations
 
-import ctypes
 import platform
-from dataclasses import dataclass
-from functools import lru_cache
 
 from flashvlm_export.errors import MissingDependencyError, UsageError
 
@@ -31,36 +28,6 @@ def import_tensorrt():
 
 def tensorrt_major(trt) -> int:
     return int(trt.__version__.split(".")[0])
-
-
-@dataclass(frozen=True)
-class GpuInfo:
-    name: str
-    compute_capability: str  # "8.7" for Orin, "8.0" for A100, "9.0" for H100/H200
-
-
-@lru_cache(maxsize=1)
-def gpu_info(device: int = 0) -> GpuInfo:
-    """GPU 0's name and compute capability through the CUDA driver API (works on Jetson and x86-64)."""
-    for name in ("libcuda.so.1", "libcuda.so"):
-        try:
-            cuda = ctypes.CDLL(name)
-            break
-        except OSError:
-            continue
-    else:
-        raise MissingDependencyError("no CUDA driver (libcuda.so.1) on this machine: TensorRT engines need an NVIDIA GPU")
-    if cuda.cuInit(0) != 0:
-        raise MissingDependencyError("the CUDA driver found no usable GPU (cuInit failed)")
-    handle = ctypes.c_int()
-    if cuda.cuDeviceGet(ctypes.byref(handle), device) != 0:
-        raise MissingDependencyError(f"no CUDA device {device}")
-    buffer = ctypes.create_string_buffer(256)
-    cuda.cuDeviceGetName(buffer, 256, handle)
-    major, minor = ctypes.c_int(), ctypes.c_int()
-    cuda.cuDeviceGetAttribute(ctypes.byref(major), 75, handle)  # CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MAJOR
-    cuda.cuDeviceGetAttribute(ctypes.byref(minor), 76, handle)  # CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MINOR
-    return GpuInfo(buffer.value.decode(), f"{major.value}.{minor.value}")
 
 
 def load_plugin_library(trt, library) -> str:

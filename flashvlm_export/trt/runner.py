@@ -6,9 +6,11 @@ from pathlib import Path
 
 import numpy as np
 
-from flashvlm_export.artifacts import read_sidecar
+from flashvlm_export.artifacts import read_sidecar, sidecar_path
+from flashvlm_export.device import gpu_info
 from flashvlm_export.errors import UsageError
-from flashvlm_export.trt.env import gpu_info, import_tensorrt, load_plugin_library
+from flashvlm_export.trt.env import import_tensorrt, load_plugin_library
+from flashvlm_export.trt.sidecar import sha256_of
 
 
 class EngineRunner:
@@ -17,7 +19,18 @@ class EngineRunner:
     def __init__(self, engine_path: Path, expect_budget: int | None = None, plugin_library: Path | None = None):
         if not Path(engine_path).is_file():
             raise UsageError(f"engine {engine_path} does not exist; build it with flashvlm-export ... --engine")
+        if not sidecar_path(Path(engine_path)).is_file():
+            raise UsageError(
+                f"{engine_path} has no sidecar {sidecar_path(Path(engine_path))}; build engines with flashvlm-export ... "
+                f"--engine, or record one trtexec built: flashvlm-export sidecar --engine {engine_path} --onnx GRAPH.onnx"
+            )
         self.record = read_sidecar(Path(engine_path))
+        expected = self.record.get("engine_sha256")  # sidecars written before it was recorded lack it
+        if expected is not None and sha256_of(Path(engine_path)) != expected:
+            raise UsageError(
+                f"{engine_path} is not the engine its sidecar describes (sha256 differs); rebuild it with "
+                "flashvlm-export ... --engine, or record a trtexec engine with flashvlm-export sidecar --force"
+            )
         trt = import_tensorrt()
         rebuild = "rebuild it on this machine with flashvlm-export ... --engine"
         if trt.__version__ != self.record["tensorrt_version"]:
