@@ -261,3 +261,75 @@ def test_stand_in_tokenizer_fits_the_tiny_vocabulary_with_one_image_token():
     assert max(ids) < TINY.text["vocab_size"]
     assert tokenizer.decode(ids, skip_special_tokens=True).endswith("What is on the table? é ASSISTANT:")
     assert len(ids) - 1 <= TINY.t_max
+
+
+# ---------------------------------------------------------------- a checkpoint directory, as --model-path reads it
+
+
+@pytest.fixture(scope="module")
+def tiny_checkpoint(tmp_path_factory):
+    """A llava-hf-style directory written by transformers: config, safetensors, tokenizer, preprocessor config."""
+    from transformers import LlavaForConditionalGeneration
+
+    from flashvlm_export.runtime.image import image_processor
+    from flashvlm_export.runtime.tokenizer import stand_in_tokenizer
+
+    folder = tmp_path_factory.mktemp("ckpt") / "llava-tiny"
+    torch.manual_seed(5)
+    LlavaForConditionalGeneration(TINY.llava_config()).save_pretrained(folder)
+    stand_in_tokenizer(TINY).save_pretrained(folder)
+    processor, _ = image_processor(TINY, None)
+    processor.image_mean = [0.5, 0.5, 0.5]  # not CLIP's: proves the directory's config is the one used
+    processor.save_pretrained(folder)
+    return folder
+
+
+def test_run_with_a_checkpoint_uses_its_processor_tokenizer_and_llm(tiny_checkpoint, demo_image, tmp_path):
+    from flashvlm_export.models.llava import load_parts
+    from flashvlm_export.runtime import run
+    from flashvlm_export.runtime.image import prepare_image
+
+    parts = load_parts(TINY, str(tiny_checkpoint))
+    request = ExportRequest(TINY, 576, TINY.t_max, 1, SelectorConfig(), False)
+    graph = export_onnx(
+        request.module(parts), request.graph_io(), tmp_path / "ckpt_b576.onnx", request.metadata(str(tiny_checkpoint))
+    )
+
+    prepared = prepare_image(demo_image, TINY, tiny_checkpoint)
+    assert "preprocessor_config.json" in prepared.processor
+    assert not torch.allclose(prepared.pixel_values, prepare_image(demo_image, TINY).pixel_values)
+
+    lines = []
+    result = run(str(graph), str(demo_image), QUESTION, compare_full=True, max_new_tokens=3, log=lines.append)
+    assert any(str(tiny_checkpoint) in line for line in lines) and not any("noise" in line for line in lines)
+    # K = N: the spliced prompt has LLaVA's own length (its logits are checked in the hand-off test)
+    pruned, full = result.answers["pruned"], result.answers["full"]
+    assert (pruned.prompt_tokens, pruned.kv_bytes) == (full.prompt_tokens, full.kv_bytes)
+
+    with pytest.raises(UsageError, match="not --model-path"):
+        run(str(graph), str(demo_image), QUESTION, model_path=str(tmp_path), log=lines.append)
+    with pytest.raises(UsageError, match="not --random-weights"):
+        run(str(graph), str(demo_image), QUESTION, random_weights=True, log=lines.append)
+
+
+def test_checkpoint_layouts_of_the_hub_and_of_transformers_5_load_the_same_weights(tiny_checkpoint, tmp_path):
+    """llava-hf's hub keys (vision_tower.vision_model.*) and save_pretrained's in transformers 5 (vision_tower.*)."""
+    import shutil
+
+    from safetensors.torch import load_file, save_file
+    from transformers import LlavaForConditionalGeneration
+
+    from flashvlm_export.models.llava import load_parts
+
+    hub = tmp_path / "hub"
+    shutil.copytree(tiny_checkpoint, hub)
+    weights = load_file(hub / "model.safetensors")
+    renamed = {k.replace("vision_tower.", "vision_tower.vision_model.", 1): v for k, v in weights.items()}
+    assert any(k.startswith("vision_tower.vision_model.") for k in renamed)
+    save_file(renamed, hub / "model.safetensors", metadata={"format": "pt"})
+    saved, from_hub = load_parts(TINY, str(tiny_checkpoint), True), load_parts(TINY, str(hub), True)
+    llm = LlavaForConditionalGeneration.from_pretrained(hub, local_files_only=True)
+    for name, value in saved.vision_tower.state_dict().items():
+        assert torch.equal(value, from_hub.vision_tower.state_dict()[name]), name
+        assert torch.equal(value, llm.model.vision_tower.state_dict()[name]), name
+    assert torch.equal(saved.embed_tokens.weight, llm.get_input_embeddings().weight)
