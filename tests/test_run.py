@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import ast
+
 import numpy as np
 import pytest
 import torch
@@ -121,7 +123,7 @@ def test_run_prints_kept_tokens_both_answers_and_prefill_times_and_writes_the_he
     assert "Answer [pruned K=64]: prefill" in out and "Answer [full N=576]: prefill" in out
     assert "answers below are noise" in out
     assert heatmap.is_file() and (tmp_path / "demo.png").is_file()
-    kept = eval(out.split("Run: kept indices ", 1)[1].splitlines()[0])  # noqa: S307 - our own printed list
+    kept = ast.literal_eval(out.split("Run: kept indices ", 1)[1].splitlines()[0])
     assert len(kept) == 64 and kept == sorted(kept)
 
 
@@ -196,6 +198,11 @@ def test_missing_or_unreadable_image_is_one_line_exit_2(tiny_graphs, tmp_path, c
     bad.write_text("not a picture")
     code, _, err = _run_cli(capsys, "--graph", tiny_graphs[64], "--image", bad, "--question", QUESTION)
     assert code == 2 and "not an image Pillow can read" in err and len(err.strip().splitlines()) == 1
+
+
+def test_a_question_holding_an_image_token_is_one_line_exit_2(tiny_graphs, demo_image, capsys):
+    code, _, err = _run_cli(capsys, "--graph", tiny_graphs[64], "--image", demo_image, "--question", "<image> what is it?")
+    assert code == 2 and "remove '<image>' from --question" in err and len(err.strip().splitlines()) == 1
 
 
 @pytest.mark.parametrize(

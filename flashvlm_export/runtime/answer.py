@@ -68,7 +68,9 @@ def build_llm(spec: ModelSpec, parts, checkpoint: str | None, seed: int | None, 
 def image_position(token_ids: list[int], image_token_index: int) -> int:
     positions = [i for i, t in enumerate(token_ids) if t == image_token_index]
     if len(positions) != 1:
-        raise UsageError(f"the prompt holds {len(positions)} image tokens; LLaVA-1.5's prompt takes exactly one <image>")
+        raise UsageError(
+            f"the prompt holds {len(positions)} image tokens; LLaVA-1.5's prompt takes exactly one: remove '<image>' from --question"
+        )
     return positions[0]
 
 

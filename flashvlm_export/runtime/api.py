@@ -111,6 +111,7 @@ def run(
     log=print,
 ) -> RunResult:
     from flashvlm_export.models.prompt import prompt_token_ids, text_inputs
+    from flashvlm_export.runtime.answer import image_position
     from flashvlm_export.runtime.image import prepare_image
     from flashvlm_export.runtime.session import select
     from flashvlm_export.runtime.tokenizer import load_tokenizer
@@ -142,6 +143,7 @@ def run(
         timer.done(f"LLM ready on {device}")
     tokenizer, tokenizer_name = load_tokenizer(spec, checkpoint)
     token_ids = prompt_token_ids(tokenizer, question)
+    image_position(token_ids, spec.image_token_index)  # exactly one <image>: the question must not add one
     text_embeds, text_mask = text_inputs(parts.embed_tokens, token_ids, request.t_max, spec.image_token_index)
     log(
         f"Input: image {image} ({prepared.processor}), question {question!r}: "
@@ -185,7 +187,7 @@ def run(
             result.answers[key] = greedy_answer(llm, inputs, tokenizer, max_new_tokens, label)
         for a in result.answers.values():
             log(
-                f"Answer [{a.label}]: prefill {a.prefill_ms:.1f} ms (time to first token, {a.prompt_tokens} tokens), "
+                f"Answer [{a.label}]: prefill {a.prefill_ms:.1f} ms (LLM time to first token over {a.prompt_tokens} tokens), "
                 f"KV cache {human_size(a.kv_bytes)}: {a.text!r} (ids {a.token_ids})"
             )
         if compare_full:

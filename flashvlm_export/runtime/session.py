@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from flashvlm_export.errors import MissingDependencyError, UsageError
+from flashvlm_export.errors import FlashVLMError, MissingDependencyError
 
 FEEDS = ("pixel_values", "text_embeds", "text_mask")
 
@@ -73,6 +73,8 @@ def select(backend, pixel_values: torch.Tensor, text_embeds: torch.Tensor, text_
     ms = (time.perf_counter() - start) * 1e3
     indices = np.asarray(out["indices"])[0].astype(np.int64)
     if np.any(np.diff(indices) <= 0):
-        raise UsageError(f"{backend.name} returned indices that are not strictly ascending; the graph is not a flashvlm graph")
+        raise FlashVLMError(
+            f"{backend.name} returned indices that are not strictly ascending; re-export the graph with flashvlm-export"
+        )
     embeds = torch.from_numpy(np.asarray(out["visual_embeds"], dtype=np.float32)[0].copy())
     return Selection(indices, embeds, ms, backend.name)
