@@ -73,6 +73,11 @@ def _save_png(picture, path: Path) -> None:
         raise
 
 
+def _ids_text(ids: list[int], shown: int = 12) -> str:
+    more = f", ... {len(ids) - shown} more" if len(ids) > shown else ""
+    return f"{len(ids)} new tokens: ids {', '.join(map(str, ids[:shown]))}{more}"
+
+
 def _load_parts(info: GraphInfo, log):
     from flashvlm_export.models.llava import load_parts, random_parts
 
@@ -188,7 +193,7 @@ def run(
         for a in result.answers.values():
             log(
                 f"Answer [{a.label}]: prefill {a.prefill_ms:.1f} ms (LLM time to first token over {a.prompt_tokens} tokens), "
-                f"KV cache {human_size(a.kv_bytes)}: {a.text!r} (ids {a.token_ids})"
+                f"KV cache {human_size(a.kv_bytes)}: {a.text!r} ({_ids_text(a.token_ids)})"
             )
         if compare_full:
             pruned, full = result.answers["pruned"], result.answers["full"]
