@@ -18,9 +18,9 @@ from flashvlm_export.errors import UsageError
 from flashvlm_export.models.spec import ModelSpec
 from flashvlm_export.models.vision import VisionFeatures
 
-# checkpoint key prefixes (llava-hf original layout, and transformers >= 4.52 layout) -> part
+# checkpoint key prefixes (llava-hf original layout, transformers >= 4.52 layout, and save_pretrained of 5.x) -> part
 PREFIXES = {
-    "vision_tower": ("model.vision_tower.vision_model.", "vision_tower.vision_model.", "model.vision_tower."),
+    "vision_tower": ("model.vision_tower.vision_model.", "vision_tower.vision_model.", "model.vision_tower.", "vision_tower."),
     "projector": ("model.multi_modal_projector.", "multi_modal_projector."),
     "embed_tokens": ("model.language_model.embed_tokens.", "language_model.model.embed_tokens.", "model.embed_tokens."),
 }

@@ -87,7 +87,7 @@ LLAVA15_TINY = ModelSpec(
     vision_hidden=32,
     text_hidden=64,
     vision_feature_layer=-2,
-    t_max=32,
+    t_max=256,  # room for the chat prompt through `run`'s byte-level stand-in tokenizer (~180 + question)
     vision=dict(intermediate_size=64, num_hidden_layers=3, num_attention_heads=4, projection_dim=32),
     text=dict(intermediate_size=128, num_hidden_layers=1, num_attention_heads=4, vocab_size=1000),
     image_token_index=999,

@@ -1,0 +1,217 @@
+"""From a photo and a question to the kept tokens, a picture of them, and the LLM's answer.
+
+from flashvlm_export.runtime import run
+result = run("graphs/llava15-tiny_b64.onnx", "photo.jpg", "What is on the table?", random_weights=True,
+             heatmap="kept.png", answer=True, compare_full=True)
+result.indices, result.selection_ms, result.answers["pruned"].text
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from flashvlm_export.artifacts import StepTimer, human_size
+from flashvlm_export.errors import UsageError
+from flashvlm_export.runtime.answer import Answer
+from flashvlm_export.runtime.graph_info import GraphInfo, choose_weights, graph_info
+
+RANDOM_NOTE = "random weights and a stand-in tokenizer: the answers below are noise; they show the plumbing, not a model"
+
+
+@dataclass
+class RunResult:
+    indices: np.ndarray  # (K,) kept token indices, ascending
+    n_tokens: int  # N
+    selection_ms: float
+    backend: str
+    heatmap: Path | None = None
+    answers: dict[str, Answer] = field(default_factory=dict)  # "pruned" and, with compare_full, "full"
+
+
+def _metadata(graph: str | None, engine: str | None) -> tuple[dict[str, str], str]:
+    if engine is not None:
+        from flashvlm_export.artifacts import read_sidecar
+
+        if not Path(engine).is_file():
+            raise UsageError(f"--engine {engine} does not exist; build it with flashvlm-export ... --engine")
+        return read_sidecar(Path(engine))["onnx_metadata"], engine
+    if graph is None:
+        raise UsageError("run needs --graph PATH (a full graph from flashvlm-export) or --engine PLAN")
+    from flashvlm_export.parity.run import graph_metadata
+
+    return graph_metadata(Path(graph)), graph
+
+
+def _check_output(path: Path, force: bool) -> None:
+    if path.suffix.lower() != ".png":
+        raise UsageError(f"--heatmap {path} must end in .png")
+    if path.exists() and not force:
+        raise UsageError(f"{path} already exists; pass --force to overwrite it, or choose another --heatmap")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise UsageError(f"cannot create the folder of --heatmap {path}: {exc.strerror}") from None
+    if not os.access(path.parent, os.W_OK | os.X_OK):
+        raise UsageError(f"the folder of --heatmap {path} is not writable; choose another path")
+
+
+def _save_png(picture, path: Path) -> None:
+    fd, temp = tempfile.mkstemp(prefix=".flashvlm-tmp-", suffix=".png", dir=path.parent)
+    os.close(fd)
+    try:
+        picture.save(temp, format="PNG", optimize=True)
+        os.chmod(temp, 0o644)
+        os.replace(temp, path)
+    except BaseException:
+        Path(temp).unlink(missing_ok=True)
+        raise
+
+
+def _ids_text(ids: list[int], shown: int = 12) -> str:
+    more = f", ... {len(ids) - shown} more" if len(ids) > shown else ""
+    return f"{len(ids)} new tokens: ids {', '.join(map(str, ids[:shown]))}{more}"
+
+
+def _load_parts(info: GraphInfo, log):
+    from flashvlm_export.models.llava import load_parts, random_parts
+
+    timer = StepTimer("Model", log)
+    if info.weights.random:
+        parts = random_parts(info.spec, info.weights.seed, with_embeddings=True)
+    else:
+        parts = load_parts(info.spec, info.weights.path, with_embeddings=True)
+    timer.done(f"loaded {info.spec.name} vision tower, projector and embed_tokens ({parts.source})")
+    return parts
+
+
+def _backend(info: GraphInfo, graph: str | None, engine: str | None, plugin_lib: str | None):
+    from flashvlm_export.runtime.session import OrtGraph, TrtEngine
+
+    if engine is not None:
+        return TrtEngine(Path(engine), Path(plugin_lib) if plugin_lib else None)
+    return OrtGraph(Path(graph), plugin=info.request.plugin)
+
+
+def run(
+    graph: str | None,
+    image: str,
+    question: str,
+    *,
+    model_path: str | None = None,
+    random_weights: bool = False,
+    seed: int | None = None,
+    engine: str | None = None,
+    plugin_lib: str | None = None,
+    heatmap: str | None = None,
+    answer: bool = False,
+    compare_full: bool = False,
+    max_new_tokens: int = 64,
+    force: bool = False,
+    log=print,
+) -> RunResult:
+    from flashvlm_export.models.prompt import prompt_token_ids, text_inputs
+    from flashvlm_export.runtime.answer import image_position
+    from flashvlm_export.runtime.image import prepare_image
+    from flashvlm_export.runtime.session import select
+    from flashvlm_export.runtime.tokenizer import load_tokenizer
+    from flashvlm_export.selector.schedule import round_schedule
+
+    if max_new_tokens < 1:
+        raise UsageError(f"--max-new-tokens {max_new_tokens} must be >= 1")
+    answer = answer or compare_full
+    meta, source = _metadata(graph, engine)
+    info = graph_info(meta, source)
+    info = GraphInfo(info.request, choose_weights(info.weights, model_path, random_weights, seed, source), source)
+    spec, request = info.spec, info.request
+    heatmap_path = Path(heatmap) if heatmap else None
+    if heatmap_path is not None:
+        _check_output(heatmap_path, force)
+    checkpoint = None if info.weights.random else Path(info.weights.path)
+    if answer and info.weights.random:
+        from flashvlm_export.runtime.answer import check_random_llm_fits
+
+        check_random_llm_fits(spec)
+    prepared = prepare_image(image, spec, checkpoint)
+    parts = _load_parts(info, log)
+    if answer:  # before the selection: a model that cannot answer fails fast
+        from flashvlm_export.runtime.answer import build_llm
+
+        timer = StepTimer("Model", log)
+        device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        llm = build_llm(spec, parts, None if checkpoint is None else str(checkpoint), info.weights.seed, device)
+        timer.done(f"LLM ready on {device}")
+    tokenizer, tokenizer_name = load_tokenizer(spec, checkpoint)
+    token_ids = prompt_token_ids(tokenizer, question)
+    image_position(token_ids, spec.image_token_index)  # exactly one <image>: the question must not add one
+    text_embeds, text_mask = text_inputs(parts.embed_tokens, token_ids, request.t_max, spec.image_token_index)
+    log(
+        f"Input: image {image} ({prepared.processor}), question {question!r}: "
+        f"{int(text_mask.sum())}/{request.t_max} text rows ({tokenizer_name})"
+    )
+
+    backend = _backend(info, graph, engine, plugin_lib)
+    selection = select(backend, prepared.pixel_values, text_embeds, text_mask, request.batch)
+    n = request.tokens
+    log(
+        f"Run: selected {len(selection.indices)}/{n} tokens {selection.ms:.1f} ms ({selection.backend}, encoder + projector + selector)"
+    )
+    log(f"Run: kept indices {selection.indices.tolist()}")
+    result = RunResult(selection.indices, n, selection.ms, selection.backend)
+
+    if heatmap_path is not None:
+        from flashvlm_export.runtime.heatmap import render_heatmap, score_maps
+
+        timer = StepTimer("Heatmap", log)
+        maps = score_maps(parts, prepared.pixel_values, text_embeds[0][text_mask[0]], request.config)
+        picture = render_heatmap(
+            prepared.shown, selection.indices, maps, round_schedule(n, request.budget, request.config).k_imp, selection.backend
+        )
+        _save_png(picture, heatmap_path)
+        timer.done("kept tokens over the image; S_int, S_ext, F from the PyTorch reference", heatmap_path)
+        result.heatmap = heatmap_path
+
+    if answer:
+        from flashvlm_export.runtime.answer import greedy_answer, splice
+
+        if info.weights.random:
+            log(f"Note: {RANDOM_NOTE}")
+        embed = llm.get_input_embeddings()
+        runs = {"pruned": (f"pruned K={len(selection.indices)}", selection.visual_embeds)}
+        if compare_full:
+            with torch.no_grad():
+                x, _ = parts.vision_features()(prepared.pixel_values)
+                runs["full"] = (f"full N={n}", parts.projector(x)[0])  # (N, Dl) every image row, LLaVA's own input
+        for key, (label, rows) in runs.items():
+            inputs = splice(embed, token_ids, spec.image_token_index, rows)
+            result.answers[key] = greedy_answer(llm, inputs, tokenizer, max_new_tokens, label)
+        for a in result.answers.values():
+            log(
+                f"Answer [{a.label}]: prefill {a.prefill_ms:.1f} ms (LLM time to first token over {a.prompt_tokens} tokens), "
+                f"KV cache {human_size(a.kv_bytes)}: {a.text!r} ({_ids_text(a.token_ids)})"
+            )
+        if compare_full:
+            pruned, full = result.answers["pruned"], result.answers["full"]
+            log(
+                f"Answer: pruning kept {len(selection.indices)}/{n} tokens: prefill {full.prefill_ms:.1f} -> {pruned.prefill_ms:.1f} ms, "
+                f"KV cache {human_size(full.kv_bytes)} -> {human_size(pruned.kv_bytes)}"
+            )
+    return result
+
+
+def write_demo_image(path: str, force: bool = False, log=print) -> str:
+    """The repository's synthetic picture, written to `path` (never over a file without force)."""
+    from flashvlm_export.runtime.image import demo_picture
+
+    target = Path(path)
+    if target.exists() and not force:
+        raise UsageError(f"--demo-image {target} already exists; pass --force to overwrite it, or use --image {target}")
+    target.parent.mkdir(parents=True, exist_ok=True)
+    _save_png(demo_picture(), target)
+    log(f"Input: wrote the demo picture to {target}")
+    return str(target)

@@ -1,0 +1,140 @@
+"""See the selection: kept tokens over the preprocessed image, beside S_int, S_ext and F (Figure 4 of the paper).
+
+The kept tokens are the graph's (or engine's) own indices. The score panels come from the PyTorch
+reference (selector/reference.py fused_scores) on the features of the torch vision tower and
+projector with the graph's weights; the picture says so. Important tokens (step 9) are the kept
+ones among the reference's top floor(K/2) by F; the other kept ones are the diverse set (step 11).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from flashvlm_export.selector.config import SelectorConfig
+from flashvlm_export.selector.reference import fused_scores
+
+IMPORTANT_RGB = (255, 80, 20)  # step 9
+DIVERSE_RGB = (30, 140, 255)  # step 11
+DROPPED_DIM = 0.3  # dropped cells are shown at 30% brightness
+BORDER = 2  # px of a kept cell's outline
+GAP = 8  # px between panels
+TITLE = 18  # px of the title strip above the panels
+FOOTER = 34  # px of the legend below
+PANELS_SOURCE = "score panels: PyTorch reference on the torch encoder's features (the graph's weights)"
+# a perceptual dark-blue -> green -> yellow ramp (viridis anchors)
+RAMP = np.array([[68, 1, 84], [59, 82, 139], [33, 145, 140], [94, 201, 98], [253, 231, 37]], dtype=np.float64)
+
+
+@dataclass
+class ScoreMaps:
+    s_int: np.ndarray  # (N,) step 1
+    s_ext: np.ndarray  # (N,) step 7
+    fused: np.ndarray  # (N,) step 8, F
+
+
+@torch.no_grad()
+def score_maps(parts, pixel_values: torch.Tensor, text_rows: torch.Tensor, config: SelectorConfig) -> ScoreMaps:
+    """S_int, S_ext and F of one image from the reference's own steps 1-8.
+
+    fused_scores with eta = 0 is max(S_int, 1e-6) and with eta = 1 is max(S_ext, 1e-6): the
+    reference's code, not a copy of it (the 1e-6 floor is below what a picture shows).
+    """
+    x, a = parts.vision_features()(pixel_values)  # (1, N, Dv), (1, N)
+    projected = parts.projector(x)  # (1, N, Dl)
+
+    def scores(eta: float) -> np.ndarray:
+        return fused_scores(a[0], projected[0], text_rows, dataclasses.replace(config, eta=eta)).numpy()
+
+    return ScoreMaps(scores(0.0), scores(1.0), scores(config.eta))
+
+
+def token_roles(indices: np.ndarray, fused: np.ndarray, k_imp: int) -> tuple[np.ndarray, np.ndarray]:
+    """(important, diverse) boolean masks over N: kept tokens in / not in the top k_imp by F (stable ties)."""
+    n = fused.shape[0]
+    order = np.argsort(-fused, kind="stable")
+    top = np.zeros(n, dtype=bool)
+    top[order[:k_imp]] = True
+    kept = np.zeros(n, dtype=bool)
+    kept[indices] = True
+    return kept & top, kept & ~top
+
+
+def _minmax(values: np.ndarray) -> np.ndarray:
+    low, high = float(values.min()), float(values.max())
+    return (values - low) / (high - low) if high > low else np.zeros_like(values)
+
+
+def _ramp(values: np.ndarray) -> np.ndarray:
+    """[0, 1] -> RGB uint8 along RAMP."""
+    v = np.clip(values, 0.0, 1.0) * (len(RAMP) - 1)
+    low = np.floor(v).astype(int).clip(0, len(RAMP) - 2)
+    t = (v - low)[..., None]
+    return (RAMP[low] * (1 - t) + RAMP[low + 1] * t).round().astype(np.uint8)
+
+
+def _score_panel(values: np.ndarray, grid: int, side: int) -> np.ndarray:
+    cell = side // grid
+    rgb = _ramp(values.reshape(grid, grid))  # (grid, grid, 3)
+    return np.repeat(np.repeat(rgb, cell, axis=0), cell, axis=1)
+
+
+def _kept_panel(shown: np.ndarray, important: np.ndarray, diverse: np.ndarray, grid: int) -> np.ndarray:
+    side = shown.shape[0]
+    cell = side // grid
+    out = (shown.astype(np.float64) * DROPPED_DIM).round().astype(np.uint8)
+    for token in np.flatnonzero(important | diverse):
+        r, c = divmod(int(token), grid)
+        y, x = r * cell, c * cell
+        out[y : y + cell, x : x + cell] = shown[y : y + cell, x : x + cell]
+        colour = IMPORTANT_RGB if important[token] else DIVERSE_RGB
+        box = out[y : y + cell, x : x + cell]
+        box[:BORDER], box[-BORDER:], box[:, :BORDER], box[:, -BORDER:] = colour, colour, colour, colour
+    return out
+
+
+def cell_origin(token: int, grid: int, side: int) -> tuple[int, int]:
+    """(x, y) in the rendered picture of a token's cell's top-left pixel in the kept-token panel."""
+    r, c = divmod(token, grid)
+    cell = side // grid
+    return c * cell, TITLE + r * cell
+
+
+def render_heatmap(
+    shown: np.ndarray,  # (H, W, 3) uint8, the preprocessed image
+    indices: np.ndarray,  # (K,) the kept tokens
+    maps: ScoreMaps,
+    k_imp: int,
+    kept_source: str,
+):
+    """The picture: kept tokens over the image, then S_int, S_ext, F, with titles and a legend."""
+    from PIL import Image, ImageDraw
+
+    n = maps.fused.shape[0]
+    grid = math.isqrt(n)
+    side = shown.shape[0]
+    important, diverse = token_roles(indices, maps.fused, k_imp)
+    panels = [
+        (f"kept {len(indices)}/{n}", _kept_panel(shown, important, diverse, grid)),
+        ("S_int (step 1)", _score_panel(maps.s_int, grid, side)),
+        ("S_ext (step 7)", _score_panel(maps.s_ext, grid, side)),
+        ("F (step 8), min-max scaled", _score_panel(_minmax(maps.fused), grid, side)),
+    ]
+    width = len(panels) * side + (len(panels) - 1) * GAP
+    picture = Image.new("RGB", (width, TITLE + side + FOOTER), (255, 255, 255))
+    draw = ImageDraw.Draw(picture)
+    for i, (title, pixels) in enumerate(panels):
+        x = i * (side + GAP)
+        picture.paste(Image.fromarray(pixels), (x, TITLE))
+        draw.text((x + 2, 3), title, fill=(0, 0, 0))
+    y = TITLE + side + 4
+    draw.rectangle([2, y + 1, 12, y + 11], outline=IMPORTANT_RGB, width=BORDER)
+    draw.text((16, y), f"important {int(important.sum())} (step 9)", fill=(0, 0, 0))
+    draw.rectangle([182, y + 1, 192, y + 11], outline=DIVERSE_RGB, width=BORDER)
+    draw.text((196, y), f"diverse {int(diverse.sum())} (step 11)   kept tokens: {kept_source}", fill=(0, 0, 0))
+    draw.text((2, y + 15), PANELS_SOURCE + "; colour 0 (dark) .. 1 (yellow)", fill=(0, 0, 0))
+    return picture

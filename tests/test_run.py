@@ -1,0 +1,342 @@
+"""`flashvlm-export run`: photo + question -> kept tokens, heatmap, answer; and the LLM hand-off proof."""
+
+from __future__ import annotations
+
+import ast
+
+import numpy as np
+import pytest
+import torch
+
+from flashvlm_export.cli import main
+from flashvlm_export.errors import UsageError
+from flashvlm_export.export.graphs import ExportRequest
+from flashvlm_export.export.onnx_export import export_onnx
+from flashvlm_export.selector.config import SelectorConfig
+
+from conftest import LLAVA15, TINY
+
+QUESTION = "What is on the table?"
+
+
+@pytest.fixture(scope="module")
+def tiny_graphs(tmp_path_factory, tiny_parts):
+    """llava15-tiny full graphs with random weights, seed 0: K=64 and K=N=576 (keeps all)."""
+    folder = tmp_path_factory.mktemp("run_graphs")
+    graphs = {}
+    for k in (64, 576):
+        request = ExportRequest(TINY, k, TINY.t_max, 1, SelectorConfig(), False)
+        path = folder / f"llava15-tiny_b{k}.onnx"
+        export_onnx(request.module(tiny_parts), request.graph_io(), path, request.metadata("random:0"))
+        graphs[k] = path
+    return graphs
+
+
+@pytest.fixture(scope="module")
+def demo_image(tmp_path_factory):
+    from flashvlm_export.runtime.image import demo_picture
+
+    path = tmp_path_factory.mktemp("images") / "demo.png"
+    demo_picture().save(path)
+    return path
+
+
+def _run_cli(capsys, *argv):
+    code = main(["run", *map(str, argv)])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+# ---------------------------------------------------------------- the hand-off proof
+
+
+def test_keep_all_splice_gives_the_logits_of_transformers_llava_forward(tiny_graphs, demo_image):
+    """K >= N: the graph's visual_embeds spliced at <image> give LlavaForConditionalGeneration's own logits.
+
+    The reference is transformers' forward on pixel_values + input_ids with the image token repeated
+    N times (what LlavaProcessor feeds it). Both sides are fp32 but different code (ONNX Runtime's
+    encoder vs torch's, eager vs sdpa attention), so the match is within fp32 tolerance, not exact.
+    """
+    from flashvlm_export.models.llava import random_parts
+    from flashvlm_export.models.prompt import prompt_token_ids, text_inputs
+    from flashvlm_export.runtime.answer import build_llm, expand_image_token, splice
+    from flashvlm_export.runtime.image import prepare_image
+    from flashvlm_export.runtime.session import OrtGraph, select
+    from flashvlm_export.runtime.tokenizer import stand_in_tokenizer
+
+    parts = random_parts(TINY, 0, with_embeddings=True)
+    llm = build_llm(TINY, parts, None, 0, torch.device("cpu"))
+    pixels = prepare_image(demo_image, TINY).pixel_values
+    ids = prompt_token_ids(stand_in_tokenizer(TINY), QUESTION)
+    text, mask = text_inputs(parts.embed_tokens, ids, TINY.t_max, TINY.image_token_index)
+    selection = select(OrtGraph(tiny_graphs[576]), pixels, text, mask, batch=1)
+    assert selection.indices.tolist() == list(range(576))
+
+    with torch.no_grad():
+        ours = llm(inputs_embeds=splice(llm.get_input_embeddings(), ids, TINY.image_token_index, selection.visual_embeds)).logits
+        expanded = torch.tensor([expand_image_token(ids, TINY.image_token_index, 576)])
+        theirs = llm(input_ids=expanded, pixel_values=pixels).logits
+        assert ours.shape == theirs.shape == (1, len(ids) - 1 + 576, TINY.text["vocab_size"])
+        torch.testing.assert_close(ours, theirs, rtol=1e-4, atol=1e-4)
+
+        # the check itself: the same rows in the wrong order (not ascending token order) are caught
+        shuffled = selection.visual_embeds.flip(0)
+        wrong = llm(inputs_embeds=splice(llm.get_input_embeddings(), ids, TINY.image_token_index, shuffled)).logits
+        assert not torch.allclose(wrong, theirs, rtol=1e-4, atol=1e-4)
+
+
+def test_random_llm_shares_the_graphs_encoder_projector_and_embeddings(tiny_parts):
+    from flashvlm_export.models.llava import random_parts
+    from flashvlm_export.runtime.answer import build_llm
+
+    parts = random_parts(TINY, 0, with_embeddings=True)
+    llm = build_llm(TINY, parts, None, 0, torch.device("cpu"))
+    # exact: the same seeded construction, copied tensors
+    for ours, graphs in (
+        (llm.model.vision_tower, tiny_parts.vision_tower),
+        (llm.model.multi_modal_projector, tiny_parts.projector),
+    ):
+        for (name, a), (_, b) in zip(ours.state_dict().items(), graphs.state_dict().items(), strict=True):
+            assert torch.equal(a, b), name
+    assert torch.equal(llm.get_input_embeddings().weight, parts.embed_tokens.weight)
+
+
+def test_random_weight_answer_on_the_full_size_model_is_refused_naming_the_tiny_model():
+    from flashvlm_export.runtime.answer import check_random_llm_fits
+
+    check_random_llm_fits(TINY)
+    with pytest.raises(UsageError, match="llava15-tiny"):
+        check_random_llm_fits(LLAVA15)
+
+
+# ---------------------------------------------------------------- the command, end to end
+
+
+def test_run_prints_kept_tokens_both_answers_and_prefill_times_and_writes_the_heatmap(tiny_graphs, tmp_path, capsys):
+    heatmap = tmp_path / "h.png"
+    code, out, err = _run_cli(
+        capsys, "--graph", tiny_graphs[64], "--random-weights", "--demo-image", tmp_path / "demo.png",
+        "--question", QUESTION, "--heatmap", heatmap, "--answer", "--compare-full", "--max-new-tokens", 4,
+    )  # fmt: skip
+    assert code == 0, err
+    assert "Run: selected 64/576 tokens" in out and "Run: kept indices [" in out
+    assert "Answer [pruned K=64]: prefill" in out and "Answer [full N=576]: prefill" in out
+    assert "answers below are noise" in out
+    assert heatmap.is_file() and (tmp_path / "demo.png").is_file()
+    kept = ast.literal_eval(out.split("Run: kept indices ", 1)[1].splitlines()[0])
+    assert len(kept) == 64 and kept == sorted(kept)
+
+
+def test_python_api_returns_indices_answers_and_kv_sizes(tiny_graphs, demo_image):
+    from flashvlm_export.runtime import run
+
+    result = run(
+        str(tiny_graphs[64]),
+        str(demo_image),
+        QUESTION,
+        random_weights=True,
+        compare_full=True,
+        max_new_tokens=2,
+        log=lambda _: None,
+    )
+    assert result.indices.shape == (64,) and result.n_tokens == 576
+    pruned, full = result.answers["pruned"], result.answers["full"]
+    assert full.prompt_tokens - pruned.prompt_tokens == 576 - 64
+    # KV cache grows linearly in the sequence: exact integer arithmetic
+    per_token = full.kv_bytes // full.prompt_tokens
+    assert pruned.kv_bytes == per_token * pruned.prompt_tokens and full.kv_bytes == per_token * full.prompt_tokens
+
+
+def test_heatmap_marks_kept_cells_in_their_role_colour_and_dims_dropped_ones(tiny_graphs, demo_image, tmp_path):
+    """Render one, open it, and read the pixels of known kept and dropped cells."""
+    from PIL import Image
+
+    from flashvlm_export.models.llava import random_parts
+    from flashvlm_export.models.prompt import prompt_token_ids, text_inputs
+    from flashvlm_export.runtime import run
+    from flashvlm_export.runtime.heatmap import DIVERSE_RGB, DROPPED_DIM, IMPORTANT_RGB, cell_origin, score_maps, token_roles
+    from flashvlm_export.runtime.image import prepare_image
+    from flashvlm_export.runtime.tokenizer import stand_in_tokenizer
+
+    path = tmp_path / "kept.png"
+    result = run(str(tiny_graphs[64]), str(demo_image), QUESTION, random_weights=True, heatmap=str(path), log=lambda _: None)
+    picture = np.asarray(Image.open(path).convert("RGB"))
+    assert picture.shape[1] == 4 * 336 + 3 * 8  # image panel + S_int, S_ext, F
+
+    parts = random_parts(TINY, 0, with_embeddings=True)
+    prepared = prepare_image(demo_image, TINY)
+    text, mask = text_inputs(parts.embed_tokens, prompt_token_ids(stand_in_tokenizer(TINY), QUESTION), TINY.t_max, 999)
+    maps = score_maps(parts, prepared.pixel_values, text[0][mask[0]], SelectorConfig())
+    important, diverse = token_roles(result.indices, maps.fused, 32)
+    assert important.sum() > 0 and diverse.sum() > 0 and important.sum() + diverse.sum() == 64
+
+    def corner(token):
+        x, y = cell_origin(int(token), 24, 336)
+        return tuple(int(v) for v in picture[y, x]), (x, y)
+
+    first_important, first_diverse = np.flatnonzero(important)[0], np.flatnonzero(diverse)[0]
+    assert corner(first_important)[0] == IMPORTANT_RGB
+    assert corner(first_diverse)[0] == DIVERSE_RGB
+    for token in np.flatnonzero(important):
+        assert corner(token)[0] == IMPORTANT_RGB, token
+    for token in np.flatnonzero(diverse):
+        assert corner(token)[0] == DIVERSE_RGB, token
+    dropped = sorted(set(range(576)) - set(result.indices.tolist()))[0]
+    colour, (x, y) = corner(dropped)
+    shown = prepared.shown[y - 18, x]  # the title strip is 18 px
+    assert colour == tuple(int(v) for v in np.round(shown.astype(np.float64) * DROPPED_DIM))
+    assert colour not in (IMPORTANT_RGB, DIVERSE_RGB)
+
+
+# ---------------------------------------------------------------- bad input: one line, exit 2
+
+
+def test_missing_or_unreadable_image_is_one_line_exit_2(tiny_graphs, tmp_path, capsys):
+    code, _, err = _run_cli(capsys, "--graph", tiny_graphs[64], "--image", tmp_path / "nope.jpg", "--question", QUESTION)
+    assert code == 2 and "nope.jpg does not exist" in err and len(err.strip().splitlines()) == 1
+    bad = tmp_path / "notes.jpg"
+    bad.write_text("not a picture")
+    code, _, err = _run_cli(capsys, "--graph", tiny_graphs[64], "--image", bad, "--question", QUESTION)
+    assert code == 2 and "not an image Pillow can read" in err and len(err.strip().splitlines()) == 1
+
+
+def test_a_question_holding_an_image_token_is_one_line_exit_2(tiny_graphs, demo_image, capsys):
+    code, _, err = _run_cli(capsys, "--graph", tiny_graphs[64], "--image", demo_image, "--question", "<image> what is it?")
+    assert code == 2 and "remove '<image>' from --question" in err and len(err.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize(
+    "flags, expected",
+    [
+        (["--random-weights", "--seed", "1"], "--random-weights --seed 0, not --seed 1"),
+        (["--model-path", "/nonexistent/ckpt"], "random weights (seed 0), not --model-path"),
+        (["--seed", "3"], "--seed 3 applies to --random-weights only"),
+    ],
+)
+def test_weights_other_than_the_graphs_are_a_one_line_error(tiny_graphs, demo_image, capsys, flags, expected):
+    code, _, err = _run_cli(capsys, "--graph", tiny_graphs[64], "--image", demo_image, "--question", QUESTION, *flags)
+    assert code == 2 and expected in err and len(err.strip().splitlines()) == 1
+
+
+def test_weights_metadata_parses_random_seeds_paths_and_records():
+    from flashvlm_export.runtime.graph_info import GraphWeights, choose_weights, weights_from_metadata
+
+    assert weights_from_metadata("random:7", "g") == GraphWeights(7, None)
+    assert weights_from_metadata("/ckpt/llava", "g") == GraphWeights(None, "/ckpt/llava")
+    assert weights_from_metadata('{"kind": "random", "seed": 3}', "g") == GraphWeights(3, None)
+    with pytest.raises(UsageError, match="not --random-weights"):
+        choose_weights(GraphWeights(None, "/ckpt/llava"), None, True, None, "g.onnx")
+    assert choose_weights(GraphWeights(7, None), None, True, None, "g.onnx") == GraphWeights(7, None)
+
+
+def test_existing_heatmap_is_not_overwritten_without_force(tiny_graphs, demo_image, tmp_path, capsys):
+    target = tmp_path / "h.png"
+    target.write_bytes(b"mine")
+    code, _, err = _run_cli(
+        capsys, "--graph", tiny_graphs[64], "--image", demo_image, "--question", QUESTION, "--heatmap", target
+    )
+    assert code == 2 and "--force" in err and target.read_bytes() == b"mine"
+
+
+def test_engine_without_tensorrt_is_one_line_error(tiny_graphs, demo_image, tmp_path, capsys):
+    """Only our loading path: a plan file with a sidecar, where TensorRT is absent. It proves nothing about TensorRT."""
+    pytest.importorskip("PIL")
+    try:
+        import tensorrt  # noqa: F401
+
+        pytest.skip("TensorRT is installed here; this test covers its absence")
+    except ImportError:
+        pass
+    import json
+
+    from flashvlm_export.export.onnx_export import read_metadata
+
+    plan = tmp_path / "tiny.plan"
+    plan.write_bytes(b"\0")
+    plan.with_suffix(".json").write_text(json.dumps({"onnx_metadata": read_metadata(tiny_graphs[64])}))
+    code, _, err = _run_cli(capsys, "--engine", plan, "--image", demo_image, "--question", QUESTION)
+    assert code == 2 and "TensorRT" in err and len(err.strip().splitlines()) == 1
+
+
+def test_stand_in_tokenizer_fits_the_tiny_vocabulary_with_one_image_token():
+    from flashvlm_export.models.prompt import prompt_token_ids
+    from flashvlm_export.runtime.tokenizer import BOS, stand_in_tokenizer
+
+    tokenizer = stand_in_tokenizer(TINY)
+    ids = prompt_token_ids(tokenizer, "What is on the table? é")
+    assert ids[0] == BOS and ids.count(TINY.image_token_index) == 1
+    assert max(ids) < TINY.text["vocab_size"]
+    assert tokenizer.decode(ids, skip_special_tokens=True).endswith("What is on the table? é ASSISTANT:")
+    assert len(ids) - 1 <= TINY.t_max
+
+
+# ---------------------------------------------------------------- a checkpoint directory, as --model-path reads it
+
+
+@pytest.fixture(scope="module")
+def tiny_checkpoint(tmp_path_factory):
+    """A llava-hf-style directory written by transformers: config, safetensors, tokenizer, preprocessor config."""
+    from transformers import LlavaForConditionalGeneration
+
+    from flashvlm_export.runtime.image import image_processor
+    from flashvlm_export.runtime.tokenizer import stand_in_tokenizer
+
+    folder = tmp_path_factory.mktemp("ckpt") / "llava-tiny"
+    torch.manual_seed(5)
+    LlavaForConditionalGeneration(TINY.llava_config()).save_pretrained(folder)
+    stand_in_tokenizer(TINY).save_pretrained(folder)
+    processor, _ = image_processor(TINY, None)
+    processor.image_mean = [0.5, 0.5, 0.5]  # not CLIP's: proves the directory's config is the one used
+    processor.save_pretrained(folder)
+    return folder
+
+
+def test_run_with_a_checkpoint_uses_its_processor_tokenizer_and_llm(tiny_checkpoint, demo_image, tmp_path):
+    from flashvlm_export.models.llava import load_parts
+    from flashvlm_export.runtime import run
+    from flashvlm_export.runtime.image import prepare_image
+
+    parts = load_parts(TINY, str(tiny_checkpoint))
+    request = ExportRequest(TINY, 576, TINY.t_max, 1, SelectorConfig(), False)
+    graph = export_onnx(
+        request.module(parts), request.graph_io(), tmp_path / "ckpt_b576.onnx", request.metadata(str(tiny_checkpoint))
+    )
+
+    prepared = prepare_image(demo_image, TINY, tiny_checkpoint)
+    assert "preprocessor_config.json" in prepared.processor
+    assert not torch.allclose(prepared.pixel_values, prepare_image(demo_image, TINY).pixel_values)
+
+    lines = []
+    result = run(str(graph), str(demo_image), QUESTION, compare_full=True, max_new_tokens=3, log=lines.append)
+    assert any(str(tiny_checkpoint) in line for line in lines) and not any("noise" in line for line in lines)
+    # K = N: the spliced prompt has LLaVA's own length (its logits are checked in the hand-off test)
+    pruned, full = result.answers["pruned"], result.answers["full"]
+    assert (pruned.prompt_tokens, pruned.kv_bytes) == (full.prompt_tokens, full.kv_bytes)
+
+    with pytest.raises(UsageError, match="not --model-path"):
+        run(str(graph), str(demo_image), QUESTION, model_path=str(tmp_path), log=lines.append)
+    with pytest.raises(UsageError, match="not --random-weights"):
+        run(str(graph), str(demo_image), QUESTION, random_weights=True, log=lines.append)
+
+
+def test_checkpoint_layouts_of_the_hub_and_of_transformers_5_load_the_same_weights(tiny_checkpoint, tmp_path):
+    """llava-hf's hub keys (vision_tower.vision_model.*) and save_pretrained's in transformers 5 (vision_tower.*)."""
+    import shutil
+
+    from safetensors.torch import load_file, save_file
+    from transformers import LlavaForConditionalGeneration
+
+    from flashvlm_export.models.llava import load_parts
+
+    hub = tmp_path / "hub"
+    shutil.copytree(tiny_checkpoint, hub)
+    weights = load_file(hub / "model.safetensors")
+    renamed = {k.replace("vision_tower.", "vision_tower.vision_model.", 1): v for k, v in weights.items()}
+    assert any(k.startswith("vision_tower.vision_model.") for k in renamed)
+    save_file(renamed, hub / "model.safetensors", metadata={"format": "pt"})
+    saved, from_hub = load_parts(TINY, str(tiny_checkpoint), True), load_parts(TINY, str(hub), True)
+    llm = LlavaForConditionalGeneration.from_pretrained(hub, local_files_only=True)
+    for name, value in saved.vision_tower.state_dict().items():
+        assert torch.equal(value, from_hub.vision_tower.state_dict()[name]), name
+        assert torch.equal(value, llm.model.vision_tower.state_dict()[name]), name
+    assert torch.equal(saved.embed_tokens.weight, llm.get_input_embeddings().weight)
