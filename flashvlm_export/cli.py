@@ -241,7 +241,7 @@ def _graph_paths(args, requests) -> list[Path]:
 
 def run_export(argv: list[str]) -> int:
     from flashvlm_export.artifacts import StepTimer, check_writable
-    from flashvlm_export.export.onnx_export import export_onnx
+    from flashvlm_export.export.graphs import export_graph
 
     args = export_parser().parse_args(argv)
     if args.plugin and args.exporter != "dynamo":
@@ -270,7 +270,7 @@ def run_export(argv: list[str]) -> int:
     weights = None if parts is None else _weights_tag(parts)
     for request, path in zip(requests, paths, strict=True):
         timer = StepTimer("ONNX")
-        export_onnx(request.module(parts), request.graph_io(), path, request.metadata(weights), args.opset, args.exporter)
+        export_graph(request, path, parts, weights, args.opset, args.exporter)
         timer.done(f"export success ({request.kind} graph, K={request.budget}, B={request.batch}, T_max={request.t_max})", path)
     for request, path, engine in zip(requests, paths, engines, strict=False):
         from flashvlm_export.trt.build import build_engine

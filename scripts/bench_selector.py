@@ -18,8 +18,7 @@ import torch
 
 from flashvlm_export.bench.suite import cpu_selector_timings, selector_case
 from flashvlm_export.bench.timing import HEADER
-from flashvlm_export.export.graphs import ExportRequest
-from flashvlm_export.export.onnx_export import export_onnx
+from flashvlm_export.export.graphs import ExportRequest, export_graph
 from flashvlm_export.models.spec import get_spec
 from flashvlm_export.selector.config import SelectorConfig
 
@@ -37,7 +36,7 @@ def main() -> None:
     request = ExportRequest(spec, args.budget, spec.t_max, 1, SelectorConfig(), True, args.n_tokens)
     case = selector_case(args.n_tokens, args.text_len)
     with tempfile.TemporaryDirectory() as scratch:
-        graph = export_onnx(request.module(), request.graph_io(), Path(scratch) / "selector.onnx", request.metadata(None))
+        graph = export_graph(request, Path(scratch) / "selector.onnx")
         print(
             f"selector core N={args.n_tokens} K={args.budget} B=1 L={args.text_len}, torch threads {torch.get_num_threads()}, "
             f"{os.cpu_count()} cores, {platform.processor() or platform.machine()}"

@@ -26,7 +26,8 @@ import numpy as np
 import torch
 
 from flashvlm_export.bench.timing import measure
-from flashvlm_export.parity.corpus import SELECTOR_INPUTS, Geometry, selector_corpus
+from flashvlm_export.export.interface import SELECTOR_INPUTS
+from flashvlm_export.parity.corpus import Geometry, selector_corpus
 from flashvlm_export.plugin.build import build_plugin
 from flashvlm_export.selector import SelectorConfig, round_schedule
 from flashvlm_export.selector.reference import pruning_inputs, residual_prune

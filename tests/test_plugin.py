@@ -17,9 +17,8 @@ import torch
 
 from flashvlm_export.errors import UsageError
 from flashvlm_export.export.graph_check import static_graph_problems
-from flashvlm_export.export.graphs import ExportRequest
-from flashvlm_export.export.onnx_export import export_onnx
-from flashvlm_export.parity.corpus import SELECTOR_INPUTS
+from flashvlm_export.export.graphs import ExportRequest, export_graph
+from flashvlm_export.export.interface import SELECTOR_INPUTS
 from flashvlm_export.parity.run import run_parity
 from flashvlm_export.plugin.cpu import REJECTED_TOKEN, STATUS_TOKEN_OUT_OF_RANGE, count_rounds_cpu, residual_prune_cpu, run_twin
 from flashvlm_export.selector import SelectorConfig, round_schedule
@@ -115,7 +114,7 @@ def test_twin_rejects_an_id_the_int32_cast_would_wrap_into_range():
 def plugin_selector_graph(tmp_path_factory):
     request = ExportRequest(LLAVA15, 128, LLAVA15.t_max, 1, SelectorConfig(), True, plugin=True)
     path = tmp_path_factory.mktemp("plugin") / "llava15_selector_b128_plugin.onnx"
-    return export_onnx(request.module(), request.graph_io(), path, request.metadata(None))
+    return export_graph(request, path)
 
 
 def test_plugin_graph_has_one_residual_prune_node_with_parser_attributes(plugin_selector_graph):
@@ -143,7 +142,7 @@ def test_plugin_and_unrolled_graphs_choose_the_same_tokens(plugin_selector_graph
 
     plugin, unrolled = OnnxRuntime(plugin_selector_graph, plugin=True), OnnxRuntime(selector_graphs[128])
     for case in selector_corpus(Geometry(576, 1024, 4096, LLAVA15.t_max, 1), repeats=1):
-        assert np.array_equal(plugin.run(case.feeds), unrolled.run(case.feeds)), case.name  # same ORT Gram, same rounds
+        assert np.array_equal(plugin.indices(case.feeds), unrolled.indices(case.feeds)), case.name  # same ORT Gram, same rounds
 
 
 TRT_INCLUDES = [p for p in os.environ.get("FLASHVLM_TRT_INCLUDE", "").split(os.pathsep) if p]

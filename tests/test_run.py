@@ -10,8 +10,7 @@ import torch
 
 from flashvlm_export.cli import main
 from flashvlm_export.errors import UsageError
-from flashvlm_export.export.graphs import ExportRequest
-from flashvlm_export.export.onnx_export import export_onnx
+from flashvlm_export.export.graphs import ExportRequest, export_graph
 from flashvlm_export.selector.config import SelectorConfig
 
 from conftest import LLAVA15, TINY
@@ -27,7 +26,7 @@ def tiny_graphs(tmp_path_factory, tiny_parts):
     for k in (64, 576):
         request = ExportRequest(TINY, k, TINY.t_max, 1, SelectorConfig(), False)
         path = folder / f"llava15-tiny_b{k}.onnx"
-        export_onnx(request.module(tiny_parts), request.graph_io(), path, request.metadata("random:0"))
+        export_graph(request, path, tiny_parts, "random:0")
         graphs[k] = path
     return graphs
 
@@ -298,8 +297,8 @@ def test_run_with_a_checkpoint_uses_its_processor_tokenizer_and_llm(tiny_checkpo
 
     parts = load_parts(TINY, str(tiny_checkpoint))
     request = ExportRequest(TINY, 576, TINY.t_max, 1, SelectorConfig(), False)
-    graph = export_onnx(
-        request.module(parts), request.graph_io(), tmp_path / "ckpt_b576.onnx", request.metadata(str(tiny_checkpoint))
+    graph = export_graph(
+        request, tmp_path / "ckpt_b576.onnx", parts, str(tiny_checkpoint)
     )
 
     prepared = prepare_image(demo_image, TINY, tiny_checkpoint)

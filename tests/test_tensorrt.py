@@ -20,11 +20,9 @@ import pytest
 import torch
 
 from flashvlm_export.cli import main
-from flashvlm_export.export.graphs import ExportRequest
-from flashvlm_export.export.onnx_export import GraphIO, export_onnx
-from flashvlm_export.models.vision import FlashVLMPipeline
-from flashvlm_export.parity.corpus import PIPELINE_INPUTS, Geometry, pipeline_corpus
-from flashvlm_export.selector import SelectorConfig, StaticSelector
+from flashvlm_export.export.graphs import ExportRequest, export_graph
+from flashvlm_export.parity.corpus import Geometry, pipeline_corpus
+from flashvlm_export.selector import SelectorConfig
 
 from conftest import TINY
 
@@ -49,14 +47,15 @@ def test_parity_against_a_missing_engine_is_a_one_line_error(tmp_path, capsys):
 
 @pytest.fixture(scope="module")
 def fp16_features_graph(tiny_parts, tmp_path_factory):
+    """The verification build of a tiny fp16 graph: X, a and P(X) exposed beside the outputs."""
+    from flashvlm_export.export.verification import add_verification_outputs
+
     request = ExportRequest(TINY, 64, TINY.t_max, 1, SelectorConfig(), False, precision="fp16")
-    pipeline = request.module(tiny_parts)
-    pipeline = FlashVLMPipeline(pipeline.vision, pipeline.projector, StaticSelector(576, 64), True, torch.float16)
-    outputs = ("indices", "visual_embeds", "vision_features", "cls_attention", "projected_features")
-    path = tmp_path_factory.mktemp("fp16") / "tiny_fp16_features.onnx"
-    return export_onnx(
-        pipeline, GraphIO(PIPELINE_INPUTS, outputs, request.graph_io().example_inputs), path, request.metadata("random:0")
-    )
+    folder = tmp_path_factory.mktemp("fp16")
+    shipped = export_graph(request, folder / "tiny_fp16.onnx", tiny_parts, "random:0")
+    path = folder / "tiny_fp16_verify.onnx"
+    onnx.save(add_verification_outputs(onnx.load(str(shipped)), request.interface(), str(shipped)), str(path))
+    return path
 
 
 def test_fp16_graph_casts_the_encoder_and_keeps_the_selector_fp32(fp16_features_graph):
@@ -75,7 +74,7 @@ def test_fp16_encoder_outputs_track_fp32_in_onnxruntime(fp16_features_graph, tin
     session = ort.InferenceSession(str(fp16_features_graph), providers=["CPUExecutionProvider"])
     vision = tiny_parts.vision_features()
     for case in pipeline_corpus(Geometry(576, TINY.vision_hidden, TINY.text_hidden, TINY.t_max, 1), 336, repeats=1):
-        _, _, x16, a16, p16 = session.run(None, case.feeds)
+        x16, a16, p16 = session.run(["vision_features", "cls_attention", "projected_features"], case.feeds)
         with torch.no_grad():
             x, a = vision(torch.from_numpy(case.feeds["pixel_values"]))
             p = tiny_parts.projector(x)
