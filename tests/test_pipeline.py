@@ -30,7 +30,7 @@ def round_trip_graph(tiny_parts, tmp_path_factory):
     """The tiny full graph with X, a and P(X) exposed as extra outputs."""
     selector = StaticSelector(576, 64)
     pipeline = FlashVLMPipeline(tiny_parts.vision_features(), tiny_parts.projector, selector, features_out=True)
-    request = ExportRequest(TINY, 64, TINY.t_max, 2, SelectorConfig(), False)
+    request = ExportRequest(spec=TINY, budget=64, t_max=TINY.t_max, batch=2, config=SelectorConfig(), selector_only=False)
     example = request.graph_io().example_inputs
     outputs = ("indices", "visual_embeds", "vision_features", "cls_attention", "projected_features")
     path = tmp_path_factory.mktemp("pipeline") / "tiny_features.onnx"
@@ -61,7 +61,7 @@ def test_full_graph_indices_equal_reference_on_its_own_features(round_trip_graph
 def test_full_graph_matches_torch_model_within_near_ties(tiny_parts, tmp_path):
     from flashvlm_export.parity.run import run_parity
 
-    request = ExportRequest(TINY, 32, TINY.t_max, 1, SelectorConfig(), False)
+    request = ExportRequest(spec=TINY, budget=32, t_max=TINY.t_max, batch=1, config=SelectorConfig(), selector_only=False)
     graph = export_onnx(request.module(tiny_parts), request.graph_io(), tmp_path / "tiny.onnx", request.metadata("random:0"))
     reports = run_parity(graph, tiny_parts, repeats=1, log=lambda _: None)
     for report in reports:

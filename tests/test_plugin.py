@@ -72,7 +72,9 @@ def test_kernel_breaks_ties_by_position_like_a_stable_sort():
 
 @pytest.fixture(scope="module")
 def plugin_selector_graph(tmp_path_factory):
-    request = ExportRequest(LLAVA15, 128, LLAVA15.t_max, 1, SelectorConfig(), True, plugin=True)
+    request = ExportRequest(
+        spec=LLAVA15, budget=128, t_max=LLAVA15.t_max, batch=1, config=SelectorConfig(), selector_only=True, plugin=True
+    )
     path = tmp_path_factory.mktemp("plugin") / "llava15_selector_b128_plugin.onnx"
     return export_onnx(request.module(), request.graph_io(), path, request.metadata(None))
 

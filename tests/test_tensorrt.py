@@ -43,7 +43,9 @@ def test_parity_against_a_missing_engine_is_a_one_line_error(tmp_path, capsys):
 
 @pytest.fixture(scope="module")
 def fp16_features_graph(tiny_parts, tmp_path_factory):
-    request = ExportRequest(TINY, 64, TINY.t_max, 1, SelectorConfig(), False, precision="fp16")
+    request = ExportRequest(
+        spec=TINY, budget=64, t_max=TINY.t_max, batch=1, config=SelectorConfig(), selector_only=False, precision="fp16"
+    )
     pipeline = request.module(tiny_parts)
     pipeline = FlashVLMPipeline(pipeline.vision, pipeline.projector, StaticSelector(576, 64), True, torch.float16)
     outputs = ("indices", "visual_embeds", "vision_features", "cls_attention", "projected_features")

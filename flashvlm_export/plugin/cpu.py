@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from flashvlm_export.errors import MissingDependencyError
+from flashvlm_export.errors import BuildError, FlashVLMError, MissingDependencyError
 from flashvlm_export.plugin import SOURCE_DIR
 
 CSRC = SOURCE_DIR / "csrc"
@@ -41,7 +41,7 @@ def build_cpu_library(compiler: str | None = None) -> Path:
         cmd = [compiler, "-std=c++17", "-O2", "-shared", "-fPIC", f"-I{CSRC}", str(sources[0]), "-o", str(temp)]
         run = subprocess.run(cmd, capture_output=True, text=True)
         if run.returncode != 0:
-            raise MissingDependencyError(f"building the CPU twin failed: {run.stderr.strip().splitlines()[-1]}")
+            raise BuildError(f"building the CPU twin failed: {run.stderr.strip().splitlines()[-1]}")
         os.replace(temp, target)
     return target
 
@@ -69,7 +69,7 @@ def residual_prune_cpu(gram: np.ndarray, residual: np.ndarray, k_div: int, step:
         gram.ctypes.data, batch, n, residual.ctypes.data, residual.shape[1], k_div, step, kept.ctypes.data
     )
     if status != 0:
-        raise ValueError(f"residual_prune_cpu rejected its inputs (status {status})")
+        raise FlashVLMError(f"residual_prune_cpu rejected its inputs (status {status})")
     return kept
 
 

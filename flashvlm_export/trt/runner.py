@@ -10,6 +10,8 @@ from flashvlm_export.artifacts import read_sidecar
 from flashvlm_export.errors import UsageError
 from flashvlm_export.trt.env import gpu_info, import_tensorrt, load_plugin_library
 
+SIDECAR_KEYS = ("tensorrt_version", "gpu", "compute_capability", "budget", "plugin", "precision", "onnx", "onnx_metadata")
+
 
 class EngineRunner:
     """A TensorRT engine checked against its sidecar: same TensorRT, same GPU, plugin present, budget."""
@@ -17,7 +19,7 @@ class EngineRunner:
     def __init__(self, engine_path: Path, expect_budget: int | None = None, plugin_library: Path | None = None):
         if not Path(engine_path).is_file():
             raise UsageError(f"engine {engine_path} does not exist; build it with flashvlm-export ... --engine")
-        self.record = read_sidecar(Path(engine_path))
+        self.record = read_sidecar(Path(engine_path), required=SIDECAR_KEYS)
         trt = import_tensorrt()
         rebuild = "rebuild it on this machine with flashvlm-export ... --engine"
         if trt.__version__ != self.record["tensorrt_version"]:
@@ -51,6 +53,3 @@ class EngineRunner:
     def run(self, feeds: dict[str, np.ndarray]) -> np.ndarray:
         """The parity-backend interface: indices (B, K)."""
         return self.infer(feeds)["indices"].astype(np.int64)
-
-    def close(self) -> None:
-        self.runner.deactivate()
