@@ -129,8 +129,12 @@ def _owner_alive(owner: dict) -> bool:
 
 def _make_staging(folder: Path) -> Path:
     staging = Path(tempfile.mkdtemp(prefix=STAGING_PREFIX, dir=folder))
-    owner = {"pid": os.getpid(), "start": _start_time(os.getpid()), "created": time.time()}
-    (staging / OWNER_FILE).write_text(json.dumps(owner))
+    try:  # an interruption here must not leave an ownerless folder behind
+        owner = {"pid": os.getpid(), "start": _start_time(os.getpid()), "created": time.time()}
+        (staging / OWNER_FILE).write_text(json.dumps(owner))
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
     return staging
 
 

@@ -542,6 +542,12 @@ def run_bench(argv: list[str]) -> int:
 SUBCOMMANDS = {"parity": run_parity_command, "build-plugin": run_build_plugin, "bench": run_bench}
 
 
+INSTALL_HINTS = {
+    "onnxruntime": "pip install -e '.[cpu]' (or '.[gpu]' on a CUDA host: onnxruntime-gpu, never both)",
+    "onnxruntime_extensions": "pip install -e '.[plugin-ort]'",
+}
+
+
 def _error(message: str) -> None:
     print(f"flashvlm-export: error: {message}", file=sys.stderr, flush=True)
 
@@ -589,6 +595,11 @@ def main(argv: list[str] | None = None) -> int:
         interrupt = _in_chain(exc, (KeyboardInterrupt, Terminated))
         if interrupt is not None:
             return _interrupted(interrupt)
+        missing = _in_chain(exc, ModuleNotFoundError)
+        if missing is not None and missing.name:
+            top = missing.name.split(".")[0]
+            _error(f"the Python module {top!r} is not installed; {INSTALL_HINTS.get(top, f'pip install {top}')}")
+            return 2
         ours = _in_chain(exc, FlashVLMError)
         if ours is not None:
             _error(str(ours))

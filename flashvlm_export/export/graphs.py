@@ -138,7 +138,8 @@ def request_from_metadata(meta: dict[str, str], source: str) -> ExportRequest:
         spec = get_spec(field("model"))
         budget, t_max, batch, n_tokens = whole("budget", 2), whole("t_max"), whole("batch"), whole("n_tokens", 2)
         if budget > n_tokens:
-            raise ValueError(f"budget {budget} > n_tokens {n_tokens}")
+            key = "budget"
+            raise ValueError(f"{budget} > n_tokens {n_tokens}")
         key = "plugin"
         plugin = meta.get("plugin", "0")
         if plugin not in ("0", "1"):

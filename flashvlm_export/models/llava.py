@@ -7,6 +7,7 @@ parts the export needs are materialised, so a 7B checkpoint costs ~1.3 GB of RAM
 
 from __future__ import annotations
 
+import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -148,6 +149,14 @@ def load_parts(spec: ModelSpec, model_path: str | None = None, with_embeddings: 
 
     path = resolve_weights_dir(spec, model_path)
     fix = "point --model-path at a complete llava-hf LLaVA-1.5 checkpoint (config.json + *.safetensors)"
+    config_file = path / "config.json"
+    try:
+        raw = json.loads(config_file.read_text())
+    except (OSError, UnicodeDecodeError, ValueError) as exc:
+        raise UsageError(f"{config_file} is not readable JSON ({type(exc).__name__}: {str(exc)[:80]}); {fix}") from None
+    model_type = raw.get("model_type") if isinstance(raw, dict) else type(raw).__name__
+    if model_type != "llava":
+        raise UsageError(f"{config_file} describes a {model_type!r} model, not 'llava'; {fix}")
     try:
         config = LlavaConfig.from_pretrained(str(path))
         _check_geometry(spec, config)
