@@ -2,18 +2,33 @@
 
 flashvlm-export --model llava15 --budget 128 --random-weights     export graphs/llava15_b128.onnx
 flashvlm-export parity --graph graphs/llava15_b128.onnx --random-weights
+
+This module parses flags and dispatches; the work lives in export/, parity/, plugin/, trt/ and bench/.
+Nothing heavy (torch, onnx) is imported before a command runs, so --help is instant.
 """
 
 from __future__ import annotations
 
 import argparse
+import math
+import signal
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
 from flashvlm_export import __version__
-from flashvlm_export.errors import FlashVLMError, ParityError, UsageError
+from flashvlm_export.errors import FlashVLMError, ParityError, Terminated, UsageError
+from flashvlm_export.export.options import DEFAULT_EXPORTER, DEFAULT_OPSET, EXPORTERS, MIN_OPSET, PRECISION_NAMES
+from flashvlm_export.models.spec import LLAVA15
+from flashvlm_export.plugin.build import DEFAULT_BUILD_DIR
+
+SUBCOMMAND_HELP = {
+    "parity": "token-index parity against the PyTorch reference",
+    "build-plugin": "build the ResidualPrune TensorRT plugin",
+    "bench": "measured costs on this machine",
+}
 
 
 class _Parser(argparse.ArgumentParser):
@@ -32,7 +47,9 @@ def log(message: str) -> None:
 
 def _add_model_flags(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("model and weights")
-    g.add_argument("--model", default="llava15", help="model spec name (default: llava15; llava15-tiny is a test-size model)")
+    g.add_argument(
+        "--model", default=LLAVA15.name, help=f"model spec name (default: {LLAVA15.name}; llava15-tiny is a test-size model)"
+    )
     g.add_argument(
         "--model-path",
         metavar="DIR",
@@ -52,9 +69,16 @@ def _add_graph_flags(p: argparse.ArgumentParser, many_budgets: bool) -> None:
         help="visual tokens kept, K (2 <= K <= N)"
         + ("; a comma list exports several from one model load" if many_budgets else ""),
     )
-    g.add_argument("--t-max", type=int, help="padded text rows T_max of the static graph (default: the model's, 128 for llava15)")
-    g.add_argument("--batch", type=int, default=1, help="static batch size B (default: 1)")
-    g.add_argument("--image-size", type=int, help="input image side; must equal the model's (336 for llava15)")
+    g.add_argument(
+        "--t-max",
+        type=int,
+        help=f"padded text rows T_max of the static graph (default: the model's, {LLAVA15.t_max} for {LLAVA15.name}); "
+        "bounded by memory",
+    )
+    g.add_argument("--batch", type=int, default=1, help="static batch size B (default: 1; bounded by memory)")
+    g.add_argument(
+        "--image-size", type=int, help=f"input image side; must equal the model's ({LLAVA15.image_size} for {LLAVA15.name})"
+    )
     g.add_argument("--selector-only", action="store_true", help="export the selection core alone (inputs X, a, P(X), T, mask)")
     g.add_argument(
         "--n-tokens", type=int, help="with --selector-only: visual tokens N per image if not the model's (own encoder, video)"
@@ -62,35 +86,30 @@ def _add_graph_flags(p: argparse.ArgumentParser, many_budgets: bool) -> None:
 
 
 def _add_selector_flags(p: argparse.ArgumentParser) -> None:
-    from flashvlm_export.selector.config import GATES, SelectorConfig
+    from flashvlm_export.selector.config import GATES, RANGES, SelectorConfig
 
     d = SelectorConfig()
+
+    def interval(name: str) -> str:
+        low, high, low_open, high_open = RANGES[name]
+        return f"{'(' if low_open else '['}{low:g}, {high:g}{')' if high_open else ']'}"
+
     g = p.add_argument_group("selector hyperparameters (shared/ALGORITHM.md; defaults are the authors')")
-    g.add_argument("--eta", type=float, default=d.eta, help=f"log-fusion weight of the text score (default: {d.eta})")
-    g.add_argument(
-        "--text-temperature",
-        type=float,
-        default=d.text_temperature,
-        help=f"softmax temperature over text tokens (default: {d.text_temperature})",
+    floats = (
+        ("eta", "log-fusion weight of the text score"),
+        ("text_temperature", "softmax temperature over text tokens"),
+        ("patch_temperature", "softmax temperature over patches"),
+        ("power", "power-law sharpening exponent"),
+        ("top_p", "top-p gate keeps q >= quantile(1 - top_p)"),
+        ("attenuation", "factor on q below the gate"),
+        ("important_ratio", "K_imp = floor(ratio * K)"),
     )
-    g.add_argument(
-        "--patch-temperature",
-        type=float,
-        default=d.patch_temperature,
-        help=f"softmax temperature over patches (default: {d.patch_temperature})",
-    )
-    g.add_argument("--power", type=float, default=d.power, help=f"power-law sharpening exponent (default: {d.power})")
-    g.add_argument("--top-p", type=float, default=d.top_p, help=f"top-p gate keeps q >= quantile(1 - top_p) (default: {d.top_p})")
-    g.add_argument(
-        "--attenuation", type=float, default=d.attenuation, help=f"factor on q below the gate (default: {d.attenuation})"
-    )
-    g.add_argument(
-        "--important-ratio",
-        type=float,
-        default=d.important_ratio,
-        help=f"K_imp = floor(ratio * K) (default: {d.important_ratio})",
-    )
-    g.add_argument("--step", type=int, default=d.step, help=f"tokens pruned per round at most (default: {d.step})")
+    for name, what in floats:
+        flag = "--" + name.replace("_", "-")
+        g.add_argument(
+            flag, type=float, default=getattr(d, name), help=f"{what}, in {interval(name)} (default: {getattr(d, name)})"
+        )
+    g.add_argument("--step", type=int, default=d.step, help=f"tokens pruned per round at most, >= 1 (default: {d.step})")
     g.add_argument(
         "--max-rounds", type=int, default=d.max_rounds, help="cap on pruning rounds; raises --step to fit (default: no cap)"
     )
@@ -100,18 +119,26 @@ def _add_selector_flags(p: argparse.ArgumentParser) -> None:
 def _selector_config(args):
     from flashvlm_export.selector.config import SelectorConfig
 
-    return SelectorConfig(
-        eta=args.eta,
-        text_temperature=args.text_temperature,
-        patch_temperature=args.patch_temperature,
-        power=args.power,
-        top_p=args.top_p,
-        attenuation=args.attenuation,
-        important_ratio=args.important_ratio,
-        step=args.step,
-        max_rounds=args.max_rounds,
-        gate=args.gate,
-    )
+    try:
+        return SelectorConfig(
+            eta=args.eta,
+            text_temperature=args.text_temperature,
+            patch_temperature=args.patch_temperature,
+            power=args.power,
+            top_p=args.top_p,
+            attenuation=args.attenuation,
+            important_ratio=args.important_ratio,
+            step=args.step,
+            max_rounds=args.max_rounds,
+            gate=args.gate,
+        )
+    except UsageError as exc:  # name the flag the user typed: "--top-p nan ..." rather than "top_p=nan ..."
+        text = str(exc)
+        name, _, rest = text.partition("=")
+        if name.isidentifier():
+            value, _, tail = rest.partition(" ")
+            raise UsageError(f"--{name.replace('_', '-')} {value} {tail}") from None
+        raise
 
 
 def _budgets(text: str, n_tokens: int, model: str) -> list[int]:
@@ -129,8 +156,10 @@ def _budgets(text: str, n_tokens: int, model: str) -> list[int]:
     return budgets
 
 
-def _requests(args, many_budgets: bool):
+def _requests(args, many_budgets: bool, plugin: bool = False, precision: str = "fp32"):
+    """The model spec and one ExportRequest per budget, every shape flag checked (memory bounds included)."""
     from flashvlm_export.export.graphs import ExportRequest
+    from flashvlm_export.limits import check_shape_fits
     from flashvlm_export.models.spec import get_spec
 
     spec = get_spec(args.model)
@@ -153,33 +182,49 @@ def _requests(args, many_budgets: bool):
         if not 2 <= args.n_tokens <= TOPK_LIMIT:
             raise UsageError(f"--n-tokens {args.n_tokens} is out of range; use 2 <= N <= {TOPK_LIMIT} (TensorRT's TopK limit)")
         n_tokens = args.n_tokens
+    check_shape_fits(spec, n_tokens, t_max, args.batch, args.selector_only)
     budgets = _budgets(args.budget, n_tokens, spec.name)
     if not many_budgets and len(budgets) > 1:
         raise UsageError(f"--budget {args.budget}: this command takes one budget")
     config = _selector_config(args)
-    plugin, precision = getattr(args, "plugin", False), getattr(args, "precision", "fp32")
     if args.selector_only and precision != "fp32":
         raise UsageError(f"--precision {precision} applies to the encoder; a --selector-only graph is always fp32, drop one")
     return spec, [
-        ExportRequest(spec, k, t_max, args.batch, config, args.selector_only, args.n_tokens, plugin, precision) for k in budgets
+        ExportRequest(
+            spec=spec,
+            budget=k,
+            t_max=t_max,
+            batch=args.batch,
+            config=config,
+            selector_only=args.selector_only,
+            n_tokens=args.n_tokens,
+            plugin=plugin,
+            precision=precision,
+        )
+        for k in budgets
     ]
+
+
+def _weights_source(args, weights_meta: str | None = None):
+    """The flags' weights source; with none given, the one a graph's metadata records (parity rebuilds it)."""
+    from flashvlm_export.models.llava import WeightsSource
+
+    if not args.random_weights and args.model_path is None and weights_meta:
+        recorded = WeightsSource.from_tag(weights_meta)
+        if recorded.random:
+            return recorded  # rebuild the graph's own random weights
+    return WeightsSource.from_flags(args.random_weights, args.seed, args.model_path)
 
 
 def _load_parts(spec, args, weights_meta: str | None = None):
     from flashvlm_export.artifacts import StepTimer
     from flashvlm_export.models.llava import get_parts
 
-    random_weights, seed, model_path = args.random_weights, args.seed, args.model_path
-    if not random_weights and model_path is None and weights_meta and weights_meta.startswith("random:"):
-        random_weights, seed = True, int(weights_meta.split(":", 1)[1])  # rebuild the graph's own weights
+    source = _weights_source(args, weights_meta)
     timer = StepTimer("Model")
-    parts = get_parts(spec, model_path, random_weights, seed)
+    parts = get_parts(spec, source)
     timer.done(f"loaded {spec.name} ({parts.source})")
     return parts
-
-
-def _weights_tag(parts) -> str:
-    return f"random:{parts.source.rsplit(' ', 1)[-1]}" if parts.source.startswith("random") else parts.source
 
 
 # ---------------------------------------------------------------- export (the main job)
@@ -188,12 +233,9 @@ def _weights_tag(parts) -> str:
 def export_parser() -> argparse.ArgumentParser:
     p = _Parser(
         prog="flashvlm-export",
+        usage="flashvlm-export [options]   (export a graph)\n       flashvlm-export {parity,build-plugin,bench} [options]",
         description="Export the vision encoder, projector and FlashVLM selector as one static-shape ONNX graph.",
-        epilog=(
-            "subcommands: flashvlm-export parity --help (token-index parity against the PyTorch reference); "
-            "flashvlm-export build-plugin --help (build the ResidualPrune TensorRT plugin); "
-            "flashvlm-export bench --help (measured costs on this machine)"
-        ),
+        epilog="subcommands: " + "; ".join(f"flashvlm-export {name} --help ({what})" for name, what in SUBCOMMAND_HELP.items()),
     )
     p.add_argument("--version", action="version", version=f"flashvlm-export {__version__}")
     _add_model_flags(p)
@@ -202,16 +244,28 @@ def export_parser() -> argparse.ArgumentParser:
     o = p.add_argument_group("output")
     o.add_argument("--out", metavar="PATH", help="graph file (one budget only); default: graphs/<model>[_selector]_b<K>.onnx")
     o.add_argument("--out-dir", metavar="DIR", default="graphs", help="folder for default-named graphs (default: graphs)")
-    o.add_argument("--force", action="store_true", help="overwrite existing graphs and sidecars")
-    o.add_argument("--opset", type=int, default=18, help="ONNX opset, >= 17 (default: 18)")
     o.add_argument(
-        "--exporter", choices=("dynamo", "torchscript"), default="dynamo", help="torch.onnx exporter (default: dynamo)"
+        "--force",
+        action="store_true",
+        help="overwrite existing graphs and sidecars (symbolic links included: the link is replaced)",
+    )
+    o.add_argument(
+        "--opset",
+        type=int,
+        default=DEFAULT_OPSET,
+        help=f"ONNX opset, >= {MIN_OPSET} and at most what the installed torch exporter writes (default: {DEFAULT_OPSET})",
+    )
+    o.add_argument(
+        "--exporter",
+        choices=EXPORTERS,
+        default=DEFAULT_EXPORTER,
+        help=f"torch.onnx exporter (default: {DEFAULT_EXPORTER}; torchscript is much faster for many pruning rounds)",
     )
     t = p.add_argument_group("deployment")
     t.add_argument(
         "--precision",
-        choices=("fp32", "fp16", "bf16"),
-        default="fp32",
+        choices=PRECISION_NAMES,
+        default=PRECISION_NAMES[0],
         help="vision encoder + projector precision, as explicit casts in the graph; the selector always runs in fp32",
     )
     t.add_argument(
@@ -222,8 +276,10 @@ def export_parser() -> argparse.ArgumentParser:
     t.add_argument(
         "--timing-cache", metavar="PATH", help="TensorRT timing cache, saved and reused (default: <engine-dir>/timing.cache)"
     )
-    t.add_argument("--plugin-lib", metavar="PATH", help="libflashvlm_plugins.so (default: $FLASHVLM_PLUGIN_LIB or build/plugin/)")
-    t.add_argument("--workspace", type=float, default=4.0, help="TensorRT workspace limit in GiB (default: 4)")
+    t.add_argument(
+        "--plugin-lib", metavar="PATH", help=f"libflashvlm_plugins.so (default: $FLASHVLM_PLUGIN_LIB or {DEFAULT_BUILD_DIR}/)"
+    )
+    t.add_argument("--workspace", type=float, default=4.0, help="TensorRT workspace limit in GiB, > 0 (default: 4)")
     return p
 
 
@@ -239,19 +295,42 @@ def _graph_paths(args, requests) -> list[Path]:
     return [Path(args.out_dir) / graph_name(r) for r in requests]
 
 
-def run_export(argv: list[str]) -> int:
-    from flashvlm_export.artifacts import StepTimer, check_writable
-    from flashvlm_export.export.graphs import export_graph
+def _check_export_flags(args) -> None:
+    from flashvlm_export.limits import max_opset
 
-    args = export_parser().parse_args(argv)
     if args.plugin and args.exporter != "dynamo":
         raise UsageError(
             f"--plugin needs the dynamo exporter (its custom node does not export with {args.exporter}); drop --exporter"
         )
-    if args.opset < 17:
-        raise UsageError(f"--opset {args.opset} is too old: LayerNormalization needs 17; use --opset 17 or newer")
-    spec, requests = _requests(args, many_budgets=True)
+    if args.opset < MIN_OPSET:
+        raise UsageError(
+            f"--opset {args.opset} is too old: LayerNormalization needs {MIN_OPSET}; use --opset {MIN_OPSET} or newer"
+        )
+    highest, why = max_opset(args.exporter)
+    if args.opset > highest:
+        raise UsageError(f"--opset {args.opset} is too new: {why}; use --opset {highest} or lower")
+    if not (math.isfinite(args.workspace) and args.workspace > 0):
+        raise UsageError(f"--workspace {args.workspace} must be a positive number of GiB, e.g. --workspace 4")
+
+
+def run_export(argv: list[str]) -> int:
+    from flashvlm_export.artifacts import StepTimer, check_writable
+    from flashvlm_export.export.graphs import export_graph
+    from flashvlm_export.export.onnx_export import _parameter_bytes, export_estimate_s
+    from flashvlm_export.progress import progress
+    from flashvlm_export.selector.schedule import round_schedule
+
+    args = export_parser().parse_args(argv)
+    _check_export_flags(args)
+    spec, requests = _requests(args, many_budgets=True, plugin=args.plugin, precision=args.precision)
     paths = _graph_paths(args, requests)
+    source = None
+    if not args.selector_only:  # the "no weights" error comes before any "already exists" one
+        from flashvlm_export.models.llava import resolve_weights_dir
+
+        source = _weights_source(args)
+        if not source.random:
+            resolve_weights_dir(spec, source.path)
     engines, plugin_lib = [], None
     if args.engine:  # fail fast, before the export, when TensorRT, the GPU or the plugin is missing
         from flashvlm_export.artifacts import artifact_stem
@@ -265,21 +344,27 @@ def run_export(argv: list[str]) -> int:
 
             plugin_lib = find_plugin_library(args.plugin_lib)
         engines = [Path(args.engine_dir) / f"{artifact_stem(r)}.plan" for r in requests]
-    check_writable(paths + engines, args.force)
+    check_writable(paths + engines, args.force, log=log)
     parts = None if args.selector_only else _load_parts(spec, args)
-    weights = None if parts is None else _weights_tag(parts)
+    weights = None if parts is None else parts.source.tag
     for request, path in zip(requests, paths, strict=True):
+        module = request.module(parts)
+        rounds = 1 if request.plugin else round_schedule(request.tokens, request.budget, request.config).n_rounds
+        estimate = export_estimate_s(rounds, _parameter_bytes(module), args.exporter)
+        label = f"ONNX: exporting the {request.kind} graph, K={request.budget} ({rounds} pruning rounds) with {args.exporter}"
+        faster = export_estimate_s(rounds, _parameter_bytes(module), "torchscript")
+        if args.exporter == "dynamo" and not request.plugin and estimate > 60 and estimate > 3 * faster:
+            label += f"; --exporter torchscript writes the same graph in ~{faster:.0f}s"
         timer = StepTimer("ONNX")
-        export_graph(request, path, parts, weights, args.opset, args.exporter)
+        with progress(label, estimate, log=log):
+            export_graph(request, path, parts, weights, args.opset, args.exporter, overwrite=args.force)
         timer.done(f"export success ({request.kind} graph, K={request.budget}, B={request.batch}, T_max={request.t_max})", path)
     for request, path, engine in zip(requests, paths, engines, strict=False):
         from flashvlm_export.trt.build import build_engine
 
         cache = Path(args.timing_cache) if args.timing_cache else Path(args.engine_dir) / "timing.cache"
         build_engine(path, engine, request.metadata(weights), request.precision, plugin_lib, cache, args.workspace, log=log)
-    weights_flag = ""
-    if parts is not None:
-        weights_flag = " --random-weights" if weights.startswith("random") else f" --model-path {parts.source}"
+    weights_flag = "" if parts is None else f" {parts.source.flags()}"
     if engines:
         log(f"Done. Check it: flashvlm-export parity --engine {engines[0]}{weights_flag}")
     else:
@@ -422,7 +507,7 @@ def build_plugin_parser() -> argparse.ArgumentParser:
         help="CMAKE_CUDA_ARCHITECTURES, e.g. 87 (Orin), 110 (Thor, CUDA 13), 80 (A100), 90 (H100/H200); "
         "default: this GPU's compute capability (x86-64 without a readable GPU: 80;86;89;90)",
     )
-    p.add_argument("--build-dir", default="build/plugin", help="CMake build folder (default: build/plugin)")
+    p.add_argument("--build-dir", default=str(DEFAULT_BUILD_DIR), help=f"CMake build folder (default: {DEFAULT_BUILD_DIR})")
     return p
 
 
@@ -473,14 +558,22 @@ def bench_parser() -> argparse.ArgumentParser:
             "the full graph in ONNX Runtime, the export, and (on a GPU) LLM prefill per budget. Writes bench.json and bench.md."
         ),
     )
-    p.add_argument("--repeats", type=int, default=10, help="timed runs per figure after warm-up (default: 10)")
-    p.add_argument("--text-len", type=int, default=60, help="prompt rows of the 128 (default: 60, a LLaVA-1.5 chat prompt)")
+    p.add_argument("--repeats", type=int, default=10, help="timed runs per figure after warm-up, 1-1000 (default: 10)")
+    p.add_argument(
+        "--text-len",
+        type=int,
+        default=60,
+        help=f"prompt rows of the {LLAVA15.t_max} (default: 60, a LLaVA-1.5 chat prompt)",
+    )
     p.add_argument("--out-dir", default="bench-results", help="where bench.json and bench.md go (default: bench-results)")
     p.add_argument("--no-export", action="store_true", help="skip the export measurement (and the full graph, which uses it)")
     p.add_argument("--no-full-graph", action="store_true", help="skip the full-graph ONNX Runtime timing")
     p.add_argument("--no-gpu", action="store_true", help="ignore a CUDA GPU even when present")
     p.add_argument("--cost-only", action="store_true", help="print the FLOPs / KV-cache calculator and stop")
     return p
+
+
+MAX_BENCH_REPEATS = 1000  # ~20 min of N=2880 timings on 2 cores; more measures nothing new
 
 
 def run_bench(argv: list[str]) -> int:
@@ -491,40 +584,18 @@ def run_bench(argv: list[str]) -> int:
         log(cost_markdown())
         log(differences_text())
         return 0
-    if args.repeats < 1 or not 0 <= args.text_len <= 128:
-        raise UsageError(f"--repeats {args.repeats} must be >= 1 and --text-len {args.text_len} in [0, 128]")
-    import torch
+    if not 1 <= args.repeats <= MAX_BENCH_REPEATS:
+        raise UsageError(f"--repeats {args.repeats} is out of range; use 1 <= repeats <= {MAX_BENCH_REPEATS}")
+    if not 0 <= args.text_len <= LLAVA15.t_max:
+        raise UsageError(f"--text-len {args.text_len} is out of range; use 0 <= text-len <= {LLAVA15.t_max} (T_max)")
+    from flashvlm_export.artifacts import check_writable
+    from flashvlm_export.bench import suite
+    from flashvlm_export.bench.run import run_bench as run_suite
 
-    from flashvlm_export.bench import report, suite
-
+    out_dir = Path(args.out_dir)
+    check_writable([out_dir / "bench.json", out_dir / "bench.md"], force=True, log=log)  # before minutes of work
     settings = suite.BenchSettings(args.repeats, 2, args.text_len, not args.no_full_graph, not args.no_export, not args.no_gpu)
-    results = {
-        "machine": suite.machine(),
-        "settings": settings.__dict__,
-        "command": "flashvlm-export bench " + " ".join(argv),
-        "rows": [],
-    }
-    start = time.perf_counter()
-    with tempfile.TemporaryDirectory(prefix="flashvlm-bench-") as scratch:
-        if settings.export:
-            log("Bench: export (child process)")
-            results["rows"].append(suite.export_cost(Path(scratch), log=log))
-        log("Bench: selector core")
-        results["rows"] += suite.selector_core(settings, log=log)
-        if settings.export and settings.full_graph:
-            log("Bench: full graph")
-            ort_ms = next(
-                r["median_ms"]
-                for r in results["rows"]
-                if r.get("name") == "onnxruntime CPU" and r.get("n_tokens") == 576 and r.get("budget") == 128
-            )
-            results["rows"].append(suite.full_graph(Path(scratch) / "llava15_b128.onnx", ort_ms, settings, log=log))
-    if settings.gpu and torch.cuda.is_available():
-        log("Bench: LLM prefill on the GPU")
-        results["rows"] += suite.prefill_gpu(settings, text_len=args.text_len, log=log)
-    json_path, md_path = report.save(results, Path(args.out_dir))
-    log(report.markdown(results))
-    log(f"Bench: done {time.perf_counter() - start:.0f}s, saved {json_path} and {md_path}")
+    run_suite(settings, out_dir, "flashvlm-export bench " + " ".join(argv), log=log)
     return 0
 
 
@@ -607,8 +678,44 @@ SUBCOMMANDS = {
 }
 
 
+INSTALL_HINTS = {
+    "onnxruntime": "pip install -e '.[cpu]' (or '.[gpu]' on a CUDA host: onnxruntime-gpu, never both)",
+    "onnxruntime_extensions": "pip install -e '.[plugin-ort]'",
+}
+
+
+def _error(message: str) -> None:
+    print(f"flashvlm-export: error: {message}", file=sys.stderr, flush=True)
+
+
+def _in_chain(exc: BaseException, kinds) -> BaseException | None:
+    """The first exception of `kinds` among exc, its causes and contexts (exporters wrap what they catch)."""
+    seen = set()
+    while exc is not None and id(exc) not in seen:
+        if isinstance(exc, kinds):
+            return exc
+        seen.add(id(exc))
+        exc = exc.__cause__ or exc.__context__
+    return None
+
+
+def _interrupted(exc: BaseException) -> int:
+    if isinstance(exc, Terminated):
+        print("flashvlm-export: terminated (SIGTERM); no partial files were kept", file=sys.stderr, flush=True)
+        return Terminated.exit_code
+    print("flashvlm-export: interrupted; no partial files were kept", file=sys.stderr, flush=True)
+    return 130
+
+
+def _on_sigterm(signum, frame) -> None:
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)  # the cleanup that follows runs once, undisturbed
+    raise Terminated()
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
+    main_thread = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGTERM, _on_sigterm) if main_thread else None
     try:
         if argv and argv[0] in SUBCOMMANDS:
             return SUBCOMMANDS[argv[0]](argv[1:])
@@ -616,11 +723,32 @@ def main(argv: list[str] | None = None) -> int:
     except ParityError:
         return ParityError.exit_code
     except FlashVLMError as exc:
-        print(f"flashvlm-export: error: {exc}", file=sys.stderr, flush=True)
+        _error(str(exc))
         return exc.exit_code
-    except KeyboardInterrupt:
-        print("flashvlm-export: interrupted; no partial files were kept", file=sys.stderr)
-        return 130
+    except (KeyboardInterrupt, Terminated) as exc:
+        return _interrupted(exc)
+    except Exception as exc:
+        interrupt = _in_chain(exc, (KeyboardInterrupt, Terminated))
+        if interrupt is not None:
+            return _interrupted(interrupt)
+        missing = _in_chain(exc, ModuleNotFoundError)
+        if missing is not None and missing.name:
+            top = missing.name.split(".")[0]
+            _error(f"the Python module {top!r} is not installed; {INSTALL_HINTS.get(top, f'pip install {top}')}")
+            return 2
+        ours = _in_chain(exc, FlashVLMError)
+        if ours is not None:
+            _error(str(ours))
+            return ours.exit_code
+        os_error = _in_chain(exc, OSError)
+        if os_error is not None:  # the OS refused a path or a write: environmental, one line
+            where = f" {os_error.filename}" if getattr(os_error, "filename", None) else ""
+            _error(f"{os_error.strerror or os_error}{where}; check the path, its permissions and free space")
+            return 2
+        raise
+    finally:
+        if main_thread and previous is not None:
+            signal.signal(signal.SIGTERM, previous)
 
 
 if __name__ == "__main__":

@@ -12,10 +12,20 @@ class UsageError(FlashVLMError):
 
 
 class MissingDependencyError(FlashVLMError):
-    """An optional dependency (TensorRT, a GPU, a plugin library) is not available."""
+    """An optional dependency (TensorRT, a GPU, a plugin library, a compiler) is not available."""
+
+
+class BuildError(FlashVLMError):
+    """A build step that was run failed (the plugin's CMake/nvcc build, the CPU twin's g++ build)."""
 
 
 class ParityError(FlashVLMError):
     """A backend's indices differ from the reference beyond near-ties."""
 
     exit_code = 1
+
+
+class Terminated(BaseException):
+    """SIGTERM, raised like KeyboardInterrupt so every `finally` cleans up; the CLI exits 143."""
+
+    exit_code = 143

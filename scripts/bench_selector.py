@@ -33,7 +33,15 @@ def main() -> None:
     )
     args = p.parse_args()
     spec = get_spec("llava15")
-    request = ExportRequest(spec, args.budget, spec.t_max, 1, SelectorConfig(), True, args.n_tokens)
+    request = ExportRequest(
+        spec=spec,
+        budget=args.budget,
+        t_max=spec.t_max,
+        batch=1,
+        config=SelectorConfig(),
+        selector_only=True,
+        n_tokens=None if args.n_tokens == spec.n_tokens else args.n_tokens,
+    )
     case = selector_case(args.n_tokens, args.text_len)
     with tempfile.TemporaryDirectory() as scratch:
         graph = export_graph(request, Path(scratch) / "selector.onnx")

@@ -35,7 +35,15 @@ def corpus(n_tokens=576, dv=64, dl=96, t_max=16, batch=1, repeats=1, seed=0):
 
 
 def export_selector(path: Path, budget: int, spec=LLAVA15, n_tokens=None, batch=1, t_max=None, exporter="dynamo") -> Path:
-    request = ExportRequest(spec, budget, t_max or spec.t_max, batch, SelectorConfig(), True, n_tokens)
+    request = ExportRequest(
+        spec=spec,
+        budget=budget,
+        t_max=t_max or spec.t_max,
+        batch=batch,
+        config=SelectorConfig(),
+        selector_only=True,
+        n_tokens=n_tokens,
+    )
     return export_graph(request, path, exporter=exporter)
 
 

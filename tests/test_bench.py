@@ -3,6 +3,7 @@
 import pytest
 
 from flashvlm_export.bench import cost, report, suite
+from flashvlm_export.bench import run as bench_run
 from flashvlm_export.bench.timing import measure
 from flashvlm_export.cli import main
 
@@ -43,14 +44,40 @@ def test_cost_only_command_prints_the_calculator(capsys):
 
 def test_reduced_bench_runs_every_cpu_backend_on_the_same_inputs(monkeypatch, tmp_path):
     monkeypatch.setattr(suite, "SELECTOR_GRID", ((576, (64,)),))
-    rows = suite.selector_core(suite.BenchSettings(repeats=2, warmup=1, gpu=False), log=lambda _: None)
-    assert [r["name"] for r in rows] == ["eager reference", "static torch (CPU)", "onnxruntime CPU"]
+    monkeypatch.setattr(suite, "FULL_GRAPH_BUDGET", 64)
+    core = suite.selector_core(suite.BenchSettings(repeats=2, warmup=1, gpu=False), log=lambda _: None)
+    rows = core.rows
+    assert [r["name"] for r in rows] == ["eager reference", "static torch (CPU)", suite.ONNXRUNTIME_CPU]
+    assert core.full_graph_point_ms == rows[2]["median_ms"]  # the full graph's share is taken from this row
     results = {"machine": suite.machine(), "settings": {"text_len": 60}, "command": "test", "rows": rows}
     json_path, md_path = report.save(results, tmp_path)
     assert json_path.is_file() and "| 576 | 64 |" in md_path.read_text()
 
 
-@pytest.mark.parametrize("argv", [["bench", "--repeats", "0"], ["bench", "--text-len", "500"]])
+@pytest.mark.parametrize(
+    "argv", [["bench", "--repeats", "0"], ["bench", "--repeats", "100000"], ["bench", "--text-len", "500"]]
+)
 def test_bad_bench_settings_are_one_line_errors(capsys, argv):
     assert main(argv) == 2
     assert len(capsys.readouterr().err.strip().splitlines()) == 1
+
+
+def test_bench_refuses_an_unwritable_out_dir_before_any_work(capsys, tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("mine")
+    assert main(["bench", "--out-dir", str(blocker / "results")]) == 2
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1 and "cannot create output directory" in err
+    assert blocker.read_text() == "mine"
+
+
+def test_bench_estimate_names_each_section():
+    text = bench_run.estimate_text(suite.BenchSettings())
+    assert text.startswith("about ") and "export" in text and "selector" in text and "full_graph" in text
+
+
+def test_llama_geometry_has_one_home():
+    from flashvlm_export.models.spec import LLAMA2_7B, LLAVA15
+
+    assert cost.VICUNA_7B is LLAMA2_7B and LLAVA15.text_hidden == LLAMA2_7B.hidden
+    assert LLAVA15.text["num_hidden_layers"] == LLAMA2_7B.layers and cost.CLIP_L336.tokens == LLAVA15.n_tokens + 1

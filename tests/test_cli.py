@@ -40,8 +40,11 @@ def test_export_and_parity_smoke_on_the_tiny_model(tmp_path):
     assert (tmp_path / "graphs/llava15-tiny_b64.onnx").is_file() and (tmp_path / "graphs/llava15-tiny_b32.json").is_file()
     assert run.stdout.count("ONNX: export success") == 2
     assert all(
-        " saved as 'graphs/llava15-tiny_b" in line and "MB)" in line for line in run.stdout.splitlines() if "ONNX:" in line
+        " saved as 'graphs/llava15-tiny_b" in line and "MB)" in line
+        for line in run.stdout.splitlines()
+        if "ONNX: export success" in line
     )
+    assert run.stdout.count("ONNX: exporting the full graph") == 2 and "(about " in run.stdout  # progress, with an estimate
     assert "Model: loaded llava15-tiny (random weights, seed 0)" in run.stdout
     assert "flashvlm-export parity --graph graphs/llava15-tiny_b64.onnx --random-weights" in run.stdout
     parity = run_cli("parity", "--graph", "graphs/llava15-tiny_b64.onnx", "--repeats", "1", cwd=tmp_path)
@@ -169,3 +172,32 @@ def test_failed_write_leaves_no_partial_files(tmp_path):
             temps[0].write_bytes(b"half a graph")
             raise RuntimeError("export failed")
     assert files_under(tmp_path) == []
+
+
+def test_missing_weights_is_reported_before_an_existing_graph(tmp_path):
+    (tmp_path / "graphs").mkdir()
+    (tmp_path / "graphs/llava15_b128.onnx").write_bytes(b"from set-up")
+    env = {"HF_HOME": str(tmp_path / "hf"), "HF_HUB_CACHE": str(tmp_path / "hf/hub"), "HF_HUB_OFFLINE": "1"}
+    run = run_cli("--model", "llava15", "--budget", "128", cwd=tmp_path, env=env)
+    assert run.returncode == 2 and "--random-weights" in run.stderr and "already exists" not in run.stderr
+    assert (tmp_path / "graphs/llava15_b128.onnx").read_bytes() == b"from set-up"
+
+
+def test_weights_source_round_trips_through_its_metadata_tag():
+    from flashvlm_export.errors import UsageError
+    from flashvlm_export.models.llava import WeightsSource
+
+    for source in (WeightsSource(seed=7), WeightsSource(path="/ckpt/llava")):
+        assert WeightsSource.from_tag(source.tag) == source
+    assert WeightsSource(seed=7).flags() == "--random-weights --seed 7"
+    with pytest.raises(UsageError, match="malformed"):
+        WeightsSource.from_tag("random:seven")
+
+
+def test_text_inputs_are_built_at_the_graphs_batch():
+    import torch
+
+    from flashvlm_export.models.prompt import text_inputs
+
+    embeds, mask = text_inputs(torch.nn.Embedding(10, 4), [1, 2, 9, 3], t_max=6, image_token_index=9, batch=3)
+    assert embeds.shape == (3, 6, 4) and mask.shape == (3, 6) and mask.sum().item() == 9

@@ -21,7 +21,7 @@ QUIET = dict(log=lambda _: None)
 
 
 def tiny_request(budget=64, batch=1, config=SelectorConfig()):
-    return ExportRequest(TINY, budget, TINY.t_max, batch, config, True)
+    return ExportRequest(spec=TINY, budget=budget, t_max=TINY.t_max, batch=batch, config=config, selector_only=True)
 
 
 @pytest.fixture(scope="module")

@@ -26,7 +26,7 @@ def test_vision_features_equal_llava_hidden_states_and_cls_attention(tiny_parts)
 
 @pytest.fixture(scope="module")
 def tiny_full_graph(tiny_parts, tmp_path_factory):
-    request = ExportRequest(TINY, 64, TINY.t_max, 2, SelectorConfig(), False)
+    request = ExportRequest(spec=TINY, budget=64, t_max=TINY.t_max, batch=2, config=SelectorConfig(), selector_only=False)
     return export_graph(request, tmp_path_factory.mktemp("pipeline") / "tiny_b64_bs2.onnx", tiny_parts, "random:0")
 
 
@@ -41,7 +41,7 @@ def test_full_graph_passes_layers_1_and_2_with_its_encoder_checked(tiny_full_gra
 def test_visual_embeds_are_the_projected_rows_of_the_indices(tiny_full_graph):
     from flashvlm_export.parity.backends import OnnxRuntime
 
-    request = ExportRequest(TINY, 64, TINY.t_max, 2, SelectorConfig(), False)
+    request = ExportRequest(spec=TINY, budget=64, t_max=TINY.t_max, batch=2, config=SelectorConfig(), selector_only=False)
     session = OnnxRuntime(tiny_full_graph, request.interface()).verification  # exposes P(X) beside the outputs
     names = [o.name for o in session.get_outputs()]
     for case in pipeline_corpus(Geometry(576, TINY.vision_hidden, TINY.text_hidden, TINY.t_max, 2), 336, repeats=1)[:3]:

@@ -112,7 +112,9 @@ def test_twin_rejects_an_id_the_int32_cast_would_wrap_into_range():
 
 @pytest.fixture(scope="module")
 def plugin_selector_graph(tmp_path_factory):
-    request = ExportRequest(LLAVA15, 128, LLAVA15.t_max, 1, SelectorConfig(), True, plugin=True)
+    request = ExportRequest(
+        spec=LLAVA15, budget=128, t_max=LLAVA15.t_max, batch=1, config=SelectorConfig(), selector_only=True, plugin=True
+    )
     path = tmp_path_factory.mktemp("plugin") / "llava15_selector_b128_plugin.onnx"
     return export_graph(request, path)
 

@@ -24,7 +24,7 @@ def tiny_graphs(tmp_path_factory, tiny_parts):
     folder = tmp_path_factory.mktemp("run_graphs")
     graphs = {}
     for k in (64, 576):
-        request = ExportRequest(TINY, k, TINY.t_max, 1, SelectorConfig(), False)
+        request = ExportRequest(spec=TINY, budget=k, t_max=TINY.t_max, batch=1, config=SelectorConfig(), selector_only=False)
         path = folder / f"llava15-tiny_b{k}.onnx"
         export_graph(request, path, tiny_parts, "random:0")
         graphs[k] = path
@@ -296,7 +296,7 @@ def test_run_with_a_checkpoint_uses_its_processor_tokenizer_and_llm(tiny_checkpo
     from flashvlm_export.runtime.image import prepare_image
 
     parts = load_parts(TINY, str(tiny_checkpoint))
-    request = ExportRequest(TINY, 576, TINY.t_max, 1, SelectorConfig(), False)
+    request = ExportRequest(spec=TINY, budget=576, t_max=TINY.t_max, batch=1, config=SelectorConfig(), selector_only=False)
     graph = export_graph(
         request, tmp_path / "ckpt_b576.onnx", parts, str(tiny_checkpoint)
     )

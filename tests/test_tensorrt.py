@@ -50,7 +50,7 @@ def fp16_features_graph(tiny_parts, tmp_path_factory):
     """The verification build of a tiny fp16 graph: X, a and P(X) exposed beside the outputs."""
     from flashvlm_export.export.verification import add_verification_outputs
 
-    request = ExportRequest(TINY, 64, TINY.t_max, 1, SelectorConfig(), False, precision="fp16")
+    request = ExportRequest(spec=TINY, budget=64, t_max=TINY.t_max, batch=1, config=SelectorConfig(), selector_only=False, precision="fp16")
     folder = tmp_path_factory.mktemp("fp16")
     shipped = export_graph(request, folder / "tiny_fp16.onnx", tiny_parts, "random:0")
     path = folder / "tiny_fp16_verify.onnx"

@@ -11,22 +11,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from flashvlm_export.models.spec import LLAMA2_7B, LLAVA15, DecoderGeometry
+
 MIB = 1 << 20
-
-
-@dataclass(frozen=True)
-class DecoderGeometry:
-    name: str
-    layers: int
-    hidden: int  # d
-    intermediate: int  # SwiGLU width m
-    heads: int
-    kv_heads: int
-    vocab: int
-
-    @property
-    def head_dim(self) -> int:
-        return self.hidden // self.heads
 
 
 @dataclass(frozen=True)
@@ -39,8 +26,15 @@ class EncoderGeometry:
     crops: int
 
 
-VICUNA_7B = DecoderGeometry("Vicuna-7B (Llama-2-7B)", 32, 4096, 11008, 32, 32, 32000)
-CLIP_L336 = EncoderGeometry("CLIP ViT-L/14-336", 24, 1024, 4096, 577, 1)
+VICUNA_7B = LLAMA2_7B
+CLIP_L336 = EncoderGeometry(
+    "CLIP ViT-L/14-336",
+    LLAVA15.vision["num_hidden_layers"],
+    LLAVA15.vision_hidden,
+    LLAVA15.vision["intermediate_size"],
+    LLAVA15.n_tokens + 1,  # CLS
+    1,
+)
 
 
 @dataclass(frozen=True)
@@ -53,11 +47,13 @@ class VlmCost:
     paper: dict[int, tuple[float, float]] | None = None  # tokens -> (TFLOPs, KV MB) as published
 
 
-LLAVA15_7B = VlmCost("LLaVA-1.5-7B", VICUNA_7B, CLIP_L336, 576, (192, 128, 64, 32))
+LLAVA15_7B = VlmCost("LLaVA-1.5-7B", VICUNA_7B, CLIP_L336, LLAVA15.n_tokens, (192, 128, 64, 32))
 LLAVA_NEXT_7B = VlmCost(
     "LLaVA-NeXT-7B",
     VICUNA_7B,
-    EncoderGeometry("CLIP ViT-L/14-336 x 5 crops", 24, 1024, 4096, 577, 5),
+    EncoderGeometry(
+        "CLIP ViT-L/14-336 x 5 crops", CLIP_L336.layers, CLIP_L336.hidden, CLIP_L336.intermediate, CLIP_L336.tokens, 5
+    ),
     2880,
     (640, 320, 160),
     paper={2880: (43.6, 1440.0), 640: (11.3, 356.0), 160: (3.6, 78.0)},  # FlashVLM paper, Table 4

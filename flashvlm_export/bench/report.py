@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from flashvlm_export.artifacts import write_json_atomic
+from flashvlm_export.artifacts import atomic_outputs
 from flashvlm_export.bench.cost import cost_markdown, differences_text
 
 
@@ -52,8 +52,10 @@ def markdown(results: dict) -> str:
 
 
 def save(results: dict, out_dir: Path) -> tuple[Path, Path]:
+    """bench.json and bench.md, replaced together (they are the tool's own results, not the user's files)."""
     out_dir.mkdir(parents=True, exist_ok=True)
     json_path, md_path = out_dir / "bench.json", out_dir / "bench.md"
-    write_json_atomic(json_path, json.loads(json.dumps(results, default=str)))
-    md_path.write_text(markdown(results))
+    with atomic_outputs([json_path, md_path], overwrite=True) as (temp_json, temp_md):
+        temp_json.write_text(json.dumps(json.loads(json.dumps(results, default=str)), indent=2, sort_keys=True) + "\n")
+        temp_md.write_text(markdown(results))
     return json_path, md_path

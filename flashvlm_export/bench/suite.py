@@ -1,9 +1,10 @@
 """`flashvlm-export bench`: every figure with warm-up, repeats, median / p10 / p90, same inputs for all.
 
 Sections: selector core (N=576 at K=32/64/128/192, N=2880 at K=160/320/640) on the eager reference,
-the static torch module and ONNX Runtime CPU, plus torch on GPU (eager, CUDA graph) and the plugin
-kernel where a GPU is present; the full graph in ONNX Runtime and the selector's share of it; the
-export's time and peak RSS; and, on a GPU, LLM prefill time per budget.
+the static torch module and ONNX Runtime CPU, plus torch on GPU (eager, CUDA graph) where a GPU is
+present; the full graph in ONNX Runtime and the selector's share of it; the export's time and peak
+RSS; and, on a GPU, LLM prefill time per budget. The plugin kernel is timed by
+scripts/plugin_harness.py, not here.
 """
 
 from __future__ import annotations
@@ -21,14 +22,17 @@ from pathlib import Path
 import torch
 
 from flashvlm_export.bench.timing import Timing, measure
+from flashvlm_export.errors import BuildError
 from flashvlm_export.export.graphs import ExportRequest
 from flashvlm_export.export.onnx_export import export_onnx
-from flashvlm_export.models.spec import get_spec
+from flashvlm_export.models.spec import LLAMA2_7B, get_spec
 from flashvlm_export.parity.backends import OnnxRuntime, SelectorReference, TorchModule
 from flashvlm_export.parity.corpus import SELECTOR_INPUTS, Geometry, selector_corpus
 from flashvlm_export.selector.config import SelectorConfig
 
 SELECTOR_GRID = ((576, (32, 64, 128, 192)), (2880, (160, 320, 640)))
+FULL_GRAPH_BUDGET = 128  # the README's main job; the full graph is timed at this budget
+ONNXRUNTIME_CPU = "onnxruntime CPU"  # the backend the full graph runs on: its selector time is the share's numerator
 
 
 @dataclass(frozen=True)
@@ -84,7 +88,7 @@ def cpu_selector_timings(request, case, graph: Path, warmup: int, repeats: int) 
     backends = [
         ("eager reference", SelectorReference(request.budget, request.config, trace=False)),
         ("static torch (CPU)", TorchModule(request.module(), SELECTOR_INPUTS)),
-        ("onnxruntime CPU", OnnxRuntime(graph)),
+        (ONNXRUNTIME_CPU, OnnxRuntime(graph)),
     ]
     with torch.inference_mode():
         return [measure(name, lambda b=backend, f=case.feeds: b.run(f), warmup, repeats) for name, backend in backends]
@@ -109,8 +113,14 @@ def _gpu_selector(request, case, settings: BenchSettings) -> list[Timing]:
     return [eager, replay]
 
 
-def selector_core(settings: BenchSettings, log=print) -> list[dict]:
-    rows = []
+@dataclass
+class SelectorCore:
+    rows: list[dict]  # one per (N, K, backend)
+    full_graph_point_ms: float | None  # ONNX Runtime CPU at the model's N and FULL_GRAPH_BUDGET, if measured
+
+
+def selector_core(settings: BenchSettings, log=print) -> SelectorCore:
+    rows, point_ms = [], None
     spec = get_spec("llava15")
     gpu = settings.gpu and torch.cuda.is_available()
     with tempfile.TemporaryDirectory() as scratch:
@@ -119,7 +129,15 @@ def selector_core(settings: BenchSettings, log=print) -> list[dict]:
             repeats = settings.repeats if n <= 576 else max(3, settings.repeats // 2)
             exporter = "dynamo" if n <= 576 else "torchscript"  # same graph; dynamo takes ~100 s for 280 rounds
             for k in budgets:
-                request = ExportRequest(spec, k, spec.t_max, 1, SelectorConfig(), True, None if n == 576 else n)
+                request = ExportRequest(
+                    spec=spec,
+                    budget=k,
+                    t_max=spec.t_max,
+                    batch=1,
+                    config=SelectorConfig(),
+                    selector_only=True,
+                    n_tokens=None if n == spec.n_tokens else n,
+                )
                 graph = export_onnx(
                     request.module(),
                     request.graph_io(),
@@ -133,23 +151,28 @@ def selector_core(settings: BenchSettings, log=print) -> list[dict]:
                 for timing in timings:
                     rows.append(_row("selector", n, k, timing))
                     log(f"  selector N={n} K={k:<4} {timing.row()}")
-    return rows
+                    if (n, k, timing.name) == (spec.n_tokens, FULL_GRAPH_BUDGET, ONNXRUNTIME_CPU):
+                        point_ms = timing.median_ms
+    return SelectorCore(rows, point_ms)
 
 
-def export_cost(out_dir: Path, log=print) -> dict:
-    """Wall time and peak RSS of the README's main job, in a child process."""
-    exe = str(Path(sys.executable).with_name("flashvlm-export"))
-    command = [exe, "--model", "llava15", "--budget", "128", "--random-weights", "--out-dir", str(out_dir), "--force"]
+def export_cost(graph: Path, log=print) -> dict:
+    """Wall time and peak RSS of the README's main job, in a child process writing `graph`."""
+    args = ["--model", "llava15", "--budget", str(FULL_GRAPH_BUDGET), "--random-weights"]
+    command = [sys.executable, "-m", "flashvlm_export.cli", *args, "--out", str(graph), "--force"]
     start = time.perf_counter()
     run = subprocess.run(command, capture_output=True, text=True)
     wall = time.perf_counter() - start
     if run.returncode != 0:
-        raise RuntimeError(f"export failed: {run.stderr.strip()}")
+        tail = (run.stderr or run.stdout).strip().splitlines()[-1:] or ["no output"]
+        raise BuildError(
+            f"bench: the export child failed (exit {run.returncode}): {tail[0]}; run `flashvlm-export {' '.join(args)}` to see why"
+        )
     peak_gib = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / (1 << 20)  # KiB on Linux
-    log(f"  export llava15 K=128 random weights: {wall:.1f} s wall, {peak_gib:.2f} GiB peak RSS")
+    log(f"  export llava15 K={FULL_GRAPH_BUDGET} random weights: {wall:.1f} s wall, {peak_gib:.2f} GiB peak RSS")
     return {
         "section": "export",
-        "command": "flashvlm-export --model llava15 --budget 128 --random-weights",  # into a temp --out-dir
+        "command": "flashvlm-export " + " ".join(args),  # into a temp folder
         "wall_s": round(wall, 1),
         "peak_rss_gib": round(peak_gib, 2),
     }
@@ -160,18 +183,22 @@ def full_graph(graph: Path, selector_ms: float, settings: BenchSettings, log=pri
     from flashvlm_export.parity.corpus import pipeline_corpus
 
     spec = get_spec("llava15")
-    case = pipeline_corpus(Geometry(576, spec.vision_hidden, spec.text_hidden, spec.t_max, 1), spec.image_size, repeats=1)[0]
+    case = pipeline_corpus(
+        Geometry(spec.n_tokens, spec.vision_hidden, spec.text_hidden, spec.t_max, 1), spec.image_size, repeats=1
+    )[0]
     with_prompt_len(case, settings.text_len)
     runtime = OnnxRuntime(graph)
     timing = measure(
         "full graph onnxruntime CPU", lambda: runtime.run(case.feeds), warmup=1, repeats=max(3, settings.repeats // 2)
     )
     share = selector_ms / timing.median_ms
-    log(f"  full graph N=576 K=128 {timing.row()}  (selector core {selector_ms:.2f} ms = {100 * share:.2f}%)")
+    log(
+        f"  full graph N={spec.n_tokens} K={FULL_GRAPH_BUDGET} {timing.row()}  (selector core {selector_ms:.2f} ms = {100 * share:.2f}%)"
+    )
     return {
         "section": "full_graph",
-        "n_tokens": 576,
-        "budget": 128,
+        "n_tokens": spec.n_tokens,
+        "budget": FULL_GRAPH_BUDGET,
         **timing.to_dict(),
         "selector_ms": selector_ms,
         "selector_share": share,
@@ -182,9 +209,7 @@ def prefill_gpu(settings: BenchSettings, budgets=(576, 128, 64, 32), text_len: i
     """Llama-2-7B-geometry decoder, random fp16 weights, on the GPU: prefill time per visual-token count."""
     from transformers import LlamaConfig, LlamaModel
 
-    config = LlamaConfig(
-        hidden_size=4096, intermediate_size=11008, num_hidden_layers=32, num_attention_heads=32, vocab_size=32000
-    )
+    config = LlamaConfig(**LLAMA2_7B.llama_config())
     config._attn_implementation = "sdpa"
     with torch.device("cuda"):
         model = LlamaModel(config).half().eval()
@@ -192,7 +217,7 @@ def prefill_gpu(settings: BenchSettings, budgets=(576, 128, 64, 32), text_len: i
     sync = torch.cuda.synchronize
     with torch.inference_mode():
         for visual in budgets:
-            embeds = torch.randn(1, visual + text_len, 4096, device="cuda", dtype=torch.float16) * 0.02
+            embeds = torch.randn(1, visual + text_len, LLAMA2_7B.hidden, device="cuda", dtype=torch.float16) * 0.02
             timing = measure(
                 f"prefill {visual}+{text_len} tokens",
                 lambda e=embeds, m=model: m(inputs_embeds=e, use_cache=True),

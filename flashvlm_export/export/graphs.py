@@ -16,7 +16,7 @@ import torch
 
 from flashvlm_export.errors import UsageError
 from flashvlm_export.export.interface import GraphInterface, graph_interface
-from flashvlm_export.export.onnx_export import DEFAULT_OPSET, GraphIO, export_onnx
+from flashvlm_export.export.onnx_export import DEFAULT_EXPORTER, DEFAULT_OPSET, GraphIO, export_onnx
 from flashvlm_export.models.spec import ModelSpec, get_spec
 from flashvlm_export.models.vision import FlashVLMPipeline
 from flashvlm_export.selector.config import SelectorConfig
@@ -26,7 +26,7 @@ from flashvlm_export.selector.static import StaticSelector
 PRECISIONS = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class ExportRequest:
     spec: ModelSpec
     budget: int  # K
@@ -119,20 +119,58 @@ class ExportRequest:
 
 
 def request_from_metadata(meta: dict[str, str], source: str) -> ExportRequest:
+    """The request a graph was exported from, rebuilt from its metadata; malformed metadata is a one-line error."""
+    fix = "re-export the graph with flashvlm-export"
+    key = "?"
+
+    def field(name: str) -> str:
+        nonlocal key
+        key = name
+        value = meta[name]
+        if not isinstance(value, str):
+            raise TypeError(f"{type(value).__name__}, not a string")
+        return value
+
+    def whole(name: str, low: int = 1) -> int:
+        value = int(field(name))
+        if value < low:
+            raise ValueError(f"{value} < {low}")
+        return value
+
     try:
-        return ExportRequest(
-            spec=get_spec(meta["model"]),
-            budget=int(meta["budget"]),
-            t_max=int(meta["t_max"]),
-            batch=int(meta["batch"]),
-            config=SelectorConfig.from_dict(json.loads(meta["selector_config"])),
-            selector_only=meta["graph"] == "selector",
-            n_tokens=int(meta["n_tokens"]),
-            plugin=meta.get("plugin", "0") == "1",
-            precision=meta.get("precision", "fp32"),
-        )
+        graph = field("graph")
+        if graph not in ("selector", "full"):
+            raise ValueError(f"{graph!r} is neither 'selector' nor 'full'")
+        spec = get_spec(field("model"))
+        budget, t_max, batch, n_tokens = whole("budget", 2), whole("t_max"), whole("batch"), whole("n_tokens", 2)
+        if budget > n_tokens:
+            key = "budget"
+            raise ValueError(f"{budget} > n_tokens {n_tokens}")
+        key = "plugin"
+        plugin = meta.get("plugin", "0")
+        if plugin not in ("0", "1"):
+            raise ValueError(f"{plugin!r} is neither '0' nor '1'")
+        key = "precision"
+        precision = meta.get("precision", "fp32")
+        if precision not in PRECISIONS:
+            raise ValueError(f"{precision!r} is not one of {', '.join(PRECISIONS)}")
+        config = SelectorConfig.from_dict(json.loads(field("selector_config")))
     except KeyError as exc:
-        raise UsageError(f"{source} lacks flashvlm metadata {exc}; export it with flashvlm-export") from None
+        raise UsageError(f"{source} lacks flashvlm metadata {exc}; {fix}") from None
+    except (ValueError, TypeError, UsageError) as exc:
+        reason = str(exc).splitlines()[0][:160] if str(exc) else type(exc).__name__
+        raise UsageError(f"{source} has malformed flashvlm metadata {key!r} ({reason}); {fix}") from None
+    return ExportRequest(
+        spec=spec,
+        budget=budget,
+        t_max=t_max,
+        batch=batch,
+        config=config,
+        selector_only=graph == "selector",
+        n_tokens=n_tokens,
+        plugin=plugin == "1",
+        precision=precision,
+    )
 
 
 def export_graph(
@@ -141,8 +179,10 @@ def export_graph(
     parts=None,
     weights: str | None = None,
     opset: int = DEFAULT_OPSET,
-    exporter: str = "dynamo",
+    exporter: str = DEFAULT_EXPORTER,
+    *,
+    overwrite: bool = False,
 ) -> Path:
     """Export the request's graph to `path` (+ sidecar): traced with its verification outputs, shipped without."""
     module = request.module(parts, verification=True)
-    return export_onnx(module, request.graph_io(), path, request.metadata(weights), opset, exporter)
+    return export_onnx(module, request.graph_io(), path, request.metadata(weights), opset, exporter, overwrite=overwrite)

@@ -7,6 +7,7 @@ parts the export needs are materialised, so a 7B checkpoint costs ~1.3 GB of RAM
 
 from __future__ import annotations
 
+import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,6 +27,53 @@ PREFIXES = {
 }
 
 
+@dataclass(frozen=True)
+class WeightsSource:
+    """Where a model's weights come from: seeded random weights, or a local checkpoint folder.
+
+    Graphs record it in their metadata as `tag` ("random:<seed>" or the checkpoint path), so parity
+    can rebuild the very weights a graph was exported with.
+    """
+
+    seed: int | None = None  # seeded random weights (the exact architecture), offline
+    path: str | None = None  # a local checkpoint folder; None with no seed: the local HF cache
+
+    RANDOM_PREFIX = "random:"
+
+    @property
+    def random(self) -> bool:
+        return self.seed is not None
+
+    @classmethod
+    def from_flags(cls, random_weights: bool, seed: int, model_path: str | None) -> WeightsSource:
+        if random_weights and model_path is not None:
+            raise UsageError("--random-weights and --model-path exclude each other; pass one")
+        return cls(seed=seed) if random_weights else cls(path=model_path)
+
+    @classmethod
+    def from_tag(cls, tag: str) -> WeightsSource:
+        """The inverse of `tag`; a malformed random tag is a one-line error."""
+        if tag.startswith(cls.RANDOM_PREFIX):
+            try:
+                return cls(seed=int(tag[len(cls.RANDOM_PREFIX) :]))
+            except ValueError:
+                raise UsageError(f"weights tag {tag!r} is malformed (random:<seed>); re-export the graph") from None
+        return cls(path=tag)
+
+    @property
+    def tag(self) -> str:
+        return f"{self.RANDOM_PREFIX}{self.seed}" if self.random else str(self.path)
+
+    def flags(self) -> str:
+        """The CLI flags that select these weights again."""
+        if self.random:
+            return "--random-weights" + (f" --seed {self.seed}" if self.seed else "")
+        return f"--model-path {self.path}"
+
+    def __str__(self) -> str:
+        return f"random weights, seed {self.seed}" if self.random else str(self.path)
+
+
 @dataclass
 class LlavaParts:
     spec: ModelSpec
@@ -33,7 +81,7 @@ class LlavaParts:
     vision_tower: nn.Module  # CLIPVisionModel, eager attention
     projector: nn.Module  # LlavaMultiModalProjector
     embed_tokens: nn.Module | None  # Llama embed_tokens, when asked for
-    source: str  # where the weights came from, for metadata
+    source: WeightsSource  # where the weights came from, for metadata
 
     def vision_features(self) -> VisionFeatures:
         return VisionFeatures(self.vision_tower, self.config.vision_feature_layer)
@@ -59,7 +107,7 @@ def random_parts(spec: ModelSpec, seed: int = 0, with_embeddings: bool = False) 
     torch.manual_seed(seed)
     config = spec.llava_config()
     vision_tower, projector, embed = _build(config, with_embeddings)
-    return _finish(LlavaParts(spec, config, vision_tower, projector, embed, f"random weights, seed {seed}"))
+    return _finish(LlavaParts(spec, config, vision_tower, projector, embed, WeightsSource(seed=seed)))
 
 
 def resolve_weights_dir(spec: ModelSpec, model_path: str | None) -> Path:
@@ -97,36 +145,64 @@ def _check_geometry(spec: ModelSpec, config) -> None:
 
 def load_parts(spec: ModelSpec, model_path: str | None = None, with_embeddings: bool = False) -> LlavaParts:
     """Real weights from a local directory or the HF cache, fp32."""
-    from safetensors import safe_open
     from transformers import LlavaConfig
 
     path = resolve_weights_dir(spec, model_path)
-    config = LlavaConfig.from_pretrained(str(path))
-    _check_geometry(spec, config)
+    fix = "point --model-path at a complete llava-hf LLaVA-1.5 checkpoint (config.json + *.safetensors)"
+    config_file = path / "config.json"
+    try:
+        raw = json.loads(config_file.read_text())
+    except (OSError, UnicodeDecodeError, ValueError) as exc:
+        raise UsageError(f"{config_file} is not readable JSON ({type(exc).__name__}: {str(exc)[:80]}); {fix}") from None
+    model_type = raw.get("model_type") if isinstance(raw, dict) else type(raw).__name__
+    if model_type != "llava":
+        raise UsageError(f"{config_file} describes a {model_type!r} model, not 'llava'; {fix}")
+    try:
+        config = LlavaConfig.from_pretrained(str(path))
+        _check_geometry(spec, config)
+    except UsageError:
+        raise
+    except Exception as exc:  # transformers raises OSError, ValueError or AttributeError for a broken or foreign file
+        reason = str(exc).strip().splitlines()[0][:120] if str(exc).strip() else type(exc).__name__
+        raise UsageError(f"{path / 'config.json'} is not a readable LLaVA config ({reason}); {fix}") from None
     vision_tower, projector, embed = _build(config, with_embeddings)
     targets = {"vision_tower": vision_tower, "projector": projector}
     if embed is not None:
         targets["embed_tokens"] = embed
     states: dict[str, dict[str, torch.Tensor]] = {name: {} for name in targets}
     for file in sorted(path.glob("*.safetensors")):
-        with safe_open(str(file), framework="pt") as f:
-            for key in f.keys():
-                for part, prefixes in PREFIXES.items():
-                    if part not in targets:
-                        continue
-                    prefix = next((p for p in prefixes if key.startswith(p)), None)
-                    if prefix is not None:
-                        states[part][key[len(prefix) :]] = f.get_tensor(key).to(torch.float32)
-                        break
+        try:
+            _read_parts(file, targets, states)
+        except Exception as exc:  # safetensors' SafetensorError: truncated, not safetensors, bad header
+            reason = str(exc).strip().splitlines()[0][:120] if str(exc).strip() else type(exc).__name__
+            raise UsageError(f"{file} is not a readable safetensors file ({reason}); {fix}") from None
     for part, module in targets.items():
-        missing, unexpected = module.load_state_dict(states[part], strict=False)
+        try:
+            missing, unexpected = module.load_state_dict(states[part], strict=False)
+        except RuntimeError as exc:  # a tensor of the wrong shape
+            reason = str(exc).strip().splitlines()[-1].strip()[:160]
+            raise UsageError(f"checkpoint {path} has {part} weights of the wrong shape ({reason}); {fix}") from None
         missing = [k for k in missing if not k.endswith("position_ids")]
         if missing:
             raise UsageError(
                 f"checkpoint {path} lacks {len(missing)} {part} weights (e.g. {missing[0]}); "
                 "point --model-path at a complete LLaVA-1.5 checkpoint"
             )
-    return _finish(LlavaParts(spec, config, vision_tower, projector, embed, str(path)))
+    return _finish(LlavaParts(spec, config, vision_tower, projector, embed, WeightsSource(path=str(path))))
+
+
+def _read_parts(file: Path, targets: dict, states: dict) -> None:
+    from safetensors import safe_open
+
+    with safe_open(str(file), framework="pt") as f:
+        for key in f.keys():
+            for part, prefixes in PREFIXES.items():
+                if part not in targets:
+                    continue
+                prefix = next((p for p in prefixes if key.startswith(p)), None)
+                if prefix is not None:
+                    states[part][key[len(prefix) :]] = f.get_tensor(key).to(torch.float32)
+                    break
 
 
 def _finish(parts: LlavaParts) -> LlavaParts:
@@ -136,9 +212,7 @@ def _finish(parts: LlavaParts) -> LlavaParts:
     return parts
 
 
-def get_parts(spec: ModelSpec, model_path: str | None, random_weights: bool, seed: int = 0, with_embeddings=False):
-    if random_weights and model_path is not None:
-        raise UsageError("--random-weights and --model-path exclude each other; pass one")
-    if random_weights:
-        return random_parts(spec, seed, with_embeddings)
-    return load_parts(spec, model_path, with_embeddings)
+def get_parts(spec: ModelSpec, source: WeightsSource, with_embeddings: bool = False) -> LlavaParts:
+    if source.random:
+        return random_parts(spec, source.seed, with_embeddings)
+    return load_parts(spec, source.path, with_embeddings)

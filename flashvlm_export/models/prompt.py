@@ -23,9 +23,15 @@ def prompt_token_ids(tokenizer, question: str) -> list[int]:
 
 
 def text_inputs(
-    embed_tokens: torch.nn.Module, token_ids: list[int], t_max: int, image_token_index: int
+    embed_tokens: torch.nn.Module, token_ids: list[int], t_max: int, image_token_index: int, batch: int = 1
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Embeddings of the non-image tokens, zero-padded to t_max, and the mask of the real rows."""
+    """Embeddings of the non-image tokens, zero-padded to t_max, and the mask of the real rows.
+
+    Shapes (batch, t_max, Dl) and (batch, t_max): the same prompt for every image of a graph exported
+    with --batch; build one call per prompt and torch.cat them for different prompts.
+    """
+    if batch < 1:
+        raise UsageError(f"batch={batch} must be >= 1 (the graph's static batch)")
     ids = [i for i in token_ids if i != image_token_index]
     if len(ids) > t_max:
         raise UsageError(
@@ -38,4 +44,4 @@ def text_inputs(
     mask = torch.zeros(1, t_max, dtype=torch.bool)
     embeds[0, : len(ids)] = rows.to(torch.float32)
     mask[0, : len(ids)] = True
-    return embeds, mask
+    return embeds.expand(batch, -1, -1).clone(), mask.expand(batch, -1).clone()

@@ -9,6 +9,40 @@ from flashvlm_export.errors import UsageError
 
 
 @dataclass(frozen=True)
+class DecoderGeometry:
+    """The LLM the selected visual tokens feed: what the budget saves (bench's cost calculator, prefill)."""
+
+    name: str
+    layers: int
+    hidden: int  # d
+    intermediate: int  # SwiGLU width m
+    heads: int
+    kv_heads: int
+    vocab: int
+
+    @property
+    def head_dim(self) -> int:
+        return self.hidden // self.heads
+
+    def llama_config(self) -> dict:
+        """transformers LlamaConfig keyword arguments for this geometry."""
+        return dict(
+            hidden_size=self.hidden,
+            intermediate_size=self.intermediate,
+            num_hidden_layers=self.layers,
+            num_attention_heads=self.heads,
+            num_key_value_heads=self.kv_heads,
+            vocab_size=self.vocab,
+        )
+
+
+# Vicuna-7B v1.5, LLaVA-1.5-7B's LLM, has Llama-2-7B's geometry: the one place it is written.
+LLAMA2_7B = DecoderGeometry(
+    "Vicuna-7B (Llama-2-7B)", layers=32, hidden=4096, intermediate=11008, heads=32, kv_heads=32, vocab=32000
+)
+
+
+@dataclass(frozen=True)
 class ModelSpec:
     name: str  # the --model value
     hf_repo: str  # Hugging Face id, looked up in the local cache only
@@ -55,7 +89,7 @@ LLAVA15 = ModelSpec(
     image_size=336,
     patch_size=14,
     vision_hidden=1024,
-    text_hidden=4096,
+    text_hidden=LLAMA2_7B.hidden,
     vision_feature_layer=-2,
     t_max=128,
     vision=dict(
@@ -67,10 +101,10 @@ LLAVA15 = ModelSpec(
         layer_norm_eps=1e-5,
     ),
     text=dict(
-        intermediate_size=11008,
-        num_hidden_layers=32,
-        num_attention_heads=32,
-        vocab_size=32064,
+        intermediate_size=LLAMA2_7B.intermediate,
+        num_hidden_layers=LLAMA2_7B.layers,
+        num_attention_heads=LLAMA2_7B.heads,
+        vocab_size=LLAMA2_7B.vocab + 64,  # llava-hf adds <image> and <pad>, padded to a multiple of 64
         max_position_embeddings=4096,
         rms_norm_eps=1e-5,
         pad_token_id=32001,

@@ -5,6 +5,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from flashvlm_export.errors import UsageError
+
 
 class VisionFeatures(nn.Module):
     """pixel_values (B, 3, H, W) -> X = hidden_states[layer][:, 1:] (B, N, Dv) and a (B, N).
@@ -20,9 +22,9 @@ class VisionFeatures(nn.Module):
         layers = vision_tower.encoder.layers
         self.feature_index = len(layers) + feature_layer  # hidden_states[-2] is the output of layer n-2
         if not 0 <= self.feature_index < len(layers):
-            raise ValueError(f"vision_feature_layer={feature_layer} out of range for {len(layers)} layers")
+            raise UsageError(f"vision_feature_layer={feature_layer} out of range for {len(layers)} layers")
         if vision_tower.config._attn_implementation != "eager":
-            raise ValueError("the vision tower needs eager attention to return CLS attention weights")
+            raise UsageError("the vision tower needs eager attention to return CLS attention weights")
         self.embeddings = vision_tower.embeddings
         self.pre_layrnorm = vision_tower.pre_layrnorm
         self.layers = nn.ModuleList(layers[: self.feature_index + 1])

@@ -8,7 +8,7 @@ import shutil
 import subprocess
 from pathlib import Path
 
-from flashvlm_export.errors import MissingDependencyError, UsageError
+from flashvlm_export.errors import BuildError, MissingDependencyError, UsageError
 from flashvlm_export.plugin import SOURCE_DIR
 
 LIBRARY_NAME = "libflashvlm_plugins.so"
@@ -82,7 +82,7 @@ def build_plugin(
         run = subprocess.run(step, capture_output=True, text=True)
         if run.returncode != 0:
             tail = (run.stderr or run.stdout).strip().splitlines()[-5:]
-            raise MissingDependencyError(f"plugin build failed at `{' '.join(step[:2])}`: {' | '.join(tail)}")
+            raise BuildError(f"plugin build failed at `{' '.join(step[:2])}`: {' | '.join(tail)}")
     library = build_dir / LIBRARY_NAME
     log(f"Plugin: built {library} (TensorRT headers {include}, CUDA arch {arch})")
     return library

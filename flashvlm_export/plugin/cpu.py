@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from flashvlm_export.errors import MissingDependencyError, UsageError
+from flashvlm_export.errors import BuildError, MissingDependencyError, UsageError
 from flashvlm_export.plugin import SOURCE_DIR
 
 CSRC = SOURCE_DIR / "csrc"
@@ -49,7 +49,7 @@ def build_cpu_library(compiler: str | None = None) -> Path:
         run = subprocess.run(cmd, capture_output=True, text=True)
         if run.returncode != 0:
             errors = [line for line in run.stderr.splitlines() if "error" in line] or run.stderr.strip().splitlines()[-1:]
-            raise MissingDependencyError(f"building the CPU twin failed: {errors[0] if errors else run.returncode}")
+            raise BuildError(f"building the CPU twin failed: {errors[0] if errors else run.returncode}")
         os.replace(temp, target)
     return target
 

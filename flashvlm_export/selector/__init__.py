@@ -1,16 +1,24 @@
-"""The FlashVLM token selector: configuration, round schedule, reference and static forms."""
+"""The FlashVLM token selector: configuration, round schedule, reference and static forms.
 
-from flashvlm_export.selector.config import SelectorConfig
-from flashvlm_export.selector.reference import ReferenceTrace, reference_select, reference_select_batch
-from flashvlm_export.selector.schedule import RoundSchedule, round_schedule
-from flashvlm_export.selector.static import StaticSelector
+Names are imported on first use, so `selector.config` (the CLI's defaults) loads without torch.
+"""
 
-__all__ = [
-    "ReferenceTrace",
-    "RoundSchedule",
-    "SelectorConfig",
-    "StaticSelector",
-    "reference_select",
-    "reference_select_batch",
-    "round_schedule",
-]
+from importlib import import_module
+
+_HOMES = {
+    "SelectorConfig": "config",
+    "ReferenceTrace": "reference",
+    "reference_select": "reference",
+    "reference_select_batch": "reference",
+    "RoundSchedule": "schedule",
+    "round_schedule": "schedule",
+    "StaticSelector": "static",
+}
+
+__all__ = sorted(_HOMES)
+
+
+def __getattr__(name: str):
+    if name not in _HOMES:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    return getattr(import_module(f"{__name__}.{_HOMES[name]}"), name)

@@ -3,11 +3,34 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass
 
 from flashvlm_export.errors import UsageError
 
 GATES = ("llava", "norm")
+
+# name -> (low, high, low excluded, high excluded): where each float hyperparameter is meaningful and finite
+# in float32. Temperatures below 1e-6 overflow the softmax of a cosine; a power above 64 flushes q to zero.
+RANGES = {
+    "eta": (0.0, 1.0, False, False),  # convex weight of the two log-scores
+    "text_temperature": (1e-6, 1e6, False, False),
+    "patch_temperature": (1e-6, 1e6, False, False),
+    "power": (0.0, 64.0, True, False),
+    "top_p": (0.0, 1.0, True, True),
+    "attenuation": (0.0, 1.0, False, False),  # a factor that attenuates
+    "important_ratio": (0.0, 1.0, False, False),
+}
+
+
+def _check_range(name: str, value, low: float, high: float, low_open: bool, high_open: bool) -> None:
+    interval = f"{'(' if low_open else '['}{low:g}, {high:g}{')' if high_open else ']'}"
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise UsageError(f"{name}={value!r} is not a number; pass a value in {interval}")
+    if not math.isfinite(value):
+        raise UsageError(f"{name}={value} is not finite; pass a value in {interval}")
+    if value < low or value > high or (low_open and value == low) or (high_open and value == high):
+        raise UsageError(f"{name}={value} is out of range; pass a value in {interval}")
 
 
 @dataclass(frozen=True)
@@ -26,17 +49,15 @@ class SelectorConfig:
     def __post_init__(self) -> None:
         if self.gate not in GATES:
             raise UsageError(f"gate={self.gate!r} is not a known gate; use one of {', '.join(GATES)}")
-        if self.step < 1:
-            raise UsageError(f"step={self.step} must be >= 1")
-        if self.max_rounds is not None and self.max_rounds < 1:
-            raise UsageError(f"max_rounds={self.max_rounds} must be >= 1 (or unset for no cap)")
-        if not 0.0 <= self.important_ratio <= 1.0:
-            raise UsageError(f"important_ratio={self.important_ratio} must be in [0, 1]")
-        if not 0.0 < self.top_p < 1.0:
-            raise UsageError(f"top_p={self.top_p} must be in (0, 1)")
-        for name in ("text_temperature", "patch_temperature", "power"):
-            if getattr(self, name) <= 0:
-                raise UsageError(f"{name}={getattr(self, name)} must be > 0")
+        for name, (low, high, low_open, high_open) in RANGES.items():
+            _check_range(name, getattr(self, name), low, high, low_open, high_open)
+        for name in ("step", "max_rounds"):
+            value = getattr(self, name)
+            if value is None and name == "max_rounds":
+                continue
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                unset = " (or unset for no cap)" if name == "max_rounds" else ""
+                raise UsageError(f"{name}={value!r} must be a whole number >= 1{unset}")
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -44,6 +65,8 @@ class SelectorConfig:
     @classmethod
     def from_dict(cls, values: dict) -> SelectorConfig:
         known = {f.name for f in dataclasses.fields(cls)}
+        if not isinstance(values, dict):
+            raise UsageError(f"selector settings must be a JSON object, got {type(values).__name__}")
         unknown = sorted(set(values) - known)
         if unknown:
             raise UsageError(f"unknown selector setting(s) {unknown}; known: {sorted(known)}")

@@ -12,6 +12,8 @@ from flashvlm_export.errors import UsageError
 from flashvlm_export.trt.env import import_tensorrt, load_plugin_library
 from flashvlm_export.trt.sidecar import sha256_of
 
+SIDECAR_KEYS = ("tensorrt_version", "gpu", "compute_capability", "budget", "plugin", "precision", "onnx", "onnx_metadata")
+
 
 class EngineRunner:
     """A TensorRT engine checked against its sidecar: same TensorRT, same GPU, plugin present, budget."""
@@ -24,7 +26,7 @@ class EngineRunner:
                 f"{engine_path} has no sidecar {sidecar_path(Path(engine_path))}; build engines with flashvlm-export ... "
                 f"--engine, or record one trtexec built: flashvlm-export sidecar --engine {engine_path} --onnx GRAPH.onnx"
             )
-        self.record = read_sidecar(Path(engine_path))
+        self.record = read_sidecar(Path(engine_path), required=SIDECAR_KEYS)
         expected = self.record.get("engine_sha256")  # sidecars written before it was recorded lack it
         if expected is not None and sha256_of(Path(engine_path)) != expected:
             raise UsageError(
@@ -64,6 +66,3 @@ class EngineRunner:
     def run(self, feeds: dict[str, np.ndarray]) -> np.ndarray:
         """The parity-backend interface: indices (B, K)."""
         return self.infer(feeds)["indices"].astype(np.int64)
-
-    def close(self) -> None:
-        self.runner.deactivate()

@@ -1,0 +1,50 @@
+"""`flashvlm-export bench` assembled: which sections run, in what order, into one results record."""
+
+from __future__ import annotations
+
+import tempfile
+import time
+from pathlib import Path
+
+from flashvlm_export.bench import report, suite
+
+# measured on a 2-core x86-64 CPU (README, Performance): what a full run costs, for the opening estimate
+ESTIMATE_S = {"export": 45, "selector": 110, "full_graph": 15}
+
+
+def estimate_text(settings: suite.BenchSettings) -> str:
+    parts = {"selector": ESTIMATE_S["selector"] * settings.repeats / 10}
+    if settings.export:
+        parts["export"] = ESTIMATE_S["export"]
+        if settings.full_graph:
+            parts["full_graph"] = ESTIMATE_S["full_graph"] * settings.repeats / 10
+    total = sum(parts.values())
+    detail = ", ".join(f"{name} ~{seconds:.0f} s" for name, seconds in parts.items())
+    return f"about {total / 60:.0f} min on 2 CPU cores ({detail}); more cores take less"
+
+
+def run_bench(settings: suite.BenchSettings, out_dir: Path, command: str, log=print) -> tuple[Path, Path]:
+    """Every section the settings ask for; results saved as bench.json and bench.md in out_dir."""
+    import torch
+
+    results = {"machine": suite.machine(), "settings": settings.__dict__, "command": command, "rows": []}
+    log(f"Bench: {estimate_text(settings)}")
+    start = time.perf_counter()
+    with tempfile.TemporaryDirectory(prefix="flashvlm-bench-") as scratch:
+        graph = Path(scratch) / "full_graph.onnx"
+        if settings.export:
+            log("Bench: export (child process)")
+            results["rows"].append(suite.export_cost(graph, log=log))
+        log(f"Bench: selector core ({time.perf_counter() - start:.0f}s so far)")
+        core = suite.selector_core(settings, log=log)
+        results["rows"] += core.rows
+        if settings.export and settings.full_graph and core.full_graph_point_ms is not None:
+            log(f"Bench: full graph ({time.perf_counter() - start:.0f}s so far)")
+            results["rows"].append(suite.full_graph(graph, core.full_graph_point_ms, settings, log=log))
+    if settings.gpu and torch.cuda.is_available():
+        log("Bench: LLM prefill on the GPU")
+        results["rows"] += suite.prefill_gpu(settings, text_len=settings.text_len, log=log)
+    json_path, md_path = report.save(results, out_dir)
+    log(report.markdown(results))
+    log(f"Bench: done {time.perf_counter() - start:.0f}s, saved {json_path} and {md_path}")
+    return json_path, md_path

@@ -1,0 +1,7 @@
+"""Export choices shared by the CLI, the exporter and the graph declaration; torch-free, so --help is fast."""
+
+DEFAULT_OPSET = 18  # LayerNormalization is one op from 17 on; 18 is what the dynamo exporter targets
+MIN_OPSET = 17
+EXPORTERS = ("dynamo", "torchscript")  # torch.onnx.export(dynamo=True | False)
+DEFAULT_EXPORTER = "dynamo"
+PRECISION_NAMES = ("fp32", "fp16", "bf16")  # encoder + projector; the selector is always fp32

@@ -1,0 +1,86 @@
+"""Upper bounds of the shape flags, derived from this machine's memory and the installed exporters.
+
+An export materialises example inputs and traces every intermediate of the graph; parity keeps its
+corpus in memory. A value past these bounds would allocate until the machine runs out of memory, so
+it is refused up front with the bound and the reason. The estimates are deliberately coarse (a few
+float32 copies of the largest tensors per image) and only guard against absurd values.
+"""
+
+from __future__ import annotations
+
+import os
+
+from flashvlm_export.errors import UsageError
+
+FLOAT = 4  # bytes of float32
+LIVE_COPIES = 8  # tensors of one size alive at once while tracing (inputs, scores, sorted copies, grads off)
+
+
+def memory_bytes() -> int:
+    """Physical memory of this machine (the cgroup limit when one is lower)."""
+    total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    for limit_file in ("/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory/memory.limit_in_bytes"):
+        try:
+            text = open(limit_file).read().strip()
+        except OSError:
+            continue
+        if text.isdigit():
+            total = min(total, int(text))
+    return total
+
+
+def _gib(n: float) -> str:
+    return f"{n / 2**30:.1f} GiB"
+
+
+def bytes_per_image(spec, n_tokens: int, t_max: int, selector_only: bool) -> int:
+    """Coarse working set of one image of the graph: selector tensors, plus the encoder's for the full graph."""
+    selector = n_tokens * (spec.vision_hidden + spec.text_hidden + n_tokens + t_max) + t_max * spec.text_hidden
+    if selector_only:
+        return LIVE_COPIES * FLOAT * selector
+    seq = n_tokens + 1  # CLS
+    heads = int(spec.vision.get("num_attention_heads", 16))
+    inner = int(spec.vision.get("intermediate_size", 4 * spec.vision_hidden))
+    encoder = 3 * spec.image_size**2 + heads * seq * seq + seq * (spec.vision_hidden + inner)
+    return LIVE_COPIES * FLOAT * (selector + encoder)
+
+
+def check_shape_fits(spec, n_tokens: int, t_max: int, batch: int, selector_only: bool) -> None:
+    """--t-max and --batch: refuse a graph whose working set cannot fit in this machine's memory."""
+    memory = memory_bytes()
+    per_image = bytes_per_image(spec, n_tokens, t_max, selector_only)
+    if per_image * batch <= memory:
+        return
+    why = f"about {_gib(per_image * batch)} to trace, more than this machine's {_gib(memory)} of memory"
+    if per_image > memory:
+        row = bytes_per_image(spec, n_tokens, t_max, selector_only) - bytes_per_image(spec, n_tokens, 0, selector_only)
+        base = per_image - row
+        bound = max(1, (memory - base) * t_max // max(row, 1))
+        raise UsageError(f"--t-max {t_max} needs {why}; use --t-max {bound} or less (a prompt needs ~45-130 rows)")
+    raise UsageError(f"--batch {batch} needs {why}; use --batch {memory // per_image} or less")
+
+
+def check_repeats_fit(repeats: int, cases_per_repeat: int, spec, n_tokens: int, t_max: int, batch: int, selector_only: bool):
+    """parity --repeats: the corpus (cases x batch images of float32 inputs) must fit in memory, twice (saved JSON)."""
+    inputs = n_tokens * (spec.vision_hidden + spec.text_hidden + 1) + t_max * (spec.text_hidden + 1)
+    if not selector_only:
+        inputs = 3 * spec.image_size**2 + t_max * (spec.text_hidden + 1)
+    per_repeat = 2 * FLOAT * inputs * batch * cases_per_repeat
+    memory = memory_bytes() // 2  # the rest is for the models and the backends
+    if repeats * per_repeat > memory:
+        raise UsageError(
+            f"--repeats {repeats} holds about {_gib(repeats * per_repeat)} of parity inputs, more than half of this "
+            f"machine's {_gib(2 * memory)} of memory; use --repeats {max(1, memory // per_repeat)} or less"
+        )
+
+
+def max_opset(exporter: str) -> tuple[int, str]:
+    """Highest opset the installed torch exporter and onnx can write, and the reason."""
+    import onnx
+    import torch.onnx._constants as constants
+
+    torch_max = constants.ONNX_TORCHSCRIPT_EXPORTER_MAX_OPSET if exporter == "torchscript" else constants.ONNX_MAX_OPSET
+    onnx_max = onnx.defs.onnx_opset_version()
+    if torch_max <= onnx_max:
+        return torch_max, f"the installed torch's {exporter} exporter writes at most opset {torch_max}"
+    return onnx_max, f"the installed onnx {onnx.__version__} knows at most opset {onnx_max}"
