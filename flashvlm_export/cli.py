@@ -432,7 +432,7 @@ def _given_flags(argv: list[str]) -> set[str]:
 
 def run_parity_command(argv: list[str]) -> int:
     from flashvlm_export.export.graphs import export_graph, request_from_metadata
-    from flashvlm_export.parity.run import check_weights, graph_metadata, load_cases, run_parity
+    from flashvlm_export.parity.run import graph_metadata, load_cases, run_parity
 
     args = parity_parser().parse_args(argv)
     if not 1 <= args.repeats <= MAX_PARITY_REPEATS:
@@ -472,9 +472,15 @@ def run_parity_command(argv: list[str]) -> int:
         meta = meta or graph_metadata(graph)
         request = request_from_metadata(meta, str(graph))
         parts = None
-        if not request.selector_only:
-            check_weights(meta, args.random_weights, args.seed, args.model_path, str(graph))
-            parts = _load_parts(request.spec, args, meta.get("weights"))
+        if not request.selector_only:  # the graph's own weights; flags naming others are refused
+            from flashvlm_export.artifacts import StepTimer
+            from flashvlm_export.models.llava import get_parts, weights_for_graph
+
+            seed = args.seed if "--seed" in _given_flags(argv) else None
+            source = weights_for_graph(meta.get("weights"), args.random_weights, seed, args.model_path, str(graph))
+            timer = StepTimer("Model")
+            parts = get_parts(request.spec, source)
+            timer.done(f"loaded {request.spec.name} ({parts.source})")
         start = time.perf_counter()
         reports = run_parity(
             graph, parts, args.corpus_seed, args.repeats, cases, save_dir, extra, log=log, meta=meta, min_overlap=args.min_overlap

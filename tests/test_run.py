@@ -207,7 +207,7 @@ def test_a_question_holding_an_image_token_is_one_line_exit_2(tiny_graphs, demo_
 @pytest.mark.parametrize(
     "flags, expected",
     [
-        (["--random-weights", "--seed", "1"], "--random-weights --seed 0, not --seed 1"),
+        (["--random-weights", "--seed", "1"], "random weights seed 0, not --seed 1"),
         (["--model-path", "/nonexistent/ckpt"], "random weights (seed 0), not --model-path"),
         (["--seed", "3"], "--seed 3 applies to --random-weights only"),
     ],
@@ -217,15 +217,18 @@ def test_weights_other_than_the_graphs_are_a_one_line_error(tiny_graphs, demo_im
     assert code == 2 and expected in err and len(err.strip().splitlines()) == 1
 
 
-def test_weights_metadata_parses_random_seeds_paths_and_records():
-    from flashvlm_export.runtime.graph_info import GraphWeights, choose_weights, weights_from_metadata
+def test_weights_metadata_parses_random_seeds_and_paths_and_refuses_other_weights():
+    from flashvlm_export.models.llava import WeightsSource, recorded_weights, weights_for_graph
 
-    assert weights_from_metadata("random:7", "g") == GraphWeights(7, None)
-    assert weights_from_metadata("/ckpt/llava", "g") == GraphWeights(None, "/ckpt/llava")
-    assert weights_from_metadata('{"kind": "random", "seed": 3}', "g") == GraphWeights(3, None)
+    assert recorded_weights("random:7", "g") == WeightsSource(seed=7)
+    assert recorded_weights("/ckpt/llava", "g") == WeightsSource(path="/ckpt/llava")
+    with pytest.raises(UsageError, match="records no weights"):
+        recorded_weights(None, "g")
     with pytest.raises(UsageError, match="not --random-weights"):
-        choose_weights(GraphWeights(None, "/ckpt/llava"), None, True, None, "g.onnx")
-    assert choose_weights(GraphWeights(7, None), None, True, None, "g.onnx") == GraphWeights(7, None)
+        weights_for_graph("/ckpt/llava", True, None, None, "g.onnx")
+    with pytest.raises(UsageError, match="not --seed 3"):
+        weights_for_graph("random:7", True, 3, None, "g.onnx")
+    assert weights_for_graph("random:7", True, None, None, "g.onnx") == WeightsSource(seed=7)
 
 
 def test_existing_heatmap_is_not_overwritten_without_force(tiny_graphs, demo_image, tmp_path, capsys):

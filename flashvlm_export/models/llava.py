@@ -74,6 +74,43 @@ class WeightsSource:
         return f"random weights, seed {self.seed}" if self.random else str(self.path)
 
 
+def recorded_weights(tag: str | None, source: str) -> WeightsSource:
+    """The weights a graph's `weights` metadata records; a graph without them is a one-line error."""
+    if not tag:
+        raise UsageError(f"{source} records no weights; re-export it with flashvlm-export (a full graph, not --selector-only)")
+    return WeightsSource.from_tag(tag)
+
+
+def weights_for_graph(
+    recorded_tag: str | None, random_weights: bool, seed: int | None, model_path: str | None, source: str
+) -> WeightsSource:
+    """The weights a graph was exported with (its `weights` metadata), or a one-line error when the flags name others.
+
+    No flags: the graph's own record. --random-weights [--seed S] or --model-path DIR must name the same weights.
+    """
+    graph = recorded_weights(recorded_tag, source)
+    if random_weights and model_path is not None:
+        raise UsageError("--random-weights and --model-path exclude each other; pass one")
+    fix = f"pass {graph.flags() or '--random-weights'} (the graph's own weights), or none, or re-export the graph"
+    if random_weights:
+        if not graph.random:
+            raise UsageError(f"{source} was exported from the checkpoint {graph.path}, not --random-weights; {fix}")
+        if seed is not None and seed != graph.seed:
+            raise UsageError(f"{source} was exported with random weights seed {graph.seed}, not --seed {seed}; {fix}")
+        return graph
+    if seed is not None:
+        raise UsageError(f"--seed {seed} applies to --random-weights only; drop it or add --random-weights")
+    if model_path is not None:
+        if graph.random:
+            raise UsageError(f"{source} was exported with random weights (seed {graph.seed}), not --model-path {model_path}; {fix}")
+        if Path(model_path).expanduser().resolve() != Path(graph.path).expanduser().resolve():
+            raise UsageError(f"{source} was exported from the checkpoint {graph.path}, not --model-path {model_path}; {fix}")
+        return graph
+    if not graph.random and not Path(graph.path).is_dir():
+        raise UsageError(f"{source} was exported from the checkpoint {graph.path}, which is not on this machine; pass --model-path DIR")
+    return graph
+
+
 @dataclass
 class LlavaParts:
     spec: ModelSpec

@@ -218,21 +218,3 @@ def run_backends(request: ExportRequest, reference, backends: list, cases: list[
             )
     return list(reports.values())
 
-
-def check_weights(meta: dict[str, str], random_weights: bool, seed: int, model_path: str | None, source: str) -> None:
-    """The weights given must be the ones the graph was exported with (its metadata records them)."""
-    recorded = meta.get("weights")
-    if recorded is None or not (random_weights or model_path):
-        return  # nothing given: the graph's own record is used
-    if random_weights:
-        given = f"random:{seed}"
-        if recorded != given:
-            raise UsageError(
-                f"{source} was exported with weights {recorded!r}, not {given!r}; pass the same weights "
-                "(or none: the graph's record is used)"
-            )
-    elif Path(model_path).expanduser().resolve() != Path(recorded).expanduser().resolve():
-        raise UsageError(
-            f"{source} was exported with weights {recorded!r}, not --model-path {model_path}; pass the same checkpoint "
-            "(or none: the graph's record is used)"
-        )

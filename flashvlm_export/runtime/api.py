@@ -18,8 +18,9 @@ import torch
 
 from flashvlm_export.artifacts import StepTimer, human_size
 from flashvlm_export.errors import UsageError
+from flashvlm_export.models.llava import weights_for_graph
 from flashvlm_export.runtime.answer import Answer
-from flashvlm_export.runtime.graph_info import GraphInfo, choose_weights, graph_info
+from flashvlm_export.runtime.graph_info import GraphInfo, graph_info
 
 RANDOM_NOTE = "random weights and a stand-in tokenizer: the answers below are noise; they show the plumbing, not a model"
 
@@ -127,7 +128,8 @@ def run(
     answer = answer or compare_full
     meta, source = _metadata(graph, engine)
     info = graph_info(meta, source)
-    info = GraphInfo(info.request, choose_weights(info.weights, model_path, random_weights, seed, source), source)
+    weights = weights_for_graph(meta.get("weights"), random_weights, seed, model_path, source)
+    info = GraphInfo(info.request, weights, source)
     spec, request = info.spec, info.request
     heatmap_path = Path(heatmap) if heatmap else None
     if heatmap_path is not None:
