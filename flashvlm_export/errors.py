@@ -20,7 +20,7 @@ class BuildError(FlashVLMError):
 
 
 class ParityError(FlashVLMError):
-    """A backend's indices differ from the reference beyond near-ties."""
+    """A backend failed parity layer 1 or 2 (or the --min-overlap gate); the report says which."""
 
     exit_code = 1
 

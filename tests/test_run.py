@@ -251,11 +251,14 @@ def test_engine_without_tensorrt_is_one_line_error(tiny_graphs, demo_image, tmp_
         pass
     import json
 
-    from flashvlm_export.export.onnx_export import read_metadata
+    from flashvlm_export.parity.run import graph_metadata
+    from flashvlm_export.trt.runner import SIDECAR_KEYS
 
     plan = tmp_path / "tiny.plan"
     plan.write_bytes(b"\0")
-    plan.with_suffix(".json").write_text(json.dumps({"onnx_metadata": read_metadata(tiny_graphs[64])}))
+    record = {key: "stand-in" for key in SIDECAR_KEYS}  # a complete record: TensorRT's absence is the first failure
+    record["onnx_metadata"] = graph_metadata(tiny_graphs[64])
+    plan.with_suffix(".json").write_text(json.dumps(record))
     code, _, err = _run_cli(capsys, "--engine", plan, "--image", demo_image, "--question", QUESTION)
     assert code == 2 and "TensorRT" in err and len(err.strip().splitlines()) == 1
 

@@ -233,7 +233,11 @@ def test_runner_refuses_an_engine_its_sidecar_does_not_describe(tmp_path):
     engine.write_bytes(b"rebuilt engine")
     with pytest.raises(UsageError, match="flashvlm-export sidecar --engine"):
         EngineRunner(engine)
-    (tmp_path / "e.json").write_text(json.dumps({"engine_sha256": hashlib.sha256(b"old engine").hexdigest()}))
+    from flashvlm_export.trt.runner import SIDECAR_KEYS
+
+    record = {key: "stand-in" for key in SIDECAR_KEYS}  # complete, but for another engine's bytes
+    record["engine_sha256"] = hashlib.sha256(b"old engine").hexdigest()
+    (tmp_path / "e.json").write_text(json.dumps(record))
     with pytest.raises(UsageError, match="sha256 differs"):
         EngineRunner(engine)
 

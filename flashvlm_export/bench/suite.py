@@ -23,11 +23,11 @@ import torch
 
 from flashvlm_export.bench.timing import Timing, measure
 from flashvlm_export.errors import BuildError
-from flashvlm_export.export.graphs import ExportRequest
-from flashvlm_export.export.onnx_export import export_onnx
+from flashvlm_export.export.graphs import ExportRequest, export_graph
+from flashvlm_export.export.interface import SELECTOR_INPUTS
 from flashvlm_export.models.spec import LLAMA2_7B, get_spec
 from flashvlm_export.parity.backends import OnnxRuntime, SelectorReference, TorchModule
-from flashvlm_export.parity.corpus import SELECTOR_INPUTS, Geometry, selector_corpus
+from flashvlm_export.parity.corpus import Geometry, selector_corpus
 from flashvlm_export.selector.config import SelectorConfig
 
 SELECTOR_GRID = ((576, (32, 64, 128, 192)), (2880, (160, 320, 640)))
@@ -86,8 +86,8 @@ def selector_case(n: int, text_len: int):
 def cpu_selector_timings(request, case, graph: Path, warmup: int, repeats: int) -> list[Timing]:
     """Eager reference, static torch and ONNX Runtime (the exported `graph`) on the same case."""
     backends = [
-        ("eager reference", SelectorReference(request.budget, request.config, trace=False)),
-        ("static torch (CPU)", TorchModule(request.module(), SELECTOR_INPUTS)),
+        ("eager reference", SelectorReference(request.budget, request.config, verification=False)),
+        ("static torch (CPU)", TorchModule(request.module(), request.interface())),
         (ONNXRUNTIME_CPU, OnnxRuntime(graph)),
     ]
     with torch.inference_mode():
@@ -138,13 +138,7 @@ def selector_core(settings: BenchSettings, log=print) -> SelectorCore:
                     selector_only=True,
                     n_tokens=None if n == spec.n_tokens else n,
                 )
-                graph = export_onnx(
-                    request.module(),
-                    request.graph_io(),
-                    Path(scratch) / f"s{n}_{k}.onnx",
-                    request.metadata(None),
-                    exporter=exporter,
-                )
+                graph = export_graph(request, Path(scratch) / f"s{n}_{k}.onnx", exporter=exporter)
                 timings = cpu_selector_timings(request, case, graph, settings.warmup, repeats)
                 if gpu:
                     timings += _gpu_selector(request, case, settings)
@@ -189,7 +183,7 @@ def full_graph(graph: Path, selector_ms: float, settings: BenchSettings, log=pri
     with_prompt_len(case, settings.text_len)
     runtime = OnnxRuntime(graph)
     timing = measure(
-        "full graph onnxruntime CPU", lambda: runtime.run(case.feeds), warmup=1, repeats=max(3, settings.repeats // 2)
+        "full graph onnxruntime CPU", lambda: runtime.indices(case.feeds), warmup=1, repeats=max(3, settings.repeats // 2)
     )
     share = selector_ms / timing.median_ms
     log(
