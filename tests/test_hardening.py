@@ -339,3 +339,33 @@ def test_help_is_fast_and_lists_the_subcommands():
     imported, usage = run.stdout.splitlines()[:2]
     assert imported == "False False"  # printing defaults imports neither torch nor onnx
     assert "{parity,build-plugin,bench}" in usage
+
+
+# ---------------------------------------------------------------- bounds and progress helpers
+
+
+def test_parity_repeats_bound_refuses_a_corpus_larger_than_memory():
+    from flashvlm_export.limits import check_repeats_fit
+    from flashvlm_export.models.spec import get_spec
+
+    spec = get_spec("llava15")
+    check_repeats_fit(2, 14, spec, 576, 128, 1, selector_only=True)  # the default: fine
+    with pytest.raises(UsageError, match=r"--repeats 10000000 holds about .* use --repeats \d+ or less"):
+        check_repeats_fit(10**7, 14, spec, 576, 128, 1, selector_only=True)
+
+
+def test_progress_draws_a_bar_on_a_terminal_and_opens_with_the_estimate():
+    import io
+    import time
+
+    from flashvlm_export.progress import progress
+
+    class Terminal(io.StringIO):
+        def isatty(self):
+            return True
+
+    stream, lines = Terminal(), []
+    with progress("ONNX: exporting", 10, log=lines.append, stream=stream):
+        time.sleep(1.3)
+    assert lines == ["ONNX: exporting (about 10s)"]
+    assert "[##" in stream.getvalue() and "of ~10s" in stream.getvalue()
