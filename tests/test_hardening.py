@@ -369,3 +369,9 @@ def test_progress_draws_a_bar_on_a_terminal_and_opens_with_the_estimate():
         time.sleep(1.3)
     assert lines == ["ONNX: exporting (about 10s)"]
     assert "[##" in stream.getvalue() and "of ~10s" in stream.getvalue()
+
+
+def test_a_missing_onnxruntime_wheel_is_one_line_naming_the_extra(capsys, monkeypatch, fast_graph):
+    monkeypatch.setitem(sys.modules, "onnxruntime", None)  # as if neither the cpu nor the gpu extra were installed
+    capsys.readouterr()
+    expect_error(capsys, ["parity", "--graph", str(fast_graph), "--no-save", "--repeats", "1"], "'onnxruntime'", ".[cpu]")
