@@ -110,6 +110,14 @@ def test_shape_and_opset_flags_have_upper_bounds_that_say_why(capsys, user_files
     assert snapshot(user_files) == before
 
 
+@pytest.mark.parametrize("seed", ["-1", str(2**70)])
+def test_random_weights_seed_outside_torchs_range_is_refused(capsys, user_files, seed):
+    before = snapshot(user_files)
+    argv = ["--model", "llava15-tiny", "--budget", "560", "--random-weights", "--seed", seed]
+    expect_error(capsys, [*argv, "--out", str(user_files / "new.onnx")], f"--seed {seed} is out of range")
+    assert snapshot(user_files) == before
+
+
 # ---------------------------------------------------------------- paths the OS refuses
 
 
