@@ -79,6 +79,7 @@ def user_files(tmp_path):
         ("--text-temperature", "1e-9", "[1e-06, 1e+06]"),
         ("--important-ratio", "2", "[0, 1]"),
         ("--step", "0", "--step 0"),
+        ("--workspace", "nan", "--workspace nan must be a positive number"),
     ],
 )
 def test_non_finite_or_out_of_range_hyperparameters_are_refused_with_their_range(capsys, user_files, flag, value, shown):
