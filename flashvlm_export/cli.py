@@ -352,11 +352,11 @@ def run_export(argv: list[str]) -> int:
         rounds = 1 if request.plugin else round_schedule(request.tokens, request.budget, request.config).n_rounds
         estimate = export_estimate_s(rounds, _parameter_bytes(module), args.exporter)
         label = f"ONNX: exporting the {request.kind} graph, K={request.budget} ({rounds} pruning rounds) with {args.exporter}"
-        faster = export_estimate_s(rounds, _parameter_bytes(module), "torchscript")
+        faster, hint = export_estimate_s(rounds, _parameter_bytes(module), "torchscript"), ""
         if args.exporter == "dynamo" and not request.plugin and estimate > 60 and estimate > 3 * faster:
-            label += f"; --exporter torchscript writes the same graph in ~{faster:.0f}s"
+            hint = f"--exporter torchscript writes the same graph in ~{faster:.0f}s"
         timer = StepTimer("ONNX")
-        with progress(label, estimate, log=log):
+        with progress(label, estimate, log=log, hint=hint):
             export_graph(request, path, parts, weights, args.opset, args.exporter, overwrite=args.force)
         timer.done(f"export success ({request.kind} graph, K={request.budget}, B={request.batch}, T_max={request.t_max})", path)
     for request, path, engine in zip(requests, paths, engines, strict=False):

@@ -23,10 +23,10 @@ def _bar(elapsed: float, estimate: float) -> str:
 
 
 @contextmanager
-def progress(label: str, estimate_s: float, log=print, stream=None):
-    """`label` runs for about `estimate_s` seconds: say so, and keep saying how far along it is."""
+def progress(label: str, estimate_s: float, log=print, stream=None, hint: str = ""):
+    """`label` runs for about `estimate_s` seconds: say so (and `hint`), and keep saying how far along it is."""
     stream = stream or sys.stderr
-    log(f"{label} (about {estimate_s:.0f}s)")
+    log(f"{label} (about {estimate_s:.0f}s){'; ' + hint if hint else ''}")
     tty = hasattr(stream, "isatty") and stream.isatty()
     stop = threading.Event()
     start = time.perf_counter()

@@ -79,6 +79,7 @@ def user_files(tmp_path):
         ("--text-temperature", "1e-9", "[1e-06, 1e+06]"),
         ("--important-ratio", "2", "[0, 1]"),
         ("--step", "0", "--step 0"),
+        ("--workspace", "nan", "--workspace nan must be a positive number"),
     ],
 )
 def test_non_finite_or_out_of_range_hyperparameters_are_refused_with_their_range(capsys, user_files, flag, value, shown):
@@ -107,6 +108,14 @@ def test_shape_and_opset_flags_have_upper_bounds_that_say_why(capsys, user_files
     before = snapshot(user_files)
     line = expect_error(capsys, [*FAST, *argv, "--out", str(user_files / "new.onnx")], shown)
     assert "memory" in line or "opset" in line
+    assert snapshot(user_files) == before
+
+
+@pytest.mark.parametrize("seed", ["-1", str(2**70)])
+def test_random_weights_seed_outside_torchs_range_is_refused(capsys, user_files, seed):
+    before = snapshot(user_files)
+    argv = ["--model", "llava15-tiny", "--budget", "560", "--random-weights", "--seed", seed]
+    expect_error(capsys, [*argv, "--out", str(user_files / "new.onnx")], f"--seed {seed} is out of range")
     assert snapshot(user_files) == before
 
 
@@ -339,3 +348,39 @@ def test_help_is_fast_and_lists_the_subcommands():
     imported, usage = run.stdout.splitlines()[:2]
     assert imported == "False False"  # printing defaults imports neither torch nor onnx
     assert "{parity,build-plugin,bench}" in usage
+
+
+# ---------------------------------------------------------------- bounds and progress helpers
+
+
+def test_parity_repeats_bound_refuses_a_corpus_larger_than_memory():
+    from flashvlm_export.limits import check_repeats_fit
+    from flashvlm_export.models.spec import get_spec
+
+    spec = get_spec("llava15")
+    check_repeats_fit(2, 14, spec, 576, 128, 1, selector_only=True)  # the default: fine
+    with pytest.raises(UsageError, match=r"--repeats 10000000 holds about .* use --repeats \d+ or less"):
+        check_repeats_fit(10**7, 14, spec, 576, 128, 1, selector_only=True)
+
+
+def test_progress_draws_a_bar_on_a_terminal_and_opens_with_the_estimate():
+    import io
+    import time
+
+    from flashvlm_export.progress import progress
+
+    class Terminal(io.StringIO):
+        def isatty(self):
+            return True
+
+    stream, lines = Terminal(), []
+    with progress("ONNX: exporting", 10, log=lines.append, stream=stream):
+        time.sleep(1.3)
+    assert lines == ["ONNX: exporting (about 10s)"]
+    assert "[##" in stream.getvalue() and "of ~10s" in stream.getvalue()
+
+
+def test_a_missing_onnxruntime_wheel_is_one_line_naming_the_extra(capsys, monkeypatch, fast_graph):
+    monkeypatch.setitem(sys.modules, "onnxruntime", None)  # as if neither the cpu nor the gpu extra were installed
+    capsys.readouterr()
+    expect_error(capsys, ["parity", "--graph", str(fast_graph), "--no-save", "--repeats", "1"], "'onnxruntime'", ".[cpu]")

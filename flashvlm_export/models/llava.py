@@ -39,6 +39,11 @@ class WeightsSource:
     path: str | None = None  # a local checkpoint folder; None with no seed: the local HF cache
 
     RANDOM_PREFIX = "random:"
+    MAX_SEED = 2**63 - 1  # torch.manual_seed takes a signed 64-bit seed
+
+    def __post_init__(self) -> None:
+        if self.seed is not None and not 0 <= self.seed <= self.MAX_SEED:
+            raise UsageError(f"--seed {self.seed} is out of range; use 0 <= seed <= {self.MAX_SEED}")
 
     @property
     def random(self) -> bool:
