@@ -69,7 +69,7 @@ def test_graph_inputs_outputs_and_metadata_are_declared(selector_graphs):
     assert "flashvlm_export_version" in meta
     sidecar = json.loads(path.with_suffix(".json").read_text())
     # the sidecar holds the same facts, typed (ONNX metadata_props are strings)
-    typed = {k: v if isinstance(v, str) else json.dumps(v, sort_keys=True) if isinstance(v, dict) else str(v) for k, v in sidecar.items()}
+    typed = {k: str(int(v)) if isinstance(v, bool) else v if isinstance(v, str) else str(v) for k, v in sidecar.items()}
     assert {k: typed[k] for k in meta if k != "selector_config"} == {k: v for k, v in meta.items() if k != "selector_config"}
     assert sidecar["selector_config"] == json.loads(meta["selector_config"]) and sidecar["budget"] == 128
 
