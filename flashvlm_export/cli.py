@@ -437,6 +437,8 @@ def run_parity_command(argv: list[str]) -> int:
     args = parity_parser().parse_args(argv)
     if not 1 <= args.repeats <= MAX_PARITY_REPEATS:
         raise UsageError(f"--repeats {args.repeats} is out of range; use 1 to {MAX_PARITY_REPEATS}")
+    if not 0 <= args.corpus_seed < 2**32:
+        raise UsageError(f"--corpus-seed {args.corpus_seed} is out of range; use 0 to {2**32 - 1}")
     if args.min_overlap is not None and not 0.0 <= args.min_overlap <= 1.0:
         raise UsageError(f"--min-overlap {args.min_overlap} is not a fraction; use a value in [0, 1]")
     if args.polygraphy and not args.engine:
@@ -471,6 +473,12 @@ def run_parity_command(argv: list[str]) -> int:
             graph = Path(args.graph)
         meta = meta or graph_metadata(graph)
         request = request_from_metadata(meta, str(graph))
+        if cases is None:
+            from flashvlm_export.limits import check_repeats_fit
+            from flashvlm_export.parity.corpus import PIPELINE_CASES, SELECTOR_CASES
+
+            r, names = request, SELECTOR_CASES if request.selector_only else PIPELINE_CASES
+            check_repeats_fit(args.repeats, len(names), r.spec, r.tokens, r.t_max, r.batch, r.selector_only)
         parts = None
         if not request.selector_only:  # the graph's own weights; flags naming others are refused
             from flashvlm_export.artifacts import StepTimer

@@ -140,3 +140,50 @@ def test_min_overlap_makes_layer_3_a_gate(tiny_graphs):
     assert not report.outcome_passed
     (report,) = run_parity(tiny_graphs[1], repeats=1, backends=[honest], min_overlap=1.0, **QUIET)
     assert report.outcome_passed  # static torch is the reference's own arithmetic on one machine: overlap 1
+
+
+@pytest.mark.parametrize(
+    "content, message",
+    [("{\"a\": 1}", "Dict data, not a list"), ("[[1, 2]]", "holds list data"), ("[]", "the inputs are empty")],
+)
+def test_load_inputs_of_the_wrong_shape_are_one_line_errors(tiny_graphs, tmp_path, capsys, content, message):
+    bad = tmp_path / "inputs.json"
+    bad.write_text(content)
+    assert main(["parity", "--graph", str(tiny_graphs[1]), "--load-inputs", str(bad), "--no-save"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and message in err[0]
+
+
+@pytest.mark.parametrize(
+    "flags, message",
+    [
+        (["--budget", "32"], "--budget cannot apply"),
+        (["--text-temperature", "0.1"], "--text-temperature cannot apply"),
+        (["--corpus-seed", "-1"], "--corpus-seed -1 is out of range"),
+        (["--min-overlap", "1.5"], "--min-overlap 1.5 is not a fraction"),
+        (["--repeats", "0"], "--repeats 0 is out of range"),
+    ],
+)
+def test_parity_refuses_moot_and_out_of_range_flags(tiny_graphs, capsys, flags, message):
+    assert main(["parity", "--graph", str(tiny_graphs[1]), "--no-save", *flags]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and message in err[0]
+
+
+def test_a_graph_whose_shapes_disagree_with_its_metadata_is_refused(tiny_graphs, tmp_path, capsys):
+    import onnx
+
+    model = onnx.load(str(tiny_graphs[1]))
+    next(p for p in model.metadata_props if p.key == "budget").value = "32"  # an edited budget
+    edited = tmp_path / "edited.onnx"
+    onnx.save(model, str(edited))
+    assert main(["parity", "--graph", str(edited), "--no-save"]) == 2
+    assert "does not match its own metadata" in capsys.readouterr().err
+
+
+def test_an_unwritable_save_dir_is_refused_before_any_work(tiny_graphs, tmp_path, capsys):
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    assert main(["parity", "--graph", str(tiny_graphs[1]), "--save-dir", str(blocker / "sub")]) == 2
+    err = capsys.readouterr()
+    assert "--save-dir" in err.err and "Parity:" not in err.out

@@ -85,7 +85,13 @@ def load_cases(path: Path) -> list[Case]:
         feeds_list = load_json(str(path))
     except Exception as exc:
         raise UsageError(f"--load-inputs {path} is not a Polygraphy inputs JSON ({type(exc).__name__})") from None
-    return [Case(f"loaded#{i}", {k: np.asarray(v) for k, v in feeds.items()}) for i, feeds in enumerate(feeds_list)]
+    shape = "a list of {input name: array} objects, as parity saves them (graphs/parity/*_inputs.json)"
+    if not isinstance(feeds_list, list) or not all(isinstance(feeds, dict) for feeds in feeds_list):
+        raise UsageError(f"--load-inputs {path} holds {type(feeds_list).__name__} data, not {shape}")
+    try:
+        return [Case(f"loaded#{i}", {str(k): np.asarray(v) for k, v in feeds.items()}) for i, feeds in enumerate(feeds_list)]
+    except (TypeError, ValueError) as exc:
+        raise UsageError(f"--load-inputs {path} has an entry that is not an array ({exc}); it must be {shape}") from None
 
 
 def save_records(cases: list[Case], reports: list[BackendReport], save_dir: Path, stem: str, log=print) -> list[Path]:
