@@ -108,7 +108,10 @@ def export_with_wrong_config(path: Path, wrong: SelectorConfig) -> Path:
     return export_onnx(bad.module(verification=True), honest.graph_io(), path, honest.metadata(None), exporter="torchscript")
 
 
-@pytest.mark.parametrize("field, value", [("text_temperature", 0.0505), ("eta", 0.505), ("patch_temperature", 0.0101)])
+@pytest.mark.parametrize(
+    "field, value",
+    [("text_temperature", 0.0505), ("eta", 0.505), ("patch_temperature", 0.0101), ("power", 2.525), ("attenuation", 0.101)],
+)
 def test_a_hyperparameter_one_percent_off_fails_layer_2(tmp_path, field, value):
     graph = export_with_wrong_config(tmp_path / "wrong.onnx", replace(SelectorConfig(), **{field: value}))
     reports = run_parity(graph, repeats=1, **QUIET)
