@@ -26,7 +26,7 @@ from flashvlm_export.export.interface import (
 )
 from flashvlm_export.parity.compare import SHIPPED_INDICES
 from flashvlm_export.selector.config import SelectorConfig
-from flashvlm_export.selector.reference import reference_select, sharpen, text_relevance
+from flashvlm_export.selector.reference import reference_select
 
 
 def _tensors(feeds: dict[str, np.ndarray], names) -> list[torch.Tensor]:
@@ -55,9 +55,8 @@ class SelectorReference:
             rows.append(indices.numpy())
             fused.append(trace.fused_scores.numpy())
             grams.append(trace.gram.numpy())
-            s = text_relevance(p[b], text, self.config) if len(text) else torch.full_like(a[b], float("nan"))
-            relevance.append(s.numpy())
-            sharpened.append(sharpen(s, self.config).numpy())
+            relevance.append(trace.relevance.numpy())
+            sharpened.append(trace.sharpened.numpy())
         out = {INDICES: np.stack(rows)}
         if self.verification:
             out.update({TEXT_RELEVANCE: np.stack(relevance), SHARPENED_SCORES: np.stack(sharpened)})

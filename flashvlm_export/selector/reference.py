@@ -24,6 +24,8 @@ from flashvlm_export.selector.schedule import RoundSchedule, round_schedule
 class ReferenceTrace:
     """What the reference computed on the way: the inputs of its decisions and the decisions."""
 
+    relevance: torch.Tensor  # (N,) s, step 5 (NaN without text: unused)
+    sharpened: torch.Tensor  # (N,) q, step 6 (NaN without text: unused)
     fused_scores: torch.Tensor  # (N,) F, step 8
     gram: torch.Tensor  # (N, N) G, step 10
     important: torch.Tensor  # (K_imp,) I, step 9
@@ -82,6 +84,22 @@ def no_text_scores(n_tokens: int) -> torch.Tensor:
     return torch.full((n_tokens,), LOG_FLOOR)
 
 
+def scores(
+    cls_attention: torch.Tensor,  # (N,) a
+    projected_features: torch.Tensor,  # (N, Dl) P(X)
+    text_embeds: torch.Tensor,  # (L, Dl) T, unmasked rows only; L may be 0
+    config: SelectorConfig,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Steps 1-8: (s, q, F); s and q are NaN when there is no text (S_ext = 1e-6 then)."""
+    s_int = intrinsic_scores(cls_attention)
+    if text_embeds.shape[0] == 0:
+        unused = torch.full_like(s_int, float("nan"))
+        return unused, unused, fuse(s_int, no_text_scores(s_int.shape[0]), config)
+    relevance = text_relevance(projected_features, text_embeds, config)
+    sharpened = sharpen(relevance, config)
+    return relevance, sharpened, fuse(s_int, extrinsic_scores(sharpened, config), config)
+
+
 def fused_scores(
     cls_attention: torch.Tensor,  # (N,) a
     projected_features: torch.Tensor,  # (N, Dl) P(X)
@@ -89,12 +107,7 @@ def fused_scores(
     config: SelectorConfig,
 ) -> torch.Tensor:
     """Steps 1-8: F, the log-domain fusion of intrinsic saliency and query relevance."""
-    s_int = intrinsic_scores(cls_attention)
-    if text_embeds.shape[0] == 0:
-        s_ext = no_text_scores(s_int.shape[0])
-    else:
-        s_ext = extrinsic_scores(sharpen(text_relevance(projected_features, text_embeds, config), config), config)
-    return fuse(s_int, s_ext, config)
+    return scores(cls_attention, projected_features, text_embeds, config)[2]
 
 
 def residual_prune(
@@ -150,10 +163,10 @@ def reference_select(
 ):
     """Indices (K,) int64 ascending; with trace=True also a ReferenceTrace."""
     schedule = round_schedule(vision_features.shape[0], budget, config)
-    fused = fused_scores(cls_attention, projected_features, text_embeds, config)  # 1-8
+    relevance, sharpened, fused = scores(cls_attention, projected_features, text_embeds, config)  # 1-8
     gram = gram_matrix(vision_features)  # 10
     indices, important, residual = decide(fused, gram, schedule, trace=True)  # 9, 11, 12
-    return (indices, ReferenceTrace(fused, gram, important, residual)) if trace else indices
+    return (indices, ReferenceTrace(relevance, sharpened, fused, gram, important, residual)) if trace else indices
 
 
 def reference_select_batch(
