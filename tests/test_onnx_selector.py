@@ -62,6 +62,7 @@ def test_graph_inputs_outputs_and_metadata_are_declared(selector_graphs):
         "text_embeds": [1, LLAVA15.t_max, 4096],
         "text_mask": [1, LLAVA15.t_max],
         "indices": [1, 128],
+        "visual_embeds": [1, 128, 4096],  # step 12's rows: gathered in the graph, never on the host
     }
     meta = {p.key: p.value for p in model.metadata_props}
     assert meta["budget"] == "128" and meta["model"] == "llava15" and meta["opset"] == "18"

@@ -1,4 +1,4 @@
-"""What gets exported: the full pipeline or the selector core, declared from a request.
+"""What gets exported: the full pipeline, the selector core, or a split export's encoder, declared from a request.
 
 A graph's metadata holds everything needed to rebuild its reference (model, budget, T_max, batch,
 every selector hyperparameter, where the weights came from), so parity needs only the file.
@@ -15,15 +15,99 @@ import numpy as np
 import torch
 
 from flashvlm_export.errors import UsageError
-from flashvlm_export.export.interface import GraphInterface, graph_interface
-from flashvlm_export.export.onnx_export import DEFAULT_EXPORTER, DEFAULT_OPSET, GraphIO, export_onnx
+from flashvlm_export.export.interface import GRAPH_KINDS, GraphInterface, graph_interface
+from flashvlm_export.export.onnx_export import (
+    DEFAULT_EXPORTER,
+    DEFAULT_OPSET,
+    GraphIO,
+    export_estimate_s,
+    export_onnx,
+    full_metadata,
+    parameter_bytes,
+)
 from flashvlm_export.models.spec import ModelSpec, get_spec
-from flashvlm_export.models.vision import FlashVLMPipeline
+from flashvlm_export.models.vision import FlashVLMPipeline, SelectorWithEmbeds, VisionEncoder
 from flashvlm_export.selector.config import SelectorConfig
 from flashvlm_export.selector.schedule import round_schedule
 from flashvlm_export.selector.static import StaticSelector
 
 PRECISIONS = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+
+
+def example_inputs(interface: GraphInterface, seed: int = 0) -> tuple[torch.Tensor, ...]:
+    """Seeded tensors in the interface's shapes and dtypes (masks: the first half of the rows is text)."""
+    gen = torch.Generator().manual_seed(seed)
+    tensors = []
+    for spec in interface.inputs:
+        if spec.dtype is np.bool_:
+            mask = torch.zeros(spec.shape, dtype=torch.bool)
+            mask[..., : max(1, spec.shape[-1] // 2)] = True
+            tensors.append(mask)
+        else:
+            tensors.append(torch.randn(spec.shape, generator=gen))
+    return tuple(tensors)
+
+
+def encoder_module(parts, precision: str) -> VisionEncoder:
+    """The model's vision tower and projector; fp16/bf16 as copies behind casts (the fp32 parts stay for the reference)."""
+    if parts is None:
+        raise UsageError("the encoder needs the model's weights: pass --random-weights or --model-path")
+    vision, projector = parts.vision_features(), parts.projector
+    dtype = PRECISIONS[precision]
+    if dtype != torch.float32:
+        vision, projector = copy.deepcopy(vision).to(dtype), copy.deepcopy(projector).to(dtype)
+    return VisionEncoder(vision, projector, dtype)
+
+
+def _graph_io(interface: GraphInterface) -> GraphIO:
+    return GraphIO(interface.input_names, interface.output_names, example_inputs(interface), interface.verification_names)
+
+
+@dataclass(frozen=True, kw_only=True)
+class EncoderRequest:
+    """The encoder graph of a split export: pixel_values -> X, a, P(X) (fp32 outputs at any precision)."""
+
+    spec: ModelSpec
+    batch: int
+    precision: str = "fp32"
+    kind = "encoder"
+    selector_only = False
+    plugin = False
+
+    @property
+    def tokens(self) -> int:
+        return self.spec.n_tokens
+
+    def interface(self) -> GraphInterface:
+        s = self.spec
+        return graph_interface(
+            self.kind, self.batch, s.n_tokens, s.n_tokens, s.t_max, s.vision_hidden, s.text_hidden, s.image_size
+        )
+
+    def example_inputs(self, seed: int = 0) -> tuple[torch.Tensor, ...]:
+        return example_inputs(self.interface(), seed)
+
+    def graph_io(self) -> GraphIO:
+        return _graph_io(self.interface())
+
+    def module(self, parts=None, verification: bool = False) -> torch.nn.Module:
+        return encoder_module(parts, self.precision)
+
+    def metadata(self, weights: str | None) -> dict[str, str]:
+        s = self.spec
+        values = dict(
+            graph=self.kind,
+            model=s.name,
+            batch=self.batch,
+            n_tokens=s.n_tokens,
+            image_size=s.image_size,
+            vision_hidden=s.vision_hidden,
+            text_hidden=s.text_hidden,
+            precision=self.precision,
+        )
+        if weights is not None:
+            values["weights"] = weights
+        return {key: str(value) for key, value in values.items()}
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -61,33 +145,19 @@ class ExportRequest:
         )
 
     def example_inputs(self, seed: int = 0) -> tuple[torch.Tensor, ...]:
-        """Seeded tensors in the interface's shapes and dtypes (masks: the first half of the rows is text)."""
-        gen = torch.Generator().manual_seed(seed)
-        tensors = []
-        for spec in self.interface().inputs:
-            if spec.dtype is np.bool_:
-                mask = torch.zeros(spec.shape, dtype=torch.bool)
-                mask[..., : max(1, spec.shape[-1] // 2)] = True
-                tensors.append(mask)
-            else:
-                tensors.append(torch.randn(spec.shape, generator=gen))
-        return tuple(tensors)
+        return example_inputs(self.interface(), seed)
 
     def graph_io(self) -> GraphIO:
-        interface = self.interface()
-        return GraphIO(interface.input_names, interface.output_names, self.example_inputs(), interface.verification_names)
+        return _graph_io(self.interface())
 
     def module(self, parts=None, verification: bool = False) -> torch.nn.Module:
         """The static module; with verification=True it also returns the interface's verification outputs."""
+        selector = SelectorWithEmbeds(self.selector(verification))
         if self.selector_only:
-            return self.selector(verification)
+            return selector
         if parts is None:
             raise UsageError("the full graph needs the model's weights: pass --random-weights or --model-path")
-        vision, projector = parts.vision_features(), parts.projector
-        dtype = PRECISIONS[self.precision]
-        if dtype != torch.float32:  # copies: the fp32 parts stay as they are for the reference
-            vision, projector = copy.deepcopy(vision).to(dtype), copy.deepcopy(projector).to(dtype)
-        return FlashVLMPipeline(vision, projector, self.selector(verification), verification, encoder_dtype=dtype)
+        return FlashVLMPipeline(encoder_module(parts, self.precision), selector, verification)
 
     def metadata(self, weights: str | None) -> dict[str, str]:
         schedule = round_schedule(self.tokens, self.budget, self.config)
@@ -118,7 +188,7 @@ class ExportRequest:
         return {key: str(value) for key, value in values.items()}
 
 
-def request_from_metadata(meta: dict[str, str], source: str) -> ExportRequest:
+def request_from_metadata(meta: dict[str, str], source: str) -> ExportRequest | EncoderRequest:
     """The request a graph was exported from, rebuilt from its metadata; malformed metadata is a one-line error."""
     fix = "re-export the graph with flashvlm-export"
     key = "?"
@@ -139,9 +209,16 @@ def request_from_metadata(meta: dict[str, str], source: str) -> ExportRequest:
 
     try:
         graph = field("graph")
-        if graph not in ("selector", "full"):
-            raise ValueError(f"{graph!r} is neither 'selector' nor 'full'")
+        if graph not in GRAPH_KINDS:
+            raise ValueError(f"{graph!r} is not one of {', '.join(GRAPH_KINDS)}")
         spec = get_spec(field("model"))
+        if graph == "encoder":
+            batch = whole("batch")
+            key = "precision"
+            precision = meta.get("precision", "fp32")
+            if precision not in PRECISIONS:
+                raise ValueError(f"{precision!r} is not one of {', '.join(PRECISIONS)}")
+            return EncoderRequest(spec=spec, batch=batch, precision=precision)
         budget, t_max, batch, n_tokens = whole("budget", 2), whole("t_max"), whole("batch"), whole("n_tokens", 2)
         if budget > n_tokens:
             key = "budget"
@@ -174,7 +251,7 @@ def request_from_metadata(meta: dict[str, str], source: str) -> ExportRequest:
 
 
 def export_graph(
-    request: ExportRequest,
+    request: ExportRequest | EncoderRequest,
     path: Path,
     parts=None,
     weights: str | None = None,
@@ -186,3 +263,45 @@ def export_graph(
     """Export the request's graph to `path` (+ sidecar): traced with its verification outputs, shipped without."""
     module = request.module(parts, verification=True)
     return export_onnx(module, request.graph_io(), path, request.metadata(weights), opset, exporter, overwrite=overwrite)
+
+
+def export_logged(
+    request: ExportRequest | EncoderRequest,
+    path: Path,
+    parts=None,
+    weights: str | None = None,
+    opset: int = DEFAULT_OPSET,
+    exporter: str = DEFAULT_EXPORTER,
+    *,
+    overwrite: bool = False,
+    log=print,
+    shown: Path | None = None,
+) -> dict[str, str]:
+    """export_graph with an opening estimate, a progress bar and a closing line; returns the graph's metadata.
+
+    `shown` is the path the closing line names (a split exports into staging and places the files later).
+    """
+    from flashvlm_export.artifacts import StepTimer, artifact_size, human_size
+    from flashvlm_export.progress import progress
+    from flashvlm_export.selector.schedule import round_schedule
+
+    module = request.module(parts)
+    if request.kind == "encoder":
+        rounds, what = 0, f"the encoder graph ({request.precision})"
+    else:
+        rounds = 1 if request.plugin else round_schedule(request.tokens, request.budget, request.config).n_rounds
+        what = f"the {request.kind} graph, K={request.budget} ({rounds} pruning rounds)"
+    estimate = export_estimate_s(rounds, parameter_bytes(module), exporter)
+    faster, hint = export_estimate_s(rounds, parameter_bytes(module), "torchscript"), ""
+    if exporter == "dynamo" and not request.plugin and estimate > 60 and estimate > 3 * faster:
+        hint = f"--exporter torchscript writes the same graph in ~{faster:.0f}s"
+    del module
+    timer = StepTimer("ONNX", log)
+    with progress(f"ONNX: exporting {what} with {exporter}", estimate, log=log, hint=hint):
+        export_graph(request, path, parts, weights, opset, exporter, overwrite=overwrite)
+    shape = f"B={request.batch}" if request.kind == "encoder" else f"K={request.budget}, B={request.batch}, T_max={request.t_max}"
+    log(
+        f"ONNX: export success ({request.kind} graph, {shape}) {timer.elapsed:.1f}s, saved as '{shown or path}' "
+        f"({human_size(artifact_size(path))})"
+    )
+    return full_metadata(request.metadata(weights), opset)

@@ -1,10 +1,11 @@
 """The graph interface: every input and output of every graph kind, with shape and dtype, in one place.
 
 Export, parity, the runtime and bench read names, shapes and dtypes from here (in the manner of
-Optimum's OnnxConfig). A graph kind is the full pipeline or the selector core; each has the shipped
-outputs and the verification outputs, the extra tensors a verification build exposes (F and G,
-and the scores s and q of steps 5 and 6; for the pipeline also X, a and P(X);
-ALGORITHM.md "Parity").
+Optimum's OnnxConfig). A graph kind is the full pipeline, the selector core (with step 12's gather: the selector graph of a
+split export and every --selector-only graph), or the encoder of a split export (pixels to X, a,
+P(X)). Each has the shipped outputs and the verification outputs, the extra tensors a verification
+build exposes (F and G, and the scores s and q of steps 5 and 6; for the pipeline also X, a and
+P(X); ALGORITHM.md "Parity"). The encoder's outputs are X, a and P(X) themselves: it has none.
 """
 
 from __future__ import annotations
@@ -47,7 +48,7 @@ class TensorSpec:
 
 @dataclass(frozen=True)
 class GraphInterface:
-    kind: str  # "full" or "selector"
+    kind: str  # "full", "selector" or "encoder"
     inputs: tuple[TensorSpec, ...]
     outputs: tuple[TensorSpec, ...]  # what the shipped graph returns
     verification: tuple[TensorSpec, ...]  # extra outputs of the verification build (empty when K >= N)
@@ -71,6 +72,9 @@ class GraphInterface:
         raise KeyError(name)
 
 
+GRAPH_KINDS = ("full", "selector", "encoder")
+
+
 def graph_interface(
     kind: str,
     batch: int,
@@ -81,7 +85,12 @@ def graph_interface(
     text_hidden: int,
     image_size: int,
 ) -> GraphInterface:
-    """The interface of one graph; `budget >= n_tokens` keeps every token and decides nothing."""
+    """The interface of one graph; `budget >= n_tokens` keeps every token and decides nothing.
+
+    The encoder kind ignores budget and t_max (it sees neither the text nor K).
+    """
+    if kind not in GRAPH_KINDS:
+        raise ValueError(f"unknown graph kind {kind!r}")
     b, n, k = batch, n_tokens, min(budget, n_tokens)
     f32 = np.float32
     features = (
@@ -89,8 +98,11 @@ def graph_interface(
         TensorSpec(CLS_ATTENTION, (b, n), f32),
         TensorSpec(PROJECTED_FEATURES, (b, n, text_hidden), f32),
     )
+    pixels = TensorSpec(PIXEL_VALUES, (b, 3, image_size, image_size), f32)
+    if kind == "encoder":
+        return GraphInterface(kind, (pixels,), features, ())
     text = (TensorSpec(TEXT_EMBEDS, (b, t_max, text_hidden), f32), TensorSpec(TEXT_MASK, (b, t_max), np.bool_))
-    indices = TensorSpec(INDICES, (b, k), np.int64)
+    selected = (TensorSpec(INDICES, (b, k), np.int64), TensorSpec(VISUAL_EMBEDS, (b, k, text_hidden), f32))
     decisions = (
         ()
         if budget >= n_tokens
@@ -102,9 +114,5 @@ def graph_interface(
         )
     )
     if kind == "selector":
-        return GraphInterface(kind, features + text, (indices,), decisions)
-    if kind != "full":
-        raise ValueError(f"unknown graph kind {kind!r}")
-    pixels = TensorSpec(PIXEL_VALUES, (b, 3, image_size, image_size), f32)
-    visual = TensorSpec(VISUAL_EMBEDS, (b, k, text_hidden), f32)
-    return GraphInterface(kind, (pixels,) + text, (indices, visual), decisions + features)
+        return GraphInterface(kind, features + text, selected, decisions)
+    return GraphInterface(kind, (pixels,) + text, selected, decisions + features)

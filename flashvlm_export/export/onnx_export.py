@@ -36,7 +36,7 @@ class GraphIO:
     verification_names: tuple[str, ...] = ()
 
 
-def _parameter_bytes(module) -> int:
+def parameter_bytes(module) -> int:
     return sum(p.numel() * p.element_size() for p in module.parameters())
 
 
@@ -58,6 +58,11 @@ def _check_free_space(folder: Path, needed: int) -> None:
             f"{folder} has {human_size(free)} free but the graph needs about {human_size(needed)}; "
             "free some space or choose another --out-dir"
         )
+
+
+def full_metadata(metadata: dict[str, str], opset: int) -> dict[str, str]:
+    """What a graph's metadata_props hold: the producer, its version and the opset, then the request's own."""
+    return {"producer": "flashvlm-export", "flashvlm_export_version": __version__, "opset": str(opset), **metadata}
 
 
 def export_onnx(
@@ -82,12 +87,12 @@ def export_onnx(
 
     if exporter not in EXPORTERS:
         raise UsageError(f"unknown exporter {exporter!r}; use one of {', '.join(EXPORTERS)}")
-    weights = _parameter_bytes(module)
+    weights = parameter_bytes(module)
     large = weights >= EXTERNAL_DATA_BYTES
     _check_free_space(path.parent, weights + HEADROOM_BYTES)
     # placed in this order: a reader that sees the sidecar sees the graph and its data
     finals = ([external_data_path(path)] if large else []) + [path, sidecar_path(path)]
-    metadata = {"producer": "flashvlm-export", "flashvlm_export_version": __version__, "opset": str(opset), **metadata}
+    metadata = full_metadata(metadata, opset)
     module = module.eval()
     with atomic_outputs(finals, overwrite=overwrite) as temps:
         temp_graph, temp_sidecar = temps[-2], temps[-1]

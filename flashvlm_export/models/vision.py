@@ -41,38 +41,65 @@ class VisionFeatures(nn.Module):
         return h[:, 1:], cls_attention
 
 
-class FlashVLMPipeline(nn.Module):
-    """(pixel_values, text_embeds, text_mask) -> (indices (B, K) int64 ascending, visual_embeds (B, K, Dl)).
+class VisionEncoder(nn.Module):
+    """pixel_values -> X, a, P(X), all fp32: the encoder graph of a split export and the front of the pipeline.
 
-    With verification=True it also returns the selector's decision inputs (F, G; none when K >= N)
-    and X, a, P(X), the verification outputs of export/interface.py, in that order.
+    With encoder_dtype fp16/bf16 the vision tower and projector run behind explicit casts in and out;
+    the selector downstream always sees fp32.
     """
 
-    def __init__(
-        self,
-        vision: VisionFeatures,
-        projector: nn.Module,
-        selector: nn.Module,
-        verification: bool = False,
-        encoder_dtype: torch.dtype = torch.float32,
-    ):
+    def __init__(self, vision: VisionFeatures, projector: nn.Module, encoder_dtype: torch.dtype = torch.float32):
         super().__init__()
         self.vision = vision
         self.projector = projector
-        self.selector = selector
-        self.verification = verification
-        self.encoder_dtype = encoder_dtype  # fp16/bf16: explicit casts in and out; the selector stays fp32
+        self.encoder_dtype = encoder_dtype
 
-    def forward(self, pixel_values, text_embeds, text_mask):
+    def forward(self, pixel_values):
         low = self.encoder_dtype != torch.float32
         vision_features, cls_attention = self.vision(pixel_values.to(self.encoder_dtype) if low else pixel_values)
         projected = self.projector(vision_features)  # (B, N, Dl)
         if low:
-            vision_features, cls_attention, projected = (t.to(torch.float32) for t in (vision_features, cls_attention, projected))
+            return tuple(t.to(torch.float32) for t in (vision_features, cls_attention, projected))
+        return vision_features, cls_attention, projected
+
+
+class SelectorWithEmbeds(nn.Module):
+    """(X, a, P(X), T, mask) -> (indices, visual_embeds = P(X)[indices], *decision tensors): step 12's output.
+
+    The selector graph of a split export and every --selector-only graph return the K rows
+    themselves, so a runtime never copies the N rows of P(X) through the host.
+    """
+
+    def __init__(self, selector: nn.Module):
+        super().__init__()
+        self.selector = selector
+
+    def forward(self, vision_features, cls_attention, projected, text_embeds, text_mask):
         selected = self.selector(vision_features, cls_attention, projected, text_embeds, text_mask)
         indices, *decisions = selected if isinstance(selected, tuple) else (selected,)
-        gather_index = indices[..., None].expand(-1, -1, projected.shape[-1])
-        visual_embeds = torch.gather(projected, 1, gather_index)
+        # One Gather of K rows per image. torch.gather with an index expanded to (B, K, Dl) exports, with the
+        # TorchScript exporter, an Expand whose shape comes from ConstantOfShape: a data-dependent shape.
+        rows = [p.index_select(0, i) for p, i in zip(projected.unbind(0), indices.unbind(0), strict=True)]
+        return (indices, torch.stack(rows), *decisions)
+
+
+class FlashVLMPipeline(nn.Module):
+    """(pixel_values, text_embeds, text_mask) -> (indices (B, K) int64 ascending, visual_embeds (B, K, Dl)).
+
+    The encoder, then the selector with its gather. With verification=True it also returns the
+    selector's decision tensors (s, q, F, G; none when K >= N) and X, a, P(X), the verification
+    outputs of export/interface.py, in that order.
+    """
+
+    def __init__(self, encoder: VisionEncoder, selector: SelectorWithEmbeds, verification: bool = False):
+        super().__init__()
+        self.encoder = encoder
+        self.selector = selector
+        self.verification = verification
+
+    def forward(self, pixel_values, text_embeds, text_mask):
+        features = self.encoder(pixel_values)
+        indices, visual_embeds, *decisions = self.selector(*features, text_embeds, text_mask)
         if self.verification:
-            return (indices, visual_embeds, *decisions, vision_features, cls_attention, projected)
+            return (indices, visual_embeds, *decisions, *features)
         return indices, visual_embeds

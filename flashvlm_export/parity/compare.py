@@ -30,9 +30,11 @@ from flashvlm_export.export.interface import (
     FUSED_SCORES,
     GRAM,
     INDICES,
+    PROJECTED_FEATURES,
     SHARPENED_SCORES,
     TEXT_MASK,
     TEXT_RELEVANCE,
+    VISUAL_EMBEDS,
 )
 from flashvlm_export.selector.config import SelectorConfig
 from flashvlm_export.selector.reference import decide, extrinsic_scores, fuse, intrinsic_scores, no_text_scores, sharpen
@@ -169,6 +171,7 @@ class BackendReport:
         for b in range(indices.shape[0]):
             where = f"{case} image {b}"
             self._decisions(where, b, outputs, schedule)
+            self._gathered(where, b, outputs, basis)
             self._arithmetic(where, b, reference, own_reference, outputs, basis, config, bounds, schedule)
             o = overlap(indices[b], reference[INDICES][b])
             self.overlaps.append(o)
@@ -198,6 +201,17 @@ class BackendReport:
             only_backend = sorted(set(indices.tolist()) - set(expected.tolist()))
             detail = f"only in the decisions {only_ref[:8]}, only in the backend {only_backend[:8]}" if only_ref else "order"
             self.decision_failures.append(f"{where}: its own F and G decide other indices ({detail})")
+
+    def _gathered(self, where: str, b: int, outputs: dict, basis: dict) -> None:
+        """Step 12's rows: visual_embeds must be the backend's own P(X) at its own indices, bit for bit.
+
+        Exact on every machine: a gather copies floats, it does not compute them.
+        """
+        if VISUAL_EMBEDS not in outputs or PROJECTED_FEATURES not in basis:
+            return
+        rows = np.asarray(basis[PROJECTED_FEATURES][b])[outputs[INDICES][b]]
+        if not np.array_equal(outputs[VISUAL_EMBEDS][b], rows):
+            self.decision_failures.append(f"{where}: visual_embeds are not P(X) at the backend's own indices")
 
     def _arithmetic(self, where, b, reference, own_reference, outputs, basis, config, bounds, schedule) -> None:
         def check(name: str, got: np.ndarray, want: np.ndarray) -> None:
