@@ -11,6 +11,7 @@ is reclaimed by the next write into that folder.
 from __future__ import annotations
 
 import errno
+import hashlib
 import json
 import os
 import re
@@ -43,10 +44,12 @@ def artifact_stem(request) -> str:
     """llava15_b128, llava15_selector_b128, llava15_b128_bs2_fp16_plugin, ... (defaults add nothing)."""
     kind = "_selector" if request.selector_only else ""
     tokens = f"_n{request.n_tokens}" if request.n_tokens is not None else ""
-    batch = f"_bs{request.batch}" if request.batch != 1 else ""
-    precision = f"_{request.precision}" if request.precision != "fp32" else ""
-    plugin = "_plugin" if request.plugin else ""
-    return f"{request.spec.name}{kind}{tokens}_b{request.budget}{batch}{precision}{plugin}"
+    variant = _variant(request.batch, request.precision, request.plugin)
+    return f"{request.spec.name}{kind}{tokens}_b{request.budget}{variant}"
+
+
+def _variant(batch: int, precision: str, plugin: bool) -> str:
+    return (f"_bs{batch}" if batch != 1 else "") + (f"_{precision}" if precision != "fp32" else "") + ("_plugin" if plugin else "")
 
 
 def graph_name(request) -> str:
@@ -68,6 +71,19 @@ def human_size(n_bytes: int) -> str:
             return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
         size /= 1024
     return f"{size:.1f} GB"
+
+
+def sha256_of(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 24), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def split_stem(model: str, batch: int, precision: str, plugin: bool) -> str:
+    """The folder of a split export: llava15_split, llava15_bs2_fp16_plugin_split, ... (defaults add nothing)."""
+    return f"{model}{_variant(batch, precision, plugin)}_split"
 
 
 def artifact_size(path: Path) -> int:

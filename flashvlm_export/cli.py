@@ -67,7 +67,12 @@ def _add_graph_flags(p: argparse.ArgumentParser, many_budgets: bool) -> None:
         "--budget",
         default="128",
         help="visual tokens kept, K (2 <= K <= N)"
-        + ("; a comma list exports several from one model load" if many_budgets else ""),
+        + (
+            "; a comma list exports several from one model load: one encoder and a selector per budget "
+            "(--split, the default for several; --fused for a full graph each)"
+            if many_budgets
+            else ""
+        ),
     )
     g.add_argument(
         "--t-max",
@@ -271,7 +276,13 @@ def export_parser() -> argparse.ArgumentParser:
     t.add_argument(
         "--plugin", action="store_true", help="replace the unrolled pruning rounds by one flashvlm::ResidualPrune plugin node"
     )
-    t.add_argument("--engine", action="store_true", help="also build a TensorRT engine from the graph (needs TensorRT and a GPU)")
+    t.add_argument(
+        "--split",
+        action="store_true",
+        help="one encoder graph, one small selector graph per budget and a manifest (the default when --budget lists several)",
+    )
+    t.add_argument("--fused", action="store_true", help="one full graph per budget, each with its own copy of the encoder")
+    t.add_argument("--engine", action="store_true", help="also build a TensorRT engine from each graph (needs TensorRT and a GPU)")
     t.add_argument("--engine-dir", metavar="DIR", default="engines", help="folder for engines (default: engines)")
     t.add_argument(
         "--timing-cache", metavar="PATH", help="TensorRT timing cache, saved and reused (default: <engine-dir>/timing.cache)"
@@ -313,17 +324,33 @@ def _check_export_flags(args) -> None:
         raise UsageError(f"--workspace {args.workspace} must be a positive number of GiB, e.g. --workspace 4")
 
 
+def _split_chosen(args, requests) -> bool:
+    """Split (one encoder, a selector per budget, a manifest) with --split, and by default for several budgets."""
+    if args.split and args.fused:
+        raise UsageError("--split and --fused exclude each other; pass one")
+    if args.selector_only:
+        if args.split:
+            raise UsageError("--split splits the encoder from the selectors; a --selector-only export has no encoder, drop one")
+        return False
+    split = args.split or (len(requests) > 1 and not args.fused)
+    if split and args.out is not None:
+        raise UsageError(f"--out {args.out} names one graph; a split export writes a folder: use --out-dir (or --fused)")
+    return split
+
+
 def run_export(argv: list[str]) -> int:
-    from flashvlm_export.artifacts import StepTimer, check_writable
-    from flashvlm_export.export.graphs import export_graph
-    from flashvlm_export.export.onnx_export import _parameter_bytes, export_estimate_s
-    from flashvlm_export.progress import progress
-    from flashvlm_export.selector.schedule import round_schedule
+    from flashvlm_export.artifacts import check_writable
+    from flashvlm_export.export.graphs import export_logged
 
     args = export_parser().parse_args(argv)
     _check_export_flags(args)
     spec, requests = _requests(args, many_budgets=True, plugin=args.plugin, precision=args.precision)
-    paths = _graph_paths(args, requests)
+    plan = None
+    if _split_chosen(args, requests):
+        from flashvlm_export.export.split import split_plan
+
+        plan = split_plan(requests, Path(args.out_dir))
+    paths = plan.outputs() if plan else _graph_paths(args, requests)
     source = None
     if not args.selector_only:  # the "no weights" error comes before any "already exists" one
         from flashvlm_export.models.llava import resolve_weights_dir
@@ -343,32 +370,60 @@ def run_export(argv: list[str]) -> int:
             from flashvlm_export.plugin.build import find_plugin_library
 
             plugin_lib = find_plugin_library(args.plugin_lib)
-        engines = [Path(args.engine_dir) / f"{artifact_stem(r)}.plan" for r in requests]
+        if plan:
+            engines = plan.engines(Path(args.engine_dir))
+        else:
+            engines = [Path(args.engine_dir) / f"{artifact_stem(r)}.plan" for r in requests]
     check_writable(paths + engines, args.force, log=log)
     parts = None if args.selector_only else _load_parts(spec, args)
     weights = None if parts is None else parts.source.tag
+    weights_flag = "" if parts is None else f" {parts.source.flags()}"
+    if plan:
+        return _export_split(args, plan, parts, weights, engines, plugin_lib)
     for request, path in zip(requests, paths, strict=True):
-        module = request.module(parts)
-        rounds = 1 if request.plugin else round_schedule(request.tokens, request.budget, request.config).n_rounds
-        estimate = export_estimate_s(rounds, _parameter_bytes(module), args.exporter)
-        label = f"ONNX: exporting the {request.kind} graph, K={request.budget} ({rounds} pruning rounds) with {args.exporter}"
-        faster, hint = export_estimate_s(rounds, _parameter_bytes(module), "torchscript"), ""
-        if args.exporter == "dynamo" and not request.plugin and estimate > 60 and estimate > 3 * faster:
-            hint = f"--exporter torchscript writes the same graph in ~{faster:.0f}s"
-        timer = StepTimer("ONNX")
-        with progress(label, estimate, log=log, hint=hint):
-            export_graph(request, path, parts, weights, args.opset, args.exporter, overwrite=args.force)
-        timer.done(f"export success ({request.kind} graph, K={request.budget}, B={request.batch}, T_max={request.t_max})", path)
+        export_logged(request, path, parts, weights, args.opset, args.exporter, overwrite=args.force, log=log)
+    cache = Path(args.timing_cache) if args.timing_cache else Path(args.engine_dir) / "timing.cache"
     for request, path, engine in zip(requests, paths, engines, strict=False):
         from flashvlm_export.trt.build import build_engine
 
-        cache = Path(args.timing_cache) if args.timing_cache else Path(args.engine_dir) / "timing.cache"
         build_engine(path, engine, request.metadata(weights), request.precision, plugin_lib, cache, args.workspace, log=log)
-    weights_flag = "" if parts is None else f" {parts.source.flags()}"
     if engines:
         log(f"Done. Check it: flashvlm-export parity --engine {engines[0]}{weights_flag}")
     else:
         log(f"Done. Check it: flashvlm-export parity --graph {paths[0]}{weights_flag}")
+    return 0
+
+
+def _export_split(args, plan, parts, weights, engines, plugin_lib) -> int:
+    from flashvlm_export.artifacts import human_size
+    from flashvlm_export.export.manifest import read_manifest
+    from flashvlm_export.export.split import add_engines, export_split
+
+    manifest_path = export_split(plan, parts, weights, args.opset, args.exporter, overwrite=args.force, log=log)
+    manifest = read_manifest(manifest_path, verify=False)
+    sizes = {e["path"]: e["bytes"] for e in [manifest.record["encoder"]["onnx"]] + [s["onnx"] for s in manifest.record["selectors"]]}
+    log(
+        f"Split: wrote {manifest_path}: one encoder graph ({human_size(sizes[manifest.encoder_graph.name])}) and "
+        f"{len(plan.selectors)} selector graphs (K = {', '.join(str(r.budget) for r in plan.selectors)}, "
+        f"{human_size(sum(sizes.values()) - sizes[manifest.encoder_graph.name])} together)"
+    )
+    if engines:
+        from flashvlm_export.trt.build import build_engine
+
+        cache = Path(args.timing_cache) if args.timing_cache else Path(args.engine_dir) / "timing.cache"
+        requests = [plan.encoder, *plan.selectors]
+        built = {}
+        for request, graph, engine in zip(requests, plan.graphs(), engines, strict=True):
+            engine.parent.mkdir(parents=True, exist_ok=True)
+            library = plugin_lib if request.kind == "selector" else None
+            build_engine(graph, engine, request.metadata(weights), request.precision, library, cache, args.workspace, log=log)
+            built[graph.stem] = engine
+        add_engines(manifest_path, built)
+        log(f"Split: the manifest lists the {len(built)} engines in {engines[0].parent}")
+    first = plan.selectors[-1].budget
+    flags = "" if parts is None else f" {parts.source.flags()}"
+    log(f"Done. Check it: flashvlm-export parity --manifest {manifest_path}{flags}")
+    log(f"Run it:   flashvlm-export run --manifest {manifest_path} --budget {first} --image PHOTO --question TEXT")
     return 0
 
 
@@ -389,6 +444,11 @@ def parity_parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--engine", metavar="PLAN", help="also check this TensorRT engine (its sidecar names the graph); needs TensorRT and a GPU"
+    )
+    p.add_argument(
+        "--manifest",
+        metavar="JSON",
+        help="check a split export: each selector on the encoder's own outputs, the chain end to end, per budget",
     )
     p.add_argument("--plugin-lib", metavar="PATH", help="libflashvlm_plugins.so for an engine built with --plugin")
     p.add_argument(
@@ -443,14 +503,18 @@ def run_parity_command(argv: list[str]) -> int:
         raise UsageError(f"--min-overlap {args.min_overlap} is not a fraction; use a value in [0, 1]")
     if args.polygraphy and not args.engine:
         raise UsageError("--polygraphy replays the records against an engine; pass --engine PLAN or drop --polygraphy")
-    if args.graph or args.engine:
+    if args.manifest and (args.graph or args.engine or args.load_inputs):
+        raise UsageError("--manifest names its own graphs and runs the pipeline corpus; drop --graph/--engine/--load-inputs")
+    if args.graph or args.engine or args.manifest:
         moot = sorted(_given_flags(argv) & set(GRAPH_DEFINING_FLAGS))
         if moot:
-            named = "--graph" if args.graph else "--engine"
+            named = "--graph" if args.graph else "--engine" if args.engine else "--manifest"
             raise UsageError(
                 f"{', '.join(moot)} cannot apply: {named} names an exported artifact whose metadata fixes them; drop them"
             )
     save_dir = None if args.no_save else Path(args.save_dir)
+    if args.manifest:
+        return _manifest_parity(args, argv, save_dir)
     cases = load_cases(Path(args.load_inputs)) if args.load_inputs else None
     extra, meta = [], None
     if args.engine:
@@ -504,6 +568,38 @@ def run_parity_command(argv: list[str]) -> int:
         log(f"FAILED: {', '.join(failed)} ({elapsed:.1f}s)")
         raise ParityError("parity failed")
     log(f"PASSED: layers 1 and 2 hold for every backend{' and the overlap gate' if args.min_overlap is not None else ''} ({elapsed:.1f}s)")
+    return 0
+
+
+def _manifest_parity(args, argv, save_dir) -> int:
+    from flashvlm_export.artifacts import StepTimer
+    from flashvlm_export.export.manifest import read_manifest
+    from flashvlm_export.limits import check_repeats_fit
+    from flashvlm_export.models.llava import get_parts, weights_for_graph
+    from flashvlm_export.parity.corpus import PIPELINE_CASES
+    from flashvlm_export.parity.split import run_split_parity, split_requests
+
+    timer = StepTimer("Manifest")
+    manifest = read_manifest(Path(args.manifest))
+    timer.done(f"{manifest.path}: every file's sha256 and every graph's metadata agree")
+    r = split_requests(manifest)[manifest.budgets[0]]
+    check_repeats_fit(args.repeats, len(PIPELINE_CASES), r.spec, r.tokens, r.t_max, r.batch, False)
+    seed = args.seed if "--seed" in _given_flags(argv) else None
+    source = weights_for_graph(manifest.weights, args.random_weights, seed, args.model_path, str(manifest.path))
+    timer = StepTimer("Model")
+    parts = get_parts(r.spec, source)
+    timer.done(f"loaded {r.spec.name} ({parts.source})")
+    start = time.perf_counter()
+    reports = run_split_parity(
+        manifest, parts, args.corpus_seed, args.repeats, None, save_dir, log=log, min_overlap=args.min_overlap
+    )
+    elapsed = time.perf_counter() - start
+    failed = [k for k, report in reports.items() if not report]
+    if failed:
+        log(f"FAILED: K = {', '.join(map(str, failed))} ({elapsed:.1f}s)")
+        raise ParityError("parity failed")
+    gate = " and the overlap gate" if args.min_overlap is not None else ""
+    log(f"PASSED: layers 1 and 2 hold for every budget of the chain{gate} ({elapsed:.1f}s)")
     return 0
 
 
@@ -583,6 +679,10 @@ def bench_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-export", action="store_true", help="skip the export measurement (and the full graph, which uses it)")
     p.add_argument("--no-full-graph", action="store_true", help="skip the full-graph ONNX Runtime timing")
     p.add_argument("--no-gpu", action="store_true", help="ignore a CUDA GPU even when present")
+    p.add_argument("--no-split", action="store_true", help="skip fused graphs against a split export (time, disk, memory)")
+    p.add_argument(
+        "--split-only", action="store_true", help="only fused graphs against a split export (~7 min, ~8 GB of scratch disk)"
+    )
     p.add_argument("--cost-only", action="store_true", help="print the FLOPs / KV-cache calculator and stop")
     return p
 
@@ -608,7 +708,19 @@ def run_bench(argv: list[str]) -> int:
 
     out_dir = Path(args.out_dir)
     check_writable([out_dir / "bench.json", out_dir / "bench.md"], force=True, log=log)  # before minutes of work
-    settings = suite.BenchSettings(args.repeats, 2, args.text_len, not args.no_full_graph, not args.no_export, not args.no_gpu)
+    if args.split_only and args.no_split:
+        raise UsageError("--split-only and --no-split exclude each other; pass one")
+    only = args.split_only
+    settings = suite.BenchSettings(
+        args.repeats,
+        2,
+        args.text_len,
+        full_graph=not args.no_full_graph and not only,
+        export=not args.no_export and not only,
+        gpu=not args.no_gpu and not only,
+        split=not args.no_split,
+        selector=not only,
+    )
     run_suite(settings, out_dir, "flashvlm-export bench " + " ".join(argv), log=log)
     return 0
 
@@ -631,6 +743,13 @@ def run_parser() -> argparse.ArgumentParser:
         metavar="PLAN",
         help="run this TensorRT engine instead (its sidecar names the graph); needs TensorRT and a GPU",
     )
+    s.add_argument(
+        "--manifest",
+        metavar="JSON",
+        help="a split export's manifest: its encoder, then the selector of --budget (no host copy in between)",
+    )
+    s.add_argument("--budget", type=int, metavar="K", help="with --manifest: which of its budgets this request keeps")
+    s.add_argument("--tensorrt", action="store_true", help="with --manifest: run its TensorRT engines (needs TensorRT and a GPU)")
     s.add_argument("--plugin-lib", metavar="PATH", help="libflashvlm_plugins.so for an engine built with --plugin")
     i = p.add_argument_group("input")
     i.add_argument("--image", metavar="FILE", help="any picture Pillow reads")
@@ -671,6 +790,9 @@ def run_run(argv: list[str]) -> int:
         seed=args.seed,
         engine=args.engine,
         plugin_lib=args.plugin_lib,
+        manifest=args.manifest,
+        budget=args.budget,
+        tensorrt=args.tensorrt,
         heatmap=args.heatmap,
         answer=args.answer,
         compare_full=args.compare_full,

@@ -35,7 +35,9 @@ def expect_usage_error(capsys, argv, *fragments):
 
 
 def test_export_and_parity_smoke_on_the_tiny_model(tmp_path):
-    run = run_cli("--model", "llava15-tiny", "--budget", "64,32", "--random-weights", "--out-dir", "graphs", cwd=tmp_path)
+    run = run_cli(
+        "--model", "llava15-tiny", "--budget", "64,32", "--fused", "--random-weights", "--out-dir", "graphs", cwd=tmp_path
+    )  # fmt: skip
     assert run.returncode == 0, run.stderr
     assert (tmp_path / "graphs/llava15-tiny_b64.onnx").is_file() and (tmp_path / "graphs/llava15-tiny_b32.json").is_file()
     assert run.stdout.count("ONNX: export success") == 2

@@ -35,6 +35,26 @@ class RunResult:
     answers: dict[str, Answer] = field(default_factory=dict)  # "pruned" and, with compare_full, "full"
 
 
+def _manifest_info(manifest: str, budget: int | None) -> tuple[GraphInfo, object]:
+    """The manifest (checked: hashes and each graph's metadata) and the request of the budget asked for."""
+    from dataclasses import replace
+
+    from flashvlm_export.export.graphs import request_from_metadata
+    from flashvlm_export.export.manifest import read_manifest
+    from flashvlm_export.models.llava import recorded_weights
+
+    split = read_manifest(Path(manifest))
+    if budget is None:
+        have = ", ".join(str(k) for k in split.budgets)
+        raise UsageError(f"--manifest {manifest} serves K = {have}; choose one per request with --budget")
+    graph = split.selector_graph(split.check_budget(budget))
+    from flashvlm_export.parity.run import graph_metadata
+
+    selector = request_from_metadata(graph_metadata(graph), str(graph))
+    request = replace(selector, selector_only=False, precision=split.record["precision"])
+    return GraphInfo(request, recorded_weights(split.weights, str(manifest)), str(manifest)), split
+
+
 def _metadata(graph: str | None, engine: str | None) -> tuple[dict[str, str], str]:
     if engine is not None:
         from flashvlm_export.artifacts import read_sidecar
@@ -91,9 +111,14 @@ def _load_parts(info: GraphInfo, log):
     return parts
 
 
-def _backend(info: GraphInfo, graph: str | None, engine: str | None, plugin_lib: str | None):
+def _backend(info: GraphInfo, graph: str | None, engine: str | None, plugin_lib: str | None, split=None, tensorrt=False):
     from flashvlm_export.runtime.session import OrtGraph, TrtEngine
 
+    if split is not None:
+        from flashvlm_export.runtime.chain import BudgetBackend, SplitChain
+
+        chain = SplitChain(split, tensorrt, Path(plugin_lib) if plugin_lib else None)
+        return BudgetBackend(chain, info.request.budget)
     if engine is not None:
         return TrtEngine(Path(engine), Path(plugin_lib) if plugin_lib else None)
     return OrtGraph(Path(graph), plugin=info.request.plugin)
@@ -109,6 +134,9 @@ def run(
     seed: int | None = None,
     engine: str | None = None,
     plugin_lib: str | None = None,
+    manifest: str | None = None,
+    budget: int | None = None,
+    tensorrt: bool = False,
     heatmap: str | None = None,
     answer: bool = False,
     compare_full: bool = False,
@@ -126,9 +154,21 @@ def run(
     if max_new_tokens < 1:
         raise UsageError(f"--max-new-tokens {max_new_tokens} must be >= 1")
     answer = answer or compare_full
-    meta, source = _metadata(graph, engine)
-    info = graph_info(meta, source)
-    weights = weights_for_graph(meta.get("weights"), random_weights, seed, model_path, source)
+    split = None
+    if manifest is not None:
+        if graph is not None or engine is not None:
+            raise UsageError("--manifest names the graphs and engines; drop --graph/--engine")
+        info, split = _manifest_info(manifest, budget)
+        recorded, source = split.weights, manifest
+    else:
+        if budget is not None:
+            raise UsageError(f"--budget {budget} chooses among a manifest's budgets; pass --manifest, or drop --budget")
+        if tensorrt:
+            raise UsageError("--tensorrt runs a manifest's engines; pass --manifest (a single engine: --engine PLAN)")
+        meta, source = _metadata(graph, engine)
+        info = graph_info(meta, source)
+        recorded = meta.get("weights")
+    weights = weights_for_graph(recorded, random_weights, seed, model_path, source)
     info = GraphInfo(info.request, weights, source)
     spec, request = info.spec, info.request
     heatmap_path = Path(heatmap) if heatmap else None
@@ -157,7 +197,7 @@ def run(
         f"{int(text_mask.sum())}/{request.t_max} text rows ({tokenizer_name})"
     )
 
-    backend = _backend(info, graph, engine, plugin_lib)
+    backend = _backend(info, graph, engine, plugin_lib, split, tensorrt)
     selection = select(backend, prepared.pixel_values, text_embeds, text_mask, request.batch)
     n = request.tokens
     log(

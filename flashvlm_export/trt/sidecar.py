@@ -6,19 +6,13 @@ One function builds the record (`engine_record`), for engines flashvlm-export bu
 
 from __future__ import annotations
 
-import hashlib
 from pathlib import Path
 
 from flashvlm_export import __version__
+from flashvlm_export.artifacts import sha256_of
 from flashvlm_export.errors import FlashVLMError, UsageError
 
-
-def sha256_of(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 24), b""):
-            digest.update(block)
-    return digest.hexdigest()
+__all__ = ["engine_record", "io_mismatch", "record_trtexec_engine", "sha256_of"]
 
 
 def engine_record(

@@ -1,0 +1,216 @@
+"""The manifest of a split export: the one file that ties one encoder graph to its selector graphs.
+
+A split export (`flashvlm-export --budget 128,64,32 --split`) writes a folder:
+
+    llava15_split/
+      encoder.onnx (+ encoder.json)          pixel_values -> X, a, P(X)
+      selector_b128.onnx (+ .json), ...      X, a, P(X), T, mask -> indices, visual_embeds
+      manifest.json                          this record
+
+The manifest names the model, the weights identity, the budgets, T_max, batch, precision, plugin and
+the selector hyperparameters, and each file (paths relative to the manifest) with its sha256 and
+size; with `--engine`, also each engine. Reading it checks every file's hash and that every graph's
+own metadata says what the manifest says, so a user can pass the manifest around and every tool
+(`run --manifest`, `parity --manifest`, the runtimes) refuses a folder that was edited or mixed.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from flashvlm_export.artifacts import sha256_of
+from flashvlm_export.errors import UsageError
+
+MANIFEST_NAME = "manifest.json"
+FORMAT = "flashvlm-export split"
+FORMAT_VERSION = 1
+ENCODER_STEM = "encoder"
+
+
+def selector_stem(budget: int) -> str:
+    return f"selector_b{budget}"
+
+
+def file_entry(path: Path, root: Path) -> dict:
+    """A file as the manifest records it: path relative to the manifest's folder, sha256, bytes."""
+    return {"path": os.path.relpath(path, root), "sha256": sha256_of(path), "bytes": path.stat().st_size}
+
+
+def manifest_record(encoder_meta: dict[str, str], selectors_meta: dict[int, dict[str, str]], files: dict[str, dict]) -> dict:
+    """The manifest from the graphs' own metadata; `files` maps "encoder" and "selector_b<K>" to file entries."""
+    first = selectors_meta[min(selectors_meta)]
+    return {
+        "format": FORMAT,
+        "format_version": FORMAT_VERSION,
+        "flashvlm_export_version": encoder_meta.get("flashvlm_export_version"),
+        "model": encoder_meta["model"],
+        "weights": encoder_meta.get("weights"),
+        "budgets": sorted(selectors_meta, reverse=True),
+        "t_max": int(first["t_max"]),
+        "batch": int(encoder_meta["batch"]),
+        "n_tokens": int(encoder_meta["n_tokens"]),
+        "precision": encoder_meta.get("precision", "fp32"),
+        "plugin": first.get("plugin") == "1",
+        "selector_config": json.loads(first["selector_config"]),
+        "opset": int(encoder_meta["opset"]) if "opset" in encoder_meta else None,
+        "encoder": {"onnx": files[ENCODER_STEM], "engine": None},
+        "selectors": [
+            {"budget": k, "onnx": files[selector_stem(k)], "engine": None} for k in sorted(selectors_meta, reverse=True)
+        ],
+    }
+
+
+@dataclass(frozen=True)
+class Manifest:
+    path: Path
+    record: dict
+
+    @property
+    def folder(self) -> Path:
+        return self.path.parent
+
+    @property
+    def budgets(self) -> tuple[int, ...]:
+        return tuple(self.record["budgets"])
+
+    def _file(self, entry: dict) -> Path:
+        return self.folder / entry["path"]
+
+    @property
+    def encoder_graph(self) -> Path:
+        return self._file(self.record["encoder"]["onnx"])
+
+    def selector_graph(self, budget: int) -> Path:
+        return self._file(self._selector(budget)["onnx"])
+
+    def engines(self) -> tuple[Path, dict[int, Path]]:
+        """The encoder engine and each budget's; a one-line error when the manifest lists none."""
+        encoder = self.record["encoder"].get("engine")
+        if encoder is None or any(s.get("engine") is None for s in self.record["selectors"]):
+            raise UsageError(
+                f"{self.path} lists no TensorRT engines; build them with flashvlm-export ... --split --engine, "
+                "or run the graphs in ONNX Runtime"
+            )
+        return self._file(encoder), {s["budget"]: self._file(s["engine"]) for s in self.record["selectors"]}
+
+    def _selector(self, budget: int) -> dict:
+        for entry in self.record["selectors"]:
+            if entry["budget"] == budget:
+                return entry
+        have = ", ".join(str(k) for k in self.budgets)
+        raise UsageError(f"--budget {budget} is not in {self.path}: it has K = {have}; ask for one of those or re-export")
+
+    def check_budget(self, budget: int) -> int:
+        self._selector(budget)
+        return budget
+
+    @property
+    def weights(self) -> str | None:
+        return self.record.get("weights")
+
+
+def _fail(path: Path, what: str) -> UsageError:
+    return UsageError(f"{path} {what}; re-export the split with flashvlm-export ... --split")
+
+
+def read_manifest(path: Path, verify: bool = True) -> Manifest:
+    """Load and check a manifest: its shape, every listed file present with its sha256 (verify=True), and the
+    graphs' own metadata equal to what the manifest says. Any failure is a one-line UsageError."""
+    path = Path(path)
+    if path.is_dir():
+        path = path / MANIFEST_NAME
+    if not path.is_file():
+        raise UsageError(f"manifest {path} does not exist; write one with flashvlm-export ... --split")
+    try:
+        record = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, ValueError) as exc:
+        raise _fail(path, f"is not readable JSON ({type(exc).__name__})") from None
+    if not isinstance(record, dict) or record.get("format") != FORMAT:
+        raise _fail(path, f"is not a flashvlm-export split manifest (no \"format\": \"{FORMAT}\")")
+    if record.get("format_version") != FORMAT_VERSION:
+        raise _fail(path, f"has format_version {record.get('format_version')!r}; this flashvlm-export reads {FORMAT_VERSION}")
+    try:
+        manifest = _checked_shape(path, record)
+    except (KeyError, TypeError, ValueError) as exc:
+        raise _fail(path, f"is malformed ({type(exc).__name__}: {str(exc)[:80]})") from None
+    entries = [(manifest.record["encoder"], ENCODER_STEM)] + [(s, selector_stem(s["budget"])) for s in record["selectors"]]
+    for entry, name in entries:
+        for kind in ("onnx", "engine"):
+            if entry.get(kind) is not None:
+                _check_file(manifest, entry[kind], f"{name} {kind}", verify)
+    if verify:
+        _check_graph_metadata(manifest)
+    return manifest
+
+
+def _checked_shape(path: Path, record: dict) -> Manifest:
+    budgets = record["budgets"]
+    if not budgets or any(isinstance(k, bool) or not isinstance(k, int) for k in budgets):
+        raise ValueError("budgets must be a non-empty list of whole numbers")
+    listed = [s["budget"] for s in record["selectors"]]
+    if sorted(listed) != sorted(budgets) or len(set(listed)) != len(listed):
+        raise ValueError(f"selectors list K = {listed}, budgets say {budgets}")
+    for entry in [record["encoder"]["onnx"]] + [s["onnx"] for s in record["selectors"]]:
+        if not isinstance(entry["path"], str) or not isinstance(entry["sha256"], str):
+            raise TypeError("each file needs a path and a sha256")
+    return Manifest(path, record)
+
+
+def _check_file(manifest: Manifest, entry: dict, what: str, verify: bool) -> None:
+    target = manifest.folder / entry["path"]
+    if not target.is_file():
+        raise UsageError(f"{manifest.path} lists the {what} {target}, which does not exist; copy the whole split folder")
+    if verify and sha256_of(target) != entry["sha256"]:
+        raise UsageError(
+            f"{target} is not the {what} {manifest.path} lists (sha256 differs): it was changed or replaced; "
+            "re-export the split with flashvlm-export ... --split"
+        )
+
+
+def _graph_meta(path: Path) -> dict[str, str]:
+    import onnx
+
+    return {p.key: p.value for p in onnx.load(str(path), load_external_data=False).metadata_props}
+
+
+def _check_graph_metadata(manifest: Manifest) -> None:
+    """Each graph's own metadata must say what the manifest says (a manifest edited by hand is refused)."""
+    r = manifest.record
+    encoder = _graph_meta(manifest.encoder_graph)
+    want = {"graph": "encoder", "model": r["model"], "batch": str(r["batch"]), "precision": r["precision"]}
+    want["n_tokens"] = str(r["n_tokens"])
+    if r.get("weights") is not None:
+        want["weights"] = r["weights"]
+    _compare(manifest, manifest.encoder_graph, encoder, want)
+    for k in manifest.budgets:
+        graph = manifest.selector_graph(k)
+        want = {
+            "graph": "selector",
+            "model": r["model"],
+            "budget": str(k),
+            "batch": str(r["batch"]),
+            "t_max": str(r["t_max"]),
+            "n_tokens": str(r["n_tokens"]),
+            "plugin": str(int(r["plugin"])),
+        }
+        meta = _graph_meta(graph)
+        _compare(manifest, graph, meta, want)
+        try:
+            config = json.loads(meta.get("selector_config", "null"))
+        except ValueError:
+            config = None
+        if config != r["selector_config"]:
+            raise _fail(manifest.path, f"says selector_config {r['selector_config']}, {graph.name} was exported with {config}")
+
+
+def _compare(manifest: Manifest, graph: Path, meta: dict[str, str], want: dict[str, str]) -> None:
+    differ = [f"{key} {meta.get(key)!r} (manifest: {value!r})" for key, value in want.items() if meta.get(key) != value]
+    if differ:
+        raise _fail(manifest.path, f"does not match {graph.name}: the graph says {'; '.join(differ)}")
+
+
+def write_manifest(path: Path, record: dict) -> None:
+    path.write_text(json.dumps(record, indent=2, sort_keys=False, allow_nan=False) + "\n")

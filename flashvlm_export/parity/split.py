@@ -1,0 +1,120 @@
+"""Parity of a split export (ALGORITHM.md "Parity"), per budget, on the chain as the runtime runs it.
+
+For each case the encoder graph runs once into the chain's shared buffers; then, for each budget:
+
+- layers 1 and 2 check the selector on the encoder's *own* outputs: its verification build's s, q,
+  F and G against the reference computed from those same X, a, P(X); the reference's decisions
+  replayed on its F and G must give its indices exactly; the chain's shipped indices (I/O-bound
+  run) must equal them, and its visual_embeds must be P(X) at those indices, bit for bit;
+- layer 2 also bounds the encoder's X, a, P(X) against the torch encoder (fp32: 1e-4; reported for
+  fp16/bf16 encoders);
+- layer 3 reports the chain end to end against the torch pipeline (fp32 torch encoder, reference
+  selector): exact-match rate and index-set overlap beside the reference's own sensitivity.
+"""
+
+from __future__ import annotations
+
+import json
+import tempfile
+from dataclasses import replace
+from pathlib import Path
+
+from flashvlm_export.artifacts import atomic_outputs
+from flashvlm_export.export.graphs import request_from_metadata
+from flashvlm_export.export.interface import FEATURES, INDICES, TEXT_EMBEDS, TEXT_MASK, VISUAL_EMBEDS
+from flashvlm_export.export.manifest import Manifest
+from flashvlm_export.parity.backends import OnnxRuntime, PipelineFeatures, SelectorReference
+from flashvlm_export.parity.compare import ARITHMETIC_BOUNDS, SHIPPED_INDICES, BackendReport, layer_summary, sensitivity_overlaps
+from flashvlm_export.parity.corpus import Case, pipeline_corpus
+from flashvlm_export.parity.run import check_save_dir, geometry_of, graph_metadata, validate_cases
+from flashvlm_export.runtime.chain import OrtChain
+from flashvlm_export.selector.schedule import round_schedule
+
+
+def split_requests(manifest: Manifest) -> dict:
+    """Each budget's request as a full pipeline (the chain's interface end to end), from its selector's metadata."""
+    requests = {}
+    for k in manifest.budgets:
+        graph = manifest.selector_graph(k)
+        selector = request_from_metadata(graph_metadata(graph), str(graph))
+        requests[k] = replace(selector, selector_only=False, precision=manifest.record["precision"])
+    return requests
+
+
+def run_split_parity(
+    manifest: Manifest,
+    parts,
+    seed: int = 0,
+    repeats: int = 2,
+    cases: list[Case] | None = None,
+    save_dir: Path | None = None,
+    log=print,
+    min_overlap: float | None = None,
+    chain=None,
+) -> dict[int, BackendReport]:
+    """The three layers per budget for the manifest's chain in ONNX Runtime; `chain` replaces it (tests plant one)."""
+    requests = split_requests(manifest)
+    first = requests[manifest.budgets[0]]
+    if save_dir is not None:
+        check_save_dir(save_dir)
+    if cases is None:
+        cases = pipeline_corpus(geometry_of(first), first.spec.image_size, seed, repeats)
+    for request in requests.values():
+        validate_cases(cases, request)
+    chain = chain or OrtChain(manifest, "CPUExecutionProvider")
+    torch_encoder = PipelineFeatures(parts)
+    bounds = dict(ARITHMETIC_BOUNDS)
+    if manifest.record["precision"] != "fp32":  # the encoder's own outputs differ by its precision: measured, not a gate
+        bounds.update({name: None for name in FEATURES})
+    reports = {k: BackendReport(f"{chain.name}, K={k}", min_overlap) for k in manifest.budgets}
+    with tempfile.TemporaryDirectory(prefix="flashvlm-verify-") as scratch:
+        verification = {
+            k: OnnxRuntime(
+                manifest.selector_graph(k),
+                replace(r, selector_only=True, precision="fp32").interface(),
+                plugin=r.plugin,
+                scratch=Path(scratch),
+            )
+            for k, r in requests.items()
+        }
+        for number, case in enumerate(cases):
+            chain.encode(case.feeds)
+            own_features = chain.features_on_host()  # what the chain's selectors read: the encoder's own outputs
+            torch_features = torch_encoder(case.feeds)
+            basis = {**own_features, TEXT_EMBEDS: case.feeds[TEXT_EMBEDS], TEXT_MASK: case.feeds[TEXT_MASK]}
+            end_to_end = {**torch_features, TEXT_EMBEDS: case.feeds[TEXT_EMBEDS], TEXT_MASK: case.feeds[TEXT_MASK]}
+            for k, request in requests.items():
+                selector_reference = SelectorReference(k, request.config)
+                expected = {**torch_features, **selector_reference.run(end_to_end)}  # the torch pipeline
+                own = selector_reference.run(basis)  # the reference on the encoder's own outputs
+                schedule = round_schedule(request.tokens, request.budget, request.config)
+                sensitivity = sensitivity_overlaps(expected, schedule, seed=seed * 100_003 + number)
+                shipped = chain.select(case.feeds, k)
+                outputs = verification[k].run(basis)  # the verification build: s, q, F, G and its indices
+                outputs.update(own_features)
+                outputs[SHIPPED_INDICES] = shipped[INDICES]
+                outputs[VISUAL_EMBEDS] = shipped[VISUAL_EMBEDS]
+                reports[k].add_case(case.name, expected, own, outputs, basis, schedule, request.config, bounds, sensitivity)
+    r = manifest.record
+    log(
+        f"Parity: {manifest.path} ({r['model']}, split, K = {', '.join(map(str, manifest.budgets))}, batch {r['batch']}, "
+        f"{r['precision']} encoder), {len(cases)} cases x {r['batch']} images; each selector on the encoder's own outputs, "
+        "the chain end to end against the torch pipeline"
+    )
+    for report in reports.values():
+        for line in report.lines():
+            log(f"  {line}")
+    for line in layer_summary(list(reports.values())):
+        log(line)
+    if save_dir is not None:
+        path = save_dir / f"{manifest.folder.name}_parity.json"
+        record = {
+            "manifest": str(manifest.path),
+            "cases": [c.name for c in cases],
+            "budgets": {str(k): rep.to_dict() for k, rep in reports.items()},
+            "passed": all(reports.values()),
+        }
+        with atomic_outputs([path]) as (temp,):
+            temp.write_text(json.dumps(record, indent=2) + "\n")
+        log(f"Parity: saved {path}")
+    return reports

@@ -1,0 +1,130 @@
+"""A split export as one pipeline: the encoder, then the selector of the budget each request asks for.
+
+ONNX Runtime (`OrtChain`): the encoder's three outputs are OrtValues allocated once on the session's
+device (CUDA with onnxruntime-gpu, else CPU) and bound, through I/O binding, as the encoder's outputs
+and as every selector's inputs: nothing of the N rows of X, a or P(X) passes through the host or is
+copied between sessions. Only indices and visual_embeds (B, K, Dl) come back. TensorRT
+(`trt/chain.py`, EngineChain) does the same with device buffers shared between execution contexts.
+
+`SplitChain` picks the runtime from a manifest and serves any of its budgets per request.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from flashvlm_export.errors import MissingDependencyError
+from flashvlm_export.export.interface import (
+    FEATURES,
+    INDICES,
+    PIXEL_VALUES,
+    TEXT_EMBEDS,
+    TEXT_MASK,
+    VISUAL_EMBEDS,
+)
+from flashvlm_export.export.manifest import Manifest
+
+
+def _session(ort, path: Path, provider: str, plugin: bool):
+    options = None
+    if plugin:  # flashvlm::ResidualPrune as an onnxruntime-extensions Python op
+        from flashvlm_export.plugin.ort_op import session_options
+
+        options = session_options()
+    try:
+        return ort.InferenceSession(str(path), sess_options=options, providers=[provider])
+    except Exception as exc:
+        first = str(exc).strip().splitlines()[0][:300]
+        raise MissingDependencyError(f"ONNX Runtime ({provider}) cannot run {Path(path).name}: {first}") from None
+
+
+class OrtChain:
+    """Encoder session -> selector session of the request's budget, joined by I/O binding on one device."""
+
+    def __init__(self, manifest: Manifest, provider: str | None = None):
+        import onnxruntime as ort
+
+        available = ort.get_available_providers()
+        if provider is None:
+            provider = "CUDAExecutionProvider" if "CUDAExecutionProvider" in available else "CPUExecutionProvider"
+        self.device = "cuda" if provider == "CUDAExecutionProvider" else "cpu"
+        plugin = bool(manifest.record["plugin"])
+        self.encoder = _session(ort, manifest.encoder_graph, provider, False)
+        self.selectors = {k: _session(ort, manifest.selector_graph(k), provider, plugin) for k in manifest.budgets}
+        # X, a, P(X): allocated once on the device, written by the encoder, read by every selector
+        shapes = {o.name: o.shape for o in self.encoder.get_outputs()}
+        self.features = {
+            name: ort.OrtValue.ortvalue_from_shape_and_type(shapes[name], np.float32, self.device, 0) for name in FEATURES
+        }
+        self.encoder_binding = self.encoder.io_binding()
+        for name, value in self.features.items():
+            self.encoder_binding.bind_ortvalue_output(name, value)
+        self.bindings = {}
+        for k, session in self.selectors.items():
+            binding = session.io_binding()
+            for name, value in self.features.items():
+                binding.bind_ortvalue_input(name, value)
+            for name in (INDICES, VISUAL_EMBEDS):  # the K rows only come back to the host
+                binding.bind_output(name, "cpu")
+            self.bindings[k] = binding
+        self.manifest = manifest
+        self.name = f"ONNX Runtime {provider.replace('ExecutionProvider', '')} chain"
+
+    @property
+    def budgets(self) -> tuple[int, ...]:
+        return tuple(self.selectors)
+
+    def encode(self, feeds: dict[str, np.ndarray]) -> None:
+        """Run the encoder into the shared device buffers."""
+        self.encoder_binding.bind_cpu_input(PIXEL_VALUES, np.ascontiguousarray(feeds[PIXEL_VALUES]))
+        self.encoder.run_with_iobinding(self.encoder_binding)
+
+    def features_on_host(self) -> dict[str, np.ndarray]:
+        """A copy of the shared X, a, P(X) (for parity: the encoder's own outputs)."""
+        return {name: value.numpy() for name, value in self.features.items()}
+
+    def select(self, feeds: dict[str, np.ndarray], budget: int) -> dict[str, np.ndarray]:
+        """The selector of `budget` on what the encoder last wrote."""
+        budget = self.manifest.check_budget(budget)
+        binding = self.bindings[budget]
+        binding.bind_cpu_input(TEXT_EMBEDS, np.ascontiguousarray(feeds[TEXT_EMBEDS]))
+        binding.bind_cpu_input(TEXT_MASK, np.ascontiguousarray(feeds[TEXT_MASK]))
+        self.selectors[budget].run_with_iobinding(binding)
+        indices, embeds = binding.copy_outputs_to_cpu()
+        return {INDICES: indices, VISUAL_EMBEDS: embeds}
+
+    def infer(self, feeds: dict[str, np.ndarray], budget: int) -> dict[str, np.ndarray]:
+        self.manifest.check_budget(budget)  # before any work
+        self.encode(feeds)
+        return self.select(feeds, budget)
+
+
+class SplitChain:
+    """A manifest's chain in ONNX Runtime, or its TensorRT engines with tensorrt=True."""
+
+    def __init__(self, manifest: Manifest, tensorrt: bool = False, plugin_library: Path | None = None):
+        self.manifest = manifest
+        if tensorrt:
+            from flashvlm_export.trt.chain import EngineChain
+
+            encoder, selectors = manifest.engines()
+            self.chain = EngineChain(encoder, selectors, plugin_library)
+        else:
+            self.chain = OrtChain(manifest)
+        self.name = self.chain.name
+
+    def infer(self, feeds: dict[str, np.ndarray], budget: int) -> dict[str, np.ndarray]:
+        return self.chain.infer(feeds, self.manifest.check_budget(budget))
+
+
+class BudgetBackend:
+    """A chain fixed to one budget: the backend interface of runtime/session.select (infer(feeds))."""
+
+    def __init__(self, chain: SplitChain, budget: int):
+        self.chain, self.budget = chain, chain.manifest.check_budget(budget)
+        self.name = f"{chain.name}, K={budget}"
+
+    def infer(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        return self.chain.infer(feeds, self.budget)
