@@ -15,44 +15,73 @@ from flashvlm_export.trt.sidecar import sha256_of
 SIDECAR_KEYS = ("tensorrt_version", "gpu", "compute_capability", "budget", "plugin", "precision", "onnx", "onnx_metadata")
 
 
+def read_engine_record(engine_path: Path, expect_kind: str | None = None) -> dict:
+    """An engine's sidecar record, checked without TensorRT: engine and sidecar present, sha256, graph kind."""
+    engine_path = Path(engine_path)
+    if not engine_path.is_file():
+        raise UsageError(f"engine {engine_path} does not exist; build it with flashvlm-export ... --engine")
+    if not sidecar_path(engine_path).is_file():
+        raise UsageError(
+            f"{engine_path} has no sidecar {sidecar_path(engine_path)}; build engines with flashvlm-export ... "
+            f"--engine, or record one trtexec built: flashvlm-export sidecar --engine {engine_path} --onnx GRAPH.onnx"
+        )
+    record = read_sidecar(engine_path, required=SIDECAR_KEYS)
+    expected = record.get("engine_sha256")  # sidecars written before it was recorded lack it
+    if expected is not None and sha256_of(engine_path) != expected:
+        raise UsageError(
+            f"{engine_path} is not the engine its sidecar describes (sha256 differs); rebuild it with "
+            "flashvlm-export ... --engine, or record a trtexec engine with flashvlm-export sidecar --force"
+        )
+    if expect_kind is not None and record.get("graph_kind") != expect_kind:
+        raise UsageError(
+            f"{engine_path} is a {record.get('graph_kind')!r} engine (sidecar graph_kind), the caller expects "
+            f"{expect_kind!r}; pass the {expect_kind} engine"
+        )
+    return record
+
+
+def check_engine_here(engine_path: Path, record: dict, expect_budget: int | None = None, plugin_library: Path | None = None):
+    """The checks that need TensorRT: its version, this GPU, the budget; loads the plugin library the record asks for.
+
+    Returns the `tensorrt` module (imported here, through import_tensorrt: a one-line error where it is absent).
+    """
+    trt = import_tensorrt()
+    rebuild = "rebuild it on this machine with flashvlm-export ... --engine"
+    if trt.__version__ != record["tensorrt_version"]:
+        raise UsageError(
+            f"{engine_path} was built with TensorRT {record['tensorrt_version']}, this is {trt.__version__}; {rebuild}"
+        )
+    gpu = gpu_info()
+    if (gpu.name, gpu.compute_capability) != (record["gpu"], record["compute_capability"]):
+        raise UsageError(
+            f"{engine_path} was built for {record['gpu']} (sm {record['compute_capability']}), "
+            f"this is {gpu.name} (sm {gpu.compute_capability}); {rebuild}"
+        )
+    if expect_budget is not None and expect_budget != record["budget"]:
+        raise UsageError(
+            f"{engine_path} keeps K={record['budget']} tokens, the caller expects K={expect_budget}; use the matching engine"
+        )
+    if record["plugin"]:
+        from flashvlm_export.plugin.build import find_plugin_library
+
+        load_plugin_library(trt, find_plugin_library(str(plugin_library) if plugin_library else None))
+    return trt
+
+
+def check_engine(
+    engine_path: Path, expect_budget: int | None = None, plugin_library: Path | None = None, expect_kind: str | None = None
+) -> dict:
+    """Every check an engine passes before it runs (sidecar, sha256, kind, TensorRT, GPU, budget, plugin); its record."""
+    record = read_engine_record(Path(engine_path), expect_kind)
+    check_engine_here(Path(engine_path), record, expect_budget, plugin_library)
+    return record
+
+
 class EngineRunner:
     """A TensorRT engine checked against its sidecar: same TensorRT, same GPU, plugin present, budget."""
 
     def __init__(self, engine_path: Path, expect_budget: int | None = None, plugin_library: Path | None = None):
-        if not Path(engine_path).is_file():
-            raise UsageError(f"engine {engine_path} does not exist; build it with flashvlm-export ... --engine")
-        if not sidecar_path(Path(engine_path)).is_file():
-            raise UsageError(
-                f"{engine_path} has no sidecar {sidecar_path(Path(engine_path))}; build engines with flashvlm-export ... "
-                f"--engine, or record one trtexec built: flashvlm-export sidecar --engine {engine_path} --onnx GRAPH.onnx"
-            )
-        self.record = read_sidecar(Path(engine_path), required=SIDECAR_KEYS)
-        expected = self.record.get("engine_sha256")  # sidecars written before it was recorded lack it
-        if expected is not None and sha256_of(Path(engine_path)) != expected:
-            raise UsageError(
-                f"{engine_path} is not the engine its sidecar describes (sha256 differs); rebuild it with "
-                "flashvlm-export ... --engine, or record a trtexec engine with flashvlm-export sidecar --force"
-            )
-        trt = import_tensorrt()
-        rebuild = "rebuild it on this machine with flashvlm-export ... --engine"
-        if trt.__version__ != self.record["tensorrt_version"]:
-            raise UsageError(
-                f"{engine_path} was built with TensorRT {self.record['tensorrt_version']}, this is {trt.__version__}; {rebuild}"
-            )
-        gpu = gpu_info()
-        if (gpu.name, gpu.compute_capability) != (self.record["gpu"], self.record["compute_capability"]):
-            raise UsageError(
-                f"{engine_path} was built for {self.record['gpu']} (sm {self.record['compute_capability']}), "
-                f"this is {gpu.name} (sm {gpu.compute_capability}); {rebuild}"
-            )
-        if expect_budget is not None and expect_budget != self.record["budget"]:
-            raise UsageError(
-                f"{engine_path} keeps K={self.record['budget']} tokens, the caller expects K={expect_budget}; use the matching engine"
-            )
-        if self.record["plugin"]:
-            from flashvlm_export.plugin.build import find_plugin_library
-
-            load_plugin_library(trt, find_plugin_library(str(plugin_library) if plugin_library else None))
+        self.record = check_engine(Path(engine_path), expect_budget, plugin_library)
         from polygraphy.backend.trt import EngineFromBytes, TrtRunner
 
         self.runner = TrtRunner(EngineFromBytes(Path(engine_path).read_bytes()))

@@ -1,0 +1,231 @@
+"""The engine chain of a split export (trt/chain.py): encoder engine -> the selector engine of a budget.
+
+What runs here: the chain's checks before TensorRT, on sidecar JSON written by hand next to dummy .plan
+files. They prove our refusal logic only and nothing about TensorRT itself (no engine is deserialized,
+no TensorRT name is called). Building and running a real chain needs TensorRT and a CUDA GPU; that test
+is skipped where either is absent.
+"""
+
+import hashlib
+import importlib.util
+import json
+import shutil
+import subprocess
+import sys
+
+import pytest
+
+from flashvlm_export.errors import MissingDependencyError, UsageError
+from flashvlm_export.trt.chain import EngineChain, check_chain_records, select_budget
+from flashvlm_export.trt.runner import check_engine
+
+HAVE_TRT = importlib.util.find_spec("tensorrt") is not None
+
+
+def have_gpu() -> bool:
+    import torch
+
+    return torch.cuda.is_available() or shutil.which("nvidia-smi") is not None
+
+
+def write_engine(folder, name, kind, budget, *, batch=1, n_tokens=576, vision_hidden=1024, text_hidden=4096, t_max=128):
+    """A dummy .plan and a complete sidecar for it, shaped like trt/sidecar.py's engine_record."""
+    plan = folder / f"{name}.plan"
+    plan.write_bytes(f"engine bytes of {name}".encode())
+    meta = {"graph": kind, "batch": str(batch), "n_tokens": str(n_tokens), "vision_hidden": str(vision_hidden)}
+    meta |= {"text_hidden": str(text_hidden), "image_size": "336", "precision": "fp32"}
+    if kind == "selector":
+        meta |= {"budget": str(budget), "t_max": str(t_max)}
+    record = {
+        "engine": plan.name,
+        "engine_sha256": hashlib.sha256(plan.read_bytes()).hexdigest(),
+        "tensorrt_version": "10.3.0",
+        "gpu": "NVIDIA H100",
+        "compute_capability": "9.0",
+        "precision": "fp32",
+        "budget": budget,
+        "batch": batch,
+        "t_max": t_max if kind == "selector" else 0,
+        "graph_kind": kind,
+        "plugin": False,
+        "onnx": f"{name}.onnx",
+        "onnx_metadata": meta,
+    }
+    plan.with_suffix(".json").write_text(json.dumps(record))
+    return plan
+
+
+@pytest.fixture
+def chain_files(tmp_path):
+    encoder = write_engine(tmp_path, "enc", "encoder", 0)
+    selectors = {k: write_engine(tmp_path, f"sel_b{k}", "selector", k) for k in (32, 64)}
+    return encoder, selectors
+
+
+def refused(encoder, selectors) -> str:
+    with pytest.raises(UsageError) as info:
+        check_chain_records(encoder, selectors)
+    message = str(info.value)
+    assert "\n" not in message
+    return message
+
+
+def test_consistent_sidecars_pass_the_checks_before_tensorrt(chain_files):
+    encoder, selectors = chain_files
+    encoder_record, records = check_chain_records(encoder, selectors)
+    assert encoder_record["graph_kind"] == "encoder" and sorted(records) == [32, 64]
+
+
+def test_missing_selector_sidecar_is_refused_naming_the_file(chain_files):
+    encoder, selectors = chain_files
+    selectors[64].with_suffix(".json").unlink()
+    message = refused(encoder, selectors)
+    assert str(selectors[64]) in message and "has no sidecar" in message
+
+
+def test_missing_encoder_engine_is_refused_naming_the_file(chain_files):
+    encoder, selectors = chain_files
+    encoder.unlink()
+    assert f"engine {encoder} does not exist" in refused(encoder, selectors)
+
+
+def test_unreadable_sidecar_is_refused_naming_the_file(chain_files):
+    encoder, selectors = chain_files
+    selectors[32].with_suffix(".json").write_text("{not json")
+    assert f"sidecar {selectors[32].with_suffix('.json')} is not readable JSON" in refused(encoder, selectors)
+
+
+def test_encoder_whose_sidecar_says_selector_is_refused(tmp_path):
+    encoder = write_engine(tmp_path, "enc", "selector", 32)
+    selectors = {32: write_engine(tmp_path, "sel_b32", "selector", 32)}
+    message = refused(encoder, selectors)
+    assert str(encoder) in message and "'selector' engine" in message and "expects 'encoder'" in message
+
+
+def test_selector_whose_sidecar_says_encoder_is_refused(tmp_path):
+    encoder = write_engine(tmp_path, "enc", "encoder", 0)
+    selectors = {32: write_engine(tmp_path, "enc2", "encoder", 0)}
+    message = refused(encoder, selectors)
+    assert str(selectors[32]) in message and "expects 'selector'" in message
+
+
+def test_selector_whose_budget_differs_from_its_key_is_refused(chain_files):
+    encoder, selectors = chain_files
+    selectors = {32: selectors[32], 128: selectors[64]}
+    message = refused(encoder, selectors)
+    assert str(selectors[128]) in message and "K=64" in message and "keyed as K=128" in message
+
+
+@pytest.mark.parametrize(
+    "field, value",
+    [("batch", 2), ("n_tokens", 2880), ("vision_hidden", 1152), ("text_hidden", 3584)],
+)
+def test_batch_or_geometry_mismatch_between_encoder_and_selector_is_refused(tmp_path, field, value):
+    encoder = write_engine(tmp_path, "enc", "encoder", 0)
+    selectors = {
+        32: write_engine(tmp_path, "sel_b32", "selector", 32),
+        64: write_engine(tmp_path, "sel_b64", "selector", 64, **{field: value}),
+    }
+    message = refused(encoder, selectors)
+    assert str(selectors[64]) in message and str(encoder) in message and f"{field}={value}" in message
+
+
+def test_selectors_with_different_t_max_are_refused(tmp_path):
+    encoder = write_engine(tmp_path, "enc", "encoder", 0)
+    selectors = {
+        32: write_engine(tmp_path, "sel_b32", "selector", 32),
+        64: write_engine(tmp_path, "sel_b64", "selector", 64, t_max=64),
+    }
+    message = refused(encoder, selectors)
+    assert "T_max" in message and "t_max=64" in message
+
+
+def test_a_chain_without_selectors_is_refused(chain_files):
+    encoder, _ = chain_files
+    assert str(encoder) in refused(encoder, {})
+
+
+def test_an_engine_its_sidecar_does_not_describe_is_refused(chain_files):
+    encoder, selectors = chain_files
+    selectors[32].write_bytes(b"another engine")
+    message = refused(encoder, selectors)
+    assert str(selectors[32]) in message and "sha256 differs" in message
+
+
+def test_a_budget_the_chain_lacks_names_the_budgets_it_has():
+    assert select_budget(64, (32, 64)) == 64
+    with pytest.raises(UsageError, match=r"budget 128 has no selector engine .*K = 32, 64") as info:
+        select_budget(128, (32, 64))
+    assert "\n" not in str(info.value)
+    with pytest.raises(UsageError, match="budget True"):
+        select_budget(True, (1, 32))
+
+
+def test_check_engine_refuses_a_kind_other_than_expected_before_tensorrt(chain_files):
+    _, selectors = chain_files
+    with pytest.raises(UsageError, match=r"'selector' engine .*expects 'encoder'"):
+        check_engine(selectors[32], expect_kind="encoder")
+
+
+@pytest.mark.skipif(HAVE_TRT, reason="TensorRT is installed: the missing-TensorRT message cannot be shown")
+def test_checks_that_need_tensorrt_are_the_one_line_missing_tensorrt_error(chain_files):
+    encoder, selectors = chain_files
+    for attempt in (lambda: EngineChain(encoder, selectors), lambda: check_engine(selectors[32], expect_kind="selector")):
+        with pytest.raises(MissingDependencyError, match="TensorRT is not installed") as info:
+            attempt()
+        assert "\n" not in str(info.value)
+
+
+def test_importing_the_chain_does_not_import_tensorrt():
+    """In a fresh interpreter that records every import attempt: tensorrt is never asked for."""
+    probe = (
+        "import sys\n"
+        "asked = []\n"
+        "class Recorder:\n"
+        "    def find_spec(self, name, path=None, target=None):\n"
+        "        asked.append(name)\n"
+        "        return None\n"
+        "sys.meta_path.insert(0, Recorder())\n"
+        "import flashvlm_export.trt.chain\n"
+        "assert 'flashvlm_export.trt.chain' in asked, 'the recorder saw nothing'\n"
+        "hit = [n for n in asked if n.split('.')[0] == 'tensorrt'] + [n for n in sys.modules if n.split('.')[0] == 'tensorrt']\n"
+        "assert not hit, hit\n"
+    )
+    result = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+
+
+@pytest.mark.skipif(not HAVE_TRT or not have_gpu(), reason="needs TensorRT and a CUDA GPU (absent on this project's machines)")
+def test_a_real_chain_matches_its_selector_engines_run_one_by_one(tmp_path):
+    """Split-export llava15-tiny with --engine (encoder + K=32, 64), then for each budget: the chain's indices
+    equal the K engine run alone (EngineRunner) on the encoder engine's outputs, and visual_embeds are
+    projected_features gathered at those indices."""
+    import numpy as np
+
+    from flashvlm_export.cli import main
+    from flashvlm_export.models.spec import get_spec
+    from flashvlm_export.trt.runner import EngineRunner
+
+    assert HAVE_TRT and have_gpu()
+    argv = ["--model", "llava15-tiny", "--random-weights", "--split", "--budget", "32,64"]
+    assert main([*argv, "--out-dir", str(tmp_path), "--engine", "--engine-dir", str(tmp_path)]) == 0
+    from flashvlm_export.export.manifest import read_manifest
+
+    encoder, selectors = read_manifest(tmp_path / "llava15-tiny_split" / "manifest.json").engines()
+    chain = EngineChain(encoder, selectors)
+    spec = get_spec("llava15-tiny")
+    rng = np.random.default_rng(0)
+    feeds = {
+        "pixel_values": rng.standard_normal((1, 3, spec.image_size, spec.image_size), dtype=np.float32),
+        "text_embeds": rng.standard_normal((1, spec.t_max, spec.text_hidden), dtype=np.float32),
+        "text_mask": np.arange(spec.t_max)[None] < spec.t_max // 2,
+    }
+    encoded = EngineRunner(encoder).infer({"pixel_values": feeds["pixel_values"]})
+    for k in chain.budgets:
+        got = chain.infer(feeds, k)
+        alone = EngineRunner(selectors[k], expect_budget=k).infer(
+            {**encoded, **{n: feeds[n] for n in ("text_embeds", "text_mask")}}
+        )
+        assert got["indices"].shape == (1, k) and np.array_equal(got["indices"], alone["indices"])
+        gathered = np.take_along_axis(encoded["projected_features"], got["indices"][..., None], axis=1)
+        np.testing.assert_allclose(got["visual_embeds"], gathered, rtol=0, atol=0)
