@@ -22,6 +22,34 @@ def selector_table(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def split_tables(rows: list[dict]) -> list[str]:
+    """Fused graphs against a split export: time at one budget, disk and peak memory for 1, 3, 5 budgets."""
+    out = []
+    for r in rows:
+        if r["section"] == "split_time":
+            f, c = r["fused"], r["chain"]
+            out += [
+                "",
+                f"Fused graph against the split chain at K={r['budget']}, ONNX Runtime CPU, same inputs, interleaved "
+                f"({f['repeats']} runs each): fused {f['median_ms']:.1f} ms (p10 {f['p10_ms']:.1f}, p90 {f['p90_ms']:.1f}), "
+                f"chain {c['median_ms']:.1f} ms (p10 {c['p10_ms']:.1f}, p90 {c['p90_ms']:.1f}): overhead {100 * r['overhead']:+.2f}%.",
+            ]
+    footprint = [r for r in rows if r["section"] == "split_footprint"]
+    if footprint:
+        out += [
+            "",
+            "| budgets | disk, fused | disk, split | resident after one run each, fused | split | peak RSS, fused | split |",
+            "|---|---|---|---|---|---|---|",
+        ]
+        for r in footprint:
+            out.append(
+                f"| {len(r['budgets'])} ({', '.join(map(str, r['budgets']))}) | {r['fused_disk_bytes'] / 1e9:.2f} GB | "
+                f"{r['split_disk_bytes'] / 1e9:.2f} GB | {r['fused_resident_gib']:.2f} GiB | {r['split_resident_gib']:.2f} GiB | "
+                f"{r['fused_peak_rss_gib']:.2f} GiB | {r['split_peak_rss_gib']:.2f} GiB |"
+            )
+    return out
+
+
 def markdown(results: dict) -> str:
     rows = results["rows"]
     m = results["machine"]
@@ -29,10 +57,13 @@ def markdown(results: dict) -> str:
         f"Machine: {m['cpu']}, {m['cores']} cores{', GPU ' + m['gpu'] if 'gpu' in m else ', no GPU'}; torch {m['torch']}, "
         f"onnxruntime {m.get('onnxruntime', '-')}; {m['date']}. Command: `{results['command']}`.",
         "",
-        f"Selector core, milliseconds, median (p10-p90), batch 1, prompt of {results['settings']['text_len']} text rows:",
-        "",
-        selector_table(rows),
     ]
+    if any(r["section"] == "selector" for r in rows):
+        parts += [
+            f"Selector core, milliseconds, median (p10-p90), batch 1, prompt of {results['settings']['text_len']} text rows:",
+            "",
+            selector_table(rows),
+        ]
     for r in rows:
         if r["section"] == "full_graph":
             parts += [
@@ -43,6 +74,7 @@ def markdown(results: dict) -> str:
             ]
         if r["section"] == "export":
             parts += ["", f"Export (`{r['command']}`): {r['wall_s']} s wall, {r['peak_rss_gib']} GiB peak RSS."]
+    parts += split_tables(rows)
     prefill = [r for r in rows if r["section"] == "prefill"]
     if prefill:
         parts += ["", "| visual tokens | prefill ms (median) |", "|---|---|"]

@@ -9,12 +9,14 @@ from pathlib import Path
 from flashvlm_export.bench import report, suite
 
 # measured on a 2-core x86-64 CPU (README, Performance): what a full run costs, for the opening estimate
-ESTIMATE_S = {"export": 45, "selector": 110, "full_graph": 15}
+ESTIMATE_S = {"export": 45, "selector": 110, "full_graph": 15, "split": 400}
 
 
 def estimate_text(settings: suite.BenchSettings) -> str:
-    parts = {"selector": ESTIMATE_S["selector"] * settings.repeats / 10}
-    if settings.export:
+    parts = {"selector": ESTIMATE_S["selector"] * settings.repeats / 10} if settings.selector else {}
+    if settings.split:
+        parts["split"] = ESTIMATE_S["split"] * (0.8 + 0.2 * settings.repeats / 10)
+    if settings.export and settings.selector:
         parts["export"] = ESTIMATE_S["export"]
         if settings.full_graph:
             parts["full_graph"] = ESTIMATE_S["full_graph"] * settings.repeats / 10
@@ -35,12 +37,21 @@ def run_bench(settings: suite.BenchSettings, out_dir: Path, command: str, log=pr
         if settings.export:
             log("Bench: export (child process)")
             results["rows"].append(suite.export_cost(graph, log=log))
-        log(f"Bench: selector core ({time.perf_counter() - start:.0f}s so far)")
-        core = suite.selector_core(settings, log=log)
-        results["rows"] += core.rows
-        if settings.export and settings.full_graph and core.full_graph_point_ms is not None:
-            log(f"Bench: full graph ({time.perf_counter() - start:.0f}s so far)")
-            results["rows"].append(suite.full_graph(graph, core.full_graph_point_ms, settings, log=log))
+        if settings.selector:
+            log(f"Bench: selector core ({time.perf_counter() - start:.0f}s so far)")
+            core = suite.selector_core(settings, log=log)
+            results["rows"] += core.rows
+            if settings.export and settings.full_graph and core.full_graph_point_ms is not None:
+                log(f"Bench: full graph ({time.perf_counter() - start:.0f}s so far)")
+                results["rows"].append(suite.full_graph(graph, core.full_graph_point_ms, settings, log=log))
+            graph.unlink(missing_ok=True)
+        if settings.split:
+            from flashvlm_export.bench.split import split_cost
+
+            log(f"Bench: fused graphs against a split export ({time.perf_counter() - start:.0f}s so far)")
+            folder = Path(scratch) / "split"
+            folder.mkdir()
+            results["rows"] += split_cost(settings, folder, log=log)
     if settings.gpu and torch.cuda.is_available():
         log("Bench: LLM prefill on the GPU")
         results["rows"] += suite.prefill_gpu(settings, text_len=settings.text_len, log=log)

@@ -43,6 +43,8 @@ class BenchSettings:
     full_graph: bool = True
     export: bool = True
     gpu: bool = True  # use a CUDA GPU when one is present
+    split: bool = True  # fused graphs against a split export: time, disk, memory
+    selector: bool = True  # the selector core on every backend (the full graph's share needs it)
 
 
 def machine() -> dict:
