@@ -359,6 +359,11 @@ def run_export(argv: list[str]) -> int:
         if not source.random:
             resolve_weights_dir(spec, source.path)
     engines, plugin_lib = [], None
+    if args.engine and plan and plan.engine_folder(Path(args.engine_dir)).resolve() == plan.folder.resolve():
+        raise UsageError(
+            f"--engine-dir {args.engine_dir} puts a split's engines beside its graphs, where their sidecars would "
+            "take the graphs' sidecar names; choose another --engine-dir (default: engines)"
+        )
     if args.engine:  # fail fast, before the export, when TensorRT, the GPU or the plugin is missing
         from flashvlm_export.artifacts import artifact_stem
         from flashvlm_export.device import gpu_info
@@ -416,7 +421,8 @@ def _export_split(args, plan, parts, weights, engines, plugin_lib) -> int:
         for request, graph, engine in zip(requests, plan.graphs(), engines, strict=True):
             engine.parent.mkdir(parents=True, exist_ok=True)
             library = plugin_lib if request.kind == "selector" else None
-            build_engine(graph, engine, request.metadata(weights), request.precision, library, cache, args.workspace, log=log)
+            own = request.metadata(weights if request.kind == "encoder" else None)  # selector graphs hold no weights
+            build_engine(graph, engine, own, request.precision, library, cache, args.workspace, log=log)
             built[graph.stem] = engine
         add_engines(manifest_path, built)
         log(f"Split: the manifest lists the {len(built)} engines in {engines[0].parent}")

@@ -65,7 +65,9 @@ def test_one_token_swapped_fails_layer_1(tiny_graphs):
     (report,) = run_parity(tiny_graphs[1], repeats=1, backends=[planted], **QUIET)
     assert not report and not report.decisions_passed
     assert report.arithmetic_passed  # its F and G are honest: only the decision is wrong
-    assert len(report.decision_failures) == 7
+    decided = [f for f in report.decision_failures if "decide other indices" in f]
+    assert len(decided) == 7  # every image; its visual_embeds no longer match its indices either (step 12's rows)
+    assert len(report.decision_failures) == 14 and all("visual_embeds" in f for f in set(report.decision_failures) - set(decided))
 
 
 def test_shipped_graph_differing_from_its_verification_build_fails_layer_1(tiny_graphs):
@@ -89,8 +91,10 @@ def test_images_of_a_batch_swapped_fail(tiny_graphs, swap):
     assert not report
     if swap == "indices only":
         assert not report.decisions_passed
-    else:  # its decisions match its own (swapped) F and G, but F and G are not the reference's on these images
-        assert report.decisions_passed and not report.arithmetic_passed
+    else:  # its decisions match its own (swapped) F and G, but F and G are not the reference's on these images,
+        # and its visual_embeds are the other image's rows of P(X)
+        assert not report.arithmetic_passed
+        assert report.decision_failures and all("visual_embeds" in f for f in report.decision_failures)
 
 
 def test_a_backend_without_verification_outputs_is_not_passed(tiny_graphs):

@@ -156,6 +156,10 @@ def test_chain_serves_each_budget_and_refuses_one_it_lacks(split, capsys, tmp_pa
         assert np.array_equal(out[VISUAL_EMBEDS][0], projected[0][out[INDICES][0]])  # a gather copies: exact everywhere
     with pytest.raises(Exception, match=r"--budget 48 is not in .*: it has K = 64, 16"):
         chain.infer(feeds, 48)
+    from flashvlm_export.runtime.chain import SplitChain
+
+    by_path = SplitChain(str(split))  # the manifest's path is enough
+    assert np.array_equal(by_path.infer(feeds, 16)[INDICES], chain.infer(feeds, 16)[INDICES])  # the same graphs, the same floats
     image = str(tmp_path / "demo.png")
     assert main(["run", "--manifest", str(split), "--budget", "16", "--demo-image", image, "--question", "What?"]) == 0
     assert "Run: selected 16/576 tokens" in capsys.readouterr().out
@@ -188,12 +192,37 @@ def test_an_edited_split_is_refused_before_any_work(split, capsys, tmp_path):
     broken.write_text("{not json")
     expect_one_line(capsys, ["parity", "--manifest", str(broken), "--no-save"], "not readable JSON")
 
+    for key, value, fragment in [
+        ("selector_config", {**json.loads(split.read_text())["selector_config"], "eta": 0.6}, "selector_config"),
+        ("weights", "random:1", "weights"),
+        ("precision", "fp16", "precision"),
+        ("t_max", 128, "t_max"),
+        ("plugin", "no", "malformed"),
+        ("batch", None, "malformed"),
+    ]:  # each says something the graphs do not: refused in one line, whatever the hashes say
+        edited = copy_split(split, tmp_path / f"e-{key}")
+        record = json.loads(edited.read_text())
+        if value is None:
+            del record[key]
+        else:
+            record[key] = value
+        edited.write_text(json.dumps(record))
+        expect_one_line(capsys, ["parity", "--manifest", str(edited), "--no-save"], fragment)
+
+
+def test_the_encoder_graph_alone_is_pointed_to_its_manifest(split, capsys, tmp_path):
+    encoder = str(split.parent / "encoder.onnx")
+    expect_one_line(capsys, ["parity", "--graph", encoder, "--no-save"], "encoder graph of a split export", "--manifest")
+    expect_one_line(capsys, ["run", "--graph", encoder, "--demo-image", str(tmp_path / "d.png"), "--question", "Q"], "--manifest")
+
 
 def test_split_flags_are_checked_and_nothing_is_overwritten(split, capsys, tmp_path):
     tiny = ["--model", "llava15-tiny", "--random-weights"]
     expect_one_line(capsys, [*tiny, "--budget", "64,16", "--split", "--fused"], "exclude each other")
     expect_one_line(capsys, [*tiny, "--budget", "16", "--split", "--selector-only"], "--selector-only")
     expect_one_line(capsys, [*tiny, "--budget", "64,16", "--out", str(tmp_path / "x.onnx")], "--out-dir")
+    same = str(tmp_path / "g")  # engine sidecars would take the graphs' sidecar names: refused before TensorRT is needed
+    expect_one_line(capsys, [*tiny, "--budget", "64,16", "--engine", "--out-dir", same, "--engine-dir", same], "--engine-dir")
     before = {p.name: sha256_of(p) for p in split.parent.iterdir()}
     expect_one_line(capsys, [*tiny, "--budget", "64,16", "--out-dir", str(split.parent.parent)], "--force")
     assert {p.name: sha256_of(p) for p in split.parent.iterdir()} == before
@@ -221,3 +250,19 @@ def test_a_split_that_fails_part_way_leaves_nothing(monkeypatch, tmp_path, parts
     with pytest.raises(RuntimeError, match="planted"):
         split_module.export_split(plan, parts, parts.source.tag, 18, "dynamo", overwrite=False, log=lambda _: None)
     assert list(plan.folder.iterdir()) == []
+
+
+def test_bench_split_report_states_the_overhead_against_its_target():
+    from flashvlm_export.bench.report import split_tables
+
+    timing = {"median_ms": 100.0, "p10_ms": 99.0, "p90_ms": 101.0, "repeats": 10}
+    rows = [
+        {"section": "split_time", "budget": 128, "fused": timing, "chain": {**timing, "median_ms": 104.0}, "overhead": 0.04},
+        {
+            "section": "split_footprint", "budgets": [128, 64, 32], "fused_disk_bytes": 3.76e9, "split_disk_bytes": 1.26e9,
+            "fused_resident_gib": 4.15, "split_resident_gib": 1.44, "fused_peak_rss_gib": 6.27, "split_peak_rss_gib": 6.27,
+        },
+    ]  # fmt: skip
+    text = "\n".join(split_tables(rows))
+    assert "overhead +4.00% (target: under 3%, NOT MET)" in text
+    assert "| 3 (128, 64, 32) | 3.76 GB | 1.26 GB | 4.15 GiB | 1.44 GiB | 6.27 GiB | 6.27 GiB |" in text

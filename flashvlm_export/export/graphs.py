@@ -188,7 +188,7 @@ class ExportRequest:
         return {key: str(value) for key, value in values.items()}
 
 
-def request_from_metadata(meta: dict[str, str], source: str) -> ExportRequest | EncoderRequest:
+def request_from_metadata(meta: dict[str, str], source: str, encoder: bool = False) -> ExportRequest | EncoderRequest:
     """The request a graph was exported from, rebuilt from its metadata; malformed metadata is a one-line error."""
     fix = "re-export the graph with flashvlm-export"
     key = "?"
@@ -213,6 +213,10 @@ def request_from_metadata(meta: dict[str, str], source: str) -> ExportRequest | 
             raise ValueError(f"{graph!r} is not one of {', '.join(GRAPH_KINDS)}")
         spec = get_spec(field("model"))
         if graph == "encoder":
+            if not encoder:
+                raise UsageError(
+                    f"{source} is the encoder graph of a split export; pass its manifest instead (--manifest DIR/manifest.json)"
+                )
             batch = whole("batch")
             key = "precision"
             precision = meta.get("precision", "fp32")
@@ -234,7 +238,12 @@ def request_from_metadata(meta: dict[str, str], source: str) -> ExportRequest | 
         config = SelectorConfig.from_dict(json.loads(field("selector_config")))
     except KeyError as exc:
         raise UsageError(f"{source} lacks flashvlm metadata {exc}; {fix}") from None
-    except (ValueError, TypeError, UsageError) as exc:
+    except UsageError as exc:
+        if "split export" in str(exc):
+            raise
+        reason = str(exc).splitlines()[0][:160] if str(exc) else type(exc).__name__
+        raise UsageError(f"{source} has malformed flashvlm metadata {key!r} ({reason}); {fix}") from None
+    except (ValueError, TypeError) as exc:
         reason = str(exc).splitlines()[0][:160] if str(exc) else type(exc).__name__
         raise UsageError(f"{source} has malformed flashvlm metadata {key!r} ({reason}); {fix}") from None
     return ExportRequest(

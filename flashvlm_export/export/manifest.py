@@ -116,9 +116,11 @@ def _fail(path: Path, what: str) -> UsageError:
     return UsageError(f"{path} {what}; re-export the split with flashvlm-export ... --split")
 
 
-def read_manifest(path: Path, verify: bool = True) -> Manifest:
-    """Load and check a manifest: its shape, every listed file present with its sha256 (verify=True), and the
-    graphs' own metadata equal to what the manifest says. Any failure is a one-line UsageError."""
+def read_manifest(path: Path, verify: bool = True, engines: bool = False) -> Manifest:
+    """Load and check a manifest: its shape, every listed graph present with its sha256 (verify=True), and the
+    graphs' own metadata equal to what the manifest says; with engines=True, also every listed engine (they
+    live in another folder: a copy of the split folder alone still runs in ONNX Runtime). Any failure is a
+    one-line UsageError."""
     path = Path(path)
     if path.is_dir():
         path = path / MANIFEST_NAME
@@ -138,31 +140,55 @@ def read_manifest(path: Path, verify: bool = True) -> Manifest:
         raise _fail(path, f"is malformed ({type(exc).__name__}: {str(exc)[:80]})") from None
     entries = [(manifest.record["encoder"], ENCODER_STEM)] + [(s, selector_stem(s["budget"])) for s in record["selectors"]]
     for entry, name in entries:
-        for kind in ("onnx", "engine"):
-            if entry.get(kind) is not None:
-                _check_file(manifest, entry[kind], f"{name} {kind}", verify)
+        _check_file(manifest, entry["onnx"], f"{name} graph", verify)
+        if engines and entry.get("engine") is not None:
+            _check_file(manifest, entry["engine"], f"{name} engine", verify)
     if verify:
         _check_graph_metadata(manifest)
     return manifest
 
 
+FIELDS = {  # every key the tools read, and its type
+    "model": str,
+    "weights": (str, type(None)),
+    "budgets": list,
+    "t_max": int,
+    "batch": int,
+    "n_tokens": int,
+    "precision": str,
+    "plugin": bool,
+    "selector_config": dict,
+    "encoder": dict,
+    "selectors": list,
+}
+
+
 def _checked_shape(path: Path, record: dict) -> Manifest:
+    for key, kind in FIELDS.items():
+        if not isinstance(record[key], kind):
+            raise TypeError(f"{key} is {type(record[key]).__name__}")
+    for entry in [record["encoder"], *record["selectors"]]:
+        if not isinstance(entry, dict) or not isinstance(entry["onnx"], dict):
+            raise TypeError("each graph entry needs an onnx record")
+        if not isinstance(entry.get("engine"), (dict, type(None))):
+            raise TypeError("an engine entry must be a record or null")
+        for file in (entry["onnx"], entry.get("engine")):
+            if file is not None and not (isinstance(file.get("path"), str) and isinstance(file.get("sha256"), str)):
+                raise TypeError("each file needs a path and a sha256")
     budgets = record["budgets"]
     if not budgets or any(isinstance(k, bool) or not isinstance(k, int) for k in budgets):
         raise ValueError("budgets must be a non-empty list of whole numbers")
     listed = [s["budget"] for s in record["selectors"]]
     if sorted(listed) != sorted(budgets) or len(set(listed)) != len(listed):
         raise ValueError(f"selectors list K = {listed}, budgets say {budgets}")
-    for entry in [record["encoder"]["onnx"]] + [s["onnx"] for s in record["selectors"]]:
-        if not isinstance(entry["path"], str) or not isinstance(entry["sha256"], str):
-            raise TypeError("each file needs a path and a sha256")
     return Manifest(path, record)
 
 
 def _check_file(manifest: Manifest, entry: dict, what: str, verify: bool) -> None:
     target = manifest.folder / entry["path"]
     if not target.is_file():
-        raise UsageError(f"{manifest.path} lists the {what} {target}, which does not exist; copy the whole split folder")
+        where = "copy the engines folder too, or run in ONNX Runtime" if what.endswith("engine") else "copy the whole split folder"
+        raise UsageError(f"{manifest.path} lists the {what} {target}, which does not exist; {where}")
     if verify and sha256_of(target) != entry["sha256"]:
         raise UsageError(
             f"{target} is not the {what} {manifest.path} lists (sha256 differs): it was changed or replaced; "

@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from flashvlm_export.artifacts import atomic_outputs, sidecar_path, split_stem
+from flashvlm_export.artifacts import atomic_outputs, external_data_path, sidecar_path, split_stem
 from flashvlm_export.export.graphs import EncoderRequest, ExportRequest, export_logged
 from flashvlm_export.export.manifest import (
     ENCODER_STEM,
@@ -45,8 +45,9 @@ class SplitPlan:
         return [self.encoder_graph] + [self.selector_graph(r) for r in self.selectors]
 
     def outputs(self) -> list[Path]:
-        """Every file the split writes: graphs, their sidecars, the manifest."""
-        return [p for g in self.graphs() for p in (g, sidecar_path(g))] + [self.manifest]
+        """Every file the split writes: graphs, their sidecars, the manifest (and an encoder's external data past 2 GB)."""
+        data = [external_data_path(self.encoder_graph)]  # placed only if the export wrote it
+        return data + [p for g in self.graphs() for p in (g, sidecar_path(g))] + [self.manifest]
 
     def engine_folder(self, engine_dir: Path) -> Path:
         return engine_dir / self.folder.name

@@ -62,6 +62,11 @@ def run_split_parity(
     for request in requests.values():
         validate_cases(cases, request)
     chain = chain or OrtChain(manifest, "CPUExecutionProvider")
+    if manifest.record["encoder"].get("engine") is not None:
+        log(
+            f"Parity: {manifest.path} also lists TensorRT engines; this checks the graphs' chain in ONNX Runtime, not the "
+            "engines (check an engine alone with parity --engine PLAN)"
+        )
     torch_encoder = PipelineFeatures(parts)
     bounds = dict(ARITHMETIC_BOUNDS)
     if manifest.record["precision"] != "fp32":  # the encoder's own outputs differ by its precision: measured, not a gate

@@ -35,7 +35,7 @@ class RunResult:
     answers: dict[str, Answer] = field(default_factory=dict)  # "pruned" and, with compare_full, "full"
 
 
-def _manifest_info(manifest: str, budget: int | None) -> tuple[GraphInfo, object]:
+def _manifest_info(manifest: str, budget: int | None, tensorrt: bool) -> tuple[GraphInfo, object]:
     """The manifest (checked: hashes and each graph's metadata) and the request of the budget asked for."""
     from dataclasses import replace
 
@@ -43,7 +43,7 @@ def _manifest_info(manifest: str, budget: int | None) -> tuple[GraphInfo, object
     from flashvlm_export.export.manifest import read_manifest
     from flashvlm_export.models.llava import recorded_weights
 
-    split = read_manifest(Path(manifest))
+    split = read_manifest(Path(manifest), engines=tensorrt)
     if budget is None:
         have = ", ".join(str(k) for k in split.budgets)
         raise UsageError(f"--manifest {manifest} serves K = {have}; choose one per request with --budget")
@@ -158,7 +158,7 @@ def run(
     if manifest is not None:
         if graph is not None or engine is not None:
             raise UsageError("--manifest names the graphs and engines; drop --graph/--engine")
-        info, split = _manifest_info(manifest, budget)
+        info, split = _manifest_info(manifest, budget, tensorrt)
         recorded, source = split.weights, manifest
     else:
         if budget is not None:

@@ -11,6 +11,7 @@ copied between sessions. Only indices and visual_embeds (B, K, Dl) come back. Te
 
 from __future__ import annotations
 
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -71,6 +72,7 @@ class OrtChain:
             self.bindings[k] = binding
         self.manifest = manifest
         self.name = f"ONNX Runtime {provider.replace('ExecutionProvider', '')} chain"
+        self._lock = threading.Lock()  # the shared buffers serve one request at a time
 
     @property
     def budgets(self) -> tuple[int, ...]:
@@ -97,14 +99,19 @@ class OrtChain:
 
     def infer(self, feeds: dict[str, np.ndarray], budget: int) -> dict[str, np.ndarray]:
         self.manifest.check_budget(budget)  # before any work
-        self.encode(feeds)
-        return self.select(feeds, budget)
+        with self._lock:
+            self.encode(feeds)
+            return self.select(feeds, budget)
 
 
 class SplitChain:
     """A manifest's chain in ONNX Runtime, or its TensorRT engines with tensorrt=True."""
 
-    def __init__(self, manifest: Manifest, tensorrt: bool = False, plugin_library: Path | None = None):
+    def __init__(self, manifest: Manifest | str | Path, tensorrt: bool = False, plugin_library: Path | None = None):
+        if not isinstance(manifest, Manifest):
+            from flashvlm_export.export.manifest import read_manifest
+
+            manifest = read_manifest(Path(manifest), engines=tensorrt)
         self.manifest = manifest
         if tensorrt:
             from flashvlm_export.trt.chain import EngineChain
