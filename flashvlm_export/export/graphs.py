@@ -59,12 +59,22 @@ def encoder_module(parts, precision: str) -> VisionEncoder:
     return VisionEncoder(vision, projector, dtype)
 
 
-def _graph_io(interface: GraphInterface) -> GraphIO:
-    return GraphIO(interface.input_names, interface.output_names, example_inputs(interface), interface.verification_names)
+class _Traced:
+    """What every request traces: example inputs and the names, from its interface()."""
+
+    def interface(self) -> GraphInterface:
+        raise NotImplementedError
+
+    def example_inputs(self, seed: int = 0) -> tuple[torch.Tensor, ...]:
+        return example_inputs(self.interface(), seed)
+
+    def graph_io(self) -> GraphIO:
+        i = self.interface()
+        return GraphIO(i.input_names, i.output_names, example_inputs(i), i.verification_names)
 
 
 @dataclass(frozen=True, kw_only=True)
-class EncoderRequest:
+class EncoderRequest(_Traced):
     """The encoder graph of a split export: pixel_values -> X, a, P(X) (fp32 outputs at any precision)."""
 
     spec: ModelSpec
@@ -83,12 +93,6 @@ class EncoderRequest:
         return graph_interface(
             self.kind, self.batch, s.n_tokens, s.n_tokens, s.t_max, s.vision_hidden, s.text_hidden, s.image_size
         )
-
-    def example_inputs(self, seed: int = 0) -> tuple[torch.Tensor, ...]:
-        return example_inputs(self.interface(), seed)
-
-    def graph_io(self) -> GraphIO:
-        return _graph_io(self.interface())
 
     def module(self, parts=None, verification: bool = False) -> torch.nn.Module:
         return encoder_module(parts, self.precision)
@@ -111,7 +115,7 @@ class EncoderRequest:
 
 
 @dataclass(frozen=True, kw_only=True)
-class ExportRequest:
+class ExportRequest(_Traced):
     spec: ModelSpec
     budget: int  # K
     t_max: int  # padded text rows
@@ -143,12 +147,6 @@ class ExportRequest:
         return graph_interface(
             self.kind, self.batch, self.tokens, self.budget, self.t_max, s.vision_hidden, s.text_hidden, s.image_size
         )
-
-    def example_inputs(self, seed: int = 0) -> tuple[torch.Tensor, ...]:
-        return example_inputs(self.interface(), seed)
-
-    def graph_io(self) -> GraphIO:
-        return _graph_io(self.interface())
 
     def module(self, parts=None, verification: bool = False) -> torch.nn.Module:
         """The static module; with verification=True it also returns the interface's verification outputs."""
