@@ -384,10 +384,10 @@ def run_export(argv: list[str]) -> int:
     weights = None if parts is None else parts.source.tag
     weights_flag = "" if parts is None else f" {parts.source.flags()}"
     if plan:
-        return _export_split(args, plan, parts, weights, engines, plugin_lib)
+        return _export_split(args, plan, parts, weights, weights_flag, engines, plugin_lib)
     for request, path in zip(requests, paths, strict=True):
         export_logged(request, path, parts, weights, args.opset, args.exporter, overwrite=args.force, log=log)
-    cache = Path(args.timing_cache) if args.timing_cache else Path(args.engine_dir) / "timing.cache"
+    cache = _timing_cache(args)
     for request, path, engine in zip(requests, paths, engines, strict=False):
         from flashvlm_export.trt.build import build_engine
 
@@ -399,23 +399,25 @@ def run_export(argv: list[str]) -> int:
     return 0
 
 
-def _export_split(args, plan, parts, weights, engines, plugin_lib) -> int:
-    from flashvlm_export.artifacts import human_size
-    from flashvlm_export.export.manifest import read_manifest
+def _timing_cache(args) -> Path:
+    return Path(args.timing_cache) if args.timing_cache else Path(args.engine_dir) / "timing.cache"
+
+
+def _export_split(args, plan, parts, weights, weights_flag, engines, plugin_lib) -> int:
+    from flashvlm_export.artifacts import artifact_size, human_size
     from flashvlm_export.export.split import add_engines, export_split
 
     manifest_path = export_split(plan, parts, weights, args.opset, args.exporter, overwrite=args.force, log=log)
-    manifest = read_manifest(manifest_path, verify=False)
-    sizes = {e["path"]: e["bytes"] for e in [manifest.record["encoder"]["onnx"]] + [s["onnx"] for s in manifest.record["selectors"]]}
+    selectors = sum(artifact_size(plan.selector_graph(r)) for r in plan.selectors)
     log(
-        f"Split: wrote {manifest_path}: one encoder graph ({human_size(sizes[manifest.encoder_graph.name])}) and "
+        f"Split: wrote {manifest_path}: one encoder graph ({human_size(artifact_size(plan.encoder_graph))}) and "
         f"{len(plan.selectors)} selector graphs (K = {', '.join(str(r.budget) for r in plan.selectors)}, "
-        f"{human_size(sum(sizes.values()) - sizes[manifest.encoder_graph.name])} together)"
+        f"{human_size(selectors)} together)"
     )
     if engines:
         from flashvlm_export.trt.build import build_engine
 
-        cache = Path(args.timing_cache) if args.timing_cache else Path(args.engine_dir) / "timing.cache"
+        cache = _timing_cache(args)
         requests = [plan.encoder, *plan.selectors]
         built = {}
         for request, graph, engine in zip(requests, plan.graphs(), engines, strict=True):
@@ -427,8 +429,7 @@ def _export_split(args, plan, parts, weights, engines, plugin_lib) -> int:
         add_engines(manifest_path, built)
         log(f"Split: the manifest lists the {len(built)} engines in {engines[0].parent}")
     first = plan.selectors[-1].budget
-    flags = "" if parts is None else f" {parts.source.flags()}"
-    log(f"Done. Check it: flashvlm-export parity --manifest {manifest_path}{flags}")
+    log(f"Done. Check it: flashvlm-export parity --manifest {manifest_path}{weights_flag}")
     log(f"Run it:   flashvlm-export run --manifest {manifest_path} --budget {first} --image PHOTO --question TEXT")
     return 0
 
@@ -583,12 +584,12 @@ def _manifest_parity(args, argv, save_dir) -> int:
     from flashvlm_export.limits import check_repeats_fit
     from flashvlm_export.models.llava import get_parts, weights_for_graph
     from flashvlm_export.parity.corpus import PIPELINE_CASES
-    from flashvlm_export.parity.split import run_split_parity, split_requests
+    from flashvlm_export.parity.split import run_split_parity
 
     timer = StepTimer("Manifest")
     manifest = read_manifest(Path(args.manifest))
     timer.done(f"{manifest.path}: every file's sha256 and every graph's metadata agree")
-    r = split_requests(manifest)[manifest.budgets[0]]
+    r = manifest.request(manifest.budgets[0])
     check_repeats_fit(args.repeats, len(PIPELINE_CASES), r.spec, r.tokens, r.t_max, r.batch, False)
     seed = args.seed if "--seed" in _given_flags(argv) else None
     source = weights_for_graph(manifest.weights, args.random_weights, seed, args.model_path, str(manifest.path))

@@ -26,11 +26,6 @@ SPLIT_BUDGETS = (128, 64, 32, 192, 96)  # the first 1, 3 and 5 of them are measu
 BUDGET_COUNTS = (1, 3, 5)
 
 
-def _timing(name: str, samples: list[float]) -> Timing:
-    p10, median, p90 = np.percentile(samples, [10, 50, 90])
-    return Timing(name, float(median), float(p10), float(p90), len(samples))
-
-
 def interleaved(fused, chain, feeds, budget: int, warmup: int, repeats: int) -> tuple[Timing, Timing]:
     """Fused graph and chain, alternating run by run on the same feeds; medians with p10/p90."""
     for _ in range(warmup):
@@ -44,7 +39,7 @@ def interleaved(fused, chain, feeds, budget: int, warmup: int, repeats: int) -> 
         start = time.perf_counter()
         chain.infer(feeds, budget)
         b.append((time.perf_counter() - start) * 1e3)
-    return _timing(f"fused graph K={budget}", a), _timing(f"split chain K={budget}", b)
+    return Timing.of(f"fused graph K={budget}", a), Timing.of(f"split chain K={budget}", b)
 
 
 def footprint(layout: str, files: list[str], budgets: list[int], feeds_path: str) -> dict:

@@ -23,6 +23,12 @@ class Timing:
     def to_dict(self) -> dict:
         return asdict(self)
 
+    @classmethod
+    def of(cls, name: str, samples: list[float]) -> Timing:
+        """Median, p10 and p90 of wall-clock samples in milliseconds."""
+        p10, median, p90 = np.percentile(samples, [10, 50, 90])
+        return cls(name, float(median), float(p10), float(p90), len(samples))
+
 
 def measure(
     name: str, fn: Callable[[], object], warmup: int = 3, repeats: int = 20, sync: Callable[[], None] | None = None
@@ -39,8 +45,7 @@ def measure(
         if sync:
             sync()
         samples.append((time.perf_counter() - start) * 1e3)
-    p10, median, p90 = np.percentile(samples, [10, 50, 90])
-    return Timing(name, float(median), float(p10), float(p90), repeats)
+    return Timing.of(name, samples)
 
 
 HEADER = f"{'backend':<40} {'median ms':>10} {'p10 ms':>10} {'p90 ms':>10}"

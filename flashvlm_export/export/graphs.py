@@ -15,7 +15,7 @@ import numpy as np
 import torch
 
 from flashvlm_export.errors import UsageError
-from flashvlm_export.export.interface import GRAPH_KINDS, GraphInterface, graph_interface
+from flashvlm_export.export.interface import GraphInterface, graph_interface
 from flashvlm_export.export.onnx_export import (
     DEFAULT_EXPORTER,
     DEFAULT_OPSET,
@@ -186,8 +186,11 @@ class ExportRequest(_Traced):
         return {key: str(value) for key, value in values.items()}
 
 
-def request_from_metadata(meta: dict[str, str], source: str, encoder: bool = False) -> ExportRequest | EncoderRequest:
-    """The request a graph was exported from, rebuilt from its metadata; malformed metadata is a one-line error."""
+def request_from_metadata(meta: dict[str, str], source: str) -> ExportRequest:
+    """The request a full or selector graph was exported from, rebuilt from its metadata; malformed metadata is a
+    one-line error, and so is a split's encoder graph (its manifest describes it)."""
+    if meta.get("graph") == "encoder":
+        raise UsageError(f"{source} is the encoder graph of a split export; pass its manifest instead (--manifest DIR/manifest.json)")
     fix = "re-export the graph with flashvlm-export"
     key = "?"
 
@@ -207,20 +210,9 @@ def request_from_metadata(meta: dict[str, str], source: str, encoder: bool = Fal
 
     try:
         graph = field("graph")
-        if graph not in GRAPH_KINDS:
-            raise ValueError(f"{graph!r} is not one of {', '.join(GRAPH_KINDS)}")
+        if graph not in ("selector", "full"):
+            raise ValueError(f"{graph!r} is neither 'selector' nor 'full'")
         spec = get_spec(field("model"))
-        if graph == "encoder":
-            if not encoder:
-                raise UsageError(
-                    f"{source} is the encoder graph of a split export; pass its manifest instead (--manifest DIR/manifest.json)"
-                )
-            batch = whole("batch")
-            key = "precision"
-            precision = meta.get("precision", "fp32")
-            if precision not in PRECISIONS:
-                raise ValueError(f"{precision!r} is not one of {', '.join(PRECISIONS)}")
-            return EncoderRequest(spec=spec, batch=batch, precision=precision)
         budget, t_max, batch, n_tokens = whole("budget", 2), whole("t_max"), whole("batch"), whole("n_tokens", 2)
         if budget > n_tokens:
             key = "budget"
@@ -236,12 +228,7 @@ def request_from_metadata(meta: dict[str, str], source: str, encoder: bool = Fal
         config = SelectorConfig.from_dict(json.loads(field("selector_config")))
     except KeyError as exc:
         raise UsageError(f"{source} lacks flashvlm metadata {exc}; {fix}") from None
-    except UsageError as exc:
-        if "split export" in str(exc):
-            raise
-        reason = str(exc).splitlines()[0][:160] if str(exc) else type(exc).__name__
-        raise UsageError(f"{source} has malformed flashvlm metadata {key!r} ({reason}); {fix}") from None
-    except (ValueError, TypeError) as exc:
+    except (ValueError, TypeError, UsageError) as exc:
         reason = str(exc).splitlines()[0][:160] if str(exc) else type(exc).__name__
         raise UsageError(f"{source} has malformed flashvlm metadata {key!r} ({reason}); {fix}") from None
     return ExportRequest(
@@ -266,9 +253,13 @@ def export_graph(
     exporter: str = DEFAULT_EXPORTER,
     *,
     overwrite: bool = False,
+    module: torch.nn.Module | None = None,
 ) -> Path:
-    """Export the request's graph to `path` (+ sidecar): traced with its verification outputs, shipped without."""
-    module = request.module(parts, verification=True)
+    """Export the request's graph to `path` (+ sidecar): traced with its verification outputs, shipped without.
+
+    `module` is request.module(parts, verification=True) when the caller built it already.
+    """
+    module = module if module is not None else request.module(parts, verification=True)
     return export_onnx(module, request.graph_io(), path, request.metadata(weights), opset, exporter, overwrite=overwrite)
 
 
@@ -292,20 +283,20 @@ def export_logged(
     from flashvlm_export.progress import progress
     from flashvlm_export.selector.schedule import round_schedule
 
-    module = request.module(parts)
+    module = request.module(parts, verification=True)
     if request.kind == "encoder":
         rounds, what = 0, f"the encoder graph ({request.precision})"
     else:
         rounds = 1 if request.plugin else round_schedule(request.tokens, request.budget, request.config).n_rounds
         what = f"the {request.kind} graph, K={request.budget} ({rounds} pruning rounds)"
-    estimate = export_estimate_s(rounds, parameter_bytes(module), exporter)
-    faster, hint = export_estimate_s(rounds, parameter_bytes(module), "torchscript"), ""
+    weight_bytes = parameter_bytes(module)
+    estimate = export_estimate_s(rounds, weight_bytes, exporter)
+    faster, hint = export_estimate_s(rounds, weight_bytes, "torchscript"), ""
     if exporter == "dynamo" and not request.plugin and estimate > 60 and estimate > 3 * faster:
         hint = f"--exporter torchscript writes the same graph in ~{faster:.0f}s"
-    del module
     timer = StepTimer("ONNX", log)
     with progress(f"ONNX: exporting {what} with {exporter}", estimate, log=log, hint=hint):
-        export_graph(request, path, parts, weights, opset, exporter, overwrite=overwrite)
+        export_graph(request, path, parts, weights, opset, exporter, overwrite=overwrite, module=module)
     shape = f"B={request.batch}" if request.kind == "encoder" else f"K={request.budget}, B={request.batch}, T_max={request.t_max}"
     log(
         f"ONNX: export success ({request.kind} graph, {shape}) {timer.elapsed:.1f}s, saved as '{shown or path}' "

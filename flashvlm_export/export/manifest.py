@@ -103,6 +103,16 @@ class Manifest:
         have = ", ".join(str(k) for k in self.budgets)
         raise UsageError(f"--budget {budget} is not in {self.path}: it has K = {have}; ask for one of those or re-export")
 
+    def request(self, budget: int):
+        """The budget's ExportRequest as a full pipeline (the chain end to end), from its selector graph's metadata."""
+        from dataclasses import replace
+
+        from flashvlm_export.export.graphs import request_from_metadata
+
+        graph = self.selector_graph(budget)
+        selector = request_from_metadata(_graph_meta(graph), str(graph))
+        return replace(selector, selector_only=False, precision=self.record["precision"])
+
     def check_budget(self, budget: int) -> int:
         self._selector(budget)
         return budget

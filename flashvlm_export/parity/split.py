@@ -20,25 +20,14 @@ from dataclasses import replace
 from pathlib import Path
 
 from flashvlm_export.artifacts import atomic_outputs
-from flashvlm_export.export.graphs import request_from_metadata
 from flashvlm_export.export.interface import FEATURES, INDICES, TEXT_EMBEDS, TEXT_MASK, VISUAL_EMBEDS
 from flashvlm_export.export.manifest import Manifest
 from flashvlm_export.parity.backends import OnnxRuntime, PipelineFeatures, SelectorReference
 from flashvlm_export.parity.compare import ARITHMETIC_BOUNDS, SHIPPED_INDICES, BackendReport, layer_summary, sensitivity_overlaps
 from flashvlm_export.parity.corpus import Case, pipeline_corpus
-from flashvlm_export.parity.run import check_save_dir, geometry_of, graph_metadata, validate_cases
+from flashvlm_export.parity.run import check_save_dir, geometry_of, validate_cases
 from flashvlm_export.runtime.chain import OrtChain
 from flashvlm_export.selector.schedule import round_schedule
-
-
-def split_requests(manifest: Manifest) -> dict:
-    """Each budget's request as a full pipeline (the chain's interface end to end), from its selector's metadata."""
-    requests = {}
-    for k in manifest.budgets:
-        graph = manifest.selector_graph(k)
-        selector = request_from_metadata(graph_metadata(graph), str(graph))
-        requests[k] = replace(selector, selector_only=False, precision=manifest.record["precision"])
-    return requests
 
 
 def run_split_parity(
@@ -53,7 +42,7 @@ def run_split_parity(
     chain=None,
 ) -> dict[int, BackendReport]:
     """The three layers per budget for the manifest's chain in ONNX Runtime; `chain` replaces it (tests plant one)."""
-    requests = split_requests(manifest)
+    requests = {k: manifest.request(k) for k in manifest.budgets}
     first = requests[manifest.budgets[0]]
     if save_dir is not None:
         check_save_dir(save_dir)

@@ -37,9 +37,6 @@ class RunResult:
 
 def _manifest_info(manifest: str, budget: int | None, tensorrt: bool) -> tuple[GraphInfo, object]:
     """The manifest (checked: hashes and each graph's metadata) and the request of the budget asked for."""
-    from dataclasses import replace
-
-    from flashvlm_export.export.graphs import request_from_metadata
     from flashvlm_export.export.manifest import read_manifest
     from flashvlm_export.models.llava import recorded_weights
 
@@ -47,11 +44,7 @@ def _manifest_info(manifest: str, budget: int | None, tensorrt: bool) -> tuple[G
     if budget is None:
         have = ", ".join(str(k) for k in split.budgets)
         raise UsageError(f"--manifest {manifest} serves K = {have}; choose one per request with --budget")
-    graph = split.selector_graph(split.check_budget(budget))
-    from flashvlm_export.parity.run import graph_metadata
-
-    selector = request_from_metadata(graph_metadata(graph), str(graph))
-    request = replace(selector, selector_only=False, precision=split.record["precision"])
+    request = split.request(split.check_budget(budget))
     return GraphInfo(request, recorded_weights(split.weights, str(manifest)), str(manifest)), split
 
 
