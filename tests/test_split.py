@@ -199,6 +199,8 @@ def test_an_edited_split_is_refused_before_any_work(split, capsys, tmp_path):
         ("t_max", 128, "t_max"),
         ("plugin", "no", "malformed"),
         ("batch", None, "malformed"),
+        ("format", "something else", "not a flashvlm-export split manifest"),
+        ("format_version", 2, "format_version 2"),
     ]:  # each says something the graphs do not: refused in one line, whatever the hashes say
         edited = copy_split(split, tmp_path / f"e-{key}")
         record = json.loads(edited.read_text())
@@ -266,3 +268,17 @@ def test_bench_split_report_states_the_overhead_against_its_target():
     text = "\n".join(split_tables(rows))
     assert "overhead +4.00% (target: under 3%, NOT MET)" in text
     assert "| 3 (128, 64, 32) | 3.76 GB | 1.26 GB | 4.15 GiB | 1.44 GiB | 6.27 GiB | 6.27 GiB |" in text
+
+
+def test_engines_are_checked_only_when_the_chain_runs_them(split, tmp_path):
+    """A copied split folder without its engines folder still runs in ONNX Runtime; --tensorrt needs the engines."""
+    from flashvlm_export.errors import UsageError
+
+    copied = copy_split(split, tmp_path)
+    record = json.loads(copied.read_text())
+    for entry in [record["encoder"], *record["selectors"]]:
+        entry["engine"] = {"path": f"../engines/{entry['onnx']['path']}.plan", "sha256": "0" * 64, "bytes": 1}
+    copied.write_text(json.dumps(record))
+    assert read_manifest(copied).budgets == BUDGETS
+    with pytest.raises(UsageError, match="encoder engine .* does not exist; copy the engines folder too"):
+        read_manifest(copied, engines=True)
