@@ -1,4 +1,4 @@
-"""Progress of long steps: an opening line with an estimate, then a ticking bar on a terminal.
+"""Progress of long steps: an opening line with an estimate, then a ticking bar on a terminal; counts in words.
 
 No dependency: on a terminal a one-line bar is redrawn on stderr every second; in a log (CI, a pipe)
 a line is printed every 30 s past the start, so a silent minute never looks like a hang.
@@ -13,6 +13,11 @@ from contextlib import contextmanager
 
 LOG_EVERY_S = 30.0
 BAR = 24
+
+
+def plural(count: int, noun: str) -> str:
+    """`count noun`, with the noun's plural unless the count is one: "1 pruning round", "56 pruning rounds"."""
+    return f"{count} {noun}{'' if count == 1 else 's'}"
 
 
 def _bar(elapsed: float, estimate: float) -> str:

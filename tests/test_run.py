@@ -217,6 +217,26 @@ def test_weights_other_than_the_graphs_are_a_one_line_error(tiny_graphs, demo_im
     assert code == 2 and expected in err and len(err.strip().splitlines()) == 1
 
 
+@pytest.mark.parametrize(
+    "flags, named",
+    [([], "--answer with the random weights {graph} records (seed 0)"), (["--random-weights"], "--answer with --random-weights")],
+)
+def test_a_refused_random_weight_answer_names_what_the_user_passed_or_the_graph_records(tmp_path, demo_image, capsys, flags, named):
+    """A full-size graph's metadata only (the refusal comes before any inference): no flag means the graph's record."""
+    import onnx
+
+    request = ExportRequest(spec=LLAVA15, budget=128, t_max=LLAVA15.t_max, batch=1, config=SelectorConfig(), selector_only=False)
+    model = onnx.helper.make_model(onnx.helper.make_graph([], "metadata_only", [], []))
+    onnx.helper.set_model_props(model, request.metadata("random:0"))
+    graph = tmp_path / "llava15_b128.onnx"
+    onnx.save(model, str(graph))
+    code, _, err = _run_cli(capsys, "--graph", graph, "--image", demo_image, "--question", QUESTION, "--answer", *flags)
+    assert code == 2 and len(err.strip().splitlines()) == 1, err
+    assert named.format(graph=graph) in err
+    if not flags:
+        assert "--random-weights" not in err
+
+
 def test_weights_metadata_parses_random_seeds_and_paths_and_refuses_other_weights():
     from flashvlm_export.models.llava import WeightsSource, recorded_weights, weights_for_graph
 

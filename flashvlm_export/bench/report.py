@@ -7,6 +7,7 @@ from pathlib import Path
 
 from flashvlm_export.artifacts import atomic_outputs
 from flashvlm_export.bench.cost import cost_markdown, differences_text
+from flashvlm_export.progress import plural
 
 
 def selector_table(rows: list[dict]) -> str:
@@ -34,7 +35,7 @@ def split_tables(rows: list[dict]) -> list[str]:
             out += [
                 "",
                 f"Fused graph against the split chain at K={r['budget']}, ONNX Runtime CPU, same inputs, interleaved "
-                f"({f['repeats']} runs each): fused {f['median_ms']:.1f} ms (p10 {f['p10_ms']:.1f}, p90 {f['p90_ms']:.1f}), "
+                f"({plural(f['repeats'], 'run')} each): fused {f['median_ms']:.1f} ms (p10 {f['p10_ms']:.1f}, p90 {f['p90_ms']:.1f}), "
                 f"chain {c['median_ms']:.1f} ms (p10 {c['p10_ms']:.1f}, p90 {c['p90_ms']:.1f}): overhead {100 * r['overhead']:+.2f}% "
                 f"(target: under {100 * SPLIT_OVERHEAD_TARGET:.0f}%, {'met' if r['overhead'] < SPLIT_OVERHEAD_TARGET else 'NOT MET'}).",
             ]

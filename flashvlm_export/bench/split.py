@@ -21,6 +21,7 @@ import numpy as np
 
 from flashvlm_export.bench.timing import Timing
 from flashvlm_export.errors import BuildError
+from flashvlm_export.progress import plural
 
 SPLIT_BUDGETS = (128, 64, 32, 192, 96)  # the first 1, 3 and 5 of them are measured
 BUDGET_COUNTS = (1, 3, 5)
@@ -102,7 +103,7 @@ def split_cost(settings, scratch: Path, log=print) -> list[dict]:
         plan, parts, parts.source.tag, DEFAULT_OPSET, "dynamo", overwrite=False, log=lambda _: None, selector_exporter="torchscript"
     )
     del parts
-    log(f"  exported {len(requests)} fused graphs and one split (encoder + {len(requests)} selectors) {time.perf_counter() - start:.0f}s")
+    log(f"  exported {plural(len(requests), 'fused graph')} and one split (encoder + {plural(len(requests), 'selector')}) {time.perf_counter() - start:.0f}s")
     manifest = read_manifest(manifest_path, verify=False)
     case = pipeline_corpus(Geometry(spec.n_tokens, spec.vision_hidden, spec.text_hidden, spec.t_max, 1), spec.image_size, repeats=1)[0]
     feeds = with_prompt_len(case, settings.text_len).feeds

@@ -28,7 +28,7 @@ from flashvlm_export.export.onnx_export import (
 from flashvlm_export.models.spec import ModelSpec, get_spec
 from flashvlm_export.models.vision import FlashVLMPipeline, SelectorWithEmbeds, VisionEncoder
 from flashvlm_export.selector.config import SelectorConfig
-from flashvlm_export.selector.schedule import round_schedule
+from flashvlm_export.selector.schedule import check_budget_range, round_schedule
 from flashvlm_export.selector.static import StaticSelector
 
 PRECISIONS = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
@@ -213,10 +213,9 @@ def request_from_metadata(meta: dict[str, str], source: str) -> ExportRequest:
         if graph not in ("selector", "full"):
             raise ValueError(f"{graph!r} is neither 'selector' nor 'full'")
         spec = get_spec(field("model"))
-        budget, t_max, batch, n_tokens = whole("budget", 2), whole("t_max"), whole("batch"), whole("n_tokens", 2)
-        if budget > n_tokens:
-            key = "budget"
-            raise ValueError(f"{budget} > n_tokens {n_tokens}")
+        budget, t_max, batch, n_tokens = whole("budget"), whole("t_max"), whole("batch"), whole("n_tokens", 2)
+        key = "budget"
+        check_budget_range(budget, n_tokens, where=f" for n_tokens {n_tokens}")
         key = "plugin"
         plugin = meta.get("plugin", "0")
         if plugin not in ("0", "1"):
@@ -280,15 +279,17 @@ def export_logged(
     `shown` is the path the closing line names (a split exports into staging and places the files later).
     """
     from flashvlm_export.artifacts import StepTimer, artifact_size, human_size
-    from flashvlm_export.progress import progress
+    from flashvlm_export.progress import plural, progress
     from flashvlm_export.selector.schedule import round_schedule
 
     module = request.module(parts, verification=True)
     if request.kind == "encoder":
         rounds, what = 0, f"the encoder graph ({request.precision})"
     else:
-        rounds = 1 if request.plugin else round_schedule(request.tokens, request.budget, request.config).n_rounds
-        what = f"the {request.kind} graph, K={request.budget} ({rounds} pruning rounds)"
+        n_rounds = round_schedule(request.tokens, request.budget, request.config).n_rounds
+        rounds = 1 if request.plugin else n_rounds  # the plugin's rounds export as one node
+        inside = " in one plugin node" if request.plugin else ""
+        what = f"the {request.kind} graph, K={request.budget} ({plural(n_rounds, 'pruning round')}{inside})"
     weight_bytes = parameter_bytes(module)
     estimate = export_estimate_s(rounds, weight_bytes, exporter)
     faster, hint = export_estimate_s(rounds, weight_bytes, "torchscript"), ""

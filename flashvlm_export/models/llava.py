@@ -258,3 +258,13 @@ def get_parts(spec: ModelSpec, source: WeightsSource, with_embeddings: bool = Fa
     if source.random:
         return random_parts(spec, source.seed, with_embeddings)
     return load_parts(spec, source.path, with_embeddings)
+
+
+def get_parts_logged(spec: ModelSpec, source: WeightsSource, log=print, with_embeddings: bool = False, what: str = "") -> LlavaParts:
+    """get_parts, timed in one line: "Model: loaded llava15-tiny (random weights, seed 0) 0.4s"."""
+    from flashvlm_export.artifacts import StepTimer
+
+    timer = StepTimer("Model", log)
+    parts = get_parts(spec, source, with_embeddings)
+    timer.done(f"loaded {spec.name}{what} ({parts.source})")
+    return parts

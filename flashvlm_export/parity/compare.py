@@ -36,6 +36,7 @@ from flashvlm_export.export.interface import (
     TEXT_RELEVANCE,
     VISUAL_EMBEDS,
 )
+from flashvlm_export.progress import plural
 from flashvlm_export.selector.config import SelectorConfig
 from flashvlm_export.selector.reference import decide, extrinsic_scores, fuse, intrinsic_scores, no_text_scores, sharpen
 from flashvlm_export.selector.schedule import RoundSchedule
@@ -270,7 +271,7 @@ class BackendReport:
             )
             lines += [f"    {d}" for d in self.differing[:6]]
             if len(self.differing) > 6:
-                lines.append(f"    (+{len(self.differing) - 6} more images differ)")
+                lines.append(f"    (+{plural(len(self.differing) - 6, 'more image')} differ)")
         return lines
 
     def to_dict(self) -> dict:

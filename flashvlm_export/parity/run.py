@@ -17,6 +17,7 @@ from flashvlm_export.export.interface import FEATURES, INDICES, PROJECTED_FEATUR
 from flashvlm_export.parity.backends import OnnxRuntime, PipelineReference, SelectorReference, TorchModule
 from flashvlm_export.parity.compare import ARITHMETIC_BOUNDS, BackendReport, layer_summary, sensitivity_overlaps
 from flashvlm_export.parity.corpus import Case, Geometry, pipeline_corpus, selector_corpus
+from flashvlm_export.progress import plural
 from flashvlm_export.selector.schedule import round_schedule
 
 
@@ -184,7 +185,7 @@ def run_parity(
         reports = run_backends(request, reference, backends, cases, seed, min_overlap)
     log(
         f"Parity: {graph.name} ({request.kind} graph, {request.spec.name}, K={request.budget}, batch {request.batch}, "
-        f"{request.precision}), {len(cases)} cases x {request.batch} images against the reference"
+        f"{request.precision}), {plural(len(cases), 'case')} x {plural(request.batch, 'image')} against the reference"
     )
     for report in reports:
         for line in report.lines():

@@ -26,6 +26,7 @@ from flashvlm_export.parity.backends import OnnxRuntime, PipelineFeatures, Selec
 from flashvlm_export.parity.compare import ARITHMETIC_BOUNDS, SHIPPED_INDICES, BackendReport, layer_summary, sensitivity_overlaps
 from flashvlm_export.parity.corpus import Case, pipeline_corpus
 from flashvlm_export.parity.run import check_save_dir, geometry_of, validate_cases
+from flashvlm_export.progress import plural
 from flashvlm_export.runtime.chain import OrtChain
 from flashvlm_export.selector.schedule import round_schedule
 
@@ -92,7 +93,7 @@ def run_split_parity(
     r = manifest.record
     log(
         f"Parity: {manifest.path} ({r['model']}, split, K = {', '.join(map(str, manifest.budgets))}, batch {r['batch']}, "
-        f"{r['precision']} encoder), {len(cases)} cases x {r['batch']} images; each selector on the encoder's own outputs, "
+        f"{r['precision']} encoder), {plural(len(cases), 'case')} x {plural(r['batch'], 'image')}; each selector on the encoder's own outputs, "
         "the chain end to end against the torch pipeline"
     )
     for report in reports.values():

@@ -34,13 +34,16 @@ def _llm_bytes(config) -> int:
     return 4 * (layers * (4 * h * h + 3 * h * text.intermediate_size) + 2 * vocab * h)
 
 
-def check_random_llm_fits(spec: ModelSpec) -> None:
-    """--answer with random weights builds the whole LLM in RAM; only a test-size model fits."""
+def check_random_llm_fits(spec: ModelSpec, weights: str = "random weights") -> None:
+    """--answer with random weights builds the whole LLM in RAM; only a test-size model fits.
+
+    `weights` names where the random weights came from: the flag the user passed, or the graph that records them.
+    """
     size = _llm_bytes(spec.llava_config())
     if size > RANDOM_LLM_MAX_BYTES:
         raise UsageError(
-            f"--answer with --random-weights would build {spec.name}'s whole LLM in memory (~{size / 1024**3:.0f} GB fp32); "
-            "use a llava15-tiny graph for a random-weight answer, or --model-path with a real checkpoint"
+            f"--answer with {weights} would build {spec.name}'s whole LLM in memory (~{size / 1024**3:.0f} GB fp32); "
+            "use a llava15-tiny graph for a random-weight answer, or a graph exported from a real checkpoint (--model-path)"
         )
 
 

@@ -19,6 +19,7 @@ import torch
 from flashvlm_export.artifacts import StepTimer, human_size
 from flashvlm_export.errors import UsageError
 from flashvlm_export.models.llava import weights_for_graph
+from flashvlm_export.progress import plural
 from flashvlm_export.runtime.answer import Answer
 from flashvlm_export.runtime.graph_info import GraphInfo, graph_info
 
@@ -89,19 +90,13 @@ def _save_png(picture, path: Path) -> None:
 
 def _ids_text(ids: list[int], shown: int = 12) -> str:
     more = f", ... {len(ids) - shown} more" if len(ids) > shown else ""
-    return f"{len(ids)} new tokens: ids {', '.join(map(str, ids[:shown]))}{more}"
+    return f"{plural(len(ids), 'new token')}: ids {', '.join(map(str, ids[:shown]))}{more}"
 
 
 def _load_parts(info: GraphInfo, log):
-    from flashvlm_export.models.llava import load_parts, random_parts
+    from flashvlm_export.models.llava import get_parts_logged
 
-    timer = StepTimer("Model", log)
-    if info.weights.random:
-        parts = random_parts(info.spec, info.weights.seed, with_embeddings=True)
-    else:
-        parts = load_parts(info.spec, info.weights.path, with_embeddings=True)
-    timer.done(f"loaded {info.spec.name} vision tower, projector and embed_tokens ({parts.source})")
-    return parts
+    return get_parts_logged(info.spec, info.weights, log, with_embeddings=True, what=" vision tower, projector and embed_tokens")
 
 
 def _backend(info: GraphInfo, graph: str | None, engine: str | None, plugin_lib: str | None, split=None, tensorrt=False):
@@ -135,6 +130,7 @@ def run(
     compare_full: bool = False,
     max_new_tokens: int = 64,
     force: bool = False,
+    llm_dtype: str = "auto",
     log=print,
 ) -> RunResult:
     from flashvlm_export.models.prompt import prompt_token_ids, text_inputs
@@ -171,7 +167,8 @@ def run(
     if answer and info.weights.random:
         from flashvlm_export.runtime.answer import check_random_llm_fits
 
-        check_random_llm_fits(spec)
+        named = "--random-weights" if random_weights else f"the random weights {source} records (seed {info.weights.seed})"
+        check_random_llm_fits(spec, named)
     prepared = prepare_image(image, spec, checkpoint)
     parts = _load_parts(info, log)
     if answer:  # before the selection: a model that cannot answer fails fast

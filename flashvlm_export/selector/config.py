@@ -4,60 +4,73 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from flashvlm_export.errors import UsageError
 
 GATES = ("llava", "norm")
 
-# name -> (low, high, low excluded, high excluded): where each float hyperparameter is meaningful and finite
-# in float32. Temperatures below 1e-6 overflow the softmax of a cosine; a power above 64 flushes q to zero.
-RANGES = {
-    "eta": (0.0, 1.0, False, False),  # convex weight of the two log-scores
-    "text_temperature": (1e-6, 1e6, False, False),
-    "patch_temperature": (1e-6, 1e6, False, False),
-    "power": (0.0, 64.0, True, False),
-    "top_p": (0.0, 1.0, True, True),
-    "attenuation": (0.0, 1.0, False, False),  # a factor that attenuates
-    "important_ratio": (0.0, 1.0, False, False),
-}
+
+class SettingError(UsageError):
+    """A hyperparameter out of its range; carries the field's name so a caller can name its own flag for it."""
+
+    def __init__(self, name: str, shown: str, problem: str):
+        self.name, self.shown, self.problem = name, shown, problem
+        super().__init__(f"{name}={shown} {problem}")
+
+    def named(self, flag: str) -> str:
+        """The message with `flag` (e.g. "--top-p") in place of the field's name."""
+        return f"{flag} {self.shown} {self.problem}"
 
 
-def _check_range(name: str, value, low: float, high: float, low_open: bool, high_open: bool) -> None:
-    interval = f"{'(' if low_open else '['}{low:g}, {high:g}{')' if high_open else ']'}"
+def _setting(default, help: str, interval: tuple[float, float, bool, bool] | None = None, choices: tuple = ()):
+    """A field with the one line its flag's --help shows and, for a float, where it is meaningful and finite in
+    float32: (low, high, low excluded, high excluded)."""
+    return field(default=default, metadata={"help": help, "range": interval, "choices": choices})
+
+
+def interval_text(interval: tuple[float, float, bool, bool]) -> str:
+    low, high, low_open, high_open = interval
+    return f"{'(' if low_open else '['}{low:g}, {high:g}{')' if high_open else ']'}"
+
+
+def _check_range(name: str, value, interval: tuple[float, float, bool, bool]) -> None:
+    low, high, low_open, high_open = interval
+    shown = interval_text(interval)
     if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise UsageError(f"{name}={value!r} is not a number; pass a value in {interval}")
+        raise SettingError(name, repr(value), f"is not a number; pass a value in {shown}")
     if not math.isfinite(value):
-        raise UsageError(f"{name}={value} is not finite; pass a value in {interval}")
+        raise SettingError(name, str(value), f"is not finite; pass a value in {shown}")
     if value < low or value > high or (low_open and value == low) or (high_open and value == high):
-        raise UsageError(f"{name}={value} is out of range; pass a value in {interval}")
+        raise SettingError(name, str(value), f"is out of range; pass a value in {shown}")
 
 
 @dataclass(frozen=True)
 class SelectorConfig:
-    eta: float = 0.5  # log-domain fusion weight of the extrinsic (text) score, step 8
-    text_temperature: float = 0.05  # softmax over text tokens when aggregating similarity, step 5
-    patch_temperature: float = 0.01  # softmax over patches when sharpening, step 6
-    power: float = 2.5  # power-law enhancement q = p ** power, step 6
-    top_p: float = 0.005  # top-p gate keeps q >= quantile(q, 1 - top_p), step 7
-    attenuation: float = 0.1  # factor applied to q below the top-p threshold, step 7
-    important_ratio: float = 0.5  # K_imp = floor(important_ratio * K), step 9
-    step: int = 8  # tokens removed per pruning round at most (s), step 11
-    max_rounds: int | None = None  # optional cap on rounds; raises step to fit, step 11
-    gate: str = "llava"  # query gating: "llava" (authors' LLaVA code) or "norm" (Qwen port / paper), step 3
+    # Temperatures below 1e-6 overflow the softmax of a cosine; a power above 64 flushes q to zero.
+    eta: float = _setting(0.5, "log-fusion weight of the text score", (0.0, 1.0, False, False))  # convex weight, step 8
+    text_temperature: float = _setting(0.05, "softmax temperature over text tokens", (1e-6, 1e6, False, False))  # step 5
+    patch_temperature: float = _setting(0.01, "softmax temperature over patches", (1e-6, 1e6, False, False))  # step 6
+    power: float = _setting(2.5, "power-law sharpening exponent", (0.0, 64.0, True, False))  # q = p ** power, step 6
+    top_p: float = _setting(0.005, "top-p gate keeps q >= quantile(1 - top_p)", (0.0, 1.0, True, True))  # step 7
+    attenuation: float = _setting(0.1, "factor on q below the gate", (0.0, 1.0, False, False))  # step 7
+    important_ratio: float = _setting(0.5, "K_imp = floor(ratio * K)", (0.0, 1.0, False, False))  # step 9
+    step: int = _setting(8, "tokens pruned per round at most, >= 1")  # s, step 11
+    max_rounds: int | None = _setting(None, "cap on pruning rounds (none: no cap); raises the step to fit")  # step 11
+    gate: str = _setting("llava", "query gating", choices=GATES)  # "llava" (authors' code) or "norm" (Qwen port), step 3
 
     def __post_init__(self) -> None:
         if self.gate not in GATES:
-            raise UsageError(f"gate={self.gate!r} is not a known gate; use one of {', '.join(GATES)}")
-        for name, (low, high, low_open, high_open) in RANGES.items():
-            _check_range(name, getattr(self, name), low, high, low_open, high_open)
+            raise SettingError("gate", repr(self.gate), f"is not a known gate; use one of {', '.join(GATES)}")
+        for name, interval in RANGES.items():
+            _check_range(name, getattr(self, name), interval)
         for name in ("step", "max_rounds"):
             value = getattr(self, name)
             if value is None and name == "max_rounds":
                 continue
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 unset = " (or unset for no cap)" if name == "max_rounds" else ""
-                raise UsageError(f"{name}={value!r} must be a whole number >= 1{unset}")
+                raise SettingError(name, repr(value), f"must be a whole number >= 1{unset}")
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -71,3 +84,7 @@ class SelectorConfig:
         if unknown:
             raise UsageError(f"unknown selector setting(s) {unknown}; known: {sorted(known)}")
         return cls(**values)
+
+
+# name -> (low, high, low excluded, high excluded) of every float hyperparameter, from the fields above
+RANGES = {f.name: f.metadata["range"] for f in dataclasses.fields(SelectorConfig) if f.metadata["range"]}

@@ -36,9 +36,19 @@ class RoundSchedule:
         return self.n_tokens - self.k_imp
 
 
+MIN_BUDGET = 2  # pruning needs two halves
+
+
+def check_budget_range(budget: int, n_tokens: int, name: str = "budget", where: str = "") -> None:
+    """The budget range rule of an exported graph, MIN_BUDGET <= K <= N; `name` and `where` say whose budget it is."""
+    if not MIN_BUDGET <= budget <= n_tokens:
+        raise UsageError(f"{name} {budget} is out of range{where}; use {MIN_BUDGET} <= K <= {n_tokens}")
+
+
 def check_budget(n_tokens: int, budget: int) -> None:
-    if budget < 2:
-        raise UsageError(f"budget {budget} is too small: use a budget >= 2 (pruning needs two halves)")
+    """The schedule's own rule: K >= MIN_BUDGET (a K at or above N keeps every token)."""
+    if budget < MIN_BUDGET:
+        raise UsageError(f"budget {budget} is too small: use a budget >= {MIN_BUDGET} (pruning needs two halves)")
     if n_tokens < 1:
         raise UsageError(f"n_tokens {n_tokens} must be >= 1")
 
