@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from flashvlm_export.artifacts import atomic_outputs
-from flashvlm_export.cli import export_parser, main, parity_parser
+from flashvlm_export.cli import bench, build_plugin, export, main, parity, run, sidecar
 
 CLI = str(Path(sys.executable).with_name("flashvlm-export"))
 
@@ -66,10 +66,71 @@ def test_selector_only_export_and_standalone_parity(tmp_path, capsys):
     assert code == 0 and "PASSED" in out and "onnxruntime[CPU]:" in out and "layer 3 outcome: exact" in out
 
 
-@pytest.mark.parametrize("parser", [export_parser, parity_parser])
-def test_help_documents_every_flag(parser):
-    for action in parser()._actions:
+@pytest.mark.parametrize("command", [export, parity, run, bench, sidecar, build_plugin], ids=lambda m: m.__name__)
+def test_help_documents_every_flag(command):
+    for action in command.parser()._actions:
         assert action.help, f"{action.option_strings} has no help"
+
+
+COMMANDS = ["parity", "run", "bench", "sidecar", "build-plugin"]
+
+
+def test_top_level_help_lists_every_command_with_one_line(tmp_path):
+    run = run_cli("--help", cwd=tmp_path)
+    assert run.returncode == 0, run.stderr
+    lines = run.stdout.splitlines()
+    for name in COMMANDS:
+        listed = [line for line in lines if line.split()[:1] == [name]]
+        assert len(listed) == 1 and len(listed[0].split()) > 2, (name, run.stdout)  # the name, then its line
+
+
+@pytest.mark.parametrize("name", COMMANDS)
+def test_each_commands_help_works(capsys, name):
+    with pytest.raises(SystemExit) as exit:
+        main([name, "--help"])
+    assert exit.value.code == 0 and capsys.readouterr().out.startswith(f"usage: flashvlm-export {name}")
+
+
+def test_a_misspelt_command_gets_the_nearest_one(capsys):
+    expect_usage_error(capsys, ["rnu", "--image", "demo.png"], "unknown command 'rnu'; did you mean run?")
+    line = expect_usage_error(capsys, ["xyzzy"], "unknown command 'xyzzy'")
+    assert all(name in line for name in COMMANDS)
+
+
+@pytest.mark.parametrize("argv", [["--imag", "demo.png"], ["run", "--imag", "demo.png", "--question", "q"]])
+def test_a_flags_prefix_is_not_taken_for_the_flag(capsys, argv):
+    line = expect_usage_error(capsys, argv, "unrecognized arguments: --imag")
+    assert "invalid int value" not in line  # not read as --image-size
+
+
+def _out_of_range():
+    from flashvlm_export.selector.config import RANGES
+
+    cases = [(name, str(high * 2 + 1)) for name, (_, high, _, _) in RANGES.items()]
+    return cases + [("step", "0"), ("max_rounds", "0")]
+
+
+@pytest.mark.parametrize("name, value", _out_of_range())
+def test_a_hyperparameter_out_of_range_names_its_flag(tmp_path, capsys, name, value):
+    flag = "--" + name.replace("_", "-")
+    argv = ["--model", "llava15-tiny", "--selector-only", flag, value, "--out", str(tmp_path / "s.onnx")]
+    line = expect_usage_error(capsys, argv, f"error: {flag} {value} ")
+    assert name + "=" not in line and ("out of range" in line or ">= 1" in line)
+    assert files_under(tmp_path) == []
+
+
+def test_a_selector_setting_error_carries_its_field_name():
+    from flashvlm_export.selector.config import SelectorConfig, SettingError
+
+    with pytest.raises(SettingError) as caught:
+        SelectorConfig(top_p=2.0)
+    assert caught.value.name == "top_p" and caught.value.named("--top-p").startswith("--top-p 2.0 is out of range")
+
+
+def test_counts_take_the_singular_for_one():
+    from flashvlm_export.progress import plural
+
+    assert [plural(n, "pruning round") for n in (0, 1, 2)] == ["0 pruning rounds", "1 pruning round", "2 pruning rounds"]
 
 
 @pytest.mark.parametrize("budget", ["1", "577", "0", "12x"])

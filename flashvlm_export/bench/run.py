@@ -10,6 +10,39 @@ from flashvlm_export.bench import report, suite
 
 # measured on a 2-core x86-64 CPU (README, Performance): what a full run costs, for the opening estimate
 ESTIMATE_S = {"export": 45, "selector": 110, "full_graph": 15, "split": 400}
+MAX_BENCH_REPEATS = 1000  # ~20 min of N=2880 timings on 2 cores; more measures nothing new
+
+
+def bench_settings(
+    repeats: int,
+    text_len: int,
+    *,
+    export: bool = True,
+    full_graph: bool = True,
+    gpu: bool = True,
+    split: bool = True,
+    split_only: bool = False,
+) -> suite.BenchSettings:
+    """The sections to run, every value checked; `split_only` runs fused graphs against a split export alone."""
+    from flashvlm_export.errors import UsageError
+    from flashvlm_export.models.spec import LLAVA15
+
+    if not 1 <= repeats <= MAX_BENCH_REPEATS:
+        raise UsageError(f"--repeats {repeats} is out of range; use 1 <= repeats <= {MAX_BENCH_REPEATS}")
+    if not 0 <= text_len <= LLAVA15.t_max:
+        raise UsageError(f"--text-len {text_len} is out of range; use 0 <= text-len <= {LLAVA15.t_max} (T_max)")
+    if split_only and not split:
+        raise UsageError("--split-only and --no-split exclude each other; pass one")
+    return suite.BenchSettings(
+        repeats,
+        2,
+        text_len,
+        full_graph=full_graph and not split_only,
+        export=export and not split_only,
+        gpu=gpu and not split_only,
+        split=split,
+        selector=not split_only,
+    )
 
 
 def estimate_text(settings: suite.BenchSettings) -> str:

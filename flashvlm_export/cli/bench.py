@@ -1,0 +1,63 @@
+"""flashvlm-export bench: measured costs on this machine (bench/run.py does it)."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from flashvlm_export.cli.commands import PROG
+from flashvlm_export.cli.flags import Parser, log
+from flashvlm_export.models.spec import LLAVA15
+
+
+def parser() -> argparse.ArgumentParser:
+    p = Parser(
+        prog=f"{PROG} bench",
+        description=(
+            "Measure what the selector costs and what pruning saves on this machine: selector core on every backend, "
+            "the full graph in ONNX Runtime, the export, and (on a GPU) LLM prefill per budget. Writes bench.json and bench.md."
+        ),
+    )
+    p.add_argument("--repeats", type=int, default=10, help="timed runs per figure after warm-up, 1-1000 (default: 10)")
+    p.add_argument(
+        "--text-len",
+        type=int,
+        default=60,
+        help=f"prompt rows of the {LLAVA15.t_max} (default: 60, a LLaVA-1.5 chat prompt)",
+    )
+    p.add_argument("--out-dir", default="bench-results", help="where bench.json and bench.md go (default: bench-results)")
+    p.add_argument("--no-export", action="store_true", help="skip the export measurement (and the full graph, which uses it)")
+    p.add_argument("--no-full-graph", action="store_true", help="skip the full-graph ONNX Runtime timing")
+    p.add_argument("--no-gpu", action="store_true", help="ignore a CUDA GPU even when present")
+    p.add_argument("--no-split", action="store_true", help="skip fused graphs against a split export (time, disk, memory)")
+    p.add_argument(
+        "--split-only", action="store_true", help="only fused graphs against a split export (~7 min, ~8 GB of scratch disk)"
+    )
+    p.add_argument("--cost-only", action="store_true", help="print the FLOPs / KV-cache calculator and stop")
+    return p
+
+
+def main(argv: list[str]) -> int:
+    args = parser().parse_args(argv)
+    if args.cost_only:
+        from flashvlm_export.bench.cost import cost_markdown, differences_text
+
+        log(cost_markdown())
+        log(differences_text())
+        return 0
+    from flashvlm_export.artifacts import check_writable
+    from flashvlm_export.bench.run import bench_settings, run_bench
+
+    settings = bench_settings(
+        args.repeats,
+        args.text_len,
+        export=not args.no_export,
+        full_graph=not args.no_full_graph,
+        gpu=not args.no_gpu,
+        split=not args.no_split,
+        split_only=args.split_only,
+    )
+    out_dir = Path(args.out_dir)
+    check_writable([out_dir / "bench.json", out_dir / "bench.md"], force=True, log=log)  # before minutes of work
+    run_bench(settings, out_dir, f"{PROG} bench " + " ".join(argv), log=log)
+    return 0

@@ -1,0 +1,110 @@
+"""flashvlm-export [options]: the export, the command when no command word is given (export/job.py does it)."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from flashvlm_export import __version__
+from flashvlm_export.cli import commands
+from flashvlm_export.cli.flags import Parser, add_graph_flags, add_model_flags, add_selector_flags, log, selector_config
+from flashvlm_export.export.options import DEFAULT_EXPORTER, DEFAULT_OPSET, EXPORTERS, MIN_OPSET, PRECISION_NAMES
+from flashvlm_export.plugin.build import DEFAULT_BUILD_DIR
+
+
+def parser() -> argparse.ArgumentParser:
+    p = Parser(
+        prog=commands.PROG,
+        usage=commands.usage(),
+        description="Export the vision encoder, projector and FlashVLM selector as one static-shape ONNX graph.",
+        epilog=commands.listing(),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("--version", action="version", version=f"{commands.PROG} {__version__}")
+    add_model_flags(p)
+    add_graph_flags(p, many_budgets=True)
+    add_selector_flags(p)
+    o = p.add_argument_group("output")
+    o.add_argument("--out", metavar="PATH", help="graph file (one budget only); default: graphs/<model>[_selector]_b<K>.onnx")
+    o.add_argument("--out-dir", metavar="DIR", default="graphs", help="folder for default-named graphs (default: graphs)")
+    o.add_argument(
+        "--force",
+        action="store_true",
+        help="overwrite existing graphs and sidecars (symbolic links included: the link is replaced)",
+    )
+    o.add_argument(
+        "--opset",
+        type=int,
+        default=DEFAULT_OPSET,
+        help=f"ONNX opset, >= {MIN_OPSET} and at most what the installed torch exporter writes (default: {DEFAULT_OPSET})",
+    )
+    o.add_argument(
+        "--exporter",
+        choices=EXPORTERS,
+        default=DEFAULT_EXPORTER,
+        help=f"torch.onnx exporter (default: {DEFAULT_EXPORTER}; torchscript is much faster for many pruning rounds)",
+    )
+    t = p.add_argument_group("deployment")
+    t.add_argument(
+        "--precision",
+        choices=PRECISION_NAMES,
+        default=PRECISION_NAMES[0],
+        help="vision encoder + projector precision, as explicit casts in the graph; the selector always runs in fp32",
+    )
+    t.add_argument(
+        "--plugin", action="store_true", help="replace the unrolled pruning rounds by one flashvlm::ResidualPrune plugin node"
+    )
+    t.add_argument(
+        "--split",
+        action="store_true",
+        help="one encoder graph, one small selector graph per budget and a manifest (the default when --budget lists several)",
+    )
+    t.add_argument("--fused", action="store_true", help="one full graph per budget, each with its own copy of the encoder")
+    t.add_argument("--engine", action="store_true", help="also build a TensorRT engine from each graph (needs TensorRT and a GPU)")
+    t.add_argument("--engine-dir", metavar="DIR", default="engines", help="folder for engines (default: engines)")
+    t.add_argument(
+        "--timing-cache", metavar="PATH", help="TensorRT timing cache, saved and reused (default: <engine-dir>/timing.cache)"
+    )
+    t.add_argument(
+        "--plugin-lib", metavar="PATH", help=f"libflashvlm_plugins.so (default: $FLASHVLM_PLUGIN_LIB or {DEFAULT_BUILD_DIR}/)"
+    )
+    t.add_argument("--workspace", type=float, default=4.0, help="TensorRT workspace limit in GiB, > 0 (default: 4)")
+    return p
+
+
+def main(argv: list[str]) -> int:
+    from flashvlm_export.export.job import EngineOptions, plan_outputs, run_export
+    from flashvlm_export.export.requests import check_export_options, export_requests
+    from flashvlm_export.models.llava import WeightsSource
+
+    args = parser().parse_args(argv)
+    check_export_options(args.plugin, args.exporter, args.opset, args.workspace)
+    spec, requests = export_requests(
+        args.model,
+        args.budget,
+        config=selector_config(args),
+        t_max=args.t_max,
+        batch=args.batch,
+        image_size=args.image_size,
+        selector_only=args.selector_only,
+        n_tokens=args.n_tokens,
+        plugin=args.plugin,
+        precision=args.precision,
+    )
+    outputs = plan_outputs(requests, Path(args.out_dir), args.out, args.split, args.fused)
+    source = None if args.selector_only else WeightsSource.from_flags(args.random_weights, args.seed, args.model_path)
+    engines = None
+    if args.engine:
+        cache = Path(args.timing_cache) if args.timing_cache else None
+        engines = EngineOptions(Path(args.engine_dir), cache, args.plugin_lib, args.workspace)
+    done = run_export(spec, outputs, source, args.opset, args.exporter, engines, args.force, log=log)
+    weights_flag = "" if done.weights is None else f" {done.weights.flags()}"
+    if done.manifest is not None:
+        first = outputs.plan.selectors[-1].budget
+        log(f"Done. Check it: {commands.PROG} parity --manifest {done.manifest}{weights_flag}")
+        log(f"Run it:   {commands.PROG} run --manifest {done.manifest} --budget {first} --image PHOTO --question TEXT")
+    elif done.engines:
+        log(f"Done. Check it: {commands.PROG} parity --engine {done.engines[0]}{weights_flag}")
+    else:
+        log(f"Done. Check it: {commands.PROG} parity --graph {done.graphs[0]}{weights_flag}")
+    return 0

@@ -1,0 +1,111 @@
+"""The parser every command uses and the flag groups several commands share, each declared once.
+
+The selector's hyperparameter flags are SelectorConfig's fields: name, type, default, range and help
+all come from selector/config.py.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+
+from flashvlm_export.errors import UsageError
+from flashvlm_export.models.spec import LLAVA15
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse with one-line errors, exit code 2, and no prefix matching (--imag is not --image-size)."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, allow_abbrev=False, **kwargs)
+
+    def error(self, message: str):  # noqa: D401 - argparse API
+        raise UsageError(f"{message}; see {self.prog} --help")
+
+
+def log(message: str) -> None:
+    print(message, flush=True)
+
+
+def flag_of(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
+def given_flags(argv: list[str]) -> set[str]:
+    """The long flags the user typed (prefix matching is off, so each is a flag's full name)."""
+    return {a.split("=", 1)[0] for a in argv if a.startswith("--")}
+
+
+def add_model_flags(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("model and weights")
+    g.add_argument(
+        "--model", default=LLAVA15.name, help=f"model spec name (default: {LLAVA15.name}; llava15-tiny is a test-size model)"
+    )
+    g.add_argument(
+        "--model-path",
+        metavar="DIR",
+        help="local checkpoint directory (config.json + *.safetensors); default: the local HF cache",
+    )
+    g.add_argument(
+        "--random-weights", action="store_true", help="build the exact architecture with seeded random weights, offline"
+    )
+    g.add_argument("--seed", type=int, default=0, help="seed of --random-weights (default: 0)")
+
+
+def add_graph_flags(p: argparse.ArgumentParser, many_budgets: bool) -> list[str]:
+    """The flags that shape a graph; returns their names."""
+    g = p.add_argument_group("graph shape")
+    several = (
+        "; a comma list exports several from one model load: one encoder and a selector per budget "
+        "(--split, the default for several; --fused for a full graph each)"
+    )
+    added = [
+        g.add_argument("--budget", default="128", help="visual tokens kept, K (2 <= K <= N)" + (several if many_budgets else "")),
+        g.add_argument(
+            "--t-max",
+            type=int,
+            help=f"padded text rows T_max of the static graph (default: the model's, {LLAVA15.t_max} for {LLAVA15.name}); "
+            "bounded by memory",
+        ),
+        g.add_argument("--batch", type=int, default=1, help="static batch size B (default: 1; bounded by memory)"),
+        g.add_argument(
+            "--image-size", type=int, help=f"input image side; must equal the model's ({LLAVA15.image_size} for {LLAVA15.name})"
+        ),
+        g.add_argument(
+            "--selector-only", action="store_true", help="export the selection core alone (inputs X, a, P(X), T, mask)"
+        ),
+        g.add_argument(
+            "--n-tokens", type=int, help="with --selector-only: visual tokens N per image if not the model's (own encoder, video)"
+        ),
+    ]
+    return [a.option_strings[0] for a in added]
+
+
+_TYPES = {"float": float, "int": int, "int | None": int, "str": str}  # SelectorConfig's field annotations
+
+
+def add_selector_flags(p: argparse.ArgumentParser) -> list[str]:
+    """One flag per SelectorConfig field; returns their names."""
+    from flashvlm_export.selector.config import SelectorConfig, interval_text
+
+    g = p.add_argument_group("selector hyperparameters (shared/ALGORITHM.md; defaults are the authors')")
+    flags = []
+    for field in dataclasses.fields(SelectorConfig):
+        meta, flag = field.metadata, flag_of(field.name)
+        where = f", in {interval_text(meta['range'])}" if meta["range"] else ""
+        default = "none" if field.default is None else field.default
+        kind = {"choices": meta["choices"]} if meta["choices"] else {"type": _TYPES[field.type]}
+        g.add_argument(flag, default=field.default, help=f"{meta['help']}{where} (default: {default})", **kind)
+        flags.append(flag)
+    return flags
+
+
+def selector_config(args):
+    """SelectorConfig from the hyperparameter flags; a value out of range is an error naming its flag."""
+    from flashvlm_export.selector.config import SelectorConfig, SettingError
+
+    try:
+        return SelectorConfig(**{f.name: getattr(args, f.name) for f in dataclasses.fields(SelectorConfig)})
+    except SettingError as exc:
+        raise UsageError(exc.named(flag_of(exc.name))) from None
+

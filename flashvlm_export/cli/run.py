@@ -1,0 +1,93 @@
+"""flashvlm-export run: a photo and a question through an exported graph (runtime/api.py does it)."""
+
+from __future__ import annotations
+
+import argparse
+
+from flashvlm_export.cli.commands import PROG
+from flashvlm_export.cli.flags import Parser, log
+from flashvlm_export.errors import UsageError
+
+LLM_DTYPES = ("auto", "fp32", "fp16", "bf16")
+
+
+def parser() -> argparse.ArgumentParser:
+    p = Parser(
+        prog=f"{PROG} run",
+        description=(
+            "A photo and a question through an exported graph: the kept tokens and the selection time, "
+            "optionally a heatmap of them and the LLM's answer with the K kept tokens (and with all N)."
+        ),
+    )
+    s = p.add_argument_group("selection")
+    s.add_argument("--graph", metavar="PATH", help="full graph from flashvlm-export; its metadata names the model and weights")
+    s.add_argument(
+        "--engine",
+        metavar="PLAN",
+        help="run this TensorRT engine instead (its sidecar names the graph); needs TensorRT and a GPU",
+    )
+    s.add_argument(
+        "--manifest",
+        metavar="JSON",
+        help="a split export's manifest: its encoder, then the selector of --budget (no host copy in between)",
+    )
+    s.add_argument("--budget", type=int, metavar="K", help="with --manifest: which of its budgets this request keeps")
+    s.add_argument("--tensorrt", action="store_true", help="with --manifest: run its TensorRT engines (needs TensorRT and a GPU)")
+    s.add_argument("--plugin-lib", metavar="PATH", help="libflashvlm_plugins.so for an engine built with --plugin")
+    i = p.add_argument_group("input")
+    i.add_argument("--image", metavar="FILE", help="any picture Pillow reads")
+    i.add_argument(
+        "--demo-image", metavar="FILE", help="write a synthetic picture (the repository's demo) to FILE and use it as --image"
+    )
+    i.add_argument("--question", required=True, help="the question about the image")
+    w = p.add_argument_group("weights (default: the ones the graph records)")
+    w.add_argument("--model-path", metavar="DIR", help="local checkpoint the graph was exported from")
+    w.add_argument(
+        "--random-weights", action="store_true", help="the graph's seeded random weights (stand-in tokenizer; answers are noise)"
+    )
+    w.add_argument("--seed", type=int, help="seed of --random-weights; must be the graph's (default: the graph's)")
+    o = p.add_argument_group("output")
+    o.add_argument("--heatmap", metavar="PNG", help="write the kept tokens over the image beside S_int, S_ext and F")
+    o.add_argument("--answer", action="store_true", help="answer with the LLM from the K kept visual tokens")
+    o.add_argument(
+        "--compare-full", action="store_true", help="also answer with all N tokens: both answers, prefill times, KV caches"
+    )
+    o.add_argument("--max-new-tokens", type=int, default=64, help="greedy answer length at most (default: 64)")
+    o.add_argument(
+        "--llm-dtype",
+        choices=LLM_DTYPES,
+        default=LLM_DTYPES[0],
+        help="the dtype the LLM answers in, with --answer or --compare-full (default: auto)",
+    )
+    o.add_argument("--force", action="store_true", help="overwrite an existing --heatmap or --demo-image")
+    return p
+
+
+def main(argv: list[str]) -> int:
+    from flashvlm_export.runtime.api import run, write_demo_image
+
+    args = parser().parse_args(argv)
+    if (args.image is None) == (args.demo_image is None):
+        raise UsageError("pass one of --image FILE or --demo-image FILE")
+    image = args.image or write_demo_image(args.demo_image, args.force, log=log)
+    run(
+        args.graph,
+        image,
+        args.question,
+        model_path=args.model_path,
+        random_weights=args.random_weights,
+        seed=args.seed,
+        engine=args.engine,
+        plugin_lib=args.plugin_lib,
+        manifest=args.manifest,
+        budget=args.budget,
+        tensorrt=args.tensorrt,
+        heatmap=args.heatmap,
+        answer=args.answer,
+        compare_full=args.compare_full,
+        max_new_tokens=args.max_new_tokens,
+        llm_dtype=args.llm_dtype,
+        force=args.force,
+        log=log,
+    )
+    return 0

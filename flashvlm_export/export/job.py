@@ -1,0 +1,168 @@
+"""An export from checked requests to files: where they go, what is checked before any work, the graphs
+(fused, or split with a manifest), then the TensorRT engines built from them."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from flashvlm_export.errors import UsageError
+from flashvlm_export.export.graphs import ExportRequest
+from flashvlm_export.export.split import SplitPlan
+from flashvlm_export.models.llava import WeightsSource
+from flashvlm_export.models.spec import ModelSpec
+from flashvlm_export.progress import plural
+
+
+@dataclass(frozen=True)
+class Outputs:
+    """Where an export's graphs go: one file per request, or a split's folder (`plan`)."""
+
+    requests: list[ExportRequest]
+    graphs: list[Path]  # one per request; for a split, the encoder then each selector
+    plan: SplitPlan | None = None
+
+    @property
+    def files(self) -> list[Path]:
+        return self.plan.outputs() if self.plan else self.graphs
+
+
+def plan_outputs(
+    requests: list[ExportRequest], out_dir: Path, out: str | None = None, split: bool = False, fused: bool = False
+) -> Outputs:
+    """Split (one encoder, a selector per budget, a manifest) with `split`, and by default for several budgets."""
+    from flashvlm_export.artifacts import graph_name
+    from flashvlm_export.export.split import split_plan
+
+    if split and fused:
+        raise UsageError("--split and --fused exclude each other; pass one")
+    selector_only = requests[0].selector_only
+    if selector_only and split:
+        raise UsageError("--split splits the encoder from the selectors; a --selector-only export has no encoder, drop one")
+    if not selector_only and (split or (len(requests) > 1 and not fused)):
+        if out is not None:
+            raise UsageError(f"--out {out} names one graph; a split export writes a folder: use --out-dir (or --fused)")
+        plan = split_plan(requests, out_dir)
+        return Outputs(requests, plan.graphs(), plan)
+    if out is None:
+        return Outputs(requests, [out_dir / graph_name(r) for r in requests])
+    if len(requests) > 1:
+        raise UsageError("--out names one file but --budget lists several; use --out-dir for several budgets")
+    if not out.endswith(".onnx"):
+        raise UsageError(f"--out {out} must end in .onnx")
+    return Outputs(requests, [Path(out)])
+
+
+@dataclass(frozen=True)
+class EngineOptions:
+    """TensorRT engines built from the exported graphs."""
+
+    folder: Path
+    timing_cache: Path | None = None  # default: <folder>/timing.cache
+    plugin_lib: str | None = None  # libflashvlm_plugins.so for --plugin graphs; default: as build-plugin finds it
+    workspace_gib: float = 4.0
+
+    @property
+    def cache(self) -> Path:
+        return self.timing_cache or self.folder / "timing.cache"
+
+
+@dataclass(frozen=True)
+class Exported:
+    graphs: list[Path]
+    engines: list[Path]
+    manifest: Path | None  # a split's
+    weights: WeightsSource | None  # None for --selector-only graphs
+
+
+def _engine_paths(outputs: Outputs, engines: EngineOptions) -> list[Path]:
+    from flashvlm_export.artifacts import artifact_stem
+
+    plan = outputs.plan
+    if plan is None:
+        return [engines.folder / f"{artifact_stem(r)}.plan" for r in outputs.requests]
+    if plan.engine_folder(engines.folder).resolve() == plan.folder.resolve():
+        raise UsageError(
+            f"--engine-dir {engines.folder} puts a split's engines beside its graphs, where their sidecars would "
+            "take the graphs' sidecar names; choose another --engine-dir (default: engines)"
+        )
+    return plan.engines(engines.folder)
+
+
+def build_engines(
+    requests, graphs: list[Path], engine_paths: list[Path], weights: str | None, plugin_lib, options: EngineOptions, log=print
+) -> dict[str, Path]:
+    """One engine per graph, each with its request's metadata; selector graphs hold no weights, encoders no plugin."""
+    from flashvlm_export.trt.build import build_engine
+
+    built = {}
+    for request, graph, engine in zip(requests, graphs, engine_paths, strict=True):
+        engine.parent.mkdir(parents=True, exist_ok=True)
+        library = None if request.kind == "encoder" else plugin_lib
+        own = request.metadata(None if request.kind == "selector" else weights)
+        build_engine(graph, engine, own, request.precision, library, options.cache, options.workspace_gib, log=log)
+        built[graph.stem] = engine
+    return built
+
+
+def run_export(
+    spec: ModelSpec,
+    outputs: Outputs,
+    source: WeightsSource | None,
+    opset: int,
+    exporter: str,
+    engines: EngineOptions | None = None,
+    force: bool = False,
+    log=print,
+) -> Exported:
+    """Check everything that can fail early (weights, TensorRT, the GPU, the plugin, every output path), then
+    load the model once, export every graph and build the engines. `source` None: selector-only graphs."""
+    from flashvlm_export.artifacts import artifact_size, check_writable, human_size
+    from flashvlm_export.export.graphs import export_logged
+
+    if source is not None and not source.random:  # the "no weights" error comes before any "already exists" one
+        from flashvlm_export.models.llava import resolve_weights_dir
+
+        resolve_weights_dir(spec, source.path)
+    engine_paths, plugin_lib = [], None
+    if engines is not None:  # fail fast, before the export, when TensorRT, the GPU or the plugin is missing
+        from flashvlm_export.device import gpu_info
+        from flashvlm_export.trt.env import import_tensorrt
+
+        engine_paths = _engine_paths(outputs, engines)
+        import_tensorrt()
+        gpu_info()
+        if outputs.requests[0].plugin:
+            from flashvlm_export.plugin.build import find_plugin_library
+
+            plugin_lib = find_plugin_library(engines.plugin_lib)
+    check_writable(outputs.files + engine_paths, force, log=log)
+    parts = None
+    if source is not None:
+        from flashvlm_export.models.llava import get_parts_logged
+
+        parts = get_parts_logged(spec, source, log)
+    weights = None if parts is None else parts.source.tag
+    plan, manifest, requests = outputs.plan, None, outputs.requests
+    if plan:
+        from flashvlm_export.export.split import export_split
+
+        manifest = export_split(plan, parts, weights, opset, exporter, overwrite=force, log=log)
+        selectors = sum(artifact_size(plan.selector_graph(r)) for r in plan.selectors)
+        log(
+            f"Split: wrote {manifest}: one encoder graph ({human_size(artifact_size(plan.encoder_graph))}) and "
+            f"{plural(len(plan.selectors), 'selector graph')} (K = {', '.join(str(r.budget) for r in plan.selectors)}, "
+            f"{human_size(selectors)} together)"
+        )
+        requests = [plan.encoder, *plan.selectors]
+    else:
+        for request, path in zip(requests, outputs.graphs, strict=True):
+            export_logged(request, path, parts, weights, opset, exporter, overwrite=force, log=log)
+    if engine_paths:
+        built = build_engines(requests, outputs.graphs, engine_paths, weights, plugin_lib, engines, log=log)
+        if plan:
+            from flashvlm_export.export.split import add_engines
+
+            add_engines(manifest, built)
+            log(f"Split: the manifest lists the {plural(len(built), 'engine')} in {engine_paths[0].parent}")
+    return Exported(outputs.graphs, engine_paths, manifest, None if parts is None else parts.source)

@@ -1,0 +1,93 @@
+"""From what a user asks for (model, budgets, shape, options) to checked ExportRequests.
+
+Every shape and range rule of an export is checked here, before any work: the CLI's export and
+parity commands call these, and messages name the flags those commands take.
+"""
+
+from __future__ import annotations
+
+import math
+
+from flashvlm_export.errors import UsageError
+from flashvlm_export.export.graphs import ExportRequest
+from flashvlm_export.export.options import MIN_OPSET
+from flashvlm_export.models.spec import ModelSpec, get_spec
+from flashvlm_export.selector.config import SelectorConfig
+from flashvlm_export.selector.schedule import check_budget_range
+
+
+def parse_budgets(text: str, n_tokens: int, model: str) -> list[int]:
+    """--budget "128" or "128,64,32": whole numbers in the budget range, each once."""
+    budgets = []
+    for item in text.split(","):
+        try:
+            k = int(item)
+        except ValueError:
+            raise UsageError(f"--budget {item!r} is not an integer; pass e.g. --budget 128 or --budget 128,64,32") from None
+        check_budget_range(k, n_tokens, "--budget", f": {model} has N={n_tokens} visual tokens")
+        budgets.append(k)
+    if len(set(budgets)) != len(budgets):
+        raise UsageError(f"--budget {text} repeats a value; list each budget once")
+    return budgets
+
+
+def export_requests(
+    model: str,
+    budgets: str,
+    *,
+    config: SelectorConfig,
+    t_max: int | None = None,
+    batch: int = 1,
+    image_size: int | None = None,
+    selector_only: bool = False,
+    n_tokens: int | None = None,
+    plugin: bool = False,
+    precision: str = "fp32",
+    one_budget: bool = False,
+) -> tuple[ModelSpec, list[ExportRequest]]:
+    """The model spec and one ExportRequest per budget, every shape checked (memory bounds included)."""
+    from flashvlm_export.limits import check_shape_fits
+
+    spec = get_spec(model)
+    if image_size is not None and image_size != spec.image_size:
+        raise UsageError(
+            f"--image-size {image_size} does not fit {spec.name}: it takes {spec.image_size}x{spec.image_size} images "
+            f"(N={spec.n_tokens} tokens); resize the image or drop --image-size"
+        )
+    t_max = spec.t_max if t_max is None else t_max
+    if t_max < 1:
+        raise UsageError(f"--t-max {t_max} must be >= 1 (room for the prompt's text tokens)")
+    if batch < 1:
+        raise UsageError(f"--batch {batch} must be >= 1")
+    tokens = spec.n_tokens
+    if n_tokens is not None:
+        from flashvlm_export.selector.static import TOPK_LIMIT
+
+        if not selector_only:
+            raise UsageError(f"--n-tokens {n_tokens} needs --selector-only: the full graph's N comes from the image size")
+        if not 2 <= n_tokens <= TOPK_LIMIT:
+            raise UsageError(f"--n-tokens {n_tokens} is out of range; use 2 <= N <= {TOPK_LIMIT} (TensorRT's TopK limit)")
+        tokens = n_tokens
+    check_shape_fits(spec, tokens, t_max, batch, selector_only)
+    ks = parse_budgets(budgets, tokens, spec.name)
+    if one_budget and len(ks) > 1:
+        raise UsageError(f"--budget {budgets}: this command takes one budget")
+    if selector_only and precision != "fp32":
+        raise UsageError(f"--precision {precision} applies to the encoder; a --selector-only graph is always fp32, drop one")
+    common = dict(t_max=t_max, batch=batch, config=config, selector_only=selector_only, n_tokens=n_tokens)
+    return spec, [ExportRequest(spec=spec, budget=k, plugin=plugin, precision=precision, **common) for k in ks]
+
+
+def check_export_options(plugin: bool, exporter: str, opset: int, workspace_gib: float) -> None:
+    """The exporter, opset and TensorRT workspace an export runs with."""
+    from flashvlm_export.limits import max_opset
+
+    if plugin and exporter != "dynamo":
+        raise UsageError(f"--plugin needs the dynamo exporter (its custom node does not export with {exporter}); drop --exporter")
+    if opset < MIN_OPSET:
+        raise UsageError(f"--opset {opset} is too old: LayerNormalization needs {MIN_OPSET}; use --opset {MIN_OPSET} or newer")
+    highest, why = max_opset(exporter)
+    if opset > highest:
+        raise UsageError(f"--opset {opset} is too new: {why}; use --opset {highest} or lower")
+    if not (math.isfinite(workspace_gib) and workspace_gib > 0):
+        raise UsageError(f"--workspace {workspace_gib} must be a positive number of GiB, e.g. --workspace 4")
