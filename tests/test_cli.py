@@ -86,9 +86,9 @@ def test_top_level_help_lists_every_command_with_one_line(tmp_path):
 
 @pytest.mark.parametrize("name", COMMANDS)
 def test_each_commands_help_works(capsys, name):
-    with pytest.raises(SystemExit) as exit:
+    with pytest.raises(SystemExit) as stopped:
         main([name, "--help"])
-    assert exit.value.code == 0 and capsys.readouterr().out.startswith(f"usage: flashvlm-export {name}")
+    assert stopped.value.code == 0 and capsys.readouterr().out.startswith(f"usage: flashvlm-export {name}")
 
 
 def test_a_misspelt_command_gets_the_nearest_one(capsys):
