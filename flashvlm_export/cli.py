@@ -16,6 +16,7 @@ import sys
 import tempfile
 import threading
 import time
+from contextlib import nullcontext
 from pathlib import Path
 
 from flashvlm_export import __version__
@@ -341,6 +342,7 @@ def _split_chosen(args, requests) -> bool:
 def run_export(argv: list[str]) -> int:
     from flashvlm_export.artifacts import check_writable
     from flashvlm_export.export.graphs import export_logged
+    from flashvlm_export.export.split import owned_folder
 
     args = export_parser().parse_args(argv)
     _check_export_flags(args)
@@ -359,10 +361,10 @@ def run_export(argv: list[str]) -> int:
         if not source.random:
             resolve_weights_dir(spec, source.path)
     engines, plugin_lib = [], None
-    if args.engine and plan and plan.engine_folder(Path(args.engine_dir)).resolve() == plan.folder.resolve():
+    if args.engine and plan and "--engine-dir" in _given_flags(argv):
         raise UsageError(
-            f"--engine-dir {args.engine_dir} puts a split's engines beside its graphs, where their sidecars would "
-            "take the graphs' sidecar names; choose another --engine-dir (default: engines)"
+            f"--engine-dir {args.engine_dir} does not apply to a split: its engines go in {plan.engine_folder}, inside the "
+            "split folder, so that its manifest names only files in its own folder (docs/ARTIFACTS.md); drop --engine-dir"
         )
     if args.engine:  # fail fast, before the export, when TensorRT, the GPU or the plugin is missing
         from flashvlm_export.artifacts import artifact_stem
@@ -376,15 +378,16 @@ def run_export(argv: list[str]) -> int:
 
             plugin_lib = find_plugin_library(args.plugin_lib)
         if plan:
-            engines = plan.engines(Path(args.engine_dir))
+            engines = plan.engines()
         else:
             engines = [Path(args.engine_dir) / f"{artifact_stem(r)}.plan" for r in requests]
-    check_writable(paths + engines, args.force, log=log)
-    parts = None if args.selector_only else _load_parts(spec, args)
-    weights = None if parts is None else parts.source.tag
-    weights_flag = "" if parts is None else f" {parts.source.flags()}"
-    if plan:
-        return _export_split(args, plan, parts, weights, weights_flag, engines, plugin_lib)
+    with owned_folder(plan.folder) if plan else nullcontext():  # a split stopped part-way leaves no folder it made
+        check_writable(paths + engines, args.force, log=log)
+        parts = None if args.selector_only else _load_parts(spec, args)
+        weights = None if parts is None else parts.source.tag
+        weights_flag = "" if parts is None else f" {parts.source.flags()}"
+        if plan:
+            return _export_split(args, plan, parts, weights, weights_flag, engines, plugin_lib)
     for request, path in zip(requests, paths, strict=True):
         export_logged(request, path, parts, weights, args.opset, args.exporter, overwrite=args.force, log=log)
     cache = _timing_cache(args)
@@ -393,7 +396,7 @@ def run_export(argv: list[str]) -> int:
 
         build_engine(path, engine, request.metadata(weights), request.precision, plugin_lib, cache, args.workspace, log=log)
     if engines:
-        log(f"Done. Check it: flashvlm-export parity --engine {engines[0]}{weights_flag}")
+        log(f"Done. Check it: flashvlm-export parity --engine {engines[0]} --graph {paths[0]}{weights_flag}")
     else:
         log(f"Done. Check it: flashvlm-export parity --graph {paths[0]}{weights_flag}")
     return 0
@@ -527,7 +530,8 @@ def run_parity_command(argv: list[str]) -> int:
     if args.engine:
         from flashvlm_export.parity.engine import engine_backend
 
-        runner = engine_backend(Path(args.engine), Path(args.plugin_lib) if args.plugin_lib else None, log=log)
+        graph = Path(args.graph) if args.graph else None  # else the one the engine's sidecar names in its folder
+        runner = engine_backend(Path(args.engine), Path(args.plugin_lib) if args.plugin_lib else None, log=log, graph=graph)
         extra, meta = [runner], runner.graph_metadata
         args.graph = args.graph or runner.graph_path
     with tempfile.TemporaryDirectory(prefix="flashvlm-parity-") as scratch:
