@@ -200,7 +200,7 @@ def load_graph(path: Path, what: str = "graph", *, external_data: bool = False, 
     except UsageError:
         raise
     except Exception as exc:
-        raise UsageError(f"{path} is not a readable ONNX file ({type(exc).__name__}); pass a graph from flashvlm-export") from None
+        raise UsageError(f"{path} is not an ONNX graph ({type(exc).__name__}); pass a graph flashvlm-export exported") from None
     check_external_data(path, proto)
     if external_data:
         load_external_data_for_model(proto, str(path.parent))

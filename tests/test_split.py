@@ -173,8 +173,11 @@ def test_chain_serves_each_budget_and_refuses_one_it_lacks(split, capsys, tmp_pa
 
 def test_an_edited_split_is_refused_before_any_work(split, capsys, tmp_path):
     edited = copy_split(split, tmp_path / "a")
-    with open(edited.parent / "selector_b16.onnx", "ab") as f:
-        f.write(b"\0")  # one byte more: the sha256 differs
+    with open(edited.parent / "selector_b16.onnx", "r+b") as f:
+        f.seek(-1, 2)
+        last = f.read(1)
+        f.seek(-1, 2)
+        f.write(bytes([last[0] ^ 1]))  # one bit flipped, same size: the sha256 differs
     expect_one_line(capsys, ["parity", "--manifest", str(edited), "--no-save"], "selector_b16.onnx", "sha256 differs")
 
     relabeled = copy_split(split, tmp_path / "b")  # budget 16 relabeled 48, with honest hashes: the graph says 16
@@ -280,5 +283,5 @@ def test_engines_are_checked_only_when_the_chain_runs_them(split, tmp_path):
         entry["engine"] = {"path": f"engines/{entry['onnx']['path']}.plan", "sha256": "0" * 64, "bytes": 1}
     copied.write_text(json.dumps(record))
     assert read_manifest(copied).budgets == BUDGETS
-    with pytest.raises(UsageError, match="encoder engine .* does not exist; copy the engines folder too"):
+    with pytest.raises(UsageError, match="encoder engine, which does not exist; copy the engines folder too"):
         read_manifest(copied, engines=True)
