@@ -358,10 +358,13 @@ def read_sidecar(artifact: Path, required: tuple[str, ...] = ()) -> dict:
     """The JSON record next to an artifact; a broken or incomplete one is a one-line error."""
     path = sidecar_path(artifact)
     fix = f"rebuild {artifact.name} with flashvlm-export so its sidecar is rewritten"
-    if not path.is_file():
+    from flashvlm_export.artifact_paths import BOUNDS, named_file, read_bounded
+
+    if not os.path.lexists(path):
         raise UsageError(f"{artifact} has no sidecar {path}; re-export it with flashvlm-export")
+    path = named_file(artifact, artifact.parent, path.name, "sidecar", "json", fix=fix)  # no link out, no FIFO, bounded
     try:
-        record = json.loads(path.read_text())
+        record = json.loads(read_bounded(path, BOUNDS["json"]))
     except (OSError, UnicodeDecodeError, ValueError) as exc:
         raise UsageError(f"sidecar {path} is not readable JSON ({type(exc).__name__}: {str(exc)[:80]}); {fix}") from None
     if not isinstance(record, dict):

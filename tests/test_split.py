@@ -173,8 +173,11 @@ def test_chain_serves_each_budget_and_refuses_one_it_lacks(split, capsys, tmp_pa
 
 def test_an_edited_split_is_refused_before_any_work(split, capsys, tmp_path):
     edited = copy_split(split, tmp_path / "a")
-    with open(edited.parent / "selector_b16.onnx", "ab") as f:
-        f.write(b"\0")  # one byte more: the sha256 differs
+    with open(edited.parent / "selector_b16.onnx", "r+b") as f:
+        f.seek(-1, 2)
+        last = f.read(1)
+        f.seek(-1, 2)
+        f.write(bytes([last[0] ^ 1]))  # one bit flipped, same size: the sha256 differs
     expect_one_line(capsys, ["parity", "--manifest", str(edited), "--no-save"], "selector_b16.onnx", "sha256 differs")
 
     relabeled = copy_split(split, tmp_path / "b")  # budget 16 relabeled 48, with honest hashes: the graph says 16
@@ -223,7 +226,7 @@ def test_split_flags_are_checked_and_nothing_is_overwritten(split, capsys, tmp_p
     expect_one_line(capsys, [*tiny, "--budget", "64,16", "--split", "--fused"], "exclude each other")
     expect_one_line(capsys, [*tiny, "--budget", "16", "--split", "--selector-only"], "--selector-only")
     expect_one_line(capsys, [*tiny, "--budget", "64,16", "--out", str(tmp_path / "x.onnx")], "--out-dir")
-    same = str(tmp_path / "g")  # engine sidecars would take the graphs' sidecar names: refused before TensorRT is needed
+    same = str(tmp_path / "g")  # a split's engines live in its own engines/ folder: refused before TensorRT is needed
     expect_one_line(capsys, [*tiny, "--budget", "64,16", "--engine", "--out-dir", same, "--engine-dir", same], "--engine-dir")
     before = {p.name: sha256_of(p) for p in split.parent.iterdir()}
     expect_one_line(capsys, [*tiny, "--budget", "64,16", "--out-dir", str(split.parent.parent)], "--force")
@@ -277,8 +280,8 @@ def test_engines_are_checked_only_when_the_chain_runs_them(split, tmp_path):
     copied = copy_split(split, tmp_path)
     record = json.loads(copied.read_text())
     for entry in [record["encoder"], *record["selectors"]]:
-        entry["engine"] = {"path": f"../engines/{entry['onnx']['path']}.plan", "sha256": "0" * 64, "bytes": 1}
+        entry["engine"] = {"path": f"engines/{entry['onnx']['path']}.plan", "sha256": "0" * 64, "bytes": 1}
     copied.write_text(json.dumps(record))
     assert read_manifest(copied).budgets == BUDGETS
-    with pytest.raises(UsageError, match="encoder engine .* does not exist; copy the engines folder too"):
+    with pytest.raises(UsageError, match="encoder engine, which does not exist; copy the engines folder too"):
         read_manifest(copied, engines=True)

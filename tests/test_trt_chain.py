@@ -208,7 +208,7 @@ def test_a_real_chain_matches_its_selector_engines_run_one_by_one(tmp_path):
 
     assert HAVE_TRT and have_gpu()
     argv = ["--model", "llava15-tiny", "--random-weights", "--split", "--budget", "32,64"]
-    assert main([*argv, "--out-dir", str(tmp_path), "--engine", "--engine-dir", str(tmp_path / "engines")]) == 0
+    assert main([*argv, "--out-dir", str(tmp_path), "--engine"]) == 0  # engines go to the split's own engines/
     from flashvlm_export.export.manifest import read_manifest
 
     encoder, selectors = read_manifest(tmp_path / "llava15-tiny_split" / "manifest.json").engines()

@@ -7,7 +7,15 @@ from pathlib import Path
 
 from flashvlm_export import __version__
 from flashvlm_export.cli import commands
-from flashvlm_export.cli.flags import Parser, add_graph_flags, add_model_flags, add_selector_flags, log, selector_config
+from flashvlm_export.cli.flags import (
+    Parser,
+    add_graph_flags,
+    add_model_flags,
+    add_selector_flags,
+    given_flags,
+    log,
+    selector_config,
+)
 from flashvlm_export.export.options import DEFAULT_EXPORTER, DEFAULT_OPSET, EXPORTERS, MIN_OPSET, PRECISION_NAMES
 from flashvlm_export.plugin.build import DEFAULT_BUILD_DIR
 
@@ -96,7 +104,7 @@ def main(argv: list[str]) -> int:
     engines = None
     if args.engine:
         cache = Path(args.timing_cache) if args.timing_cache else None
-        engines = EngineOptions(Path(args.engine_dir), cache, args.plugin_lib, args.workspace)
+        engines = EngineOptions(Path(args.engine_dir), cache, args.plugin_lib, args.workspace, "--engine-dir" in given_flags(argv))
     done = run_export(spec, outputs, source, args.opset, args.exporter, engines, args.force, log=log)
     weights_flag = "" if done.weights is None else f" {done.weights.flags()}"
     if done.manifest is not None:
@@ -104,7 +112,7 @@ def main(argv: list[str]) -> int:
         log(f"Done. Check it: {commands.PROG} parity --manifest {done.manifest}{weights_flag}")
         log(f"Run it:   {commands.PROG} run --manifest {done.manifest} --budget {first} --image PHOTO --question TEXT")
     elif done.engines:
-        log(f"Done. Check it: {commands.PROG} parity --engine {done.engines[0]}{weights_flag}")
+        log(f"Done. Check it: {commands.PROG} parity --engine {done.engines[0]} --graph {done.graphs[0]}{weights_flag}")
     else:
         log(f"Done. Check it: {commands.PROG} parity --graph {done.graphs[0]}{weights_flag}")
     return 0

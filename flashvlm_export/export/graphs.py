@@ -272,11 +272,12 @@ def export_logged(
     *,
     overwrite: bool = False,
     log=print,
-    shown: Path | None = None,
+    staged: bool = False,
 ) -> dict[str, str]:
     """export_graph with an opening estimate, a progress bar and a closing line; returns the graph's metadata.
 
-    `shown` is the path the closing line names (a split exports into staging and places the files later).
+    staged=True: `path` is in a staging folder and is placed later (a split): the closing line says
+    "staged", and the caller announces "saved as" once the file is in place.
     """
     from flashvlm_export.artifacts import StepTimer, artifact_size, human_size
     from flashvlm_export.progress import plural, progress
@@ -299,8 +300,6 @@ def export_logged(
     with progress(f"ONNX: exporting {what} with {exporter}", estimate, log=log, hint=hint):
         export_graph(request, path, parts, weights, opset, exporter, overwrite=overwrite, module=module)
     shape = f"B={request.batch}" if request.kind == "encoder" else f"K={request.budget}, B={request.batch}, T_max={request.t_max}"
-    log(
-        f"ONNX: export success ({request.kind} graph, {shape}) {timer.elapsed:.1f}s, saved as '{shown or path}' "
-        f"({human_size(artifact_size(path))})"
-    )
+    where = "staged, placed with the rest of the split" if staged else f"saved as '{path}'"
+    log(f"ONNX: export success ({request.kind} graph, {shape}) {timer.elapsed:.1f}s, {where} ({human_size(artifact_size(path))})")
     return full_metadata(request.metadata(weights), opset)

@@ -3,12 +3,13 @@
 
 from __future__ import annotations
 
+from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 
 from flashvlm_export.errors import UsageError
 from flashvlm_export.export.graphs import ExportRequest
-from flashvlm_export.export.split import SplitPlan
+from flashvlm_export.export.split import SplitPlan, owned_folder
 from flashvlm_export.models.llava import WeightsSource
 from flashvlm_export.models.spec import ModelSpec
 from flashvlm_export.progress import plural
@@ -61,6 +62,7 @@ class EngineOptions:
     timing_cache: Path | None = None  # default: <folder>/timing.cache
     plugin_lib: str | None = None  # libflashvlm_plugins.so for --plugin graphs; default: as build-plugin finds it
     workspace_gib: float = 4.0
+    folder_given: bool = False  # the user named the folder (a split keeps its engines inside its own folder)
 
     @property
     def cache(self) -> Path:
@@ -81,12 +83,12 @@ def _engine_paths(outputs: Outputs, engines: EngineOptions) -> list[Path]:
     plan = outputs.plan
     if plan is None:
         return [engines.folder / f"{artifact_stem(r)}.plan" for r in outputs.requests]
-    if plan.engine_folder(engines.folder).resolve() == plan.folder.resolve():
+    if engines.folder_given:
         raise UsageError(
-            f"--engine-dir {engines.folder} puts a split's engines beside its graphs, where their sidecars would "
-            "take the graphs' sidecar names; choose another --engine-dir (default: engines)"
+            f"--engine-dir {engines.folder} does not apply to a split: its engines go in {plan.engine_folder}, inside the "
+            "split folder, so that its manifest names only files in its own folder (docs/ARTIFACTS.md); drop --engine-dir"
         )
-    return plan.engines(engines.folder)
+    return plan.engines()
 
 
 def build_engines(
@@ -136,33 +138,34 @@ def run_export(
             from flashvlm_export.plugin.build import find_plugin_library
 
             plugin_lib = find_plugin_library(engines.plugin_lib)
-    check_writable(outputs.files + engine_paths, force, log=log)
-    parts = None
-    if source is not None:
-        from flashvlm_export.models.llava import get_parts_logged
+    with owned_folder(outputs.plan.folder) if outputs.plan else nullcontext():  # a split stopped part-way leaves no folder it made
+        check_writable(outputs.files + engine_paths, force, log=log)
+        parts = None
+        if source is not None:
+            from flashvlm_export.models.llava import get_parts_logged
 
-        parts = get_parts_logged(spec, source, log)
-    weights = None if parts is None else parts.source.tag
-    plan, manifest, requests = outputs.plan, None, outputs.requests
-    if plan:
-        from flashvlm_export.export.split import export_split
-
-        manifest = export_split(plan, parts, weights, opset, exporter, overwrite=force, log=log)
-        selectors = sum(artifact_size(plan.selector_graph(r)) for r in plan.selectors)
-        log(
-            f"Split: wrote {manifest}: one encoder graph ({human_size(artifact_size(plan.encoder_graph))}) and "
-            f"{plural(len(plan.selectors), 'selector graph')} (K = {', '.join(str(r.budget) for r in plan.selectors)}, "
-            f"{human_size(selectors)} together)"
-        )
-        requests = [plan.encoder, *plan.selectors]
-    else:
-        for request, path in zip(requests, outputs.graphs, strict=True):
-            export_logged(request, path, parts, weights, opset, exporter, overwrite=force, log=log)
-    if engine_paths:
-        built = build_engines(requests, outputs.graphs, engine_paths, weights, plugin_lib, engines, log=log)
+            parts = get_parts_logged(spec, source, log)
+        weights = None if parts is None else parts.source.tag
+        plan, manifest, requests = outputs.plan, None, outputs.requests
         if plan:
-            from flashvlm_export.export.split import add_engines
+            from flashvlm_export.export.split import export_split
 
-            add_engines(manifest, built)
-            log(f"Split: the manifest lists the {plural(len(built), 'engine')} in {engine_paths[0].parent}")
-    return Exported(outputs.graphs, engine_paths, manifest, None if parts is None else parts.source)
+            manifest = export_split(plan, parts, weights, opset, exporter, overwrite=force, log=log)
+            selectors = sum(artifact_size(plan.selector_graph(r)) for r in plan.selectors)
+            log(
+                f"Split: wrote {manifest}: one encoder graph ({human_size(artifact_size(plan.encoder_graph))}) and "
+                f"{plural(len(plan.selectors), 'selector graph')} (K = {', '.join(str(r.budget) for r in plan.selectors)}, "
+                f"{human_size(selectors)} together)"
+            )
+            requests = [plan.encoder, *plan.selectors]
+        else:
+            for request, path in zip(requests, outputs.graphs, strict=True):
+                export_logged(request, path, parts, weights, opset, exporter, overwrite=force, log=log)
+        if engine_paths:
+            built = build_engines(requests, outputs.graphs, engine_paths, weights, plugin_lib, engines, log=log)
+            if plan:
+                from flashvlm_export.export.split import add_engines
+
+                add_engines(manifest, built)
+                log(f"Split: the manifest lists the {plural(len(built), 'engine')} in {engine_paths[0].parent}")
+        return Exported(outputs.graphs, engine_paths, manifest, None if parts is None else parts.source)

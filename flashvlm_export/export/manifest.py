@@ -21,6 +21,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+from flashvlm_export.artifact_paths import BOUNDS, load_graph, named_file, own_file, read_bounded
 from flashvlm_export.artifacts import sha256_of
 from flashvlm_export.errors import UsageError
 
@@ -76,15 +77,17 @@ class Manifest:
     def budgets(self) -> tuple[int, ...]:
         return tuple(self.record["budgets"])
 
-    def _file(self, entry: dict) -> Path:
-        return self.folder / entry["path"]
+    def _file(self, entry: dict, what: str, kind: str = "graph") -> Path:
+        """A file the manifest names, by the rule of artifact_paths: inside its folder, regular, its recorded size."""
+        where = "copy the engines folder too, or run in ONNX Runtime" if kind == "engine" else "copy the whole split folder"
+        return named_file(self.path, self.folder, entry["path"], what, kind, expect_bytes=entry.get("bytes"), fix=where)
 
     @property
     def encoder_graph(self) -> Path:
-        return self._file(self.record["encoder"]["onnx"])
+        return self._file(self.record["encoder"]["onnx"], f"{ENCODER_STEM} graph")
 
     def selector_graph(self, budget: int) -> Path:
-        return self._file(self._selector(budget)["onnx"])
+        return self._file(self._selector(budget)["onnx"], f"{selector_stem(budget)} graph")
 
     def engines(self) -> tuple[Path, dict[int, Path]]:
         """The encoder engine and each budget's; a one-line error when the manifest lists none."""
@@ -94,7 +97,8 @@ class Manifest:
                 f"{self.path} lists no TensorRT engines; build them with flashvlm-export ... --split --engine, "
                 "or run the graphs in ONNX Runtime"
             )
-        return self._file(encoder), {s["budget"]: self._file(s["engine"]) for s in self.record["selectors"]}
+        selectors = {s["budget"]: self._file(s["engine"], f"{selector_stem(s['budget'])} engine", "engine") for s in self.record["selectors"]}
+        return self._file(encoder, f"{ENCODER_STEM} engine", "engine"), selectors
 
     def _selector(self, budget: int) -> dict:
         for entry in self.record["selectors"]:
@@ -134,10 +138,9 @@ def read_manifest(path: Path, verify: bool = True, engines: bool = False) -> Man
     path = Path(path)
     if path.is_dir():
         path = path / MANIFEST_NAME
-    if not path.is_file():
-        raise UsageError(f"manifest {path} does not exist; write one with flashvlm-export ... --split")
+    own_file(path, "manifest", "json", "write one with flashvlm-export ... --split")
     try:
-        record = json.loads(path.read_text())
+        record = json.loads(read_bounded(path, BOUNDS["json"]))
     except (OSError, UnicodeDecodeError, ValueError) as exc:
         raise _fail(path, f"is not readable JSON ({type(exc).__name__})") from None
     if not isinstance(record, dict) or record.get("format") != FORMAT:
@@ -185,6 +188,8 @@ def _checked_shape(path: Path, record: dict) -> Manifest:
         for file in (entry["onnx"], entry.get("engine")):
             if file is not None and not (isinstance(file.get("path"), str) and isinstance(file.get("sha256"), str)):
                 raise TypeError("each file needs a path and a sha256")
+            if file is not None and type(file.get("bytes", 0)) is not int:
+                raise TypeError("a file's bytes must be a whole number")
     budgets = record["budgets"]
     if not budgets or any(isinstance(k, bool) or not isinstance(k, int) for k in budgets):
         raise ValueError("budgets must be a non-empty list of whole numbers")
@@ -195,10 +200,7 @@ def _checked_shape(path: Path, record: dict) -> Manifest:
 
 
 def _check_file(manifest: Manifest, entry: dict, what: str, verify: bool) -> None:
-    target = manifest.folder / entry["path"]
-    if not target.is_file():
-        where = "copy the engines folder too, or run in ONNX Runtime" if what.endswith("engine") else "copy the whole split folder"
-        raise UsageError(f"{manifest.path} lists the {what} {target}, which does not exist; {where}")
+    target = manifest._file(entry, what, "engine" if what.endswith("engine") else "graph")  # the rule, before hashing
     if verify and sha256_of(target) != entry["sha256"]:
         raise UsageError(
             f"{target} is not the {what} {manifest.path} lists (sha256 differs): it was changed or replaced; "
@@ -207,9 +209,7 @@ def _check_file(manifest: Manifest, entry: dict, what: str, verify: bool) -> Non
 
 
 def _graph_meta(path: Path) -> dict[str, str]:
-    import onnx
-
-    return {p.key: p.value for p in onnx.load(str(path), load_external_data=False).metadata_props}
+    return {p.key: p.value for p in load_graph(path).metadata_props}
 
 
 def _check_graph_metadata(manifest: Manifest) -> None:

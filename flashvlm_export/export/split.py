@@ -1,17 +1,22 @@
 """Split export: one encoder graph, one small selector graph per budget, and the manifest that ties them.
 
 Every file of a split lands together or none does: the graphs are exported into one staging folder
-and placed with the manifest in one all-or-nothing step (artifacts.atomic_outputs). Engines, when
-asked for, are built afterwards from the placed graphs; the manifest is then rewritten to list them,
-so at every moment the manifest describes files that exist.
+and placed with the manifest in one all-or-nothing step (artifacts.atomic_outputs); only then is each
+announced as saved. Engines, when asked for, are built afterwards from the placed graphs into the
+split's own `engines/` folder (a manifest names only files inside its folder: artifact_paths); the
+manifest is then rewritten to list them, so at every moment the manifest describes files that exist.
+A split stopped part-way (Ctrl-C, SIGTERM, an error) removes the folders it created (`owned_folder`).
 """
 
 from __future__ import annotations
 
+import os
+import shutil
+from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from flashvlm_export.artifacts import atomic_outputs, external_data_path, sidecar_path, split_stem
+from flashvlm_export.artifacts import artifact_size, atomic_outputs, external_data_path, human_size, sidecar_path, split_stem
 from flashvlm_export.export.graphs import EncoderRequest, ExportRequest, export_logged
 from flashvlm_export.export.manifest import (
     ENCODER_STEM,
@@ -22,6 +27,8 @@ from flashvlm_export.export.manifest import (
     selector_stem,
     write_manifest,
 )
+
+ENGINES_FOLDER = "engines"
 
 
 @dataclass(frozen=True)
@@ -49,12 +56,14 @@ class SplitPlan:
         data = [external_data_path(self.encoder_graph)]  # placed only if the export wrote it
         return data + [p for g in self.graphs() for p in (g, sidecar_path(g))] + [self.manifest]
 
-    def engine_folder(self, engine_dir: Path) -> Path:
-        return engine_dir / self.folder.name
+    @property
+    def engine_folder(self) -> Path:
+        """The split's engines and their sidecars: inside its folder (the manifest names nothing outside it), in a
+        subfolder of their own (an engine's sidecar X.json would otherwise take its graph's sidecar name)."""
+        return self.folder / ENGINES_FOLDER
 
-    def engines(self, engine_dir: Path) -> list[Path]:
-        folder = self.engine_folder(engine_dir)
-        return [folder / (g.stem + ".plan") for g in self.graphs()]
+    def engines(self) -> list[Path]:
+        return [self.engine_folder / (g.stem + ".plan") for g in self.graphs()]
 
 
 def split_plan(requests: list[ExportRequest], out_dir: Path) -> SplitPlan:
@@ -91,12 +100,40 @@ def export_split(
             # selector graphs hold no weights: the encoder and the manifest record whose they are
             own_weights = weights if request.kind == "encoder" else None
             how = exporter if request.kind == "encoder" else selector_exporter or exporter
-            meta = export_logged(request, staged[graph], parts, own_weights, opset, how, log=log, shown=graph)
+            meta = export_logged(request, staged[graph], parts, own_weights, opset, how, log=log, staged=True)
             metas[graph.stem] = meta
         files = {g.stem: file_entry(staged[g], staged[g].parent) for g in plan.graphs()}
         selectors_meta = {r.budget: metas[selector_stem(r.budget)] for r in plan.selectors}
         write_manifest(staged[plan.manifest], manifest_record(metas[ENCODER_STEM], selectors_meta, files))
+    for graph in plan.graphs():  # announced only now: every file is in place
+        log(f"ONNX: saved as '{graph}' ({human_size(artifact_size(graph))})")
     return plan.manifest
+
+
+def _created_by(folder: Path) -> Path | None:
+    """The topmost folder on the way to `folder` that does not exist yet (what making it would create)."""
+    top = None
+    for candidate in [folder, *folder.parents]:
+        if os.path.lexists(candidate):
+            break
+        top = candidate
+    return top
+
+
+@contextmanager
+def owned_folder(folder: Path):
+    """Around a split export: if it stops part-way (Ctrl-C, SIGTERM, any error), the folders it created go too.
+
+    Only a folder that did not exist when the export began is removed; one that was there is left as it is
+    (the all-or-nothing placement already kept the files in it unchanged).
+    """
+    top = _created_by(Path(folder).absolute())
+    try:
+        yield
+    except BaseException:
+        if top is not None and top.is_dir() and not top.is_symlink():
+            shutil.rmtree(top, ignore_errors=True)
+        raise
 
 
 def add_engines(manifest_path: Path, engines: dict[str, Path]) -> None:

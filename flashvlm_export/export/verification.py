@@ -36,7 +36,9 @@ def add_verification_outputs(model: onnx.ModelProto, interface: GraphInterface, 
 
 def verification_model(graph: Path, interface: GraphInterface, scratch: Path) -> bytes | str:
     """The verification build of `graph`: bytes when self-contained, else a file (and its data) written to scratch."""
-    model = onnx.load(str(graph), load_external_data=False)
+    from flashvlm_export.artifact_paths import load_graph
+
+    model = load_graph(graph)  # the rule: the graph and every external-data location it names
     external = any(init.data_location == onnx.TensorProto.EXTERNAL for init in model.graph.initializer)
     if external:
         load_external_data_for_model(model, str(graph.parent))

@@ -139,7 +139,9 @@ class OnnxRuntime:
                 first = str(exc).strip().splitlines()[0][:300]
                 raise MissingDependencyError(f"ONNX Runtime ({providers[0]}) cannot run {Path(path).name}: {first}") from None
 
-        self.session = session(str(path))
+        from flashvlm_export.artifact_paths import check_graph
+
+        self.session = session(str(check_graph(Path(path))))  # the rule, before ONNX Runtime opens it and its data
         self.verification = None
         if interface is not None and interface.verification:
             from flashvlm_export.export.verification import verification_model

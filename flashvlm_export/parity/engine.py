@@ -32,20 +32,34 @@ class EngineBackend:
         return out
 
 
-def engine_backend(engine: Path, plugin_library: Path | None, log=print) -> EngineBackend:
+def engine_graph(engine: Path, record: dict, graph: Path | None) -> Path:
+    """The graph `engine` was built from: the user's --graph, or the one its sidecar names by the rule of
+    artifact_paths (inside the engine's folder); either way with the sha256 the sidecar records."""
+    from flashvlm_export.artifact_paths import named_file
+    from flashvlm_export.artifacts import sha256_of, sidecar_path
+
+    if graph is None:
+        fix = "pass the graph it was built from with --graph"
+        graph = named_file(sidecar_path(engine), engine.parent, record["onnx"], "graph", "graph", fix=fix)
+    expected = record.get("onnx_sha256")
+    if expected is not None and sha256_of(graph) != expected:
+        raise UsageError(f"{graph} is not the graph {engine} was built from (sha256 differs); pass that graph with --graph")
+    return graph
+
+
+def engine_backend(engine: Path, plugin_library: Path | None, log=print, graph: Path | None = None) -> EngineBackend:
     """Load `engine` (checked against its sidecar) and build its verification engine in a temp folder."""
+    from flashvlm_export.artifact_paths import load_graph
     from flashvlm_export.trt.build import build_engine
     from flashvlm_export.trt.runner import EngineRunner
 
     shipped = EngineRunner(engine, plugin_library=plugin_library)
     record = read_sidecar(engine)
-    graph = Path(record["onnx"])
-    if not graph.is_file():
-        raise UsageError(f"{engine}'s sidecar names the graph {graph}, which does not exist; pass the graph with --graph")
+    graph = engine_graph(engine, record, graph)
     meta = record["onnx_metadata"]
     request = request_from_metadata(meta, str(graph))
     scratch = Path(tempfile.mkdtemp(prefix="flashvlm-verify-engine-"))
-    model = add_verification_outputs(onnx.load(str(graph)), request.interface(), str(graph))
+    model = add_verification_outputs(load_graph(graph, external_data=True), request.interface(), str(graph))
     verify_graph = scratch / f"{graph.stem}.verify.onnx"
     onnx.save(model, str(verify_graph), save_as_external_data=model.ByteSize() > 2**31 - 1)
     log(f"Parity: building the verification engine of {engine.name} (same precision and plugin, F and G exposed)")

@@ -93,7 +93,8 @@ def check_graph(
     if engine is not None:
         from flashvlm_export.parity.engine import engine_backend
 
-        runner = engine_backend(engine, Path(plugin_lib) if plugin_lib else None, log=log)
+        # the graph: --graph, else the one the engine's sidecar names in the engine's own folder
+        runner = engine_backend(engine, Path(plugin_lib) if plugin_lib else None, log=log, graph=graph)
         extra, meta = [runner], runner.graph_metadata
         graph = graph or Path(runner.graph_path)
     with nullcontext(graph) if graph is not None else scratch_selector_graph(scratch_request, log) as graph:

@@ -8,7 +8,6 @@ import tempfile
 from pathlib import Path
 
 import numpy as np
-import onnx
 
 from flashvlm_export.artifacts import human_size
 from flashvlm_export.errors import MissingDependencyError, UsageError
@@ -22,15 +21,9 @@ from flashvlm_export.selector.schedule import round_schedule
 
 
 def graph_metadata(path: Path) -> dict[str, str]:
-    if not path.is_file():
-        raise UsageError(f"graph {path} does not exist; export it first with flashvlm-export")
-    try:
-        proto = onnx.load(str(path), load_external_data=False)
-    except Exception as exc:
-        raise UsageError(
-            f"{path} is not a readable ONNX file ({type(exc).__name__}); pass a graph from flashvlm-export"
-        ) from None
-    return {p.key: p.value for p in proto.metadata_props}
+    from flashvlm_export.artifact_paths import load_graph
+
+    return {p.key: p.value for p in load_graph(path).metadata_props}  # the rule; a one-line error for a bad file
 
 
 def geometry_of(request: ExportRequest) -> Geometry:
@@ -40,7 +33,9 @@ def geometry_of(request: ExportRequest) -> Geometry:
 
 def check_graph_interface(graph: Path, request: ExportRequest) -> None:
     """The graph's own inputs and outputs must be what its metadata declares (an edited graph is refused)."""
-    proto = onnx.load(str(graph), load_external_data=False)
+    from flashvlm_export.artifact_paths import load_graph
+
+    proto = load_graph(graph)
     declared = request.interface()
     own = {v.name: tuple(d.dim_value for d in v.type.tensor_type.shape.dim) for v in list(proto.graph.input) + list(proto.graph.output)}
     want = {t.name: t.shape for t in declared.inputs + declared.outputs}
@@ -80,8 +75,9 @@ def load_cases(path: Path) -> list[Case]:
     """Cases from a Polygraphy inputs JSON (a list of feed dicts), as `--save-inputs` writes it."""
     from polygraphy.json import load_json
 
-    if not path.is_file():
-        raise UsageError(f"--load-inputs {path} does not exist; pass a Polygraphy inputs JSON")
+    from flashvlm_export.artifact_paths import own_file
+
+    own_file(path, "--load-inputs", "inputs", "pass a Polygraphy inputs JSON")  # a regular file of a plausible size
     try:
         feeds_list = load_json(str(path))
     except Exception as exc:

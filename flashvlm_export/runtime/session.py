@@ -35,6 +35,9 @@ class OrtGraph:
             from flashvlm_export.plugin.ort_op import session_options
 
             options = session_options()
+        from flashvlm_export.artifact_paths import check_graph
+
+        check_graph(Path(path))  # the rule, before ONNX Runtime opens it and its external data
         try:
             self.session = ort.InferenceSession(str(path), sess_options=options, providers=[provider])
         except Exception as exc:

@@ -25,7 +25,7 @@ from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
-from flashvlm_export.errors import FlashVLMError, UsageError
+from flashvlm_export.errors import FlashVLMError
 from flashvlm_export.progress import plural
 
 REDUCED = ("fp16", "bf16")
@@ -179,14 +179,9 @@ def precision_plan(model) -> PrecisionPlan:
 
 def load_graph(path: Path):
     """The ONNX model without its external weights (types and metadata only)."""
-    import onnx
+    from flashvlm_export.artifact_paths import load_graph as checked
 
-    if not Path(path).is_file():
-        raise UsageError(f"graph {path} does not exist; export it with flashvlm-export or pass the right --onnx")
-    try:
-        return onnx.load(str(path), load_external_data=False)
-    except Exception as exc:  # onnx raises DecodeError and others for a file that is not a graph
-        raise UsageError(f"{path} is not an ONNX graph ({type(exc).__name__}); pass the exported .onnx file") from None
+    return checked(Path(path))  # the rule: a regular file of at most 2 GiB, its external data inside its folder
 
 
 def graph_metadata(model) -> dict[str, str]:

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import numpy as np
 
+from flashvlm_export.artifact_paths import own_file
 from flashvlm_export.artifacts import read_sidecar, sidecar_path
 from flashvlm_export.device import gpu_info
 from flashvlm_export.errors import UsageError
@@ -17,10 +19,8 @@ SIDECAR_KEYS = ("tensorrt_version", "gpu", "compute_capability", "budget", "plug
 
 def read_engine_record(engine_path: Path, expect_kind: str | None = None) -> dict:
     """An engine's sidecar record, checked without TensorRT: engine and sidecar present, sha256, graph kind."""
-    engine_path = Path(engine_path)
-    if not engine_path.is_file():
-        raise UsageError(f"engine {engine_path} does not exist; build it with flashvlm-export ... --engine")
-    if not sidecar_path(engine_path).is_file():
+    engine_path = own_file(Path(engine_path), "engine", "engine", "build it with flashvlm-export ... --engine")
+    if not os.path.lexists(sidecar_path(engine_path)):
         raise UsageError(
             f"{engine_path} has no sidecar {sidecar_path(engine_path)}; build engines with flashvlm-export ... "
             f"--engine, or record one trtexec built: flashvlm-export sidecar --engine {engine_path} --onnx GRAPH.onnx"

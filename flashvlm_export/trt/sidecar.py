@@ -6,6 +6,7 @@ One function builds the record (`engine_record`), for engines flashvlm-export bu
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 from flashvlm_export import __version__
@@ -49,7 +50,7 @@ def engine_record(
         "plugin": plugin_library is not None,
         "plugin_version": PLUGIN_ID if plugin_library is not None else None,
         "plugin_library_sha256": sha256_of(plugin_library) if plugin_library is not None else None,
-        "onnx": str(onnx_path),
+        "onnx": os.path.relpath(onnx_path, engine_path.parent),  # read back only inside the engine's folder (artifact_paths)
         "onnx_sha256": sha256_of(onnx_path),
         "onnx_metadata": graph_meta,
         "build_seconds": None if build_seconds is None else round(build_seconds, 1),
