@@ -19,7 +19,7 @@ import time
 from pathlib import Path
 
 from flashvlm_export import __version__
-from flashvlm_export.errors import FlashVLMError, ParityError, Terminated, UsageError
+from flashvlm_export.errors import FlashVLMError, ParityError, Terminated, UsageError, cli_spelling
 from flashvlm_export.export.options import DEFAULT_EXPORTER, DEFAULT_OPSET, EXPORTERS, MIN_OPSET, PRECISION_NAMES
 from flashvlm_export.models.spec import LLAVA15
 from flashvlm_export.plugin.build import DEFAULT_BUILD_DIR
@@ -855,6 +855,7 @@ def _on_sigterm(signum, frame) -> None:
     raise Terminated()
 
 
+@cli_spelling()  # errors name flags (--force), not the Python API's keyword arguments (force=True)
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     main_thread = threading.current_thread() is threading.main_thread()
