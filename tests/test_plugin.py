@@ -200,7 +200,7 @@ LOAD_ORDERS = {
 @pytest.mark.parametrize("order", list(LOAD_ORDERS))
 def test_plugin_registers_once_in_every_load_order(built_plugin, order):
     """The real libflashvlm_plugins.so and libflashvlm_plugins_register.so, loaded in each tool's order
-    into a process whose libnvinfer.so.<major> is a TEST STAND-IN (csrc/testNvinferStandIn.cpp): a
+    into a process whose libnvinfer.so.<major> is a TEST STAND-IN (tests/csrc/testNvinferStandIn.cpp): a
     registry that does only what NvInferRuntimeCommon.h documents (registerCreator refuses a duplicate;
     loadLibrary calls getCreators and fails when a plugin is already registered). The creator found in
     that registry then goes through create / serialise / re-create / clone.
