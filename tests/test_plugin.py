@@ -344,6 +344,7 @@ def test_polygraphy_replay_passes_the_registering_library(tmp_path, monkeypatch)
     register = polygraphy_check.registering_library(plugin)
     command = polygraphy_check.polygraphy_command(Path("e.plan"), Path("i.json"), Path("o.json"), register)
     assert command[-2:] == ["--plugins", str(tmp_path / "libflashvlm_plugins_register.so")]
+    assert command[command.index("--compare-func-script") + 1].endswith("flashvlm_export/parity/polygraphy_compare.py")
     monkeypatch.setattr(polygraphy_check, "tensorrt_libs_dir", lambda: "/site/tensorrt_libs")
     env = polygraphy_check.polygraphy_env({"LD_LIBRARY_PATH": "/opt/lib"})
     assert env["LD_LIBRARY_PATH"] == os.pathsep.join(["/site/tensorrt_libs", "/opt/lib"])
