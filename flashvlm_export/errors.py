@@ -1,5 +1,8 @@
 """One error family. Every message states the bad value and the fix; the CLI prints it on one line, exit 2."""
 
+import contextlib
+import contextvars
+
 
 class FlashVLMError(Exception):
     """Base class for errors the CLI reports as one line with exit code 2."""
@@ -29,3 +32,32 @@ class Terminated(BaseException):
     """SIGTERM, raised like KeyboardInterrupt so every `finally` cleans up; the CLI exits 143."""
 
     exit_code = 143
+
+
+# How an error names an argument. The same check runs under the CLI (flags) and the Python API (keyword
+# arguments): a message built with `arg`/`switch` says `--heatmap x.png` to the one and `heatmap='x.png'` to the other.
+# Python is the default; the CLI's main() runs under `cli_spelling()`.
+_CLI_SPELLING = contextvars.ContextVar("flashvlm_export_cli_spelling", default=False)
+
+
+@contextlib.contextmanager
+def cli_spelling():
+    """Errors raised inside name flags (`--force`), not keyword arguments (`force=True`); a decorator too."""
+    token = _CLI_SPELLING.set(True)
+    try:
+        yield
+    finally:
+        _CLI_SPELLING.reset(token)
+
+
+def arg(name: str, value: object = None) -> str:
+    """An argument by its Python name: `--max-new-tokens 0` on the command line, `max_new_tokens=0` from Python."""
+    if _CLI_SPELLING.get():
+        flag = "--" + name.replace("_", "-")
+        return flag if value is None else f"{flag} {value}"
+    return f"{name}=" if value is None else f"{name}={value!r}"
+
+
+def switch(name: str) -> str:
+    """A boolean argument turned on: `--force` on the command line, `force=True` from Python."""
+    return "--" + name.replace("_", "-") if _CLI_SPELLING.get() else f"{name}=True"

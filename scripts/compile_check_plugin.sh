@@ -6,10 +6,10 @@
 #     libflashvlm_plugins.so            the plugin; exports getCreators only (loadLibrary, --dynamicPlugins)
 #     libflashvlm_plugins_register.so   registers the plugin's creator when dlopened (polygraphy --plugins,
 #                                       trtexec --staticPlugins); exports flashvlm_registration_status only
-#     flashvlm_plugin_harness           the harness (pluginHarness.cpp)
-#     standin/libnvinfer.so.<major>     TEST STAND-IN registry (testNvinferStandIn.cpp), not TensorRT
+#     flashvlm_plugin_harness           the harness (tests/csrc/pluginHarness.cpp)
+#     standin/libnvinfer.so.<major>     TEST STAND-IN registry (tests/csrc/testNvinferStandIn.cpp), not TensorRT
 # The headers are NVIDIA's public ones (NVIDIA/TensorRT, include/ on release/10.3 or release/11.1);
-# never commit them. Without nvcc the kernel is replaced by testKernelStub.cpp (said so in the output):
+# never commit them. Without nvcc the kernel is replaced by tests/csrc/testKernelStub.cpp (said so in the output):
 # the libraries then serve the loading tests only. Exits non-zero on the first failure.
 set -euo pipefail
 include=${1:?usage: $0 TENSORRT_INCLUDE_DIR [sm_XX ...]}
@@ -17,7 +17,8 @@ shift
 archs=("${@:-sm_87 sm_90}")
 [ -f "$include/NvInferRuntime.h" ] || { echo "no NvInferRuntime.h under $include" >&2; exit 2; }
 here=$(cd "$(dirname "$0")/.." && pwd)
-src=$here/flashvlm_export/plugin/csrc
+src=$here/flashvlm_export/plugin/csrc  # what ships
+tests=$here/tests/csrc                 # test-only: the harness, the stand-in registry, the kernel stub
 cuda=${CUDA_HOME:-/usr/local/cuda}
 [ -f "$cuda/include/cuda_runtime_api.h" ] || { echo "no CUDA headers under $cuda/include (set CUDA_HOME)" >&2; exit 2; }
 if [ -n "${FLASHVLM_PLUGIN_OUT:-}" ]; then
@@ -31,8 +32,9 @@ major=$(sed -n 's/^#define TRT_MAJOR_ENTERPRISE \([0-9]*\).*/\1/p;s/^#define NV_
 version=$(sed -n 's/^#define TRT_\(MAJOR\|MINOR\|PATCH\)_ENTERPRISE \([0-9]*\).*/\2/p;s/^#define NV_TENSORRT_\(MAJOR\|MINOR\|PATCH\) \([0-9]*\).*/\2/p' "$include/NvInferVersion.h" | head -3 | paste -sd.)
 echo "TensorRT headers $version at $include"
 flags=(-std=c++17 -Wall -Werror -Wno-deprecated-declarations -fPIC -I"$src" -I"$include" -I"$cuda/include")
-for f in residualPrunePlugin.cpp residualPruneRegister.cpp pluginHarness.cpp residualPruneCpu.cpp testNvinferStandIn.cpp; do
-  g++ "${flags[@]}" -fvisibility=hidden -c "$src/$f" -o "$out/${f%.cpp}.o"
+for path in "$src"/{residualPrunePlugin,residualPruneRegister,residualPruneCpu}.cpp "$tests"/{pluginHarness,testNvinferStandIn}.cpp; do
+  f=$(basename "$path")
+  g++ "${flags[@]}" -fvisibility=hidden -c "$path" -o "$out/${f%.cpp}.o"
   echo "  g++  $f ok"
 done
 nvcc=$(command -v nvcc || true)
@@ -46,7 +48,7 @@ if [ -n "$nvcc" ]; then
     kernel=${kernel:-$out/kernel_$arch.o}
   done
 else
-  g++ "${flags[@]}" -fvisibility=hidden -c "$src/testKernelStub.cpp" -o "$out/kernel_stub.o"
+  g++ "${flags[@]}" -fvisibility=hidden -c "$tests/testKernelStub.cpp" -o "$out/kernel_stub.o"
   kernel=$out/kernel_stub.o
   echo "  nvcc absent: the kernel is STUBBED (testKernelStub.cpp); these libraries serve loading tests only"
 fi

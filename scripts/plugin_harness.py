@@ -97,7 +97,7 @@ def main() -> None:
     build_dir = Path(args.build_dir)
     library, harness = build_dir / "libflashvlm_plugins.so", build_dir / "flashvlm_plugin_harness"
     if not (library.exists() and harness.exists()):
-        build_plugin(args.tensorrt_include, build_dir)
+        build_plugin(args.tensorrt_include, build_dir, harness_sources=Path(__file__).resolve().parents[1] / "tests/csrc")
     failures, rows = 0, []
     with tempfile.TemporaryDirectory() as scratch:
         for n, budget in CASES:

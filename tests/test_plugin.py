@@ -200,7 +200,7 @@ LOAD_ORDERS = {
 @pytest.mark.parametrize("order", list(LOAD_ORDERS))
 def test_plugin_registers_once_in_every_load_order(built_plugin, order):
     """The real libflashvlm_plugins.so and libflashvlm_plugins_register.so, loaded in each tool's order
-    into a process whose libnvinfer.so.<major> is a TEST STAND-IN (csrc/testNvinferStandIn.cpp): a
+    into a process whose libnvinfer.so.<major> is a TEST STAND-IN (tests/csrc/testNvinferStandIn.cpp): a
     registry that does only what NvInferRuntimeCommon.h documents (registerCreator refuses a duplicate;
     loadLibrary calls getCreators and fails when a plugin is already registered). The creator found in
     that registry then goes through create / serialise / re-create / clone.
@@ -344,6 +344,7 @@ def test_polygraphy_replay_passes_the_registering_library(tmp_path, monkeypatch)
     register = polygraphy_check.registering_library(plugin)
     command = polygraphy_check.polygraphy_command(Path("e.plan"), Path("i.json"), Path("o.json"), register)
     assert command[-2:] == ["--plugins", str(tmp_path / "libflashvlm_plugins_register.so")]
+    assert command[command.index("--compare-func-script") + 1].endswith("flashvlm_export/parity/polygraphy_compare.py")
     monkeypatch.setattr(polygraphy_check, "tensorrt_libs_dir", lambda: "/site/tensorrt_libs")
     env = polygraphy_check.polygraphy_env({"LD_LIBRARY_PATH": "/opt/lib"})
     assert env["LD_LIBRARY_PATH"] == os.pathsep.join(["/site/tensorrt_libs", "/opt/lib"])

@@ -244,9 +244,9 @@ def test_weights_metadata_parses_random_seeds_and_paths_and_refuses_other_weight
     assert recorded_weights("/ckpt/llava", "g") == WeightsSource(path="/ckpt/llava")
     with pytest.raises(UsageError, match="records no weights"):
         recorded_weights(None, "g")
-    with pytest.raises(UsageError, match="not --random-weights"):
+    with pytest.raises(UsageError, match="not random_weights=True"):
         weights_for_graph("/ckpt/llava", True, None, None, "g.onnx")
-    with pytest.raises(UsageError, match="not --seed 3"):
+    with pytest.raises(UsageError, match="not seed=3"):
         weights_for_graph("random:7", True, 3, None, "g.onnx")
     assert weights_for_graph("random:7", True, None, None, "g.onnx") == WeightsSource(seed=7)
 
@@ -338,9 +338,9 @@ def test_run_with_a_checkpoint_uses_its_processor_tokenizer_and_llm(tiny_checkpo
     pruned, full = result.answers["pruned"], result.answers["full"]
     assert (pruned.prompt_tokens, pruned.kv_bytes) == (full.prompt_tokens, full.kv_bytes)
 
-    with pytest.raises(UsageError, match="not --model-path"):
+    with pytest.raises(UsageError, match="not model_path="):
         run(str(graph), str(demo_image), QUESTION, model_path=str(tmp_path), log=lines.append)
-    with pytest.raises(UsageError, match="not --random-weights"):
+    with pytest.raises(UsageError, match="not random_weights=True"):
         run(str(graph), str(demo_image), QUESTION, random_weights=True, log=lines.append)
 
 
@@ -365,3 +365,136 @@ def test_checkpoint_layouts_of_the_hub_and_of_transformers_5_load_the_same_weigh
         assert torch.equal(value, from_hub.vision_tower.state_dict()[name]), name
         assert torch.equal(value, llm.model.vision_tower.state_dict()[name]), name
     assert torch.equal(saved.embed_tokens.weight, llm.get_input_embeddings().weight)
+
+
+def test_the_llm_parameter_count_of_a_checkpoint_is_read_from_its_safetensors_headers(tiny_checkpoint):
+    """The count the memory check uses: headers only, equal to the loaded model's own count (and to the meta build's)."""
+    from transformers import LlavaForConditionalGeneration
+
+    from flashvlm_export.runtime.answer import llm_parameters
+
+    loaded = sum(p.numel() for p in LlavaForConditionalGeneration.from_pretrained(tiny_checkpoint).parameters())
+    assert llm_parameters(TINY, str(tiny_checkpoint)) == loaded == llm_parameters(TINY, None)
+
+
+# ---------------------------------------------------------------- no library warnings on the answer path
+
+
+@pytest.mark.filterwarnings("error")
+def test_the_answer_path_emits_no_warning_or_deprecation_from_transformers(tiny_graphs, demo_image):
+    """pyproject's filterwarnings hides DeprecationWarning/FutureWarning in tests; this test turns every warning into an
+    error, and catches transformers' own logger (its `past_key_values` notice is a log record, printed once per process)."""
+    import logging
+
+    from transformers.utils import logging as hf_logging
+
+    from flashvlm_export.runtime import run
+
+    records = []
+    handler = logging.Handler(logging.WARNING)
+    handler.emit = records.append
+    logger = hf_logging.get_logger("transformers")
+    logger.addHandler(handler)
+    hf_logging.warning_once.cache_clear()  # a notice already given in this process would otherwise stay silent
+    try:
+        result = run(str(tiny_graphs[64]), str(demo_image), QUESTION, random_weights=True, compare_full=True,
+                     max_new_tokens=3, log=lambda _: None)  # fmt: skip
+    finally:
+        logger.removeHandler(handler)
+    assert [r.getMessage() for r in records] == []
+    assert set(result.answers) == {"pruned", "full"}
+
+
+# ---------------------------------------------------------------- the LLM's dtype and the memory check
+
+
+def test_the_llm_loads_in_the_dtype_asked_for_bf16_halves_the_kv_cache(tiny_graphs, demo_image):
+    from flashvlm_export.runtime import run
+
+    lines = {"fp32": [], "bf16": []}
+    results = {
+        name: run(str(tiny_graphs[64]), str(demo_image), QUESTION, random_weights=True, answer=True, max_new_tokens=2,
+                  llm_dtype=name, log=lines[name].append)  # fmt: skip
+        for name in lines
+    }
+    assert any("LLM ready on cpu, bf16" in line for line in lines["bf16"])
+    assert any("LLM ready on cpu, fp32" in line for line in lines["fp32"])  # auto on the CPU is fp32; asked for here
+    fp32, bf16 = results["fp32"].answers["pruned"], results["bf16"].answers["pruned"]
+    assert bf16.prompt_tokens == fp32.prompt_tokens and 2 * bf16.kv_bytes == fp32.kv_bytes  # exact: element sizes 2 and 4
+
+
+def test_auto_llm_dtype_is_fp32_on_the_cpu_and_half_precision_on_cuda(monkeypatch):
+    from flashvlm_export.runtime.answer import llm_dtype
+
+    assert llm_dtype("auto", torch.device("cpu")) == torch.float32
+    assert llm_dtype("fp16", torch.device("cpu")) == torch.float16
+    for bf16, expected in ((True, torch.bfloat16), (False, torch.float16)):
+        monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda bf16=bf16: bf16)
+        assert llm_dtype("auto", torch.device("cuda")) == expected
+
+
+def test_a_bad_llm_dtype_is_refused_naming_it_even_without_answer(tiny_graphs, demo_image):
+    from flashvlm_export.runtime import run
+
+    with pytest.raises(UsageError, match=r"llm_dtype='int8' is not an LLM dtype; choose one of auto, fp32, fp16, bf16"):
+        run(str(tiny_graphs[64]), str(demo_image), QUESTION, random_weights=True, llm_dtype="int8", log=lambda _: None)
+
+
+def test_an_llm_that_cannot_fit_is_refused_in_one_line_before_anything_is_loaded(tiny_graphs, demo_image, monkeypatch):
+    from flashvlm_export.runtime import answer, api, run
+
+    def loaded(*args, **kwargs):
+        raise AssertionError("loaded before the memory check")
+
+    monkeypatch.setattr(api, "_load_parts", loaded)
+    monkeypatch.setattr(answer, "build_llm", loaded)
+    monkeypatch.setattr(answer, "available_memory", lambda device: 512 * 1024**2)  # 0.5 GB: below the 1 GiB margin alone
+    with pytest.raises(UsageError) as caught:
+        run(str(tiny_graphs[64]), str(demo_image), QUESTION, random_weights=True, answer=True, log=lambda _: None)
+    message = str(caught.value)
+    assert "needs about 1.0 GB in fp32 on cpu but 0.5 GB is available" in message and "llm_dtype='bf16'" in message
+    assert "\n" not in message
+    # enough memory: the same run gets past the check, to the first load
+    monkeypatch.setattr(answer, "available_memory", lambda device: 64 * 1024**3)
+    with pytest.raises(AssertionError, match="loaded before"):
+        run(str(tiny_graphs[64]), str(demo_image), QUESTION, random_weights=True, answer=True, log=lambda _: None)
+
+
+def test_a_7b_llm_is_checked_on_the_host_and_on_the_gpu(monkeypatch):
+    """llava15's 7.06B parameters: fp32 needs ~30 GB, bf16 ~15.5 GB (weights + 10% + 1 GiB); a checkpoint is read on the host, then moved."""
+    from flashvlm_export.runtime import answer
+
+    params = answer.llm_parameters(LLAVA15, None)
+    assert 7.0e9 < params < 7.1e9
+    free = {"cpu": 64 * 1024**3, "cuda": 12 * 1024**3}
+    monkeypatch.setattr(answer, "available_memory", lambda device: free[device.type])
+    answer.check_llm_fits(params, torch.float32, torch.device("cpu"), random_weights=False)  # 29.9 GB <= 64 GB
+    with pytest.raises(UsageError, match=r"needs about 15\.5 GB in bf16 on cuda but 12\.0 GB is available; free GPU memory or use a larger GPU$"):
+        answer.check_llm_fits(params, torch.bfloat16, torch.device("cuda"), random_weights=False)
+    free["cpu"] = 8 * 1024**3
+    with pytest.raises(UsageError, match=r"needs about 29\.9 GB in fp32 on cpu but 8\.0 GB is available; pass llm_dtype='bf16' or llm_dtype='fp16' "):
+        answer.check_llm_fits(params, torch.float32, torch.device("cpu"), random_weights=False)
+
+
+# ---------------------------------------------------------------- errors name what the caller wrote
+
+
+def test_python_api_errors_name_keyword_arguments_and_the_cli_names_flags(tiny_graphs, demo_image, tmp_path, capsys):
+    from flashvlm_export.errors import arg, cli_spelling, switch
+    from flashvlm_export.runtime import run
+
+    target = tmp_path / "kept.png"
+    target.write_bytes(b"mine")
+    with pytest.raises(UsageError) as caught:
+        run(str(tiny_graphs[64]), str(demo_image), QUESTION, random_weights=True, heatmap=str(target), log=lambda _: None)
+    assert str(caught.value) == f"{target} already exists; pass force=True to overwrite it, or choose another heatmap="
+    code, _, err = _run_cli(
+        capsys, "--graph", tiny_graphs[64], "--random-weights", "--image", demo_image, "--question", QUESTION, "--heatmap", target
+    )
+    assert code == 2 and f"{target} already exists; pass --force to overwrite it, or choose another --heatmap" in err
+    # main() spelled flags only while it ran: the Python API speaks Python again
+    with pytest.raises(UsageError, match=r"^max_new_tokens=0 must be >= 1$"):
+        run(str(tiny_graphs[64]), str(demo_image), QUESTION, max_new_tokens=0, log=lambda _: None)
+    assert (arg("model_path", "/x"), switch("random_weights"), arg("heatmap")) == ("model_path='/x'", "random_weights=True", "heatmap=")
+    with cli_spelling():
+        assert (arg("model_path", "/x"), switch("random_weights"), arg("heatmap")) == ("--model-path /x", "--random-weights", "--heatmap")

@@ -15,6 +15,7 @@ import sys
 
 from flashvlm_export.cli.commands import module_of
 from flashvlm_export.cli.guard import guarded
+from flashvlm_export.errors import cli_spelling
 
 
 def dispatch(argv: list[str]) -> int:
@@ -24,5 +25,6 @@ def dispatch(argv: list[str]) -> int:
     return importlib.import_module("flashvlm_export.cli.export").main(argv)
 
 
+@cli_spelling()  # errors name flags (--force), not the Python API's keyword arguments (force=True)
 def main(argv: list[str] | None = None) -> int:
     return guarded(dispatch, list(sys.argv[1:] if argv is None else argv))

@@ -7,8 +7,7 @@ import argparse
 from flashvlm_export.cli.commands import PROG
 from flashvlm_export.cli.flags import Parser, log
 from flashvlm_export.errors import UsageError
-
-LLM_DTYPES = ("auto", "fp32", "fp16", "bf16")
+from flashvlm_export.export.options import LLM_DTYPE_NAMES
 
 
 def parser() -> argparse.ArgumentParser:
@@ -55,8 +54,8 @@ def parser() -> argparse.ArgumentParser:
     o.add_argument("--max-new-tokens", type=int, default=64, help="greedy answer length at most (default: 64)")
     o.add_argument(
         "--llm-dtype",
-        choices=LLM_DTYPES,
-        default=LLM_DTYPES[0],
+        choices=LLM_DTYPE_NAMES,
+        default=LLM_DTYPE_NAMES[0],
         help="the dtype the LLM answers in, with --answer or --compare-full (default: auto)",
     )
     o.add_argument("--force", action="store_true", help="overwrite an existing --heatmap or --demo-image")

@@ -15,7 +15,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from flashvlm_export.errors import UsageError
+from flashvlm_export.errors import UsageError, arg, switch
 from flashvlm_export.models.spec import ModelSpec
 from flashvlm_export.models.vision import VisionFeatures
 
@@ -43,7 +43,7 @@ class WeightsSource:
 
     def __post_init__(self) -> None:
         if self.seed is not None and not 0 <= self.seed <= self.MAX_SEED:
-            raise UsageError(f"--seed {self.seed} is out of range; use 0 <= seed <= {self.MAX_SEED}")
+            raise UsageError(f"{arg('seed', self.seed)} is out of range; use 0 <= seed <= {self.MAX_SEED}")
 
     @property
     def random(self) -> bool:
@@ -52,7 +52,7 @@ class WeightsSource:
     @classmethod
     def from_flags(cls, random_weights: bool, seed: int, model_path: str | None) -> WeightsSource:
         if random_weights and model_path is not None:
-            raise UsageError("--random-weights and --model-path exclude each other; pass one")
+            raise UsageError(f"{switch('random_weights')} and {arg('model_path')} exclude each other; pass one")
         return cls(seed=seed) if random_weights else cls(path=model_path)
 
     @classmethod
@@ -75,6 +75,12 @@ class WeightsSource:
             return "--random-weights" + (f" --seed {self.seed}" if self.seed else "")
         return f"--model-path {self.path}"
 
+    def arguments(self) -> str:
+        """The arguments that select these weights again, spelled for the caller (flags or keyword arguments)."""
+        if self.random:
+            return switch("random_weights") + (f" {arg('seed', self.seed)}" if self.seed else "")
+        return arg("model_path", self.path)
+
     def __str__(self) -> str:
         return f"random weights, seed {self.seed}" if self.random else str(self.path)
 
@@ -94,25 +100,30 @@ def weights_for_graph(
     No flags: the graph's own record. --random-weights [--seed S] or --model-path DIR must name the same weights.
     """
     graph = recorded_weights(recorded_tag, source)
+    random_flag, model_flag = switch("random_weights"), arg("model_path")
     if random_weights and model_path is not None:
-        raise UsageError("--random-weights and --model-path exclude each other; pass one")
-    fix = f"pass {graph.flags() or '--random-weights'} (the graph's own weights), or none, or re-export the graph"
+        raise UsageError(f"{random_flag} and {model_flag} exclude each other; pass one")
+    fix = f"pass {graph.arguments()} (the graph's own weights), or none, or re-export the graph"
     if random_weights:
         if not graph.random:
-            raise UsageError(f"{source} was exported from the checkpoint {graph.path}, not --random-weights; {fix}")
+            raise UsageError(f"{source} was exported from the checkpoint {graph.path}, not {random_flag}; {fix}")
         if seed is not None and seed != graph.seed:
-            raise UsageError(f"{source} was exported with random weights seed {graph.seed}, not --seed {seed}; {fix}")
+            raise UsageError(f"{source} was exported with random weights seed {graph.seed}, not {arg('seed', seed)}; {fix}")
         return graph
     if seed is not None:
-        raise UsageError(f"--seed {seed} applies to --random-weights only; drop it or add --random-weights")
+        raise UsageError(f"{arg('seed', seed)} applies to {random_flag} only; drop it or add {random_flag}")
     if model_path is not None:
         if graph.random:
-            raise UsageError(f"{source} was exported with random weights (seed {graph.seed}), not --model-path {model_path}; {fix}")
+            raise UsageError(
+                f"{source} was exported with random weights (seed {graph.seed}), not {arg('model_path', model_path)}; {fix}"
+            )
         if Path(model_path).expanduser().resolve() != Path(graph.path).expanduser().resolve():
-            raise UsageError(f"{source} was exported from the checkpoint {graph.path}, not --model-path {model_path}; {fix}")
+            raise UsageError(f"{source} was exported from the checkpoint {graph.path}, not {arg('model_path', model_path)}; {fix}")
         return graph
     if not graph.random and not Path(graph.path).is_dir():
-        raise UsageError(f"{source} was exported from the checkpoint {graph.path}, which is not on this machine; pass --model-path DIR")
+        raise UsageError(
+            f"{source} was exported from the checkpoint {graph.path}, which is not on this machine; pass {arg('model_path')} with its folder"
+        )
     return graph
 
 

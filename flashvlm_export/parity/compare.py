@@ -203,6 +203,13 @@ class BackendReport:
             detail = f"only in the decisions {only_ref[:8]}, only in the backend {only_backend[:8]}" if only_ref else "order"
             self.decision_failures.append(f"{where}: its own F and G decide other indices ({detail})")
 
+    def replay(self, where: str, outputs: dict, schedule: RoundSchedule) -> None:
+        """Layer 1 on a run alone (a Polygraphy replay): its own F and G decide its indices, and its visual_embeds
+        are its own P(X) at them, where it gives those outputs; `missing` names what it does not give."""
+        for b in range(outputs[INDICES].shape[0]):
+            self._decisions(f"{where} image {b}", b, outputs, schedule)
+            self._gathered(f"{where} image {b}", b, outputs, outputs)
+
     def _gathered(self, where: str, b: int, outputs: dict, basis: dict) -> None:
         """Step 12's rows: visual_embeds must be the backend's own P(X) at its own indices, bit for bit.
 

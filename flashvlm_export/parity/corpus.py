@@ -29,6 +29,7 @@ class Case:
     feeds: dict[str, np.ndarray]  # batch-first arrays, keyed by graph input name
     note: str = ""
     reference_indices: np.ndarray | None = None  # (B, K), set by the parity run
+    reference_sensitivity: list[float] | None = None  # (B,) the reference's own overlap under 1e-6 noise in G, likewise
 
 
 def _grid(n_tokens: int) -> int:

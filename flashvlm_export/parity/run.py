@@ -17,7 +17,7 @@ from flashvlm_export.parity.backends import OnnxRuntime, PipelineReference, Sele
 from flashvlm_export.parity.compare import ARITHMETIC_BOUNDS, BackendReport, layer_summary, sensitivity_overlaps
 from flashvlm_export.parity.corpus import Case, Geometry, pipeline_corpus, selector_corpus
 from flashvlm_export.progress import plural
-from flashvlm_export.selector.schedule import round_schedule
+from flashvlm_export.selector.schedule import RoundSchedule, round_schedule
 
 
 def graph_metadata(path: Path) -> dict[str, str]:
@@ -91,11 +91,25 @@ def load_cases(path: Path) -> list[Case]:
         raise UsageError(f"--load-inputs {path} has an entry that is not an array ({exc}); it must be {shape}") from None
 
 
-def save_records(cases: list[Case], reports: list[BackendReport], save_dir: Path, stem: str, log=print) -> list[Path]:
-    """Polygraphy `--load-inputs` / `--load-outputs` files (the reference's indices) and the three-layer report JSON."""
+def save_records(
+    cases: list[Case],
+    reports: list[BackendReport],
+    save_dir: Path,
+    stem: str,
+    schedule: RoundSchedule,
+    min_overlap: float | None = None,
+    log=print,
+) -> list[Path]:
+    """Polygraphy `--load-inputs` / `--load-outputs` files and the three-layer report JSON.
+
+    The outputs file holds, per case, the reference's indices and what parity/polygraphy_compare.py judges a replay
+    with (`polygraphy run ... --compare-func-script`): the outcome floor, the reference's own sensitivity, the schedule.
+    """
     from polygraphy.comparator import IterationResult, RunResults
     from polygraphy.json import save_json
     from polygraphy.logger import G_LOGGER
+
+    from flashvlm_export.parity import polygraphy_compare as replay
 
     G_LOGGER.module_severity = G_LOGGER.ERROR
 
@@ -106,7 +120,20 @@ def save_records(cases: list[Case], reports: list[BackendReport], save_dir: Path
     with atomic_outputs(paths) as (temp_inputs, temp_outputs, temp_report):
         save_json([c.feeds for c in cases], str(temp_inputs), description="flashvlm parity inputs")
         results = RunResults()
-        iterations = [IterationResult(outputs={INDICES: c.reference_indices}, runner_name="reference") for c in cases]
+        sensitivity = [s for c in cases for s in c.reference_sensitivity]
+        floor = np.float64(replay.replay_floor(sensitivity, schedule.budget / schedule.n_tokens, min_overlap))
+        iterations = [
+            IterationResult(
+                outputs={
+                    INDICES: c.reference_indices,
+                    replay.OVERLAP_FLOOR: floor,
+                    replay.REFERENCE_SENSITIVITY: np.asarray(c.reference_sensitivity, dtype=np.float64),
+                    replay.ROUND_SCHEDULE: replay.schedule_record(schedule),
+                },
+                runner_name="reference",
+            )
+            for c in cases
+        ]
         results.append(("reference", iterations))
         results.save(str(temp_outputs))
         record = {"cases": [c.name for c in cases], "backends": [r.to_dict() for r in reports], "passed": all(reports)}
@@ -189,7 +216,8 @@ def run_parity(
     for line in layer_summary(reports):
         log(line)
     if save_dir is not None:
-        paths = save_records(cases, reports, save_dir, graph.stem, log)
+        schedule = round_schedule(request.tokens, request.budget, request.config)
+        paths = save_records(cases, reports, save_dir, graph.stem, schedule, min_overlap, log)
         log(f"Parity: saved {', '.join(str(p) for p in paths)} ({human_size(sum(p.stat().st_size for p in paths))})")
     return reports
 
@@ -207,6 +235,7 @@ def run_backends(request: ExportRequest, reference, backends: list, cases: list[
         expected = reference.run(case.feeds)
         case.reference_indices = expected[INDICES]
         sensitivity = sensitivity_overlaps(expected, schedule, seed=seed * 100_003 + number)
+        case.reference_sensitivity = sensitivity
         for backend in backends:
             outputs = backend.run(case.feeds)
             outputs = outputs if isinstance(outputs, dict) else {INDICES: outputs}

@@ -55,9 +55,16 @@ def default_cuda_arch() -> tuple[str, str]:
 
 
 def build_plugin(
-    tensorrt_include: str | None, build_dir: Path = DEFAULT_BUILD_DIR, cuda_arch: str | None = None, log=print
+    tensorrt_include: str | None,
+    build_dir: Path = DEFAULT_BUILD_DIR,
+    cuda_arch: str | None = None,
+    log=print,
+    harness_sources: Path | None = None,
 ) -> Path:
-    """Configure and build with CMake; returns the path of libflashvlm_plugins.so."""
+    """Configure and build with CMake; returns the path of libflashvlm_plugins.so.
+
+    harness_sources: the repository's tests/csrc, to build the GPU test harness too (scripts/plugin_harness.py).
+    """
     include = find_tensorrt_include(tensorrt_include)
     cmake = shutil.which("cmake")
     if cmake is None:
@@ -77,6 +84,7 @@ def build_plugin(
         f"-DCMAKE_CUDA_COMPILER={nvcc}",
         f"-DCMAKE_CUDA_ARCHITECTURES={arch}",
         "-DCMAKE_BUILD_TYPE=Release",
+        f"-DFLASHVLM_HARNESS_SOURCES={harness_sources or ''}",
     ]
     for step in (configure, [cmake, "--build", str(build_dir), "-j", str(os.cpu_count() or 2)]):
         run = subprocess.run(step, capture_output=True, text=True)

@@ -7,15 +7,21 @@ input is the same sequence with K image rows instead of N; with K = N it is exac
 
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 
-from flashvlm_export.errors import UsageError
+from flashvlm_export.errors import UsageError, arg, switch
+from flashvlm_export.export.options import LLM_DTYPE_NAMES, PRECISION_NAMES
 from flashvlm_export.models.spec import ModelSpec
 
 RANDOM_LLM_MAX_BYTES = 4 * 1024**3  # a random-weight LLM is built in RAM, fp32; only test-size models fit
+LLM_DTYPES = dict(zip(PRECISION_NAMES, (torch.float32, torch.float16, torch.bfloat16), strict=True))
+MEMORY_HEADROOM = 1.10  # weights plus 10%: the prefill's activations, the KV cache and the logits
+MEMORY_MARGIN = 1024**3  # plus 1 GiB: the allocator, the selection's session and the Python process around it
 
 
 @dataclass
@@ -28,32 +34,127 @@ class Answer:
     kv_bytes: int  # the KV cache after the prefill
 
 
-def _llm_bytes(config) -> int:
-    text = config.text_config
-    h, layers, vocab = text.hidden_size, text.num_hidden_layers, text.vocab_size
-    return 4 * (layers * (4 * h * h + 3 * h * text.intermediate_size) + 2 * vocab * h)
+def check_llm_dtype(name: str) -> str:
+    if name not in LLM_DTYPE_NAMES:
+        raise UsageError(f"{arg('llm_dtype', name)} is not an LLM dtype; choose one of {', '.join(LLM_DTYPE_NAMES)}")
+    return name
 
 
-def check_random_llm_fits(spec: ModelSpec, weights: str = "random weights") -> None:
-    """--answer with random weights builds the whole LLM in RAM; only a test-size model fits.
+def llm_dtype(name: str, device: torch.device) -> torch.dtype:
+    """The dtype the LLM is loaded in. auto: bf16 on a CUDA GPU that has it (fp32's range, half the bytes), else fp16
+    on CUDA; fp32 on the CPU, where most processors have no native fp16/bf16 matrix units (torch emulates them,
+    several times slower than fp32) and where K >= N is proven equal to transformers' own forward."""
+    if check_llm_dtype(name) != "auto":
+        return LLM_DTYPES[name]
+    if device.type == "cuda":
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    return torch.float32
 
-    `weights` names where the random weights came from: the flag the user passed, or the graph that records them.
-    """
-    size = _llm_bytes(spec.llava_config())
-    if size > RANDOM_LLM_MAX_BYTES:
+
+def dtype_name(dtype: torch.dtype) -> str:
+    return next(name for name, d in LLM_DTYPES.items() if d == dtype)
+
+
+def llm_parameters(spec: ModelSpec, checkpoint: str | None) -> int:
+    """Parameters of the whole LlavaForConditionalGeneration, counted without allocating any: a checkpoint's
+    safetensors headers, or the random-weight model built on the meta device."""
+    if checkpoint is None:
+        from transformers import LlavaForConditionalGeneration
+
+        with torch.device("meta"):
+            model = LlavaForConditionalGeneration(spec.llava_config())
+        return sum(p.numel() for p in model.parameters())
+    from safetensors import safe_open
+
+    count = 0
+    for file in sorted(Path(checkpoint).glob("*.safetensors")):
+        try:
+            with safe_open(str(file), framework="pt") as f:
+                count += sum(math.prod(f.get_slice(key).get_shape()) for key in f.keys())
+        except Exception as exc:  # SafetensorError: truncated, not safetensors, bad header
+            raise UsageError(f"{file} is not a readable safetensors file ({type(exc).__name__}); pass a complete LLaVA-1.5 checkpoint") from None
+    return count
+
+
+def _cgroup_free() -> int | None:
+    """What this process's cgroup (v2) still lets it allocate; None without a limit."""
+    try:
+        limit = Path("/sys/fs/cgroup/memory.max").read_text().strip()
+        used = int(Path("/sys/fs/cgroup/memory.current").read_text())
+    except (OSError, ValueError):
+        return None
+    return None if limit == "max" else max(int(limit) - used, 0)
+
+
+def available_memory(device: torch.device) -> int | None:
+    """Bytes that can still be allocated on `device` (CUDA: the driver's free memory; CPU: MemAvailable and the
+    cgroup limit); None where the system does not say."""
+    if device.type == "cuda":
+        return torch.cuda.mem_get_info(device)[0]
+    if device.type != "cpu":
+        return None
+    try:
+        meminfo = Path("/proc/meminfo").read_text()
+    except OSError:
+        return None
+    found = [int(line.split()[1]) * 1024 for line in meminfo.splitlines() if line.startswith("MemAvailable:")]
+    have = [x for x in (*found, _cgroup_free()) if x is not None]
+    return min(have) if have else None
+
+
+def parameter_count(params: int) -> str:
+    return f"{params / 1e9:.2f}B" if params >= 1e9 else f"{params / 1e6:.2f}M"
+
+
+def _gb(n: int | float) -> str:
+    return f"{n / 1024**3:.1f} GB"
+
+
+def check_llm_fits(params: int, dtype: torch.dtype, device: torch.device, random_weights: bool) -> None:
+    """One line, before anything is loaded, when the LLM cannot fit. A checkpoint is read into host memory in
+    `dtype` then moved to the device (transformers' device_map needs accelerate); random weights are built in fp32
+    on the host, then cast."""
+    name = dtype_name(dtype)
+    host_dtype = torch.float32 if random_weights else dtype
+    needs = [(torch.device("cpu"), params * host_dtype.itemsize)]
+    if device.type != "cpu":
+        needs.append((device, params * dtype.itemsize))
+    for where, weights in needs:
+        need = weights * MEMORY_HEADROOM + MEMORY_MARGIN
+        have = available_memory(where)
+        if have is None or need <= have:
+            continue
+        fixes = [f"pass {arg('llm_dtype', 'bf16')} or {arg('llm_dtype', 'fp16')} (half of fp32)"] if name == "fp32" else []
+        fixes.append("free GPU memory or use a larger GPU" if where.type == "cuda" else "free memory or use a larger machine or a GPU")
         raise UsageError(
-            f"--answer with {weights} would build {spec.name}'s whole LLM in memory (~{size / 1024**3:.0f} GB fp32); "
-            "use a llava15-tiny graph for a random-weight answer, or a graph exported from a real checkpoint (--model-path)"
+            f"the LLM ({parameter_count(params)} parameters) needs about {_gb(need)} in {name} on {where.type} "
+            f"but {_gb(have)} is available; {', or '.join(fixes)}"
         )
 
 
-def build_llm(spec: ModelSpec, parts, checkpoint: str | None, seed: int | None, device: torch.device):
-    """LlavaForConditionalGeneration: from the local checkpoint, or seeded random around the graph's parts."""
+def check_random_llm_fits(spec: ModelSpec, weights: str = "random weights") -> None:
+    """An answer with random weights builds the whole LLM in RAM; only a test-size model fits.
+
+    `weights` names where the random weights came from: the flag the user passed, or the graph that records them.
+    """
+    size = llm_parameters(spec, None) * 4
+    if size > RANDOM_LLM_MAX_BYTES:
+        raise UsageError(
+            f"{switch('answer')} with {weights} would build {spec.name}'s whole LLM in memory "
+            f"(~{size / 1024**3:.0f} GB fp32); use a llava15-tiny graph for a random-weight answer, "
+            f"or a graph exported from a real checkpoint ({arg('model_path')})"
+        )
+
+
+def build_llm(
+    spec: ModelSpec, parts, checkpoint: str | None, seed: int | None, device: torch.device, dtype: torch.dtype = torch.float32
+):
+    """LlavaForConditionalGeneration in `dtype`: from the local checkpoint, or seeded random around the graph's parts."""
     from transformers import LlavaForConditionalGeneration
 
     if checkpoint is not None:
         try:
-            model = LlavaForConditionalGeneration.from_pretrained(checkpoint, dtype=torch.float32, local_files_only=True)
+            model = LlavaForConditionalGeneration.from_pretrained(checkpoint, dtype=dtype, local_files_only=True)
         except Exception as exc:
             raise UsageError(
                 f"cannot load the LLM of {checkpoint} ({type(exc).__name__}); pass a complete LLaVA-1.5 checkpoint"
@@ -61,18 +162,18 @@ def build_llm(spec: ModelSpec, parts, checkpoint: str | None, seed: int | None, 
         return model.to(device).eval()
     check_random_llm_fits(spec)
     torch.manual_seed(seed)  # the LLM layers: seeded; the vision tower, projector and embeddings are the graph's
-    model = LlavaForConditionalGeneration(parts.config)
+    model = LlavaForConditionalGeneration(parts.config)  # fp32: the same random model in every dtype, rounded
     model.model.vision_tower.load_state_dict(parts.vision_tower.state_dict())
     model.model.multi_modal_projector.load_state_dict(parts.projector.state_dict())
     model.model.language_model.embed_tokens.load_state_dict(parts.embed_tokens.state_dict())
-    return model.to(device).eval().requires_grad_(False)
+    return model.to(device=device, dtype=dtype).eval().requires_grad_(False)
 
 
 def image_position(token_ids: list[int], image_token_index: int) -> int:
     positions = [i for i, t in enumerate(token_ids) if t == image_token_index]
     if len(positions) != 1:
         raise UsageError(
-            f"the prompt holds {len(positions)} image tokens; LLaVA-1.5's prompt takes exactly one: remove '<image>' from --question"
+            f"the prompt holds {len(positions)} image tokens; LLaVA-1.5's prompt takes exactly one: remove '<image>' from {arg('question')}"
         )
     return positions[0]
 
@@ -102,11 +203,8 @@ def _sync(device: torch.device) -> None:
 
 
 def kv_cache_bytes(cache) -> int:
-    """Bytes of every key and value tensor the cache holds."""
-    layers = getattr(cache, "layers", None)
-    if layers is not None:
-        return sum(t.numel() * t.element_size() for layer in layers for t in (layer.keys, layer.values) if t is not None)
-    return sum(t.numel() * t.element_size() for pair in cache for t in pair[:2])  # legacy tuple of (k, v)
+    """Bytes of every key and value tensor a transformers Cache holds (one entry of cache.layers per layer)."""
+    return sum(t.numel() * t.element_size() for layer in cache.layers for t in (layer.keys, layer.values) if t is not None)
 
 
 @torch.no_grad()
@@ -120,11 +218,12 @@ def greedy_answer(model, inputs_embeds: torch.Tensor, tokenizer, max_new_tokens:
     token = int(out.logits[0, -1].argmax())
     _sync(device)
     prefill_ms = (time.perf_counter() - start) * 1e3
-    kv = kv_cache_bytes(out.past_key_values)
-    past, tokens = out.past_key_values, [token]
+    # transformers 5.24 names the KV cache `cache` (argument and output); `past_key_values` is its deprecated alias
+    kv = kv_cache_bytes(out.cache)
+    cache, tokens = out.cache, [token]
     while len(tokens) < max_new_tokens and token != tokenizer.eos_token_id:
-        out = model(input_ids=torch.tensor([[token]], device=device), past_key_values=past, use_cache=True)
-        past, token = out.past_key_values, int(out.logits[0, -1].argmax())
+        out = model(input_ids=torch.tensor([[token]], device=device), cache=cache, use_cache=True)
+        cache, token = out.cache, int(out.logits[0, -1].argmax())
         tokens.append(token)
     text = tokenizer.decode(tokens, skip_special_tokens=True).strip()
     return Answer(label, text, tokens, inputs_embeds.shape[1], prefill_ms, kv)

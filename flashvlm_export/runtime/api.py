@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 from flashvlm_export.artifacts import StepTimer, human_size
-from flashvlm_export.errors import UsageError
+from flashvlm_export.errors import UsageError, arg, switch
 from flashvlm_export.models.llava import weights_for_graph
 from flashvlm_export.progress import plural
 from flashvlm_export.runtime.answer import Answer
@@ -44,7 +44,7 @@ def _manifest_info(manifest: str, budget: int | None, tensorrt: bool) -> tuple[G
     split = read_manifest(Path(manifest), engines=tensorrt)
     if budget is None:
         have = ", ".join(str(k) for k in split.budgets)
-        raise UsageError(f"--manifest {manifest} serves K = {have}; choose one per request with --budget")
+        raise UsageError(f"{arg('manifest', manifest)} serves K = {have}; choose one per request with {arg('budget')}")
     request = split.request(split.check_budget(budget))
     return GraphInfo(request, recorded_weights(split.weights, str(manifest)), str(manifest)), split
 
@@ -54,10 +54,10 @@ def _metadata(graph: str | None, engine: str | None) -> tuple[dict[str, str], st
         from flashvlm_export.artifacts import read_sidecar
 
         if not Path(engine).is_file():
-            raise UsageError(f"--engine {engine} does not exist; build it with flashvlm-export ... --engine")
+            raise UsageError(f"{arg('engine', engine)} does not exist; build it with flashvlm-export ... --engine")
         return read_sidecar(Path(engine))["onnx_metadata"], engine
     if graph is None:
-        raise UsageError("run needs --graph PATH (a full graph from flashvlm-export) or --engine PLAN")
+        raise UsageError(f"run needs {arg('graph')} (a full graph from flashvlm-export) or {arg('engine')} (a TensorRT plan)")
     from flashvlm_export.parity.run import graph_metadata
 
     return graph_metadata(Path(graph)), graph
@@ -65,15 +65,15 @@ def _metadata(graph: str | None, engine: str | None) -> tuple[dict[str, str], st
 
 def _check_output(path: Path, force: bool) -> None:
     if path.suffix.lower() != ".png":
-        raise UsageError(f"--heatmap {path} must end in .png")
+        raise UsageError(f"{arg('heatmap', str(path))} must end in .png")
     if path.exists() and not force:
-        raise UsageError(f"{path} already exists; pass --force to overwrite it, or choose another --heatmap")
+        raise UsageError(f"{path} already exists; pass {switch('force')} to overwrite it, or choose another {arg('heatmap')}")
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
-        raise UsageError(f"cannot create the folder of --heatmap {path}: {exc.strerror}") from None
+        raise UsageError(f"cannot create the folder of {arg('heatmap', str(path))}: {exc.strerror}") from None
     if not os.access(path.parent, os.W_OK | os.X_OK):
-        raise UsageError(f"the folder of --heatmap {path} is not writable; choose another path")
+        raise UsageError(f"the folder of {arg('heatmap', str(path))} is not writable; choose another path")
 
 
 def _save_png(picture, path: Path) -> None:
@@ -129,31 +129,32 @@ def run(
     answer: bool = False,
     compare_full: bool = False,
     max_new_tokens: int = 64,
-    force: bool = False,
     llm_dtype: str = "auto",
+    force: bool = False,
     log=print,
 ) -> RunResult:
     from flashvlm_export.models.prompt import prompt_token_ids, text_inputs
-    from flashvlm_export.runtime.answer import image_position
+    from flashvlm_export.runtime.answer import check_llm_dtype, image_position
     from flashvlm_export.runtime.image import prepare_image
     from flashvlm_export.runtime.session import select
     from flashvlm_export.runtime.tokenizer import load_tokenizer
     from flashvlm_export.selector.schedule import round_schedule
 
     if max_new_tokens < 1:
-        raise UsageError(f"--max-new-tokens {max_new_tokens} must be >= 1")
+        raise UsageError(f"{arg('max_new_tokens', max_new_tokens)} must be >= 1")
+    check_llm_dtype(llm_dtype)
     answer = answer or compare_full
     split = None
     if manifest is not None:
         if graph is not None or engine is not None:
-            raise UsageError("--manifest names the graphs and engines; drop --graph/--engine")
+            raise UsageError(f"{arg('manifest')} names the graphs and engines; drop {arg('graph')}/{arg('engine')}")
         info, split = _manifest_info(manifest, budget, tensorrt)
         recorded, source = split.weights, manifest
     else:
         if budget is not None:
-            raise UsageError(f"--budget {budget} chooses among a manifest's budgets; pass --manifest, or drop --budget")
+            raise UsageError(f"{arg('budget', budget)} chooses among a manifest's budgets; pass {arg('manifest')}, or drop {arg('budget')}")
         if tensorrt:
-            raise UsageError("--tensorrt runs a manifest's engines; pass --manifest (a single engine: --engine PLAN)")
+            raise UsageError(f"{switch('tensorrt')} runs a manifest's engines; pass {arg('manifest')} (a single engine: {arg('engine')})")
         meta, source = _metadata(graph, engine)
         info = graph_info(meta, source)
         recorded = meta.get("weights")
@@ -164,20 +165,22 @@ def run(
     if heatmap_path is not None:
         _check_output(heatmap_path, force)
     checkpoint = None if info.weights.random else Path(info.weights.path)
-    if answer and info.weights.random:
-        from flashvlm_export.runtime.answer import check_random_llm_fits
+    if answer:  # before anything is loaded: an LLM that cannot fit is refused in one line
+        from flashvlm_export.runtime import answer as llm_answer
 
-        named = "--random-weights" if random_weights else f"the random weights {source} records (seed {info.weights.seed})"
-        check_random_llm_fits(spec, named)
+        if info.weights.random:
+            named = switch("random_weights") if random_weights else f"the random weights {source} records (seed {info.weights.seed})"
+            llm_answer.check_random_llm_fits(spec, named)
+        device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        dtype = llm_answer.llm_dtype(llm_dtype, device)
+        params = llm_answer.llm_parameters(spec, None if checkpoint is None else str(checkpoint))
+        llm_answer.check_llm_fits(params, dtype, device, info.weights.random)
     prepared = prepare_image(image, spec, checkpoint)
     parts = _load_parts(info, log)
     if answer:  # before the selection: a model that cannot answer fails fast
-        from flashvlm_export.runtime.answer import build_llm
-
         timer = StepTimer("Model", log)
-        device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-        llm = build_llm(spec, parts, None if checkpoint is None else str(checkpoint), info.weights.seed, device)
-        timer.done(f"LLM ready on {device}")
+        llm = llm_answer.build_llm(spec, parts, None if checkpoint is None else str(checkpoint), info.weights.seed, device, dtype)
+        timer.done(f"LLM ready on {device}, {llm_answer.dtype_name(dtype)} ({llm_answer.parameter_count(params)} parameters)")
     tokenizer, tokenizer_name = load_tokenizer(spec, checkpoint)
     token_ids = prompt_token_ids(tokenizer, question)
     image_position(token_ids, spec.image_token_index)  # exactly one <image>: the question must not add one
@@ -242,7 +245,7 @@ def write_demo_image(path: str, force: bool = False, log=print) -> str:
 
     target = Path(path)
     if target.exists() and not force:
-        raise UsageError(f"--demo-image {target} already exists; pass --force to overwrite it, or use --image {target}")
+        raise UsageError(f"{target} already exists; pass {switch('force')} to overwrite it, or use it as {arg('image', str(target))}")
     target.parent.mkdir(parents=True, exist_ok=True)
     _save_png(demo_picture(), target)
     log(f"Input: wrote the demo picture to {target}")

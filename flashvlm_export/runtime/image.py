@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from flashvlm_export.errors import UsageError
+from flashvlm_export.errors import UsageError, arg
 from flashvlm_export.models.spec import ModelSpec
 
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
@@ -60,13 +60,13 @@ def read_image(path: str | Path):
 
     path = Path(path)
     if not path.is_file():
-        raise UsageError(f"--image {path} does not exist; pass a photo Pillow can read (JPEG, PNG, ...)")
+        raise UsageError(f"{arg('image', str(path))} does not exist; pass a photo Pillow can read (JPEG, PNG, ...)")
     try:
         with Image.open(path) as image:
             return image.convert("RGB")
     except (UnidentifiedImageError, OSError) as exc:
         raise UsageError(
-            f"--image {path} is not an image Pillow can read ({type(exc).__name__}); pass a JPEG, PNG, ..."
+            f"{arg('image', str(path))} is not an image Pillow can read ({type(exc).__name__}); pass a JPEG, PNG, ..."
         ) from None
 
 

@@ -55,9 +55,15 @@ def tensorrt_libs_dir() -> str | None:
     return locations[0] if locations else None
 
 
-def polygraphy_command(engine: Path, inputs: Path, outputs: Path, register_lib: Path | None) -> list[str]:
+def polygraphy_command(
+    model: Path, inputs: Path, outputs: Path, register_lib: Path | None = None, runner: str = "--trt"
+) -> list[str]:
+    """`polygraphy run` over parity's records, judged by the project's verdict (parity/polygraphy_compare.py)."""
+    from flashvlm_export.parity import polygraphy_compare
+
     exe = shutil.which("polygraphy") or str(Path(sys.executable).with_name("polygraphy"))
-    command = [exe, "run", str(engine), "--trt", "--load-inputs", str(inputs), "--load-outputs", str(outputs)]
+    command = [exe, "run", str(model), runner, "--load-inputs", str(inputs), "--load-outputs", str(outputs)]
+    command += ["--compare-func-script", polygraphy_compare.__file__]
     return command + (["--plugins", str(register_lib)] if register_lib else [])
 
 
@@ -71,7 +77,8 @@ def polygraphy_env(base: dict[str, str] | None = None) -> dict[str, str]:
 
 
 def replay_with_polygraphy(engine: Path, save_dir: Path, stem: str, plugin_lib: str | None, log=print) -> PolygraphyReplay:
-    """Polygraphy's own exact comparison of the engine's index sets with the reference's: layer 3's exact match, reported."""
+    """Polygraphy's replay of the records against the engine, with the project's verdict (parity/polygraphy_compare.py):
+    its index sets against the reference's beside the reference's own sensitivity; reported."""
     from flashvlm_export.artifacts import read_sidecar
     from flashvlm_export.plugin.build import find_plugin_library
 
