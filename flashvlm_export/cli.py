@@ -222,7 +222,7 @@ def _weights_source(args, weights_meta: str | None = None):
 
 
 def _load_parts(spec, args, weights_meta: str | None = None):
-    from flashvlm_export.artifacts import StepTimer
+    from flashvlm_export.artifacts.timing import StepTimer
     from flashvlm_export.models.llava import get_parts
 
     source = _weights_source(args, weights_meta)
@@ -295,7 +295,7 @@ def export_parser() -> argparse.ArgumentParser:
 
 
 def _graph_paths(args, requests) -> list[Path]:
-    from flashvlm_export.artifacts import graph_name
+    from flashvlm_export.artifacts.naming import graph_name
 
     if args.out is not None:
         if len(requests) > 1:
@@ -339,7 +339,7 @@ def _split_chosen(args, requests) -> bool:
 
 
 def run_export(argv: list[str]) -> int:
-    from flashvlm_export.artifacts import check_writable
+    from flashvlm_export.artifacts.staging import check_writable
     from flashvlm_export.export.graphs import export_logged
 
     args = export_parser().parse_args(argv)
@@ -365,7 +365,7 @@ def run_export(argv: list[str]) -> int:
             "take the graphs' sidecar names; choose another --engine-dir (default: engines)"
         )
     if args.engine:  # fail fast, before the export, when TensorRT, the GPU or the plugin is missing
-        from flashvlm_export.artifacts import artifact_stem
+        from flashvlm_export.artifacts.naming import artifact_stem
         from flashvlm_export.device import gpu_info
         from flashvlm_export.trt.env import import_tensorrt
 
@@ -404,7 +404,7 @@ def _timing_cache(args) -> Path:
 
 
 def _export_split(args, plan, parts, weights, weights_flag, engines, plugin_lib) -> int:
-    from flashvlm_export.artifacts import artifact_size, human_size
+    from flashvlm_export.artifacts.files import artifact_size, human_size
     from flashvlm_export.export.split import add_engines, export_split
 
     manifest_path = export_split(plan, parts, weights, args.opset, args.exporter, overwrite=args.force, log=log)
@@ -499,7 +499,8 @@ def _given_flags(argv: list[str]) -> set[str]:
 
 def run_parity_command(argv: list[str]) -> int:
     from flashvlm_export.export.graphs import export_graph, request_from_metadata
-    from flashvlm_export.parity.run import graph_metadata, load_cases, run_parity
+    from flashvlm_export.export.metadata import graph_metadata
+    from flashvlm_export.parity.run import load_cases, run_parity
 
     args = parity_parser().parse_args(argv)
     if not 1 <= args.repeats <= MAX_PARITY_REPEATS:
@@ -552,7 +553,7 @@ def run_parity_command(argv: list[str]) -> int:
             check_repeats_fit(args.repeats, len(names), r.spec, r.tokens, r.t_max, r.batch, r.selector_only)
         parts = None
         if not request.selector_only:  # the graph's own weights; flags naming others are refused
-            from flashvlm_export.artifacts import StepTimer
+            from flashvlm_export.artifacts.timing import StepTimer
             from flashvlm_export.models.llava import get_parts, weights_for_graph
 
             seed = args.seed if "--seed" in _given_flags(argv) else None
@@ -579,7 +580,7 @@ def run_parity_command(argv: list[str]) -> int:
 
 
 def _manifest_parity(args, argv, save_dir) -> int:
-    from flashvlm_export.artifacts import StepTimer
+    from flashvlm_export.artifacts.timing import StepTimer
     from flashvlm_export.export.manifest import read_manifest
     from flashvlm_export.limits import check_repeats_fit
     from flashvlm_export.models.llava import get_parts, weights_for_graph
@@ -709,7 +710,7 @@ def run_bench(argv: list[str]) -> int:
         raise UsageError(f"--repeats {args.repeats} is out of range; use 1 <= repeats <= {MAX_BENCH_REPEATS}")
     if not 0 <= args.text_len <= LLAVA15.t_max:
         raise UsageError(f"--text-len {args.text_len} is out of range; use 0 <= text-len <= {LLAVA15.t_max} (T_max)")
-    from flashvlm_export.artifacts import check_writable
+    from flashvlm_export.artifacts.staging import check_writable
     from flashvlm_export.bench import suite
     from flashvlm_export.bench.run import run_bench as run_suite
 

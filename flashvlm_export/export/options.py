@@ -5,3 +5,4 @@ MIN_OPSET = 17
 EXPORTERS = ("dynamo", "torchscript")  # torch.onnx.export(dynamo=True | False)
 DEFAULT_EXPORTER = "dynamo"
 PRECISION_NAMES = ("fp32", "fp16", "bf16")  # encoder + projector; the selector is always fp32
+REDUCED_PRECISIONS = PRECISION_NAMES[1:]  # below fp32: what the selector must never compute in

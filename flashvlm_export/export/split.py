@@ -1,7 +1,7 @@
 """Split export: one encoder graph, one small selector graph per budget, and the manifest that ties them.
 
 Every file of a split lands together or none does: the graphs are exported into one staging folder
-and placed with the manifest in one all-or-nothing step (artifacts.atomic_outputs). Engines, when
+and placed with the manifest in one all-or-nothing step (artifacts/placement.py). Engines, when
 asked for, are built afterwards from the placed graphs; the manifest is then rewritten to list them,
 so at every moment the manifest describes files that exist.
 """
@@ -11,7 +11,9 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from flashvlm_export.artifacts import atomic_outputs, external_data_path, sidecar_path, split_stem
+from flashvlm_export.artifacts.naming import external_data_path, split_stem
+from flashvlm_export.artifacts.placement import atomic_outputs
+from flashvlm_export.artifacts.sidecar import sidecar_path
 from flashvlm_export.export.graphs import EncoderRequest, ExportRequest, export_logged
 from flashvlm_export.export.manifest import (
     ENCODER_STEM,

@@ -72,7 +72,7 @@ def polygraphy_env(base: dict[str, str] | None = None) -> dict[str, str]:
 
 def replay_with_polygraphy(engine: Path, save_dir: Path, stem: str, plugin_lib: str | None, log=print) -> PolygraphyReplay:
     """Polygraphy's own exact comparison of the engine's index sets with the reference's: layer 3's exact match, reported."""
-    from flashvlm_export.artifacts import read_sidecar
+    from flashvlm_export.artifacts.sidecar import read_sidecar
     from flashvlm_export.plugin.build import find_plugin_library
 
     register_lib = None
