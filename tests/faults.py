@@ -73,7 +73,7 @@ def killed_writer(folder: Path, payload: int = 1 << 20) -> Path:
         f"""
         import sys, time
         from pathlib import Path
-        from flashvlm_export.artifacts import atomic_outputs
+        from flashvlm_export.artifacts.placement import atomic_outputs
         folder = Path({str(folder)!r})
         with atomic_outputs([folder / "g.onnx", folder / "g.json"], overwrite=False) as (graph, sidecar):
             with open(graph, "wb") as f:

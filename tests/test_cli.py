@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from flashvlm_export.artifacts import atomic_outputs
+from flashvlm_export.artifacts.placement import atomic_outputs
 from flashvlm_export.cli import bench, build_plugin, export, main, parity, run, sidecar
 
 CLI = str(Path(sys.executable).with_name("flashvlm-export"))

@@ -13,8 +13,9 @@ from pathlib import Path
 import onnx
 import pytest
 
-from flashvlm_export import artifacts
-from flashvlm_export.artifacts import atomic_outputs, reclaim_stale_staging
+from flashvlm_export.artifacts import placement
+from flashvlm_export.artifacts.placement import atomic_outputs
+from flashvlm_export.artifacts.staging import reclaim_stale_staging
 from flashvlm_export.cli import main
 from flashvlm_export.errors import UsageError
 from flashvlm_export.selector.config import SelectorConfig
@@ -274,14 +275,14 @@ def test_a_file_that_appears_during_the_write_is_not_replaced(user_files):
 
 def test_graph_and_sidecar_land_together_or_the_old_pair_stays(monkeypatch, user_files):
     before = snapshot(user_files)
-    place = artifacts._place_exclusive
+    place = placement._place_exclusive
 
     def fail_on_sidecar(temp, final):
         if final.suffix == ".json":
             raise OSError(28, "No space left on device")  # ENOSPC while placing the second file
         place(temp, final)
 
-    monkeypatch.setattr(artifacts, "_place_exclusive", fail_on_sidecar)
+    monkeypatch.setattr(placement, "_place_exclusive", fail_on_sidecar)
     with pytest.raises(UsageError, match="ENOSPC"):
         with atomic_outputs([user_files / "keep.onnx", user_files / "keep.json"], overwrite=True) as (graph, sidecar):
             graph.write_bytes(b"new graph")

@@ -39,8 +39,8 @@ class Planted:
     def __init__(self, honest, corrupt, name="planted"):
         self.honest, self.corrupt, self.name = honest, corrupt, name
 
-    def run(self, feeds):
-        return self.corrupt({k: v.copy() for k, v in self.honest.run(feeds).items()})
+    def infer(self, feeds):
+        return self.corrupt({k: v.copy() for k, v in self.honest.infer(feeds).items()})
 
 
 def honest_static(request):

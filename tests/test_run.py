@@ -271,7 +271,7 @@ def test_engine_without_tensorrt_is_one_line_error(tiny_graphs, demo_image, tmp_
         pass
     import json
 
-    from flashvlm_export.parity.run import graph_metadata
+    from flashvlm_export.export.metadata import graph_metadata
     from flashvlm_export.trt.runner import SIDECAR_KEYS
 
     plan = tmp_path / "tiny.plan"

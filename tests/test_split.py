@@ -12,7 +12,7 @@ import numpy as np
 import onnx
 import pytest
 
-from flashvlm_export.artifacts import sha256_of
+from flashvlm_export.artifacts.files import sha256_of
 from flashvlm_export.cli import main
 from flashvlm_export.export.interface import INDICES, VISUAL_EMBEDS
 from flashvlm_export.export.manifest import read_manifest

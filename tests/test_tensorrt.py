@@ -90,7 +90,7 @@ def export_with_engine(tmp_path, *flags) -> int:
 
 @needs_trt_gpu
 def test_fp32_engine_matches_reference_and_records_its_build(tmp_path):
-    from flashvlm_export.artifacts import read_sidecar
+    from flashvlm_export.artifacts.sidecar import read_sidecar
 
     assert export_with_engine(tmp_path, "--random-weights", "--budget", "64") == 0
     engine = tmp_path / "llava15-tiny_b64.plan"
@@ -187,14 +187,14 @@ def test_sidecar_without_tensorrt_is_a_one_line_error_after_the_file_checks(tmp_
 
 
 def test_engine_record_from_explicit_values(tmp_path, tiny_selector_graph):
+    from flashvlm_export.export.metadata import graph_metadata
     from flashvlm_export.plugin import PLUGIN_ID
-    from flashvlm_export.trt.precision import graph_metadata, load_graph
     from flashvlm_export.trt.sidecar import engine_record
 
     engine, library = tmp_path / "e.plan", tmp_path / "libflashvlm_plugins.so"
     engine.write_bytes(b"engine bytes")
     library.write_bytes(b"library bytes")
-    meta = graph_metadata(load_graph(tiny_selector_graph))
+    meta = graph_metadata(tiny_selector_graph)
     common = dict(
         engine_path=engine,
         onnx_path=tiny_selector_graph,

@@ -14,8 +14,9 @@ from onnx import TensorProto, helper
 
 from flashvlm_export.cli import main
 from flashvlm_export.errors import FlashVLMError
+from flashvlm_export.export.metadata import load_graph
 from flashvlm_export.trt import build, precision
-from flashvlm_export.trt.precision import compute_type, load_graph, precision_plan, tensor_types
+from flashvlm_export.trt.precision import compute_type, precision_plan, tensor_types
 
 # The layers the review found unpinned on TensorRT 10's weakly typed path: they take fp32 inputs.
 REVIEWED_OPS = {"TopK", "Greater", "Equal", "GreaterOrEqual"}

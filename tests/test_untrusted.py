@@ -21,7 +21,7 @@ import pytest
 from onnx import TensorProto, helper
 
 from flashvlm_export.artifact_paths import BOUNDS, load_graph, named_file
-from flashvlm_export.artifacts import read_sidecar
+from flashvlm_export.artifacts.sidecar import read_sidecar
 from flashvlm_export.cli import main
 from flashvlm_export.errors import UsageError
 from flashvlm_export.export.manifest import read_manifest

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from flashvlm_export.artifacts import atomic_outputs
+from flashvlm_export.artifacts.placement import atomic_outputs
 from flashvlm_export.bench.cost import cost_markdown, differences_text
 from flashvlm_export.progress import plural
 

@@ -19,6 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
+from flashvlm_export.backend import CPU, Backend
 from flashvlm_export.bench.timing import Timing
 from flashvlm_export.errors import BuildError
 from flashvlm_export.progress import plural
@@ -27,15 +28,15 @@ SPLIT_BUDGETS = (128, 64, 32, 192, 96)  # the first 1, 3 and 5 of them are measu
 BUDGET_COUNTS = (1, 3, 5)
 
 
-def interleaved(fused, chain, feeds, budget: int, warmup: int, repeats: int) -> tuple[Timing, Timing]:
+def interleaved(fused: Backend, chain, feeds, budget: int, warmup: int, repeats: int) -> tuple[Timing, Timing]:
     """Fused graph and chain, alternating run by run on the same feeds; medians with p10/p90."""
     for _ in range(warmup):
-        fused.indices(feeds)
+        fused.infer(feeds)
         chain.infer(feeds, budget)
     a, b = [], []
     for _ in range(repeats):
         start = time.perf_counter()
-        fused.session.run(["indices", "visual_embeds"], feeds)
+        fused.infer(feeds)
         a.append((time.perf_counter() - start) * 1e3)
         start = time.perf_counter()
         chain.infer(feeds, budget)
@@ -55,18 +56,18 @@ def footprint(layout: str, files: list[str], budgets: list[int], feeds_path: str
 
 def _child(layout: str, feeds_path: str, budgets: list[int], files: list[str]) -> None:
     """In a fresh process: load what `layout` needs for `budgets`, run each budget once, print the peak RSS."""
-    import onnxruntime as ort
-
     feeds = dict(np.load(feeds_path))
     if layout == "fused":
-        sessions = [ort.InferenceSession(f, providers=["CPUExecutionProvider"]) for f in files]
-        for session in sessions:
-            session.run(["indices", "visual_embeds"], feeds)
+        from flashvlm_export.runtime.session import OrtGraph
+
+        graphs = [OrtGraph(Path(f), provider=CPU) for f in files]
+        for graph in graphs:
+            graph.infer(feeds)
     else:
         from flashvlm_export.export.manifest import read_manifest
         from flashvlm_export.runtime.chain import OrtChain
 
-        chain = OrtChain(read_manifest(Path(files[0]), verify=False), "CPUExecutionProvider")
+        chain = OrtChain(read_manifest(Path(files[0]), verify=False), CPU)
         for k in budgets:
             chain.infer(feeds, k)
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / (1 << 20)  # KiB on Linux
@@ -81,13 +82,13 @@ def split_cost(settings, scratch: Path, log=print) -> list[dict]:
     from flashvlm_export.bench.suite import with_prompt_len
     from flashvlm_export.export.graphs import ExportRequest, export_graph
     from flashvlm_export.export.manifest import read_manifest
-    from flashvlm_export.export.onnx_export import DEFAULT_OPSET
+    from flashvlm_export.export.options import DEFAULT_OPSET
     from flashvlm_export.export.split import export_split, split_plan
     from flashvlm_export.models.llava import random_parts
     from flashvlm_export.models.spec import get_spec
-    from flashvlm_export.parity.backends import OnnxRuntime
     from flashvlm_export.parity.corpus import Geometry, pipeline_corpus
     from flashvlm_export.runtime.chain import OrtChain
+    from flashvlm_export.runtime.session import OrtGraph
     from flashvlm_export.selector.config import SelectorConfig
 
     spec = get_spec("llava15")
@@ -108,7 +109,7 @@ def split_cost(settings, scratch: Path, log=print) -> list[dict]:
     case = pipeline_corpus(Geometry(spec.n_tokens, spec.vision_hidden, spec.text_hidden, spec.t_max, 1), spec.image_size, repeats=1)[0]
     feeds = with_prompt_len(case, settings.text_len).feeds
     k = SPLIT_BUDGETS[0]
-    fused_runtime, chain = OnnxRuntime(fused[k]), OrtChain(manifest, "CPUExecutionProvider")
+    fused_runtime, chain = OrtGraph(fused[k], provider=CPU), OrtChain(manifest, CPU)
     repeats = max(3, settings.repeats)
     fused_time, chain_time = interleaved(fused_runtime, chain, feeds, k, max(1, settings.warmup), repeats)
     del fused_runtime, chain

@@ -24,7 +24,7 @@ import torch
 from flashvlm_export.bench.timing import Timing, measure
 from flashvlm_export.errors import BuildError
 from flashvlm_export.export.graphs import ExportRequest, export_graph
-from flashvlm_export.export.interface import SELECTOR_INPUTS
+from flashvlm_export.export.interface import SELECTOR_INPUTS, TEXT_MASK
 from flashvlm_export.models.spec import LLAMA2_7B, get_spec
 from flashvlm_export.parity.backends import OnnxRuntime, SelectorReference, TorchModule
 from flashvlm_export.parity.corpus import Geometry, selector_corpus
@@ -72,8 +72,8 @@ def _row(section: str, n: int, k: int, timing: Timing, **extra) -> dict:
 
 def with_prompt_len(case, text_len: int):
     """Unmask exactly the first text_len rows: a prompt of that length in T_max."""
-    case.feeds["text_mask"][:] = False
-    case.feeds["text_mask"][:, :text_len] = True
+    case.feeds[TEXT_MASK][:] = False
+    case.feeds[TEXT_MASK][:, :text_len] = True
     return case
 
 
@@ -93,7 +93,7 @@ def cpu_selector_timings(request, case, graph: Path, warmup: int, repeats: int) 
         (ONNXRUNTIME_CPU, OnnxRuntime(graph)),
     ]
     with torch.inference_mode():
-        return [measure(name, lambda b=backend, f=case.feeds: b.run(f), warmup, repeats) for name, backend in backends]
+        return [measure(name, lambda b=backend, f=case.feeds: b.infer(f), warmup, repeats) for name, backend in backends]
 
 
 def _gpu_selector(request, case, settings: BenchSettings) -> list[Timing]:

@@ -45,7 +45,7 @@ def main(argv: list[str]) -> int:
         log(cost_markdown())
         log(differences_text())
         return 0
-    from flashvlm_export.artifacts import check_writable
+    from flashvlm_export.artifacts.staging import check_writable
     from flashvlm_export.bench.run import bench_settings, run_bench
 
     settings = bench_settings(

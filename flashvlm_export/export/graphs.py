@@ -1,14 +1,15 @@
 """What gets exported: the full pipeline, the selector core, or a split export's encoder, declared from a request.
 
 A graph's metadata holds everything needed to rebuild its reference (model, budget, T_max, batch,
-every selector hyperparameter, where the weights came from), so parity needs only the file.
+every selector hyperparameter, where the weights came from), so parity needs only the file;
+export/metadata.py writes and reads it.
 """
 
 from __future__ import annotations
 
 import copy
-import json
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 
 import numpy as np
@@ -16,22 +17,16 @@ import torch
 
 from flashvlm_export.errors import UsageError
 from flashvlm_export.export.interface import GraphInterface, graph_interface
-from flashvlm_export.export.onnx_export import (
-    DEFAULT_EXPORTER,
-    DEFAULT_OPSET,
-    GraphIO,
-    export_estimate_s,
-    export_onnx,
-    full_metadata,
-    parameter_bytes,
-)
-from flashvlm_export.models.spec import ModelSpec, get_spec
+from flashvlm_export.export.metadata import encoder_metadata, request_fields, request_metadata, stamped
+from flashvlm_export.export.onnx_export import GraphIO, export_estimate_s, export_onnx, parameter_bytes
+from flashvlm_export.export.options import DEFAULT_EXPORTER, DEFAULT_OPSET, PRECISION_NAMES
+from flashvlm_export.models.spec import ModelSpec
 from flashvlm_export.models.vision import FlashVLMPipeline, SelectorWithEmbeds, VisionEncoder
 from flashvlm_export.selector.config import SelectorConfig
-from flashvlm_export.selector.schedule import check_budget_range, round_schedule
+from flashvlm_export.selector.schedule import RoundSchedule, round_schedule
 from flashvlm_export.selector.static import StaticSelector
 
-PRECISIONS = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+TORCH_DTYPES = dict(zip(PRECISION_NAMES, (torch.float32, torch.float16, torch.bfloat16), strict=True))
 
 
 def example_inputs(interface: GraphInterface, seed: int = 0) -> tuple[torch.Tensor, ...]:
@@ -53,7 +48,7 @@ def encoder_module(parts, precision: str) -> VisionEncoder:
     if parts is None:
         raise UsageError("the encoder needs the model's weights: pass --random-weights or --model-path")
     vision, projector = parts.vision_features(), parts.projector
-    dtype = PRECISIONS[precision]
+    dtype = TORCH_DTYPES[precision]
     if dtype != torch.float32:
         vision, projector = copy.deepcopy(vision).to(dtype), copy.deepcopy(projector).to(dtype)
     return VisionEncoder(vision, projector, dtype)
@@ -98,20 +93,7 @@ class EncoderRequest(_Traced):
         return encoder_module(parts, self.precision)
 
     def metadata(self, weights: str | None) -> dict[str, str]:
-        s = self.spec
-        values = dict(
-            graph=self.kind,
-            model=s.name,
-            batch=self.batch,
-            n_tokens=s.n_tokens,
-            image_size=s.image_size,
-            vision_hidden=s.vision_hidden,
-            text_hidden=s.text_hidden,
-            precision=self.precision,
-        )
-        if weights is not None:
-            values["weights"] = weights
-        return {key: str(value) for key, value in values.items()}
+        return encoder_metadata(self, weights)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -134,8 +116,13 @@ class ExportRequest(_Traced):
     def kind(self) -> str:
         return "selector" if self.selector_only else "full"
 
+    @cached_property
+    def schedule(self) -> RoundSchedule:
+        """The pruning rounds (N, K, step, max_rounds): computed once per request, read by everything after."""
+        return round_schedule(self.tokens, self.budget, self.config)
+
     def selector(self, verification: bool = False) -> StaticSelector:
-        selector = StaticSelector(self.tokens, self.budget, self.config, verification=verification)
+        selector = StaticSelector(self.tokens, self.budget, self.config, verification=verification, schedule=self.schedule)
         if self.plugin:
             from flashvlm_export.plugin.node import PluginResidualPrune
 
@@ -158,89 +145,11 @@ class ExportRequest(_Traced):
         return FlashVLMPipeline(encoder_module(parts, self.precision), selector, verification)
 
     def metadata(self, weights: str | None) -> dict[str, str]:
-        schedule = round_schedule(self.tokens, self.budget, self.config)
-        values = dict(
-            graph=self.kind,
-            model=self.spec.name,
-            budget=self.budget,
-            t_max=self.t_max,
-            batch=self.batch,
-            n_tokens=self.tokens,
-            image_size=self.spec.image_size,
-            vision_hidden=self.spec.vision_hidden,
-            text_hidden=self.spec.text_hidden,
-            k_imp=schedule.k_imp,
-            k_div=schedule.k_div,
-            step=schedule.step,
-            n_rounds=schedule.n_rounds,
-            selector_config=json.dumps(self.config.to_dict(), sort_keys=True),
-            plugin=int(self.plugin),
-            precision=self.precision,
-        )
-        if self.plugin:
-            from flashvlm_export.plugin import PLUGIN_ID
-
-            values["plugin_version"] = PLUGIN_ID
-        if weights is not None:
-            values["weights"] = weights
-        return {key: str(value) for key, value in values.items()}
-
+        return request_metadata(self, weights)
 
 def request_from_metadata(meta: dict[str, str], source: str) -> ExportRequest:
-    """The request a full or selector graph was exported from, rebuilt from its metadata; malformed metadata is a
-    one-line error, and so is a split's encoder graph (its manifest describes it)."""
-    if meta.get("graph") == "encoder":
-        raise UsageError(f"{source} is the encoder graph of a split export; pass its manifest instead (--manifest DIR/manifest.json)")
-    fix = "re-export the graph with flashvlm-export"
-    key = "?"
-
-    def field(name: str) -> str:
-        nonlocal key
-        key = name
-        value = meta[name]
-        if not isinstance(value, str):
-            raise TypeError(f"{type(value).__name__}, not a string")
-        return value
-
-    def whole(name: str, low: int = 1) -> int:
-        value = int(field(name))
-        if value < low:
-            raise ValueError(f"{value} < {low}")
-        return value
-
-    try:
-        graph = field("graph")
-        if graph not in ("selector", "full"):
-            raise ValueError(f"{graph!r} is neither 'selector' nor 'full'")
-        spec = get_spec(field("model"))
-        budget, t_max, batch, n_tokens = whole("budget"), whole("t_max"), whole("batch"), whole("n_tokens", 2)
-        key = "budget"
-        check_budget_range(budget, n_tokens, where=f" for n_tokens {n_tokens}")
-        key = "plugin"
-        plugin = meta.get("plugin", "0")
-        if plugin not in ("0", "1"):
-            raise ValueError(f"{plugin!r} is neither '0' nor '1'")
-        key = "precision"
-        precision = meta.get("precision", "fp32")
-        if precision not in PRECISIONS:
-            raise ValueError(f"{precision!r} is not one of {', '.join(PRECISIONS)}")
-        config = SelectorConfig.from_dict(json.loads(field("selector_config")))
-    except KeyError as exc:
-        raise UsageError(f"{source} lacks flashvlm metadata {exc}; {fix}") from None
-    except (ValueError, TypeError, UsageError) as exc:
-        reason = str(exc).splitlines()[0][:160] if str(exc) else type(exc).__name__
-        raise UsageError(f"{source} has malformed flashvlm metadata {key!r} ({reason}); {fix}") from None
-    return ExportRequest(
-        spec=spec,
-        budget=budget,
-        t_max=t_max,
-        batch=batch,
-        config=config,
-        selector_only=graph == "selector",
-        n_tokens=n_tokens,
-        plugin=plugin == "1",
-        precision=precision,
-    )
+    """The request a full or selector graph was exported from, rebuilt from its metadata (export/metadata.py checks it)."""
+    return ExportRequest(**request_fields(meta, source))
 
 
 def export_graph(
@@ -253,13 +162,16 @@ def export_graph(
     *,
     overwrite: bool = False,
     module: torch.nn.Module | None = None,
+    metadata: dict[str, str] | None = None,
 ) -> Path:
     """Export the request's graph to `path` (+ sidecar): traced with its verification outputs, shipped without.
 
-    `module` is request.module(parts, verification=True) when the caller built it already.
+    `module` is request.module(parts, verification=True) and `metadata` request.metadata(weights) when the caller
+    built them already.
     """
     module = module if module is not None else request.module(parts, verification=True)
-    return export_onnx(module, request.graph_io(), path, request.metadata(weights), opset, exporter, overwrite=overwrite)
+    metadata = metadata if metadata is not None else request.metadata(weights)
+    return export_onnx(module, request.graph_io(), path, metadata, opset, exporter, overwrite=overwrite)
 
 
 def export_logged(
@@ -279,15 +191,16 @@ def export_logged(
     staged=True: `path` is in a staging folder and is placed later (a split): the closing line says
     "staged", and the caller announces "saved as" once the file is in place.
     """
-    from flashvlm_export.artifacts import StepTimer, artifact_size, human_size
+    from flashvlm_export.artifacts.files import artifact_size, human_size
+    from flashvlm_export.artifacts.timing import StepTimer
     from flashvlm_export.progress import plural, progress
-    from flashvlm_export.selector.schedule import round_schedule
 
     module = request.module(parts, verification=True)
+    metadata = request.metadata(weights)
     if request.kind == "encoder":
         rounds, what = 0, f"the encoder graph ({request.precision})"
     else:
-        n_rounds = round_schedule(request.tokens, request.budget, request.config).n_rounds
+        n_rounds = request.schedule.n_rounds
         rounds = 1 if request.plugin else n_rounds  # the plugin's rounds export as one node
         inside = " in one plugin node" if request.plugin else ""
         what = f"the {request.kind} graph, K={request.budget} ({plural(n_rounds, 'pruning round')}{inside})"
@@ -298,8 +211,8 @@ def export_logged(
         hint = f"--exporter torchscript writes the same graph in ~{faster:.0f}s"
     timer = StepTimer("ONNX", log)
     with progress(f"ONNX: exporting {what} with {exporter}", estimate, log=log, hint=hint):
-        export_graph(request, path, parts, weights, opset, exporter, overwrite=overwrite, module=module)
+        export_graph(request, path, parts, weights, opset, exporter, overwrite=overwrite, module=module, metadata=metadata)
     shape = f"B={request.batch}" if request.kind == "encoder" else f"K={request.budget}, B={request.batch}, T_max={request.t_max}"
     where = "staged, placed with the rest of the split" if staged else f"saved as '{path}'"
     log(f"ONNX: export success ({request.kind} graph, {shape}) {timer.elapsed:.1f}s, {where} ({human_size(artifact_size(path))})")
-    return full_metadata(request.metadata(weights), opset)
+    return stamped(metadata, opset)

@@ -32,7 +32,7 @@ def plan_outputs(
     requests: list[ExportRequest], out_dir: Path, out: str | None = None, split: bool = False, fused: bool = False
 ) -> Outputs:
     """Split (one encoder, a selector per budget, a manifest) with `split`, and by default for several budgets."""
-    from flashvlm_export.artifacts import graph_name
+    from flashvlm_export.artifacts.naming import graph_name
     from flashvlm_export.export.split import split_plan
 
     if split and fused:
@@ -78,7 +78,7 @@ class Exported:
 
 
 def _engine_paths(outputs: Outputs, engines: EngineOptions) -> list[Path]:
-    from flashvlm_export.artifacts import artifact_stem
+    from flashvlm_export.artifacts.naming import artifact_stem
 
     plan = outputs.plan
     if plan is None:
@@ -119,7 +119,8 @@ def run_export(
 ) -> Exported:
     """Check everything that can fail early (weights, TensorRT, the GPU, the plugin, every output path), then
     load the model once, export every graph and build the engines. `source` None: selector-only graphs."""
-    from flashvlm_export.artifacts import artifact_size, check_writable, human_size
+    from flashvlm_export.artifacts.files import artifact_size, human_size
+    from flashvlm_export.artifacts.staging import check_writable
     from flashvlm_export.export.graphs import export_logged
 
     if source is not None and not source.random:  # the "no weights" error comes before any "already exists" one

@@ -21,9 +21,10 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from flashvlm_export.artifact_paths import BOUNDS, load_graph, named_file, own_file, read_bounded
-from flashvlm_export.artifacts import sha256_of
+from flashvlm_export.artifact_paths import BOUNDS, named_file, own_file, read_bounded
+from flashvlm_export.artifacts.files import sha256_of
 from flashvlm_export.errors import UsageError
+from flashvlm_export.export.metadata import graph_metadata, typed_values
 
 MANIFEST_NAME = "manifest.json"
 FORMAT = "flashvlm-export split"
@@ -42,21 +43,21 @@ def file_entry(path: Path, root: Path) -> dict:
 
 def manifest_record(encoder_meta: dict[str, str], selectors_meta: dict[int, dict[str, str]], files: dict[str, dict]) -> dict:
     """The manifest from the graphs' own metadata; `files` maps "encoder" and "selector_b<K>" to file entries."""
-    first = selectors_meta[min(selectors_meta)]
+    encoder, first = typed_values(encoder_meta), typed_values(selectors_meta[min(selectors_meta)])
     return {
         "format": FORMAT,
         "format_version": FORMAT_VERSION,
         "flashvlm_export_version": encoder_meta.get("flashvlm_export_version"),
         "model": encoder_meta["model"],
-        "weights": encoder_meta.get("weights"),
+        "weights": encoder_meta.get("weights"),  # a tag or a path, kept as written
         "budgets": sorted(selectors_meta, reverse=True),
-        "t_max": int(first["t_max"]),
-        "batch": int(encoder_meta["batch"]),
-        "n_tokens": int(encoder_meta["n_tokens"]),
+        "t_max": first["t_max"],
+        "batch": encoder["batch"],
+        "n_tokens": encoder["n_tokens"],
         "precision": encoder_meta.get("precision", "fp32"),
-        "plugin": first.get("plugin") == "1",
-        "selector_config": json.loads(first["selector_config"]),
-        "opset": int(encoder_meta["opset"]) if "opset" in encoder_meta else None,
+        "plugin": first.get("plugin", False),
+        "selector_config": first["selector_config"],
+        "opset": encoder.get("opset"),
         "encoder": {"onnx": files[ENCODER_STEM], "engine": None},
         "selectors": [
             {"budget": k, "onnx": files[selector_stem(k)], "engine": None} for k in sorted(selectors_meta, reverse=True)
@@ -114,7 +115,7 @@ class Manifest:
         from flashvlm_export.export.graphs import request_from_metadata
 
         graph = self.selector_graph(budget)
-        selector = request_from_metadata(_graph_meta(graph), str(graph))
+        selector = request_from_metadata(graph_metadata(graph), str(graph))
         return replace(selector, selector_only=False, precision=self.record["precision"])
 
     def check_budget(self, budget: int) -> int:
@@ -208,14 +209,10 @@ def _check_file(manifest: Manifest, entry: dict, what: str, verify: bool) -> Non
         )
 
 
-def _graph_meta(path: Path) -> dict[str, str]:
-    return {p.key: p.value for p in load_graph(path).metadata_props}
-
-
 def _check_graph_metadata(manifest: Manifest) -> None:
     """Each graph's own metadata must say what the manifest says (a manifest edited by hand is refused)."""
     r = manifest.record
-    encoder = _graph_meta(manifest.encoder_graph)
+    encoder = graph_metadata(manifest.encoder_graph)
     want = {"graph": "encoder", "model": r["model"], "batch": str(r["batch"]), "precision": r["precision"]}
     want["n_tokens"] = str(r["n_tokens"])
     if r.get("weights") is not None:
@@ -232,7 +229,7 @@ def _check_graph_metadata(manifest: Manifest) -> None:
             "n_tokens": str(r["n_tokens"]),
             "plugin": str(int(r["plugin"])),
         }
-        meta = _graph_meta(graph)
+        meta = graph_metadata(graph)
         _compare(manifest, graph, meta, want)
         try:
             config = json.loads(meta.get("selector_config", "null"))

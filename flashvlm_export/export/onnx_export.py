@@ -11,16 +11,16 @@ import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
-from flashvlm_export import __version__
-from flashvlm_export.artifacts import atomic_outputs, external_data_path, human_size, sidecar_path, sidecar_values
+from flashvlm_export.artifacts.files import human_size
+from flashvlm_export.artifacts.naming import external_data_path
+from flashvlm_export.artifacts.placement import atomic_outputs
+from flashvlm_export.artifacts.sidecar import sidecar_path
 from flashvlm_export.errors import FlashVLMError, UsageError
+from flashvlm_export.export.metadata import stamped, typed_values
 from flashvlm_export.export.options import DEFAULT_EXPORTER, DEFAULT_OPSET, EXPORTERS
 
 EXTERNAL_DATA_BYTES = 2 * 1024**3  # protobuf's 2 GB limit
 HEADROOM_BYTES = 64 * 1024**2  # graph structure, sidecar and file-system slack beyond the weights
-
-__all__ = ["DEFAULT_OPSET", "EXPORTERS", "GraphIO", "export_onnx"]
-
 
 @dataclass(frozen=True)
 class GraphIO:
@@ -60,11 +60,6 @@ def _check_free_space(folder: Path, needed: int) -> None:
         )
 
 
-def full_metadata(metadata: dict[str, str], opset: int) -> dict[str, str]:
-    """What a graph's metadata_props hold: the producer, its version and the opset, then the request's own."""
-    return {"producer": "flashvlm-export", "flashvlm_export_version": __version__, "opset": str(opset), **metadata}
-
-
 def export_onnx(
     module,
     graph_io: GraphIO,
@@ -92,7 +87,7 @@ def export_onnx(
     _check_free_space(path.parent, weights + HEADROOM_BYTES)
     # placed in this order: a reader that sees the sidecar sees the graph and its data
     finals = ([external_data_path(path)] if large else []) + [path, sidecar_path(path)]
-    metadata = full_metadata(metadata, opset)
+    metadata = stamped(metadata, opset)
     module = module.eval()
     with atomic_outputs(finals, overwrite=overwrite) as temps:
         temp_graph, temp_sidecar = temps[-2], temps[-1]
@@ -135,7 +130,7 @@ def export_onnx(
         problems = static_graph_problems(onnx.load(str(temp_graph), load_external_data=False))
         if problems:
             raise FlashVLMError(f"exported graph breaks the static-graph rules: {'; '.join(problems)}")
-        record = {**sidecar_values(metadata), "onnx": path.name}
+        record = {**typed_values(metadata), "onnx": path.name}
         temp_sidecar.write_text(json.dumps(record, indent=2, sort_keys=True, allow_nan=False) + "\n")
     return path
 

@@ -6,3 +6,4 @@ EXPORTERS = ("dynamo", "torchscript")  # torch.onnx.export(dynamo=True | False)
 DEFAULT_EXPORTER = "dynamo"
 PRECISION_NAMES = ("fp32", "fp16", "bf16")  # encoder + projector; the selector is always fp32
 LLM_DTYPE_NAMES = ("auto", *PRECISION_NAMES)  # run --llm-dtype: auto is bf16/fp16 on CUDA, fp32 on the CPU
+REDUCED_PRECISIONS = PRECISION_NAMES[1:]  # below fp32: what the selector must never compute in

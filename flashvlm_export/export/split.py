@@ -1,7 +1,7 @@
 """Split export: one encoder graph, one small selector graph per budget, and the manifest that ties them.
 
 Every file of a split lands together or none does: the graphs are exported into one staging folder
-and placed with the manifest in one all-or-nothing step (artifacts.atomic_outputs); only then is each
+and placed with the manifest in one all-or-nothing step (artifacts/placement.py); only then is each
 announced as saved. Engines, when asked for, are built afterwards from the placed graphs into the
 split's own `engines/` folder (a manifest names only files inside its folder: artifact_paths); the
 manifest is then rewritten to list them, so at every moment the manifest describes files that exist.
@@ -16,7 +16,10 @@ from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from flashvlm_export.artifacts import artifact_size, atomic_outputs, external_data_path, human_size, sidecar_path, split_stem
+from flashvlm_export.artifacts.files import artifact_size, human_size
+from flashvlm_export.artifacts.naming import external_data_path, split_stem
+from flashvlm_export.artifacts.placement import atomic_outputs
+from flashvlm_export.artifacts.sidecar import sidecar_path
 from flashvlm_export.export.graphs import EncoderRequest, ExportRequest, export_logged
 from flashvlm_export.export.manifest import (
     ENCODER_STEM,

@@ -273,7 +273,7 @@ def get_parts(spec: ModelSpec, source: WeightsSource, with_embeddings: bool = Fa
 
 def get_parts_logged(spec: ModelSpec, source: WeightsSource, log=print, with_embeddings: bool = False, what: str = "") -> LlavaParts:
     """get_parts, timed in one line: "Model: loaded llava15-tiny (random weights, seed 0) 0.4s"."""
-    from flashvlm_export.artifacts import StepTimer
+    from flashvlm_export.artifacts.timing import StepTimer
 
     timer = StepTimer("Model", log)
     parts = get_parts(spec, source, with_embeddings)

@@ -1,5 +1,5 @@
-"""Backends that turn a case's feeds into outputs: indices (B, K) and, for layers 1 and 2, the
-verification tensors (q, F, G; for a pipeline also X, a, P(X)), named as in export/interface.py."""
+"""Parity's backends (backend.py's interface): each turns a case's feeds into outputs, indices (B, K) and, for
+layers 1 and 2, the verification tensors (q, F, G; for a pipeline also X, a, P(X)), named as in export/interface.py."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from flashvlm_export.errors import MissingDependencyError, UsageError
+from flashvlm_export.backend import CPU, ort_provider, ort_session, provider_label
 from flashvlm_export.export.interface import (
     CLS_ATTENTION,
     FUSED_SCORES,
@@ -43,7 +43,7 @@ class SelectorReference:
         self.config = config
         self.verification = verification  # q, F, G for the parity layers; benchmarks turn it off
 
-    def run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    def infer(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         x, a, p, t, mask = _tensors(feeds, SELECTOR_INPUTS)
         rows, relevance, sharpened, fused, grams = [], [], [], [], []
         for b in range(x.shape[0]):
@@ -85,10 +85,10 @@ class PipelineReference(SelectorReference):
         super().__init__(budget, config)
         self.features = PipelineFeatures(parts)
 
-    def run(self, feeds):
+    def infer(self, feeds):
         features = self.features(feeds)
         selector_feeds = {**features, TEXT_EMBEDS: feeds[TEXT_EMBEDS], TEXT_MASK: feeds[TEXT_MASK]}
-        return {**features, **super().run(selector_feeds)}
+        return {**features, **super().infer(selector_feeds)}
 
 
 class TorchModule:
@@ -101,7 +101,7 @@ class TorchModule:
         self.interface = interface
 
     @torch.no_grad()
-    def run(self, feeds) -> dict[str, np.ndarray]:
+    def infer(self, feeds) -> dict[str, np.ndarray]:
         out = self.module(*_tensors(feeds, self.interface.input_names))
         out = out if isinstance(out, tuple) else (out,)
         names = self.interface.output_names + self.interface.verification_names
@@ -115,46 +115,26 @@ class OnnxRuntime:
         self,
         path: Path,
         interface: GraphInterface | None = None,
-        providers: list[str] | None = None,
+        provider: str = CPU,
         plugin: bool = False,
         scratch: Path | None = None,
     ):
-        import onnxruntime as ort
-
-        available = ort.get_available_providers()
-        providers = providers or ["CPUExecutionProvider"]
-        for provider in providers:
-            if provider not in available:
-                raise UsageError(f"ONNX Runtime provider {provider} is not available here ({', '.join(available)})")
-        options = None
-        if plugin:  # flashvlm::ResidualPrune runs as an onnxruntime-extensions Python op
-            from flashvlm_export.plugin.ort_op import session_options
-
-            options = session_options()
-
-        def session(model):
-            try:
-                return ort.InferenceSession(model, sess_options=options, providers=providers)
-            except Exception as exc:  # e.g. bf16 kernels the CPU provider lacks
-                first = str(exc).strip().splitlines()[0][:300]
-                raise MissingDependencyError(f"ONNX Runtime ({providers[0]}) cannot run {Path(path).name}: {first}") from None
-
-        from flashvlm_export.artifact_paths import check_graph
-
-        self.session = session(str(check_graph(Path(path))))  # the rule, before ONNX Runtime opens it and its data
+        provider = ort_provider(provider)
+        self.session = ort_session(Path(path), provider, plugin=plugin)
         self.verification = None
         if interface is not None and interface.verification:
             from flashvlm_export.export.verification import verification_model
 
-            self.verification = session(verification_model(Path(path), interface, scratch or Path(path).parent))
+            model = verification_model(Path(path), interface, scratch or Path(path).parent)
+            self.verification = ort_session(model, provider, plugin=plugin, source=path)
         self.input_names = tuple(i.name for i in self.session.get_inputs())
-        self.name = f"onnxruntime[{providers[0].replace('ExecutionProvider', '')}{', plugin op' if plugin else ''}]"
+        self.name = f"onnxruntime[{provider_label(provider)}{', plugin op' if plugin else ''}]"
 
     def indices(self, feeds) -> np.ndarray:
         """The shipped graph's indices alone."""
         return self.session.run([INDICES], {name: feeds[name] for name in self.input_names})[0]
 
-    def run(self, feeds) -> dict[str, np.ndarray]:
+    def infer(self, feeds) -> dict[str, np.ndarray]:
         inputs = {name: feeds[name] for name in self.input_names}
         if self.verification is None:
             return {INDICES: self.session.run([INDICES], inputs)[0]}

@@ -34,6 +34,7 @@ from flashvlm_export.export.interface import (
     SHARPENED_SCORES,
     TEXT_MASK,
     TEXT_RELEVANCE,
+    VISION_FEATURES,
     VISUAL_EMBEDS,
 )
 from flashvlm_export.progress import plural
@@ -53,9 +54,9 @@ ARITHMETIC_BOUNDS = {
     SHARPENED_SCORES: 1e-5,  # step 6 alone, from the backend's own s: exp, power, min-max
     FUSED_SCORES: 1e-5,  # steps 1, 7, 8 alone, from the backend's own q and a: log, exp
     # encoder outputs of a full graph: a 24-layer fp32 CLIP run by two runtimes
-    "vision_features": 1e-4,
-    "cls_attention": 1e-4,
-    "projected_features": 1e-4,
+    VISION_FEATURES: 1e-4,
+    CLS_ATTENTION: 1e-4,
+    PROJECTED_FEATURES: 1e-4,
 }
 SENSITIVITY_NOISE = 1e-6  # ALGORITHM.md: the float32 GEMM differences between backends are about 1e-6 in G
 

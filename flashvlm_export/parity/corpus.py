@@ -11,7 +11,15 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from flashvlm_export.export.interface import SELECTOR_INPUTS
+from flashvlm_export.export.interface import (
+    CLS_ATTENTION,
+    PIXEL_VALUES,
+    PROJECTED_FEATURES,
+    SELECTOR_INPUTS,
+    TEXT_EMBEDS,
+    TEXT_MASK,
+    VISION_FEATURES,
+)
 
 
 @dataclass(frozen=True)
@@ -69,7 +77,7 @@ class _SceneMaker:
         x = rng.standard_normal((g.n_tokens, g.vision_hidden)).astype(np.float32)
         a = rng.random(g.n_tokens).astype(np.float32) ** 2 / g.n_tokens
         text, mask = self.text(None, int(rng.integers(1, g.t_max + 1)))
-        return dict(vision_features=x, cls_attention=a, projected_features=self.project(x), text_embeds=text, text_mask=mask)
+        return {VISION_FEATURES: x, CLS_ATTENTION: a, PROJECTED_FEATURES: self.project(x), TEXT_EMBEDS: text, TEXT_MASK: mask}
 
     def scene(self) -> dict:
         """Redundant background clusters, a salient object, and a query aimed at a non-salient region."""
@@ -92,7 +100,7 @@ class _SceneMaker:
         query_rows = p[queried][:8]  # the question "is about" the queried region
         query_rows = query_rows + 0.01 * rng.standard_normal(query_rows.shape).astype(np.float32)
         text, mask = self.text(query_rows, int(rng.integers(4, 24)))
-        return dict(vision_features=x, cls_attention=a, projected_features=p, text_embeds=text, text_mask=mask)
+        return {VISION_FEATURES: x, CLS_ATTENTION: a, PROJECTED_FEATURES: p, TEXT_EMBEDS: text, TEXT_MASK: mask}
 
     def ties(self) -> dict:
         """Constant saliency, no text, features that are exact duplicates with exactly representable cosines."""
@@ -103,30 +111,30 @@ class _SceneMaker:
         x = patterns[rng.integers(0, 6, size=g.n_tokens)]
         a = np.full(g.n_tokens, 1.0 / g.n_tokens, dtype=np.float32)
         text, mask = self.text(None, 0)
-        return dict(vision_features=x, cls_attention=a, projected_features=self.project(x), text_embeds=text, text_mask=mask)
+        return {VISION_FEATURES: x, CLS_ATTENTION: a, PROJECTED_FEATURES: self.project(x), TEXT_EMBEDS: text, TEXT_MASK: mask}
 
     def constant_saliency(self) -> dict:
         case = self.random()
-        case["cls_attention"] = np.full(self.g.n_tokens, 0.5, dtype=np.float32)
+        case[CLS_ATTENTION] = np.full(self.g.n_tokens, 0.5, dtype=np.float32)
         return case
 
     def duplicated_features(self) -> dict:
         case = self.random()
-        x = case["vision_features"]
+        x = case[VISION_FEATURES]
         x[:] = x[self.rng.integers(0, 8, size=self.g.n_tokens)]  # eight distinct rows, many copies
-        case["projected_features"] = self.project(x)
+        case[PROJECTED_FEATURES] = self.project(x)
         return case
 
     def empty_text(self) -> dict:
         case = self.random()
-        case["text_embeds"], case["text_mask"] = self.text(None, 0)
+        case[TEXT_EMBEDS], case[TEXT_MASK] = self.text(None, 0)
         return case
 
     def padding(self) -> dict:
         """Short text and loud garbage in every masked row: the mask alone must decide."""
         case = self.random()
-        case["text_embeds"], case["text_mask"] = self.text(None, 3)
-        case["text_embeds"][3:] = 1e4
+        case[TEXT_EMBEDS], case[TEXT_MASK] = self.text(None, 3)
+        case[TEXT_EMBEDS][3:] = 1e4
         return case
 
 
@@ -169,6 +177,6 @@ def pipeline_corpus(geometry: Geometry, image_size: int, seed: int = 0, repeats:
                 text, mask = maker.text(None, int(rng.integers(0 if repeat else 1, geometry.t_max + 1)))
                 texts.append(text)
                 masks.append(mask)
-            feeds = dict(pixel_values=np.stack(pixels), text_embeds=np.stack(texts), text_mask=np.stack(masks))
+            feeds = {PIXEL_VALUES: np.stack(pixels), TEXT_EMBEDS: np.stack(texts), TEXT_MASK: np.stack(masks)}
             cases.append(Case(f"{name}#{repeat}", feeds))
     return cases

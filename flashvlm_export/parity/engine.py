@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import onnx
 
-from flashvlm_export.artifacts import read_sidecar
+from flashvlm_export.artifacts.sidecar import read_sidecar
 from flashvlm_export.errors import UsageError
 from flashvlm_export.export.graphs import request_from_metadata
 from flashvlm_export.export.interface import INDICES
@@ -26,7 +26,7 @@ class EngineBackend:
         self.name = shipped.name
         self.precision = shipped.precision
 
-    def run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    def infer(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         out = self.verification.infer(feeds)
         out[SHIPPED_INDICES] = self.shipped.infer(feeds)[INDICES]
         return out

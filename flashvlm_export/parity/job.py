@@ -86,7 +86,8 @@ def check_graph(
 ) -> bool:
     """Parity of `graph` (or `engine`'s graph, or a selector graph of `scratch_request`); True when it passed."""
     from flashvlm_export.export.graphs import request_from_metadata
-    from flashvlm_export.parity.run import graph_metadata, load_cases, run_parity
+    from flashvlm_export.export.metadata import graph_metadata
+    from flashvlm_export.parity.run import load_cases, run_parity
 
     cases = load_cases(load_inputs) if load_inputs else None
     extra, meta = [], None
@@ -126,7 +127,7 @@ def check_graph(
 
 def check_manifest(manifest_path: Path, settings: ParitySettings, weights: NamedWeights = NamedWeights(), log=print) -> bool:
     """Parity of a split export, budget by budget and the chain end to end; True when it passed."""
-    from flashvlm_export.artifacts import StepTimer
+    from flashvlm_export.artifacts.timing import StepTimer
     from flashvlm_export.export.manifest import read_manifest
     from flashvlm_export.limits import check_repeats_fit
     from flashvlm_export.parity.corpus import PIPELINE_CASES

@@ -9,21 +9,25 @@ from pathlib import Path
 
 import numpy as np
 
-from flashvlm_export.artifacts import human_size
+from flashvlm_export.artifacts.files import human_size
+from flashvlm_export.backend import Backend
 from flashvlm_export.errors import MissingDependencyError, UsageError
 from flashvlm_export.export.graphs import ExportRequest, request_from_metadata
-from flashvlm_export.export.interface import FEATURES, INDICES, PROJECTED_FEATURES, TEXT_EMBEDS, TEXT_MASK, VISUAL_EMBEDS
+from flashvlm_export.export.interface import (
+    FEATURES,
+    INDICES,
+    PIXEL_VALUES,
+    PROJECTED_FEATURES,
+    TEXT_EMBEDS,
+    TEXT_MASK,
+    VISUAL_EMBEDS,
+)
+from flashvlm_export.export.metadata import graph_metadata, load_graph
 from flashvlm_export.parity.backends import OnnxRuntime, PipelineReference, SelectorReference, TorchModule
 from flashvlm_export.parity.compare import ARITHMETIC_BOUNDS, BackendReport, layer_summary, sensitivity_overlaps
 from flashvlm_export.parity.corpus import Case, Geometry, pipeline_corpus, selector_corpus
 from flashvlm_export.progress import plural
 from flashvlm_export.selector.schedule import RoundSchedule, round_schedule
-
-
-def graph_metadata(path: Path) -> dict[str, str]:
-    from flashvlm_export.artifact_paths import load_graph
-
-    return {p.key: p.value for p in load_graph(path).metadata_props}  # the rule; a one-line error for a bad file
 
 
 def geometry_of(request: ExportRequest) -> Geometry:
@@ -33,8 +37,6 @@ def geometry_of(request: ExportRequest) -> Geometry:
 
 def check_graph_interface(graph: Path, request: ExportRequest) -> None:
     """The graph's own inputs and outputs must be what its metadata declares (an edited graph is refused)."""
-    from flashvlm_export.artifact_paths import load_graph
-
     proto = load_graph(graph)
     declared = request.interface()
     own = {v.name: tuple(d.dim_value for d in v.type.tensor_type.shape.dim) for v in list(proto.graph.input) + list(proto.graph.output)}
@@ -57,7 +59,7 @@ def validate_cases(cases: list[Case], request: ExportRequest) -> None:
             value = np.asarray(case.feeds[name])
             if value.shape != shape:
                 hint = ""
-                if name == "pixel_values" and value.ndim == 4:
+                if name == PIXEL_VALUES and value.ndim == 4:
                     hint = f" ({request.spec.name} takes {request.spec.image_size}x{request.spec.image_size} images)"
                 raise UsageError(
                     f"parity case {case.name} input {name!r} has shape {tuple(value.shape)}, the graph takes {shape}{hint}; "
@@ -113,7 +115,7 @@ def save_records(
 
     G_LOGGER.module_severity = G_LOGGER.ERROR
 
-    from flashvlm_export.artifacts import atomic_outputs
+    from flashvlm_export.artifacts.placement import atomic_outputs
 
     paths = [save_dir / f"{stem}_inputs.json", save_dir / f"{stem}_reference_outputs.json", save_dir / f"{stem}_parity.json"]
     replaced = [p for p in paths if p.exists()]
@@ -222,9 +224,9 @@ def run_parity(
     return reports
 
 
-def run_backends(request: ExportRequest, reference, backends: list, cases: list[Case], seed: int, min_overlap):
+def run_backends(request: ExportRequest, reference: Backend, backends: list[Backend], cases: list[Case], seed: int, min_overlap):
     """Every case through the reference and each backend, accumulated into one BackendReport per backend."""
-    schedule = round_schedule(request.tokens, request.budget, request.config)
+    schedule = request.schedule
     reduced = request.precision != "fp32"
     bounds = dict(ARITHMETIC_BOUNDS)
     if reduced:  # the encoder's own outputs differ by its precision: measured, not a gate (ALGORITHM.md)
@@ -232,19 +234,18 @@ def run_backends(request: ExportRequest, reference, backends: list, cases: list[
     selector_reference = SelectorReference(request.budget, request.config)
     reports = {b.name: BackendReport(b.name, min_overlap) for b in backends}
     for number, case in enumerate(cases):
-        expected = reference.run(case.feeds)
+        expected = reference.infer(case.feeds)
         case.reference_indices = expected[INDICES]
         sensitivity = sensitivity_overlaps(expected, schedule, seed=seed * 100_003 + number)
         case.reference_sensitivity = sensitivity
         for backend in backends:
-            outputs = backend.run(case.feeds)
-            outputs = outputs if isinstance(outputs, dict) else {INDICES: outputs}
+            outputs = backend.infer(case.feeds)
             if request.selector_only:
                 basis, own = case.feeds, expected
             else:  # the selector checked on the backend's own encoder outputs
                 basis = {name: outputs.get(name, expected[name]) for name in FEATURES}
                 basis.update({TEXT_EMBEDS: case.feeds[TEXT_EMBEDS], TEXT_MASK: case.feeds[TEXT_MASK]})
-                own = selector_reference.run(basis)
+                own = selector_reference.infer(basis)
                 if PROJECTED_FEATURES not in outputs:  # no P(X) of its own to check the gathered rows against
                     outputs = {name: value for name, value in outputs.items() if name != VISUAL_EMBEDS}
             reports[backend.name].add_case(

@@ -19,7 +19,7 @@ import tempfile
 from dataclasses import replace
 from pathlib import Path
 
-from flashvlm_export.artifacts import atomic_outputs
+from flashvlm_export.artifacts.placement import atomic_outputs
 from flashvlm_export.export.interface import FEATURES, INDICES, TEXT_EMBEDS, TEXT_MASK, VISUAL_EMBEDS
 from flashvlm_export.export.manifest import Manifest
 from flashvlm_export.parity.backends import OnnxRuntime, PipelineFeatures, SelectorReference
@@ -28,7 +28,6 @@ from flashvlm_export.parity.corpus import Case, pipeline_corpus
 from flashvlm_export.parity.run import check_save_dir, geometry_of, validate_cases
 from flashvlm_export.progress import plural
 from flashvlm_export.runtime.chain import OrtChain
-from flashvlm_export.selector.schedule import round_schedule
 
 
 def run_split_parity(
@@ -80,12 +79,12 @@ def run_split_parity(
             end_to_end = {**torch_features, TEXT_EMBEDS: case.feeds[TEXT_EMBEDS], TEXT_MASK: case.feeds[TEXT_MASK]}
             for k, request in requests.items():
                 selector_reference = SelectorReference(k, request.config)
-                expected = {**torch_features, **selector_reference.run(end_to_end)}  # the torch pipeline
-                own = selector_reference.run(basis)  # the reference on the encoder's own outputs
-                schedule = round_schedule(request.tokens, request.budget, request.config)
+                expected = {**torch_features, **selector_reference.infer(end_to_end)}  # the torch pipeline
+                own = selector_reference.infer(basis)  # the reference on the encoder's own outputs
+                schedule = request.schedule
                 sensitivity = sensitivity_overlaps(expected, schedule, seed=seed * 100_003 + number)
                 shipped = chain.select(case.feeds, k)
-                outputs = verification[k].run(basis)  # the verification build: s, q, F, G and its indices
+                outputs = verification[k].infer(basis)  # the verification build: s, q, F, G and its indices
                 outputs.update(own_features)
                 outputs[SHIPPED_INDICES] = shipped[INDICES]
                 outputs[VISUAL_EMBEDS] = shipped[VISUAL_EMBEDS]

@@ -16,7 +16,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from flashvlm_export.artifacts import StepTimer, human_size
+from flashvlm_export.artifacts.files import human_size
+from flashvlm_export.artifacts.timing import StepTimer
 from flashvlm_export.errors import UsageError, arg, switch
 from flashvlm_export.models.llava import weights_for_graph
 from flashvlm_export.progress import plural
@@ -51,14 +52,14 @@ def _manifest_info(manifest: str, budget: int | None, tensorrt: bool) -> tuple[G
 
 def _metadata(graph: str | None, engine: str | None) -> tuple[dict[str, str], str]:
     if engine is not None:
-        from flashvlm_export.artifacts import read_sidecar
+        from flashvlm_export.artifacts.sidecar import read_sidecar
 
         if not Path(engine).is_file():
             raise UsageError(f"{arg('engine', engine)} does not exist; build it with flashvlm-export ... --engine")
         return read_sidecar(Path(engine))["onnx_metadata"], engine
     if graph is None:
         raise UsageError(f"run needs {arg('graph')} (a full graph from flashvlm-export) or {arg('engine')} (a TensorRT plan)")
-    from flashvlm_export.parity.run import graph_metadata
+    from flashvlm_export.export.metadata import graph_metadata
 
     return graph_metadata(Path(graph)), graph
 
@@ -100,15 +101,17 @@ def _load_parts(info: GraphInfo, log):
 
 
 def _backend(info: GraphInfo, graph: str | None, engine: str | None, plugin_lib: str | None, split=None, tensorrt=False):
-    from flashvlm_export.runtime.session import OrtGraph, TrtEngine
-
     if split is not None:
         from flashvlm_export.runtime.chain import BudgetBackend, SplitChain
 
         chain = SplitChain(split, tensorrt, Path(plugin_lib) if plugin_lib else None)
         return BudgetBackend(chain, info.request.budget)
     if engine is not None:
-        return TrtEngine(Path(engine), Path(plugin_lib) if plugin_lib else None)
+        from flashvlm_export.trt.runner import EngineRunner
+
+        return EngineRunner(Path(engine), plugin_library=Path(plugin_lib) if plugin_lib else None)
+    from flashvlm_export.runtime.session import OrtGraph
+
     return OrtGraph(Path(graph), plugin=info.request.plugin)
 
 
@@ -138,7 +141,6 @@ def run(
     from flashvlm_export.runtime.image import prepare_image
     from flashvlm_export.runtime.session import select
     from flashvlm_export.runtime.tokenizer import load_tokenizer
-    from flashvlm_export.selector.schedule import round_schedule
 
     if max_new_tokens < 1:
         raise UsageError(f"{arg('max_new_tokens', max_new_tokens)} must be >= 1")
@@ -205,7 +207,7 @@ def run(
         timer = StepTimer("Heatmap", log)
         maps = score_maps(parts, prepared.pixel_values, text_embeds[0][text_mask[0]], request.config)
         picture = render_heatmap(
-            prepared.shown, selection.indices, maps, round_schedule(n, request.budget, request.config).k_imp, selection.backend
+            prepared.shown, selection.indices, maps, request.schedule.k_imp, selection.backend
         )
         _save_png(picture, heatmap_path)
         timer.done("kept tokens over the image; S_int, S_ext, F from the PyTorch reference", heatmap_path)

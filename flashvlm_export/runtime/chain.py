@@ -6,7 +6,8 @@ and as every selector's inputs: nothing of the N rows of X, a or P(X) passes thr
 copied between sessions. Only indices and visual_embeds (B, K, Dl) come back. TensorRT
 (`trt/chain.py`, EngineChain) does the same with device buffers shared between execution contexts.
 
-`SplitChain` picks the runtime from a manifest and serves any of its budgets per request.
+`SplitChain` picks the runtime from a manifest and serves any of its budgets per request; `BudgetBackend`
+is a chain at one budget, a backend like any other (backend.py).
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from flashvlm_export.errors import MissingDependencyError
+from flashvlm_export.backend import CUDA, ort_provider, ort_session, provider_label
 from flashvlm_export.export.interface import (
     FEATURES,
     INDICES,
@@ -28,35 +29,17 @@ from flashvlm_export.export.interface import (
 from flashvlm_export.export.manifest import Manifest
 
 
-def _session(ort, path: Path, provider: str, plugin: bool):
-    options = None
-    if plugin:  # flashvlm::ResidualPrune as an onnxruntime-extensions Python op
-        from flashvlm_export.plugin.ort_op import session_options
-
-        options = session_options()
-    from flashvlm_export.artifact_paths import check_graph
-
-    check_graph(Path(path))  # the rule, before ONNX Runtime opens it and its external data
-    try:
-        return ort.InferenceSession(str(path), sess_options=options, providers=[provider])
-    except Exception as exc:
-        first = str(exc).strip().splitlines()[0][:300]
-        raise MissingDependencyError(f"ONNX Runtime ({provider}) cannot run {Path(path).name}: {first}") from None
-
-
 class OrtChain:
     """Encoder session -> selector session of the request's budget, joined by I/O binding on one device."""
 
     def __init__(self, manifest: Manifest, provider: str | None = None):
         import onnxruntime as ort
 
-        available = ort.get_available_providers()
-        if provider is None:
-            provider = "CUDAExecutionProvider" if "CUDAExecutionProvider" in available else "CPUExecutionProvider"
-        self.device = "cuda" if provider == "CUDAExecutionProvider" else "cpu"
+        provider = ort_provider(provider)
+        self.device = "cuda" if provider == CUDA else "cpu"
         plugin = bool(manifest.record["plugin"])
-        self.encoder = _session(ort, manifest.encoder_graph, provider, False)
-        self.selectors = {k: _session(ort, manifest.selector_graph(k), provider, plugin) for k in manifest.budgets}
+        self.encoder = ort_session(manifest.encoder_graph, provider)
+        self.selectors = {k: ort_session(manifest.selector_graph(k), provider, plugin=plugin) for k in manifest.budgets}
         # X, a, P(X): allocated once on the device, written by the encoder, read by every selector
         shapes = {o.name: o.shape for o in self.encoder.get_outputs()}
         self.features = {
@@ -74,7 +57,7 @@ class OrtChain:
                 binding.bind_output(name, "cpu")
             self.bindings[k] = binding
         self.manifest = manifest
-        self.name = f"ONNX Runtime {provider.replace('ExecutionProvider', '')} chain"
+        self.name = f"ONNX Runtime {provider_label(provider)} chain"
         self._lock = threading.Lock()  # the shared buffers serve one request at a time
 
     @property
@@ -130,7 +113,7 @@ class SplitChain:
 
 
 class BudgetBackend:
-    """A chain fixed to one budget: the backend interface of runtime/session.select (infer(feeds))."""
+    """A chain fixed to one budget: a backend (backend.py) for runtime/session.select and the rest."""
 
     def __init__(self, chain: SplitChain, budget: int):
         self.chain, self.budget = chain, chain.manifest.check_budget(budget)

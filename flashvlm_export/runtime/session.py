@@ -1,4 +1,5 @@
-"""Run the selection: the full graph in ONNX Runtime, or its TensorRT engine through EngineRunner."""
+"""Run the selection on any backend (backend.py): the full graph in ONNX Runtime, its TensorRT engine
+(trt/runner.py's EngineRunner), or a split export's chain at one budget (runtime/chain.py)."""
 
 from __future__ import annotations
 
@@ -9,9 +10,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from flashvlm_export.errors import FlashVLMError, MissingDependencyError
-
-FEEDS = ("pixel_values", "text_embeds", "text_mask")
+from flashvlm_export.backend import Backend, ort_provider, ort_session, provider_label
+from flashvlm_export.errors import FlashVLMError
+from flashvlm_export.export.interface import INDICES, PIXEL_VALUES, TEXT_EMBEDS, TEXT_MASK, VISUAL_EMBEDS
 
 
 @dataclass
@@ -23,61 +24,33 @@ class Selection:
 
 
 class OrtGraph:
-    """The graph in ONNX Runtime: CUDA when onnxruntime-gpu offers it, else CPU."""
+    """A shipped graph in ONNX Runtime, its indices and visual_embeds: CUDA when onnxruntime-gpu offers it, else CPU."""
 
-    def __init__(self, path: Path, plugin: bool = False):
-        import onnxruntime as ort
-
-        available = ort.get_available_providers()
-        provider = "CUDAExecutionProvider" if "CUDAExecutionProvider" in available else "CPUExecutionProvider"
-        options = None
-        if plugin:  # flashvlm::ResidualPrune as an onnxruntime-extensions Python op
-            from flashvlm_export.plugin.ort_op import session_options
-
-            options = session_options()
-        from flashvlm_export.artifact_paths import check_graph
-
-        check_graph(Path(path))  # the rule, before ONNX Runtime opens it and its external data
-        try:
-            self.session = ort.InferenceSession(str(path), sess_options=options, providers=[provider])
-        except Exception as exc:
-            first = str(exc).strip().splitlines()[0][:300]
-            raise MissingDependencyError(f"ONNX Runtime ({provider}) cannot run {Path(path).name}: {first}") from None
-        self.name = f"ONNX Runtime {provider.replace('ExecutionProvider', '')}"
+    def __init__(self, path: Path, plugin: bool = False, provider: str | None = None):
+        provider = ort_provider(provider)
+        self.session = ort_session(Path(path), provider, plugin=plugin)
+        self.name = f"ONNX Runtime {provider_label(provider)}"
 
     def infer(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        names = ["indices", "visual_embeds"]
+        names = [INDICES, VISUAL_EMBEDS]
         return dict(zip(names, self.session.run(names, feeds), strict=True))
 
 
-class TrtEngine:
-    """A TensorRT engine built by flashvlm-export ... --engine (TensorRT and a GPU needed)."""
-
-    def __init__(self, path: Path, plugin_library: Path | None = None):
-        from flashvlm_export.trt.runner import EngineRunner
-
-        self.runner = EngineRunner(Path(path), plugin_library=plugin_library)
-        self.name = f"TensorRT engine ({self.runner.name})"
-
-    def infer(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        return self.runner.infer(feeds)
-
-
-def select(backend, pixel_values: torch.Tensor, text_embeds: torch.Tensor, text_mask: torch.Tensor, batch: int) -> Selection:
+def select(backend: Backend, pixel_values: torch.Tensor, text_embeds: torch.Tensor, text_mask: torch.Tensor, batch: int) -> Selection:
     """One image through the graph; a graph of static batch B > 1 gets the image B times, row 0 is used."""
     feeds = {
-        "pixel_values": pixel_values.expand(batch, -1, -1, -1).contiguous().numpy(),
-        "text_embeds": text_embeds.expand(batch, -1, -1).contiguous().numpy(),
-        "text_mask": text_mask.expand(batch, -1).contiguous().numpy(),
+        PIXEL_VALUES: pixel_values.expand(batch, -1, -1, -1).contiguous().numpy(),
+        TEXT_EMBEDS: text_embeds.expand(batch, -1, -1).contiguous().numpy(),
+        TEXT_MASK: text_mask.expand(batch, -1).contiguous().numpy(),
     }
     backend.infer(feeds)  # warm-up: the first run allocates
     start = time.perf_counter()
     out = backend.infer(feeds)
     ms = (time.perf_counter() - start) * 1e3
-    indices = np.asarray(out["indices"])[0].astype(np.int64)
+    indices = np.asarray(out[INDICES])[0].astype(np.int64)
     if np.any(np.diff(indices) <= 0):
         raise FlashVLMError(
             f"{backend.name} returned indices that are not strictly ascending; re-export the graph with flashvlm-export"
         )
-    embeds = torch.from_numpy(np.asarray(out["visual_embeds"], dtype=np.float32)[0].copy())
+    embeds = torch.from_numpy(np.asarray(out[VISUAL_EMBEDS], dtype=np.float32)[0].copy())
     return Selection(indices, embeds, ms, backend.name)

@@ -125,10 +125,14 @@ class StaticSelector(nn.Module):
         config: SelectorConfig = SelectorConfig(),
         prune: nn.Module | None = None,
         verification: bool = False,
+        schedule: RoundSchedule | None = None,
     ):
+        """`schedule` is round_schedule(n_tokens, budget, config) when the caller computed it already."""
         super().__init__()
         self.config = config
-        self.schedule = round_schedule(n_tokens, budget, config)
+        self.schedule = schedule if schedule is not None else round_schedule(n_tokens, budget, config)
+        if (self.schedule.n_tokens, self.schedule.budget) != (n_tokens, budget):
+            raise ValueError(f"a schedule for N={self.schedule.n_tokens}, K={self.schedule.budget} given to N={n_tokens}, K={budget}")
         if n_tokens > TOPK_LIMIT:
             raise UsageError(f"N={n_tokens} exceeds TensorRT's TopK limit {TOPK_LIMIT}; select per crop or frame")
         self.scores = StaticScores(n_tokens, config)

@@ -27,13 +27,22 @@ from pathlib import Path
 import numpy as np
 
 from flashvlm_export.errors import FlashVLMError, MissingDependencyError, UsageError
+from flashvlm_export.export.interface import (
+    FEATURES,
+    INDICES,
+    PIPELINE_INPUTS,
+    PIXEL_VALUES,
+    TEXT_EMBEDS,
+    TEXT_MASK,
+    VISUAL_EMBEDS,
+)
 from flashvlm_export.trt.runner import check_engine_here, read_engine_record
 from flashvlm_export.trt.sidecar import io_mismatch
 
-SHARED = ("vision_features", "cls_attention", "projected_features")  # encoder outputs = selector inputs
-ENCODER_IO = {"pixel_values", *SHARED}
-SELECTOR_IO = {*SHARED, "text_embeds", "text_mask", "indices", "visual_embeds"}
-HOST_INPUTS = ("pixel_values", "text_embeds", "text_mask")
+SHARED = FEATURES  # encoder outputs = selector inputs
+ENCODER_IO = {PIXEL_VALUES, *SHARED}
+SELECTOR_IO = {*SHARED, TEXT_EMBEDS, TEXT_MASK, INDICES, VISUAL_EMBEDS}
+HOST_INPUTS = PIPELINE_INPUTS  # pixel_values, text_embeds, text_mask
 GEOMETRY = ("n_tokens", "vision_hidden", "text_hidden")
 REEXPORT = "export the encoder and its selectors together, from one model and batch, with flashvlm-export ... --engine"
 
@@ -136,12 +145,12 @@ class EngineChain:
         self._check_io(encoder, enc_io, selectors, selector_io)
 
         with torch.cuda.stream(self._stream):  # the buffers belong to the chain's stream
-            self._device = {name: self._empty(*enc_io[name][1:]) for name in ("pixel_values", *SHARED)}
+            self._device = {name: self._empty(*enc_io[name][1:]) for name in (PIXEL_VALUES, *SHARED)}
             first = min(selector_io)
-            for name in ("text_embeds", "text_mask"):
+            for name in (TEXT_EMBEDS, TEXT_MASK):
                 self._device[name] = self._empty(*selector_io[first][name][1:])
             self._outputs = {
-                key: {name: self._empty(*io[name][1:]) for name in ("indices", "visual_embeds")}
+                key: {name: self._empty(*io[name][1:]) for name in (INDICES, VISUAL_EMBEDS)}
                 for key, io in selector_io.items()
             }
             self._pinned = {name: self._host(self._device[name]) for name in HOST_INPUTS}
@@ -176,10 +185,10 @@ class EngineChain:
             self._selector_contexts[key] = context
 
         # set_tensor_address(name, memory: int): pyCore.cpp:1057, lambda :116 (10.3); :1316, lambda :118 (11.1).
-        for name in ("pixel_values", *SHARED):
+        for name in (PIXEL_VALUES, *SHARED):
             self._bind(self._encoder_context, name, self._device[name].data_ptr(), encoder)
         for key, context in self._selector_contexts.items():
-            for name in (*SHARED, "text_embeds", "text_mask"):
+            for name in (*SHARED, TEXT_EMBEDS, TEXT_MASK):
                 self._bind(context, name, self._device[name].data_ptr(), selectors[key])
             for name, tensor in self._outputs[key].items():
                 self._bind(context, name, tensor.data_ptr(), selectors[key])
@@ -215,13 +224,9 @@ class EngineChain:
             stream.synchronize()
             out = self._pinned_out[k]
             return {
-                "indices": np.array(out["indices"].numpy(), dtype=np.int64),
-                "visual_embeds": np.array(out["visual_embeds"].numpy(), dtype=np.float32),
+                INDICES: np.array(out[INDICES].numpy(), dtype=np.int64),
+                VISUAL_EMBEDS: np.array(out[VISUAL_EMBEDS].numpy(), dtype=np.float32),
             }
-
-    def run(self, feeds: dict[str, np.ndarray], budget: int) -> np.ndarray:
-        """indices (B, K) only."""
-        return self.infer(feeds, budget)["indices"]
 
     # ------------------------------------------------------------------ helpers
 
@@ -258,29 +263,29 @@ class EngineChain:
     def _check_io(self, encoder: Path, enc_io: dict, selectors: dict, selector_io: dict) -> None:
         torch = self._torch
         for name, (is_input, _, _) in enc_io.items():
-            if is_input != (name == "pixel_values"):
+            if is_input != (name == PIXEL_VALUES):
                 raise UsageError(f"{encoder} has {name} as an {'input' if is_input else 'output'}; {REEXPORT}")
         first = min(selector_io)
         for key, io in selector_io.items():
             path = selectors[key]
             for name, (is_input, shape, dtype) in io.items():
-                if is_input != (name not in ("indices", "visual_embeds")):
+                if is_input != (name not in (INDICES, VISUAL_EMBEDS)):
                     raise UsageError(f"{path} has {name} as an {'input' if is_input else 'output'}; {REEXPORT}")
                 if name in SHARED and (shape, dtype) != enc_io[name][1:]:
                     raise UsageError(
                         f"{path} takes {name} {shape} {dtype}, the encoder {encoder} writes {enc_io[name][1]} {enc_io[name][2]}; {REEXPORT}"
                     )
-                if name in ("text_embeds", "text_mask") and (shape, dtype) != selector_io[first][name][1:]:
+                if name in (TEXT_EMBEDS, TEXT_MASK) and (shape, dtype) != selector_io[first][name][1:]:
                     raise UsageError(
                         f"{path} takes {name} {shape} {dtype}, {selectors[first]} takes {selector_io[first][name][1:]}; {REEXPORT}"
                     )
-            if io["indices"][1][-1:] != (key,) or io["visual_embeds"][1][1:2] != (key,):
+            if io[INDICES][1][-1:] != (key,) or io[VISUAL_EMBEDS][1][1:2] != (key,):
                 raise UsageError(f"{path} outputs indices {io['indices'][1]}, not (B, {key}); key it by its budget")
-        host_side = [(encoder, "pixel_values", enc_io)]
+        host_side = [(encoder, PIXEL_VALUES, enc_io)]
         host_side += [
             (selectors[k], name, io)
             for k, io in selector_io.items()
-            for name in ("text_embeds", "text_mask", "indices", "visual_embeds")
+            for name in (TEXT_EMBEDS, TEXT_MASK, INDICES, VISUAL_EMBEDS)
         ]
         for path, name, io in host_side:  # numpy, on the host side, has no bfloat16
             if io[name][2] == torch.bfloat16:

@@ -79,7 +79,7 @@ def polygraphy_env(base: dict[str, str] | None = None) -> dict[str, str]:
 def replay_with_polygraphy(engine: Path, save_dir: Path, stem: str, plugin_lib: str | None, log=print) -> PolygraphyReplay:
     """Polygraphy's replay of the records against the engine, with the project's verdict (parity/polygraphy_compare.py):
     its index sets against the reference's beside the reference's own sensitivity; reported."""
-    from flashvlm_export.artifacts import read_sidecar
+    from flashvlm_export.artifacts.sidecar import read_sidecar
     from flashvlm_export.plugin.build import find_plugin_library
 
     register_lib = None

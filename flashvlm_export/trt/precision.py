@@ -23,12 +23,10 @@ from __future__ import annotations
 
 from collections import Counter
 from dataclasses import dataclass
-from pathlib import Path
 
 from flashvlm_export.errors import FlashVLMError
+from flashvlm_export.export.options import REDUCED_PRECISIONS
 from flashvlm_export.progress import plural
-
-REDUCED = ("fp16", "bf16")
 
 
 def compute_type(tensor_types: list[str | None]) -> str:
@@ -38,8 +36,8 @@ def compute_type(tensor_types: list[str | None]) -> str:
     """
     if any(t is None for t in tensor_types):
         return "unknown"
-    floats = {t for t in tensor_types if t in ("fp32", "fp64", *REDUCED)}
-    for kind in (*REDUCED, "fp64"):
+    floats = {t for t in tensor_types if t in ("fp32", "fp64", *REDUCED_PRECISIONS)}
+    for kind in (*REDUCED_PRECISIONS, "fp64"):
         if kind in floats:
             return kind
     return "fp32" if floats else "int"
@@ -137,7 +135,7 @@ def precision_plan(model) -> PrecisionPlan:
 
     candidates = set()
     for index, node in enumerate(nodes):
-        if node.op_type == "Cast" and node.input and types.get(node.input[0]) in REDUCED:
+        if node.op_type == "Cast" and node.input and types.get(node.input[0]) in REDUCED_PRECISIONS:
             to = next((a.i for a in node.attribute if a.name == "to"), None)
             if floats.get(to) == "fp32":
                 candidates.add(index)
@@ -173,16 +171,5 @@ def precision_plan(model) -> PrecisionPlan:
     return PrecisionPlan(
         nodes=classified,
         casts_back=tuple(c.name or c.output[0] for c in casts_back),
-        has_reduced=any(t in REDUCED for t in types.values()),
+        has_reduced=any(t in REDUCED_PRECISIONS for t in types.values()),
     )
-
-
-def load_graph(path: Path):
-    """The ONNX model without its external weights (types and metadata only)."""
-    from flashvlm_export.artifact_paths import load_graph as checked
-
-    return checked(Path(path))  # the rule: a regular file of at most 2 GiB, its external data inside its folder
-
-
-def graph_metadata(model) -> dict[str, str]:
-    return {prop.key: prop.value for prop in model.metadata_props}

@@ -8,11 +8,11 @@ from pathlib import Path
 import numpy as np
 
 from flashvlm_export.artifact_paths import own_file
-from flashvlm_export.artifacts import read_sidecar, sidecar_path
+from flashvlm_export.artifacts.files import sha256_of
+from flashvlm_export.artifacts.sidecar import read_sidecar, sidecar_path
 from flashvlm_export.device import gpu_info
 from flashvlm_export.errors import UsageError
 from flashvlm_export.trt.env import import_tensorrt, load_plugin_library
-from flashvlm_export.trt.sidecar import sha256_of
 
 SIDECAR_KEYS = ("tensorrt_version", "gpu", "compute_capability", "budget", "plugin", "precision", "onnx", "onnx_metadata")
 
@@ -78,7 +78,8 @@ def check_engine(
 
 
 class EngineRunner:
-    """A TensorRT engine checked against its sidecar: same TensorRT, same GPU, plugin present, budget."""
+    """A TensorRT engine checked against its sidecar (same TensorRT, same GPU, plugin present, budget); a backend
+    (backend.py) returning every output the engine has."""
 
     def __init__(self, engine_path: Path, expect_budget: int | None = None, plugin_library: Path | None = None):
         self.record = check_engine(Path(engine_path), expect_budget, plugin_library)
@@ -91,7 +92,3 @@ class EngineRunner:
 
     def infer(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         return {name: np.asarray(value) for name, value in self.runner.infer(feeds, copy_outputs_to_host=True).items()}
-
-    def run(self, feeds: dict[str, np.ndarray]) -> np.ndarray:
-        """The parity-backend interface: indices (B, K)."""
-        return self.infer(feeds)["indices"].astype(np.int64)

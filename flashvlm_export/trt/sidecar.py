@@ -10,10 +10,8 @@ import os
 from pathlib import Path
 
 from flashvlm_export import __version__
-from flashvlm_export.artifacts import sha256_of
+from flashvlm_export.artifacts.files import sha256_of
 from flashvlm_export.errors import FlashVLMError, UsageError
-
-__all__ = ["engine_record", "io_mismatch", "record_trtexec_engine", "sha256_of"]
 
 
 def engine_record(
@@ -71,8 +69,9 @@ def io_mismatch(engine_io: set[str], graph_io: set[str]) -> str | None:
 
 def check_sidecar_request(engine: Path, onnx_path: Path, force: bool) -> tuple[object, dict[str, str]]:
     """Everything `flashvlm-export sidecar` can check without TensorRT; returns the graph and its metadata."""
-    from flashvlm_export.artifacts import sidecar_path
-    from flashvlm_export.trt.precision import graph_metadata, load_graph, precision_plan
+    from flashvlm_export.artifacts.sidecar import sidecar_path
+    from flashvlm_export.export.metadata import load_graph, metadata_of
+    from flashvlm_export.trt.precision import precision_plan
 
     if not engine.is_file():
         raise UsageError(f"engine {engine} does not exist; build it first (trtexec --saveEngine={engine} ...)")
@@ -82,7 +81,7 @@ def check_sidecar_request(engine: Path, onnx_path: Path, force: bool) -> tuple[o
     if target.exists() and not force:
         raise UsageError(f"{target} already exists; pass --force to overwrite it")
     model = load_graph(onnx_path)
-    meta = graph_metadata(model)
+    meta = metadata_of(model)
     if "budget" not in meta or "graph" not in meta:
         raise UsageError(f"{onnx_path} lacks flashvlm metadata; pass the graph flashvlm-export exported")
     precision_plan(model).check(onnx_path)
@@ -93,7 +92,8 @@ def record_trtexec_engine(
     engine: Path, onnx_path: Path, plugin_library: str | None = None, force: bool = False, log=print
 ) -> dict:
     """Write the sidecar of an engine trtexec built from `onnx_path`, after loading it with this TensorRT."""
-    from flashvlm_export.artifacts import sidecar_path, write_json_atomic
+    from flashvlm_export.artifacts.placement import write_json_atomic
+    from flashvlm_export.artifacts.sidecar import sidecar_path
     from flashvlm_export.device import gpu_info
     from flashvlm_export.trt.env import import_tensorrt, load_plugin_library
 

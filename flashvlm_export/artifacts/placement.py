@@ -1,0 +1,152 @@
+"""All-or-nothing placement of a write's outputs, and one line for what the OS refuses.
+
+Placement is exclusive: each output is hard-linked into place (link(2) fails on any existing entry,
+a dangling symlink included), so nothing that appeared meanwhile is replaced. With --force, what is
+there is first moved aside into the staging folder and moved back if placement fails. Either every
+output of one write lands, or none does.
+"""
+
+from __future__ import annotations
+
+import errno
+import json
+import os
+import shutil
+import tempfile
+from contextlib import contextmanager
+from pathlib import Path
+
+from flashvlm_export.artifacts.staging import STAGING_PREFIX, make_staging
+from flashvlm_export.errors import FlashVLMError, UsageError
+
+OS_WRITE_ERRORS = {
+    errno.ENOSPC: "the disk is full; free some space or choose another output folder",
+    errno.EDQUOT: "the disk quota is exhausted; free some space or choose another output folder",
+    errno.EFBIG: "the file size limit was reached (ulimit -f); raise the limit or choose another output folder",
+    errno.EROFS: "the file system is read-only; choose another output folder",
+    errno.EACCES: "permission denied; choose another output folder or fix its permissions",
+    errno.EPERM: "the operation is not permitted there; choose another output folder",
+    errno.ENAMETOOLONG: "a file name is too long for this file system; choose a shorter --out",
+    errno.EISDIR: "the output path is a folder; name a file",
+    errno.ENOTDIR: "a parent of the output path is a file, not a folder; choose another --out",
+    errno.EIO: "the device reported an I/O error; choose another output folder",
+}
+
+
+def os_error_message(exc: OSError, where: Path | str) -> str:
+    """One line for an OSError the OS raised while writing `where`."""
+    name = errno.errorcode.get(exc.errno or 0, "OSError")
+    fix = OS_WRITE_ERRORS.get(exc.errno, "choose another output folder")
+    return f"cannot write {where}: {exc.strerror or exc} ({name}); {fix}; nothing was kept"
+
+
+def os_error_in(exc: BaseException) -> OSError | None:
+    """The OSError an exporter wrapped (its cause or context chain), if any."""
+    seen = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        if isinstance(exc, OSError) and exc.errno in OS_WRITE_ERRORS:
+            return exc
+        text = str(exc)  # C++ writers surface errno as text only
+        for code, phrase in ((errno.ENOSPC, "No space left on device"), (errno.EFBIG, "File too large")):
+            if phrase in text:
+                return OSError(code, os.strerror(code))
+        exc = exc.__cause__ or exc.__context__
+    return None
+
+
+def _same_file(path: Path, stat: os.stat_result) -> bool:
+    try:
+        now = os.stat(path, follow_symlinks=False)
+    except OSError:
+        return False
+    return (now.st_dev, now.st_ino) == (stat.st_dev, stat.st_ino)
+
+
+def _place_exclusive(temp: Path, final: Path) -> None:
+    """Put temp at final only if nothing is there: link(2), or an O_EXCL placeholder where links are refused."""
+    try:
+        os.link(temp, final, follow_symlinks=False)
+        return
+    except OSError as exc:
+        if exc.errno not in (errno.EPERM, errno.EOPNOTSUPP, errno.EXDEV, errno.EMLINK):
+            raise
+    fd = os.open(final, os.O_CREAT | os.O_EXCL | os.O_WRONLY | os.O_NOFOLLOW, 0o644)  # claims the name
+    os.close(fd)
+    os.replace(temp, final)  # replaces only the placeholder this process just created
+
+
+def _commit(staging: Path, temps: list[Path], finals: list[Path], overwrite: bool) -> None:
+    """Place every temp at its final path, or none: on any failure, undo what was placed and restore backups."""
+    placed: list[tuple[Path, os.stat_result]] = []
+    backups: list[tuple[Path, Path]] = []
+    present = [(t, f) for t, f in zip(temps, finals, strict=True) if os.path.lexists(t)]
+    try:
+        if overwrite:
+            for i, (_, final) in enumerate(present):
+                if os.path.lexists(final):
+                    if final.is_dir() and not final.is_symlink():
+                        raise UsageError(f"{final} is a folder; remove it or choose another --out")
+                    backup = staging / f".backup-{i}-{final.name}"
+                    os.rename(final, backup)  # a symlink moves as a link
+                    backups.append((backup, final))
+        for temp, final in present:
+            stat = os.stat(temp)
+            try:
+                _place_exclusive(temp, final)
+            except FileExistsError:
+                raise UsageError(
+                    f"{final} appeared while this run was writing; it was left as it is and nothing was written; "
+                    "pass --force to overwrite it, or choose another --out"
+                ) from None
+            placed.append((final, stat))
+    except BaseException:
+        for final, stat in reversed(placed):
+            if _same_file(final, stat):
+                os.unlink(final)
+        for backup, final in reversed(backups):
+            if not os.path.lexists(final):
+                os.rename(backup, final)
+        raise
+
+
+@contextmanager
+def atomic_outputs(final_paths: list[Path], overwrite: bool = True):
+    """Yield temp paths in a staging folder beside the finals; on success place them all, else none.
+
+    overwrite=False never replaces anything at a final path; overwrite=True (--force) replaces what is
+    there, and puts it back if placement fails part-way. Temps left unwritten are not placed.
+    """
+    folder = final_paths[0].parent
+    try:
+        staging = make_staging(folder)
+    except OSError as exc:
+        raise UsageError(os_error_message(exc, folder)) from None
+    temps = [staging / p.name for p in final_paths]
+    try:
+        try:
+            yield temps
+            _commit(staging, temps, final_paths, overwrite)
+        except FlashVLMError:
+            raise
+        except Exception as exc:
+            os_error = os_error_in(exc)
+            if os_error is None:
+                raise
+            raise UsageError(os_error_message(os_error, final_paths[0])) from None
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+
+
+def write_json_atomic(path: Path, record: dict) -> None:
+    """Replace `path` with `record` as JSON in one rename (records the tool owns: reports, bench results)."""
+    fd, temp = tempfile.mkstemp(prefix=STAGING_PREFIX, suffix=".json", dir=path.parent)
+    try:
+        os.fchmod(fd, 0o644)
+        with os.fdopen(fd, "w") as f:
+            json.dump(record, f, indent=2, sort_keys=True, allow_nan=False)
+            f.write("\n")
+        os.replace(temp, path)
+    except BaseException:
+        Path(temp).unlink(missing_ok=True)
+        raise

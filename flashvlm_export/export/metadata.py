@@ -1,0 +1,193 @@
+"""A graph's metadata: what it holds, how it is written, read back and typed, in one place.
+
+An exported graph carries everything needed to rebuild its reference (model, budget, T_max, batch,
+every selector hyperparameter, where the weights came from) as ONNX metadata_props, which are
+strings. Export writes them here (`request_metadata`, `encoder_metadata`, `stamped`); parity, run,
+the manifest and trt read them here (`graph_metadata` from a path without the weights, `metadata_of`
+from a ModelProto); the sidecar keeps them typed (`typed_values`); and a full or selector graph's
+request is rebuilt from them, checked key by key (`request_fields`, for export/graphs.py's
+`request_from_metadata`).
+
+Requests are taken as they come (ExportRequest and EncoderRequest of export/graphs.py): this module
+imports no torch, so trt and the manifest read metadata without it.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+from flashvlm_export import __version__
+from flashvlm_export.errors import UsageError
+from flashvlm_export.export.options import PRECISION_NAMES
+from flashvlm_export.models.spec import get_spec
+from flashvlm_export.selector.config import SelectorConfig
+from flashvlm_export.selector.schedule import check_budget_range
+
+PRODUCER = "flashvlm-export"
+BOOL_KEYS = ("plugin",)  # written as "0" / "1"
+REEXPORT = "re-export the graph with flashvlm-export"
+_INT = re.compile(r"-?\d+\Z")
+
+
+# ---------------------------------------------------------------- writing
+
+
+def _strings(values: dict) -> dict[str, str]:
+    return {key: str(value) for key, value in values.items()}
+
+
+def encoder_metadata(request, weights: str | None) -> dict[str, str]:
+    """The metadata of a split export's encoder graph (an EncoderRequest)."""
+    s = request.spec
+    values = dict(
+        graph=request.kind,
+        model=s.name,
+        batch=request.batch,
+        n_tokens=s.n_tokens,
+        image_size=s.image_size,
+        vision_hidden=s.vision_hidden,
+        text_hidden=s.text_hidden,
+        precision=request.precision,
+    )
+    if weights is not None:
+        values["weights"] = weights
+    return _strings(values)
+
+
+def request_metadata(request, weights: str | None) -> dict[str, str]:
+    """The metadata of a full or selector graph (an ExportRequest), its round schedule included."""
+    schedule = request.schedule
+    values = dict(
+        graph=request.kind,
+        model=request.spec.name,
+        budget=request.budget,
+        t_max=request.t_max,
+        batch=request.batch,
+        n_tokens=request.tokens,
+        image_size=request.spec.image_size,
+        vision_hidden=request.spec.vision_hidden,
+        text_hidden=request.spec.text_hidden,
+        k_imp=schedule.k_imp,
+        k_div=schedule.k_div,
+        step=schedule.step,
+        n_rounds=schedule.n_rounds,
+        selector_config=json.dumps(request.config.to_dict(), sort_keys=True),
+        plugin=int(request.plugin),
+        precision=request.precision,
+    )
+    if request.plugin:
+        from flashvlm_export.plugin import PLUGIN_ID
+
+        values["plugin_version"] = PLUGIN_ID
+    if weights is not None:
+        values["weights"] = weights
+    return _strings(values)
+
+
+def stamped(metadata: dict[str, str], opset: int) -> dict[str, str]:
+    """What a graph's metadata_props hold: the producer, its version and the opset, then the request's own."""
+    return {"producer": PRODUCER, "flashvlm_export_version": __version__, "opset": str(opset), **metadata}
+
+
+# ---------------------------------------------------------------- reading
+
+
+def load_graph(path: Path):
+    """The ONNX model without its external weights (types and metadata only), after artifact_paths' rule; a
+    one-line error for a bad path."""
+    from flashvlm_export.artifact_paths import load_graph as load_checked
+
+    if not Path(path).is_file():
+        raise UsageError(f"graph {path} does not exist; export it with flashvlm-export or pass the right path")
+    return load_checked(Path(path))
+
+
+def metadata_of(model) -> dict[str, str]:
+    """The metadata_props of a loaded ModelProto."""
+    return {prop.key: prop.value for prop in model.metadata_props}
+
+
+def graph_metadata(path: Path) -> dict[str, str]:
+    """The metadata of the graph at `path`, read without its weights."""
+    return metadata_of(load_graph(path))
+
+
+# ---------------------------------------------------------------- typed values
+
+
+def typed_values(metadata: dict[str, str]) -> dict:
+    """The metadata with its types back (ints, bools, the selector config object), as the sidecar keeps it."""
+    typed: dict = {}
+    for key, value in metadata.items():
+        if not isinstance(value, str):
+            typed[key] = value
+        elif key in BOOL_KEYS and value in ("0", "1"):
+            typed[key] = value == "1"
+        elif _INT.match(value):
+            typed[key] = int(value)
+        elif value.startswith("{"):
+            try:
+                typed[key] = json.loads(value)
+            except ValueError:
+                typed[key] = value
+        else:
+            typed[key] = value
+    return typed
+
+
+def request_fields(meta: dict[str, str], source: str) -> dict:
+    """The fields of the ExportRequest a full or selector graph was exported from, checked key by key; malformed
+    metadata is a one-line error, and so is a split's encoder graph (its manifest describes it)."""
+    if meta.get("graph") == "encoder":
+        raise UsageError(f"{source} is the encoder graph of a split export; pass its manifest instead (--manifest DIR/manifest.json)")
+    key = "?"
+
+    def field(name: str) -> str:
+        nonlocal key
+        key = name
+        value = meta[name]
+        if not isinstance(value, str):
+            raise TypeError(f"{type(value).__name__}, not a string")
+        return value
+
+    def whole(name: str, low: int = 1) -> int:
+        value = int(field(name))
+        if value < low:
+            raise ValueError(f"{value} < {low}")
+        return value
+
+    try:
+        graph = field("graph")
+        if graph not in ("selector", "full"):
+            raise ValueError(f"{graph!r} is neither 'selector' nor 'full'")
+        spec = get_spec(field("model"))
+        budget, t_max, batch, n_tokens = whole("budget"), whole("t_max"), whole("batch"), whole("n_tokens", 2)
+        key = "budget"
+        check_budget_range(budget, n_tokens, where=f" for n_tokens {n_tokens}")
+        key = "plugin"
+        plugin = meta.get("plugin", "0")
+        if plugin not in ("0", "1"):
+            raise ValueError(f"{plugin!r} is neither '0' nor '1'")
+        key = "precision"
+        precision = meta.get("precision", "fp32")
+        if precision not in PRECISION_NAMES:
+            raise ValueError(f"{precision!r} is not one of {', '.join(PRECISION_NAMES)}")
+        config = SelectorConfig.from_dict(json.loads(field("selector_config")))
+    except KeyError as exc:
+        raise UsageError(f"{source} lacks flashvlm metadata {exc}; {REEXPORT}") from None
+    except (ValueError, TypeError, UsageError) as exc:
+        reason = str(exc).splitlines()[0][:160] if str(exc) else type(exc).__name__
+        raise UsageError(f"{source} has malformed flashvlm metadata {key!r} ({reason}); {REEXPORT}") from None
+    return dict(
+        spec=spec,
+        budget=budget,
+        t_max=t_max,
+        batch=batch,
+        config=config,
+        selector_only=graph == "selector",
+        n_tokens=n_tokens,
+        plugin=plugin == "1",
+        precision=precision,
+    )
