@@ -87,8 +87,16 @@ def test_ort_session_caps_threads(passthrough):
 
 
 def test_ort_session_refuses_a_graph_it_cannot_run_in_one_line(tmp_path):
+    import onnx
+    from onnx import TensorProto, helper
+
+    # a well-formed graph (it passes artifact_paths' rule) whose only node is an op no ONNX Runtime knows
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1])
+    node = helper.make_node("NoSuchOp", ["x"], ["x2"], domain="org.flashvlm.missing")
+    graph = helper.make_graph([node], "g", [x], [helper.make_tensor_value_info("x2", TensorProto.FLOAT, [1])])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid("org.flashvlm.missing", 1)])
     bad = tmp_path / "bad.onnx"
-    bad.write_bytes(b"not a graph")
+    onnx.save(model, str(bad))
     with pytest.raises(MissingDependencyError, match=r"ONNX Runtime \(CPUExecutionProvider\) cannot run bad.onnx") as caught:
         ort_session(bad, CPU)
     assert len(str(caught.value).splitlines()) == 1

@@ -334,7 +334,7 @@ def test_polygraphy_replay_passes_the_registering_library(tmp_path, monkeypatch)
     """Polygraphy's --plugins only dlopens, so the replay must name the library that registers at load.
     Checks the command and environment we build; polygraphy and TensorRT themselves are not run."""
     from flashvlm_export.errors import MissingDependencyError
-    from flashvlm_export.trt import polygraphy_check
+    from flashvlm_export.parity import polygraphy_replay as polygraphy_check
 
     plugin = tmp_path / "libflashvlm_plugins.so"
     plugin.write_bytes(b"")

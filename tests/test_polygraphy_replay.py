@@ -15,9 +15,9 @@ from flashvlm_export.export.graphs import ExportRequest, export_graph
 from flashvlm_export.export.interface import FUSED_SCORES, INDICES
 from flashvlm_export.export.verification import add_verification_outputs
 from flashvlm_export.parity import polygraphy_compare
+from flashvlm_export.parity.polygraphy_replay import polygraphy_command
 from flashvlm_export.parity.run import run_parity
 from flashvlm_export.selector import SelectorConfig
-from flashvlm_export.trt.polygraphy_check import polygraphy_command
 
 from conftest import TINY
 

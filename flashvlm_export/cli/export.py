@@ -81,7 +81,7 @@ def parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str]) -> int:
-    from flashvlm_export.export.job import EngineOptions, plan_outputs, run_export
+    from flashvlm_export.export.job import plan_outputs, run_export
     from flashvlm_export.export.requests import check_export_options, export_requests
     from flashvlm_export.models.llava import WeightsSource
 
@@ -104,7 +104,10 @@ def main(argv: list[str]) -> int:
     engines = None
     if args.engine:
         cache = Path(args.timing_cache) if args.timing_cache else None
-        engines = EngineOptions(Path(args.engine_dir), cache, args.plugin_lib, args.workspace, "--engine-dir" in given_flags(argv))
+        from flashvlm_export.trt.engines import EngineJob, EngineOptions
+
+        options = EngineOptions(Path(args.engine_dir), cache, args.plugin_lib, args.workspace, "--engine-dir" in given_flags(argv))
+        engines = EngineJob(options)
     done = run_export(spec, outputs, source, args.opset, args.exporter, engines, args.force, log=log)
     weights_flag = "" if done.weights is None else f" {done.weights.flags()}"
     if done.manifest is not None:

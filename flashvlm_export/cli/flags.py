@@ -88,7 +88,7 @@ def add_selector_flags(p: argparse.ArgumentParser) -> list[str]:
     """One flag per SelectorConfig field; returns their names."""
     from flashvlm_export.selector.config import SelectorConfig, interval_text
 
-    g = p.add_argument_group("selector hyperparameters (shared/ALGORITHM.md; defaults are the authors')")
+    g = p.add_argument_group("selector hyperparameters (docs/ALGORITHM.md; defaults are the authors')")
     flags = []
     for field in dataclasses.fields(SelectorConfig):
         meta, flag = field.metadata, flag_of(field.name)

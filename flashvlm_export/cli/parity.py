@@ -23,7 +23,7 @@ def parser() -> argparse.ArgumentParser:
         prog=f"{PROG} parity",
         description=(
             "Parity of an exported graph (or engine) with the PyTorch reference, in the three layers of "
-            "shared/ALGORITHM.md: decisions exact, arithmetic within stated bounds, outcome overlap beside the "
+            "docs/ALGORITHM.md: decisions exact, arithmetic within stated bounds, outcome overlap beside the "
             "reference's own sensitivity. Exit 0 when layers 1 and 2 hold (and the --min-overlap gate, if given)."
         ),
     )

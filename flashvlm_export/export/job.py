@@ -6,6 +6,7 @@ from __future__ import annotations
 from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Protocol
 
 from flashvlm_export.errors import UsageError
 from flashvlm_export.export.graphs import ExportRequest
@@ -54,19 +55,14 @@ def plan_outputs(
     return Outputs(requests, [Path(out)])
 
 
-@dataclass(frozen=True)
-class EngineOptions:
-    """TensorRT engines built from the exported graphs."""
+class EngineBuilder(Protocol):
+    """What an export asks of TensorRT (trt/engines.py EngineJob), so that export/ never imports trt/."""
 
-    folder: Path
-    timing_cache: Path | None = None  # default: <folder>/timing.cache
-    plugin_lib: str | None = None  # libflashvlm_plugins.so for --plugin graphs; default: as build-plugin finds it
-    workspace_gib: float = 4.0
-    folder_given: bool = False  # the user named the folder (a split keeps its engines inside its own folder)
+    def prepare(self, outputs: Outputs) -> list[Path]:
+        """Fail fast (TensorRT, the GPU, the plugin) before any graph is exported; the engines' paths."""
 
-    @property
-    def cache(self) -> Path:
-        return self.timing_cache or self.folder / "timing.cache"
+    def build(self, requests, graphs: list[Path], engine_paths: list[Path], weights: str | None, log=print) -> dict[str, Path]:
+        """One engine per graph; {graph stem: engine path}."""
 
 
 @dataclass(frozen=True)
@@ -77,43 +73,13 @@ class Exported:
     weights: WeightsSource | None  # None for --selector-only graphs
 
 
-def _engine_paths(outputs: Outputs, engines: EngineOptions) -> list[Path]:
-    from flashvlm_export.artifacts.naming import artifact_stem
-
-    plan = outputs.plan
-    if plan is None:
-        return [engines.folder / f"{artifact_stem(r)}.plan" for r in outputs.requests]
-    if engines.folder_given:
-        raise UsageError(
-            f"--engine-dir {engines.folder} does not apply to a split: its engines go in {plan.engine_folder}, inside the "
-            "split folder, so that its manifest names only files in its own folder (docs/ARTIFACTS.md); drop --engine-dir"
-        )
-    return plan.engines()
-
-
-def build_engines(
-    requests, graphs: list[Path], engine_paths: list[Path], weights: str | None, plugin_lib, options: EngineOptions, log=print
-) -> dict[str, Path]:
-    """One engine per graph, each with its request's metadata; selector graphs hold no weights, encoders no plugin."""
-    from flashvlm_export.trt.build import build_engine
-
-    built = {}
-    for request, graph, engine in zip(requests, graphs, engine_paths, strict=True):
-        engine.parent.mkdir(parents=True, exist_ok=True)
-        library = None if request.kind == "encoder" else plugin_lib
-        own = request.metadata(None if request.kind == "selector" else weights)
-        build_engine(graph, engine, own, request.precision, library, options.cache, options.workspace_gib, log=log)
-        built[graph.stem] = engine
-    return built
-
-
 def run_export(
     spec: ModelSpec,
     outputs: Outputs,
     source: WeightsSource | None,
     opset: int,
     exporter: str,
-    engines: EngineOptions | None = None,
+    engines: EngineBuilder | None = None,
     force: bool = False,
     log=print,
 ) -> Exported:
@@ -127,18 +93,7 @@ def run_export(
         from flashvlm_export.models.llava import resolve_weights_dir
 
         resolve_weights_dir(spec, source.path)
-    engine_paths, plugin_lib = [], None
-    if engines is not None:  # fail fast, before the export, when TensorRT, the GPU or the plugin is missing
-        from flashvlm_export.device import gpu_info
-        from flashvlm_export.trt.env import import_tensorrt
-
-        engine_paths = _engine_paths(outputs, engines)
-        import_tensorrt()
-        gpu_info()
-        if outputs.requests[0].plugin:
-            from flashvlm_export.plugin.build import find_plugin_library
-
-            plugin_lib = find_plugin_library(engines.plugin_lib)
+    engine_paths = engines.prepare(outputs) if engines is not None else []
     with owned_folder(outputs.plan.folder) if outputs.plan else nullcontext():  # a split stopped part-way leaves no folder it made
         check_writable(outputs.files + engine_paths, force, log=log)
         parts = None
@@ -163,7 +118,7 @@ def run_export(
             for request, path in zip(requests, outputs.graphs, strict=True):
                 export_logged(request, path, parts, weights, opset, exporter, overwrite=force, log=log)
         if engine_paths:
-            built = build_engines(requests, outputs.graphs, engine_paths, weights, plugin_lib, engines, log=log)
+            built = engines.build(requests, outputs.graphs, engine_paths, weights, log=log)
             if plan:
                 from flashvlm_export.export.split import add_engines
 

@@ -36,7 +36,8 @@ def engine_graph(engine: Path, record: dict, graph: Path | None) -> Path:
     """The graph `engine` was built from: the user's --graph, or the one its sidecar names by the rule of
     artifact_paths (inside the engine's folder); either way with the sha256 the sidecar records."""
     from flashvlm_export.artifact_paths import named_file
-    from flashvlm_export.artifacts import sha256_of, sidecar_path
+    from flashvlm_export.artifacts.files import sha256_of
+    from flashvlm_export.artifacts.sidecar import sidecar_path
 
     if graph is None:
         fix = "pass the graph it was built from with --graph"

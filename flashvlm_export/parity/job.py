@@ -117,7 +117,7 @@ def check_graph(
         )
         elapsed = time.perf_counter() - start
     if engine is not None and polygraphy and settings.save_dir is not None:
-        from flashvlm_export.trt.polygraphy_check import replay_with_polygraphy
+        from flashvlm_export.parity.polygraphy_replay import replay_with_polygraphy
 
         # Polygraphy compares index sets exactly: layer 3's exact match, reported, never the verdict
         replay_with_polygraphy(engine, settings.save_dir, graph.stem, plugin_lib, log=log)

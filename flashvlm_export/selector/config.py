@@ -1,4 +1,4 @@
-"""Every hyperparameter of shared/ALGORITHM.md, with its default, in one frozen dataclass."""
+"""Every hyperparameter of docs/ALGORITHM.md, with its default, in one frozen dataclass."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""The reference selector: eager PyTorch, a dynamic loop, read side by side with shared/ALGORITHM.md.
+"""The reference selector: eager PyTorch, a dynamic loop, read side by side with docs/ALGORITHM.md.
 
 It is the gold standard of every parity check. One image at a time; `reference_select_batch`
 loops over a batch and drops masked text rows before scoring, so padding cannot matter.
