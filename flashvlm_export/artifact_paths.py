@@ -183,18 +183,13 @@ def check_external_data(graph: Path, proto) -> None:
             )
 
 
-def load_graph(path: Path, what: str = "graph", *, external_data: bool = False, named_by: tuple | None = None):
-    """The ModelProto of a graph after the rule: the file itself (regular, at most 2 GiB) and every location
-    its external data names; with external_data=True, the tensors' data loaded too. `named_by` =
-    (artifact, folder, name) when an artifact named the graph (else the user did: `own_file`)."""
+def load_graph(path: Path, what: str = "graph", *, external_data: bool = False):
+    """The ModelProto of a graph the user named, after the rule: the file itself (regular, at most 2 GiB) and
+    every location its external data names; with external_data=True, the tensors' data loaded too."""
     import onnx
     from onnx.external_data_helper import load_external_data_for_model
 
-    if named_by is not None:
-        artifact, folder, name = named_by
-        path = named_file(artifact, folder, name, what, "graph")
-    else:
-        path = own_file(path, what, "graph", "pass a graph flashvlm-export exported")
+    path = own_file(path, what, "graph", "export it with flashvlm-export or pass the right path")
     try:
         proto = onnx.load_from_string(read_bounded(path, BOUNDS["graph"]))
     except UsageError:

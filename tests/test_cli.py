@@ -181,13 +181,21 @@ def test_existing_graph_is_not_overwritten_without_force(tmp_path, capsys):
     assert target.read_bytes() == b"user data"
 
 
-def test_nan_input_to_parity_is_rejected(tmp_path, capsys):
+@pytest.fixture(scope="module")
+def tiny_selector(tmp_path_factory) -> Path:
+    """One tiny selector graph for the input-validation tests (what they check does not depend on the exporter, so
+    the faster torchscript one)."""
+    graph = tmp_path_factory.mktemp("selector") / "s.onnx"
+    assert main(["--model", "llava15-tiny", "--selector-only", "--budget", "16", "--exporter", "torchscript", "--out", str(graph)]) == 0
+    return graph
+
+
+def test_nan_input_to_parity_is_rejected(tiny_selector, tmp_path, capsys):
     from polygraphy.json import save_json
 
     from flashvlm_export.parity.corpus import Geometry, selector_corpus
 
-    graph = tmp_path / "s.onnx"
-    assert main(["--model", "llava15-tiny", "--selector-only", "--budget", "16", "--out", str(graph)]) == 0
+    graph = tiny_selector
     case = selector_corpus(Geometry(576, 32, 64, 32, 1), repeats=1)[0]
     case.feeds["cls_attention"][0, 5] = np.nan
     save_json([case.feeds], str(tmp_path / "nan.json"))
@@ -200,11 +208,10 @@ def test_nan_input_to_parity_is_rejected(tmp_path, capsys):
     )
 
 
-def test_wrong_shaped_parity_input_names_the_expected_shape(tmp_path, capsys):
+def test_wrong_shaped_parity_input_names_the_expected_shape(tiny_selector, tmp_path, capsys):
     from polygraphy.json import save_json
 
-    graph = tmp_path / "s.onnx"
-    assert main(["--model", "llava15-tiny", "--selector-only", "--budget", "16", "--out", str(graph)]) == 0
+    graph = tiny_selector
     save_json([{"vision_features": np.zeros((1, 500, 32), np.float32)}], str(tmp_path / "bad.json"))
     capsys.readouterr()
     expect_usage_error(capsys, ["parity", "--graph", str(graph), "--load-inputs", str(tmp_path / "bad.json"), "--no-save"])

@@ -154,7 +154,7 @@ def test_chain_serves_each_budget_and_refuses_one_it_lacks(split, capsys, tmp_pa
         assert out[INDICES].shape == (1, k) and np.all(np.diff(out[INDICES][0]) > 0)
         projected = chain.features_on_host()["projected_features"]
         assert np.array_equal(out[VISUAL_EMBEDS][0], projected[0][out[INDICES][0]])  # a gather copies: exact everywhere
-    with pytest.raises(Exception, match=r"--budget 48 is not in .*: it has K = 64, 16"):
+    with pytest.raises(Exception, match=r"budget=48 is not in .*: it has K = 64, 16"):  # the Python API names its keyword
         chain.infer(feeds, 48)
     from flashvlm_export.runtime.chain import SplitChain
 

@@ -12,9 +12,9 @@ import onnx
 import pytest
 from onnx import TensorProto, helper
 
+from flashvlm_export.artifact_paths import load_graph
 from flashvlm_export.cli import main
 from flashvlm_export.errors import FlashVLMError
-from flashvlm_export.export.metadata import load_graph
 from flashvlm_export.trt import build, precision
 from flashvlm_export.trt.precision import compute_type, precision_plan, tensor_types
 

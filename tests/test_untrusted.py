@@ -236,6 +236,24 @@ def test_an_engine_sidecar_naming_its_graph_outside_asks_for_graph(tmp_path):
         engine_graph(engine, {"onnx": str(tmp_path / "graphs" / "x.onnx")}, None)
 
 
+def test_a_split_engine_finds_its_graph_in_the_split_folder_and_nowhere_else(tmp_path):
+    """A split's engines (DIR/engines/) name their graphs in DIR (`../selector_b64.onnx`): that folder, the one
+    holding manifest.json, is the artifact. Without the manifest, the same name leads out and is refused."""
+    from flashvlm_export.parity.engine import engine_graph
+
+    split = tmp_path / "llava15_split"
+    engine = split / "engines" / "selector_b64.plan"
+    engine.parent.mkdir(parents=True)
+    engine.write_bytes(b"plan")
+    (split / "selector_b64.onnx").write_bytes(b"graph")
+    with pytest.raises(UsageError, match=r"climbs out of .*--graph .*selector_b64.onnx"):  # no manifest: not a split
+        engine_graph(engine, {"onnx": "../selector_b64.onnx"}, None)
+    (split / "manifest.json").write_text("{}")
+    assert engine_graph(engine, {"onnx": "../selector_b64.onnx"}, None) == (split / "selector_b64.onnx").resolve()
+    with pytest.raises(UsageError, match="climbs out of"):  # still nothing above the split folder
+        engine_graph(engine, {"onnx": "../../elsewhere.onnx"}, None)
+
+
 # ---------------------------------------------------------------- ONNX external data
 
 
@@ -335,3 +353,40 @@ def test_an_interrupted_split_leaves_no_folder_and_announces_nothing_unsaved(tmp
     assert not out.exists(), sorted(out.rglob("*"))
     saved = [line for line in (stdout + stderr).splitlines() if "saved as" in line]
     assert saved == [], saved
+
+
+# ---------------------------------------------------------------- a manifest of the wrong shape
+
+
+def _edit(key_path, value):
+    def apply(record):
+        target = record
+        for key in key_path[:-1]:
+            target = target[key]
+        target[key_path[-1]] = value
+
+    return apply
+
+
+MALFORMED = {
+    "bytes not a number": (_edit(("encoder", "onnx", "bytes"), "1e9"), "bytes must be a whole number"),
+    "path not a string": (_edit(("encoder", "onnx", "path"), ["encoder.onnx"]), "needs a path and a sha256"),
+    "sha256 not a string": (_edit(("encoder", "onnx", "sha256"), 0), "needs a path and a sha256"),
+    "engine not a record": (_edit(("encoder", "engine"), "encoder.plan"), "engine entry must be a record"),
+    "budgets empty": (_edit(("budgets",), []), "budgets must be a non-empty list"),
+    "budgets not whole numbers": (_edit(("budgets",), [True]), "budgets must be a non-empty list"),
+    "selectors not the budgets": (_edit(("budgets",), [64, 16]), "budgets say [64, 16]"),
+    "a huge value is cut short": (_edit(("batch",), 10**400), "..."),
+}
+
+
+@pytest.mark.parametrize("case", list(MALFORMED), ids=lambda c: c.replace(" ", "-"))
+def test_a_manifest_of_the_wrong_shape_is_one_line(split, tmp_path, capsys, case):
+    """Each shape check of read_manifest, planted: one line, exit 2, no traceback, and (for a huge value) a short line."""
+    manifest = copy_split(split, tmp_path)
+    edit, fragment = MALFORMED[case]
+    record = json.loads(manifest.read_text())
+    edit(record)
+    manifest.write_text(json.dumps(record))
+    err = refused(capsys, parity(manifest), fragment)
+    assert len(err) < 600, err

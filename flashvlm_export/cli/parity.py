@@ -31,7 +31,7 @@ def parser() -> argparse.ArgumentParser:
         "--graph", metavar="PATH", help="graph to check; default: export a selector graph for --model/--budget to a temp dir"
     )
     p.add_argument(
-        "--engine", metavar="PLAN", help="also check this TensorRT engine (its sidecar names the graph); needs TensorRT and a GPU"
+        "--engine", metavar="PLAN", help="also check this TensorRT engine against the graph it was built from (--graph; a split's engine finds it in the split folder); needs TensorRT and a GPU"
     )
     p.add_argument(
         "--manifest",

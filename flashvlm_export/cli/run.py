@@ -23,7 +23,7 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument(
         "--engine",
         metavar="PLAN",
-        help="run this TensorRT engine instead (its sidecar names the graph); needs TensorRT and a GPU",
+        help="run this TensorRT engine instead (its sidecar records the graph's metadata); needs TensorRT and a GPU",
     )
     s.add_argument(
         "--manifest",

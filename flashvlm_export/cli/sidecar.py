@@ -29,5 +29,5 @@ def main(argv: list[str]) -> int:
 
     args = parser().parse_args(argv)
     record_trtexec_engine(Path(args.engine), Path(args.onnx), args.plugin_lib, args.force, log=log)
-    log(f"Done. Check it: {PROG} parity --engine {args.engine}")
+    log(f"Done. Check it: {PROG} parity --engine {args.engine} --graph {args.onnx}")
     return 0

@@ -23,7 +23,7 @@ from pathlib import Path
 
 from flashvlm_export.artifact_paths import BOUNDS, named_file, own_file, read_bounded
 from flashvlm_export.artifacts.files import sha256_of
-from flashvlm_export.errors import UsageError
+from flashvlm_export.errors import UsageError, arg
 from flashvlm_export.export.metadata import graph_metadata, typed_values
 
 MANIFEST_NAME = "manifest.json"
@@ -80,7 +80,7 @@ class Manifest:
 
     def _file(self, entry: dict, what: str, kind: str = "graph") -> Path:
         """A file the manifest names, by the rule of artifact_paths: inside its folder, regular, its recorded size."""
-        where = "copy the engines folder too, or run in ONNX Runtime" if kind == "engine" else "copy the whole split folder"
+        where = "copy the whole split folder (its engines/ too), or run in ONNX Runtime" if kind == "engine" else "copy the whole split folder"
         return named_file(self.path, self.folder, entry["path"], what, kind, expect_bytes=entry.get("bytes"), fix=where)
 
     @property
@@ -106,7 +106,7 @@ class Manifest:
             if entry["budget"] == budget:
                 return entry
         have = ", ".join(str(k) for k in self.budgets)
-        raise UsageError(f"--budget {budget} is not in {self.path}: it has K = {have}; ask for one of those or re-export")
+        raise UsageError(f"{arg('budget', budget)} is not in {self.path}: it has K = {have}; ask for one of those or re-export")
 
     def request(self, budget: int):
         """The budget's ExportRequest as a full pipeline (the chain end to end), from its selector graph's metadata."""
@@ -240,7 +240,11 @@ def _check_graph_metadata(manifest: Manifest) -> None:
 
 
 def _compare(manifest: Manifest, graph: Path, meta: dict[str, str], want: dict[str, str]) -> None:
-    differ = [f"{key} {meta.get(key)!r} (manifest: {value!r})" for key, value in want.items() if meta.get(key) != value]
+    def shown(value) -> str:  # a hand-edited value may be huge: one line stays short
+        text = repr(value)
+        return text if len(text) <= 80 else text[:77] + "..."
+
+    differ = [f"{key} {shown(meta.get(key))} (manifest: {shown(value)})" for key, value in want.items() if meta.get(key) != value]
     if differ:
         raise _fail(manifest.path, f"does not match {graph.name}: the graph says {'; '.join(differ)}")
 

@@ -19,7 +19,8 @@ import re
 from pathlib import Path
 
 from flashvlm_export import __version__
-from flashvlm_export.errors import UsageError
+from flashvlm_export.artifact_paths import load_graph
+from flashvlm_export.errors import UsageError, arg
 from flashvlm_export.export.options import PRECISION_NAMES
 from flashvlm_export.models.spec import get_spec
 from flashvlm_export.selector.config import SelectorConfig
@@ -94,16 +95,6 @@ def stamped(metadata: dict[str, str], opset: int) -> dict[str, str]:
 # ---------------------------------------------------------------- reading
 
 
-def load_graph(path: Path):
-    """The ONNX model without its external weights (types and metadata only), after artifact_paths' rule; a
-    one-line error for a bad path."""
-    from flashvlm_export.artifact_paths import load_graph as load_checked
-
-    if not Path(path).is_file():
-        raise UsageError(f"graph {path} does not exist; export it with flashvlm-export or pass the right path")
-    return load_checked(Path(path))
-
-
 def metadata_of(model) -> dict[str, str]:
     """The metadata_props of a loaded ModelProto."""
     return {prop.key: prop.value for prop in model.metadata_props}
@@ -141,7 +132,7 @@ def request_fields(meta: dict[str, str], source: str) -> dict:
     """The fields of the ExportRequest a full or selector graph was exported from, checked key by key; malformed
     metadata is a one-line error, and so is a split's encoder graph (its manifest describes it)."""
     if meta.get("graph") == "encoder":
-        raise UsageError(f"{source} is the encoder graph of a split export; pass its manifest instead (--manifest DIR/manifest.json)")
+        raise UsageError(f"{source} is the encoder graph of a split export; pass its manifest instead ({arg('manifest', 'DIR/manifest.json')})")
     key = "?"
 
     def field(name: str) -> str:

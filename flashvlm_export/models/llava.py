@@ -165,11 +165,13 @@ def random_parts(spec: ModelSpec, seed: int = 0, with_embeddings: bool = False) 
 
 def resolve_weights_dir(spec: ModelSpec, model_path: str | None) -> Path:
     """--model-path, else the local HF cache; never a download."""
-    fix = "pass --model-path DIR (a local checkpoint) or --random-weights (the architecture, seeded random weights)"
+    fix = (
+        f"pass {arg('model_path', 'DIR')} (a local checkpoint) or {switch('random_weights')} (the architecture, seeded random weights)"
+    )
     if model_path is not None:
         path = Path(model_path).expanduser()
         if not (path / "config.json").is_file() or not list(path.glob("*.safetensors")):
-            raise UsageError(f"--model-path {model_path} holds no config.json and *.safetensors; {fix}")
+            raise UsageError(f"{arg('model_path', model_path)} holds no config.json and *.safetensors; {fix}")
         return path
     if not spec.hf_repo:
         raise UsageError(f"--model {spec.name} has no published weights; use --random-weights")

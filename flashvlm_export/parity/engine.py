@@ -34,14 +34,29 @@ class EngineBackend:
 
 def engine_graph(engine: Path, record: dict, graph: Path | None) -> Path:
     """The graph `engine` was built from: the user's --graph, or the one its sidecar names by the rule of
-    artifact_paths (inside the engine's folder); either way with the sha256 the sidecar records."""
+    artifact_paths; either way with the sha256 the sidecar records.
+
+    The sidecar names the graph relative to the engine's folder. A split's engines live in its `engines/`
+    subfolder and name their graphs in the split folder (`../selector_b64.onnx`): that folder, the one
+    holding the manifest, is the artifact, so the name is resolved there. Any other name leading out of
+    the engine's folder (`../graphs/x.onnx` beside a default `engines/`) is not followed: pass --graph.
+    """
+    import os
+
     from flashvlm_export.artifact_paths import named_file
     from flashvlm_export.artifacts.files import sha256_of
     from flashvlm_export.artifacts.sidecar import sidecar_path
+    from flashvlm_export.export.manifest import MANIFEST_NAME
+    from flashvlm_export.export.split import ENGINES_FOLDER
 
     if graph is None:
-        fix = "pass the graph it was built from with --graph"
-        graph = named_file(sidecar_path(engine), engine.parent, record["onnx"], "graph", "graph", fix=fix)
+        folder, name = engine.parent, str(record["onnx"])
+        split = engine.parent.parent
+        if engine.parent.name == ENGINES_FOLDER and (split / MANIFEST_NAME).is_file():
+            folder, name = split, os.path.normpath(os.path.join(ENGINES_FOLDER, name))
+        shown = os.path.normpath(os.path.join(engine.parent, str(record["onnx"])))
+        fix = f"pass the graph it was built from with --graph (e.g. --graph {shown}; its sha256 is checked)"
+        graph = named_file(sidecar_path(engine), folder, name, "graph", "graph", fix=fix)
     expected = record.get("onnx_sha256")
     if expected is not None and sha256_of(graph) != expected:
         raise UsageError(f"{graph} is not the graph {engine} was built from (sha256 differs); pass that graph with --graph")

@@ -119,7 +119,7 @@ def check_graph(
     if engine is not None and polygraphy and settings.save_dir is not None:
         from flashvlm_export.parity.polygraphy_replay import replay_with_polygraphy
 
-        # Polygraphy compares index sets exactly: layer 3's exact match, reported, never the verdict
+        # judged by parity/polygraphy_compare.py (--compare-func-script): reported beside parity's own verdict
         replay_with_polygraphy(engine, settings.save_dir, graph.stem, plugin_lib, log=log)
     failed = [r.backend for r in reports if not r]
     return _verdict(failed, elapsed, f"layers 1 and 2 hold for every backend{settings.gate}", log)

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
+from flashvlm_export.artifact_paths import load_graph
 from flashvlm_export.artifacts.files import human_size
 from flashvlm_export.backend import Backend
 from flashvlm_export.errors import MissingDependencyError, UsageError
@@ -22,7 +23,7 @@ from flashvlm_export.export.interface import (
     TEXT_MASK,
     VISUAL_EMBEDS,
 )
-from flashvlm_export.export.metadata import graph_metadata, load_graph
+from flashvlm_export.export.metadata import graph_metadata
 from flashvlm_export.parity.backends import OnnxRuntime, PipelineReference, SelectorReference, TorchModule
 from flashvlm_export.parity.compare import ARITHMETIC_BOUNDS, BackendReport, layer_summary, sensitivity_overlaps
 from flashvlm_export.parity.corpus import Case, Geometry, pipeline_corpus, selector_corpus

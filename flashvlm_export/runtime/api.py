@@ -52,10 +52,10 @@ def _manifest_info(manifest: str, budget: int | None, tensorrt: bool) -> tuple[G
 
 def _metadata(graph: str | None, engine: str | None) -> tuple[dict[str, str], str]:
     if engine is not None:
+        from flashvlm_export.artifact_paths import own_file
         from flashvlm_export.artifacts.sidecar import read_sidecar
 
-        if not Path(engine).is_file():
-            raise UsageError(f"{arg('engine', engine)} does not exist; build it with flashvlm-export ... --engine")
+        own_file(Path(engine), "engine", "engine", "build it with flashvlm-export ... --engine")  # regular, plausible size
         return read_sidecar(Path(engine))["onnx_metadata"], engine
     if graph is None:
         raise UsageError(f"run needs {arg('graph')} (a full graph from flashvlm-export) or {arg('engine')} (a TensorRT plan)")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from flashvlm_export.errors import UsageError
+from flashvlm_export.errors import UsageError, arg
 from flashvlm_export.export.graphs import ExportRequest, request_from_metadata
 from flashvlm_export.models.llava import WeightsSource, recorded_weights
 
@@ -24,6 +24,6 @@ def graph_info(meta: dict[str, str], source: str) -> GraphInfo:
     request = request_from_metadata(meta, source)
     if request.selector_only:
         raise UsageError(
-            f"{source} is a selector-only graph; run needs the full graph (pixels in): export it without --selector-only"
+            f"{source} is a selector-only graph; run needs the full graph (pixels in): export it without {arg('selector_only')}"
         )
     return GraphInfo(request, recorded_weights(meta.get("weights"), source), source)

@@ -56,7 +56,7 @@ class SelectorConfig:
     attenuation: float = _setting(0.1, "factor on q below the gate", (0.0, 1.0, False, False))  # step 7
     important_ratio: float = _setting(0.5, "K_imp = floor(ratio * K)", (0.0, 1.0, False, False))  # step 9
     step: int = _setting(8, "tokens pruned per round at most, >= 1")  # s, step 11
-    max_rounds: int | None = _setting(None, "cap on pruning rounds (none: no cap); raises the step to fit")  # step 11
+    max_rounds: int | None = _setting(None, "cap on pruning rounds, >= 1; raises the step to fit (leave unset for no cap)")  # step 11
     gate: str = _setting("llava", "query gating", choices=GATES)  # "llava" (authors' code) or "norm" (Qwen port), step 3
 
     def __post_init__(self) -> None:

@@ -15,12 +15,12 @@ import time
 from collections import Counter
 from pathlib import Path
 
+from flashvlm_export.artifact_paths import load_graph
 from flashvlm_export.artifacts.files import human_size
 from flashvlm_export.artifacts.placement import atomic_outputs, write_json_atomic
 from flashvlm_export.artifacts.sidecar import sidecar_path
 from flashvlm_export.device import gpu_info
 from flashvlm_export.errors import FlashVLMError, MissingDependencyError
-from flashvlm_export.export.metadata import load_graph
 from flashvlm_export.trt.env import import_tensorrt, load_plugin_library, tensorrt_major
 from flashvlm_export.trt.precision import compute_type, precision_plan
 from flashvlm_export.trt.sidecar import engine_record

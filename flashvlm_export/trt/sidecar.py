@@ -69,8 +69,9 @@ def io_mismatch(engine_io: set[str], graph_io: set[str]) -> str | None:
 
 def check_sidecar_request(engine: Path, onnx_path: Path, force: bool) -> tuple[object, dict[str, str]]:
     """Everything `flashvlm-export sidecar` can check without TensorRT; returns the graph and its metadata."""
+    from flashvlm_export.artifact_paths import load_graph
     from flashvlm_export.artifacts.sidecar import sidecar_path
-    from flashvlm_export.export.metadata import load_graph, metadata_of
+    from flashvlm_export.export.metadata import metadata_of
     from flashvlm_export.trt.precision import precision_plan
 
     if not engine.is_file():
