@@ -498,3 +498,23 @@ def test_python_api_errors_name_keyword_arguments_and_the_cli_names_flags(tiny_g
     assert (arg("model_path", "/x"), switch("random_weights"), arg("heatmap")) == ("model_path='/x'", "random_weights=True", "heatmap=")
     with cli_spelling():
         assert (arg("model_path", "/x"), switch("random_weights"), arg("heatmap")) == ("--model-path /x", "--random-weights", "--heatmap")
+
+
+def test_a_refused_run_writes_no_demo_picture(tmp_path, capsys):
+    """--demo-image is written only after every check has passed: a bad graph leaves the user's folder as it was."""
+    picture = tmp_path / "demo.png"
+    code, _, err = _run_cli(capsys, "--graph", tmp_path, "--demo-image", picture, "--question", QUESTION)
+    assert code == 2 and "not a regular file" in err and not picture.exists()
+
+
+@pytest.mark.parametrize("images", [(), ("--image", "a.png", "--demo-image", "b.png")], ids=["neither", "both"])
+def test_one_image_source_is_required(tmp_path, capsys, images):
+    code, _, err = _run_cli(capsys, "--graph", tmp_path / "g.onnx", *images, "--question", QUESTION)
+    assert code == 2 and "pass one of --image FILE or --demo-image FILE" in err
+
+
+def test_the_python_api_names_its_keywords_for_the_image_source(tmp_path):
+    from flashvlm_export.runtime import run
+
+    with pytest.raises(UsageError, match="pass one of image='FILE' or demo_image='FILE'"):
+        run(str(tmp_path / "g.onnx"), None, QUESTION)

@@ -6,7 +6,6 @@ import argparse
 
 from flashvlm_export.cli.commands import PROG
 from flashvlm_export.cli.flags import Parser, log
-from flashvlm_export.errors import UsageError
 from flashvlm_export.export.options import LLM_DTYPE_NAMES
 
 
@@ -63,16 +62,14 @@ def parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str]) -> int:
-    from flashvlm_export.runtime.api import run, write_demo_image
+    from flashvlm_export.runtime.api import run
 
     args = parser().parse_args(argv)
-    if (args.image is None) == (args.demo_image is None):
-        raise UsageError("pass one of --image FILE or --demo-image FILE")
-    image = args.image or write_demo_image(args.demo_image, args.force, log=log)
     run(
         args.graph,
-        image,
+        args.image,
         args.question,
+        demo_image=args.demo_image,
         model_path=args.model_path,
         random_weights=args.random_weights,
         seed=args.seed,

@@ -117,9 +117,10 @@ def _backend(info: GraphInfo, graph: str | None, engine: str | None, plugin_lib:
 
 def run(
     graph: str | None,
-    image: str,
+    image: str | None,
     question: str,
     *,
+    demo_image: str | None = None,
     model_path: str | None = None,
     random_weights: bool = False,
     seed: int | None = None,
@@ -142,6 +143,8 @@ def run(
     from flashvlm_export.runtime.session import select
     from flashvlm_export.runtime.tokenizer import load_tokenizer
 
+    if (image is None) == (demo_image is None):
+        raise UsageError(f"pass one of {arg('image', 'FILE')} or {arg('demo_image', 'FILE')}")
     if max_new_tokens < 1:
         raise UsageError(f"{arg('max_new_tokens', max_new_tokens)} must be >= 1")
     check_llm_dtype(llm_dtype)
@@ -166,6 +169,8 @@ def run(
     heatmap_path = Path(heatmap) if heatmap else None
     if heatmap_path is not None:
         _check_output(heatmap_path, force)
+    if demo_image is not None and Path(demo_image).exists() and not force:
+        raise UsageError(f"{demo_image} already exists; pass {switch('force')} to overwrite it, or use it as {arg('image', demo_image)}")
     checkpoint = None if info.weights.random else Path(info.weights.path)
     if answer:  # before anything is loaded: an LLM that cannot fit is refused in one line
         from flashvlm_export.runtime import answer as llm_answer
@@ -177,6 +182,8 @@ def run(
         dtype = llm_answer.llm_dtype(llm_dtype, device)
         params = llm_answer.llm_parameters(spec, None if checkpoint is None else str(checkpoint))
         llm_answer.check_llm_fits(params, dtype, device, info.weights.random)
+    if demo_image is not None:  # written only once every check above has passed
+        image = write_demo_image(demo_image, force, log=log)
     prepared = prepare_image(image, spec, checkpoint)
     parts = _load_parts(info, log)
     if answer:  # before the selection: a model that cannot answer fails fast
