@@ -283,5 +283,5 @@ def test_engines_are_checked_only_when_the_chain_runs_them(split, tmp_path):
         entry["engine"] = {"path": f"engines/{entry['onnx']['path']}.plan", "sha256": "0" * 64, "bytes": 1}
     copied.write_text(json.dumps(record))
     assert read_manifest(copied).budgets == BUDGETS
-    with pytest.raises(UsageError, match="encoder engine, which does not exist; copy the engines folder too"):
+    with pytest.raises(UsageError, match=r"encoder engine, which does not exist; copy the whole split folder \(its engines/ too\)"):
         read_manifest(copied, engines=True)
