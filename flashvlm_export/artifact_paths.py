@@ -144,7 +144,7 @@ def _tensor_bytes(tensor) -> int | None:
     return itemsize * math.prod(tensor.dims)
 
 
-def check_external_data(graph: Path, proto) -> None:
+def check_external_data(graph: Path, proto) -> list[Path]:
     """Every tensor's external data: named by the rule (inside the graph's folder) and within its file's size.
 
     onnx 1.23's own loader refuses absolute and `..` locations and checks offset+length against the
@@ -181,6 +181,7 @@ def check_external_data(graph: Path, proto) -> None:
                 f"{graph}: its external data {location!r} is {_size(size)}, more than its tensors can plausibly need "
                 f"({end} bytes and alignment); re-export the graph with flashvlm-export"
             )
+    return list(ends)
 
 
 def load_graph(path: Path, what: str = "graph", *, external_data: bool = False):
@@ -196,13 +197,29 @@ def load_graph(path: Path, what: str = "graph", *, external_data: bool = False):
         raise
     except Exception as exc:
         raise UsageError(f"{path} is not an ONNX graph ({type(exc).__name__}); pass a graph flashvlm-export exported") from None
-    check_external_data(path, proto)
+    data = check_external_data(path, proto)
+    _CHECKED_GRAPHS[_identity(path)] = [(d, _identity(d)) for d in data]
     if external_data:
         load_external_data_for_model(proto, str(path.parent))
     return proto
 
 
+# Graphs load_graph has passed in this process, by file identity, with the identities of the external-data
+# files it checked: check_graph need not parse a 1.25 GB graph again just before ONNX Runtime opens it (run
+# and parity read its metadata through load_graph first). A graph or data file changed since is checked anew.
+_CHECKED_GRAPHS: dict[tuple, list[tuple[Path, tuple]]] = {}
+
+
+def _identity(path: Path) -> tuple:
+    st = os.stat(path)
+    return os.path.realpath(path), st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns
+
+
 def check_graph(path: Path, what: str = "graph") -> Path:
-    """The rule for a graph a runtime (ONNX Runtime, TensorRT's parser) is about to open by path."""
-    load_graph(path, what)
+    """The rule for a graph a runtime (ONNX Runtime, TensorRT's parser) is about to open by path: the file is
+    checked every time; it is parsed for its external data unless load_graph already passed this very file."""
+    own_file(path, what, "graph", "export it with flashvlm-export or pass the right path")
+    data = _CHECKED_GRAPHS.get(_identity(path))
+    if data is None or any(not d.exists() or _identity(d) != known for d, known in data):
+        load_graph(path, what)
     return Path(path)

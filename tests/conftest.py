@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -64,3 +66,18 @@ def tiny_parts():
 @pytest.fixture(scope="session")
 def rng():
     return np.random.default_rng(0)
+
+
+def copy_split(manifest: Path, folder: Path) -> Path:
+    """A copy of a split export's folder inside `folder`, to edit as a user (or an attacker) would; its manifest."""
+    target = folder / manifest.parent.name
+    shutil.copytree(manifest.parent, target)
+    return target / manifest.name
+
+
+def list_engines(manifest: Path, folder: str) -> None:
+    """Edit the manifest to list an engine per graph in `folder` (relative to the split), none of them built."""
+    record = json.loads(manifest.read_text())
+    for entry in [record["encoder"], *record["selectors"]]:
+        entry["engine"] = {"path": f"{folder}/{entry['onnx']['path']}.plan", "sha256": "0" * 64, "bytes": 1}
+    manifest.write_text(json.dumps(record))

@@ -5,7 +5,6 @@ edits it. Every checker here has a planted wrong input that it must catch.
 """
 
 import json
-import shutil
 from pathlib import Path
 
 import numpy as np
@@ -20,6 +19,8 @@ from flashvlm_export.models.llava import random_parts
 from flashvlm_export.models.spec import get_spec
 from flashvlm_export.parity.split import run_split_parity
 from flashvlm_export.runtime.chain import OrtChain
+
+from conftest import copy_split, list_engines
 
 BUDGETS = (64, 16)
 
@@ -36,12 +37,6 @@ def split(tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def parts():
     return random_parts(get_spec("llava15-tiny"), 0)
-
-
-def copy_split(manifest: Path, tmp_path: Path) -> Path:
-    target = tmp_path / manifest.parent.name
-    shutil.copytree(manifest.parent, target)
-    return target / manifest.name
 
 
 def expect_one_line(capsys, argv, *fragments) -> str:
@@ -278,10 +273,7 @@ def test_engines_are_checked_only_when_the_chain_runs_them(split, tmp_path):
     from flashvlm_export.errors import UsageError
 
     copied = copy_split(split, tmp_path)
-    record = json.loads(copied.read_text())
-    for entry in [record["encoder"], *record["selectors"]]:
-        entry["engine"] = {"path": f"engines/{entry['onnx']['path']}.plan", "sha256": "0" * 64, "bytes": 1}
-    copied.write_text(json.dumps(record))
+    list_engines(copied, "engines")
     assert read_manifest(copied).budgets == BUDGETS
     with pytest.raises(UsageError, match=r"encoder engine, which does not exist; copy the whole split folder \(its engines/ too\)"):
         read_manifest(copied, engines=True)

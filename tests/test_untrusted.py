@@ -26,6 +26,7 @@ from flashvlm_export.cli import main
 from flashvlm_export.errors import UsageError
 from flashvlm_export.export.manifest import read_manifest
 
+from conftest import copy_split, list_engines
 from faults import run_cli, staging_folders, start_cli
 
 QUICK_S = 5.0  # a refusal reads a few stat results and one small JSON: well under this
@@ -38,12 +39,6 @@ def split(tmp_path_factory) -> Path:
     argv = ["--model", "llava15-tiny", "--budget", "64", "--split", "--random-weights", "--out-dir", str(out)]
     assert main(argv) == 0
     return out / "llava15-tiny_split" / "manifest.json"
-
-
-def copy_split(manifest: Path, tmp_path: Path) -> Path:
-    target = tmp_path / "shared" / manifest.parent.name
-    shutil.copytree(manifest.parent, target)
-    return target / manifest.name
 
 
 def outside_file(tmp_path: Path, source: Path) -> Path:
@@ -94,7 +89,7 @@ def run_manifest(manifest: Path, tmp_path: Path) -> list[str]:
 
 @pytest.mark.parametrize("tool", ["parity", "run"])
 def test_a_manifest_naming_a_file_by_dotdot_is_refused_and_the_file_is_untouched(split, tmp_path, capsys, tool):
-    manifest = copy_split(split, tmp_path)
+    manifest = copy_split(split, tmp_path / "shared")
     private = outside_file(tmp_path, manifest.parent / "encoder.onnx")  # same bytes: its sha256 matches the manifest
     before = fingerprint(private)
     name_encoder(manifest, "../../home/private.onnx")
@@ -104,7 +99,7 @@ def test_a_manifest_naming_a_file_by_dotdot_is_refused_and_the_file_is_untouched
 
 
 def test_a_manifest_naming_an_absolute_path_is_refused(split, tmp_path, capsys):
-    manifest = copy_split(split, tmp_path)
+    manifest = copy_split(split, tmp_path / "shared")
     private = outside_file(tmp_path, manifest.parent / "encoder.onnx")
     before = fingerprint(private)
     name_encoder(manifest, str(private))
@@ -114,7 +109,7 @@ def test_a_manifest_naming_an_absolute_path_is_refused(split, tmp_path, capsys):
 
 def test_a_symbolic_link_leading_out_is_refused_without_opening_its_target(split, tmp_path, capsys):
     """The link leads to a FIFO outside: a tool that opened it would block; the refusal is quick."""
-    manifest = copy_split(split, tmp_path)
+    manifest = copy_split(split, tmp_path / "shared")
     fifo = tmp_path / "home" / "pipe"
     fifo.parent.mkdir()
     os.mkfifo(fifo)
@@ -124,7 +119,7 @@ def test_a_symbolic_link_leading_out_is_refused_without_opening_its_target(split
 
 
 def test_a_symbolic_link_inside_leading_inside_is_allowed(split, tmp_path):
-    manifest = copy_split(split, tmp_path)
+    manifest = copy_split(split, tmp_path / "shared")
     (manifest.parent / "alias.onnx").symlink_to("encoder.onnx")
     name_encoder(manifest, "alias.onnx")
     assert read_manifest(manifest).encoder_graph == (manifest.parent / "encoder.onnx").resolve()
@@ -132,7 +127,7 @@ def test_a_symbolic_link_inside_leading_inside_is_allowed(split, tmp_path):
 
 @pytest.mark.parametrize("kind", ["folder", "fifo", "missing"])
 def test_a_named_file_that_is_not_a_regular_file_is_refused(split, tmp_path, capsys, kind):
-    manifest = copy_split(split, tmp_path)
+    manifest = copy_split(split, tmp_path / "shared")
     planted = manifest.parent / "planted.onnx"
     if kind == "folder":
         planted.mkdir()
@@ -145,7 +140,7 @@ def test_a_named_file_that_is_not_a_regular_file_is_refused(split, tmp_path, cap
 
 def test_a_fifo_is_refused_through_the_cli_process_without_hanging(split, tmp_path):
     """The same FIFO through a real CLI process with a hard timeout: no open(2) of the FIFO ever happens."""
-    manifest = copy_split(split, tmp_path)
+    manifest = copy_split(split, tmp_path / "shared")
     os.mkfifo(manifest.parent / "planted.onnx")
     name_encoder(manifest, "planted.onnx")
     result = run_cli(*parity(manifest), cwd=tmp_path, timeout=120)
@@ -153,7 +148,7 @@ def test_a_fifo_is_refused_through_the_cli_process_without_hanging(split, tmp_pa
 
 
 def test_a_file_of_another_size_than_the_manifest_records_is_refused_before_hashing(split, tmp_path, capsys):
-    manifest = copy_split(split, tmp_path)
+    manifest = copy_split(split, tmp_path / "shared")
     graph = manifest.parent / "encoder.onnx"
     size = graph.stat().st_size
     with open(graph, "ab") as f:
@@ -162,7 +157,7 @@ def test_a_file_of_another_size_than_the_manifest_records_is_refused_before_hash
 
 
 def test_a_graph_larger_than_any_graph_can_be_is_refused(split, tmp_path, capsys):
-    manifest = copy_split(split, tmp_path)
+    manifest = copy_split(split, tmp_path / "shared")
     huge = manifest.parent / "huge.onnx"
     with open(huge, "wb") as f:  # sparse: no disk used
         f.truncate(BOUNDS["graph"] + 1)
@@ -187,11 +182,8 @@ def test_a_manifest_that_is_a_fifo_is_refused(tmp_path, capsys):
 
 
 def test_engines_named_outside_the_folder_are_refused_when_the_chain_would_run_them(split, tmp_path):
-    manifest = copy_split(split, tmp_path)
-    record = json.loads(manifest.read_text())
-    for entry in [record["encoder"], *record["selectors"]]:
-        entry["engine"] = {"path": f"../engines/{entry['onnx']['path']}.plan", "sha256": "0" * 64, "bytes": 1}
-    manifest.write_text(json.dumps(record))
+    manifest = copy_split(split, tmp_path / "shared")
+    list_engines(manifest, "../engines")
     assert read_manifest(manifest).budgets == (64,)  # ONNX Runtime never reads the engines
     with pytest.raises(UsageError, match="encoder engine, which climbs out of"):
         read_manifest(manifest, engines=True)
@@ -217,7 +209,7 @@ def test_a_sidecar_that_is_a_symbolic_link_out_is_refused(tmp_path, capsys):
 
 
 def test_a_huge_sidecar_is_refused(split, tmp_path):
-    manifest = copy_split(split, tmp_path)
+    manifest = copy_split(split, tmp_path / "shared")
     with open(manifest.parent / "encoder.json", "wb") as f:
         f.truncate(BOUNDS["json"] + 1)
     with pytest.raises(UsageError, match="more than a json file can plausibly be"):
@@ -321,6 +313,27 @@ def test_external_data_that_is_a_fifo_is_refused(layout):
         load_graph(graph_with_external_data(graphs, "w.bin"))
 
 
+def test_check_graph_reuses_a_passed_check_and_redoes_it_when_a_file_changed(layout, monkeypatch):
+    """Before ONNX Runtime opens a graph, check_graph does not parse it again when load_graph already passed that
+    very file; an external-data file changed since (here: cut short) is caught all the same."""
+    import onnx
+
+    from flashvlm_export import artifact_paths
+
+    graphs, private = layout
+    shutil.copyfile(private, graphs / "w.bin")
+    graph = graph_with_external_data(graphs, "w.bin")
+    load_graph(graph)
+    parses = []
+    real_parse = onnx.load_from_string
+    monkeypatch.setattr(onnx, "load_from_string", lambda data: parses.append(1) or real_parse(data))
+    assert artifact_paths.check_graph(graph) == graph and parses == []  # the same files: no second parse
+    (graphs / "w.bin").write_bytes(b"\0" * 8)  # shorter than its tensor needs
+    with pytest.raises(UsageError, match="shorter than the 64 its tensors need"):
+        artifact_paths.check_graph(graph)
+    assert parses == [1]
+
+
 def test_the_rule_checks_names_not_only_what_the_cli_reads(tmp_path):
     """named_file itself: every rule, one line each, opening nothing."""
     (tmp_path / "f").write_text("x")
@@ -383,7 +396,7 @@ MALFORMED = {
 @pytest.mark.parametrize("case", list(MALFORMED), ids=lambda c: c.replace(" ", "-"))
 def test_a_manifest_of_the_wrong_shape_is_one_line(split, tmp_path, capsys, case):
     """Each shape check of read_manifest, planted: one line, exit 2, no traceback, and (for a huge value) a short line."""
-    manifest = copy_split(split, tmp_path)
+    manifest = copy_split(split, tmp_path / "shared")
     edit, fragment = MALFORMED[case]
     record = json.loads(manifest.read_text())
     edit(record)

@@ -10,7 +10,7 @@ from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 
-from flashvlm_export.errors import UsageError
+from flashvlm_export.errors import UsageError, arg
 from flashvlm_export.export.graphs import ExportRequest
 from flashvlm_export.models.llava import WeightsSource, get_parts_logged, weights_for_graph
 
@@ -26,11 +26,11 @@ class ParitySettings:
 
     def __post_init__(self) -> None:
         if not 1 <= self.repeats <= MAX_PARITY_REPEATS:
-            raise UsageError(f"--repeats {self.repeats} is out of range; use 1 to {MAX_PARITY_REPEATS}")
+            raise UsageError(f"{arg('repeats', self.repeats)} is out of range; use 1 to {MAX_PARITY_REPEATS}")
         if not 0 <= self.corpus_seed < 2**32:
-            raise UsageError(f"--corpus-seed {self.corpus_seed} is out of range; use 0 to {2**32 - 1}")
+            raise UsageError(f"{arg('corpus_seed', self.corpus_seed)} is out of range; use 0 to {2**32 - 1}")
         if self.min_overlap is not None and not 0.0 <= self.min_overlap <= 1.0:
-            raise UsageError(f"--min-overlap {self.min_overlap} is not a fraction; use a value in [0, 1]")
+            raise UsageError(f"{arg('min_overlap', self.min_overlap)} is not a fraction; use a value in [0, 1]")
 
     @property
     def gate(self) -> str:

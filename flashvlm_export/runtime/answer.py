@@ -15,11 +15,12 @@ from pathlib import Path
 import torch
 
 from flashvlm_export.errors import UsageError, arg, switch
-from flashvlm_export.export.options import LLM_DTYPE_NAMES, PRECISION_NAMES
+from flashvlm_export.export.graphs import TORCH_DTYPES
+from flashvlm_export.export.options import LLM_DTYPE_NAMES
 from flashvlm_export.models.spec import ModelSpec
 
 RANDOM_LLM_MAX_BYTES = 4 * 1024**3  # a random-weight LLM is built in RAM, fp32; only test-size models fit
-LLM_DTYPES = dict(zip(PRECISION_NAMES, (torch.float32, torch.float16, torch.bfloat16), strict=True))
+LLM_DTYPES = TORCH_DTYPES  # the LLM takes the names the encoder does (auto aside)
 MEMORY_HEADROOM = 1.10  # weights plus 10%: the prefill's activations, the KV cache and the logits
 MEMORY_MARGIN = 1024**3  # plus 1 GiB: the allocator, the selection's session and the Python process around it
 

@@ -169,8 +169,8 @@ def run(
     heatmap_path = Path(heatmap) if heatmap else None
     if heatmap_path is not None:
         _check_output(heatmap_path, force)
-    if demo_image is not None and Path(demo_image).exists() and not force:
-        raise UsageError(f"{demo_image} already exists; pass {switch('force')} to overwrite it, or use it as {arg('image', demo_image)}")
+    if demo_image is not None:
+        _check_demo_target(Path(demo_image), force)
     checkpoint = None if info.weights.random else Path(info.weights.path)
     if answer:  # before anything is loaded: an LLM that cannot fit is refused in one line
         from flashvlm_export.runtime import answer as llm_answer
@@ -248,13 +248,17 @@ def run(
     return result
 
 
+def _check_demo_target(target: Path, force: bool) -> None:
+    if target.exists() and not force:
+        raise UsageError(f"{target} already exists; pass {switch('force')} to overwrite it, or use it as {arg('image', str(target))}")
+
+
 def write_demo_image(path: str, force: bool = False, log=print) -> str:
     """The repository's synthetic picture, written to `path` (never over a file without force)."""
     from flashvlm_export.runtime.image import demo_picture
 
     target = Path(path)
-    if target.exists() and not force:
-        raise UsageError(f"{target} already exists; pass {switch('force')} to overwrite it, or use it as {arg('image', str(target))}")
+    _check_demo_target(target, force)
     target.parent.mkdir(parents=True, exist_ok=True)
     _save_png(demo_picture(), target)
     log(f"Input: wrote the demo picture to {target}")
