@@ -403,3 +403,36 @@ def test_a_manifest_of_the_wrong_shape_is_one_line(split, tmp_path, capsys, case
     manifest.write_text(json.dumps(record))
     err = refused(capsys, parity(manifest), fragment)
     assert len(err) < 600, err
+
+
+@pytest.mark.parametrize(
+    "entries, rule",
+    [
+        ((("offset", "zero"), ("length", "64")), "non-numeric offset or length"),
+        ((("offset", "-8"), ("length", "64")), "no valid offset and length"),
+    ],
+    ids=["non-numeric", "negative"],
+)
+def test_external_data_with_a_bad_offset_or_length_is_refused(layout, entries, rule):
+    graphs, private = layout
+    shutil.copyfile(private, graphs / "w.bin")
+    graph = graph_with_external_data(graphs, "w.bin")
+    model = onnx.load(str(graph), load_external_data=False)
+    weight = model.graph.initializer[0]
+    del weight.external_data[:]
+    for key, value in (("location", "w.bin"), *entries):
+        weight.external_data.add(key=key, value=value)
+    graph.write_bytes(model.SerializeToString())
+    with pytest.raises(UsageError, match=rule):
+        load_graph(graph)
+
+
+def test_a_file_that_outgrows_its_bound_while_read_is_refused(tmp_path):
+    """read_bounded reads at most the bound (plus one byte to tell): a file past it, however it got there, is refused."""
+    from flashvlm_export.artifact_paths import read_bounded
+
+    grown = tmp_path / "m.json"
+    grown.write_bytes(b"{}" * 8)
+    assert read_bounded(grown, 16) == b"{}" * 8
+    with pytest.raises(UsageError, match="grew past 15 bytes while it was read"):
+        read_bounded(grown, 15)
