@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from flashvlm_export.export.graphs import ExportRequest, export_graph
-from flashvlm_export.models.spec import get_spec
+from flashvlm_export.models.registry import get_spec
 from flashvlm_export.parity.corpus import Geometry, selector_corpus
 from flashvlm_export.selector.config import SelectorConfig
 

@@ -45,7 +45,7 @@ def test_onnx_runtime_graphs_are_backends(passthrough):
 
 def test_torch_backends_are_backends():
     from flashvlm_export.export.graphs import ExportRequest
-    from flashvlm_export.models.spec import get_spec
+    from flashvlm_export.models.registry import get_spec
     from flashvlm_export.parity.backends import SelectorReference, TorchModule
     from flashvlm_export.selector.config import SelectorConfig
 

@@ -77,7 +77,7 @@ def test_bench_estimate_names_each_section():
 
 
 def test_llama_geometry_has_one_home():
-    from flashvlm_export.models.spec import LLAMA2_7B, LLAVA15
+    from flashvlm_export.models.zoo.llava15 import LLAMA2_7B, LLAVA15
 
     assert cost.VICUNA_7B is LLAMA2_7B and LLAVA15.text_hidden == LLAMA2_7B.hidden
     assert LLAVA15.text["num_hidden_layers"] == LLAMA2_7B.layers and cost.CLIP_L336.tokens == LLAVA15.n_tokens + 1

@@ -256,7 +256,7 @@ def test_missing_weights_is_reported_before_an_existing_graph(tmp_path):
 
 def test_weights_source_round_trips_through_its_metadata_tag():
     from flashvlm_export.errors import UsageError
-    from flashvlm_export.models.llava import WeightsSource
+    from flashvlm_export.models.weights import WeightsSource
 
     for source in (WeightsSource(seed=7), WeightsSource(path="/ckpt/llava")):
         assert WeightsSource.from_tag(source.tag) == source

@@ -157,7 +157,7 @@ def _tiny_checkpoint(folder: Path) -> Path:
     from safetensors.torch import save_file
 
     from flashvlm_export.models.llava import random_parts
-    from flashvlm_export.models.spec import get_spec
+    from flashvlm_export.models.registry import get_spec
 
     folder.mkdir()
     parts = random_parts(get_spec("llava15-tiny"))
@@ -356,7 +356,7 @@ def test_help_is_fast_and_lists_the_subcommands():
 
 def test_parity_repeats_bound_refuses_a_corpus_larger_than_memory():
     from flashvlm_export.limits import check_repeats_fit
-    from flashvlm_export.models.spec import get_spec
+    from flashvlm_export.models.registry import get_spec
 
     spec = get_spec("llava15")
     check_repeats_fit(2, 14, spec, 576, 128, 1, selector_only=True)  # the default: fine

@@ -66,7 +66,7 @@ def test_keep_all_splice_gives_the_logits_of_transformers_llava_forward(tiny_gra
     parts = random_parts(TINY, 0, with_embeddings=True)
     llm = build_llm(TINY, parts, None, 0, torch.device("cpu"))
     pixels = prepare_image(demo_image, TINY).pixel_values
-    ids = prompt_token_ids(stand_in_tokenizer(TINY), QUESTION)
+    ids = prompt_token_ids(stand_in_tokenizer(TINY), QUESTION, TINY)
     text, mask = text_inputs(parts.embed_tokens, ids, TINY.t_max, TINY.image_token_index)
     selection = select(OrtGraph(tiny_graphs[576]), pixels, text, mask, batch=1)
     assert selection.indices.tolist() == list(range(576))
@@ -164,7 +164,7 @@ def test_heatmap_marks_kept_cells_in_their_role_colour_and_dims_dropped_ones(tin
 
     parts = random_parts(TINY, 0, with_embeddings=True)
     prepared = prepare_image(demo_image, TINY)
-    text, mask = text_inputs(parts.embed_tokens, prompt_token_ids(stand_in_tokenizer(TINY), QUESTION), TINY.t_max, 999)
+    text, mask = text_inputs(parts.embed_tokens, prompt_token_ids(stand_in_tokenizer(TINY), QUESTION, TINY), TINY.t_max, 999)
     maps = score_maps(parts, prepared.pixel_values, text[0][mask[0]], SelectorConfig())
     important, diverse = token_roles(result.indices, maps.fused, 32)
     assert important.sum() > 0 and diverse.sum() > 0 and important.sum() + diverse.sum() == 64
@@ -238,7 +238,7 @@ def test_a_refused_random_weight_answer_names_what_the_user_passed_or_the_graph_
 
 
 def test_weights_metadata_parses_random_seeds_and_paths_and_refuses_other_weights():
-    from flashvlm_export.models.llava import WeightsSource, recorded_weights, weights_for_graph
+    from flashvlm_export.models.weights import WeightsSource, recorded_weights, weights_for_graph
 
     assert recorded_weights("random:7", "g") == WeightsSource(seed=7)
     assert recorded_weights("/ckpt/llava", "g") == WeightsSource(path="/ckpt/llava")
@@ -288,7 +288,7 @@ def test_stand_in_tokenizer_fits_the_tiny_vocabulary_with_one_image_token():
     from flashvlm_export.runtime.tokenizer import BOS, stand_in_tokenizer
 
     tokenizer = stand_in_tokenizer(TINY)
-    ids = prompt_token_ids(tokenizer, "What is on the table? é")
+    ids = prompt_token_ids(tokenizer, "What is on the table? é", TINY)
     assert ids[0] == BOS and ids.count(TINY.image_token_index) == 1
     assert max(ids) < TINY.text["vocab_size"]
     assert tokenizer.decode(ids, skip_special_tokens=True).endswith("What is on the table? é ASSISTANT:")

@@ -16,7 +16,7 @@ from flashvlm_export.cli import main
 from flashvlm_export.export.interface import INDICES, VISUAL_EMBEDS
 from flashvlm_export.export.manifest import read_manifest
 from flashvlm_export.models.llava import random_parts
-from flashvlm_export.models.spec import get_spec
+from flashvlm_export.models.registry import get_spec
 from flashvlm_export.parity.split import run_split_parity
 from flashvlm_export.runtime.chain import OrtChain
 

@@ -203,7 +203,7 @@ def test_a_real_chain_matches_its_selector_engines_run_one_by_one(tmp_path):
     import numpy as np
 
     from flashvlm_export.cli import main
-    from flashvlm_export.models.spec import get_spec
+    from flashvlm_export.models.registry import get_spec
     from flashvlm_export.trt.runner import EngineRunner
 
     assert HAVE_TRT and have_gpu()

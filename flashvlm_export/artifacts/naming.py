@@ -10,7 +10,7 @@ def artifact_stem(request) -> str:
     kind = "_selector" if request.selector_only else ""
     tokens = f"_n{request.n_tokens}" if request.n_tokens is not None else ""
     variant = _variant(request.batch, request.precision, request.plugin)
-    return f"{request.spec.name}{kind}{tokens}_b{request.budget}{variant}"
+    return f"{request.spec.label}{kind}{tokens}_b{request.budget}{variant}"
 
 
 def _variant(batch: int, precision: str, plugin: bool) -> str:

@@ -11,7 +11,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from flashvlm_export.models.spec import LLAMA2_7B, LLAVA15, DecoderGeometry
+from flashvlm_export.models.spec import DecoderGeometry
+from flashvlm_export.models.zoo.llava15 import LLAMA2_7B, LLAVA15
 
 MIB = 1 << 20
 

@@ -25,7 +25,7 @@ def bench_settings(
 ) -> suite.BenchSettings:
     """The sections to run, every value checked; `split_only` runs fused graphs against a split export alone."""
     from flashvlm_export.errors import UsageError
-    from flashvlm_export.models.spec import LLAVA15
+    from flashvlm_export.models.zoo.llava15 import LLAVA15
 
     if not 1 <= repeats <= MAX_BENCH_REPEATS:
         raise UsageError(f"--repeats {repeats} is out of range; use 1 <= repeats <= {MAX_BENCH_REPEATS}")

@@ -85,7 +85,7 @@ def split_cost(settings, scratch: Path, log=print) -> list[dict]:
     from flashvlm_export.export.options import DEFAULT_OPSET
     from flashvlm_export.export.split import export_split, split_plan
     from flashvlm_export.models.llava import random_parts
-    from flashvlm_export.models.spec import get_spec
+    from flashvlm_export.models.registry import get_spec
     from flashvlm_export.parity.corpus import Geometry, pipeline_corpus
     from flashvlm_export.runtime.chain import OrtChain
     from flashvlm_export.runtime.session import OrtGraph

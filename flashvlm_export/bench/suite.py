@@ -25,7 +25,8 @@ from flashvlm_export.bench.timing import Timing, measure
 from flashvlm_export.errors import BuildError
 from flashvlm_export.export.graphs import ExportRequest, export_graph
 from flashvlm_export.export.interface import SELECTOR_INPUTS, TEXT_MASK
-from flashvlm_export.models.spec import LLAMA2_7B, get_spec
+from flashvlm_export.models.registry import get_spec
+from flashvlm_export.models.zoo.llava15 import LLAMA2_7B
 from flashvlm_export.parity.backends import OnnxRuntime, SelectorReference, TorchModule
 from flashvlm_export.parity.corpus import Geometry, selector_corpus
 from flashvlm_export.selector.config import SelectorConfig

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from flashvlm_export.cli.commands import PROG
 from flashvlm_export.cli.flags import Parser, log
-from flashvlm_export.models.spec import LLAVA15
+from flashvlm_export.models.zoo.llava15 import LLAVA15
 
 
 def parser() -> argparse.ArgumentParser:

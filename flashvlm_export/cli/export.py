@@ -83,14 +83,15 @@ def parser() -> argparse.ArgumentParser:
 def main(argv: list[str]) -> int:
     from flashvlm_export.export.job import plan_outputs, run_export
     from flashvlm_export.export.requests import check_export_options, export_requests
-    from flashvlm_export.models.llava import WeightsSource
+    from flashvlm_export.models.registry import get_spec
+    from flashvlm_export.models.weights import WeightsSource
 
     args = parser().parse_args(argv)
     check_export_options(args.plugin, args.exporter, args.opset, args.workspace)
     spec, requests = export_requests(
         args.model,
         args.budget,
-        config=selector_config(args),
+        config=selector_config(args, get_spec(args.model)),
         t_max=args.t_max,
         batch=args.batch,
         image_size=args.image_size,

@@ -10,7 +10,7 @@ import argparse
 import dataclasses
 
 from flashvlm_export.errors import UsageError
-from flashvlm_export.models.spec import LLAVA15
+from flashvlm_export.models.zoo.llava15 import LLAVA15
 
 
 class Parser(argparse.ArgumentParser):
@@ -86,7 +86,7 @@ _TYPES = {"float": float, "int": int, "int | None": int, "str": str}  # Selector
 
 def add_selector_flags(p: argparse.ArgumentParser) -> list[str]:
     """One flag per SelectorConfig field; returns their names."""
-    from flashvlm_export.selector.config import SelectorConfig, interval_text
+    from flashvlm_export.selector.config import MODEL_DEFAULTS, SelectorConfig, interval_text
 
     g = p.add_argument_group("selector hyperparameters (docs/ALGORITHM.md; defaults are the authors')")
     flags = []
@@ -94,18 +94,40 @@ def add_selector_flags(p: argparse.ArgumentParser) -> list[str]:
         meta, flag = field.metadata, flag_of(field.name)
         where = f", in {interval_text(meta['range'])}" if meta["range"] else ""
         default = "none" if field.default is None else field.default
+        if field.name in MODEL_DEFAULTS:
+            default = "the model's: " + ", ".join(f"{gate} for {', '.join(names)}" for gate, names in _model_defaults(field.name).items())
         kind = {"choices": meta["choices"]} if meta["choices"] else {"type": _TYPES[field.type]}
-        g.add_argument(flag, default=field.default, help=f"{meta['help']}{where} (default: {default})", **kind)
+        value = None if field.name in MODEL_DEFAULTS else field.default
+        g.add_argument(flag, default=value, help=f"{meta['help']}{where} (default: {default})", **kind)
         flags.append(flag)
     return flags
 
 
-def selector_config(args):
-    """SelectorConfig from the hyperparameter flags; a value out of range is an error naming its flag."""
-    from flashvlm_export.selector.config import SelectorConfig, SettingError
+def _model_defaults(name: str) -> dict[str, list[str]]:
+    """value -> the models whose spec sets it, for a field whose default is the model's."""
+    from flashvlm_export.models.registry import MODELS
 
+    found: dict[str, list[str]] = {}
+    for spec in MODELS.values():
+        if not spec.name.endswith("-tiny"):
+            found.setdefault(getattr(spec, name), []).append(spec.name)
+    return found
+
+
+def selector_config(args, spec=None):
+    """SelectorConfig from the hyperparameter flags, the model's defaults where a flag was not given (--gate); a value
+    out of range is an error naming its flag."""
+    from flashvlm_export.selector.config import MODEL_DEFAULTS, SelectorConfig, SettingError
+
+    values = {f.name: getattr(args, f.name) for f in dataclasses.fields(SelectorConfig)}
+    for name in MODEL_DEFAULTS:
+        if values[name] is None:
+            if spec is None:
+                values.pop(name)
+            else:
+                values[name] = getattr(spec, name)
     try:
-        return SelectorConfig(**{f.name: getattr(args, f.name) for f in dataclasses.fields(SelectorConfig)})
+        return SelectorConfig(**values)
     except SettingError as exc:
         raise UsageError(exc.named(flag_of(exc.name))) from None
 

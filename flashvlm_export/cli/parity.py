@@ -94,11 +94,12 @@ def main(argv: list[str]) -> int:
         scratch = None
         if not (args.graph or args.engine):  # a selector graph of the flags, exported for the check
             from flashvlm_export.export.requests import export_requests
+            from flashvlm_export.models.registry import get_spec
 
             _, (scratch,) = export_requests(
                 args.model,
                 args.budget,
-                config=selector_config(args),
+                config=selector_config(args, get_spec(args.model)),
                 t_max=args.t_max,
                 batch=args.batch,
                 image_size=args.image_size,

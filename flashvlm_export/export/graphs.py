@@ -7,7 +7,6 @@ export/metadata.py writes and reads it.
 
 from __future__ import annotations
 
-import copy
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
@@ -20,6 +19,7 @@ from flashvlm_export.export.interface import GraphInterface, graph_interface
 from flashvlm_export.export.metadata import encoder_metadata, request_fields, request_metadata, stamped
 from flashvlm_export.export.onnx_export import GraphIO, export_estimate_s, export_onnx, parameter_bytes
 from flashvlm_export.export.options import DEFAULT_EXPORTER, DEFAULT_OPSET, PRECISION_NAMES
+from flashvlm_export.models.positions import token_positions
 from flashvlm_export.models.spec import ModelSpec
 from flashvlm_export.models.vision import FlashVLMPipeline, SelectorWithEmbeds, VisionEncoder
 from flashvlm_export.selector.config import SelectorConfig
@@ -44,14 +44,10 @@ def example_inputs(interface: GraphInterface, seed: int = 0) -> tuple[torch.Tens
 
 
 def encoder_module(parts, precision: str) -> VisionEncoder:
-    """The model's vision tower and projector; fp16/bf16 as copies behind casts (the fp32 parts stay for the reference)."""
+    """The family's encoder (pixels -> X, a, P(X)); fp16/bf16 as a copy behind casts (the fp32 parts stay for the reference)."""
     if parts is None:
         raise UsageError("the encoder needs the model's weights: pass --random-weights or --model-path")
-    vision, projector = parts.vision_features(), parts.projector
-    dtype = TORCH_DTYPES[precision]
-    if dtype != torch.float32:
-        vision, projector = copy.deepcopy(vision).to(dtype), copy.deepcopy(projector).to(dtype)
-    return VisionEncoder(vision, projector, dtype)
+    return parts.encoder(TORCH_DTYPES[precision])
 
 
 class _Traced:
@@ -129,15 +125,30 @@ class ExportRequest(_Traced):
             selector.prune = PluginResidualPrune(selector.schedule)
         return selector
 
+    @property
+    def positions(self) -> bool:
+        """Whether the graph also returns the kept tokens' (t, h, w) positions: models placed by 3-axis rotary
+        positions, at the model's own N."""
+        return self.spec.has_positions and self.tokens == self.spec.n_tokens
+
     def interface(self) -> GraphInterface:
         s = self.spec
         return graph_interface(
-            self.kind, self.batch, self.tokens, self.budget, self.t_max, s.vision_hidden, s.text_hidden, s.image_size
+            self.kind,
+            self.batch,
+            self.tokens,
+            self.budget,
+            self.t_max,
+            s.vision_hidden,
+            s.text_hidden,
+            s.image_size,
+            positions=self.positions,
         )
 
     def module(self, parts=None, verification: bool = False) -> torch.nn.Module:
         """The static module; with verification=True it also returns the interface's verification outputs."""
-        selector = SelectorWithEmbeds(self.selector(verification))
+        table = token_positions(self.spec) if self.positions else None
+        selector = SelectorWithEmbeds(self.selector(verification), table)
         if self.selector_only:
             return selector
         if parts is None:

@@ -22,6 +22,7 @@ TEXT_EMBEDS = "text_embeds"  # T (B, T_max, Dl)
 TEXT_MASK = "text_mask"  # (B, T_max) bool
 INDICES = "indices"  # (B, K) int64 ascending
 VISUAL_EMBEDS = "visual_embeds"  # P(X)[indices] (B, K, Dl)
+POSITIONS = "positions"  # (B, K, 3) int64 (t, h, w) of each kept token from the image's start (3-axis rotary models)
 TEXT_RELEVANCE = "text_relevance"  # s (B, N), step 5
 SHARPENED_SCORES = "sharpened_scores"  # q (B, N), step 6: before step 7's top-p gate
 FUSED_SCORES = "fused_scores"  # F (B, N), step 8
@@ -83,10 +84,12 @@ def graph_interface(
     vision_hidden: int,
     text_hidden: int,
     image_size: int,
+    positions: bool = False,
 ) -> GraphInterface:
     """The interface of one graph; `budget >= n_tokens` keeps every token and decides nothing.
 
-    The encoder kind ignores budget and t_max (it sees neither the text nor K).
+    The encoder kind ignores budget and t_max (it sees neither the text nor K). positions=True: the selected
+    outputs also hold the kept tokens' (t, h, w) rotary positions (models/positions.py).
     """
     if kind not in GRAPH_KINDS:
         raise ValueError(f"unknown graph kind {kind!r}")
@@ -102,6 +105,8 @@ def graph_interface(
         return GraphInterface(kind, (pixels,), features, ())
     text = (TensorSpec(TEXT_EMBEDS, (b, t_max, text_hidden), f32), TensorSpec(TEXT_MASK, (b, t_max), np.bool_))
     selected = (TensorSpec(INDICES, (b, k), np.int64), TensorSpec(VISUAL_EMBEDS, (b, k, text_hidden), f32))
+    if positions:
+        selected += (TensorSpec(POSITIONS, (b, k, 3), np.int64),)
     decisions = (
         ()
         if budget >= n_tokens

@@ -11,8 +11,8 @@ from typing import Protocol
 from flashvlm_export.errors import UsageError
 from flashvlm_export.export.graphs import ExportRequest
 from flashvlm_export.export.split import SplitPlan, owned_folder
-from flashvlm_export.models.llava import WeightsSource
 from flashvlm_export.models.spec import ModelSpec
+from flashvlm_export.models.weights import WeightsSource
 from flashvlm_export.progress import plural
 
 
@@ -90,7 +90,7 @@ def run_export(
     from flashvlm_export.export.graphs import export_logged
 
     if source is not None and not source.random:  # the "no weights" error comes before any "already exists" one
-        from flashvlm_export.models.llava import resolve_weights_dir
+        from flashvlm_export.models.weights import resolve_weights_dir
 
         resolve_weights_dir(spec, source.path)
     engine_paths = engines.prepare(outputs) if engines is not None else []
@@ -98,7 +98,7 @@ def run_export(
         check_writable(outputs.files + engine_paths, force, log=log)
         parts = None
         if source is not None:
-            from flashvlm_export.models.llava import get_parts_logged
+            from flashvlm_export.models.adapter import get_parts_logged
 
             parts = get_parts_logged(spec, source, log)
         weights = None if parts is None else parts.source.tag

@@ -22,7 +22,7 @@ from flashvlm_export import __version__
 from flashvlm_export.artifact_paths import load_graph
 from flashvlm_export.errors import UsageError, arg
 from flashvlm_export.export.options import PRECISION_NAMES
-from flashvlm_export.models.spec import get_spec
+from flashvlm_export.models.registry import get_spec
 from flashvlm_export.selector.config import SelectorConfig
 from flashvlm_export.selector.schedule import check_budget_range
 
@@ -154,6 +154,8 @@ def request_fields(meta: dict[str, str], source: str) -> dict:
         if graph not in ("selector", "full"):
             raise ValueError(f"{graph!r} is neither 'selector' nor 'full'")
         spec = get_spec(field("model"))
+        key = "image_size"
+        spec = spec.at_image_size(int(meta.get("image_size", spec.image_size)), "image_size")
         budget, t_max, batch, n_tokens = whole("budget"), whole("t_max"), whole("batch"), whole("n_tokens", 2)
         key = "budget"
         check_budget_range(budget, n_tokens, where=f" for n_tokens {n_tokens}")

@@ -11,7 +11,8 @@ import math
 from flashvlm_export.errors import UsageError
 from flashvlm_export.export.graphs import ExportRequest
 from flashvlm_export.export.options import MIN_OPSET
-from flashvlm_export.models.spec import ModelSpec, get_spec
+from flashvlm_export.models.registry import get_spec
+from flashvlm_export.models.spec import ModelSpec
 from flashvlm_export.selector.config import SelectorConfig
 from flashvlm_export.selector.schedule import check_budget_range
 
@@ -48,12 +49,7 @@ def export_requests(
     """The model spec and one ExportRequest per budget, every shape checked (memory bounds included)."""
     from flashvlm_export.limits import check_shape_fits
 
-    spec = get_spec(model)
-    if image_size is not None and image_size != spec.image_size:
-        raise UsageError(
-            f"--image-size {image_size} does not fit {spec.name}: it takes {spec.image_size}x{spec.image_size} images "
-            f"(N={spec.n_tokens} tokens); resize the image or drop --image-size"
-        )
+    spec = get_spec(model).at_image_size(image_size)
     t_max = spec.t_max if t_max is None else t_max
     if t_max < 1:
         raise UsageError(f"--t-max {t_max} must be >= 1 (room for the prompt's text tokens)")

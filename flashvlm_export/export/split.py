@@ -72,7 +72,7 @@ class SplitPlan:
 def split_plan(requests: list[ExportRequest], out_dir: Path) -> SplitPlan:
     """The split of full-graph requests (one per budget, same model/batch/precision/plugin) into `out_dir`."""
     first = requests[0]
-    folder = Path(out_dir) / split_stem(first.spec.name, first.batch, first.precision, first.plugin)
+    folder = Path(out_dir) / split_stem(first.spec.label, first.batch, first.precision, first.plugin)
     encoder = EncoderRequest(spec=first.spec, batch=first.batch, precision=first.precision)
     selectors = tuple(replace(r, selector_only=True, precision="fp32") for r in requests)
     return SplitPlan(folder, encoder, selectors)

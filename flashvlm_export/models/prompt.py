@@ -1,8 +1,9 @@
-"""The text side: a LLaVA-1.5 chat prompt -> text_embeds (1, T_max, Dl) and text_mask (1, T_max).
+"""The text side: a chat prompt -> text_embeds (1, T_max, Dl) and text_mask (1, T_max).
 
-T holds the LLM input embeddings of every non-image token of the prompt as the chat template lays
-it out (BOS, system prompt, "USER:", question, "ASSISTANT:"). A prompt longer than T_max is an
-error, never a silent truncation.
+T holds the LLM input embeddings of the prompt's tokens as the model's chat template lays it out
+(the family adapter's `chat_prompt`): every non-image token by default, or with text_scope
+"before-image" only those before the image (the authors' Qwen port). A prompt longer than T_max is
+an error, never a silent truncation.
 """
 
 from __future__ import annotations
@@ -10,29 +11,38 @@ from __future__ import annotations
 import torch
 
 from flashvlm_export.errors import UsageError
-
-LLAVA15_TEMPLATE = (
-    "A chat between a curious human and an artificial intelligence assistant. The assistant gives helpful, "
-    "detailed, and polite answers to the human's questions. USER: <image>\n{question} ASSISTANT:"
-)
+from flashvlm_export.models.registry import adapter
+from flashvlm_export.models.spec import ModelSpec
 
 
-def prompt_token_ids(tokenizer, question: str) -> list[int]:
-    """Token ids of the chat prompt (BOS included), as LLaVA-1.5's processor tokenises it."""
-    return list(tokenizer(LLAVA15_TEMPLATE.format(question=question)).input_ids)
+def prompt_token_ids(tokenizer, question: str, spec: ModelSpec) -> list[int]:
+    """Token ids of the model's chat prompt (BOS included where the tokenizer adds one), one image placeholder."""
+    return list(tokenizer(adapter(spec).chat_prompt(question)).input_ids)
+
+
+def text_token_ids(token_ids: list[int], image_token_index: int, scope: str = "all") -> list[int]:
+    """The tokens whose embeddings form T: every non-image token, or ("before-image") those before the first one."""
+    if scope == "before-image" and image_token_index in token_ids:
+        token_ids = token_ids[: token_ids.index(image_token_index)]
+    return [i for i in token_ids if i != image_token_index]
 
 
 def text_inputs(
-    embed_tokens: torch.nn.Module, token_ids: list[int], t_max: int, image_token_index: int, batch: int = 1
+    embed_tokens: torch.nn.Module,
+    token_ids: list[int],
+    t_max: int,
+    image_token_index: int,
+    batch: int = 1,
+    scope: str = "all",
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Embeddings of the non-image tokens, zero-padded to t_max, and the mask of the real rows.
+    """Embeddings of T's tokens (text_token_ids), zero-padded to t_max, and the mask of the real rows.
 
     Shapes (batch, t_max, Dl) and (batch, t_max): the same prompt for every image of a graph exported
     with --batch; build one call per prompt and torch.cat them for different prompts.
     """
     if batch < 1:
         raise UsageError(f"batch={batch} must be >= 1 (the graph's static batch)")
-    ids = [i for i in token_ids if i != image_token_index]
+    ids = text_token_ids(token_ids, image_token_index, scope)
     if len(ids) > t_max:
         raise UsageError(
             f"the prompt has {len(ids)} text tokens but the graph takes T_max={t_max}; "

@@ -1,8 +1,7 @@
-"""Declarative model specs: the one place a model's geometry and names live."""
+"""What a model spec holds: the geometry and names each model declares once in models/zoo/."""
 
 from __future__ import annotations
 
-import difflib
 from dataclasses import dataclass, field
 
 from flashvlm_export.errors import UsageError
@@ -36,104 +35,92 @@ class DecoderGeometry:
         )
 
 
-# Vicuna-7B v1.5, LLaVA-1.5-7B's LLM, has Llama-2-7B's geometry: the one place it is written.
-LLAMA2_7B = DecoderGeometry(
-    "Vicuna-7B (Llama-2-7B)", layers=32, hidden=4096, intermediate=11008, heads=32, kv_heads=32, vocab=32000
-)
+FAMILIES = ("llava", "qwen2_5_vl")  # the adapter modules of models/ (models/registry.py imports them)
 
 
 @dataclass(frozen=True)
 class ModelSpec:
+    """A model's geometry and names, declared once (models/zoo/<model>.py); its family's adapter does the rest.
+
+    N = (image_size / (patch_size * merge)) ** 2 visual tokens in raster order; `vision_hidden` is the width of
+    the X the Gram of step 10 is taken on (CLIP's hidden size for LLaVA; for Qwen2.5-VL the merger's output, so
+    Dv = Dl), `text_hidden` that of T and P(X).
+    """
+
     name: str  # the --model value
-    hf_repo: str  # Hugging Face id, looked up in the local cache only
-    image_size: int  # input pixels per side
-    patch_size: int  # ViT patch side; N = (image_size / patch_size) ** 2
+    family: str  # one of FAMILIES: which adapter builds, loads and answers with it
+    hf_repo: str  # Hugging Face id, looked up in the local cache only ("" for test-size models)
+    image_size: int  # input pixels per side (square); the default when image_size_step allows others
+    patch_size: int  # ViT patch side
     vision_hidden: int  # Dv, width of the vision features X
     text_hidden: int  # Dl, width of the LLM embeddings (and of P(X))
-    vision_feature_layer: int  # hidden_states index LLaVA feeds its projector
-    t_max: int  # default padded text length of the static graph
-    vision: dict = field(default_factory=dict)  # CLIPVisionConfig overrides
-    text: dict = field(default_factory=dict)  # LlamaConfig overrides
+    t_max: int  # default padded text rows of the static graph
+    merge: int = 1  # spatial merge: one visual token per merge x merge patches (Qwen2.5-VL: 2)
+    image_size_step: int | None = None  # other sizes allowed: multiples of this (Qwen2.5-VL: 28); None: fixed
+    vision_feature_layer: int = -2  # LLaVA: the hidden_states index fed to the projector
+    vision: dict = field(default_factory=dict)  # vision config overrides (the family's config class)
+    text: dict = field(default_factory=dict)  # text config overrides
     image_token_index: int = 32000
+    special_tokens: dict = field(default_factory=dict)  # token -> id of the offline stand-in tokenizer (test models)
+    gate: str = "llava"  # the default query gate of step 3 (selector/config.py GATES)
+    decoder: DecoderGeometry | None = None  # the LLM's geometry, for bench's cost calculator
     description: str = ""
+    declared_image_size: int = 0  # the declared side (set from image_size); at_image_size keeps it
+
+    def __post_init__(self) -> None:
+        if self.family not in FAMILIES:
+            raise ValueError(f"{self.name}: unknown family {self.family!r}")
+        if not self.declared_image_size:
+            object.__setattr__(self, "declared_image_size", self.image_size)
+
+    @property
+    def token_stride(self) -> int:
+        """Pixels per visual token side: patch x merge (14 for LLaVA, 28 for Qwen2.5-VL)."""
+        return self.patch_size * self.merge
+
+    @property
+    def grid_side(self) -> int:
+        """Visual tokens per image side."""
+        return self.image_size // self.token_stride
 
     @property
     def n_tokens(self) -> int:
-        return (self.image_size // self.patch_size) ** 2
+        return self.grid_side**2
 
-    def llava_config(self):
-        """The transformers LlavaConfig with this geometry (eager attention in the vision tower)."""
-        from transformers import CLIPVisionConfig, LlamaConfig, LlavaConfig
+    @property
+    def label(self) -> str:
+        """The model's name in artifact names: the --model name, with the side when not the default (qwen2.5-vl-7b-476px)."""
+        return self.name if self.image_size == self.declared_image_size else f"{self.name}-{self.image_size}px"
 
-        vision = CLIPVisionConfig(
-            hidden_size=self.vision_hidden, image_size=self.image_size, patch_size=self.patch_size, **self.vision
-        )
-        text = LlamaConfig(hidden_size=self.text_hidden, **self.text)
-        config = LlavaConfig(
-            vision_config=vision,
-            text_config=text,
-            image_token_index=self.image_token_index,
-            vision_feature_layer=self.vision_feature_layer,
-            vision_feature_select_strategy="default",
-            projector_hidden_act="gelu",
-        )
-        config.vision_config._attn_implementation = "eager"
-        return config
+    @property
+    def has_positions(self) -> bool:
+        """Whether the LLM places visual tokens by (t, h, w) rotary positions, which the graphs then return."""
+        return self.family == "qwen2_5_vl"
 
+    def at_image_size(self, size: int | None, flag: str = "--image-size") -> ModelSpec:
+        """This spec at another image side, if the family allows it; a size it cannot take is a one-line error."""
+        from dataclasses import replace
 
-# LLaVA-1.5's chat prompt (system + "USER: <image>\n" + question + " ASSISTANT:") is ~45 Llama tokens
-# without the question; 128 leaves room for a question of ~80 tokens.
-LLAVA15 = ModelSpec(
-    name="llava15",
-    hf_repo="llava-hf/llava-1.5-7b-hf",
-    image_size=336,
-    patch_size=14,
-    vision_hidden=1024,
-    text_hidden=LLAMA2_7B.hidden,
-    vision_feature_layer=-2,
-    t_max=128,
-    vision=dict(
-        intermediate_size=4096,
-        num_hidden_layers=24,
-        num_attention_heads=16,
-        projection_dim=768,
-        hidden_act="quick_gelu",
-        layer_norm_eps=1e-5,
-    ),
-    text=dict(
-        intermediate_size=LLAMA2_7B.intermediate,
-        num_hidden_layers=LLAMA2_7B.layers,
-        num_attention_heads=LLAMA2_7B.heads,
-        vocab_size=LLAMA2_7B.vocab + 64,  # llava-hf adds <image> and <pad>, padded to a multiple of 64
-        max_position_embeddings=4096,
-        rms_norm_eps=1e-5,
-        pad_token_id=32001,
-    ),
-    description="LLaVA-1.5-7B: CLIP ViT-L/14-336 + 2-layer GELU projector into Llama-2-7B (N=576)",
-)
+        if size is None or size == self.image_size:
+            return self
+        if self.image_size_step is None:
+            raise UsageError(
+                f"{flag} {size} does not fit {self.name}: it takes {self.image_size}x{self.image_size} images "
+                f"(N={self.n_tokens} tokens); resize the image or drop {flag}"
+            )
+        from flashvlm_export.selector.static import TOPK_LIMIT as limit  # N is bounded by TensorRT's TopK
 
-# Same token geometry (336 px, patch 14, N = 576), tiny widths: for fast tests and smoke runs.
-LLAVA15_TINY = ModelSpec(
-    name="llava15-tiny",
-    hf_repo="",
-    image_size=336,
-    patch_size=14,
-    vision_hidden=32,
-    text_hidden=64,
-    vision_feature_layer=-2,
-    t_max=256,  # room for the chat prompt through `run`'s byte-level stand-in tokenizer (~180 + question)
-    vision=dict(intermediate_size=64, num_hidden_layers=3, num_attention_heads=4, projection_dim=32),
-    text=dict(intermediate_size=128, num_hidden_layers=1, num_attention_heads=4, vocab_size=1000),
-    image_token_index=999,
-    description="test-size LLaVA-1.5 (N=576, Dv=32, Dl=64); random weights only",
-)
-
-MODELS = {spec.name: spec for spec in (LLAVA15, LLAVA15_TINY)}
-
-
-def get_spec(name: str) -> ModelSpec:
-    if name in MODELS:
-        return MODELS[name]
-    close = difflib.get_close_matches(name, list(MODELS), n=1, cutoff=0.3)
-    hint = f"did you mean --model {close[0]}?" if close else f"choose one of: {', '.join(MODELS)}"
-    raise UsageError(f"unknown --model {name!r}; {hint}")
+        step = self.image_size_step
+        if isinstance(size, bool) or not isinstance(size, int) or size < 2 * step or size % step:
+            low = size // step * step if isinstance(size, int) and size >= 2 * step else 2 * step
+            raise UsageError(
+                f"{flag} {size} is not a multiple of {step} of at least {2 * step} ({self.name}: {self.patch_size} px patches, "
+                f"{self.merge}x{self.merge} merged); use {flag} {low} or {low + step}"
+            )
+        resized = replace(self, image_size=size)
+        if resized.n_tokens > limit:
+            largest = int(limit**0.5) * step
+            raise UsageError(
+                f"{flag} {size} gives N={resized.n_tokens} visual tokens, over TensorRT's TopK limit {limit}; use {flag} {largest} or less"
+            )
+        return resized

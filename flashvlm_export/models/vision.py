@@ -1,6 +1,9 @@
-"""The exported modules: LLaVA's vision features with CLS saliency, and the whole pipeline."""
+"""The exported modules: LLaVA's vision features with CLS saliency, the encoder at any precision, the selector
+with step 12's gather (and the kept tokens' positions), and the pipeline of the two."""
 
 from __future__ import annotations
+
+import copy
 
 import torch
 from torch import nn
@@ -41,26 +44,35 @@ class VisionFeatures(nn.Module):
         return h[:, 1:], cls_attention
 
 
-class VisionEncoder(nn.Module):
-    """pixel_values -> X, a, P(X), all fp32: the encoder graph of a split export and the front of the pipeline.
+class LlavaEncoderCore(nn.Module):
+    """LLaVA's pixel_values -> X, a (VisionFeatures), P(X) (the projector on X)."""
 
-    With encoder_dtype fp16/bf16 the vision tower and projector run behind explicit casts in and out;
-    the selector downstream always sees fp32.
-    """
-
-    def __init__(self, vision: VisionFeatures, projector: nn.Module, encoder_dtype: torch.dtype = torch.float32):
+    def __init__(self, vision: VisionFeatures, projector: nn.Module):
         super().__init__()
         self.vision = vision
         self.projector = projector
+
+    def forward(self, pixel_values):
+        vision_features, cls_attention = self.vision(pixel_values)
+        return vision_features, cls_attention, self.projector(vision_features)  # (B, N, Dv), (B, N), (B, N, Dl)
+
+
+class VisionEncoder(nn.Module):
+    """pixel_values -> X, a, P(X), all fp32: the encoder graph of a split export and the front of the pipeline.
+
+    `core` is a family's encoder (pixel_values -> X, a, P(X)). With dtype fp16/bf16 it runs as a copy in that
+    dtype behind explicit casts in and out; the selector downstream always sees fp32.
+    """
+
+    def __init__(self, core: nn.Module, encoder_dtype: torch.dtype = torch.float32):
+        super().__init__()
+        self.core = copy.deepcopy(core).to(encoder_dtype) if encoder_dtype != torch.float32 else core
         self.encoder_dtype = encoder_dtype
 
     def forward(self, pixel_values):
-        low = self.encoder_dtype != torch.float32
-        vision_features, cls_attention = self.vision(pixel_values.to(self.encoder_dtype) if low else pixel_values)
-        projected = self.projector(vision_features)  # (B, N, Dl)
-        if low:
-            return tuple(t.to(torch.float32) for t in (vision_features, cls_attention, projected))
-        return vision_features, cls_attention, projected
+        if self.encoder_dtype == torch.float32:
+            return self.core(pixel_values)
+        return tuple(t.to(torch.float32) for t in self.core(pixel_values.to(self.encoder_dtype)))
 
 
 class SelectorWithEmbeds(nn.Module):
@@ -70,9 +82,12 @@ class SelectorWithEmbeds(nn.Module):
     themselves, so a runtime never copies the N rows of P(X) through the host.
     """
 
-    def __init__(self, selector: nn.Module):
+    def __init__(self, selector: nn.Module, token_positions: torch.Tensor | None = None):
+        """`token_positions` (N, 3) int64: each token's (t, h, w) rotary position relative to the image's start;
+        given, the module also returns the kept tokens' positions (B, K, 3) after visual_embeds."""
         super().__init__()
         self.selector = selector
+        self.token_positions = token_positions
 
     def forward(self, vision_features, cls_attention, projected, text_embeds, text_mask):
         selected = self.selector(vision_features, cls_attention, projected, text_embeds, text_mask)
@@ -80,7 +95,10 @@ class SelectorWithEmbeds(nn.Module):
         # One Gather of K rows per image. torch.gather with an index expanded to (B, K, Dl) exports, with the
         # TorchScript exporter, an Expand whose shape comes from ConstantOfShape: a data-dependent shape.
         rows = [p.index_select(0, i) for p, i in zip(projected.unbind(0), indices.unbind(0), strict=True)]
-        return (indices, torch.stack(rows), *decisions)
+        if self.token_positions is None:
+            return (indices, torch.stack(rows), *decisions)
+        positions = self.token_positions[indices]  # (B, K, 3): a Gather from a constant table
+        return (indices, torch.stack(rows), positions, *decisions)
 
 
 class FlashVLMPipeline(nn.Module):
@@ -99,7 +117,5 @@ class FlashVLMPipeline(nn.Module):
 
     def forward(self, pixel_values, text_embeds, text_mask):
         features = self.encoder(pixel_values)
-        indices, visual_embeds, *decisions = self.selector(*features, text_embeds, text_mask)
-        if self.verification:
-            return (indices, visual_embeds, *decisions, *features)
-        return indices, visual_embeds
+        selected = self.selector(*features, text_embeds, text_mask)  # indices, visual_embeds[, positions][, decisions]
+        return (*selected, *features) if self.verification else selected

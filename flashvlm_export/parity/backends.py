@@ -65,16 +65,14 @@ class SelectorReference:
 
 
 class PipelineFeatures:
-    """pixels -> X, a, P(X) with the model's own torch vision tower and projector (fp32)."""
+    """pixels -> X, a, P(X) from the model's own transformers modules in fp32 (the family's reference_features)."""
 
     def __init__(self, parts):
-        self.vision = parts.vision_features().eval()
-        self.projector = parts.projector.eval()
+        self.parts = parts
 
     @torch.no_grad()
     def __call__(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        x, a = self.vision(torch.from_numpy(feeds[PIXEL_VALUES]))
-        p = self.projector(x)
+        x, a, p = self.parts.reference_features(torch.from_numpy(feeds[PIXEL_VALUES]))
         return {VISION_FEATURES: x.numpy(), CLS_ATTENTION: a.numpy(), PROJECTED_FEATURES: p.numpy()}
 
 

@@ -30,6 +30,7 @@ from flashvlm_export.export.interface import (
     FUSED_SCORES,
     GRAM,
     INDICES,
+    POSITIONS,
     PROJECTED_FEATURES,
     SHARPENED_SCORES,
     TEXT_MASK,
@@ -131,6 +132,7 @@ class BackendReport:
     overlaps: list[float] = field(default_factory=list)  # layer 3, per image
     differing: list[str] = field(default_factory=list)  # layer 3: images whose index set differs from the reference's
     sensitivity: list[float] = field(default_factory=list)  # the reference's own overlap under 1e-6 noise in G
+    token_positions: np.ndarray | None = None  # (N, 3): each token's (t, h, w), for graphs that return positions
 
     # ------------------------------------------------------------------ verdicts
     @property
@@ -167,13 +169,16 @@ class BackendReport:
     ) -> None:
         indices = outputs[INDICES]
         if indices.shape != reference[INDICES].shape:
-            self.decision_failures.append(f"{case}: indices of shape {indices.shape}, the reference's are {reference[INDICES].shape}")
+            self.decision_failures.append(
+                f"{case}: indices of shape {indices.shape}, the reference's are {reference[INDICES].shape}"
+            )
             return
         self.sensitivity += sensitivity
         for b in range(indices.shape[0]):
             where = f"{case} image {b}"
             self._decisions(where, b, outputs, schedule)
             self._gathered(where, b, outputs, basis)
+            self._positioned(where, b, outputs)
             self._arithmetic(where, b, reference, own_reference, outputs, basis, config, bounds, schedule)
             o = overlap(indices[b], reference[INDICES][b])
             self.overlaps.append(o)
@@ -189,7 +194,9 @@ class BackendReport:
         if schedule.keeps_all:
             self.decisions_checked += 1
             if not np.array_equal(indices, np.arange(schedule.n_tokens)):
-                self.decision_failures.append(f"{where}: K >= N keeps every token, the backend returned {indices[:8].tolist()}...")
+                self.decision_failures.append(
+                    f"{where}: K >= N keeps every token, the backend returned {indices[:8].tolist()}..."
+                )
             return
         if FUSED_SCORES not in outputs or GRAM not in outputs:
             for name in (FUSED_SCORES, GRAM):
@@ -210,6 +217,7 @@ class BackendReport:
         for b in range(outputs[INDICES].shape[0]):
             self._decisions(f"{where} image {b}", b, outputs, schedule)
             self._gathered(f"{where} image {b}", b, outputs, outputs)
+            self._positioned(f"{where} image {b}", b, outputs)
 
     def _gathered(self, where: str, b: int, outputs: dict, basis: dict) -> None:
         """Step 12's rows: visual_embeds must be the backend's own P(X) at its own indices, bit for bit.
@@ -221,6 +229,26 @@ class BackendReport:
         rows = np.asarray(basis[PROJECTED_FEATURES][b])[outputs[INDICES][b]]
         if not np.array_equal(outputs[VISUAL_EMBEDS][b], rows):
             self.decision_failures.append(f"{where}: visual_embeds are not P(X) at the backend's own indices")
+
+    def _positioned(self, where: str, b: int, outputs: dict) -> None:
+        """The kept tokens' positions: each kept token's own (t, h, w), in the order of the indices, exactly (integers).
+
+        A graph that returns positions is checked; one that should (the table is known) and does not, fails.
+        """
+        if self.token_positions is None:
+            return
+        if POSITIONS not in outputs:
+            if POSITIONS not in self.missing:
+                self.missing.append(POSITIONS)
+            return
+        want = self.token_positions[np.asarray(outputs[INDICES][b])]
+        got = np.asarray(outputs[POSITIONS][b])
+        if got.shape != want.shape or not np.array_equal(got, want):
+            bad = int(np.argmax(np.any(got != want, axis=-1))) if got.shape == want.shape else 0
+            self.decision_failures.append(
+                f"{where}: positions are not the kept tokens' own (t, h, w) (first wrong row {bad}: "
+                f"{got[bad].tolist() if got.shape == want.shape else got.shape} for token {int(outputs[INDICES][b][bad])})"
+            )
 
     def _arithmetic(self, where, b, reference, own_reference, outputs, basis, config, bounds, schedule) -> None:
         def check(name: str, got: np.ndarray, want: np.ndarray) -> None:
@@ -261,7 +289,9 @@ class BackendReport:
             bound = "reported" if t.bound is None else f"<= {t.bound:.0e}"
             mark = "" if t.passed else " FAILED"
             parts.append(f"{t.name} {t.max_error:.1e} ({bound}){mark}")
-        layer2 = "layer 2 arithmetic: " + ("held" if self.arithmetic_passed else "FAILED") + ", max relative error " + "; ".join(parts)
+        layer2 = (
+            "layer 2 arithmetic: " + ("held" if self.arithmetic_passed else "FAILED") + ", max relative error " + "; ".join(parts)
+        )
         lines = [f"{self.backend}:", "  " + layer1]
         lines += [f"    {f}" for f in self.decision_failures[:10]]
         if len(self.decision_failures) > 10:
@@ -322,6 +352,7 @@ class BackendReport:
 
 def layer_summary(reports: list[BackendReport]) -> list[str]:
     """One line per layer over every backend: what held."""
+
     def names(pred) -> str:
         failed = [r.backend for r in reports if not pred(r)]
         return "held for every backend" if not failed else f"FAILED for {', '.join(failed)}"
@@ -331,7 +362,10 @@ def layer_summary(reports: list[BackendReport]) -> list[str]:
     gated = any(r.min_overlap is not None for r in reports)
     lines.append(
         "Layer 3 (outcome agreement): "
-        + (names(lambda r: r.outcome_passed) + " the --min-overlap gate" if gated else "reported above, not a gate (--min-overlap makes it one)")
+        + (
+            names(lambda r: r.outcome_passed) + " the --min-overlap gate"
+            if gated
+            else "reported above, not a gate (--min-overlap makes it one)"
+        )
     )
     return lines
-

@@ -12,7 +12,8 @@ from pathlib import Path
 
 from flashvlm_export.errors import UsageError, arg
 from flashvlm_export.export.graphs import ExportRequest
-from flashvlm_export.models.llava import WeightsSource, get_parts_logged, weights_for_graph
+from flashvlm_export.models.adapter import get_parts_logged
+from flashvlm_export.models.weights import WeightsSource, weights_for_graph
 
 MAX_PARITY_REPEATS = 50  # each repeat is 7 cases through every backend; 50 is ~350 cases
 

@@ -24,6 +24,7 @@ from flashvlm_export.export.interface import (
     VISUAL_EMBEDS,
 )
 from flashvlm_export.export.metadata import graph_metadata
+from flashvlm_export.models.positions import token_positions
 from flashvlm_export.parity.backends import OnnxRuntime, PipelineReference, SelectorReference, TorchModule
 from flashvlm_export.parity.compare import ARITHMETIC_BOUNDS, BackendReport, layer_summary, sensitivity_overlaps
 from flashvlm_export.parity.corpus import Case, Geometry, pipeline_corpus, selector_corpus
@@ -233,7 +234,8 @@ def run_backends(request: ExportRequest, reference: Backend, backends: list[Back
     if reduced:  # the encoder's own outputs differ by its precision: measured, not a gate (ALGORITHM.md)
         bounds.update({name: None for name in FEATURES})
     selector_reference = SelectorReference(request.budget, request.config)
-    reports = {b.name: BackendReport(b.name, min_overlap) for b in backends}
+    table = token_positions(request.spec).numpy() if request.positions else None
+    reports = {b.name: BackendReport(b.name, min_overlap, token_positions=table) for b in backends}
     for number, case in enumerate(cases):
         expected = reference.infer(case.feeds)
         case.reference_indices = expected[INDICES]

@@ -22,6 +22,7 @@ from pathlib import Path
 from flashvlm_export.artifacts.placement import atomic_outputs
 from flashvlm_export.export.interface import FEATURES, INDICES, TEXT_EMBEDS, TEXT_MASK, VISUAL_EMBEDS
 from flashvlm_export.export.manifest import Manifest
+from flashvlm_export.models.positions import token_positions
 from flashvlm_export.parity.backends import OnnxRuntime, PipelineFeatures, SelectorReference
 from flashvlm_export.parity.compare import ARITHMETIC_BOUNDS, SHIPPED_INDICES, BackendReport, layer_summary, sensitivity_overlaps
 from flashvlm_export.parity.corpus import Case, pipeline_corpus
@@ -60,7 +61,8 @@ def run_split_parity(
     bounds = dict(ARITHMETIC_BOUNDS)
     if manifest.record["precision"] != "fp32":  # the encoder's own outputs differ by its precision: measured, not a gate
         bounds.update({name: None for name in FEATURES})
-    reports = {k: BackendReport(f"{chain.name}, K={k}", min_overlap) for k in manifest.budgets}
+    table = token_positions(first.spec).numpy() if first.positions else None
+    reports = {k: BackendReport(f"{chain.name}, K={k}", min_overlap, token_positions=table) for k in manifest.budgets}
     with tempfile.TemporaryDirectory(prefix="flashvlm-verify-") as scratch:
         verification = {
             k: OnnxRuntime(

@@ -19,7 +19,7 @@ import torch
 from flashvlm_export.artifacts.files import human_size
 from flashvlm_export.artifacts.timing import StepTimer
 from flashvlm_export.errors import UsageError, arg, switch
-from flashvlm_export.models.llava import weights_for_graph
+from flashvlm_export.models.weights import weights_for_graph
 from flashvlm_export.progress import plural
 from flashvlm_export.runtime.answer import Answer
 from flashvlm_export.runtime.graph_info import GraphInfo, graph_info
@@ -40,7 +40,7 @@ class RunResult:
 def _manifest_info(manifest: str, budget: int | None, tensorrt: bool) -> tuple[GraphInfo, object]:
     """The manifest (checked: hashes and each graph's metadata) and the request of the budget asked for."""
     from flashvlm_export.export.manifest import read_manifest
-    from flashvlm_export.models.llava import recorded_weights
+    from flashvlm_export.models.weights import recorded_weights
 
     split = read_manifest(Path(manifest), engines=tensorrt)
     if budget is None:
@@ -95,7 +95,7 @@ def _ids_text(ids: list[int], shown: int = 12) -> str:
 
 
 def _load_parts(info: GraphInfo, log):
-    from flashvlm_export.models.llava import get_parts_logged
+    from flashvlm_export.models.adapter import get_parts_logged
 
     return get_parts_logged(info.spec, info.weights, log, with_embeddings=True, what=" vision tower, projector and embed_tokens")
 

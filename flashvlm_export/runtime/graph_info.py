@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 from flashvlm_export.errors import UsageError, arg
 from flashvlm_export.export.graphs import ExportRequest, request_from_metadata
-from flashvlm_export.models.llava import WeightsSource, recorded_weights
+from flashvlm_export.models.weights import WeightsSource, recorded_weights
 
 
 @dataclass(frozen=True)

@@ -9,6 +9,8 @@ from dataclasses import dataclass, field
 from flashvlm_export.errors import UsageError
 
 GATES = ("llava", "norm")
+TEXT_SCOPES = ("all", "before-image")  # which prompt tokens form T (docs/ALGORITHM.md, Qwen2.5-VL)
+MODEL_DEFAULTS = ("gate",)  # fields whose default is the model's (ModelSpec.gate): LLaVA's code gates "llava", the Qwen port "norm"
 
 
 class SettingError(UsageError):
@@ -58,10 +60,15 @@ class SelectorConfig:
     step: int = _setting(8, "tokens pruned per round at most, >= 1")  # s, step 11
     max_rounds: int | None = _setting(None, "cap on pruning rounds, >= 1; raises the step to fit (leave unset for no cap)")  # step 11
     gate: str = _setting("llava", "query gating", choices=GATES)  # "llava" (authors' code) or "norm" (Qwen port), step 3
+    # T: every non-image token of the prompt ("all", ours), or only those before the image ("before-image": the
+    # authors' Qwen port, which in Qwen's template leaves the question out). The runtime builds T by it.
+    text_scope: str = _setting("all", "prompt tokens that form T", choices=TEXT_SCOPES)
 
     def __post_init__(self) -> None:
         if self.gate not in GATES:
             raise SettingError("gate", repr(self.gate), f"is not a known gate; use one of {', '.join(GATES)}")
+        if self.text_scope not in TEXT_SCOPES:
+            raise SettingError("text_scope", repr(self.text_scope), f"is not a text scope; use one of {', '.join(TEXT_SCOPES)}")
         for name, interval in RANGES.items():
             _check_range(name, getattr(self, name), interval)
         for name in ("step", "max_rounds"):

@@ -1,0 +1,58 @@
+"""What every model family's adapter provides (in the manner of Optimum's per-model export configs).
+
+A family is a module of models/ named by ModelSpec.family (models/llava.py, models/qwen2_5_vl.py); the
+registry imports it on first use. It provides:
+
+- `MODEL_TYPE`: the config.json `model_type` of its checkpoints (another family's checkpoint is refused);
+- `random_parts(spec, seed, with_embeddings)` and `load_parts(spec, path, with_embeddings)`: the parts the
+  export needs (a `Parts`, below), seeded random or from a local checkpoint or the HF cache;
+- `full_config(spec)` and `LLM_CLASS`: the whole model's transformers config and class (the answer);
+- `chat_prompt(question)`: the prompt with the image placeholder, as the checkpoint's processor lays it out;
+- `IMAGE_MEAN`, `IMAGE_STD`, `RESIZE`: how a photo becomes pixel_values (runtime/image.py);
+- `llm_inputs(...)`: the spliced LLM input of the kept rows (runtime/answer.py).
+
+A `Parts` has `spec`, `config`, `source` (WeightsSource), `embed_tokens` (when asked for), and
+`encoder(dtype)`: the module pixel_values (B, 3, H, W) -> (X, a, P(X)), fp32 out at any precision, that the
+graphs export; and `reference_features(pixel_values)`: the same three from transformers' own modules, the
+parity reference (docs/ALGORITHM.md "Batches and other models" says what X, a, P(X) are per family).
+"""
+
+from __future__ import annotations
+
+from flashvlm_export.models.registry import adapter
+from flashvlm_export.models.spec import ModelSpec
+from flashvlm_export.models.weights import WeightsSource
+
+
+def get_parts(spec: ModelSpec, source: WeightsSource, with_embeddings: bool = False):
+    family = adapter(spec)
+    if source.random:
+        return family.random_parts(spec, source.seed, with_embeddings)
+    return family.load_parts(spec, source.path, with_embeddings)
+
+
+def get_parts_logged(spec: ModelSpec, source: WeightsSource, log=print, with_embeddings: bool = False, what: str = ""):
+    """get_parts, timed in one line: "Model: loaded llava15-tiny (random weights, seed 0) 0.4s"."""
+    from flashvlm_export.artifacts.timing import StepTimer
+
+    timer = StepTimer("Model", log)
+    parts = get_parts(spec, source, with_embeddings)
+    timer.done(f"loaded {spec.name}{what} ({parts.source})")
+    return parts
+
+
+def random_embeddings(text_config):
+    """The LLM's input embeddings with the family's own init (normal, std initializer_range): for random weights."""
+    from torch import nn
+
+    embed = nn.Embedding(text_config.vocab_size, text_config.hidden_size, padding_idx=getattr(text_config, "pad_token_id", None))
+    nn.init.normal_(embed.weight, std=getattr(text_config, "initializer_range", 0.02))
+    return embed
+
+
+def frozen(parts):
+    """Every module of the parts in eval mode without gradients."""
+    for module in vars(parts).values():
+        if hasattr(module, "requires_grad_"):
+            module.eval().requires_grad_(False)
+    return parts

@@ -1,0 +1,36 @@
+"""3-axis rotary positions (t, h, w) of Qwen2.5-VL's visual tokens and of the text around them: one home.
+
+Qwen2.5-VL's get_rope_index places the text before the image at 0..p-1 on all three axes, the image's
+token at row h, column w at (p, p + h, p + w) (a still image has t = 0), and the text after the image at
+p + max(rows, columns) onwards. Pruning keeps each kept token's position and the text's unpruned positions
+(docs/ALGORITHM.md "Batches and other models"): the graphs return `token_positions(spec)[indices]`, relative to
+the image's start p, and `sequence_positions` lays out the LLM's whole (3, L) position ids from them.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from flashvlm_export.models.spec import ModelSpec
+
+
+def token_positions(spec: ModelSpec) -> torch.Tensor:
+    """(N, 3) int64: each visual token's (t, h, w) relative to the image's start, raster order (t = 0: a still image)."""
+    side = spec.grid_side
+    rows = torch.arange(side).repeat_interleave(side)
+    cols = torch.arange(side).repeat(side)
+    return torch.stack([torch.zeros_like(rows), rows, cols], dim=1)
+
+
+def image_extent(spec: ModelSpec) -> int:
+    """How far the image advances the text's position: max(rows, columns) of the token grid (Qwen's get_rope_index)."""
+    return spec.grid_side
+
+
+def sequence_positions(before: int, kept: torch.Tensor, after: int, extent: int) -> torch.Tensor:
+    """(3, before + K + after) int64 position ids: text 0..before-1, the kept tokens at before + (t, h, w)
+    (kept: (K, 3)), the text after the image at before + extent onwards, as in the unpruned sequence."""
+    head = torch.arange(before).expand(3, -1)
+    image = kept.to(torch.int64).T + before
+    tail = torch.arange(after).expand(3, -1) + before + extent
+    return torch.cat([head, image, tail], dim=1)

@@ -1,0 +1,245 @@
+"""The Qwen2.5-VL family adapter (models/adapter.py): the vision tower as a static graph, X, a, P(X) and positions.
+
+docs/ALGORITHM.md "Batches and other models", Qwen2.5-VL, from the authors' port (CaiKaitong/FlashVLM,
+Qwen2_5VL/flashvlm_qwen_2_5_VL.py):
+- P(X): the patch merger's output rows in raster order (the merger runs in window order; the reverse window
+  index restores raster order). X = P(X): step 10's Gram is taken on the merger's outputs.
+- a: the last vision block's post-softmax attention, mean over heads, summed over query rows (the attention each
+  patch receives), averaged over each 2x2 merge group, in raster order.
+
+`QwenEncoderCore` is transformers' Qwen2_5_VisionTransformerPretrainedModel.forward for one fixed image size,
+with every data-dependent index (window order, cumulative window lengths, rotary angles) computed once at build
+time: the window attention becomes a constant block-diagonal mask, so the graph has static shapes and no loops.
+`reference_features` runs transformers' own forward (its processor's patchify, its window attention) and reads
+the last block's attention through a recording attention function: the parity reference.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from flashvlm_export.errors import UsageError
+from flashvlm_export.models.adapter import frozen, random_embeddings
+from flashvlm_export.models.spec import ModelSpec
+from flashvlm_export.models.vision import VisionEncoder
+from flashvlm_export.models.weights import WeightsSource, checkpoint_config, load_states, read_config, resolve_weights_dir
+
+MODEL_TYPE = "qwen2_5_vl"
+IMAGE_MEAN = (0.48145466, 0.4578275, 0.40821073)  # Qwen2VLImageProcessor's (OpenAI CLIP's)
+IMAGE_STD = (0.26862954, 0.26130258, 0.27577711)
+RESIZE = "stretch"  # bicubic to the exported side, as Qwen's processor resizes (no crop)
+TEMPLATE = (
+    "<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n"
+    "<|im_start|>user\n<|vision_start|><|image_pad|><|vision_end|>{question}<|im_end|>\n<|im_start|>assistant\n"
+)
+IMAGE_PLACEHOLDER = "<|image_pad|>"
+RECORDING = "record_eager"  # keeps the attention weights (reference only); a name with "flash" would pick the flash path
+
+PREFIXES = {  # checkpoint key prefixes (Qwen's release layout, transformers >= 4.52 layout) -> part
+    "visual": ("visual.", "model.visual."),
+    "embed_tokens": ("model.embed_tokens.", "model.language_model.embed_tokens."),
+}
+FIX = "point --model-path at a complete Qwen2.5-VL checkpoint (config.json + *.safetensors)"
+
+
+def LLM_CLASS():
+    from transformers import Qwen2_5_VLForConditionalGeneration
+
+    return Qwen2_5_VLForConditionalGeneration
+
+
+def chat_prompt(question: str) -> str:
+    return TEMPLATE.format(question=question)
+
+
+def full_config(spec: ModelSpec):
+    from transformers import Qwen2_5_VLConfig
+
+    tokens = spec.special_tokens
+    vision = dict(spec.vision, patch_size=spec.patch_size, spatial_merge_size=spec.merge, in_channels=3)
+    text = dict(spec.text, eos_token_id=tokens["<|im_end|>"], bos_token_id=tokens["<|endoftext|>"])
+    config = Qwen2_5_VLConfig(
+        vision_config=vision,
+        text_config=text,
+        image_token_id=spec.image_token_index,
+        vision_start_token_id=tokens["<|vision_start|>"],
+        vision_end_token_id=tokens["<|vision_end|>"],
+        video_token_id=tokens.get("<|video_pad|>", spec.image_token_index - 6),
+        tie_word_embeddings=spec.text_hidden == 2048 and spec.text.get("vocab_size") == 151936,  # the 3B ties them
+    )
+    return config
+
+
+def patchify(pixel_values: torch.Tensor, patch: int, merge: int, temporal: int) -> torch.Tensor:
+    """(B, 3, H, W) -> (B * H/patch * W/patch, 3 * temporal * patch * patch): Qwen2VLImageProcessor's flat layout.
+
+    Patches in merge-group-major order (gh/m, gw/m, m, m), each flattened as (C, T, ph, pw) with the still image
+    repeated over the T temporal frames, exactly as the processor's patchify; at most 8 dimensions (TensorRT's).
+    """
+    b, c, h, w = pixel_values.shape
+    gh, gw = h // patch, w // patch
+    x = pixel_values.reshape(b, c, gh // merge, merge, patch, gw // merge, merge, patch)
+    x = x.permute(0, 2, 5, 3, 6, 1, 4, 7)  # (B, gh/m, gw/m, mh, mw, C, ph, pw)
+    x = x.reshape(b * gh * gw, c, 1, patch, patch)
+    x = torch.cat([x] * temporal, dim=2)  # a Concat: TorchScript exports an expand with a data-dependent shape
+    return x.reshape(b * gh * gw, c * temporal * patch * patch)
+
+
+def rotate_half(x: torch.Tensor) -> torch.Tensor:
+    half = x.shape[-1] // 2
+    return torch.cat((-x[..., half:], x[..., :half]), dim=-1)
+
+
+class QwenEncoderCore(nn.Module):
+    """pixel_values (B, 3, H, W) -> X = P(X) (B, N, Dl), a (B, N), P(X) (B, N, Dl) for one fixed H = W."""
+
+    def __init__(self, visual: nn.Module, image_size: int):
+        super().__init__()
+        from transformers.vision_utils import get_vision_position_ids, get_vision_window_index
+
+        cfg = visual.config
+        self.patch, self.merge, self.temporal = cfg.patch_size, cfg.spatial_merge_size, cfg.temporal_patch_size
+        side = image_size // self.patch
+        grid = torch.tensor([[1, side, side]])
+        window_index, cu_windows = get_vision_window_index(grid, self.merge, cfg.window_size, self.patch)
+        unit = self.merge**2
+        patch_order = (window_index[:, None] * unit + torch.arange(unit)).reshape(-1)  # window order of the patches
+        cos, sin = visual.rotary_pos_emb(torch.empty(0), get_vision_position_ids(grid, self.merge))
+        self.register_buffer("patch_order", patch_order, persistent=False)
+        self.register_buffer("token_order", torch.argsort(window_index), persistent=False)  # raster <- window order
+        self.register_buffer("cos", cos[patch_order].float(), persistent=False)  # (S, head_dim)
+        self.register_buffer("sin", sin[patch_order].float(), persistent=False)
+        lengths = (cu_windows[1:] - cu_windows[:-1]).tolist()
+        window = torch.repeat_interleave(torch.arange(len(lengths)), torch.tensor(lengths))  # (S,) window of each patch
+        blocked = torch.where(window[:, None] == window[None, :], 0.0, torch.finfo(torch.float32).min)
+        self.register_buffer("window_mask", blocked, persistent=False)  # (S, S) additive: 0 inside a window
+        self.patch_embed, self.blocks, self.merger = visual.patch_embed, visual.blocks, visual.merger
+        self.full_attention = set(cfg.fullatt_block_indexes)
+        self.heads = cfg.num_heads
+
+    def attention(self, block, h: torch.Tensor, windowed: bool) -> tuple[torch.Tensor, torch.Tensor]:
+        """Qwen2_5_VLVisionAttention with eager attention, batched: (B, S, D) -> output, weights (B, heads, S, S)."""
+        attn = block.attn
+        b, s, d = h.shape
+        qkv = attn.qkv(h).reshape(b, s, 3, self.heads, d // self.heads).permute(2, 0, 3, 1, 4)  # (3, B, H, S, hd)
+        q, k, v = qkv[0], qkv[1], qkv[2]
+        qf, kf = q.float(), k.float()  # apply_rotary_pos_emb_vision rotates in fp32
+        q = (qf * self.cos + rotate_half(qf) * self.sin).to(v.dtype)
+        k = (kf * self.cos + rotate_half(kf) * self.sin).to(v.dtype)
+        scores = torch.matmul(q, k.transpose(2, 3)) * attn.scaling
+        if windowed:
+            scores = scores + self.window_mask.to(scores.dtype)
+        weights = torch.softmax(scores, dim=-1, dtype=torch.float32).to(v.dtype)
+        out = torch.matmul(weights, v).transpose(1, 2).reshape(b, s, d)
+        return attn.proj(out), weights
+
+    def forward(self, pixel_values: torch.Tensor):
+        b = pixel_values.shape[0]
+        flat = patchify(pixel_values, self.patch, self.merge, self.temporal)
+        h = self.patch_embed(flat).reshape(b, -1, self.patch_embed.embed_dim)  # (B, S, D) processor order
+        h = h.index_select(1, self.patch_order)  # window order
+        for i, block in enumerate(self.blocks):
+            out, weights = self.attention(block, block.norm1(h), i not in self.full_attention)
+            h = h + out
+            h = h + block.mlp(block.norm2(h))
+        received = weights.float().mean(dim=1).sum(dim=1)  # last block: attention each patch receives, (B, S)
+        n = received.shape[1] // self.merge**2
+        saliency = received.reshape(b, n, self.merge**2).mean(dim=-1).index_select(1, self.token_order)  # (B, N)
+        merged = self.merger(h).reshape(b, n, -1).index_select(1, self.token_order)  # (B, N, Dl) raster order
+        return merged, saliency, merged
+
+
+def _record(module, query, key, value, attention_mask, scaling, dropout=0.0, **kwargs):
+    """transformers' eager attention, keeping the weights on the module: how the reference reads `a`."""
+    from transformers.models.qwen2_5_vl.modeling_qwen2_5_vl import eager_attention_forward
+
+    out, weights = eager_attention_forward(module, query, key, value, attention_mask, scaling, dropout, **kwargs)
+    module.flashvlm_weights = weights
+    return out, weights
+
+
+@dataclass
+class QwenParts:
+    spec: ModelSpec
+    config: object  # transformers Qwen2_5_VLConfig
+    visual: nn.Module  # Qwen2_5_VisionTransformerPretrainedModel, fp32
+    embed_tokens: nn.Module | None  # the LLM's embed_tokens, when asked for
+    source: WeightsSource
+
+    def encoder(self, dtype: torch.dtype = torch.float32) -> VisionEncoder:
+        return VisionEncoder(QwenEncoderCore(self.visual, self.spec.image_size), dtype)
+
+    @torch.no_grad()
+    def reference_features(self, pixel_values: torch.Tensor):
+        """X = P(X), a, P(X) from transformers' own vision tower, one image at a time (the authors' rule for a)."""
+        from transformers import AttentionInterface
+        from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
+        from transformers.vision_utils import get_vision_window_index
+
+        AttentionInterface.register(RECORDING, _record)
+        cfg = self.visual.config
+        processor = Qwen2VLImageProcessorPil()
+        last = self.visual.blocks[-1].attn
+        merged, saliency = [], []
+        saved = cfg._attn_implementation
+        cfg._attn_implementation = RECORDING
+        try:
+            for image in pixel_values:
+                flat, gh, gw = processor.patchify(image.numpy(), cfg.patch_size, cfg.spatial_merge_size, cfg.temporal_patch_size)
+                grid = torch.tensor([[1, gh, gw]])
+                out = self.visual(torch.from_numpy(flat.copy()), grid_thw=grid)
+                window_index, _ = get_vision_window_index(grid, cfg.spatial_merge_size, cfg.window_size, cfg.patch_size)
+                received = last.flashvlm_weights[0].mean(dim=0).sum(dim=0)  # (S,) window order
+                a = received.view(-1, cfg.spatial_merge_size**2).mean(dim=-1)[torch.argsort(window_index)]
+                merged.append(out.pooler_output)
+                saliency.append(a)
+        finally:
+            cfg._attn_implementation = saved
+        p = torch.stack(merged)
+        return p, torch.stack(saliency), p
+
+
+def _build(config, with_embeddings: bool):
+    from transformers.models.qwen2_5_vl.modeling_qwen2_5_vl import Qwen2_5_VisionTransformerPretrainedModel
+
+    config.vision_config._attn_implementation = "eager"
+    visual = Qwen2_5_VisionTransformerPretrainedModel._from_config(config.vision_config)
+    embed = random_embeddings(config.text_config) if with_embeddings else None
+    return visual.float(), embed
+
+
+def random_parts(spec: ModelSpec, seed: int = 0, with_embeddings: bool = False) -> QwenParts:
+    torch.manual_seed(seed)
+    config = full_config(spec)
+    visual, embed = _build(config, with_embeddings)
+    return frozen(QwenParts(spec, config, visual, embed, WeightsSource(seed=seed)))
+
+
+def _check_geometry(spec: ModelSpec, config) -> None:
+    vision = config.vision_config
+    got = (vision.patch_size, vision.spatial_merge_size, vision.out_hidden_size, config.text_config.hidden_size)
+    want = (spec.patch_size, spec.merge, spec.text_hidden, spec.text_hidden)
+    if got != want:
+        raise UsageError(
+            f"checkpoint geometry (patch, merge, merger width, Dl) = {got} does not match --model {spec.name} {want}; "
+            "pick the --model that matches the checkpoint"
+        )
+
+
+def load_parts(spec: ModelSpec, model_path: str | None = None, with_embeddings: bool = False) -> QwenParts:
+    from transformers import Qwen2_5_VLConfig
+
+    path = resolve_weights_dir(spec, model_path)
+    checkpoint_config(spec, path, MODEL_TYPE, FIX)
+    config = read_config(Qwen2_5_VLConfig, path, FIX, "Qwen2.5-VL")
+    _check_geometry(spec, config)
+    visual, embed = _build(config, with_embeddings)
+    targets = {"visual": visual}
+    if embed is not None:
+        targets["embed_tokens"] = embed
+    load_states(Path(path), targets, PREFIXES, FIX)
+    return frozen(QwenParts(spec, config, visual, embed, WeightsSource(path=str(path))))

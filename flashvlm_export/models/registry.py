@@ -1,0 +1,30 @@
+"""Every model the toolchain serves: the zoo's declared specs by --model name, and each family's adapter.
+
+Adding a model is one declarative file in models/zoo/ (its ModelSpec) and its SPECS in ZOO below; a new
+family also needs its adapter module (models/<family>.py, the functions models/adapter.py lists).
+"""
+
+from __future__ import annotations
+
+import difflib
+import importlib
+
+from flashvlm_export.errors import UsageError
+from flashvlm_export.models.spec import ModelSpec
+from flashvlm_export.models.zoo import llava15, qwen2_5_vl
+
+ZOO = (llava15, qwen2_5_vl)
+MODELS: dict[str, ModelSpec] = {spec.name: spec for module in ZOO for spec in module.SPECS}
+
+
+def get_spec(name: str) -> ModelSpec:
+    if name in MODELS:
+        return MODELS[name]
+    close = difflib.get_close_matches(name, list(MODELS), n=1, cutoff=0.3)
+    hint = f"did you mean --model {close[0]}?" if close else f"choose one of: {', '.join(MODELS)}"
+    raise UsageError(f"unknown --model {name!r}; {hint}")
+
+
+def adapter(spec: ModelSpec):
+    """The family's adapter module (models/llava.py, models/qwen2_5_vl.py), imported on first use."""
+    return importlib.import_module(f"flashvlm_export.models.{spec.family}")
