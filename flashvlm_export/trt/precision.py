@@ -8,8 +8,10 @@ reads that decision off the ONNX file, before and without TensorRT:
 - a node computes in fp16 (bf16) when any of its float tensors is fp16 (bf16), in fp32 when its float
   tensors are all fp32, and in no float type ("int") when it has none (index and mask arithmetic);
 - the encoder side is the casts back to fp32 (fp16/bf16 -> fp32) that end the reduced-precision
-  encoder and projector (the first ones: a cast back downstream of another is a round trip inside the
-  selector), and every node that feeds them; the selector is every other node: all that is downstream
+  encoder and projector, and every node that feeds them. Those casts are the producers of the tensors
+  the graph names X, a and P(X) (export/interface.py FEATURES), when it names them and they are casts
+  back; otherwise the first casts back (a cast back downstream of another is a round trip inside the
+  selector). Naming lets an encoder round-trip to fp32 inside (Qwen2.5-VL's rotary and softmax); the selector is every other node: all that is downstream
   of the casts back, and the text side (T, the mask) that never meets the encoder. (A reduced round
   trip on the text side, before it meets the encoder's outputs, would count as encoder side: the
   tests pin the exported graphs' casts back to exactly X, a and P(X).)
@@ -25,6 +27,7 @@ from collections import Counter
 from dataclasses import dataclass
 
 from flashvlm_export.errors import FlashVLMError
+from flashvlm_export.export.interface import FEATURES as ENCODER_OUTPUTS
 from flashvlm_export.export.options import REDUCED_PRECISIONS
 from flashvlm_export.progress import plural
 
@@ -139,20 +142,27 @@ def precision_plan(model) -> PrecisionPlan:
             to = next((a.i for a in node.attribute if a.name == "to"), None)
             if floats.get(to) == "fp32":
                 candidates.add(index)
-    # The encoder's casts back are the first ones: a cast back downstream of another one is a round trip
-    # inside the selector (and its nodes are selector nodes computing in a reduced type).
-    after_cast_back: set[str] = set()
-    casts_back = []
-    for index, node in enumerate(nodes):  # ONNX nodes are topologically sorted
-        downstream = any(i in after_cast_back for i in node.input if i)
-        if index in candidates and not downstream:
-            casts_back.append(node)
-        if downstream or index in candidates:
-            after_cast_back.update(o for o in node.output if o)
+    named = [index for index, node in enumerate(nodes) if any(o in ENCODER_OUTPUTS for o in node.output)]
+    if named:
+        # The graph names the encoder's outputs X, a, P(X) (export/interface.py): their producers end the encoder,
+        # whatever round trips to fp32 the encoder makes inside (Qwen2.5-VL rotates and softmaxes in fp32).
+        ends = named
+    else:
+        # Otherwise the encoder's casts back are the first ones: a cast back downstream of another one is a round
+        # trip inside the selector (and its nodes are selector nodes computing in a reduced type).
+        after_cast_back: set[str] = set()
+        ends = []
+        for index, node in enumerate(nodes):  # ONNX nodes are topologically sorted
+            downstream = any(i in after_cast_back for i in node.input if i)
+            if index in candidates and not downstream:
+                ends.append(index)
+            if downstream or index in candidates:
+                after_cast_back.update(o for o in node.output if o)
+    casts_back = [nodes[index] for index in ends if index in candidates]
 
     producer = {out: index for index, node in enumerate(nodes) for out in node.output if out}
-    encoder = set()  # the casts back and every node that feeds one: the reduced-precision encoder side
-    stack = [producer[c.output[0]] for c in casts_back]
+    encoder = set()  # the encoder's ends and every node that feeds one: the reduced-precision encoder side
+    stack = list(ends)
     while stack:
         index = stack.pop()
         if index not in encoder:
