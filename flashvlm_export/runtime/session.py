@@ -32,12 +32,14 @@ class OrtGraph:
         provider = ort_provider(provider)
         self.session = ort_session(Path(path), provider, plugin=plugin)
         self.name = f"ONNX Runtime {provider_label(provider)}"
+        # a graph that keeps every token may have no text inputs (TorchScript drops unused ones), as parity feeds it
+        self.input_names = tuple(i.name for i in self.session.get_inputs())
+        returned = {o.name for o in self.session.get_outputs()}
+        self.output_names = [INDICES, VISUAL_EMBEDS] + ([POSITIONS] if POSITIONS in returned else [])
 
     def infer(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        names = [INDICES, VISUAL_EMBEDS]
-        if POSITIONS in {o.name for o in self.session.get_outputs()}:
-            names.append(POSITIONS)
-        return dict(zip(names, self.session.run(names, feeds), strict=True))
+        inputs = {name: feeds[name] for name in self.input_names}
+        return dict(zip(self.output_names, self.session.run(self.output_names, inputs), strict=True))
 
 
 def select(backend: Backend, pixel_values: torch.Tensor, text_embeds: torch.Tensor, text_mask: torch.Tensor, batch: int) -> Selection:
