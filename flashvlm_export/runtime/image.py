@@ -45,7 +45,7 @@ def image_processor(spec: ModelSpec, model_dir: Path | None):
     cls = family.IMAGE_PROCESSOR()
     if model_dir is not None and (Path(model_dir) / "preprocessor_config.json").is_file():
         return cls.from_pretrained(str(model_dir), local_files_only=True), f"{model_dir}/preprocessor_config.json"
-    name = "CLIP" if family.RESIZE != STRETCH else f"{cls.__name__.removesuffix('Pil')}"
+    name = cls.__name__.removesuffix("Pil").removesuffix("ImageProcessor")  # "CLIP", "Qwen2VL"
     return cls(**_defaults(spec, family)), f"{name} defaults for {spec.name} ({spec.image_size} px)"
 
 
