@@ -303,12 +303,13 @@ def tiny_checkpoint(tmp_path_factory):
     """A llava-hf-style directory written by transformers: config, safetensors, tokenizer, preprocessor config."""
     from transformers import LlavaForConditionalGeneration
 
+    from flashvlm_export.models.llava import full_config
     from flashvlm_export.runtime.image import image_processor
     from flashvlm_export.runtime.tokenizer import stand_in_tokenizer
 
     folder = tmp_path_factory.mktemp("ckpt") / "llava-tiny"
     torch.manual_seed(5)
-    LlavaForConditionalGeneration(TINY.llava_config()).save_pretrained(folder)
+    LlavaForConditionalGeneration(full_config(TINY)).save_pretrained(folder)
     stand_in_tokenizer(TINY).save_pretrained(folder)
     processor, _ = image_processor(TINY, None)
     processor.image_mean = [0.5, 0.5, 0.5]  # not CLIP's: proves the directory's config is the one used

@@ -3,13 +3,19 @@
 A family is a module of models/ named by ModelSpec.family (models/llava.py, models/qwen2_5_vl.py); the
 registry imports it on first use. It provides:
 
+- `NAME`: how messages name the family's checkpoints ("LLaVA-1.5");
 - `MODEL_TYPE`: the config.json `model_type` of its checkpoints (another family's checkpoint is refused);
 - `random_parts(spec, seed, with_embeddings)` and `load_parts(spec, path, with_embeddings)`: the parts the
   export needs (a `Parts`, below), seeded random or from a local checkpoint or the HF cache;
 - `full_config(spec)` and `LLM_CLASS`: the whole model's transformers config and class (the answer);
 - `chat_prompt(question)`: the prompt with the image placeholder, as the checkpoint's processor lays it out;
-- `IMAGE_MEAN`, `IMAGE_STD`, `RESIZE`: how a photo becomes pixel_values (runtime/image.py);
-- `llm_inputs(...)`: the spliced LLM input of the kept rows (runtime/answer.py).
+- `IMAGE_MEAN`, `IMAGE_STD`, `RESIZE`, `IMAGE_PROCESSOR()`, `processor_pixels(output, spec)`: how a photo
+  becomes pixel_values (1, 3, H, W) (runtime/image.py), through the checkpoint's own image processor class;
+- `IMAGE_PLACEHOLDER`, `BOS_TOKEN`, `EOS_TOKEN`: the prompt's image token and the tokenizer's ends (the offline
+  stand-in tokenizer, runtime/tokenizer.py, follows them);
+- `adopt_parts(model, parts)`: a random-weight LLM_CLASS model takes the graph's parts (runtime/answer.py).
+  Where the LLM places visual tokens by (t, h, w) positions (ModelSpec.has_positions), the spliced input's
+  position ids come from models/positions.py.
 
 A `Parts` has `spec`, `config`, `source` (WeightsSource), `embed_tokens` (when asked for), and
 `encoder(dtype)`: the module pixel_values (B, 3, H, W) -> (X, a, P(X)), fp32 out at any precision, that the

@@ -18,6 +18,7 @@ from flashvlm_export.models.spec import ModelSpec
 from flashvlm_export.models.vision import LlavaEncoderCore, VisionEncoder, VisionFeatures
 from flashvlm_export.models.weights import WeightsSource, checkpoint_config, load_states, read_config, resolve_weights_dir
 
+NAME = "LLaVA-1.5"  # how messages name its checkpoints
 MODEL_TYPE = "llava"
 IMAGE_MEAN = (0.48145466, 0.4578275, 0.40821073)  # CLIP's
 IMAGE_STD = (0.26862954, 0.26130258, 0.27577711)
@@ -27,6 +28,7 @@ TEMPLATE = (
     "detailed, and polite answers to the human's questions. USER: <image>\n{question} ASSISTANT:"
 )
 IMAGE_PLACEHOLDER = "<image>"
+BOS_TOKEN, EOS_TOKEN = "<s>", "</s>"  # Llama's; the stand-in tokenizer (runtime/tokenizer.py) adds BOS as Llama's does
 
 # checkpoint key prefixes (llava-hf original layout, transformers >= 4.52 layout, and save_pretrained of 5.x) -> part
 PREFIXES = {
@@ -45,6 +47,30 @@ def LLM_CLASS():
 
 def chat_prompt(question: str) -> str:
     return TEMPLATE.format(question=question)
+
+
+def IMAGE_PROCESSOR():
+    """The checkpoint's image processor class: CLIP's (resize the shortest side, center crop)."""
+    try:  # transformers >= 5: the PIL backend, no torchvision needed
+        from transformers.models.clip.image_processing_pil_clip import CLIPImageProcessorPil
+
+        return CLIPImageProcessorPil
+    except ImportError:
+        from transformers import CLIPImageProcessor
+
+        return CLIPImageProcessor
+
+
+def processor_pixels(output, spec: ModelSpec) -> torch.Tensor:
+    """(1, 3, H, W) fp32 from the processor's output: CLIP's pixel_values are that already."""
+    return output["pixel_values"].to(torch.float32)
+
+
+def adopt_parts(model, parts: LlavaParts) -> None:
+    """A random-weight LlavaForConditionalGeneration takes the graph's vision tower, projector and embeddings."""
+    model.model.vision_tower.load_state_dict(parts.vision_tower.state_dict())
+    model.model.multi_modal_projector.load_state_dict(parts.projector.state_dict())
+    model.model.language_model.embed_tokens.load_state_dict(parts.embed_tokens.state_dict())
 
 
 def full_config(spec: ModelSpec):

@@ -28,6 +28,7 @@ from flashvlm_export.models.spec import ModelSpec
 from flashvlm_export.models.vision import VisionEncoder
 from flashvlm_export.models.weights import WeightsSource, checkpoint_config, load_states, read_config, resolve_weights_dir
 
+NAME = "Qwen2.5-VL"  # how messages name its checkpoints
 MODEL_TYPE = "qwen2_5_vl"
 IMAGE_MEAN = (0.48145466, 0.4578275, 0.40821073)  # Qwen2VLImageProcessor's (OpenAI CLIP's)
 IMAGE_STD = (0.26862954, 0.26130258, 0.27577711)
@@ -37,6 +38,7 @@ TEMPLATE = (
     "<|im_start|>user\n<|vision_start|><|image_pad|><|vision_end|>{question}<|im_end|>\n<|im_start|>assistant\n"
 )
 IMAGE_PLACEHOLDER = "<|image_pad|>"
+BOS_TOKEN, EOS_TOKEN = None, "<|im_end|>"  # Qwen's tokenizer adds no BOS; a chat turn ends at <|im_end|>
 RECORDING = "record_eager"  # keeps the attention weights (reference only); a name with "flash" would pick the flash path
 
 PREFIXES = {  # checkpoint key prefixes (Qwen's release layout, transformers >= 4.52 layout) -> part
@@ -54,6 +56,32 @@ def LLM_CLASS():
 
 def chat_prompt(question: str) -> str:
     return TEMPLATE.format(question=question)
+
+
+def IMAGE_PROCESSOR():
+    """The checkpoint's image processor class: Qwen2VLImageProcessorPil (runtime/image.py stretches to the side first)."""
+    from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
+
+    return Qwen2VLImageProcessorPil
+
+
+def processor_pixels(output, spec: ModelSpec) -> torch.Tensor:
+    """(1, 3, S, S) fp32 from the processor's flat patches of one S x S image (unpatchify)."""
+    flat = torch.as_tensor(output["pixel_values"], dtype=torch.float32)
+    grid = [int(x) for x in output["image_grid_thw"][0]]
+    side = spec.image_size // spec.patch_size
+    if grid != [1, side, side]:
+        raise UsageError(
+            f"the image processor made a {grid[1]}x{grid[2]} patch grid but {spec.name} takes {side}x{side} "
+            f"({spec.image_size} px); use the checkpoint the graph was exported from"
+        )
+    return unpatchify(flat, spec.image_size, spec.patch_size, spec.merge)
+
+
+def adopt_parts(model, parts: QwenParts) -> None:
+    """A random-weight Qwen2_5_VLForConditionalGeneration takes the graph's vision tower and embeddings."""
+    model.model.visual.load_state_dict(parts.visual.state_dict())
+    model.model.language_model.embed_tokens.load_state_dict(parts.embed_tokens.state_dict())
 
 
 def full_config(spec: ModelSpec):
@@ -87,6 +115,15 @@ def patchify(pixel_values: torch.Tensor, patch: int, merge: int, temporal: int) 
     x = x.reshape(b * gh * gw, c, 1, patch, patch)
     x = torch.cat([x] * temporal, dim=2)  # a Concat: TorchScript exports an expand with a data-dependent shape
     return x.reshape(b * gh * gw, c * temporal * patch * patch)
+
+
+def unpatchify(flat: torch.Tensor, side: int, patch: int, merge: int) -> torch.Tensor:
+    """patchify's inverse for one image: (S/patch)^2 flat patches -> (1, 3, S, S), from the first temporal frame."""
+    g = side // patch
+    c = 3
+    x = flat.reshape(g // merge, g // merge, merge, merge, c, -1, patch, patch)[:, :, :, :, :, 0]
+    x = x.permute(4, 0, 2, 5, 1, 3, 6)  # (C, gh/m, mh, ph, gw/m, mw, pw)
+    return x.reshape(1, c, side, side).contiguous()
 
 
 def rotate_half(x: torch.Tensor) -> torch.Tensor:

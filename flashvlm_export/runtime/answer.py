@@ -1,8 +1,12 @@
-"""The answer: K visual embeddings spliced where LLaVA's image tokens stand, then greedy decoding.
+"""The answer: K visual embeddings spliced where the model's image tokens stand, then greedy decoding.
 
-LLaVA (transformers' LlavaModel) replaces each of the prompt's N image tokens by one row of
-P(X), in order (masked_scatter). Pruning keeps K rows in ascending token order, so the spliced
-input is the same sequence with K image rows instead of N; with K = N it is exactly LLaVA's.
+Both families (transformers' LlavaModel, Qwen2_5_VLModel) replace each of the prompt's N image tokens by
+one row of P(X), in order (masked_scatter). Pruning keeps K rows in ascending token order, so the spliced
+input is the same sequence with K image rows instead of N; with K = N it is exactly the model's own.
+A model with 3-axis rotary positions (Qwen2.5-VL, ModelSpec.has_positions) also gets position ids
+(3, 1, L): the kept tokens at the (t, h, w) positions the graph returns, the text at its unpruned
+positions (models/positions.py), and each generated token at the position the unpruned sequence would
+give it (its rope delta kept). LLaVA keeps transformers' 1-D positions.
 """
 
 from __future__ import annotations
@@ -17,6 +21,8 @@ import torch
 from flashvlm_export.errors import UsageError, arg, switch
 from flashvlm_export.export.graphs import TORCH_DTYPES
 from flashvlm_export.export.options import LLM_DTYPE_NAMES
+from flashvlm_export.models.positions import image_extent, sequence_positions
+from flashvlm_export.models.registry import adapter
 from flashvlm_export.models.spec import ModelSpec
 
 RANDOM_LLM_MAX_BYTES = 4 * 1024**3  # a random-weight LLM is built in RAM, fp32; only test-size models fit
@@ -57,13 +63,12 @@ def dtype_name(dtype: torch.dtype) -> str:
 
 
 def llm_parameters(spec: ModelSpec, checkpoint: str | None) -> int:
-    """Parameters of the whole LlavaForConditionalGeneration, counted without allocating any: a checkpoint's
+    """Parameters of the whole model (the family's LLM_CLASS), counted without allocating any: a checkpoint's
     safetensors headers, or the random-weight model built on the meta device."""
     if checkpoint is None:
-        from transformers import LlavaForConditionalGeneration
-
+        family = adapter(spec)
         with torch.device("meta"):
-            model = LlavaForConditionalGeneration(spec.llava_config())
+            model = family.LLM_CLASS()(family.full_config(spec))
         return sum(p.numel() for p in model.parameters())
     from safetensors import safe_open
 
@@ -73,7 +78,7 @@ def llm_parameters(spec: ModelSpec, checkpoint: str | None) -> int:
             with safe_open(str(file), framework="pt") as f:
                 count += sum(math.prod(f.get_slice(key).get_shape()) for key in f.keys())
         except Exception as exc:  # SafetensorError: truncated, not safetensors, bad header
-            raise UsageError(f"{file} is not a readable safetensors file ({type(exc).__name__}); pass a complete LLaVA-1.5 checkpoint") from None
+            raise UsageError(f"{file} is not a readable safetensors file ({type(exc).__name__}); pass a complete {_family_name(spec)} checkpoint") from None
     return count
 
 
@@ -142,7 +147,7 @@ def check_random_llm_fits(spec: ModelSpec, weights: str = "random weights") -> N
     if size > RANDOM_LLM_MAX_BYTES:
         raise UsageError(
             f"{switch('answer')} with {weights} would build {spec.name}'s whole LLM in memory "
-            f"(~{size / 1024**3:.0f} GB fp32); use a llava15-tiny graph for a random-weight answer, "
+            f"(~{size / 1024**3:.0f} GB fp32); use a {_tiny_name(spec)} graph for a random-weight answer, "
             f"or a graph exported from a real checkpoint ({arg('model_path')})"
         )
 
@@ -150,37 +155,48 @@ def check_random_llm_fits(spec: ModelSpec, weights: str = "random weights") -> N
 def build_llm(
     spec: ModelSpec, parts, checkpoint: str | None, seed: int | None, device: torch.device, dtype: torch.dtype = torch.float32
 ):
-    """LlavaForConditionalGeneration in `dtype`: from the local checkpoint, or seeded random around the graph's parts."""
-    from transformers import LlavaForConditionalGeneration
-
+    """The family's LLM_CLASS in `dtype`: from the local checkpoint, or seeded random around the graph's parts."""
+    family = adapter(spec)
+    cls = family.LLM_CLASS()
     if checkpoint is not None:
         try:
-            model = LlavaForConditionalGeneration.from_pretrained(checkpoint, dtype=dtype, local_files_only=True)
+            model = cls.from_pretrained(checkpoint, dtype=dtype, local_files_only=True)
         except Exception as exc:
             raise UsageError(
-                f"cannot load the LLM of {checkpoint} ({type(exc).__name__}); pass a complete LLaVA-1.5 checkpoint"
+                f"cannot load the LLM of {checkpoint} ({type(exc).__name__}); pass a complete {_family_name(spec)} checkpoint"
             ) from None
         return model.to(device).eval()
     check_random_llm_fits(spec)
     torch.manual_seed(seed)  # the LLM layers: seeded; the vision tower, projector and embeddings are the graph's
-    model = LlavaForConditionalGeneration(parts.config)  # fp32: the same random model in every dtype, rounded
-    model.model.vision_tower.load_state_dict(parts.vision_tower.state_dict())
-    model.model.multi_modal_projector.load_state_dict(parts.projector.state_dict())
-    model.model.language_model.embed_tokens.load_state_dict(parts.embed_tokens.state_dict())
+    model = cls(parts.config)  # fp32: the same random model in every dtype, rounded
+    family.adopt_parts(model, parts)
     return model.to(device=device, dtype=dtype).eval().requires_grad_(False)
 
 
-def image_position(token_ids: list[int], image_token_index: int) -> int:
+def _family_name(spec: ModelSpec) -> str:
+    """How messages name a checkpoint of the spec's family ("LLaVA-1.5", "Qwen2.5-VL")."""
+    return adapter(spec).NAME
+
+
+def _tiny_name(spec: ModelSpec) -> str:
+    """The family's test-size model, which a random-weight answer fits."""
+    from flashvlm_export.models.registry import MODELS
+
+    tiny = [name for name, s in MODELS.items() if s.family == spec.family and not s.hf_repo]
+    return tiny[0] if tiny else "test-size"
+
+
+def image_position(token_ids: list[int], image_token_index: int, placeholder: str = "<image>") -> int:
     positions = [i for i, t in enumerate(token_ids) if t == image_token_index]
     if len(positions) != 1:
         raise UsageError(
-            f"the prompt holds {len(positions)} image tokens; LLaVA-1.5's prompt takes exactly one: remove '<image>' from {arg('question')}"
+            f"the prompt holds {len(positions)} image tokens; the model's prompt takes exactly one: remove {placeholder!r} from {arg('question')}"
         )
     return positions[0]
 
 
 def expand_image_token(token_ids: list[int], image_token_index: int, n: int) -> list[int]:
-    """What LLaVA's processor feeds the model: the one <image> repeated n times."""
+    """What the model's processor feeds it: the one image token repeated n times."""
     p = image_position(token_ids, image_token_index)
     return token_ids[:p] + [image_token_index] * n + token_ids[p + 1 :]
 
@@ -189,13 +205,40 @@ def expand_image_token(token_ids: list[int], image_token_index: int, n: int) -> 
 def splice(
     embed_tokens: torch.nn.Module, token_ids: list[int], image_token_index: int, visual_embeds: torch.Tensor
 ) -> torch.Tensor:
-    """(1, S, Dl): the prompt's text embeddings with visual_embeds (K, Dl) where <image> stands."""
+    """(1, S, Dl): the prompt's text embeddings with visual_embeds (K, Dl) where the image token stands."""
     p = image_position(token_ids, image_token_index)
     device = embed_tokens.weight.device
     before = embed_tokens(torch.tensor(token_ids[:p], dtype=torch.long, device=device))
     after = embed_tokens(torch.tensor(token_ids[p + 1 :], dtype=torch.long, device=device))
     rows = visual_embeds.to(device=device, dtype=before.dtype)
     return torch.cat([before, rows, after])[None]
+
+
+@dataclass
+class LLMInput:
+    """The prefill's input: inputs_embeds (1, L, Dl) and, for a 3-axis rotary model, position_ids (3, 1, L)
+    and the position of the first generated token (the unpruned sequence's: its rope delta kept)."""
+
+    inputs_embeds: torch.Tensor
+    position_ids: torch.Tensor | None = None
+    next_position: int | None = None
+
+
+def llm_input(
+    embed_tokens: torch.nn.Module, token_ids: list[int], spec: ModelSpec, visual_embeds: torch.Tensor, positions=None
+) -> LLMInput:
+    """visual_embeds (K, Dl) spliced at the image token; with spec.has_positions, `positions` (K, 3) (the graph's
+    (t, h, w) of each kept row, relative to the image's start) placed as the unpruned sequence places them."""
+    embeds = splice(embed_tokens, token_ids, spec.image_token_index, visual_embeds)
+    if not spec.has_positions:
+        return LLMInput(embeds)
+    if positions is None or tuple(positions.shape) != (visual_embeds.shape[0], 3):
+        raise ValueError(f"{spec.name} needs (K, 3) positions for its K = {visual_embeds.shape[0]} visual rows")
+    before = image_position(token_ids, spec.image_token_index)
+    after = len(token_ids) - before - 1
+    extent = image_extent(spec)
+    ids = sequence_positions(before, torch.as_tensor(positions), after, extent)[:, None].to(embeds.device)
+    return LLMInput(embeds, ids, before + extent + after)
 
 
 def _sync(device: torch.device) -> None:
@@ -209,13 +252,27 @@ def kv_cache_bytes(cache) -> int:
 
 
 @torch.no_grad()
-def greedy_answer(model, inputs_embeds: torch.Tensor, tokenizer, max_new_tokens: int, label: str) -> Answer:
-    """Greedy decoding through the model's forward; the first forward (the prefill) is timed on its own."""
+def greedy_answer(model, prompt: LLMInput | torch.Tensor, tokenizer, max_new_tokens: int, label: str) -> Answer:
+    """Greedy decoding through the model's forward; the first forward (the prefill) is timed on its own.
+
+    With position ids (a 3-axis rotary model) every forward gets them explicitly: the prompt's, then the i-th
+    generated token at next_position + i on all three axes (the model's own rope-delta bookkeeping is not used).
+    """
+    if isinstance(prompt, torch.Tensor):
+        prompt = LLMInput(prompt)
+    inputs_embeds = prompt.inputs_embeds
     device = inputs_embeds.device
-    model(inputs_embeds=inputs_embeds, use_cache=True)  # warm-up, not timed
+
+    def at(offset: int) -> dict:
+        if prompt.position_ids is None:
+            return {}
+        return {"position_ids": torch.full((3, 1, 1), prompt.next_position + offset, dtype=torch.long, device=device)}
+
+    first = {} if prompt.position_ids is None else {"position_ids": prompt.position_ids}
+    model(inputs_embeds=inputs_embeds, use_cache=True, **first)  # warm-up, not timed
     _sync(device)
     start = time.perf_counter()
-    out = model(inputs_embeds=inputs_embeds, use_cache=True)
+    out = model(inputs_embeds=inputs_embeds, use_cache=True, **first)
     token = int(out.logits[0, -1].argmax())
     _sync(device)
     prefill_ms = (time.perf_counter() - start) * 1e3
@@ -223,7 +280,7 @@ def greedy_answer(model, inputs_embeds: torch.Tensor, tokenizer, max_new_tokens:
     kv = kv_cache_bytes(out.cache)
     cache, tokens = out.cache, [token]
     while len(tokens) < max_new_tokens and token != tokenizer.eos_token_id:
-        out = model(input_ids=torch.tensor([[token]], device=device), cache=cache, use_cache=True)
+        out = model(input_ids=torch.tensor([[token]], device=device), cache=cache, use_cache=True, **at(len(tokens) - 1))
         cache, token = out.cache, int(out.logits[0, -1].argmax())
         tokens.append(token)
     text = tokenizer.decode(tokens, skip_special_tokens=True).strip()

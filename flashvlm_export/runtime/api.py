@@ -18,7 +18,7 @@ import torch
 
 from flashvlm_export.artifacts.files import human_size
 from flashvlm_export.artifacts.timing import StepTimer
-from flashvlm_export.errors import UsageError, arg, switch
+from flashvlm_export.errors import FlashVLMError, UsageError, arg, switch
 from flashvlm_export.models.weights import weights_for_graph
 from flashvlm_export.progress import plural
 from flashvlm_export.runtime.answer import Answer
@@ -33,6 +33,7 @@ class RunResult:
     n_tokens: int  # N
     selection_ms: float
     backend: str
+    positions: np.ndarray | None = None  # (K, 3) the graph's (t, h, w) of each kept token (3-axis rotary models)
     heatmap: Path | None = None
     answers: dict[str, Answer] = field(default_factory=dict)  # "pruned" and, with compare_full, "full"
 
@@ -138,6 +139,7 @@ def run(
     log=print,
 ) -> RunResult:
     from flashvlm_export.models.prompt import prompt_token_ids, text_inputs
+    from flashvlm_export.models.registry import adapter
     from flashvlm_export.runtime.answer import check_llm_dtype, image_position
     from flashvlm_export.runtime.image import prepare_image
     from flashvlm_export.runtime.session import select
@@ -191,12 +193,15 @@ def run(
         llm = llm_answer.build_llm(spec, parts, None if checkpoint is None else str(checkpoint), info.weights.seed, device, dtype)
         timer.done(f"LLM ready on {device}, {llm_answer.dtype_name(dtype)} ({llm_answer.parameter_count(params)} parameters)")
     tokenizer, tokenizer_name = load_tokenizer(spec, checkpoint)
-    token_ids = prompt_token_ids(tokenizer, question)
-    image_position(token_ids, spec.image_token_index)  # exactly one <image>: the question must not add one
-    text_embeds, text_mask = text_inputs(parts.embed_tokens, token_ids, request.t_max, spec.image_token_index)
+    token_ids = prompt_token_ids(tokenizer, question, spec)
+    placeholder = adapter(spec).IMAGE_PLACEHOLDER
+    image_position(token_ids, spec.image_token_index, placeholder)  # exactly one image token: the question must not add one
+    scope = request.config.text_scope
+    text_embeds, text_mask = text_inputs(parts.embed_tokens, token_ids, request.t_max, spec.image_token_index, scope=scope)
+    scoped = "" if scope == "all" else f", text scope {scope}"
     log(
         f"Input: image {image} ({prepared.processor}), question {question!r}: "
-        f"{int(text_mask.sum())}/{request.t_max} text rows ({tokenizer_name})"
+        f"{int(text_mask.sum())}/{request.t_max} text rows{scoped} ({tokenizer_name})"
     )
 
     backend = _backend(info, graph, engine, plugin_lib, split, tensorrt)
@@ -206,7 +211,11 @@ def run(
         f"Run: selected {len(selection.indices)}/{n} tokens {selection.ms:.1f} ms ({selection.backend}, encoder + projector + selector)"
     )
     log(f"Run: kept indices {selection.indices.tolist()}")
-    result = RunResult(selection.indices, n, selection.ms, selection.backend)
+    if spec.has_positions:
+        _check_positions(selection, spec, source)
+        log(f"Run: kept positions (t, h, w) from the image's start, from the graph: {_positions_text(selection.positions)}")
+    positions = None if selection.positions is None else selection.positions.numpy()
+    result = RunResult(selection.indices, n, selection.ms, selection.backend, positions=positions)
 
     if heatmap_path is not None:
         from flashvlm_export.runtime.heatmap import render_heatmap, score_maps
@@ -221,18 +230,18 @@ def run(
         result.heatmap = heatmap_path
 
     if answer:
-        from flashvlm_export.runtime.answer import greedy_answer, splice
+        from flashvlm_export.models.positions import token_positions
+        from flashvlm_export.runtime.answer import greedy_answer, llm_input
 
         if info.weights.random:
             log(f"Note: {RANDOM_NOTE}")
         embed = llm.get_input_embeddings()
-        runs = {"pruned": (f"pruned K={len(selection.indices)}", selection.visual_embeds)}
-        if compare_full:
-            with torch.no_grad():
-                x, _ = parts.vision_features()(prepared.pixel_values)
-                runs["full"] = (f"full N={n}", parts.projector(x)[0])  # (N, Dl) every image row, LLaVA's own input
-        for key, (label, rows) in runs.items():
-            inputs = splice(embed, token_ids, spec.image_token_index, rows)
+        runs = {"pruned": (f"pruned K={len(selection.indices)}", selection.visual_embeds, selection.positions)}
+        if compare_full:  # every image row at its own position: the model's own input
+            _, _, projected = parts.reference_features(prepared.pixel_values)  # (1, N, Dl)
+            runs["full"] = (f"full N={n}", projected[0], token_positions(spec) if spec.has_positions else None)
+        for key, (label, rows, kept) in runs.items():
+            inputs = llm_input(embed, token_ids, spec, rows, kept)
             result.answers[key] = greedy_answer(llm, inputs, tokenizer, max_new_tokens, label)
         for a in result.answers.values():
             log(
@@ -246,6 +255,27 @@ def run(
                 f"KV cache {human_size(full.kv_bytes)} -> {human_size(pruned.kv_bytes)}"
             )
     return result
+
+
+def _check_positions(selection, spec, source: str) -> None:
+    """The graph's positions are its kept tokens' own (t, h, w): what the LLM is given is what the graph selected."""
+    from flashvlm_export.models.positions import token_positions
+
+    if selection.positions is None:
+        raise FlashVLMError(f"{source} returns no kept-token positions, which {spec.name} needs; re-export it with flashvlm-export")
+    want = token_positions(spec)[torch.from_numpy(selection.indices)]
+    if not torch.equal(selection.positions, want):
+        row = int(torch.any(selection.positions != want, dim=1).nonzero()[0])
+        raise FlashVLMError(
+            f"{source} returned position {selection.positions[row].tolist()} for token {int(selection.indices[row])}, "
+            f"whose (t, h, w) is {want[row].tolist()}; re-export the graph with flashvlm-export"
+        )
+
+
+def _positions_text(positions: torch.Tensor, shown: int = 6) -> str:
+    rows = [f"({t}, {h}, {w})" for t, h, w in positions[:shown].tolist()]
+    more = f", ... {len(positions) - shown} more" if len(positions) > shown else ""
+    return ", ".join(rows) + more
 
 
 def _check_demo_target(target: Path, force: bool) -> None:

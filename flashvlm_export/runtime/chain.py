@@ -22,6 +22,7 @@ from flashvlm_export.export.interface import (
     FEATURES,
     INDICES,
     PIXEL_VALUES,
+    POSITIONS,
     TEXT_EMBEDS,
     TEXT_MASK,
     VISUAL_EMBEDS,
@@ -53,12 +54,18 @@ class OrtChain:
             binding = session.io_binding()
             for name, value in self.features.items():
                 binding.bind_ortvalue_input(name, value)
-            for name in (INDICES, VISUAL_EMBEDS):  # the K rows only come back to the host
+            for name in self._returned(session):  # the K rows only come back to the host
                 binding.bind_output(name, "cpu")
             self.bindings[k] = binding
         self.manifest = manifest
         self.name = f"ONNX Runtime {provider_label(provider)} chain"
         self._lock = threading.Lock()  # the shared buffers serve one request at a time
+
+    @staticmethod
+    def _returned(session) -> tuple[str, ...]:
+        """What a selector returns: indices and visual_embeds, and positions where the model has them."""
+        names = {o.name for o in session.get_outputs()}
+        return (INDICES, VISUAL_EMBEDS) + ((POSITIONS,) if POSITIONS in names else ())
 
     @property
     def budgets(self) -> tuple[int, ...]:
@@ -80,8 +87,8 @@ class OrtChain:
         binding.bind_cpu_input(TEXT_EMBEDS, np.ascontiguousarray(feeds[TEXT_EMBEDS]))
         binding.bind_cpu_input(TEXT_MASK, np.ascontiguousarray(feeds[TEXT_MASK]))
         self.selectors[budget].run_with_iobinding(binding)
-        indices, embeds = binding.copy_outputs_to_cpu()
-        return {INDICES: indices, VISUAL_EMBEDS: embeds}
+        outputs = binding.copy_outputs_to_cpu()
+        return dict(zip(self._returned(self.selectors[budget]), outputs, strict=True))
 
     def infer(self, feeds: dict[str, np.ndarray], budget: int) -> dict[str, np.ndarray]:
         self.manifest.check_budget(budget)  # before any work

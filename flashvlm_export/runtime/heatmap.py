@@ -1,8 +1,8 @@
 """See the selection: kept tokens over the preprocessed image, beside S_int, S_ext and F (Figure 4 of the paper).
 
 The kept tokens are the graph's (or engine's) own indices. The score panels come from the PyTorch
-reference (selector/reference.py fused_scores) on the features of the torch vision tower and
-projector with the graph's weights; the picture says so. Important tokens (step 9) are the kept
+reference (selector/reference.py fused_scores) on the family's reference_features (the torch vision
+tower and projector with the graph's weights); the picture says so. Important tokens (step 9) are the kept
 ones among the reference's top floor(K/2) by F; the other kept ones are the diverse set (step 11).
 """
 
@@ -44,8 +44,7 @@ def score_maps(parts, pixel_values: torch.Tensor, text_rows: torch.Tensor, confi
     fused_scores with eta = 0 is max(S_int, 1e-6) and with eta = 1 is max(S_ext, 1e-6): the
     reference's code, not a copy of it (the 1e-6 floor is below what a picture shows).
     """
-    x, a = parts.vision_features()(pixel_values)  # (1, N, Dv), (1, N)
-    projected = parts.projector(x)  # (1, N, Dl)
+    _, a, projected = parts.reference_features(pixel_values)  # (1, N), (1, N, Dl): the family's reference X, a, P(X)
 
     def scores(eta: float) -> np.ndarray:
         return fused_scores(a[0], projected[0], text_rows, dataclasses.replace(config, eta=eta)).numpy()

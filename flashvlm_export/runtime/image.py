@@ -1,8 +1,12 @@
-"""A photo -> pixel_values, exactly as the checkpoint's own image processor makes them.
+"""A photo -> pixel_values (1, 3, S, S), as the checkpoint's own image processor makes them for the graph's side S.
 
-With a model directory that has preprocessor_config.json, that config drives transformers'
-CLIP image processor; otherwise the spec's CLIP defaults (resize the shortest side, center crop,
-rescale 1/255, normalise with CLIP's mean and std), which is what LLaVA-1.5's processor does.
+The family adapter names the processor class and how it resizes (models/adapter.py). With a model directory
+that has preprocessor_config.json, that config drives it (its mean, std, rescale factor); otherwise the
+adapter's defaults. LLaVA-1.5 (RESIZE "shortest-edge-crop"): CLIP's processor resizes the shortest side to S,
+center-crops, rescales 1/255 and normalises with CLIP's mean and std. Qwen2.5-VL (RESIZE "stretch"): the graph
+is static, so the photo is stretched to S x S (bicubic, PIL, the processor's resample), then Qwen2VLImageProcessorPil
+rescales, normalises and patchifies it without resizing again, and the adapter unpatchifies its flat patches.
+For a square photo this is the processor's own output with size fixed to S x S pixels (tests/test_qwen_handoff.py).
 """
 
 from __future__ import annotations
@@ -14,10 +18,10 @@ import numpy as np
 import torch
 
 from flashvlm_export.errors import UsageError, arg
+from flashvlm_export.models.registry import adapter
 from flashvlm_export.models.spec import ModelSpec
 
-CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
-CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
+STRETCH = "stretch"
 
 
 @dataclass
@@ -27,31 +31,22 @@ class PreparedImage:
     processor: str  # which processor config made it
 
 
-def _processor_class():
-    try:  # transformers >= 5: the PIL backend, no torchvision needed
-        from transformers.models.clip.image_processing_pil_clip import CLIPImageProcessorPil
-
-        return CLIPImageProcessorPil
-    except ImportError:
-        from transformers import CLIPImageProcessor
-
-        return CLIPImageProcessor
+def _defaults(spec: ModelSpec, family) -> dict:
+    """The processor's settings without a checkpoint: the adapter's mean and std, sized to the graph's side."""
+    side = spec.image_size
+    common = dict(image_mean=list(family.IMAGE_MEAN), image_std=list(family.IMAGE_STD), do_convert_rgb=True)
+    if family.RESIZE == STRETCH:  # S x S pixels exactly (smart_resize keeps a square photo's side when S is a multiple of 28)
+        return dict(common, size={"shortest_edge": side * side, "longest_edge": side * side})
+    return dict(common, size={"shortest_edge": side}, crop_size={"height": side, "width": side}, do_center_crop=True)
 
 
 def image_processor(spec: ModelSpec, model_dir: Path | None):
-    cls = _processor_class()
+    family = adapter(spec)
+    cls = family.IMAGE_PROCESSOR()
     if model_dir is not None and (Path(model_dir) / "preprocessor_config.json").is_file():
         return cls.from_pretrained(str(model_dir), local_files_only=True), f"{model_dir}/preprocessor_config.json"
-    side = spec.image_size
-    processor = cls(
-        size={"shortest_edge": side},
-        crop_size={"height": side, "width": side},
-        do_center_crop=True,
-        image_mean=list(CLIP_MEAN),
-        image_std=list(CLIP_STD),
-        do_convert_rgb=True,
-    )
-    return processor, f"CLIP defaults for {spec.name} ({side} px)"
+    name = cls.__name__.removesuffix("Pil").removesuffix("ImageProcessor")  # "CLIP", "Qwen2VL"
+    return cls(**_defaults(spec, family)), f"{name} defaults for {spec.name} ({spec.image_size} px)"
 
 
 def read_image(path: str | Path):
@@ -73,7 +68,13 @@ def read_image(path: str | Path):
 def prepare_image(path: str | Path, spec: ModelSpec, model_dir: Path | None = None) -> PreparedImage:
     image = read_image(path)
     processor, name = image_processor(spec, model_dir)
-    pixels = processor(images=image, return_tensors="pt")["pixel_values"].to(torch.float32)  # (1, 3, H, W)
+    family = adapter(spec)
+    options = {}
+    if family.RESIZE == STRETCH:  # to the graph's side as the processor resizes (bicubic), then no resize of its own
+        side = spec.image_size
+        image = image.resize((side, side), resample=int(processor.resample))
+        options["do_resize"] = False
+    pixels = family.processor_pixels(processor(images=image, return_tensors="pt", **options), spec)  # (1, 3, H, W)
     if tuple(pixels.shape[-2:]) != (spec.image_size, spec.image_size):
         raise UsageError(
             f"the image processor ({name}) makes {tuple(pixels.shape[-2:])} pixels but {spec.name} takes "

@@ -12,7 +12,7 @@ import torch
 
 from flashvlm_export.backend import Backend, ort_provider, ort_session, provider_label
 from flashvlm_export.errors import FlashVLMError
-from flashvlm_export.export.interface import INDICES, PIXEL_VALUES, TEXT_EMBEDS, TEXT_MASK, VISUAL_EMBEDS
+from flashvlm_export.export.interface import INDICES, PIXEL_VALUES, POSITIONS, TEXT_EMBEDS, TEXT_MASK, VISUAL_EMBEDS
 
 
 @dataclass
@@ -21,19 +21,25 @@ class Selection:
     visual_embeds: torch.Tensor  # (K, Dl) fp32: P(X)[indices]
     ms: float  # one warm run of the graph or engine (encoder + projector + selector)
     backend: str
+    positions: torch.Tensor | None = None  # (K, 3) int64 (t, h, w) from the image's start, where the graph returns them
 
 
 class OrtGraph:
-    """A shipped graph in ONNX Runtime, its indices and visual_embeds: CUDA when onnxruntime-gpu offers it, else CPU."""
+    """A shipped graph in ONNX Runtime, its indices and visual_embeds (and positions, where it returns them): CUDA when
+    onnxruntime-gpu offers it, else CPU."""
 
     def __init__(self, path: Path, plugin: bool = False, provider: str | None = None):
         provider = ort_provider(provider)
         self.session = ort_session(Path(path), provider, plugin=plugin)
         self.name = f"ONNX Runtime {provider_label(provider)}"
+        # a graph that keeps every token may have no text inputs (TorchScript drops unused ones), as parity feeds it
+        self.input_names = tuple(i.name for i in self.session.get_inputs())
+        returned = {o.name for o in self.session.get_outputs()}
+        self.output_names = [INDICES, VISUAL_EMBEDS] + ([POSITIONS] if POSITIONS in returned else [])
 
     def infer(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        names = [INDICES, VISUAL_EMBEDS]
-        return dict(zip(names, self.session.run(names, feeds), strict=True))
+        inputs = {name: feeds[name] for name in self.input_names}
+        return dict(zip(self.output_names, self.session.run(self.output_names, inputs), strict=True))
 
 
 def select(backend: Backend, pixel_values: torch.Tensor, text_embeds: torch.Tensor, text_mask: torch.Tensor, batch: int) -> Selection:
@@ -53,4 +59,12 @@ def select(backend: Backend, pixel_values: torch.Tensor, text_embeds: torch.Tens
             f"{backend.name} returned indices that are not strictly ascending; re-export the graph with flashvlm-export"
         )
     embeds = torch.from_numpy(np.asarray(out[VISUAL_EMBEDS], dtype=np.float32)[0].copy())
-    return Selection(indices, embeds, ms, backend.name)
+    positions = None
+    if POSITIONS in out:
+        positions = torch.from_numpy(np.asarray(out[POSITIONS])[0].astype(np.int64))
+        if tuple(positions.shape) != (len(indices), 3):
+            raise FlashVLMError(
+                f"{backend.name} returned positions of shape {tuple(positions.shape)}, not ({len(indices)}, 3); "
+                "re-export the graph with flashvlm-export"
+            )
+    return Selection(indices, embeds, ms, backend.name, positions)
