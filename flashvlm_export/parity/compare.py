@@ -282,6 +282,8 @@ class BackendReport:
             layer1 = f"layer 1 decisions: NOT CHECKED, the backend gives no {', '.join(self.missing)} (no verification build)"
         else:
             shipped = f"; shipped graph = verification build on {self.shipped_checked}/{n}" if self.shipped_checked else ""
+            if self.token_positions is not None:
+                shipped += "; positions = the kept tokens' own (t, h, w)"
             verdict = "held" if self.decisions_passed else f"FAILED on {len(self.decision_failures)}"
             layer1 = f"layer 1 decisions: {verdict} ({self.decisions_checked}/{n} images replayed exactly{shipped})"
         parts = []

@@ -32,6 +32,7 @@ from flashvlm_export.export.interface import (
     INDICES,
     PIPELINE_INPUTS,
     PIXEL_VALUES,
+    POSITIONS,
     TEXT_EMBEDS,
     TEXT_MASK,
     VISUAL_EMBEDS,
@@ -42,6 +43,12 @@ from flashvlm_export.trt.sidecar import io_mismatch
 SHARED = FEATURES  # encoder outputs = selector inputs
 ENCODER_IO = {PIXEL_VALUES, *SHARED}
 SELECTOR_IO = {*SHARED, TEXT_EMBEDS, TEXT_MASK, INDICES, VISUAL_EMBEDS}
+SELECTED = (INDICES, VISUAL_EMBEDS, POSITIONS)  # what a selector engine may return (positions: 3-axis rotary models)
+
+
+def selected_names(io: dict) -> tuple[str, ...]:
+    """The outputs a selector engine returns, in order: indices, visual_embeds, and positions where it has them."""
+    return tuple(name for name in SELECTED if name in io)
 HOST_INPUTS = PIPELINE_INPUTS  # pixel_values, text_embeds, text_mask
 GEOMETRY = ("n_tokens", "vision_hidden", "text_hidden")
 REEXPORT = "export the encoder and its selectors together, from one model and batch, with flashvlm-export ... --engine"
@@ -150,7 +157,7 @@ class EngineChain:
             for name in (TEXT_EMBEDS, TEXT_MASK):
                 self._device[name] = self._empty(*selector_io[first][name][1:])
             self._outputs = {
-                key: {name: self._empty(*io[name][1:]) for name in (INDICES, VISUAL_EMBEDS)}
+                key: {name: self._empty(*io[name][1:]) for name in selected_names(io)}
                 for key, io in selector_io.items()
             }
             self._pinned = {name: self._host(self._device[name]) for name in HOST_INPUTS}
@@ -198,7 +205,8 @@ class EngineChain:
         return tuple(sorted(self._selectors))
 
     def infer(self, feeds: dict[str, np.ndarray], budget: int) -> dict[str, np.ndarray]:
-        """{"indices": (B, K) int64, "visual_embeds": (B, K, Dl) float32} for pixel_values, text_embeds, text_mask."""
+        """{"indices": (B, K) int64, "visual_embeds": (B, K, Dl) float32[, "positions": (B, K, 3) int64]} for
+        pixel_values, text_embeds, text_mask."""
         k = select_budget(budget, self.budgets)
         missing = [name for name in HOST_INPUTS if name not in feeds]
         if missing:
@@ -223,10 +231,13 @@ class EngineChain:
                     self._pinned_out[k][name].copy_(tensor, non_blocking=True)
             stream.synchronize()
             out = self._pinned_out[k]
-            return {
+            result = {
                 INDICES: np.array(out[INDICES].numpy(), dtype=np.int64),
                 VISUAL_EMBEDS: np.array(out[VISUAL_EMBEDS].numpy(), dtype=np.float32),
             }
+            if POSITIONS in out:
+                result[POSITIONS] = np.array(out[POSITIONS].numpy(), dtype=np.int64)
+            return result
 
     # ------------------------------------------------------------------ helpers
 
@@ -254,6 +265,8 @@ class EngineChain:
             if any(d < 0 for d in shape):
                 raise UsageError(f"{path} has {name} of dynamic shape {shape}; the chain needs static-shape engines ({REEXPORT})")
             io[name] = (engine.get_tensor_mode(name) == trt.TensorIOMode.INPUT, shape, self._dtypes[dtype])
+        if INDICES in expected and POSITIONS in io:  # a selector of a 3-axis rotary model also returns positions
+            expected = expected | {POSITIONS}
         differs = io_mismatch(set(io), expected)
         if differs:
             differs = differs.replace("the graph", "its graph kind")
@@ -269,7 +282,7 @@ class EngineChain:
         for key, io in selector_io.items():
             path = selectors[key]
             for name, (is_input, shape, dtype) in io.items():
-                if is_input != (name not in (INDICES, VISUAL_EMBEDS)):
+                if is_input != (name not in SELECTED):
                     raise UsageError(f"{path} has {name} as an {'input' if is_input else 'output'}; {REEXPORT}")
                 if name in SHARED and (shape, dtype) != enc_io[name][1:]:
                     raise UsageError(
