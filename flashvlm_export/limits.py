@@ -38,10 +38,11 @@ def bytes_per_image(spec, n_tokens: int, t_max: int, selector_only: bool) -> int
     selector = n_tokens * (spec.vision_hidden + spec.text_hidden + n_tokens + t_max) + t_max * spec.text_hidden
     if selector_only:
         return LIVE_COPIES * FLOAT * selector
-    seq = n_tokens + 1  # CLS
-    heads = int(spec.vision.get("num_attention_heads", 16))
-    inner = int(spec.vision.get("intermediate_size", 4 * spec.vision_hidden))
-    encoder = 3 * spec.image_size**2 + heads * seq * seq + seq * (spec.vision_hidden + inner)
+    seq = spec.vision_sequence
+    heads = int(spec.vision.get("num_attention_heads", spec.vision.get("num_heads", 16)))
+    width = int(spec.vision.get("hidden_size", spec.vision_hidden))
+    inner = int(spec.vision.get("intermediate_size", 4 * width))
+    encoder = 3 * spec.image_size**2 + heads * seq * seq + seq * (width + inner)
     return LIVE_COPIES * FLOAT * (selector + encoder)
 
 

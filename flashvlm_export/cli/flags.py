@@ -10,6 +10,7 @@ import argparse
 import dataclasses
 
 from flashvlm_export.errors import UsageError
+from flashvlm_export.models.registry import MODELS
 from flashvlm_export.models.zoo.llava15 import LLAVA15
 
 
@@ -39,7 +40,9 @@ def given_flags(argv: list[str]) -> set[str]:
 def add_model_flags(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("model and weights")
     g.add_argument(
-        "--model", default=LLAVA15.name, help=f"model spec name (default: {LLAVA15.name}; llava15-tiny is a test-size model)"
+        "--model",
+        default=LLAVA15.name,
+        help=f"model spec name, one of {', '.join(MODELS)} (default: {LLAVA15.name}; the -tiny ones are test-size models; docs/MODELS.md)",
     )
     g.add_argument(
         "--model-path",
@@ -69,7 +72,10 @@ def add_graph_flags(p: argparse.ArgumentParser, many_budgets: bool) -> list[str]
         ),
         g.add_argument("--batch", type=int, default=1, help="static batch size B (default: 1; bounded by memory)"),
         g.add_argument(
-            "--image-size", type=int, help=f"input image side; must equal the model's ({LLAVA15.image_size} for {LLAVA15.name})"
+            "--image-size",
+            type=int,
+            help=f"input image side, fixed at export: LLaVA takes {LLAVA15.image_size} only; Qwen2.5-VL a multiple of 28 "
+            "(default 448: N=256)",
         ),
         g.add_argument(
             "--selector-only", action="store_true", help="export the selection core alone (inputs X, a, P(X), T, mask)"

@@ -1,1 +1,1 @@
-"""ONNX export of the selector core and the full LLaVA pipeline."""
+"""ONNX export of the selector core, the encoder and the full pipeline, for every model family."""

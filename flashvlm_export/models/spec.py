@@ -93,6 +93,11 @@ class ModelSpec:
         return self.name if self.image_size == self.declared_image_size else f"{self.name}-{self.image_size}px"
 
     @property
+    def vision_sequence(self) -> int:
+        """Rows the vision tower attends over per image: the patches (merge^2 per token), plus CLIP's CLS for LLaVA."""
+        return self.n_tokens * self.merge**2 + (1 if self.family == "llava" else 0)
+
+    @property
     def has_positions(self) -> bool:
         """Whether the LLM places visual tokens by (t, h, w) rotary positions, which the graphs then return."""
         return self.family == "qwen2_5_vl"
