@@ -78,3 +78,57 @@ def round_schedule(n_tokens: int, budget: int, config: SelectorConfig = Selector
         removals.append(r)
         size -= r
     return RoundSchedule(n_tokens, budget, k_imp, k_div, step, tuple(sizes), tuple(removals))
+
+
+@dataclass(frozen=True)
+class RangeSchedule:
+    """The schedules of every budget K in k_min..k_max of one selector that takes its budget per image (issue 23).
+
+    A static graph runs `n_rounds` rounds (the most any budget needs: the smallest); round j of an image whose
+    budget is K removes `removals_table[K - k_min][j]` tokens (0 once K's own rounds are done), from a list
+    of `sizes_table[K - k_min][j]` (its length then). Lists are padded to `residual_size` (the longest |R0|,
+    the smallest budget's) and the kept residual to `k_div_max` (the largest K_div, the largest budget's).
+    """
+
+    n_tokens: int
+    k_min: int
+    k_max: int
+    schedules: tuple[RoundSchedule, ...]  # one per K = k_min .. k_max
+
+    def of(self, budget: int) -> RoundSchedule:
+        if not self.k_min <= budget <= self.k_max:
+            raise UsageError(f"budget {budget} is outside the selector's range {self.k_min}..{self.k_max}")
+        return self.schedules[budget - self.k_min]
+
+    @property
+    def n_rounds(self) -> int:
+        return max(s.n_rounds for s in self.schedules)
+
+    @property
+    def residual_size(self) -> int:
+        return max(s.residual_size for s in self.schedules)
+
+    @property
+    def k_div_max(self) -> int:
+        return max(s.k_div for s in self.schedules)
+
+    @property
+    def removals_table(self) -> tuple[tuple[int, ...], ...]:
+        n = self.n_rounds
+        return tuple(s.removals + (0,) * (n - s.n_rounds) for s in self.schedules)
+
+    @property
+    def sizes_table(self) -> tuple[tuple[int, ...], ...]:
+        """|R| at the start of each round per budget; after a budget's own rounds, its final size K_div."""
+        n = self.n_rounds
+        return tuple(s.sizes + (s.k_div,) * (n - s.n_rounds) for s in self.schedules)
+
+
+def range_schedule(n_tokens: int, k_min: int, k_max: int, config: SelectorConfig = SelectorConfig()) -> RangeSchedule:
+    """Every budget's schedule, k_min..k_max (MIN_BUDGET <= k_min < k_max <= N)."""
+    check_budget_range(k_min, n_tokens, "the range's smallest budget")
+    check_budget_range(k_max, n_tokens, "the range's largest budget")
+    if k_min >= k_max:
+        raise UsageError(f"budget range {k_min}..{k_max} is empty or one budget; use KMIN..KMAX with KMIN < KMAX")
+    schedules = tuple(round_schedule(n_tokens, k, config) for k in range(k_min, k_max + 1))
+    return RangeSchedule(n_tokens, k_min, k_max, schedules)
