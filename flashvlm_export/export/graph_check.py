@@ -11,7 +11,11 @@ FORBIDDEN_OPS = ("Loop", "If", "NonZero", "Scan", "Unique")
 
 
 def _constant_values(graph: onnx.GraphProto) -> dict[str, object]:
-    values = {init.name: numpy_helper.to_array(init) for init in graph.initializer}
+    """The values of the graph's own constants; weights kept as external data (a graph over 2 GB) are not read:
+    the rules need small constants (TopK's K, shapes), which ONNX never moves out of the file."""
+    values = {
+        init.name: numpy_helper.to_array(init) for init in graph.initializer if init.data_location != onnx.TensorProto.EXTERNAL
+    }
     for node in graph.node:
         if node.op_type == "Constant":
             for attr in node.attribute:
