@@ -11,6 +11,7 @@ import dataclasses
 
 from flashvlm_export.errors import UsageError
 from flashvlm_export.models.zoo.llava15 import LLAVA15
+from flashvlm_export.models.zoo.qwen2_5_vl import QWEN25_VL_7B
 
 
 class Parser(argparse.ArgumentParser):
@@ -69,7 +70,10 @@ def add_graph_flags(p: argparse.ArgumentParser, many_budgets: bool) -> list[str]
         ),
         g.add_argument("--batch", type=int, default=1, help="static batch size B (default: 1; bounded by memory)"),
         g.add_argument(
-            "--image-size", type=int, help=f"input image side; must equal the model's ({LLAVA15.image_size} for {LLAVA15.name})"
+            "--image-size",
+            type=int,
+            help=f"input image side (default: the model's); {LLAVA15.name} takes {LLAVA15.image_size} only, Qwen2.5-VL "
+            f"multiples of {QWEN25_VL_7B.image_size_step} (default {QWEN25_VL_7B.image_size})",
         ),
         g.add_argument(
             "--selector-only", action="store_true", help="export the selection core alone (inputs X, a, P(X), T, mask)"
