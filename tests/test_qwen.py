@@ -117,8 +117,8 @@ def fused(out_dir) -> Path:
     return export(out_dir, "fused_ts", "--exporter", "torchscript")
 
 
-def assert_parity_command_passes(capsys, argv):
-    code = main(["parity", *argv, "--repeats", "1", "--no-save"])
+def assert_parity_command_passes(capsys, argv, save=("--no-save",)):
+    code = main(["parity", *argv, "--repeats", "1", *save])
     out = capsys.readouterr().out
     assert code == 0 and out.strip().splitlines()[-1].startswith("PASSED"), out
     return out
@@ -130,7 +130,28 @@ def test_fused_torchscript_graph_returns_positions_and_passes_parity(fused, caps
     model = onnx.load(str(fused), load_external_data=False)
     outputs = {o.name: [d.dim_value for d in o.type.tensor_type.shape.dim] for o in model.graph.output}
     assert outputs == {INDICES: [1, BUDGET], VISUAL_EMBEDS: [1, BUDGET, QWEN.text_hidden], POSITIONS: [1, BUDGET, 3]}
-    assert_parity_command_passes(capsys, ["--graph", str(fused)])
+    assert_parity_command_passes(capsys, ["--graph", str(fused)], save=["--save-dir", str(fused.parent / "parity")])
+
+
+def test_polygraphy_replay_records_hold_the_positions_and_catch_two_exchanged(fused):
+    """The replay's verdict (parity/polygraphy_compare.py) on the shipped graph's own outputs, then with two kept
+    tokens' positions exchanged: the records carry each token's (t, h, w)."""
+    import onnxruntime as ort
+    from polygraphy.comparator import RunResults
+    from polygraphy.json import load_json
+
+    from flashvlm_export.parity import polygraphy_compare
+
+    records = fused.parent / "parity" / f"{fused.stem}_reference_outputs.json"
+    inputs = load_json(str(fused.parent / "parity" / f"{fused.stem}_inputs.json"))
+    session = ort.InferenceSession(str(fused), providers=["CPUExecutionProvider"])
+    for feeds, record in zip(inputs, RunResults.load(str(records))[0][1], strict=True):
+        record = dict(record.items())
+        assert np.array_equal(record[polygraphy_compare.TOKEN_POSITIONS], token_positions(QWEN).numpy())
+        run = dict(zip([o.name for o in session.get_outputs()], session.run(None, feeds), strict=True))
+        assert polygraphy_compare.judge(run, record)[0]
+        passed, lines = polygraphy_compare.judge(exchange_two_positions(run), record)
+        assert not passed and any("positions are not the kept tokens' own" in line for line in lines)
 
 
 @pytest.mark.parametrize(
