@@ -289,7 +289,7 @@ def test_unknown_model_suggests_the_nearest_name(capsys):
     [
         (QWEN.name, "450", ["--image-size 450 is not a multiple of 28", "use --image-size 448 or 476"]),
         (QWEN.name, "1736", ["N=3844", "TopK limit 3840", "--image-size 1708 or less"]),  # 62 x 62 tokens
-        ("llava15-tiny", "448", ["--image-size 448", "336x336"]),
+        ("llava15", "448", ["--image-size 448", "336x336"]),
     ],
     ids=["not-a-multiple-of-28", "N-over-3840", "llava-other-than-336"],
 )
