@@ -81,3 +81,47 @@ def test_llama_geometry_has_one_home():
 
     assert cost.VICUNA_7B is LLAMA2_7B and LLAVA15.text_hidden == LLAMA2_7B.hidden
     assert LLAVA15.text["num_hidden_layers"] == LLAMA2_7B.layers and cost.CLIP_L336.tokens == LLAVA15.n_tokens + 1
+
+
+@pytest.mark.parametrize("name", ["qwen2.5-vl-3b", "qwen2.5-vl-7b"])
+def test_qwen_geometries_are_read_from_their_specs(name):
+    from flashvlm_export.models.registry import get_spec
+
+    spec = get_spec(name)
+    model = next(m for m in cost.MODELS if m.decoder is spec.decoder)  # the zoo's DecoderGeometry itself, not a copy
+    e = model.encoder
+    assert model.full_tokens == spec.n_tokens == 256 and e.tokens == spec.merge**2 * spec.n_tokens == 1024  # 4N patches
+    assert (e.layers, e.hidden, e.intermediate) == (spec.vision["depth"], spec.vision["hidden_size"], spec.vision["intermediate_size"])
+    assert e.full_attention_layers == len(spec.vision["fullatt_block_indexes"]) and e.window == 8 * 8  # 112 px of 14 px patches
+
+
+def test_qwen_encoder_flops_follow_the_windowed_formula():
+    e = cost.QWEN25_VL_7B_COST.encoder
+    n, d, m, w = e.tokens, e.hidden, e.intermediate, e.window
+    dense = 2 * n * 4 * d * d + 2 * n * 3 * d * m  # q, k, v, o and the SwiGLU's gate, up, down
+    full, windowed = 2 * 2 * n * n * d, 2 * 2 * n * w * d  # QK^T and AV over all tokens / over the token's window
+    expected = e.layers * dense + e.full_attention_layers * full + (e.layers - e.full_attention_layers) * windowed
+    assert cost.encoder_flops(e) == expected
+    from dataclasses import replace
+
+    assert cost.encoder_flops(replace(e, window=None)) == e.layers * (dense + full)  # no windows: every block full
+    c = cost.CLIP_L336  # unchanged: two MLP matrices, full attention in every layer
+    n, d, m = c.tokens, c.hidden, c.intermediate
+    assert cost.encoder_flops(c) == c.layers * (2 * n * 4 * d * d + 2 * n * 2 * d * m + 2 * 2 * n * n * d)
+
+
+def test_qwen_kv_cache_counts_grouped_query_heads():
+    for model in (cost.QWEN25_VL_3B_COST, cost.QWEN25_VL_7B_COST):
+        g = model.decoder
+        assert cost.kv_cache_mib(g, 1) == 2 * g.layers * g.kv_heads * g.head_dim * 2 / 2**20
+        assert cost.kv_cache_mib(g, 1) < 2 * g.layers * g.hidden * 2 / 2**20 / 4  # GQA: several query heads per KV head
+        rows = cost.cost_rows(model)
+        assert [r["tokens"] for r in rows] == [256, 192, 128, 64, 32]
+        for r in rows[1:]:
+            assert r["prefill_vs_full"] <= r["tokens"] / 256 + 1e-9
+
+
+def test_cost_only_prints_both_qwen_models(capsys):
+    assert main(["bench", "--cost-only"]) == 0
+    out = capsys.readouterr().out
+    assert "| Qwen2.5-VL-3B-Instruct | 256 |" in out and "| Qwen2.5-VL-7B-Instruct | 64 |" in out

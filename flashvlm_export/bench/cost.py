@@ -4,15 +4,19 @@ Counted: every matmul of the decoder's prefill over the visual tokens (2 FLOPs p
 q/k/v/o projections, the SwiGLU MLP, and attention (QK^T and AV over the full n x n square, as
 dense FlashAttention-free kernels compute it), for all layers; the LM head for the last token
 only. The vision encoder's FLOPs are a fixed cost that pruning does not change; they are shown
-apart. KV cache: 2 (K, V) x layers x n x kv_heads x head_dim x 2 bytes (fp16), in MiB.
+apart: its transformer blocks' matmuls (projections, MLP with 2 matrices for CLIP or 3 for Qwen's
+SwiGLU, attention over all tokens or, in Qwen2.5-VL's windowed blocks, over each token's window),
+not the patch embedding or the projector. KV cache: 2 (K, V) x layers x n x kv_heads x head_dim x
+2 bytes (fp16), in MiB. Every geometry is read from the model specs (models/zoo/), never re-typed.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-from flashvlm_export.models.spec import DecoderGeometry
+from flashvlm_export.models.spec import DecoderGeometry, ModelSpec
 from flashvlm_export.models.zoo.llava15 import LLAMA2_7B, LLAVA15
+from flashvlm_export.models.zoo.qwen2_5_vl import QWEN25_VL_3B, QWEN25_VL_7B
 
 MIB = 1 << 20
 
@@ -23,8 +27,11 @@ class EncoderGeometry:
     layers: int
     hidden: int
     intermediate: int
-    tokens: int  # per crop, CLS included
+    tokens: int  # per crop, CLS included (where the tower has one)
     crops: int
+    mlp_matrices: int = 2  # CLIP's fc1, fc2; a SwiGLU MLP has 3 (gate, up, down)
+    window: int | None = None  # tokens each token attends to in the windowed blocks; None: every block attends to all
+    full_attention_layers: int | None = None  # blocks that attend over all tokens when windowed (the rest: windows)
 
 
 VICUNA_7B = LLAMA2_7B
@@ -36,6 +43,23 @@ CLIP_L336 = EncoderGeometry(
     LLAVA15.n_tokens + 1,  # CLS
     1,
 )
+
+
+def windowed_encoder(spec: ModelSpec) -> EncoderGeometry:
+    """Qwen2.5-VL's vision tower at the spec's declared side: blocks on merge x merge patches per visual token,
+    window attention (window_size px squared) except in the full-attention blocks, a SwiGLU MLP."""
+    v = spec.vision
+    return EncoderGeometry(
+        f"Qwen2.5-VL ViT ({v['depth']} blocks, {v['hidden_size']} wide)",
+        v["depth"],
+        v["hidden_size"],
+        v["intermediate_size"],
+        spec.n_tokens * spec.merge**2,  # patches: no CLS
+        1,
+        mlp_matrices=3,
+        window=(v["window_size"] // spec.patch_size) ** 2,
+        full_attention_layers=len(v["fullatt_block_indexes"]),
+    )
 
 
 @dataclass(frozen=True)
@@ -61,6 +85,18 @@ LLAVA_NEXT_7B = VlmCost(
 )
 
 
+
+
+def qwen_cost(spec: ModelSpec) -> VlmCost:
+    """A Qwen2.5-VL checkpoint's costs at its declared side (N = 256 at 448 px), from its spec."""
+    return VlmCost(spec.hf_repo.split("/")[-1], spec.decoder, windowed_encoder(spec), spec.n_tokens, (192, 128, 64, 32))
+
+
+QWEN25_VL_3B_COST = qwen_cost(QWEN25_VL_3B)
+QWEN25_VL_7B_COST = qwen_cost(QWEN25_VL_7B)
+MODELS = (LLAVA15_7B, LLAVA_NEXT_7B, QWEN25_VL_3B_COST, QWEN25_VL_7B_COST)  # what --cost-only prints
+
+
 def prefill_flops(g: DecoderGeometry, tokens: int) -> float:
     d, m, n = g.hidden, g.intermediate, tokens
     kv = g.kv_heads * g.head_dim
@@ -72,8 +108,10 @@ def prefill_flops(g: DecoderGeometry, tokens: int) -> float:
 
 def encoder_flops(e: EncoderGeometry) -> float:
     d, m, n = e.hidden, e.intermediate, e.tokens
-    per_layer = 2 * n * 4 * d * d + 2 * n * 2 * d * m + 2 * 2 * n * n * d
-    return e.crops * e.layers * per_layer
+    dense = 2 * n * 4 * d * d + 2 * n * e.mlp_matrices * d * m  # q, k, v, o; the MLP
+    full = e.layers if e.window is None else e.full_attention_layers
+    attention = full * 2 * 2 * n * n * d + (e.layers - full) * 2 * 2 * n * (e.window or 0) * d  # QK^T and AV
+    return e.crops * (e.layers * dense + attention)
 
 
 def kv_cache_mib(g: DecoderGeometry, tokens: int, bytes_per_value: int = 2) -> float:
@@ -99,7 +137,7 @@ def cost_rows(model: VlmCost) -> list[dict]:
     return rows
 
 
-def cost_markdown(models=(LLAVA15_7B, LLAVA_NEXT_7B)) -> str:
+def cost_markdown(models=MODELS) -> str:
     lines = [
         "| model | visual tokens | LLM prefill TFLOPs | vs full | KV cache MiB (fp16) | paper TFLOPs | paper KV MB | encoder TFLOPs (fixed) |",
         "|---|---|---|---|---|---|---|---|",
@@ -108,9 +146,10 @@ def cost_markdown(models=(LLAVA15_7B, LLAVA_NEXT_7B)) -> str:
         for r in cost_rows(model):
             paper_f = f"{r['paper_tflops']:.1f}" if "paper_tflops" in r else ""
             paper_kv = f"{r['paper_kv_mb']:.0f}" if "paper_kv_mb" in r else ""
+            kv = f"{r['kv_cache_mib']:.1f}" if r["kv_cache_mib"] < 10 else f"{r['kv_cache_mib']:.0f}"  # GQA: a few MiB
             lines.append(
                 f"| {r['model']} | {r['tokens']} | {r['prefill_tflops']:.2f} | {r['prefill_vs_full']:.3f} | "
-                f"{r['kv_cache_mib']:.0f} | {paper_f} | {paper_kv} | {r['encoder_tflops']:.2f} |"
+                f"{kv} | {paper_f} | {paper_kv} | {r['encoder_tflops']:.2f} |"
             )
     return "\n".join(lines)
 

@@ -12,6 +12,7 @@ import dataclasses
 from flashvlm_export.errors import UsageError
 from flashvlm_export.models.registry import MODELS
 from flashvlm_export.models.zoo.llava15 import LLAVA15
+from flashvlm_export.models.zoo.qwen2_5_vl import QWEN25_VL_7B
 
 
 class Parser(argparse.ArgumentParser):
@@ -74,8 +75,8 @@ def add_graph_flags(p: argparse.ArgumentParser, many_budgets: bool) -> list[str]
         g.add_argument(
             "--image-size",
             type=int,
-            help=f"input image side, fixed at export: LLaVA takes {LLAVA15.image_size} only; Qwen2.5-VL a multiple of 28 "
-            "(default 448: N=256)",
+            help=f"input image side (default: the model's); {LLAVA15.name} takes {LLAVA15.image_size} only, Qwen2.5-VL "
+            f"multiples of {QWEN25_VL_7B.image_size_step} (default {QWEN25_VL_7B.image_size})",
         ),
         g.add_argument(
             "--selector-only", action="store_true", help="export the selection core alone (inputs X, a, P(X), T, mask)"

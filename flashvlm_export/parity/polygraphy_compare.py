@@ -25,6 +25,7 @@ The verdict, per record (one parity case, B images):
   llava15-tiny K=64, ONNX Runtime's lowest image 0.516 against the reference's own lowest 0.531; 16 draws an image
   reach 0.516). The floor catches a wrong or corrupted selection, not a subtle arithmetic fault: that is layer 1's
   and 2's work, which needs the verification outputs.
+In both, a graph that returns positions (records with TOKEN_POSITIONS) must return each kept token's own (t, h, w).
 """
 
 from __future__ import annotations
@@ -40,7 +41,8 @@ from flashvlm_export.selector.schedule import RoundSchedule
 OVERLAP_FLOOR = "overlap_floor"  # () float64: the outcome floor of this corpus
 REFERENCE_SENSITIVITY = "reference_sensitivity"  # (B,) float64: the reference's own overlap under 1e-6 noise in G
 ROUND_SCHEDULE = "round_schedule"  # int64 vector, schedule_record(): what layer 1 replays the decisions with
-RECORD_KEYS = (OVERLAP_FLOOR, REFERENCE_SENSITIVITY, ROUND_SCHEDULE)
+TOKEN_POSITIONS = "token_positions"  # (N, 3) int64, graphs that return positions only: each token's (t, h, w)
+RECORD_KEYS = (OVERLAP_FLOOR, REFERENCE_SENSITIVITY, ROUND_SCHEDULE, TOKEN_POSITIONS)
 
 
 def schedule_record(schedule: RoundSchedule) -> np.ndarray:
@@ -67,7 +69,8 @@ def judge(outputs: dict, records: dict, where: str = "replay") -> tuple[bool, li
     indices, reference = np.asarray(outputs[INDICES]), np.asarray(records[INDICES])
     if indices.shape != reference.shape:
         return False, [f"{where}: indices of shape {indices.shape}, the records' are {reference.shape}"]
-    report = BackendReport(where)
+    table = records.get(TOKEN_POSITIONS)
+    report = BackendReport(where, token_positions=None if table is None else np.asarray(table))
     report.replay(where, {name: np.asarray(value) for name, value in outputs.items()}, schedule_from_record(records[ROUND_SCHEDULE]))
     if not report.missing:
         lines = [f"{where}: layer 1, its own F and G decide exactly its indices on {report.decisions_checked} image(s)"]
@@ -75,7 +78,8 @@ def judge(outputs: dict, records: dict, where: str = "replay") -> tuple[bool, li
     floor = float(np.asarray(records[OVERLAP_FLOOR]))
     overlaps = [overlap(i, r) for i, r in zip(indices, reference, strict=True)]
     ascending = all(np.all(np.diff(row) > 0) for row in indices)
-    passed = ascending and min(overlaps) >= floor
+    misplaced = report.decision_failures  # without F and G only the positions are checked: their failures
+    passed = ascending and min(overlaps) >= floor and not misplaced
     sensitivity = ", ".join(f"{s:.3f}" for s in np.asarray(records[REFERENCE_SENSITIVITY]).ravel())
     lines = [
         f"{where}: overlap with the reference {', '.join(f'{o:.3f}' for o in overlaps)} "
@@ -83,7 +87,7 @@ def judge(outputs: dict, records: dict, where: str = "replay") -> tuple[bool, li
     ]
     if not ascending:
         lines.append(f"{where}: indices are not strictly ascending")
-    return passed, lines
+    return passed, lines + misplaced
 
 
 def compare_outputs(run0, run1) -> OrderedDict:

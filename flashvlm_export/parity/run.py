@@ -103,11 +103,13 @@ def save_records(
     schedule: RoundSchedule,
     min_overlap: float | None = None,
     log=print,
+    positions: np.ndarray | None = None,
 ) -> list[Path]:
     """Polygraphy `--load-inputs` / `--load-outputs` files and the three-layer report JSON.
 
     The outputs file holds, per case, the reference's indices and what parity/polygraphy_compare.py judges a replay
-    with (`polygraphy run ... --compare-func-script`): the outcome floor, the reference's own sensitivity, the schedule.
+    with (`polygraphy run ... --compare-func-script`): the outcome floor, the reference's own sensitivity, the schedule,
+    and for a graph that returns positions each token's (t, h, w) (`positions`, (N, 3)).
     """
     from polygraphy.comparator import IterationResult, RunResults
     from polygraphy.json import save_json
@@ -133,6 +135,7 @@ def save_records(
                     replay.OVERLAP_FLOOR: floor,
                     replay.REFERENCE_SENSITIVITY: np.asarray(c.reference_sensitivity, dtype=np.float64),
                     replay.ROUND_SCHEDULE: replay.schedule_record(schedule),
+                    **({} if positions is None else {replay.TOKEN_POSITIONS: positions}),
                 },
                 runner_name="reference",
             )
@@ -221,7 +224,8 @@ def run_parity(
         log(line)
     if save_dir is not None:
         schedule = round_schedule(request.tokens, request.budget, request.config)
-        paths = save_records(cases, reports, save_dir, graph.stem, schedule, min_overlap, log)
+        table = token_positions(request.spec).numpy() if request.positions else None
+        paths = save_records(cases, reports, save_dir, graph.stem, schedule, min_overlap, log, table)
         log(f"Parity: saved {', '.join(str(p) for p in paths)} ({human_size(sum(p.stat().st_size for p in paths))})")
     return reports
 
