@@ -89,3 +89,31 @@ def test_a_dynamic_graph_input_is_caught():
     model = _model([helper.make_node("Relu", ["x"], ["y"])], [x], [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", 8])])
     assert any("x has a dynamic dimension" in p for p in static_graph_problems(model))
     onnx.checker.check_model(model)  # the planted graph is valid ONNX: only our rule rejects it
+
+
+def _external_graph(folder, k_value: int):
+    """A graph whose weight is stored as external data beside it (as an export over 2 GB is), with a TopK of K."""
+    weight = numpy_helper.from_array(np.ones((1024, 8), dtype=np.float32), "weight")  # 32 KB: over the threshold
+    k = numpy_helper.from_array(np.array([k_value], dtype=np.int64), "k")
+    nodes = [helper.make_node("Add", ["x", "weight"], ["h"]), helper.make_node("TopK", ["h", "k"], ["y", "i"])]  # h: (1024, 8)
+    outputs = [_vec("y", k_value), _vec("i", k_value, TensorProto.INT64)]
+    model = _model(nodes, [_vec("x")], outputs, [weight, k])
+    path = folder / "graph.onnx"
+    onnx.save(model, str(path), save_as_external_data=True, location="graph.onnx.data", size_threshold=4096)
+    return path
+
+
+def test_weights_in_external_data_are_not_read_and_a_small_constant_still_is(tmp_path, monkeypatch):
+    path = _external_graph(tmp_path, 4)
+    monkeypatch.chdir(tmp_path.parent)  # the data file is not beside the working directory: reading it would fail
+    model = onnx.load(str(path), load_external_data=False)
+    where = {init.name: init.data_location for init in model.graph.initializer}
+    assert where == {"weight": TensorProto.EXTERNAL, "k": TensorProto.DEFAULT}  # planted as an export over 2 GB is
+    assert static_graph_problems(model) == []
+
+
+def test_a_topk_over_the_limit_is_caught_beside_external_weights(tmp_path, monkeypatch):
+    path = _external_graph(tmp_path, 4000)
+    monkeypatch.chdir(tmp_path.parent)
+    problems = static_graph_problems(onnx.load(str(path), load_external_data=False))
+    assert len(problems) == 1 and "3840" in problems[0]
