@@ -277,3 +277,19 @@ def test_engines_are_checked_only_when_the_chain_runs_them(split, tmp_path):
     assert read_manifest(copied).budgets == BUDGETS
     with pytest.raises(UsageError, match=r"encoder engine, which does not exist; copy the whole split folder \(its engines/ too\)"):
         read_manifest(copied, engines=True)
+
+
+def test_bench_manifest_times_the_encoder_and_each_selector_with_its_share(split, capsys):
+    from flashvlm_export.bench.share import selector_share
+
+    rows = selector_share(split, warmup=0, repeats=2, log=print)
+    out = capsys.readouterr().out
+    assert [row["budget"] for row in rows] == list(BUDGETS) and "encoder" in out
+    for row in rows:  # the share is the selector's part of encoder + selector, computed from the two medians
+        encoder, selector = row["encoder"]["median_ms"], row["selector"]["median_ms"]
+        assert row["share"] == selector / (encoder + selector) and 0 < row["share"] < 1
+        assert f"selector K={row['budget']}" in out
+
+
+def test_bench_manifest_refuses_a_missing_manifest_in_one_line(capsys, tmp_path):
+    expect_one_line(capsys, ["bench", "--manifest", str(tmp_path / "none.json")], "does not exist")

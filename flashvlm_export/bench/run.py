@@ -7,10 +7,17 @@ import time
 from pathlib import Path
 
 from flashvlm_export.bench import report, suite
+from flashvlm_export.errors import UsageError
 
 # measured on a 2-core x86-64 CPU (README, Performance): what a full run costs, for the opening estimate
 ESTIMATE_S = {"export": 45, "selector": 110, "full_graph": 15, "split": 400}
 MAX_BENCH_REPEATS = 1000  # ~20 min of N=2880 timings on 2 cores; more measures nothing new
+
+
+def check_repeats(repeats: int) -> int:
+    if not 1 <= repeats <= MAX_BENCH_REPEATS:
+        raise UsageError(f"--repeats {repeats} is out of range; use 1 <= repeats <= {MAX_BENCH_REPEATS}")
+    return repeats
 
 
 def bench_settings(
@@ -24,11 +31,9 @@ def bench_settings(
     split_only: bool = False,
 ) -> suite.BenchSettings:
     """The sections to run, every value checked; `split_only` runs fused graphs against a split export alone."""
-    from flashvlm_export.errors import UsageError
     from flashvlm_export.models.zoo.llava15 import LLAVA15
 
-    if not 1 <= repeats <= MAX_BENCH_REPEATS:
-        raise UsageError(f"--repeats {repeats} is out of range; use 1 <= repeats <= {MAX_BENCH_REPEATS}")
+    check_repeats(repeats)
     if not 0 <= text_len <= LLAVA15.t_max:
         raise UsageError(f"--text-len {text_len} is out of range; use 0 <= text-len <= {LLAVA15.t_max} (T_max)")
     if split_only and not split:

@@ -34,11 +34,23 @@ def parser() -> argparse.ArgumentParser:
         "--split-only", action="store_true", help="only fused graphs against a split export (~7 min, ~8 GB of scratch disk)"
     )
     p.add_argument("--cost-only", action="store_true", help="print the FLOPs / KV-cache calculator and stop")
+    p.add_argument(
+        "--manifest",
+        metavar="PATH",
+        help="only this: a split export's encoder and each selector timed in ONNX Runtime CPU, and the selector's share "
+        "(any model; export one with --budget K1,K2 first)",
+    )
     return p
 
 
 def main(argv: list[str]) -> int:
     args = parser().parse_args(argv)
+    if args.manifest:
+        from flashvlm_export.bench.run import check_repeats
+        from flashvlm_export.bench.share import selector_share
+
+        selector_share(Path(args.manifest), warmup=2, repeats=check_repeats(args.repeats), log=log)
+        return 0
     if args.cost_only:
         from flashvlm_export.bench.cost import cost_markdown, differences_text
 
