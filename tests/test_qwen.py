@@ -349,3 +349,40 @@ def test_gate_and_text_scope_flags_override_and_are_recorded(tmp_path):
     assert main([*argv, "--gate", "llava", "--text-scope", "before-image"]) == 0
     config = recorded_config(graph)
     assert config["gate"] == "llava" and config["text_scope"] == "before-image"
+
+
+def test_text_scope_before_image_takes_the_ports_rows_and_all_takes_the_question_too():
+    """The port's T is the prompt before the image (Qwen's template puts the question after it); ours adds the rest."""
+    from flashvlm_export.models.prompt import prompt_token_ids, text_token_ids
+    from flashvlm_export.runtime.tokenizer import stand_in_tokenizer
+
+    question = "Which cup is yellow?"
+    ids = prompt_token_ids(stand_in_tokenizer(QWEN), question, QWEN)
+    image = ids.index(QWEN.image_token_index)
+    port = text_token_ids(ids, QWEN.image_token_index, "before-image")
+    ours = text_token_ids(ids, QWEN.image_token_index, "all")
+    assert port == ids[:image] and QWEN.special_tokens["<|vision_start|>"] == port[-1]
+    assert ours == ids[:image] + ids[image + 1 :]
+    tokenizer = stand_in_tokenizer(QWEN)
+    assert question not in tokenizer.decode(port) and question in tokenizer.decode(ours)
+
+
+def test_the_two_text_scopes_score_the_patches_differently():
+    """Same image, same question: S_ext (steps 2-7) differs between the scopes, so the heatmaps do."""
+    import torch
+
+    from flashvlm_export.models.adapter import get_parts
+    from flashvlm_export.models.prompt import prompt_token_ids, text_inputs
+    from flashvlm_export.models.weights import WeightsSource
+    from flashvlm_export.runtime.tokenizer import stand_in_tokenizer
+    from flashvlm_export.selector.config import SelectorConfig
+    from flashvlm_export.selector.reference import text_relevance
+
+    parts = get_parts(QWEN, WeightsSource(seed=0), with_embeddings=True)
+    ids = prompt_token_ids(stand_in_tokenizer(QWEN), "Which cup is yellow?", QWEN)
+    _, _, projected = parts.reference_features(torch.randn(1, 3, QWEN.image_size, QWEN.image_size, generator=torch.Generator().manual_seed(0)))
+    relevance = {}
+    for scope in ("all", "before-image"):
+        embeds, mask = text_inputs(parts.embed_tokens, ids, QWEN.t_max, QWEN.image_token_index, scope=scope)
+        relevance[scope] = text_relevance(projected[0], embeds[0][mask[0]], SelectorConfig(gate="norm"))
+    assert not torch.allclose(relevance["all"], relevance["before-image"])

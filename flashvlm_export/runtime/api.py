@@ -98,7 +98,7 @@ def _ids_text(ids: list[int], shown: int = 12) -> str:
 def _load_parts(info: GraphInfo, log):
     from flashvlm_export.models.adapter import get_parts_logged
 
-    return get_parts_logged(info.spec, info.weights, log, with_embeddings=True, what=" vision tower, projector and embed_tokens")
+    return get_parts_logged(info.spec, info.weights, log, with_embeddings=True, what=" vision tower and embed_tokens")
 
 
 def _backend(info: GraphInfo, graph: str | None, engine: str | None, plugin_lib: str | None, split=None, tensorrt=False):
