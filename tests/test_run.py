@@ -160,7 +160,7 @@ def test_heatmap_marks_kept_cells_in_their_role_colour_and_dims_dropped_ones(tin
     path = tmp_path / "kept.png"
     result = run(str(tiny_graphs[64]), str(demo_image), QUESTION, random_weights=True, heatmap=str(path), log=lambda _: None)
     picture = np.asarray(Image.open(path).convert("RGB"))
-    assert picture.shape[1] == 4 * 336 + 3 * 8  # image panel + S_int, S_ext, F
+    assert picture.shape[1] == 5 * 336 + 4 * 8  # image panel + S_int, s, S_ext, F
 
     parts = random_parts(TINY, 0, with_embeddings=True)
     prepared = prepare_image(demo_image, TINY)

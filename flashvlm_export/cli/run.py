@@ -45,7 +45,7 @@ def parser() -> argparse.ArgumentParser:
     )
     w.add_argument("--seed", type=int, help="seed of --random-weights; must be the graph's (default: the graph's)")
     o = p.add_argument_group("output")
-    o.add_argument("--heatmap", metavar="PNG", help="write the kept tokens over the image beside S_int, S_ext and F")
+    o.add_argument("--heatmap", metavar="PNG", help="write the kept tokens over the image beside S_int, s (text relevance), S_ext and F")
     o.add_argument("--answer", action="store_true", help="answer with the LLM from the K kept visual tokens")
     o.add_argument(
         "--compare-full", action="store_true", help="also answer with all N tokens: both answers, prefill times, KV caches"

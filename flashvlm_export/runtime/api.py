@@ -226,7 +226,7 @@ def run(
             prepared.shown, selection.indices, maps, request.schedule.k_imp, selection.backend
         )
         _save_png(picture, heatmap_path)
-        timer.done("kept tokens over the image; S_int, S_ext, F from the PyTorch reference", heatmap_path)
+        timer.done("kept tokens over the image; S_int, s, S_ext, F from the PyTorch reference", heatmap_path)
         result.heatmap = heatmap_path
 
     if answer:

@@ -1,4 +1,7 @@
-"""See the selection: kept tokens over the preprocessed image, beside S_int, S_ext and F (Figure 4 of the paper).
+"""See the selection: kept tokens over the preprocessed image, beside S_int, s, S_ext and F (Figure 4 of the paper).
+
+s (step 5) is the text relevance before step 6 sharpens it: where the question (the prompt's T) points, which
+S_ext then narrows to a few patches. It shows what the text scope (--text-scope) changes.
 
 The kept tokens are the graph's (or engine's) own indices. The score panels come from the PyTorch
 reference (selector/reference.py fused_scores) on the family's reference_features (the torch vision
@@ -16,7 +19,7 @@ import numpy as np
 import torch
 
 from flashvlm_export.selector.config import SelectorConfig
-from flashvlm_export.selector.reference import fused_scores
+from flashvlm_export.selector.reference import fused_scores, text_relevance
 
 IMPORTANT_RGB = (255, 80, 20)  # step 9
 DIVERSE_RGB = (30, 140, 255)  # step 11
@@ -33,13 +36,14 @@ RAMP = np.array([[68, 1, 84], [59, 82, 139], [33, 145, 140], [94, 201, 98], [253
 @dataclass
 class ScoreMaps:
     s_int: np.ndarray  # (N,) step 1
+    relevance: np.ndarray  # (N,) step 5, s: each patch's similarity to the text before sharpening (zeros without text)
     s_ext: np.ndarray  # (N,) step 7
     fused: np.ndarray  # (N,) step 8, F
 
 
 @torch.no_grad()
 def score_maps(parts, pixel_values: torch.Tensor, text_rows: torch.Tensor, config: SelectorConfig) -> ScoreMaps:
-    """S_int, S_ext and F of one image from the reference's own steps 1-8.
+    """S_int, s, S_ext and F of one image from the reference's own steps 1-8.
 
     fused_scores with eta = 0 is max(S_int, 1e-6) and with eta = 1 is max(S_ext, 1e-6): the
     reference's code, not a copy of it (the 1e-6 floor is below what a picture shows).
@@ -49,7 +53,11 @@ def score_maps(parts, pixel_values: torch.Tensor, text_rows: torch.Tensor, confi
     def scores(eta: float) -> np.ndarray:
         return fused_scores(a[0], projected[0], text_rows, dataclasses.replace(config, eta=eta)).numpy()
 
-    return ScoreMaps(scores(0.0), scores(1.0), scores(config.eta))
+    if len(text_rows):
+        relevance = text_relevance(projected[0], text_rows, config).numpy()
+    else:
+        relevance = np.zeros(a.shape[1], dtype=np.float32)
+    return ScoreMaps(scores(0.0), relevance, scores(1.0), scores(config.eta))
 
 
 def token_roles(indices: np.ndarray, fused: np.ndarray, k_imp: int) -> tuple[np.ndarray, np.ndarray]:
@@ -110,7 +118,7 @@ def render_heatmap(
     k_imp: int,
     kept_source: str,
 ):
-    """The picture: kept tokens over the image, then S_int, S_ext, F, with titles and a legend."""
+    """The picture: kept tokens over the image, then S_int, s, S_ext, F, with titles and a legend."""
     from PIL import Image, ImageDraw
 
     n = maps.fused.shape[0]
@@ -120,6 +128,7 @@ def render_heatmap(
     panels = [
         (f"kept {len(indices)}/{n}", _kept_panel(shown, important, diverse, grid)),
         ("S_int (step 1)", _score_panel(maps.s_int, grid, side)),
+        ("s (step 5: text relevance), min-max scaled", _score_panel(_minmax(maps.relevance), grid, side)),
         ("S_ext (step 7)", _score_panel(maps.s_ext, grid, side)),
         ("F (step 8), min-max scaled", _score_panel(_minmax(maps.fused), grid, side)),
     ]
