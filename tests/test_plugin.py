@@ -239,7 +239,8 @@ def test_plugin_registers_once_in_every_load_order(built_plugin, order):
 
 @needs_trt_headers
 def test_plugin_lifecycle_through_get_creators(built_plugin):
-    """dlopen + getCreators + create / serialise / re-create / clone, as loadLibrary's caller would.
+    """dlopen + getCreators + create / serialise / re-create / clone of both creators (ResidualPrune, and
+    ResidualPruneRange with a refused field set), as loadLibrary's caller would.
     No registry and no kernel run: proves the creator and the IPluginV3 field round trip only."""
     run = subprocess.run(
         [str(built_plugin / "flashvlm_plugin_harness"), str(built_plugin / "libflashvlm_plugins.so")],
@@ -252,6 +253,7 @@ def test_plugin_lifecycle_through_get_creators(built_plugin):
         "ok": True,
         "lifecycle": "getCreators, createPlugin, serialise, re-create, clone",
         "fields": 2,
+        "range_fields": 5,  # ResidualPruneRange: k_min, k_max, k_div_max, step, max_rounds survive serialise and clone
     }
 
 

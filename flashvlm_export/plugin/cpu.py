@@ -1,6 +1,6 @@
 """The kernel's CPU twin (csrc/residualPruneCpu.cpp), built on demand with the system C++ compiler
-and called through ctypes. It runs flashvlm::pruneImage from csrc/residualPruneCore.h, the same
-round body the CUDA kernel compiles (only the loop-to-thread policy differs), so CI tests the
+and called through ctypes. It runs flashvlm::pruneImage (and, for ResidualPruneRange, pruneImageRange)
+from csrc/residualPruneCore.h, the same round body the CUDA kernel compiles (only the loop-to-thread policy differs), so CI tests the
 kernel's rounds, rank rule and token-id bounds check without a GPU."""
 
 from __future__ import annotations

@@ -18,6 +18,9 @@
  *    __syncthreads, a warp per A row with lanes strided over the row, and the warp shuffle that
  *    combines the lanes' maxima (the reduceLanes hook).
  *
+ * pruneImageRange (below) is the body of ResidualPruneRange, the plugin that takes a budget per image:
+ * it reads each image's schedule from its padded list and budget, then runs pruneImage.
+ *
  * Token ids are checked once, when the residual list is loaded: an id outside [0, N) sets the
  * image's error flag; the image's kept row is then written as kRejectedToken (-1) in every slot and
  * no round runs, so no id is ever used to index G or the byte map. Ids that pass the check are
