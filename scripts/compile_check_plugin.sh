@@ -32,7 +32,7 @@ major=$(sed -n 's/^#define TRT_MAJOR_ENTERPRISE \([0-9]*\).*/\1/p;s/^#define NV_
 version=$(sed -n 's/^#define TRT_\(MAJOR\|MINOR\|PATCH\)_ENTERPRISE \([0-9]*\).*/\2/p;s/^#define NV_TENSORRT_\(MAJOR\|MINOR\|PATCH\) \([0-9]*\).*/\2/p' "$include/NvInferVersion.h" | head -3 | paste -sd.)
 echo "TensorRT headers $version at $include"
 flags=(-std=c++17 -Wall -Werror -Wno-deprecated-declarations -fPIC -I"$src" -I"$include" -I"$cuda/include")
-for path in "$src"/{residualPrunePlugin,residualPruneRegister,residualPruneCpu}.cpp "$tests"/{pluginHarness,testNvinferStandIn}.cpp; do
+for path in "$src"/{residualPrunePlugin,residualPruneRangePlugin,residualPruneRegister,residualPruneCpu}.cpp "$tests"/{pluginHarness,testNvinferStandIn}.cpp; do
   f=$(basename "$path")
   g++ "${flags[@]}" -fvisibility=hidden -c "$path" -o "$out/${f%.cpp}.o"
   echo "  g++  $f ok"
@@ -52,7 +52,7 @@ else
   kernel=$out/kernel_stub.o
   echo "  nvcc absent: the kernel is STUBBED (testKernelStub.cpp); these libraries serve loading tests only"
 fi
-g++ -shared -o "$out/libflashvlm_plugins.so" "$out/residualPrunePlugin.o" "$kernel" -L"$cuda/lib64" -lcudart \
+g++ -shared -o "$out/libflashvlm_plugins.so" "$out/residualPrunePlugin.o" "$out/residualPruneRangePlugin.o" "$kernel" -L"$cuda/lib64" -lcudart \
   -Wl,--version-script="$src/libflashvlm_plugins.map"
 g++ -shared -o "$out/libflashvlm_plugins_register.so" "$out/residualPruneRegister.o" -L"$out" -lflashvlm_plugins \
   -Wl,-rpath,'$ORIGIN' -ldl -Wl,--version-script="$src/libflashvlm_plugins_register.map"

@@ -185,13 +185,14 @@ def built_plugin(request, tmp_path_factory):
     return out
 
 
+CREATORS = 2  # getCreators returns ResidualPrune v1 and ResidualPruneRange v1
 # what each tool's load order must give: (loadLibrary result, registering library's status, creators registered)
 LOAD_ORDERS = {
-    "loadlibrary": ("ok", -100, 1),  # Python registry.load_library, trtexec --dynamicPlugins
-    "register-first": ("-", 0, 1),  # polygraphy run --plugins libflashvlm_plugins_register.so
-    "nvinfer-then-register": ("-", 0, 1),  # trtexec --staticPlugins libflashvlm_plugins_register.so
-    "loadlibrary-then-register": ("ok", 1, 1),  # the registering library finds the creator there: no second one
-    "register-then-loadlibrary": ("null", 0, 1),  # loadLibrary "fails if any plugin is already registered"
+    "loadlibrary": ("ok", -100, CREATORS),  # Python registry.load_library, trtexec --dynamicPlugins
+    "register-first": ("-", 0, CREATORS),  # polygraphy run --plugins libflashvlm_plugins_register.so
+    "nvinfer-then-register": ("-", 0, CREATORS),  # trtexec --staticPlugins libflashvlm_plugins_register.so
+    "loadlibrary-then-register": ("ok", 1, CREATORS),  # the registering library finds them there: no second copy
+    "register-then-loadlibrary": ("null", 0, CREATORS),  # loadLibrary "fails if any plugin is already registered"
     "plain-dlopen": ("-", -100, 0),  # a plain dlopen of the plugin itself registers nothing: no load-time trick
 }
 
@@ -232,13 +233,14 @@ def test_plugin_registers_once_in_every_load_order(built_plugin, order):
         registered,
     ), result
     assert result["refused"] == 0, result  # nothing ever tried to register the creator a second time
-    assert result["creator_found"] is (registered == 1)
+    assert result["creator_found"] is (registered == CREATORS)
     assert result["lifecycle"] == ("ok" if registered else "no creator in the registry")
 
 
 @needs_trt_headers
 def test_plugin_lifecycle_through_get_creators(built_plugin):
-    """dlopen + getCreators + create / serialise / re-create / clone, as loadLibrary's caller would.
+    """dlopen + getCreators + create / serialise / re-create / clone of both creators (ResidualPrune, and
+    ResidualPruneRange with a refused field set), as loadLibrary's caller would.
     No registry and no kernel run: proves the creator and the IPluginV3 field round trip only."""
     run = subprocess.run(
         [str(built_plugin / "flashvlm_plugin_harness"), str(built_plugin / "libflashvlm_plugins.so")],
@@ -251,6 +253,7 @@ def test_plugin_lifecycle_through_get_creators(built_plugin):
         "ok": True,
         "lifecycle": "getCreators, createPlugin, serialise, re-create, clone",
         "fields": 2,
+        "range_fields": 5,  # ResidualPruneRange: k_min, k_max, k_div_max, step, max_rounds survive serialise and clone
     }
 
 

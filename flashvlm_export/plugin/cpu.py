@@ -1,6 +1,6 @@
 """The kernel's CPU twin (csrc/residualPruneCpu.cpp), built on demand with the system C++ compiler
-and called through ctypes. It runs flashvlm::pruneImage from csrc/residualPruneCore.h, the same
-round body the CUDA kernel compiles (only the loop-to-thread policy differs), so CI tests the
+and called through ctypes. It runs flashvlm::pruneImage (and, for ResidualPruneRange, pruneImageRange)
+from csrc/residualPruneCore.h, the same round body the CUDA kernel compiles (only the loop-to-thread policy differs), so CI tests the
 kernel's rounds, rank rule and token-id bounds check without a GPU."""
 
 from __future__ import annotations
@@ -24,6 +24,7 @@ _library = None
 # status codes of flashvlm_residual_prune_cpu (residualPruneCore.h)
 STATUS_BAD_ARGUMENTS = 1
 STATUS_TOKEN_OUT_OF_RANGE = 2
+STATUS_BUDGET_REJECTED = 3  # the range twin: a budget outside [k_min, k_max] or one its list cannot give
 REJECTED_TOKEN = -1  # every kept slot of an image whose residual list holds an id outside [0, N)
 
 
@@ -61,6 +62,8 @@ def _lib():
         i32, ptr = ctypes.c_int32, ctypes.c_void_p
         lib.flashvlm_residual_prune_cpu.argtypes = [ptr, i32, i32, ptr, i32, i32, i32, ptr]
         lib.flashvlm_residual_prune_cpu.restype = i32
+        lib.flashvlm_residual_prune_range_cpu.argtypes = [ptr, i32, i32, ptr, i32, ptr, i32, i32, i32, i32, i32, ptr]
+        lib.flashvlm_residual_prune_range_cpu.restype = i32
         lib.flashvlm_count_rounds.argtypes = [i32, i32, i32]
         lib.flashvlm_count_rounds.restype = i32
         _library = lib
@@ -107,3 +110,30 @@ def residual_prune_cpu(gram: np.ndarray, residual: np.ndarray, k_div: int, step:
 
 def count_rounds_cpu(residual_size: int, k_div: int, step: int) -> int:
     return int(_lib().flashvlm_count_rounds(residual_size, k_div, step))
+
+
+def run_range_twin(
+    gram: np.ndarray, residual: np.ndarray, budget: np.ndarray, k_min: int, k_max: int, k_div_max: int, step: int, max_rounds: int
+) -> tuple[int, np.ndarray]:
+    """The range plugin's body (pruneImageRange) on the CPU: (status, kept (B, k_div_max) int32).
+
+    residual (B, W): each image's R0, then -1; budget (B,). A rejected image's row is all -1; status is the
+    last rejection's (STATUS_TOKEN_OUT_OF_RANGE, STATUS_BUDGET_REJECTED), STATUS_BAD_ARGUMENTS for shapes or
+    fields the plugin refuses (nothing written), else 0."""
+    gram = np.ascontiguousarray(gram, dtype=np.float32)
+    residual = np.ascontiguousarray(residual, dtype=np.int32)
+    budget = np.ascontiguousarray(budget, dtype=np.int32)
+    if gram.ndim != 3 or gram.shape[1] != gram.shape[2] or residual.ndim != 2 or budget.shape != residual.shape[:1]:
+        raise UsageError(
+            f"residual_prune_range_cpu: gram {gram.shape}, residual {residual.shape} and budget {budget.shape} "
+            "must be (B, N, N), (B, W) and (B,)"
+        )
+    if residual.shape[0] != gram.shape[0]:
+        raise UsageError(f"residual_prune_range_cpu: gram has {gram.shape[0]} images, residual {residual.shape[0]}")
+    batch, n, _ = gram.shape
+    kept = np.full((batch, max(k_div_max, 0)), REJECTED_TOKEN, dtype=np.int32)
+    status = _lib().flashvlm_residual_prune_range_cpu(
+        gram.ctypes.data, batch, n, residual.ctypes.data, residual.shape[1], budget.ctypes.data,
+        k_min, k_max, k_div_max, step, max_rounds, kept.ctypes.data,
+    )  # fmt: skip
+    return int(status), kept

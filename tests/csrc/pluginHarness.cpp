@@ -5,7 +5,7 @@
  *   flashvlm_plugin_harness LIB        (steps 1-3 only: no GPU needed)
  *   flashvlm_plugin_harness --load-order ORDER LIB REGISTER_LIB   (no GPU needed)
  *
- * 1. dlopen LIB and find ResidualPrune through getCreators;
+ * 1. dlopen LIB and find ResidualPrune through getCreators (and, lifecycle only, ResidualPruneRange too);
  * 2. create the plugin from a PluginFieldCollection {k_div, step};
  * 3. serialise it (getFieldsToSerialize) and re-create it from those fields (runtime phase);
  * 4. onShapeChange + enqueue on real CUDA buffers; write the kept indices to OUT;
@@ -128,15 +128,16 @@ IPluginV3* lifecycle(IPluginCreatorV3One* creator, int32_t& kDiv, int32_t& step,
     return plugin;
 }
 
-//! The flashvlm::ResidualPrune v1 creator among `creators`, or null.
-IPluginCreatorV3One* findCreator(IPluginCreatorInterface* const* creators, int32_t nbCreators)
+//! The flashvlm::<name> v1 creator among `creators` (ResidualPrune unless named), or null.
+IPluginCreatorV3One* findCreator(
+    IPluginCreatorInterface* const* creators, int32_t nbCreators, char const* name = "ResidualPrune")
 {
     for (int32_t i = 0; i < nbCreators; ++i)
     {
         if (creators[i] != nullptr && std::strcmp(creators[i]->getInterfaceInfo().kind, "PLUGIN CREATOR_V3ONE") == 0)
         {
             auto* candidate = static_cast<IPluginCreatorV3One*>(creators[i]);
-            if (std::strcmp(candidate->getPluginName(), "ResidualPrune") == 0
+            if (std::strcmp(candidate->getPluginName(), name) == 0
                 && std::strcmp(candidate->getPluginNamespace(), "flashvlm") == 0
                 && std::strcmp(candidate->getPluginVersion(), "1") == 0)
             {
@@ -145,6 +146,69 @@ IPluginCreatorV3One* findCreator(IPluginCreatorInterface* const* creators, int32
         }
     }
     return nullptr;
+}
+
+/*
+ * ResidualPruneRange's field round trip: create from {k_min, k_max, k_div_max, step, max_rounds}, serialise,
+ * re-create (runtime), clone; each copy must hand back every field unchanged. Returns the field count, or -1.
+ */
+int32_t rangeLifecycle(IPluginCreatorV3One* creator, std::string& error)
+{
+    char const* names[] = {"k_min", "k_max", "k_div_max", "step", "max_rounds"};
+    int32_t values[] = {16, 256, 128, 8, 40};
+    std::vector<PluginField> fields;
+    for (int32_t i = 0; i < 5; ++i)
+    {
+        fields.emplace_back(names[i], &values[i], PluginFieldType::kINT32, 1);
+    }
+    PluginFieldCollection fc{static_cast<int32_t>(fields.size()), fields.data()};
+    IPluginV3* built = creator->createPlugin("residual_prune_range", &fc, TensorRTPhase::kBUILD);
+    if (built == nullptr)
+    {
+        error = "range createPlugin (build phase) returned null";
+        return -1;
+    }
+    auto fieldsOf = [](IPluginV3* plugin) {
+        return static_cast<IPluginV3OneRuntime*>(plugin->getCapabilityInterface(PluginCapabilityType::kRUNTIME))
+            ->getFieldsToSerialize();
+    };
+    IPluginV3* plugin = creator->createPlugin("residual_prune_range", fieldsOf(built), TensorRTPhase::kRUNTIME);
+    IPluginV3* copy = plugin != nullptr ? plugin->clone() : nullptr;
+    int32_t count = -1;
+    if (copy == nullptr)
+    {
+        error = "range plugin could not be re-created from its fields or cloned";
+    }
+    else
+    {
+        PluginFieldCollection const* again = fieldsOf(copy);
+        count = again->nbFields;
+        for (int32_t i = 0; i < again->nbFields && count >= 0; ++i)
+        {
+            for (int32_t j = 0; j < 5; ++j)
+            {
+                if (std::strcmp(again->fields[i].name, names[j]) == 0
+                    && *static_cast<int32_t const*>(again->fields[i].data) != values[j])
+                {
+                    error = std::string("range field ") + names[j] + " did not survive serialisation and clone";
+                    count = -1;
+                }
+            }
+        }
+    }
+    // a refused field set: k_min above k_max must give no plugin
+    values[0] = 300;
+    IPluginV3* refused = creator->createPlugin("residual_prune_range", &fc, TensorRTPhase::kBUILD);
+    if (refused != nullptr)
+    {
+        error = "range createPlugin accepted k_min > k_max";
+        count = -1;
+    }
+    delete refused;
+    delete copy;
+    delete plugin;
+    delete built;
+    return count;
 }
 
 int loadOrder(std::string const& order, char const* library, char const* registerLibrary)
@@ -285,9 +349,15 @@ int main(int argc, char** argv)
     auto* runtime = static_cast<IPluginV3OneRuntime*>(plugin->getCapabilityInterface(PluginCapabilityType::kRUNTIME));
     if (lifecycleOnly)
     {
+        IPluginCreatorV3One* rangeCreator = findCreator(creators, nbCreators, "ResidualPruneRange");
+        int32_t const rangeFields = rangeCreator != nullptr ? rangeLifecycle(rangeCreator, error) : -1;
+        if (rangeFields < 0)
+        {
+            return fail(rangeCreator != nullptr ? error : "getCreators returned no flashvlm::ResidualPruneRange creator");
+        }
         std::printf("{\"ok\": true, \"lifecycle\": \"getCreators, createPlugin, serialise, re-create, clone\", "
-                    "\"fields\": %d}\n",
-            nbFields);
+                    "\"fields\": %d, \"range_fields\": %d}\n",
+            nbFields, rangeFields);
         delete plugin;
         delete built;
         return 0;

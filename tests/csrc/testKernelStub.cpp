@@ -15,4 +15,10 @@ cudaError_t launchResidualPrune(float const*, int32_t, int32_t, int32_t const*, 
     return cudaErrorNotSupported;
 }
 
+cudaError_t launchResidualPruneRange(
+    float const*, int32_t, int32_t, int32_t const*, int32_t, int32_t const*, RangeFields const&, int32_t*, cudaStream_t)
+{
+    return cudaErrorNotSupported;
+}
+
 } // namespace flashvlm

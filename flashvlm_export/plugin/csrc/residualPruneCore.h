@@ -18,6 +18,9 @@
  *    __syncthreads, a warp per A row with lanes strided over the row, and the warp shuffle that
  *    combines the lanes' maxima (the reduceLanes hook).
  *
+ * pruneImageRange (below) is the body of ResidualPruneRange, the plugin that takes a budget per image:
+ * it reads each image's schedule from its padded list and budget, then runs pruneImage.
+ *
  * Token ids are checked once, when the residual list is loaded: an id outside [0, N) sets the
  * image's error flag; the image's kept row is then written as kRejectedToken (-1) in every slot and
  * no round runs, so no id is ever used to index G or the byte map. Ids that pass the check are
@@ -47,6 +50,10 @@ constexpr int32_t kRejectedToken = -1;
 constexpr int32_t kStatusOk = 0;
 constexpr int32_t kStatusBadArguments = 1;
 constexpr int32_t kStatusTokenOutOfRange = 2;
+constexpr int32_t kStatusBudgetRejected = 3;  // range plugin: a budget outside its range or that its list cannot give
+
+//! The range plugin's padding: residual lists are padded with it, and kept rows after their own K_div.
+constexpr int32_t kPadToken = -1;
 
 //! Tokens removed by the round that starts with `size` residual tokens; <= 0 means stop.
 FLASHVLM_HD inline int32_t roundRemoval(int32_t size, int32_t kDiv, int32_t step)
@@ -263,6 +270,116 @@ FLASHVLM_HD int32_t pruneImage(Policy const& p, float const* gram, int32_t nToke
         kept[i] = list[i];
     }
     return kStatusOk;
+}
+
+/*
+ * The range plugin (ResidualPruneRange): one selector for every budget K in [kMin, kMax], a budget per
+ * image. Its residual list comes padded: the partition step wrote R0 = order[K_imp:] (|R0| = N - K_imp
+ * ids) and then kPadToken up to the common width. So each image reads its own schedule from its list
+ * and its budget, in integers, as selector/schedule.py computes it:
+ *   |R0| = the position of the first kPadToken (the width when there is none); K_imp = N - |R0|;
+ *   K_div = K - K_imp; step = max(step, ceil((|R0| - K_div) / maxRounds)) when maxRounds > 0;
+ * and then runs pruneImage, the very rounds of the fixed-budget plugin, so each image stops at its own
+ * round count. The kept row is K_div ids, then kPadToken up to kDivMax.
+ */
+
+//! The range plugin's fields.
+struct RangeFields
+{
+    int32_t kMin;      // smallest budget the selector takes
+    int32_t kMax;      // largest budget (< N)
+    int32_t kDivMax;   // kept-row width: the largest K_div of the range
+    int32_t step;      // s, before any round cap
+    int32_t maxRounds; // cap on the rounds (raises the step); 0: no cap
+};
+
+//! One image's K_div and effective step; ok is false when the budget or the list cannot be pruned.
+struct ImageSchedule
+{
+    int32_t kDiv;
+    int32_t step;
+    bool ok;
+};
+
+FLASHVLM_HD inline ImageSchedule imageSchedule(int32_t budget, int32_t residualSize, int32_t nTokens, RangeFields const& f)
+{
+    ImageSchedule s{budget - (nTokens - residualSize), f.step, false};
+    s.ok = budget >= f.kMin && budget <= f.kMax && residualSize <= nTokens && s.kDiv >= 1 && s.kDiv <= residualSize
+        && s.kDiv <= f.kDivMax;
+    if (s.ok && f.maxRounds > 0)
+    {
+        int32_t const raised = (residualSize - s.kDiv + f.maxRounds - 1) / f.maxRounds;
+        s.step = raised > s.step ? raised : s.step;
+    }
+    return s;
+}
+
+//! The shapes and fields both the range kernel's launcher and its twin accept (width: the list's padded length).
+FLASHVLM_HD inline bool validRangeArguments(int32_t batch, int32_t nTokens, int32_t width, RangeFields const& f)
+{
+    return batch >= 1 && width >= 1 && width <= nTokens && width <= kMaxResidual && f.kMin >= 2 && f.kMin <= f.kMax
+        && f.kMax < nTokens && f.kDivMax >= 1 && f.kDivMax <= width && f.step >= 1 && f.maxRounds >= 0;
+}
+
+//! Scratch of the range body: its list length and error flag, then pruneImage's scratch for the full width.
+FLASHVLM_HD inline int64_t rangeSharedBytes(int32_t width, int32_t nTokens)
+{
+    return 2 * static_cast<int64_t>(sizeof(int32_t)) + sharedBytes(width, nTokens);
+}
+
+/*
+ * One image of the range plugin. `residual` is its row of `width` entries, `kept` its row of kDivMax
+ * slots, `scratch` rangeSharedBytes(width, N) bytes (4-aligned). The caller checked validRangeArguments.
+ * A well-formed row is ids in [0, N), then kPadToken to the end. Anything else (an id >= N, a negative
+ * id other than kPadToken, an id after the padding) rejects the image: kStatusTokenOutOfRange. A budget
+ * outside [kMin, kMax], or one whose K_div the list cannot give, rejects it too: kStatusBudgetRejected.
+ * A rejected image gets kPadToken in all kDivMax slots and no round runs.
+ */
+template <typename Policy>
+FLASHVLM_HD int32_t pruneImageRange(Policy const& p, float const* gram, int32_t nTokens, int32_t const* residual,
+    int32_t width, int32_t budget, RangeFields const& f, unsigned char* scratch, int32_t* kept)
+{
+    int32_t* const length = reinterpret_cast<int32_t*>(scratch);
+    int32_t* const error = length + 1;
+    if (p.first() == 0)
+    {
+        *length = width;
+        *error = 0;
+    }
+    p.sync();
+    for (int32_t i = p.first(); i < width; i += p.stride())
+    {
+        int32_t const id = residual[i];
+        bool const pad = id == kPadToken;
+        bool const afterPad = i > 0 && residual[i - 1] == kPadToken;
+        if ((id < 0 && !pad) || id >= nTokens || (!pad && afterPad))
+        {
+            *error = 1;  // every writer writes the same value
+        }
+        else if (pad && !afterPad)
+        {
+            *length = i;  // where the padding starts: one writer unless the row is flagged above anyway
+        }
+    }
+    p.sync();
+    int32_t const residualSize = *length;
+    ImageSchedule const s = imageSchedule(budget, residualSize, nTokens, f);
+    int32_t status = *error != 0 ? kStatusTokenOutOfRange : (s.ok ? kStatusOk : kStatusBudgetRejected);
+    if (status != kStatusOk)  // the same for every thread: a uniform exit
+    {
+        for (int32_t i = p.first(); i < f.kDivMax; i += p.stride())
+        {
+            kept[i] = kPadToken;
+        }
+        return status;
+    }
+    status = pruneImage(
+        p, gram, nTokens, residual, residualSize, s.kDiv, s.step, carveScratch(scratch + 2 * sizeof(int32_t), width), kept);
+    for (int32_t i = s.kDiv + p.first(); i < f.kDivMax; i += p.stride())
+    {
+        kept[i] = kPadToken;
+    }
+    return status;
 }
 
 } // namespace flashvlm

@@ -10,6 +10,9 @@
  *  3. each A token's rank in the stable descending order is counted (exact, no sort);
  *  4. kept A tokens go to next[rank - r], then B follows in order; the lists swap.
  * An image whose residual list holds an id outside [0, N) gets kRejectedToken (-1) in every kept slot.
+ *
+ * residualPruneRangeKernel (the ResidualPruneRange plugin) runs pruneImageRange the same way: one block
+ * per image, each image with its own budget, list length, K_div and round count.
  */
 #include "residualPruneCore.h"
 #include "residualPruneKernel.h"
@@ -84,7 +87,45 @@ __global__ void __launch_bounds__(kThreads) residualPruneKernel(float const* __r
         kept + image * kDiv);
 }
 
+__global__ void __launch_bounds__(kThreads) residualPruneRangeKernel(float const* __restrict__ gram, int32_t nTokens,
+    int32_t const* __restrict__ residual, int32_t width, int32_t const* __restrict__ budget, RangeFields fields,
+    int32_t* __restrict__ kept)
+{
+    extern __shared__ __align__(16) unsigned char shared[];
+    int64_t const image = blockIdx.x;
+    pruneImageRange(BlockPolicy{}, gram + image * nTokens * static_cast<int64_t>(nTokens), nTokens,
+        residual + image * width, width, budget[image], fields, shared, kept + image * fields.kDivMax);
+}
+
+//! Opts a kernel into more than 48 KiB of dynamic shared memory when it needs it.
+template <typename Kernel>
+cudaError_t allowSharedBytes(Kernel kernel, size_t bytes)
+{
+    if (bytes <= 48 * 1024)
+    {
+        return cudaSuccess;
+    }
+    return cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(bytes));
+}
+
 } // namespace
+
+cudaError_t launchResidualPruneRange(float const* gram, int32_t batch, int32_t nTokens, int32_t const* residual,
+    int32_t width, int32_t const* budget, RangeFields const& fields, int32_t* kept, cudaStream_t stream)
+{
+    if (!validRangeArguments(batch, nTokens, width, fields))
+    {
+        return cudaErrorInvalidValue;
+    }
+    auto const bytes = static_cast<size_t>(rangeSharedBytes(width, nTokens));
+    cudaError_t const status = allowSharedBytes(residualPruneRangeKernel, bytes);
+    if (status != cudaSuccess)
+    {
+        return status;
+    }
+    residualPruneRangeKernel<<<batch, kThreads, bytes, stream>>>(gram, nTokens, residual, width, budget, fields, kept);
+    return cudaGetLastError();
+}
 
 cudaError_t launchResidualPrune(float const* gram, int32_t batch, int32_t nTokens, int32_t const* residual,
     int32_t residualSize, int32_t kDiv, int32_t step, int32_t* kept, cudaStream_t stream)

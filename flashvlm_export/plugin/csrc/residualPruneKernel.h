@@ -15,4 +15,11 @@ namespace flashvlm
 cudaError_t launchResidualPrune(float const* gram, int32_t batch, int32_t nTokens, int32_t const* residual,
     int32_t residualSize, int32_t kDiv, int32_t step, int32_t* kept, cudaStream_t stream);
 
+//! The range plugin's launch: grid = batch, one block per image, each with its own budget.
+//! gram (batch, n, n) float32, residual (batch, width) int32 padded with -1, budget (batch) int32 -> kept
+//! (batch, fields.kDivMax) int32, device pointers. Arguments outside validRangeArguments give
+//! cudaErrorInvalidValue before any launch. A rejected image (see pruneImageRange) gets -1 in every slot.
+cudaError_t launchResidualPruneRange(float const* gram, int32_t batch, int32_t nTokens, int32_t const* residual,
+    int32_t width, int32_t const* budget, RangeFields const& fields, int32_t* kept, cudaStream_t stream);
+
 } // namespace flashvlm

@@ -1,5 +1,6 @@
 #include "residualPrunePlugin.h"
 #include "residualPruneCore.h"
+#include "residualPruneRangePlugin.h"
 #include "residualPruneKernel.h"
 
 #include <cstdio>
@@ -296,15 +297,16 @@ IPluginV3* ResidualPruneCreator::createPlugin(char const* name, PluginFieldColle
  * registry.load_library, trtexec --dynamicPlugins / --setPluginsToSerialize) dlopens it, calls
  * getCreators and registers what it returns (NvInferRuntimeCommon.h, loadLibrary; the symbol is the
  * one NVIDIA's own plugin library exports, plugin/common/vfcCommon.cpp:73 on release/10.3,
- * plugin/vc/vfcCommon.cpp:70 on release/11.1). getCreators always returns the creator and the
- * library registers nothing by itself, so a plain dlopen of it (polygraphy --plugins,
+ * plugin/vc/vfcCommon.cpp:70 on release/11.1). getCreators always returns both creators (ResidualPrune
+ * v1 and ResidualPruneRange v1, residualPruneRangePlugin.h) and the library registers nothing by itself, so a plain dlopen of it (polygraphy --plugins,
  * trtexec --staticPlugins) registers nothing: those tools take libflashvlm_plugins_register.so
- * (residualPruneRegister.cpp), which registers this creator through getPluginRegistry().
+ * (residualPruneRegister.cpp), which registers these creators through getPluginRegistry().
  */
 extern "C" FLASHVLM_EXPORT nvinfer1::IPluginCreatorInterface* const* getCreators(int32_t& nbCreators)
 {
     static flashvlm::ResidualPruneCreator creator;
-    static nvinfer1::IPluginCreatorInterface* const creators[] = {&creator};
-    nbCreators = 1;
+    static flashvlm::ResidualPruneRangeCreator rangeCreator;
+    static nvinfer1::IPluginCreatorInterface* const creators[] = {&creator, &rangeCreator};
+    nbCreators = 2;
     return creators;
 }
