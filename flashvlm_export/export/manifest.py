@@ -142,7 +142,7 @@ class Manifest:
         for entry in self.record["selectors"]:
             if entry["budget"] == budget:
                 return entry
-        raise UsageError(f"{arg('budget', budget)} is not in {self.path}: it serves {self.serves}; ask for one of those or re-export")
+        raise UsageError(f"{arg('budget', budget)} is not in {self.path}: it has {self.serves}; ask for one of those or re-export")
 
     def request(self, budget: int):
         """The budget's ExportRequest as a full pipeline (the chain end to end), from its selector graph's metadata."""

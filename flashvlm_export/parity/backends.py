@@ -65,8 +65,9 @@ class SelectorReference:
             grams.append(trace.gram.numpy())
             relevance.append(trace.relevance.numpy())
             sharpened.append(trace.sharpened.numpy())
-        out = {INDICES: np.stack(rows)}
-        if budgets is not None:
+        if budgets is None:
+            out = {INDICES: np.stack(rows)}
+        else:
             out = {INDICES: np.stack([padded(r, self.budget) for r in rows]), KEPT: np.asarray([len(r) for r in rows])}
         if self.verification:
             out.update({TEXT_RELEVANCE: np.stack(relevance), SHARPENED_SCORES: np.stack(sharpened)})
