@@ -105,6 +105,14 @@ def tiny_range_graph(tmp_path_factory):
     return export_graph(range_request(), tmp_path_factory.mktemp("range") / "tiny_selector_b4-64_bs4.onnx", exporter="torchscript")
 
 
+def test_the_range_graph_is_static_and_tensorrt_friendly(tiny_range_graph):
+    import onnx
+
+    from flashvlm_export.export.graph_check import static_graph_problems
+
+    assert static_graph_problems(onnx.load(str(tiny_range_graph))) == []
+
+
 def mixed_cases(request, names=("scene", "random", "ties")):
     cases = selector_corpus(geometry_of(request), repeats=1, names=names)
     cases[0].feeds[BUDGET] = np.asarray(MIXED, dtype=np.int64)  # the mix in the first case
@@ -251,3 +259,23 @@ def test_run_graph_takes_two_budgets_from_one_full_graph(tmp_path, capsys):
 def test_range_schedule_counts_the_smallest_budgets_rounds():
     schedule = range_schedule(576, 16, 256)
     assert schedule.n_rounds == max(s.n_rounds for s in schedule.schedules) == schedule.of(16).n_rounds
+
+
+@pytest.mark.parametrize(
+    "budget, message",
+    [
+        (7, "budget=7 is outside G's range 8..64"),
+        ([8, 65], "budget=65 is outside G's range 8..64"),
+        ([8, 9, 10], "pass one whole number, or a list of 2 (one per image)"),
+        ([8, True], "pass one whole number, or a list of 2"),
+        ("12", "is not a whole number or a list of one per image"),
+    ],
+)
+def test_the_runtimes_budget_feed_refuses_bad_budgets_in_one_line(budget, message):
+    from flashvlm_export.errors import UsageError
+    from flashvlm_export.runtime.budgets import budget_feed
+
+    with pytest.raises(UsageError, match=message.replace("(", r"\(").replace(")", r"\)")) as caught:
+        budget_feed(budget, 2, 8, 64, "G")
+    assert "\n" not in str(caught.value)
+    assert budget_feed([8, 64], 2, 8, 64, "G").tolist() == [8, 64] and budget_feed(9, 2, 8, 64, "G").dtype == np.int64
