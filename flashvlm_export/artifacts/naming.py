@@ -6,11 +6,12 @@ from pathlib import Path
 
 
 def artifact_stem(request) -> str:
-    """llava15_b128, llava15_selector_b128, llava15_b128_bs2_fp16_plugin, ... (defaults add nothing)."""
+    """llava15_b128, llava15_selector_b128, llava15_b128_bs2_fp16_plugin, llava15_b16-256 (a budget range), ...
+    (defaults add nothing)."""
     kind = "_selector" if request.selector_only else ""
     tokens = f"_n{request.n_tokens}" if request.n_tokens is not None else ""
     variant = _variant(request.batch, request.precision, request.plugin)
-    return f"{request.spec.label}{kind}{tokens}_b{request.budget}{variant}"
+    return f"{request.spec.label}{kind}{tokens}_b{request.budget_label}{variant}"
 
 
 def _variant(batch: int, precision: str, plugin: bool) -> str:

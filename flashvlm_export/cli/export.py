@@ -97,6 +97,7 @@ def main(argv: list[str]) -> int:
         image_size=args.image_size,
         selector_only=args.selector_only,
         n_tokens=args.n_tokens,
+        budget_range=args.budget_range,
         plugin=args.plugin,
         precision=args.precision,
     )

@@ -64,7 +64,13 @@ def add_graph_flags(p: argparse.ArgumentParser, many_budgets: bool) -> list[str]
         "(--split, the default for several; --fused for a full graph each)"
     )
     added = [
-        g.add_argument("--budget", default="128", help="visual tokens kept, K (2 <= K <= N)" + (several if many_budgets else "")),
+        g.add_argument("--budget", help="visual tokens kept, K (2 <= K <= N; default: 128)" + (several if many_budgets else "")),
+        g.add_argument(
+            "--budget-range",
+            metavar="KMIN..KMAX",
+            help="one selector for every budget KMIN..KMAX, a budget per image at run time (e.g. 16..256; excludes --budget; "
+            "docs/BUDGETS.md)",
+        ),
         g.add_argument(
             "--t-max",
             type=int,

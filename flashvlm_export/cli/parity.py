@@ -106,6 +106,7 @@ def main(argv: list[str]) -> int:
                 selector_only=True,
                 n_tokens=args.n_tokens,
                 one_budget=True,
+                budget_range=args.budget_range,
             )
         passed = check_graph(
             Path(args.graph) if args.graph else None,

@@ -29,7 +29,7 @@ def parser() -> argparse.ArgumentParser:
         metavar="JSON",
         help="a split export's manifest: its encoder, then the selector of --budget (no host copy in between)",
     )
-    s.add_argument("--budget", type=int, metavar="K", help="with --manifest: which of its budgets this request keeps")
+    s.add_argument("--budget", type=int, metavar="K", help="K this request keeps: one of a --manifest's budgets, or any in a budget-range graph's or split's range")
     s.add_argument("--tensorrt", action="store_true", help="with --manifest: run its TensorRT engines (needs TensorRT and a GPU)")
     s.add_argument("--plugin-lib", metavar="PATH", help="libflashvlm_plugins.so for an engine built with --plugin")
     i = p.add_argument_group("input")

@@ -23,14 +23,16 @@ from flashvlm_export.models.positions import token_positions
 from flashvlm_export.models.spec import ModelSpec
 from flashvlm_export.models.vision import FlashVLMPipeline, SelectorWithEmbeds, VisionEncoder
 from flashvlm_export.selector.config import SelectorConfig
-from flashvlm_export.selector.schedule import RoundSchedule, round_schedule
+from flashvlm_export.selector.range import RangeSelector
+from flashvlm_export.selector.schedule import RangeSchedule, RoundSchedule, range_schedule, round_schedule
 from flashvlm_export.selector.static import StaticSelector
 
 TORCH_DTYPES = dict(zip(PRECISION_NAMES, (torch.float32, torch.float16, torch.bfloat16), strict=True))
 
 
 def example_inputs(interface: GraphInterface, seed: int = 0) -> tuple[torch.Tensor, ...]:
-    """Seeded tensors in the interface's shapes and dtypes (masks: the first half of the rows is text)."""
+    """Seeded tensors in the interface's shapes and dtypes (masks: the first half of the rows is text; a budget-range
+    graph's budgets: zeros, which the graph clamps to KMIN)."""
     gen = torch.Generator().manual_seed(seed)
     tensors = []
     for spec in interface.inputs:
@@ -38,6 +40,8 @@ def example_inputs(interface: GraphInterface, seed: int = 0) -> tuple[torch.Tens
             mask = torch.zeros(spec.shape, dtype=torch.bool)
             mask[..., : max(1, spec.shape[-1] // 2)] = True
             tensors.append(mask)
+        elif spec.dtype is np.int64:
+            tensors.append(torch.zeros(spec.shape, dtype=torch.int64))
         else:
             tensors.append(torch.randn(spec.shape, generator=gen))
     return tuple(tensors)
@@ -95,7 +99,7 @@ class EncoderRequest(_Traced):
 @dataclass(frozen=True, kw_only=True)
 class ExportRequest(_Traced):
     spec: ModelSpec
-    budget: int  # K
+    budget: int  # K; with budget_min, the largest budget KMAX (the width of the padded outputs)
     t_max: int  # padded text rows
     batch: int  # static batch B
     config: SelectorConfig
@@ -103,21 +107,50 @@ class ExportRequest(_Traced):
     n_tokens: int | None = None  # selector-only graphs may override the model's N (own encoder, video)
     plugin: bool = False  # the pruning rounds as one flashvlm::ResidualPrune node
     precision: str = "fp32"  # encoder + projector precision; the selector is always fp32
+    budget_min: int | None = None  # set: a budget-range graph, KMIN = budget_min .. KMAX = budget, a budget per image
 
     @property
     def tokens(self) -> int:
         return self.spec.n_tokens if self.n_tokens is None else self.n_tokens
 
     @property
+    def ranged(self) -> bool:
+        return self.budget_min is not None
+
+    @property
+    def budget_label(self) -> str:
+        """"128", or "16-256" for a budget range: file names and messages."""
+        return f"{self.budget_min}-{self.budget}" if self.ranged else str(self.budget)
+
+    def schedule_of(self, budget: int) -> RoundSchedule:
+        """The rounds of one image's budget: the range's entry, or the fixed graph's own schedule (its budget only)."""
+        if self.ranged:
+            return self.schedule.of(budget)
+        if budget != self.budget:
+            raise ValueError(f"budget {budget} given to a graph of K={self.budget}")
+        return self.schedule
+
+    @property
     def kind(self) -> str:
         return "selector" if self.selector_only else "full"
 
     @cached_property
-    def schedule(self) -> RoundSchedule:
-        """The pruning rounds (N, K, step, max_rounds): computed once per request, read by everything after."""
+    def schedule(self) -> RoundSchedule | RangeSchedule:
+        """The pruning rounds (N, K, step, max_rounds), every budget's for a range: computed once per request."""
+        if self.ranged:
+            return range_schedule(self.tokens, self.budget_min, self.budget, self.config)
         return round_schedule(self.tokens, self.budget, self.config)
 
-    def selector(self, verification: bool = False) -> StaticSelector:
+    def selector(self, verification: bool = False) -> StaticSelector | RangeSelector:
+        if self.ranged:
+            selector = RangeSelector(
+                self.tokens, self.budget_min, self.budget, self.config, verification=verification, schedule=self.schedule
+            )
+            if self.plugin:
+                from flashvlm_export.plugin.node import PluginRangePrune  # the plugin helper's (branch bplugin)
+
+                selector.prune = PluginRangePrune(selector.schedule)
+            return selector
         selector = StaticSelector(self.tokens, self.budget, self.config, verification=verification, schedule=self.schedule)
         if self.plugin:
             from flashvlm_export.plugin.node import PluginResidualPrune
@@ -143,6 +176,7 @@ class ExportRequest(_Traced):
             s.text_hidden,
             s.image_size,
             positions=self.positions,
+            budget_min=self.budget_min,
         )
 
     def module(self, parts=None, verification: bool = False) -> torch.nn.Module:
@@ -214,7 +248,7 @@ def export_logged(
         n_rounds = request.schedule.n_rounds
         rounds = 1 if request.plugin else n_rounds  # the plugin's rounds export as one node
         inside = " in one plugin node" if request.plugin else ""
-        what = f"the {request.kind} graph, K={request.budget} ({plural(n_rounds, 'pruning round')}{inside})"
+        what = f"the {request.kind} graph, K={request.budget_label} ({plural(n_rounds, 'pruning round')}{inside})"
     weight_bytes = parameter_bytes(module)
     estimate = export_estimate_s(rounds, weight_bytes, exporter)
     faster, hint = export_estimate_s(rounds, weight_bytes, "torchscript"), ""
@@ -223,7 +257,7 @@ def export_logged(
     timer = StepTimer("ONNX", log)
     with progress(f"ONNX: exporting {what} with {exporter}", estimate, log=log, hint=hint):
         export_graph(request, path, parts, weights, opset, exporter, overwrite=overwrite, module=module, metadata=metadata)
-    shape = f"B={request.batch}" if request.kind == "encoder" else f"K={request.budget}, B={request.batch}, T_max={request.t_max}"
+    shape = f"B={request.batch}" if request.kind == "encoder" else f"K={request.budget_label}, B={request.batch}, T_max={request.t_max}"
     where = "staged, placed with the rest of the split" if staged else f"saved as '{path}'"
     log(f"ONNX: export success ({request.kind} graph, {shape}) {timer.elapsed:.1f}s, {where} ({human_size(artifact_size(path))})")
     return stamped(metadata, opset)

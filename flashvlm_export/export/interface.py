@@ -20,9 +20,11 @@ CLS_ATTENTION = "cls_attention"  # a (B, N)
 PROJECTED_FEATURES = "projected_features"  # P(X) (B, N, Dl)
 TEXT_EMBEDS = "text_embeds"  # T (B, T_max, Dl)
 TEXT_MASK = "text_mask"  # (B, T_max) bool
+BUDGET = "budget"  # (B,) int64: each image's K, an input of a budget-range graph only (KMIN <= K <= KMAX)
 INDICES = "indices"  # (B, K) int64 ascending
 VISUAL_EMBEDS = "visual_embeds"  # P(X)[indices] (B, K, Dl)
 POSITIONS = "positions"  # (B, K, 3) int64 (t, h, w) of each kept token from the image's start (3-axis rotary models)
+KEPT = "kept"  # (B,) int64: tokens each image kept, an output of a budget-range graph only
 TEXT_RELEVANCE = "text_relevance"  # s (B, N), step 5
 SHARPENED_SCORES = "sharpened_scores"  # q (B, N), step 6: before step 7's top-p gate
 FUSED_SCORES = "fused_scores"  # F (B, N), step 8
@@ -85,11 +87,14 @@ def graph_interface(
     text_hidden: int,
     image_size: int,
     positions: bool = False,
+    budget_min: int | None = None,
 ) -> GraphInterface:
     """The interface of one graph; `budget >= n_tokens` keeps every token and decides nothing.
 
     The encoder kind ignores budget and t_max (it sees neither the text nor K). positions=True: the selected
-    outputs also hold the kept tokens' (t, h, w) rotary positions (models/positions.py).
+    outputs also hold the kept tokens' (t, h, w) rotary positions (models/positions.py). budget_min: a budget-range
+    graph (budget_min..budget): it also takes `budget` (B,) and returns `kept` (B,); its indices, visual_embeds
+    and positions are padded to K = budget (-1 indices and positions, zero rows after each image's kept ones).
     """
     if kind not in GRAPH_KINDS:
         raise ValueError(f"unknown graph kind {kind!r}")
@@ -107,9 +112,12 @@ def graph_interface(
     selected = (TensorSpec(INDICES, (b, k), np.int64), TensorSpec(VISUAL_EMBEDS, (b, k, text_hidden), f32))
     if positions:
         selected += (TensorSpec(POSITIONS, (b, k, 3), np.int64),)
+    if budget_min is not None:
+        text += (TensorSpec(BUDGET, (b,), np.int64),)
+        selected += (TensorSpec(KEPT, (b,), np.int64),)
     decisions = (
         ()
-        if budget >= n_tokens
+        if budget >= n_tokens and budget_min is None
         else (
             TensorSpec(TEXT_RELEVANCE, (b, n), f32),
             TensorSpec(SHARPENED_SCORES, (b, n), f32),

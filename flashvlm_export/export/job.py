@@ -110,7 +110,7 @@ def run_export(
             selectors = sum(artifact_size(plan.selector_graph(r)) for r in plan.selectors)
             log(
                 f"Split: wrote {manifest}: one encoder graph ({human_size(artifact_size(plan.encoder_graph))}) and "
-                f"{plural(len(plan.selectors), 'selector graph')} (K = {', '.join(str(r.budget) for r in plan.selectors)}, "
+                f"{plural(len(plan.selectors), 'selector graph')} (K = {', '.join(r.budget_label for r in plan.selectors)}, "
                 f"{human_size(selectors)} together)"
             )
             requests = [plan.encoder, *plan.selectors]

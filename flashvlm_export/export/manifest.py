@@ -21,6 +21,8 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
+
 from flashvlm_export.artifact_paths import BOUNDS, named_file, own_file, read_bounded
 from flashvlm_export.artifacts.files import sha256_of
 from flashvlm_export.errors import UsageError, arg
@@ -32,8 +34,14 @@ FORMAT_VERSION = 1
 ENCODER_STEM = "encoder"
 
 
-def selector_stem(budget: int) -> str:
-    return f"selector_b{budget}"
+def selector_stem(budget: int, budget_min: int | None = None) -> str:
+    """selector_b128, or selector_b16-256 for a budget-range selector."""
+    return f"selector_b{budget}" if budget_min is None else f"selector_b{budget_min}-{budget}"
+
+
+def entry_stem(entry: dict) -> str:
+    """The stem of a manifest's selector entry."""
+    return selector_stem(entry["budget"], entry.get("budget_min"))
 
 
 def file_entry(path: Path, root: Path) -> dict:
@@ -42,9 +50,21 @@ def file_entry(path: Path, root: Path) -> dict:
 
 
 def manifest_record(encoder_meta: dict[str, str], selectors_meta: dict[int, dict[str, str]], files: dict[str, dict]) -> dict:
-    """The manifest from the graphs' own metadata; `files` maps "encoder" and "selector_b<K>" to file entries."""
+    """The manifest from the graphs' own metadata; `files` maps "encoder" and "selector_b<K>" to file entries.
+
+    A budget-range selector (one, keyed by its KMAX) adds "budget_range": [KMIN, KMAX] and its entry's "budget_min";
+    "budgets" lists each selector graph's K (a range selector's: KMAX, the width of its outputs).
+    """
     encoder, first = typed_values(encoder_meta), typed_values(selectors_meta[min(selectors_meta)])
-    return {
+    lows = {k: typed_values(m).get("budget_min") for k, m in selectors_meta.items()}
+    ranged = {k: low for k, low in lows.items() if low is not None}
+    entries = []
+    for k in sorted(selectors_meta, reverse=True):
+        entry = {"budget": k, "onnx": files[selector_stem(k, lows[k])], "engine": None}
+        if lows[k] is not None:
+            entry["budget_min"] = lows[k]
+        entries.append(entry)
+    record = {
         "format": FORMAT,
         "format_version": FORMAT_VERSION,
         "flashvlm_export_version": encoder_meta.get("flashvlm_export_version"),
@@ -59,10 +79,12 @@ def manifest_record(encoder_meta: dict[str, str], selectors_meta: dict[int, dict
         "selector_config": first["selector_config"],
         "opset": encoder.get("opset"),
         "encoder": {"onnx": files[ENCODER_STEM], "engine": None},
-        "selectors": [
-            {"budget": k, "onnx": files[selector_stem(k)], "engine": None} for k in sorted(selectors_meta, reverse=True)
-        ],
+        "selectors": entries,
     }
+    if ranged:
+        ((k_max, k_min),) = ranged.items()  # a split writes one range selector, or fixed ones only
+        record["budget_range"] = [k_min, k_max]
+    return record
 
 
 @dataclass(frozen=True)
@@ -76,7 +98,21 @@ class Manifest:
 
     @property
     def budgets(self) -> tuple[int, ...]:
+        """Each selector graph's K (a budget-range selector's KMAX): the keys of selector_graph, request, engines."""
         return tuple(self.record["budgets"])
+
+    @property
+    def budget_range(self) -> tuple[int, int] | None:
+        """(KMIN, KMAX) of a budget-range split, whose one selector serves every budget in it; None otherwise."""
+        found = self.record.get("budget_range")
+        return None if found is None else (found[0], found[1])
+
+    @property
+    def serves(self) -> str:
+        """The budgets a request may ask for, as a message shows them."""
+        if self.budget_range is not None:
+            return f"any K in {self.budget_range[0]}..{self.budget_range[1]}"
+        return "K = " + ", ".join(str(k) for k in self.budgets)
 
     def _file(self, entry: dict, what: str, kind: str = "graph") -> Path:
         """A file the manifest names, by the rule of artifact_paths: inside its folder, regular, its recorded size."""
@@ -88,7 +124,8 @@ class Manifest:
         return self._file(self.record["encoder"]["onnx"], f"{ENCODER_STEM} graph")
 
     def selector_graph(self, budget: int) -> Path:
-        return self._file(self._selector(budget)["onnx"], f"{selector_stem(budget)} graph")
+        entry = self._selector(budget)
+        return self._file(entry["onnx"], f"{entry_stem(entry)} graph")
 
     def engines(self) -> tuple[Path, dict[int, Path]]:
         """The encoder engine and each budget's; a one-line error when the manifest lists none."""
@@ -98,15 +135,14 @@ class Manifest:
                 f"{self.path} lists no TensorRT engines; build them with flashvlm-export ... --split --engine, "
                 "or run the graphs in ONNX Runtime"
             )
-        selectors = {s["budget"]: self._file(s["engine"], f"{selector_stem(s['budget'])} engine", "engine") for s in self.record["selectors"]}
+        selectors = {s["budget"]: self._file(s["engine"], f"{entry_stem(s)} engine", "engine") for s in self.record["selectors"]}
         return self._file(encoder, f"{ENCODER_STEM} engine", "engine"), selectors
 
     def _selector(self, budget: int) -> dict:
         for entry in self.record["selectors"]:
             if entry["budget"] == budget:
                 return entry
-        have = ", ".join(str(k) for k in self.budgets)
-        raise UsageError(f"{arg('budget', budget)} is not in {self.path}: it has K = {have}; ask for one of those or re-export")
+        raise UsageError(f"{arg('budget', budget)} is not in {self.path}: it has {self.serves}; ask for one of those or re-export")
 
     def request(self, budget: int):
         """The budget's ExportRequest as a full pipeline (the chain end to end), from its selector graph's metadata."""
@@ -119,6 +155,12 @@ class Manifest:
         return replace(selector, selector_only=False, precision=self.record["precision"])
 
     def check_budget(self, budget: int) -> int:
+        """The key (a selector graph's K) of the selector that serves `budget`; a one-line error when none does."""
+        if self.budget_range is not None:
+            k_min, k_max = self.budget_range
+            if isinstance(budget, bool) or not isinstance(budget, (int, np.integer)) or not k_min <= budget <= k_max:
+                raise UsageError(f"{arg('budget', budget)} is outside {self.path}'s range: it serves {self.serves}; ask for one in it")
+            return k_max
         self._selector(budget)
         return budget
 
@@ -152,7 +194,7 @@ def read_manifest(path: Path, verify: bool = True, engines: bool = False) -> Man
         manifest = _checked_shape(path, record)
     except (KeyError, TypeError, ValueError) as exc:
         raise _fail(path, f"is malformed ({type(exc).__name__}: {str(exc)[:80]})") from None
-    entries = [(manifest.record["encoder"], ENCODER_STEM)] + [(s, selector_stem(s["budget"])) for s in record["selectors"]]
+    entries = [(manifest.record["encoder"], ENCODER_STEM)] + [(s, entry_stem(s)) for s in record["selectors"]]
     for entry, name in entries:
         _check_file(manifest, entry["onnx"], f"{name} graph", verify)
         if engines and entry.get("engine") is not None:
@@ -197,6 +239,13 @@ def _checked_shape(path: Path, record: dict) -> Manifest:
     listed = [s["budget"] for s in record["selectors"]]
     if sorted(listed) != sorted(budgets) or len(set(listed)) != len(listed):
         raise ValueError(f"selectors list K = {listed}, budgets say {budgets}")
+    lows = [s.get("budget_min") for s in record["selectors"]]
+    span = record.get("budget_range")
+    if span is not None or any(low is not None for low in lows):
+        if not (isinstance(span, list) and len(span) == 2 and all(type(k) is int for k in span) and len(listed) == 1):
+            raise ValueError("budget_range must be [KMIN, KMAX] of the one selector")
+        if [lows[0], listed[0]] != span or span[0] >= span[1]:
+            raise ValueError(f"budget_range {span} is not the selector's {lows[0]}..{listed[0]}")
     return Manifest(path, record)
 
 
@@ -218,7 +267,8 @@ def _check_graph_metadata(manifest: Manifest) -> None:
     if r.get("weights") is not None:
         want["weights"] = r["weights"]
     _compare(manifest, manifest.encoder_graph, encoder, want)
-    for k in manifest.budgets:
+    for entry in r["selectors"]:
+        k = entry["budget"]
         graph = manifest.selector_graph(k)
         want = {
             "graph": "selector",
@@ -228,6 +278,7 @@ def _check_graph_metadata(manifest: Manifest) -> None:
             "t_max": str(r["t_max"]),
             "n_tokens": str(r["n_tokens"]),
             "plugin": str(int(r["plugin"])),
+            "budget_min": None if entry.get("budget_min") is None else str(entry["budget_min"]),
         }
         meta = graph_metadata(graph)
         _compare(manifest, graph, meta, want)

@@ -58,8 +58,13 @@ def encoder_metadata(request, weights: str | None) -> dict[str, str]:
 
 
 def request_metadata(request, weights: str | None) -> dict[str, str]:
-    """The metadata of a full or selector graph (an ExportRequest), its round schedule included."""
+    """The metadata of a full or selector graph (an ExportRequest), its round schedule included.
+
+    A budget-range graph also records budget_min and budget_max (budget is budget_max, its outputs' width); its
+    k_imp, k_div and step are the largest budget's, n_rounds the rounds the graph runs (the smallest budget's).
+    """
     schedule = request.schedule
+    widest = schedule.of(request.budget) if request.ranged else schedule
     values = dict(
         graph=request.kind,
         model=request.spec.name,
@@ -70,14 +75,16 @@ def request_metadata(request, weights: str | None) -> dict[str, str]:
         image_size=request.spec.image_size,
         vision_hidden=request.spec.vision_hidden,
         text_hidden=request.spec.text_hidden,
-        k_imp=schedule.k_imp,
-        k_div=schedule.k_div,
-        step=schedule.step,
+        k_imp=widest.k_imp,
+        k_div=widest.k_div,
+        step=widest.step,
         n_rounds=schedule.n_rounds,
         selector_config=json.dumps(request.config.to_dict(), sort_keys=True),
         plugin=int(request.plugin),
         precision=request.precision,
     )
+    if request.ranged:
+        values.update(budget_min=request.budget_min, budget_max=request.budget)
     if request.plugin:
         from flashvlm_export.plugin import PLUGIN_ID
 
@@ -159,6 +166,14 @@ def request_fields(meta: dict[str, str], source: str) -> dict:
         budget, t_max, batch, n_tokens = whole("budget"), whole("t_max"), whole("batch"), whole("n_tokens", 2)
         key = "budget"
         check_budget_range(budget, n_tokens, where=f" for n_tokens {n_tokens}")
+        budget_min = None
+        if "budget_min" in meta or "budget_max" in meta:
+            key = "budget_min"
+            budget_min = whole("budget_min")
+            check_budget_range(budget_min, n_tokens, "budget_min", f" for n_tokens {n_tokens}")
+            key = "budget_max"
+            if whole("budget_max") != budget or budget_min >= budget:
+                raise ValueError(f"range {budget_min}..{meta['budget_max']} with budget {budget}: want budget_min < budget_max = budget")
         key = "plugin"
         plugin = meta.get("plugin", "0")
         if plugin not in ("0", "1"):
@@ -183,4 +198,5 @@ def request_fields(meta: dict[str, str], source: str) -> dict:
         n_tokens=n_tokens,
         plugin=plugin == "1",
         precision=precision,
+        budget_min=budget_min,
     )

@@ -16,6 +16,7 @@ from flashvlm_export.models.spec import ModelSpec
 from flashvlm_export.selector.config import SelectorConfig
 from flashvlm_export.selector.schedule import check_budget_range
 
+DEFAULT_BUDGET = "128"  # --budget when neither --budget nor --budget-range is given
 
 def parse_budgets(text: str, n_tokens: int, model: str) -> list[int]:
     """--budget "128" or "128,64,32": whole numbers in the budget range, each once."""
@@ -32,9 +33,25 @@ def parse_budgets(text: str, n_tokens: int, model: str) -> list[int]:
     return budgets
 
 
+def parse_budget_range(text: str, n_tokens: int, model: str) -> tuple[int, int]:
+    """--budget-range "16..256": two whole numbers in the budget range, KMIN < KMAX."""
+    low, sep, high = text.partition("..")
+    try:
+        if not sep:
+            raise ValueError
+        k_min, k_max = int(low), int(high)
+    except ValueError:
+        raise UsageError(f"--budget-range {text!r} is not KMIN..KMAX; pass e.g. --budget-range 16..256") from None
+    for k in (k_min, k_max):
+        check_budget_range(k, n_tokens, "--budget-range bound", f" in {text}: {model} has N={n_tokens} visual tokens")
+    if k_min >= k_max:
+        raise UsageError(f"--budget-range {text} needs KMIN < KMAX; for one budget pass --budget {k_min}")
+    return k_min, k_max
+
+
 def export_requests(
     model: str,
-    budgets: str,
+    budgets: str | None,
     *,
     config: SelectorConfig,
     t_max: int | None = None,
@@ -45,8 +62,10 @@ def export_requests(
     plugin: bool = False,
     precision: str = "fp32",
     one_budget: bool = False,
+    budget_range: str | None = None,
 ) -> tuple[ModelSpec, list[ExportRequest]]:
-    """The model spec and one ExportRequest per budget, every shape checked (memory bounds included)."""
+    """The model spec and one ExportRequest per budget, every shape checked (memory bounds included); with
+    `budget_range` ("KMIN..KMAX", exclusive with `budgets`) one request for the whole range. `budgets` None: 128."""
     from flashvlm_export.limits import check_shape_fits
 
     spec = get_spec(model).at_image_size(image_size)
@@ -65,12 +84,20 @@ def export_requests(
             raise UsageError(f"--n-tokens {n_tokens} is out of range; use 2 <= N <= {TOPK_LIMIT} (TensorRT's TopK limit)")
         tokens = n_tokens
     check_shape_fits(spec, tokens, t_max, batch, selector_only)
-    ks = parse_budgets(budgets, tokens, spec.name)
+    if budget_range is not None:
+        if budgets is not None:
+            raise UsageError(f"--budget {budgets} and --budget-range {budget_range} exclude each other; pass one")
+        k_min, k_max = parse_budget_range(budget_range, tokens, spec.name)
+        ranged = dict(budget=k_max, budget_min=k_min)
+    budgets = DEFAULT_BUDGET if budgets is None else budgets
+    ks = [] if budget_range is not None else parse_budgets(budgets, tokens, spec.name)
     if one_budget and len(ks) > 1:
         raise UsageError(f"--budget {budgets}: this command takes one budget")
     if selector_only and precision != "fp32":
         raise UsageError(f"--precision {precision} applies to the encoder; a --selector-only graph is always fp32, drop one")
     common = dict(t_max=t_max, batch=batch, config=config, selector_only=selector_only, n_tokens=n_tokens)
+    if budget_range is not None:
+        return spec, [ExportRequest(spec=spec, plugin=plugin, precision=precision, **ranged, **common)]
     return spec, [ExportRequest(spec=spec, budget=k, plugin=plugin, precision=precision, **common) for k in ks]
 
 

@@ -1,4 +1,5 @@
-"""Split export: one encoder graph, one small selector graph per budget, and the manifest that ties them.
+"""Split export: one encoder graph, one small selector graph per budget (or one for a budget range), and the manifest
+that ties them.
 
 Every file of a split lands together or none does: the graphs are exported into one staging folder
 and placed with the manifest in one all-or-nothing step (artifacts/placement.py); only then is each
@@ -24,6 +25,7 @@ from flashvlm_export.export.graphs import EncoderRequest, ExportRequest, export_
 from flashvlm_export.export.manifest import (
     ENCODER_STEM,
     MANIFEST_NAME,
+    entry_stem,
     file_entry,
     manifest_record,
     read_manifest,
@@ -49,7 +51,7 @@ class SplitPlan:
         return self.folder / f"{ENCODER_STEM}.onnx"
 
     def selector_graph(self, request: ExportRequest) -> Path:
-        return self.folder / f"{selector_stem(request.budget)}.onnx"
+        return self.folder / f"{selector_stem(request.budget, request.budget_min)}.onnx"
 
     def graphs(self) -> list[Path]:
         return [self.encoder_graph] + [self.selector_graph(r) for r in self.selectors]
@@ -106,7 +108,7 @@ def export_split(
             meta = export_logged(request, staged[graph], parts, own_weights, opset, how, log=log, staged=True)
             metas[graph.stem] = meta
         files = {g.stem: file_entry(staged[g], staged[g].parent) for g in plan.graphs()}
-        selectors_meta = {r.budget: metas[selector_stem(r.budget)] for r in plan.selectors}
+        selectors_meta = {r.budget: metas[selector_stem(r.budget, r.budget_min)] for r in plan.selectors}
         write_manifest(staged[plan.manifest], manifest_record(metas[ENCODER_STEM], selectors_meta, files))
     for graph in plan.graphs():  # announced only now: every file is in place
         log(f"ONNX: saved as '{graph}' ({human_size(artifact_size(graph))})")
@@ -145,6 +147,6 @@ def add_engines(manifest_path: Path, engines: dict[str, Path]) -> None:
     record, root = manifest.record, manifest.folder
     record["encoder"]["engine"] = file_entry(engines[ENCODER_STEM], root)
     for selector in record["selectors"]:
-        selector["engine"] = file_entry(engines[selector_stem(selector["budget"])], root)
+        selector["engine"] = file_entry(engines[entry_stem(selector)], root)
     with atomic_outputs([manifest_path], overwrite=True) as (temp,):
         write_manifest(temp, record)

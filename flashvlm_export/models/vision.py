@@ -89,20 +89,29 @@ class SelectorWithEmbeds(nn.Module):
         self.selector = selector
         self.token_positions = token_positions
 
-    def forward(self, vision_features, cls_attention, projected, text_embeds, text_mask):
-        selected = self.selector(vision_features, cls_attention, projected, text_embeds, text_mask)
+    def forward(self, vision_features, cls_attention, projected, text_embeds, text_mask, *budget):
+        """`budget` (B,) int64: given to a budget-range selector (selector/range.py), whose -1 padded indices give zero
+        rows and -1 positions, and whose `kept` (B,) follows the positions."""
+        selected = self.selector(vision_features, cls_attention, projected, text_embeds, text_mask, *budget)
         indices, *decisions = selected if isinstance(selected, tuple) else (selected,)
+        kept = (decisions.pop(0),) if getattr(self.selector, "ranged", False) else ()
+        valid = indices >= 0
+        safe = indices.clamp_min(0) if kept else indices
         # One Gather of K rows per image. torch.gather with an index expanded to (B, K, Dl) exports, with the
         # TorchScript exporter, an Expand whose shape comes from ConstantOfShape: a data-dependent shape.
-        rows = [p.index_select(0, i) for p, i in zip(projected.unbind(0), indices.unbind(0), strict=True)]
+        rows = torch.stack([p.index_select(0, i) for p, i in zip(projected.unbind(0), safe.unbind(0), strict=True)])
+        if kept:
+            rows = torch.where(valid[..., None], rows, 0.0)
         if self.token_positions is None:
-            return (indices, torch.stack(rows), *decisions)
-        positions = self.token_positions[indices]  # (B, K, 3): a Gather from a constant table
-        return (indices, torch.stack(rows), positions, *decisions)
+            return (indices, rows, *kept, *decisions)
+        positions = self.token_positions[safe]  # (B, K, 3): a Gather from a constant table
+        if kept:
+            positions = torch.where(valid[..., None], positions, -1)
+        return (indices, rows, positions, *kept, *decisions)
 
 
 class FlashVLMPipeline(nn.Module):
-    """(pixel_values, text_embeds, text_mask) -> (indices (B, K) int64 ascending, visual_embeds (B, K, Dl)).
+    """(pixel_values, text_embeds, text_mask[, budget]) -> (indices (B, K) int64 ascending, visual_embeds (B, K, Dl)).
 
     The encoder, then the selector with its gather. With verification=True it also returns the
     selector's decision tensors (s, q, F, G; none when K >= N) and X, a, P(X), the verification
@@ -115,7 +124,7 @@ class FlashVLMPipeline(nn.Module):
         self.selector = selector
         self.verification = verification
 
-    def forward(self, pixel_values, text_embeds, text_mask):
+    def forward(self, pixel_values, text_embeds, text_mask, *budget):
         features = self.encoder(pixel_values)
-        selected = self.selector(*features, text_embeds, text_mask)  # indices, visual_embeds[, positions][, decisions]
+        selected = self.selector(*features, text_embeds, text_mask, *budget)  # indices, visual_embeds[, positions][, decisions]
         return (*selected, *features) if self.verification else selected

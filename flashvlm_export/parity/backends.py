@@ -10,10 +10,12 @@ import torch
 
 from flashvlm_export.backend import CPU, ort_provider, ort_session, provider_label
 from flashvlm_export.export.interface import (
+    BUDGET,
     CLS_ATTENTION,
     FUSED_SCORES,
     GRAM,
     INDICES,
+    KEPT,
     PIXEL_VALUES,
     PROJECTED_FEATURES,
     SELECTOR_INPUTS,
@@ -24,7 +26,7 @@ from flashvlm_export.export.interface import (
     VISION_FEATURES,
     GraphInterface,
 )
-from flashvlm_export.parity.compare import SHIPPED_INDICES
+from flashvlm_export.parity.compare import SHIPPED_INDICES, padded
 from flashvlm_export.selector.config import SelectorConfig
 from flashvlm_export.selector.reference import reference_select
 
@@ -34,7 +36,11 @@ def _tensors(feeds: dict[str, np.ndarray], names) -> list[torch.Tensor]:
 
 
 class SelectorReference:
-    """The gold standard on selector feeds: indices, and s, q, F, G per image (s and q are NaN without text)."""
+    """The gold standard on selector feeds: indices, and s, q, F, G per image (s and q are NaN without text).
+
+    Feeds with a `budget` (B,) (a budget-range graph's): each image at its own budget, indices padded with -1 to
+    `budget` (the range's KMAX), and `kept` (B,).
+    """
 
     name = "reference"
 
@@ -45,19 +51,24 @@ class SelectorReference:
 
     def infer(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         x, a, p, t, mask = _tensors(feeds, SELECTOR_INPUTS)
+        budgets = feeds.get(BUDGET)
         rows, relevance, sharpened, fused, grams = [], [], [], [], []
         for b in range(x.shape[0]):
             text = t[b][mask[b].bool()]
+            k = self.budget if budgets is None else int(budgets[b])
             if not self.verification:
-                rows.append(reference_select(x[b], a[b], p[b], text, self.budget, self.config).numpy())
+                rows.append(reference_select(x[b], a[b], p[b], text, k, self.config).numpy())
                 continue
-            indices, trace = reference_select(x[b], a[b], p[b], text, self.budget, self.config, trace=True)
+            indices, trace = reference_select(x[b], a[b], p[b], text, k, self.config, trace=True)
             rows.append(indices.numpy())
             fused.append(trace.fused_scores.numpy())
             grams.append(trace.gram.numpy())
             relevance.append(trace.relevance.numpy())
             sharpened.append(trace.sharpened.numpy())
-        out = {INDICES: np.stack(rows)}
+        if budgets is None:
+            out = {INDICES: np.stack(rows)}
+        else:
+            out = {INDICES: np.stack([padded(r, self.budget) for r in rows]), KEPT: np.asarray([len(r) for r in rows])}
         if self.verification:
             out.update({TEXT_RELEVANCE: np.stack(relevance), SHARPENED_SCORES: np.stack(sharpened)})
             out.update({FUSED_SCORES: np.stack(fused), GRAM: np.stack(grams)})
@@ -86,6 +97,8 @@ class PipelineReference(SelectorReference):
     def infer(self, feeds):
         features = self.features(feeds)
         selector_feeds = {**features, TEXT_EMBEDS: feeds[TEXT_EMBEDS], TEXT_MASK: feeds[TEXT_MASK]}
+        if BUDGET in feeds:
+            selector_feeds[BUDGET] = feeds[BUDGET]
         return {**features, **super().infer(selector_feeds)}
 
 

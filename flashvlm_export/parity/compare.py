@@ -25,11 +25,13 @@ import numpy as np
 import torch
 
 from flashvlm_export.export.interface import (
+    BUDGET,
     CLS_ATTENTION,
     FEATURES,
     FUSED_SCORES,
     GRAM,
     INDICES,
+    KEPT,
     POSITIONS,
     PROJECTED_FEATURES,
     SHARPENED_SCORES,
@@ -41,7 +43,7 @@ from flashvlm_export.export.interface import (
 from flashvlm_export.progress import plural
 from flashvlm_export.selector.config import SelectorConfig
 from flashvlm_export.selector.reference import decide, extrinsic_scores, fuse, intrinsic_scores, no_text_scores, sharpen
-from flashvlm_export.selector.schedule import RoundSchedule
+from flashvlm_export.selector.schedule import RangeSchedule, RoundSchedule
 
 SHIPPED_INDICES = "shipped_indices"  # a graph backend's shipped-graph indices, beside its verification build's
 
@@ -73,8 +75,21 @@ def max_relative_error(got: np.ndarray, want: np.ndarray) -> float:
 
 
 def overlap(a: np.ndarray, b: np.ndarray) -> float:
-    """|A & B| / K for two index rows."""
-    return len(set(np.asarray(a).tolist()) & set(np.asarray(b).tolist())) / len(a)
+    """|A & B| / K for two index rows (-1 slots of a budget-range graph are no tokens; K: the longer row's count)."""
+    a, b = (set(np.asarray(row)[np.asarray(row) >= 0].tolist()) for row in (a, b))
+    return len(a & b) / max(len(a), len(b), 1)
+
+
+def image_schedule(schedule: RoundSchedule | RangeSchedule, budgets: np.ndarray | None, b: int) -> RoundSchedule:
+    """Image b's rounds: a fixed graph's own, or, for a budget-range graph, those of the budget image b was given."""
+    if isinstance(schedule, RangeSchedule):
+        return schedule.of(int(budgets[b]))
+    return schedule
+
+
+def padded(row: np.ndarray, width: int) -> np.ndarray:
+    """An index row padded with -1 to `width` (a budget-range graph's outputs)."""
+    return np.concatenate([row, np.full(width - len(row), -1, dtype=row.dtype)])
 
 
 def aligned_fused_scores(sharpened: np.ndarray, cls_attention: np.ndarray, has_text: bool, config: SelectorConfig):
@@ -87,17 +102,24 @@ def aligned_fused_scores(sharpened: np.ndarray, cls_attention: np.ndarray, has_t
     return fuse(s_int, s_ext, config).numpy()
 
 
-def sensitivity_overlaps(reference: dict[str, np.ndarray], schedule: RoundSchedule, seed: int) -> list[float]:
-    """The reference against itself with G + symmetric uniform noise of at most 1e-6, per image."""
-    if schedule.keeps_all:
+def sensitivity_overlaps(
+    reference: dict[str, np.ndarray], schedule: RoundSchedule | RangeSchedule, seed: int, budgets: np.ndarray | None = None
+) -> list[float]:
+    """The reference against itself with G + symmetric uniform noise of at most 1e-6, per image (each at its own
+    budget for a budget-range graph)."""
+    if isinstance(schedule, RoundSchedule) and schedule.keeps_all:
         return [1.0] * len(reference[INDICES])
     rng = np.random.default_rng(seed)
     overlaps = []
     for b, indices in enumerate(reference[INDICES]):
+        own = image_schedule(schedule, budgets, b)
+        if own.keeps_all:
+            overlaps.append(1.0)
+            continue
         gram = reference[GRAM][b]
         noise = rng.uniform(-SENSITIVITY_NOISE, SENSITIVITY_NOISE, size=gram.shape)
         noisy = (gram + ((noise + noise.T) / 2)).astype(np.float32)
-        perturbed = decide(torch.from_numpy(reference[FUSED_SCORES][b]), torch.from_numpy(noisy), schedule)
+        perturbed = decide(torch.from_numpy(reference[FUSED_SCORES][b]), torch.from_numpy(noisy), own)
         overlaps.append(overlap(perturbed.numpy(), indices))
     return overlaps
 
@@ -161,8 +183,8 @@ class BackendReport:
         reference: dict[str, np.ndarray],  # the reference on the original inputs
         own_reference: dict[str, np.ndarray],  # the reference's selector on the backend's own selector inputs
         outputs: dict[str, np.ndarray],  # the backend's
-        basis: dict[str, np.ndarray],  # the backend's own selector inputs (a, text_mask)
-        schedule: RoundSchedule,
+        basis: dict[str, np.ndarray],  # the backend's own selector inputs (a, text_mask; budget for a range graph)
+        schedule: RoundSchedule | RangeSchedule,
         config: SelectorConfig,
         bounds: dict[str, float | None],
         sensitivity: list[float],
@@ -174,23 +196,41 @@ class BackendReport:
             )
             return
         self.sensitivity += sensitivity
+        budgets = basis.get(BUDGET)
         for b in range(indices.shape[0]):
-            where = f"{case} image {b}"
-            self._decisions(where, b, outputs, schedule)
+            where = f"{case} image {b}" + ("" if budgets is None else f" (K={int(budgets[b])})")
+            own = image_schedule(schedule, budgets, b)
+            self._decisions(where, b, outputs, own, ranged=budgets is not None)
             self._gathered(where, b, outputs, basis)
             self._positioned(where, b, outputs)
-            self._arithmetic(where, b, reference, own_reference, outputs, basis, config, bounds, schedule)
+            self._arithmetic(where, b, reference, own_reference, outputs, basis, config, bounds, own)
             o = overlap(indices[b], reference[INDICES][b])
             self.overlaps.append(o)
             if o < 1.0:
                 self.differing.append(f"{where}: overlap {o:.3f}")
 
-    def _decisions(self, where: str, b: int, outputs: dict, schedule: RoundSchedule) -> None:
+    def _decisions(self, where: str, b: int, outputs: dict, schedule: RoundSchedule, ranged: bool = False) -> None:
+        """The backend's own F and G, fed through the reference's decisions, give its indices. A budget-range graph
+        (`ranged`, `schedule` the image's own budget's): its first K_b indices are those, -1 follow, and kept = K_b."""
         indices = outputs[INDICES][b]
         if SHIPPED_INDICES in outputs:
             self.shipped_checked += 1
             if not np.array_equal(outputs[SHIPPED_INDICES][b], indices):
                 self.decision_failures.append(f"{where}: the shipped graph's indices differ from its verification build's")
+        if ranged:
+            if KEPT not in outputs:
+                if KEPT not in self.missing:
+                    self.missing.append(KEPT)
+                return
+            k = min(schedule.budget, schedule.n_tokens)
+            if int(outputs[KEPT][b]) != k or not np.all(indices[k:] == -1):
+                self.decisions_checked += 1
+                self.decision_failures.append(
+                    f"{where}: kept {int(outputs[KEPT][b])} with {int(np.sum(indices >= 0))} indices before the -1 padding, "
+                    f"the image's budget is {k}"
+                )
+                return
+            indices = indices[:k]
         if schedule.keeps_all:
             self.decisions_checked += 1
             if not np.array_equal(indices, np.arange(schedule.n_tokens)):
@@ -226,7 +266,10 @@ class BackendReport:
         """
         if VISUAL_EMBEDS not in outputs or PROJECTED_FEATURES not in basis:
             return
-        rows = np.asarray(basis[PROJECTED_FEATURES][b])[outputs[INDICES][b]]
+        indices = np.asarray(outputs[INDICES][b])
+        projected = np.asarray(basis[PROJECTED_FEATURES][b])
+        rows = np.zeros((len(indices), projected.shape[-1]), dtype=projected.dtype)  # -1 slots: zero rows
+        rows[indices >= 0] = projected[indices[indices >= 0]]
         if not np.array_equal(outputs[VISUAL_EMBEDS][b], rows):
             self.decision_failures.append(f"{where}: visual_embeds are not P(X) at the backend's own indices")
 
@@ -241,7 +284,9 @@ class BackendReport:
             if POSITIONS not in self.missing:
                 self.missing.append(POSITIONS)
             return
-        want = self.token_positions[np.asarray(outputs[INDICES][b])]
+        indices = np.asarray(outputs[INDICES][b])
+        want = np.full((len(indices), 3), -1, dtype=self.token_positions.dtype)  # -1 slots: -1 rows
+        want[indices >= 0] = self.token_positions[indices[indices >= 0]]
         got = np.asarray(outputs[POSITIONS][b])
         if got.shape != want.shape or not np.array_equal(got, want):
             bad = int(np.argmax(np.any(got != want, axis=-1))) if got.shape == want.shape else 0

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from flashvlm_export.export.interface import (
+    BUDGET,
     CLS_ATTENTION,
     PIXEL_VALUES,
     PROJECTED_FEATURES,
@@ -29,6 +30,7 @@ class Geometry:
     text_hidden: int  # Dl
     t_max: int  # padded text rows
     batch: int  # static batch of the graph
+    budget_range: tuple[int, int] | None = None  # a budget-range graph's (KMIN, KMAX): each case feeds a budget per image
 
 
 @dataclass
@@ -138,6 +140,26 @@ class _SceneMaker:
         return case
 
 
+def mixed_budgets(budget_range: tuple[int, int], batch: int, number: int, rng: np.random.Generator) -> np.ndarray:
+    """(B,) int64 budgets for case `number` of a budget-range graph: even cases spread KMIN..KMAX evenly over the
+    batch (rotated by the case, so each image sees both ends), odd ones draw each image's budget at random."""
+    k_min, k_max = budget_range
+    if number % 2:
+        return rng.integers(k_min, k_max + 1, size=batch).astype(np.int64)
+    spread = np.round(np.linspace(k_min, k_max, max(batch, 2))).astype(np.int64)
+    return np.asarray([spread[(b + number // 2) % len(spread)] for b in range(batch)], dtype=np.int64)
+
+
+def with_budgets(cases: list[Case], geometry: Geometry, seed: int) -> list[Case]:
+    """A budget feed in every case, for a budget-range graph (none otherwise)."""
+    if geometry.budget_range is None:
+        return cases
+    rng = np.random.default_rng([seed, 200])
+    for number, case in enumerate(cases):
+        case.feeds[BUDGET] = mixed_budgets(geometry.budget_range, geometry.batch, number, rng)
+    return cases
+
+
 SELECTOR_CASES = ("scene", "random", "ties", "constant_saliency", "duplicated_features", "empty_text", "padding")
 
 
@@ -151,7 +173,7 @@ def selector_corpus(geometry: Geometry, seed: int = 0, repeats: int = 2, names=S
             images = [getattr(maker, name)() for _ in range(geometry.batch)]
             feeds = {key: np.stack([im[key] for im in images]) for key in SELECTOR_INPUTS}
             cases.append(Case(f"{name}#{repeat}", feeds))
-    return cases
+    return with_budgets(cases, geometry, seed)
 
 
 PIPELINE_CASES = ("noise", "blocks", "flat")
@@ -179,4 +201,4 @@ def pipeline_corpus(geometry: Geometry, image_size: int, seed: int = 0, repeats:
                 masks.append(mask)
             feeds = {PIXEL_VALUES: np.stack(pixels), TEXT_EMBEDS: np.stack(texts), TEXT_MASK: np.stack(masks)}
             cases.append(Case(f"{name}#{repeat}", feeds))
-    return cases
+    return with_budgets(cases, geometry, seed)

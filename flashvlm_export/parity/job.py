@@ -60,7 +60,7 @@ def scratch_selector_graph(request: ExportRequest, log=print):
         start = time.perf_counter()
         export_graph(request, graph)
         log(
-            f"ONNX: exported the {request.spec.name} selector at K={request.budget} for the check {time.perf_counter() - start:.1f}s"
+            f"ONNX: exported the {request.spec.name} selector at K={request.budget_label} for the check {time.perf_counter() - start:.1f}s"
         )
         yield graph
 

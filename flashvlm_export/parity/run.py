@@ -15,6 +15,7 @@ from flashvlm_export.backend import Backend
 from flashvlm_export.errors import MissingDependencyError, UsageError
 from flashvlm_export.export.graphs import ExportRequest, request_from_metadata
 from flashvlm_export.export.interface import (
+    BUDGET,
     FEATURES,
     INDICES,
     PIXEL_VALUES,
@@ -34,7 +35,8 @@ from flashvlm_export.selector.schedule import RoundSchedule, round_schedule
 
 def geometry_of(request: ExportRequest) -> Geometry:
     s = request.spec
-    return Geometry(request.tokens, s.vision_hidden, s.text_hidden, request.t_max, request.batch)
+    span = (request.budget_min, request.budget) if request.ranged else None
+    return Geometry(request.tokens, s.vision_hidden, s.text_hidden, request.t_max, request.batch, span)
 
 
 def check_graph_interface(graph: Path, request: ExportRequest) -> None:
@@ -69,6 +71,11 @@ def validate_cases(cases: list[Case], request: ExportRequest) -> None:
                 )
             with np.errstate(over="ignore", invalid="ignore"):
                 value = value.astype(dtype, copy=False)
+            if name == BUDGET and not np.all((value >= request.budget_min) & (value <= request.budget)):
+                raise UsageError(
+                    f"parity case {case.name} feeds budgets {value.tolist()}, outside the graph's range "
+                    f"{request.budget_label.replace('-', '..')}; feed budgets in the range"
+                )
             if dtype is np.float32 and not np.isfinite(value).all():
                 bad = "NaN" if np.isnan(value).any() else "Inf (a value beyond float32's range)"
                 raise UsageError(f"parity case {case.name} input {name!r} contains {bad}; parity needs finite float32 inputs, fix the data")
@@ -214,7 +221,7 @@ def run_parity(
         backends = list(backends) + list(extra_backends or [])
         reports = run_backends(request, reference, backends, cases, seed, min_overlap)
     log(
-        f"Parity: {graph.name} ({request.kind} graph, {request.spec.name}, K={request.budget}, batch {request.batch}, "
+        f"Parity: {graph.name} ({request.kind} graph, {request.spec.name}, K={request.budget_label}, batch {request.batch}, "
         f"{request.precision}), {plural(len(cases), 'case')} x {plural(request.batch, 'image')} against the reference"
     )
     for report in reports:
@@ -243,7 +250,8 @@ def run_backends(request: ExportRequest, reference: Backend, backends: list[Back
     for number, case in enumerate(cases):
         expected = reference.infer(case.feeds)
         case.reference_indices = expected[INDICES]
-        sensitivity = sensitivity_overlaps(expected, schedule, seed=seed * 100_003 + number)
+        budgets = case.feeds.get(BUDGET)  # a budget-range graph's: each image checked at its own budget
+        sensitivity = sensitivity_overlaps(expected, schedule, seed=seed * 100_003 + number, budgets=budgets)
         case.reference_sensitivity = sensitivity
         for backend in backends:
             outputs = backend.infer(case.feeds)
@@ -252,6 +260,8 @@ def run_backends(request: ExportRequest, reference: Backend, backends: list[Back
             else:  # the selector checked on the backend's own encoder outputs
                 basis = {name: outputs.get(name, expected[name]) for name in FEATURES}
                 basis.update({TEXT_EMBEDS: case.feeds[TEXT_EMBEDS], TEXT_MASK: case.feeds[TEXT_MASK]})
+                if budgets is not None:
+                    basis[BUDGET] = budgets
                 own = selector_reference.infer(basis)
                 if PROJECTED_FEATURES not in outputs:  # no P(X) of its own to check the gathered rows against
                     outputs = {name: value for name, value in outputs.items() if name != VISUAL_EMBEDS}

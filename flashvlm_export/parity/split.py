@@ -20,7 +20,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from flashvlm_export.artifacts.placement import atomic_outputs
-from flashvlm_export.export.interface import FEATURES, INDICES, POSITIONS, TEXT_EMBEDS, TEXT_MASK, VISUAL_EMBEDS
+from flashvlm_export.export.interface import BUDGET, FEATURES, INDICES, POSITIONS, TEXT_EMBEDS, TEXT_MASK, VISUAL_EMBEDS
 from flashvlm_export.export.manifest import Manifest
 from flashvlm_export.models.positions import token_positions
 from flashvlm_export.parity.backends import OnnxRuntime, PipelineFeatures, SelectorReference
@@ -77,15 +77,19 @@ def run_split_parity(
             chain.encode(case.feeds)
             own_features = chain.features_on_host()  # what the chain's selectors read: the encoder's own outputs
             torch_features = torch_encoder(case.feeds)
-            basis = {**own_features, TEXT_EMBEDS: case.feeds[TEXT_EMBEDS], TEXT_MASK: case.feeds[TEXT_MASK]}
-            end_to_end = {**torch_features, TEXT_EMBEDS: case.feeds[TEXT_EMBEDS], TEXT_MASK: case.feeds[TEXT_MASK]}
+            text = {TEXT_EMBEDS: case.feeds[TEXT_EMBEDS], TEXT_MASK: case.feeds[TEXT_MASK]}
+            budgets = case.feeds.get(BUDGET)  # a budget-range split's: a budget per image, each checked at its own
+            if budgets is not None:
+                text[BUDGET] = budgets
+            basis = {**own_features, **text}
+            end_to_end = {**torch_features, **text}
             for k, request in requests.items():
                 selector_reference = SelectorReference(k, request.config)
                 expected = {**torch_features, **selector_reference.infer(end_to_end)}  # the torch pipeline
                 own = selector_reference.infer(basis)  # the reference on the encoder's own outputs
                 schedule = request.schedule
-                sensitivity = sensitivity_overlaps(expected, schedule, seed=seed * 100_003 + number)
-                shipped = chain.select(case.feeds, k)
+                sensitivity = sensitivity_overlaps(expected, schedule, seed=seed * 100_003 + number, budgets=budgets)
+                shipped = chain.select(case.feeds, k if budgets is None else budgets.tolist())
                 outputs = verification[k].infer(basis)  # the verification build: s, q, F, G and its indices
                 outputs.update(own_features)
                 outputs[SHIPPED_INDICES] = shipped[INDICES]
@@ -95,7 +99,7 @@ def run_split_parity(
                 reports[k].add_case(case.name, expected, own, outputs, basis, schedule, request.config, bounds, sensitivity)
     r = manifest.record
     log(
-        f"Parity: {manifest.path} ({r['model']}, split, K = {', '.join(map(str, manifest.budgets))}, batch {r['batch']}, "
+        f"Parity: {manifest.path} ({r['model']}, split, {manifest.serves}, batch {r['batch']}, "
         f"{r['precision']} encoder), {plural(len(cases), 'case')} x {plural(r['batch'], 'image')}; each selector on the encoder's own outputs, "
         "the chain end to end against the torch pipeline"
     )

@@ -45,8 +45,7 @@ def _manifest_info(manifest: str, budget: int | None, tensorrt: bool) -> tuple[G
 
     split = read_manifest(Path(manifest), engines=tensorrt)
     if budget is None:
-        have = ", ".join(str(k) for k in split.budgets)
-        raise UsageError(f"{arg('manifest', manifest)} serves K = {have}; choose one per request with {arg('budget')}")
+        raise UsageError(f"{arg('manifest', manifest)} serves {split.serves}; choose one per request with {arg('budget')}")
     request = split.request(split.check_budget(budget))
     return GraphInfo(request, recorded_weights(split.weights, str(manifest)), str(manifest)), split
 
@@ -101,12 +100,12 @@ def _load_parts(info: GraphInfo, log):
     return get_parts_logged(info.spec, info.weights, log, with_embeddings=True, what=" vision tower and embed_tokens")
 
 
-def _backend(info: GraphInfo, graph: str | None, engine: str | None, plugin_lib: str | None, split=None, tensorrt=False):
+def _backend(info: GraphInfo, graph: str | None, engine: str | None, plugin_lib: str | None, split=None, tensorrt=False, budget=None):
     if split is not None:
         from flashvlm_export.runtime.chain import BudgetBackend, SplitChain
 
         chain = SplitChain(split, tensorrt, Path(plugin_lib) if plugin_lib else None)
-        return BudgetBackend(chain, info.request.budget)
+        return BudgetBackend(chain, budget)
     if engine is not None:
         from flashvlm_export.trt.runner import EngineRunner
 
@@ -158,13 +157,12 @@ def run(
         info, split = _manifest_info(manifest, budget, tensorrt)
         recorded, source = split.weights, manifest
     else:
-        if budget is not None:
-            raise UsageError(f"{arg('budget', budget)} chooses among a manifest's budgets; pass {arg('manifest')}, or drop {arg('budget')}")
         if tensorrt:
             raise UsageError(f"{switch('tensorrt')} runs a manifest's engines; pass {arg('manifest')} (a single engine: {arg('engine')})")
         meta, source = _metadata(graph, engine)
         info = graph_info(meta, source)
         recorded = meta.get("weights")
+        _check_graph_budget(info.request, budget, source)
     weights = weights_for_graph(recorded, random_weights, seed, model_path, source)
     info = GraphInfo(info.request, weights, source)
     spec, request = info.spec, info.request
@@ -204,8 +202,13 @@ def run(
         f"{int(text_mask.sum())}/{request.t_max} text rows{scoped} ({tokenizer_name})"
     )
 
-    backend = _backend(info, graph, engine, plugin_lib, split, tensorrt)
-    selection = select(backend, prepared.pixel_values, text_embeds, text_mask, request.batch)
+    backend = _backend(info, graph, engine, plugin_lib, split, tensorrt, budget)
+    feed = None
+    if request.ranged and split is None:  # a budget-range graph takes the budget as an input (checked above)
+        from flashvlm_export.runtime.budgets import budget_feed
+
+        feed = budget_feed(budget, request.batch, request.budget_min, request.budget, source)
+    selection = select(backend, prepared.pixel_values, text_embeds, text_mask, request.batch, feed)
     n = request.tokens
     log(
         f"Run: selected {len(selection.indices)}/{n} tokens {selection.ms:.1f} ms ({selection.backend}, encoder + projector + selector)"
@@ -222,9 +225,8 @@ def run(
 
         timer = StepTimer("Heatmap", log)
         maps = score_maps(parts, prepared.pixel_values, text_embeds[0][text_mask[0]], request.config)
-        picture = render_heatmap(
-            prepared.shown, selection.indices, maps, request.schedule.k_imp, selection.backend
-        )
+        k_imp = request.schedule_of(len(selection.indices)).k_imp if request.ranged else request.schedule.k_imp
+        picture = render_heatmap(prepared.shown, selection.indices, maps, k_imp, selection.backend)
         _save_png(picture, heatmap_path)
         timer.done("kept tokens over the image; S_int, s, S_ext, F from the PyTorch reference", heatmap_path)
         result.heatmap = heatmap_path
@@ -255,6 +257,21 @@ def run(
                 f"KV cache {human_size(full.kv_bytes)} -> {human_size(pruned.kv_bytes)}"
             )
     return result
+
+
+def _check_graph_budget(request, budget: int | None, source: str) -> None:
+    """A budget-range graph needs --budget in its range; a fixed graph's budget is its own (--budget may only repeat it)."""
+    if request.ranged:
+        if budget is None:
+            raise UsageError(f"{source} serves any K in {request.budget_min}..{request.budget}; choose one with {arg('budget')}")
+        from flashvlm_export.runtime.budgets import budget_feed
+
+        budget_feed(budget, 1, request.budget_min, request.budget, source)
+    elif budget is not None and budget != request.budget:
+        raise UsageError(
+            f"{arg('budget', budget)}: {source} keeps K={request.budget}, fixed at export; drop {arg('budget')}, or export with "
+            "--budget-range (or pass a split's --manifest)"
+        )
 
 
 def _check_positions(selection, spec, source: str) -> None:

@@ -7,7 +7,8 @@ copied between sessions. Only indices and visual_embeds (B, K, Dl) come back. Te
 (`trt/chain.py`, EngineChain) does the same with device buffers shared between execution contexts.
 
 `SplitChain` picks the runtime from a manifest and serves any of its budgets per request; `BudgetBackend`
-is a chain at one budget, a backend like any other (backend.py).
+is a chain at one budget, a backend like any other (backend.py). A budget-range split (one selector for KMIN..KMAX)
+takes a budget per image of the batch (a list), or one for all of them.
 """
 
 from __future__ import annotations
@@ -18,9 +19,12 @@ from pathlib import Path
 import numpy as np
 
 from flashvlm_export.backend import CUDA, ort_provider, ort_session, provider_label
+from flashvlm_export.errors import UsageError
 from flashvlm_export.export.interface import (
+    BUDGET,
     FEATURES,
     INDICES,
+    KEPT,
     PIXEL_VALUES,
     POSITIONS,
     TEXT_EMBEDS,
@@ -28,6 +32,7 @@ from flashvlm_export.export.interface import (
     VISUAL_EMBEDS,
 )
 from flashvlm_export.export.manifest import Manifest
+from flashvlm_export.runtime.budgets import budget_feed, per_image
 
 
 class OrtChain:
@@ -63,9 +68,10 @@ class OrtChain:
 
     @staticmethod
     def _returned(session) -> tuple[str, ...]:
-        """What a selector returns: indices and visual_embeds, and positions where the model has them."""
+        """What a selector returns: indices and visual_embeds, and positions where the model has them (and kept, for a
+        budget-range selector)."""
         names = {o.name for o in session.get_outputs()}
-        return (INDICES, VISUAL_EMBEDS) + ((POSITIONS,) if POSITIONS in names else ())
+        return (INDICES, VISUAL_EMBEDS) + tuple(name for name in (POSITIONS, KEPT) if name in names)
 
     @property
     def budgets(self) -> tuple[int, ...]:
@@ -80,18 +86,31 @@ class OrtChain:
         """A copy of the shared X, a, P(X) (for parity: the encoder's own outputs)."""
         return {name: value.numpy() for name, value in self.features.items()}
 
-    def select(self, feeds: dict[str, np.ndarray], budget: int) -> dict[str, np.ndarray]:
-        """The selector of `budget` on what the encoder last wrote."""
-        budget = self.manifest.check_budget(budget)
-        binding = self.bindings[budget]
+    def selector_key(self, budget, batch: int) -> int:
+        """The selector that serves `budget` (one K, or a list of one per image); a one-line error when none does."""
+        keys = {self.manifest.check_budget(k) for k in per_image(budget, batch, str(self.manifest.path))}
+        if len(keys) > 1:
+            raise UsageError(
+                f"budgets {budget} need {len(keys)} selector graphs of {self.manifest.path}; a split of fixed budgets takes one "
+                "budget per batch (export with --budget-range for a budget per image)"
+            )
+        return keys.pop()
+
+    def select(self, feeds: dict[str, np.ndarray], budget) -> dict[str, np.ndarray]:
+        """The selector of `budget` (one K, or one per image for a budget-range split) on what the encoder last wrote."""
+        batch = len(feeds[TEXT_MASK])
+        key = self.selector_key(budget, batch)
+        binding = self.bindings[key]
         binding.bind_cpu_input(TEXT_EMBEDS, np.ascontiguousarray(feeds[TEXT_EMBEDS]))
         binding.bind_cpu_input(TEXT_MASK, np.ascontiguousarray(feeds[TEXT_MASK]))
-        self.selectors[budget].run_with_iobinding(binding)
+        if self.manifest.budget_range is not None:
+            binding.bind_cpu_input(BUDGET, budget_feed(budget, batch, *self.manifest.budget_range, str(self.manifest.path)))
+        self.selectors[key].run_with_iobinding(binding)
         outputs = binding.copy_outputs_to_cpu()
-        return dict(zip(self._returned(self.selectors[budget]), outputs, strict=True))
+        return dict(zip(self._returned(self.selectors[key]), outputs, strict=True))
 
-    def infer(self, feeds: dict[str, np.ndarray], budget: int) -> dict[str, np.ndarray]:
-        self.manifest.check_budget(budget)  # before any work
+    def infer(self, feeds: dict[str, np.ndarray], budget) -> dict[str, np.ndarray]:
+        self.selector_key(budget, len(feeds[TEXT_MASK]))  # before any work
         with self._lock:
             self.encode(feeds)
             return self.select(feeds, budget)
@@ -109,21 +128,31 @@ class SplitChain:
         if tensorrt:
             from flashvlm_export.trt.chain import EngineChain
 
+            if manifest.budget_range is not None:
+                raise UsageError(
+                    f"{manifest.path} is a budget-range split: its TensorRT chain is not built yet; run it in ONNX Runtime"
+                )
             encoder, selectors = manifest.engines()
             self.chain = EngineChain(encoder, selectors, plugin_library)
         else:
             self.chain = OrtChain(manifest)
         self.name = self.chain.name
 
-    def infer(self, feeds: dict[str, np.ndarray], budget: int) -> dict[str, np.ndarray]:
+    def infer(self, feeds: dict[str, np.ndarray], budget) -> dict[str, np.ndarray]:
+        """`budget`: one K for the batch, or (a budget-range split) a list of one K per image."""
+        if self.manifest.budget_range is not None:
+            return self.chain.infer(feeds, budget)  # the ONNX Runtime chain checks and feeds it
         return self.chain.infer(feeds, self.manifest.check_budget(budget))
 
 
 class BudgetBackend:
-    """A chain fixed to one budget: a backend (backend.py) for runtime/session.select and the rest."""
+    """A chain fixed to one budget (or one per image, for a budget-range split): a backend (backend.py) for
+    runtime/session.select and the rest."""
 
-    def __init__(self, chain: SplitChain, budget: int):
-        self.chain, self.budget = chain, chain.manifest.check_budget(budget)
+    def __init__(self, chain: SplitChain, budget):
+        for k in [budget] if isinstance(budget, (int, np.integer)) else list(budget):
+            chain.manifest.check_budget(k)
+        self.chain, self.budget = chain, budget
         self.name = f"{chain.name}, K={budget}"
 
     def infer(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:

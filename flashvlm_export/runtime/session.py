@@ -12,7 +12,7 @@ import torch
 
 from flashvlm_export.backend import Backend, ort_provider, ort_session, provider_label
 from flashvlm_export.errors import FlashVLMError
-from flashvlm_export.export.interface import INDICES, PIXEL_VALUES, POSITIONS, TEXT_EMBEDS, TEXT_MASK, VISUAL_EMBEDS
+from flashvlm_export.export.interface import BUDGET, INDICES, KEPT, PIXEL_VALUES, POSITIONS, TEXT_EMBEDS, TEXT_MASK, VISUAL_EMBEDS
 
 
 @dataclass
@@ -35,33 +35,51 @@ class OrtGraph:
         # a graph that keeps every token may have no text inputs (TorchScript drops unused ones), as parity feeds it
         self.input_names = tuple(i.name for i in self.session.get_inputs())
         returned = {o.name for o in self.session.get_outputs()}
-        self.output_names = [INDICES, VISUAL_EMBEDS] + ([POSITIONS] if POSITIONS in returned else [])
+        # positions where the model has them; kept for a budget-range graph (whose feeds carry `budget`)
+        self.output_names = [INDICES, VISUAL_EMBEDS] + [name for name in (POSITIONS, KEPT) if name in returned]
 
     def infer(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         inputs = {name: feeds[name] for name in self.input_names}
         return dict(zip(self.output_names, self.session.run(self.output_names, inputs), strict=True))
 
 
-def select(backend: Backend, pixel_values: torch.Tensor, text_embeds: torch.Tensor, text_mask: torch.Tensor, batch: int) -> Selection:
-    """One image through the graph; a graph of static batch B > 1 gets the image B times, row 0 is used."""
+def select(
+    backend: Backend,
+    pixel_values: torch.Tensor,
+    text_embeds: torch.Tensor,
+    text_mask: torch.Tensor,
+    batch: int,
+    budget: np.ndarray | None = None,
+) -> Selection:
+    """One image through the graph; a graph of static batch B > 1 gets the image B times, row 0 is used.
+
+    `budget` (B,) int64: a budget-range graph's input (runtime/budgets.py checked it); its padded outputs are cut at
+    the image's `kept`.
+    """
     feeds = {
         PIXEL_VALUES: pixel_values.expand(batch, -1, -1, -1).contiguous().numpy(),
         TEXT_EMBEDS: text_embeds.expand(batch, -1, -1).contiguous().numpy(),
         TEXT_MASK: text_mask.expand(batch, -1).contiguous().numpy(),
     }
+    if budget is not None:
+        feeds[BUDGET] = budget
     backend.infer(feeds)  # warm-up: the first run allocates
     start = time.perf_counter()
     out = backend.infer(feeds)
     ms = (time.perf_counter() - start) * 1e3
     indices = np.asarray(out[INDICES])[0].astype(np.int64)
+    kept = int(np.asarray(out[KEPT])[0]) if KEPT in out else len(indices)
+    if not 0 < kept <= len(indices) or np.any(indices[kept:] != -1):
+        raise FlashVLMError(f"{backend.name} returned kept={kept} with indices {indices[:8].tolist()}...; re-export the graph")
+    indices = indices[:kept]
     if np.any(np.diff(indices) <= 0):
         raise FlashVLMError(
             f"{backend.name} returned indices that are not strictly ascending; re-export the graph with flashvlm-export"
         )
-    embeds = torch.from_numpy(np.asarray(out[VISUAL_EMBEDS], dtype=np.float32)[0].copy())
+    embeds = torch.from_numpy(np.asarray(out[VISUAL_EMBEDS], dtype=np.float32)[0][:kept].copy())
     positions = None
     if POSITIONS in out:
-        positions = torch.from_numpy(np.asarray(out[POSITIONS])[0].astype(np.int64))
+        positions = torch.from_numpy(np.asarray(out[POSITIONS])[0][:kept].astype(np.int64))
         if tuple(positions.shape) != (len(indices), 3):
             raise FlashVLMError(
                 f"{backend.name} returned positions of shape {tuple(positions.shape)}, not ({len(indices)}, 3); "
