@@ -279,3 +279,19 @@ def test_the_runtimes_budget_feed_refuses_bad_budgets_in_one_line(budget, messag
         budget_feed(budget, 2, 8, 64, "G")
     assert "\n" not in str(caught.value)
     assert budget_feed([8, 64], 2, 8, 64, "G").tolist() == [8, 64] and budget_feed(9, 2, 8, 64, "G").dtype == np.int64
+
+
+def test_the_plugin_range_graph_passes_parity_per_image_in_its_onnx_runtime_twin(tmp_path):
+    """The same selector with the rounds in one ResidualPruneRange node: the CPU twin serves it in ONNX Runtime, and
+    each image of a mixed batch is checked at its own budget (layer 1 replays the reference's decisions per image)."""
+    import dataclasses
+
+    request = dataclasses.replace(range_request(), plugin=True)
+    graph = export_graph(request, tmp_path / "tiny_selector_b4-64_bs4_plugin.onnx", exporter="dynamo")
+    cases = mixed_cases(request, ("scene", "random"))
+    reports = run_parity(graph, cases=cases, **QUIET)
+    assert [r.backend for r in reports] == ["static-torch", "onnxruntime[CPU, plugin op]"]
+    for report in reports:
+        assert report, report.lines()
+        assert report.decisions_checked == len(cases) * 4
+    assert sorted(int(k) for k in cases[0].feeds[BUDGET]) == MIXED
