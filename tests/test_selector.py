@@ -139,6 +139,25 @@ def test_stable_descending_order_breaks_ties_by_position():
     assert stable_descending_order(x).tolist() == [[1, 3, 0, 2, 5, 4]]
 
 
+@pytest.mark.parametrize("n", [1, 2, 7, 284, 576, 3840])
+def test_stable_descending_order_is_a_stable_sort_on_inputs_full_of_ties(n):
+    """Exact equality with torch's stable sort: the order is decided by comparisons of the same floats and a sort of
+    distinct integers, so no rounding enters; ties (few distinct values, signed zeros, float32's lowest) are where a
+    TopK's own tie rule would show."""
+    gen = torch.Generator().manual_seed(n)
+    for trial in range(6):
+        if trial % 3 == 0:
+            x = torch.randint(0, 4, (3, n), generator=gen).float()
+        elif trial % 3 == 1:
+            x = torch.randn(3, n, generator=gen)
+        else:
+            x = torch.where(torch.rand(3, n, generator=gen) < 0.5, torch.finfo(torch.float32).min, torch.randn(3, n, generator=gen))
+            x[:, ::7] = -0.0
+            x[:, 1::7] = 0.0
+        want = torch.sort(x, dim=-1, descending=True, stable=True).indices
+        assert torch.equal(stable_descending_order(x), want), (n, trial)
+
+
 @pytest.mark.parametrize("n", [576, 2880, 577, 10, 33])
 def test_static_top_p_gate_keeps_the_same_tokens_as_torch_quantile(n):
     gen = torch.Generator().manual_seed(n)

@@ -11,7 +11,6 @@
 from __future__ import annotations
 
 import json
-import resource
 import subprocess
 import sys
 import time
@@ -70,9 +69,11 @@ def _child(layout: str, feeds_path: str, budgets: list[int], files: list[str]) -
         chain = OrtChain(read_manifest(Path(files[0]), verify=False), CPU)
         for k in budgets:
             chain.infer(feeds, k)
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / (1 << 20)  # KiB on Linux
-    resident = next(int(line.split()[1]) for line in Path("/proc/self/status").read_text().splitlines() if line.startswith("VmRSS:"))
-    print(json.dumps({"peak_rss_gib": round(peak, 2), "resident_gib": round(resident / (1 << 20), 2)}))
+    # VmHWM, not getrusage's ru_maxrss: Linux keeps ru_maxrss across fork and execve, so a child would report the
+    # parent's peak when that is higher (getrusage(2)); VmHWM belongs to the child's own address space.
+    status = {line.split(":")[0]: line.split()[1] for line in Path("/proc/self/status").read_text().splitlines() if line.startswith("Vm")}
+    peak, resident = int(status["VmHWM"]) / (1 << 20), int(status["VmRSS"]) / (1 << 20)  # KiB
+    print(json.dumps({"peak_rss_gib": round(peak, 2), "resident_gib": round(resident, 2)}))
 
 
 def split_cost(settings, scratch: Path, log=print) -> list[dict]:

@@ -35,6 +35,12 @@ def parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--cost-only", action="store_true", help="print the FLOPs / KV-cache calculator and stop")
     p.add_argument(
+        "--range",
+        action="store_true",
+        help="only this: one budget-range selector (16..256) against a selector per budget at K = 32, 128, 192, the full "
+        "graph and the GEMM floor, llava15 N=576, ONNX Runtime CPU (~3 min); writes bench-range.json",
+    )
+    p.add_argument(
         "--manifest",
         metavar="PATH",
         help="only this: a split export's encoder and each selector timed in ONNX Runtime CPU, and the selector's share "
@@ -50,6 +56,20 @@ def main(argv: list[str]) -> int:
         from flashvlm_export.bench.share import selector_share
 
         selector_share(Path(args.manifest), warmup=2, repeats=check_repeats(args.repeats), log=log)
+        return 0
+    if args.range:
+        import tempfile
+
+        from flashvlm_export.artifacts.staging import check_writable
+        from flashvlm_export.bench.ranged import range_cost, write_rows
+        from flashvlm_export.bench.run import bench_settings
+
+        settings = bench_settings(args.repeats, args.text_len, export=False, full_graph=True, gpu=False, split=False, split_only=False)
+        out_dir = Path(args.out_dir)
+        check_writable([out_dir / "bench-range.json"], force=True, log=log)
+        with tempfile.TemporaryDirectory(prefix="flashvlm-bench-range-") as scratch:
+            rows = range_cost(settings, Path(scratch), log=log)
+        log(f"Bench: wrote {write_rows(rows, out_dir)}")
         return 0
     if args.cost_only:
         from flashvlm_export.bench.cost import cost_markdown, differences_text

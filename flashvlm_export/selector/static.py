@@ -6,9 +6,9 @@ Export rules it keeps (ONNX opset >= 17, TensorRT's ONNX parser):
 - every TopK has K <= 3840 (TensorRT's limit);
 - the Gram matrix is computed once, flattened, and each round gathers only its A x B block.
 
-Ties: the partition and every pruning round order their scores by exact pairwise ranks, so "lower
-index (or position) first" holds on every backend whatever its own TopK tie rule: the only TopK
-left sorts distinct small integers. On TensorRT the rounds can run in the ResidualPrune plugin.
+Ties: the partition and every pruning round order their scores with `stable_descending_order`, so
+"lower index (or position) first" holds on every backend whatever its own TopK tie rule: a TopK sorts
+the scores, and the runs of tied scores are re-sorted by a TopK over distinct small integers. On TensorRT the rounds can run in the ResidualPrune plugin.
 
 With verification=True the module also returns the fused scores F and the Gram G, the inputs of
 the decisions (ALGORITHM.md "Parity", layer 1); the exported graph keeps them as named internal
@@ -37,15 +37,20 @@ def exporting() -> bool:
 def stable_descending_order(x: torch.Tensor) -> torch.Tensor:
     """(B, n) -> (B, n) int64: argsort descending, ties to the lower position, exact on any backend.
 
-    rank_i = #{j: x_j > x_i} + #{j < i: x_j == x_i} is a permutation of 0..n-1, so a TopK over the
-    ranks has no ties to break.
+    A TopK over x sorts the values (exact: comparisons); where values tie, its order among them is the
+    backend's own, so the tie groups are re-sorted: group g (a run of equal sorted values, numbered by a
+    cumulative count of value changes) and position i give the key g * n + i, distinct integers below
+    n**2 <= 2**24 (n <= 4096), held exactly in float32, and a TopK over those keys has no ties to break.
+    O(n log n), against the n x n comparisons of ranking every pair.
     """
     n = x.shape[-1]
-    lhs, rhs = x[:, None, :], x[:, :, None]  # [b, i, j] compares x_j with x_i
-    earlier = torch.ones(n, n, dtype=torch.bool).tril(diagonal=-1)  # [i, j] = j < i, a constant
-    before = (lhs > rhs) | ((lhs == rhs) & earlier)  # (B, n, n): j is ordered before i
-    rank = before.to(torch.float32).sum(dim=-1)  # (B, n) exact: counts < 2**24
-    return torch.topk(rank, n, dim=-1, largest=False, sorted=True).indices
+    values, order = torch.topk(x, n, dim=-1, largest=True, sorted=True)
+    first = torch.ones_like(values[:, :1])
+    change = torch.cat([first, (values[:, 1:] != values[:, :-1]).to(values.dtype)], dim=-1)
+    group = torch.cumsum(change, dim=-1) - 1  # (B, n) float32, exact: counts < 2**24
+    keys = group * n + order.to(torch.float32)  # distinct integers < n**2
+    regrouped = torch.topk(keys, n, dim=-1, largest=False, sorted=True).indices
+    return torch.gather(order, 1, regrouped)
 
 
 class StaticScores(nn.Module):
