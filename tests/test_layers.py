@@ -23,6 +23,7 @@ FLOORS = [
     "export",  # graph metadata, interface, requests, manifest
     "trt",
     "runtime",
+    "serve",  # Triton model repositories of a split (docs/TRITON.md)
     "parity",
     "bench",
     "cli",

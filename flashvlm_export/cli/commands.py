@@ -14,6 +14,7 @@ COMMANDS = {
     "bench": ("bench", "measured costs on this machine"),
     "sidecar": ("sidecar", "write the sidecar record of an engine trtexec built"),
     "build-plugin": ("build_plugin", "build the ResidualPrune TensorRT plugin"),
+    "triton": ("triton", "a Triton Inference Server model repository from a split export's manifest"),
 }
 
 

@@ -1,0 +1,199 @@
+"""A Triton model repository from a split export's manifest (docs/TRITON.md).
+
+Three flavours, one shape (an entry model `flashvlm` that takes pixel_values, text_embeds, text_mask and a budget
+per image, and returns indices, visual_embeds, and positions / kept where the graphs have them):
+
+  cpu       the whole chain as one Python-backend model, ONNX Runtime inside (runtime/chain.py): runs on any
+            tritonserver with the Python backend, this machine's included
+  onnx      flashvlm_encoder and flashvlm_selector_b<K> as onnxruntime_onnx models, chained by a Python BLS entry
+  tensorrt  the same with the manifest's engines as tensorrt_plan models (the plugin library named where needed)
+
+The manifest and every file it names are checked (sha256, graph metadata) before anything is written; the
+repository is built in a staging folder beside --out and moved into place whole.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+
+from flashvlm_export.artifacts.files import sha256_of
+from flashvlm_export.artifacts.naming import external_data_path
+from flashvlm_export.artifacts.staging import make_staging, reclaim_stale_staging
+from flashvlm_export.errors import UsageError
+from flashvlm_export.export.manifest import ENCODER_STEM, MANIFEST_NAME, Manifest, entry_stem, read_manifest
+from flashvlm_export.serve.layout import entry_tensors, graph_tensors, model_config
+
+FLAVOURS = ("cpu", "onnx", "tensorrt")
+ENTRY = "flashvlm"
+VERSION = "1"
+RECORD = "flashvlm_repository.json"  # a file at the repository's root: Triton reads folders only
+PLUGIN_FILE = "libflashvlm_plugins.so"
+SOURCES = Path(__file__).parent
+SPLIT_FOLDER = "split"  # the CPU model's copy of the split, in its version folder
+
+
+def default_python_path() -> str:
+    """Where this flashvlm-export, its numpy and its onnxruntime are imported from: the Python backend's stub finds
+    them there (it runs the system's libpython, not this environment)."""
+    import numpy
+
+    import flashvlm_export
+
+    folders = [Path(flashvlm_export.__file__).resolve().parents[1], Path(numpy.__file__).resolve().parents[1]]
+    try:
+        import onnxruntime
+
+        folders.append(Path(onnxruntime.__file__).resolve().parents[1])
+    except ImportError:
+        pass
+    return os.pathsep.join(dict.fromkeys(str(f) for f in folders))
+
+
+def sub_model(stem: str) -> str:
+    return f"{ENTRY}_{stem}"
+
+
+def check_out(out: Path, force: bool) -> None:
+    if os.path.lexists(out) and not (out.is_dir() and not out.is_symlink()):
+        raise UsageError(f"--out {out} exists and is not a folder; choose another --out")
+    if out.exists() and not force:
+        raise UsageError(f"--out {out} already exists; pass --force to replace it, or choose another --out")
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise UsageError(f"cannot create {out.parent}: {exc.strerror}; choose another --out") from None
+
+
+def write_repository(
+    manifest_path: Path,
+    out: Path,
+    flavour: str = "cpu",
+    force: bool = False,
+    plugin_library: Path | None = None,
+    instances: int = 1,
+    log=print,
+    python_path: str | None = None,
+) -> Path:
+    """Check everything, build the repository in staging, move it to `out`; `out`. `python_path`: the folders the
+    Python-backend models put first on sys.path (None: this environment's, default_python_path; "": none)."""
+    out = Path(out)
+    python_path = default_python_path() if python_path is None else python_path
+    if flavour not in FLAVOURS:
+        raise UsageError(f"--flavour {flavour!r} is not one of {', '.join(FLAVOURS)}")
+    if isinstance(instances, bool) or not isinstance(instances, int) or not 1 <= instances <= 64:
+        raise UsageError(f"--instances {instances!r} must be a whole number in 1..64")
+    check_out(out, force)
+    manifest = read_manifest(Path(manifest_path), engines=flavour == "tensorrt")
+    plugin = bool(manifest.record["plugin"])
+    if flavour == "onnx" and plugin:
+        raise UsageError(
+            f"{manifest.path} holds --plugin graphs: Triton's onnxruntime backend cannot load the flashvlm::ResidualPrune op; "
+            "use --flavour cpu or tensorrt, or re-export without --plugin"
+        )
+    if flavour == "tensorrt":
+        manifest.engines()  # one line when the manifest lists none
+        if plugin and plugin_library is None:
+            raise UsageError(
+                f"{manifest.path}'s engines need the ResidualPrune plugin: pass --plugin-lib libflashvlm_plugins.so "
+                "(flashvlm-export build-plugin builds it)"
+            )
+        if plugin and not Path(plugin_library).is_file():
+            raise UsageError(f"--plugin-lib {plugin_library} is not a file; build it with flashvlm-export build-plugin")
+    reclaim_stale_staging(out.parent, log)
+    staging = make_staging(out.parent)
+    try:
+        built = staging / "repository"
+        built.mkdir()
+        models = _write_cpu(manifest, built, instances, python_path) if flavour == "cpu" else _write_chained(manifest, built, flavour, instances, python_path)
+        record = {"flavour": flavour, "manifest_sha256": sha256_of(manifest.path), "model": manifest.record["model"], "models": models}
+        if flavour == "tensorrt" and plugin:
+            shutil.copyfile(plugin_library, built / PLUGIN_FILE)
+            record["plugin_library"] = PLUGIN_FILE
+        record["serve"] = serve_command(out, flavour, plugin)
+        (built / RECORD).write_text(json.dumps(record, indent=2) + "\n")
+        if out.exists():
+            os.replace(out, staging / "replaced")
+        os.replace(built, out)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    log(f"Triton: wrote {out} ({flavour} flavour: {', '.join(models)}; serves {manifest.serves})")
+    return out
+
+
+def serve_command(out: Path, flavour: str, plugin: bool) -> str:
+    line = f"tritonserver --model-repository {out.resolve()}"
+    if flavour == "tensorrt" and plugin:
+        line += f' --backend-config=tensorrt,plugins="{(out / PLUGIN_FILE).resolve()}"'
+    return line
+
+
+def _graph_files(manifest: Manifest, entry: dict) -> list[Path]:
+    graph = manifest.folder / entry["path"]
+    data = external_data_path(graph)
+    return [graph] + ([data] if data.is_file() else [])
+
+
+def _write_cpu(manifest: Manifest, root: Path, instances: int, python_path: str) -> list[str]:
+    """One Python-backend model: model.py and a copy of the split (manifest, graphs) in its version folder."""
+    version = root / ENTRY / VERSION
+    split = version / SPLIT_FOLDER
+    split.mkdir(parents=True)
+    for entry in [manifest.record["encoder"], *manifest.record["selectors"]]:
+        for file in _graph_files(manifest, entry["onnx"]):
+            target = split / file.relative_to(manifest.folder)
+            target.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(file, target)
+    record = json.loads(json.dumps(manifest.record))
+    for entry in [record["encoder"], *record["selectors"]]:  # the engines stay behind: this flavour runs the graphs
+        entry["engine"] = None
+    (split / MANIFEST_NAME).write_text(json.dumps(record, indent=2) + "\n")
+    shutil.copyfile(SOURCES / "model_chain.py", version / "model.py")
+    batch, inputs, outputs = _entry_io(manifest)
+    config = model_config(
+        ENTRY, "python", batch, inputs, outputs, instances, gpu=False,
+        parameters={"manifest": f"{SPLIT_FOLDER}/{MANIFEST_NAME}", "python_path": python_path}, dynamic_batching=True,
+    )  # fmt: skip
+    (root / ENTRY / "config.pbtxt").write_text(config)
+    return [ENTRY]
+
+
+def _entry_io(manifest: Manifest):
+    encoder = graph_tensors(manifest.encoder_graph)
+    selector = graph_tensors(manifest.selector_graph(manifest.budgets[0]))
+    return entry_tensors(encoder, selector, manifest.record["batch"])
+
+
+def _write_chained(manifest: Manifest, root: Path, flavour: str, instances: int, python_path: str) -> list[str]:
+    """The encoder and each selector as their own models, and the Python BLS entry that chains them."""
+    platform = "tensorrt_plan" if flavour == "tensorrt" else "onnxruntime_onnx"
+    engines = manifest.engines()[1] if flavour == "tensorrt" else None
+    stems = {ENCODER_STEM: (manifest.record["encoder"], manifest.encoder_graph)}
+    for entry in manifest.record["selectors"]:
+        stems[entry_stem(entry)] = (entry, manifest.selector_graph(entry["budget"]))
+    names = []
+    for stem, (entry, graph) in stems.items():
+        name = sub_model(stem)
+        version = root / name / VERSION
+        version.mkdir(parents=True)
+        if flavour == "tensorrt":
+            source = manifest.engines()[0] if stem == ENCODER_STEM else engines[entry["budget"]]
+            shutil.copyfile(source, version / "model.plan")
+        else:
+            for file in _graph_files(manifest, entry["onnx"]):
+                shutil.copyfile(file, version / ("model.onnx" if file == graph else file.name))
+        inputs, outputs = graph_tensors(graph)
+        config = model_config(name, platform, 0, inputs, outputs, instances, gpu=True)
+        (root / name / "config.pbtxt").write_text(config)
+        names.append(name)
+    version = root / ENTRY / VERSION
+    version.mkdir(parents=True)
+    shutil.copyfile(SOURCES / "model_bls.py", version / "model.py")
+    (version / MANIFEST_NAME).write_text(json.dumps(manifest.record, indent=2) + "\n")  # its budgets; the graphs are the models
+    batch, inputs, outputs = _entry_io(manifest)
+    parameters = {"manifest": MANIFEST_NAME, "encoder": sub_model(ENCODER_STEM), "selector_prefix": f"{ENTRY}_", "python_path": python_path}
+    config = model_config(ENTRY, "python", batch, inputs, outputs, instances, gpu=False, parameters=parameters, dynamic_batching=True)
+    (root / ENTRY / "config.pbtxt").write_text(config)
+    return [ENTRY, *names]
