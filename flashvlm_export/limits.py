@@ -46,6 +46,19 @@ def bytes_per_image(spec, n_tokens: int, t_max: int, selector_only: bool) -> int
     return LIVE_COPIES * FLOAT * (selector + encoder)
 
 
+def _largest_side(spec, memory: int) -> str:
+    """The fix for an image side too large to trace: the largest side the family allows that fits."""
+    from dataclasses import replace
+
+    step = spec.image_size_step
+    if not step:
+        return f"{spec.name} takes {spec.image_size} px only"
+    side = spec.image_size - step
+    while side >= 2 * step and bytes_per_image(replace(spec, image_size=side), (side // spec.token_stride) ** 2, 0, False) > memory:
+        side -= step
+    return f"use --image-size {side} or less" if side >= 2 * step else "use a machine with more memory"
+
+
 def check_shape_fits(spec, n_tokens: int, t_max: int, batch: int, selector_only: bool) -> None:
     """--t-max and --batch: refuse a graph whose working set cannot fit in this machine's memory."""
     memory = memory_bytes()
@@ -53,6 +66,9 @@ def check_shape_fits(spec, n_tokens: int, t_max: int, batch: int, selector_only:
     if per_image * batch <= memory:
         return
     why = f"about {_gib(per_image * batch)} to trace, more than this machine's {_gib(memory)} of memory"
+    image_alone = bytes_per_image(spec, n_tokens, 0, selector_only)
+    if image_alone > memory and not selector_only:  # the image side, not the text, is what does not fit
+        raise UsageError(f"--image-size {spec.image_size} needs {why}; {_largest_side(spec, memory)}")
     if per_image > memory:
         row = bytes_per_image(spec, n_tokens, t_max, selector_only) - bytes_per_image(spec, n_tokens, 0, selector_only)
         base = per_image - row

@@ -15,7 +15,7 @@ import torch
 
 from flashvlm_export.cli import main
 from flashvlm_export.export.graphs import ExportRequest
-from flashvlm_export.export.interface import CLS_ATTENTION, INDICES, POSITIONS, VISUAL_EMBEDS
+from flashvlm_export.export.interface import CLS_ATTENTION, INDICES, POSITIONS, PROJECTED_FEATURES, VISUAL_EMBEDS
 from flashvlm_export.export.metadata import graph_metadata, request_fields
 from flashvlm_export.models.positions import token_positions
 from flashvlm_export.models.qwen2_5_vl import QwenEncoderCore, patchify, random_parts
@@ -124,16 +124,24 @@ def assert_parity_command_passes(capsys, argv, save=("--no-save",)):
     return out
 
 
+@pytest.fixture(scope="module")
+def parity_records(fused) -> Path:
+    """The fused graph's parity records (--save-dir): what Polygraphy's replay loads."""
+    folder = fused.parent / "parity"
+    assert main(["parity", "--graph", str(fused), "--repeats", "1", "--save-dir", str(folder)]) == 0
+    return folder
+
+
 def test_fused_torchscript_graph_returns_positions_and_passes_parity(fused, capsys):
     import onnx
 
     model = onnx.load(str(fused), load_external_data=False)
     outputs = {o.name: [d.dim_value for d in o.type.tensor_type.shape.dim] for o in model.graph.output}
     assert outputs == {INDICES: [1, BUDGET], VISUAL_EMBEDS: [1, BUDGET, QWEN.text_hidden], POSITIONS: [1, BUDGET, 3]}
-    assert_parity_command_passes(capsys, ["--graph", str(fused)], save=["--save-dir", str(fused.parent / "parity")])
+    assert_parity_command_passes(capsys, ["--graph", str(fused)])
 
 
-def test_polygraphy_replay_records_hold_the_positions_and_catch_two_exchanged(fused):
+def test_polygraphy_replay_records_hold_the_positions_and_catch_two_exchanged(fused, parity_records):
     """The replay's verdict (parity/polygraphy_compare.py) on the shipped graph's own outputs, then with two kept
     tokens' positions exchanged: the records carry each token's (t, h, w)."""
     import onnxruntime as ort
@@ -142,8 +150,8 @@ def test_polygraphy_replay_records_hold_the_positions_and_catch_two_exchanged(fu
 
     from flashvlm_export.parity import polygraphy_compare
 
-    records = fused.parent / "parity" / f"{fused.stem}_reference_outputs.json"
-    inputs = load_json(str(fused.parent / "parity" / f"{fused.stem}_inputs.json"))
+    records = parity_records / f"{fused.stem}_reference_outputs.json"
+    inputs = load_json(str(parity_records / f"{fused.stem}_inputs.json"))
     session = ort.InferenceSession(str(fused), providers=["CPUExecutionProvider"])
     for feeds, record in zip(inputs, RunResults.load(str(records))[0][1], strict=True):
         record = dict(record.items())
@@ -152,6 +160,9 @@ def test_polygraphy_replay_records_hold_the_positions_and_catch_two_exchanged(fu
         assert polygraphy_compare.judge(run, record)[0]
         passed, lines = polygraphy_compare.judge(exchange_two_positions(run), record)
         assert not passed and any("positions are not the kept tokens' own" in line for line in lines)
+        without = {name: value for name, value in run.items() if name != POSITIONS}  # a run that drops them fails too
+        passed, lines = polygraphy_compare.judge(without, record)
+        assert not passed and any("returns no positions" in line for line in lines), lines
 
 
 @pytest.mark.parametrize(
@@ -229,6 +240,12 @@ def exchange_two_positions(out):
     return out
 
 
+def overflow_one_row(out):
+    """An fp16 encoder that overflowed: one row of P(X) is inf (as Qwen2.5-VL's last MLP is known to do in fp16)."""
+    out[PROJECTED_FEATURES][:, 3] = np.inf
+    return out
+
+
 class SaliencyFromBlockBefore(QwenEncoderCore):
     """The encoder with `a` read from the second-to-last block: a wrong exporter, its X and P(X) honest."""
 
@@ -247,7 +264,8 @@ def planted(fused, parts):
     wrong_block = pipeline_backend(request, SaliencyFromBlockBefore(parts.visual, QWEN.image_size))
     wrong_block.name = "saliency-from-block-before"
     swapped, exchanged = Planted(honest, swap_one_token, "token-swapped"), Planted(honest, exchange_two_positions, "positions-exchanged")
-    backends = [honest, swapped, exchanged, wrong_block]
+    overflowed = Planted(honest, overflow_one_row, "overflowed")
+    backends = [honest, swapped, exchanged, wrong_block, overflowed]
     reports = run_parity(fused, parts, repeats=1, backends=backends, **QUIET)
     return {report.backend: report for report in reports}
 
@@ -268,6 +286,23 @@ def test_positions_of_two_kept_tokens_exchanged_fail_the_positions_check(planted
     assert not report and report.arithmetic_passed
     assert report.decision_failures and all("positions are not the kept tokens' own" in f for f in report.decision_failures)
     assert len(report.decision_failures) == report.decisions_checked == 3  # every image, and nothing else
+
+
+def test_a_non_finite_encoder_output_fails_at_any_precision(planted):
+    report = planted["overflowed"]
+    assert not report and any("projected_features holds non-finite values" in f for f in report.decision_failures)
+
+
+def test_a_checkpoint_whose_last_vision_block_is_windowed_is_refused_in_one_line(parts):
+    import copy
+
+    from flashvlm_export.errors import UsageError
+    from flashvlm_export.models.qwen2_5_vl import QwenEncoderCore
+
+    visual = copy.deepcopy(parts.visual)
+    visual.config.fullatt_block_indexes = [1]  # of 4 blocks: the last one (3) windowed
+    with pytest.raises(UsageError, match="last block \\(3\\) is windowed"):
+        QwenEncoderCore(visual, QWEN.image_size)
 
 
 def test_saliency_from_the_wrong_block_fails_layer_2(planted):
@@ -386,3 +421,17 @@ def test_the_two_text_scopes_score_the_patches_differently():
         embeds, mask = text_inputs(parts.embed_tokens, ids, QWEN.t_max, QWEN.image_token_index, scope=scope)
         relevance[scope] = text_relevance(projected[0], embeds[0][mask[0]], SelectorConfig(gate="norm"))
     assert not torch.allclose(relevance["all"], relevance["before-image"])
+
+
+def test_an_image_side_too_large_to_trace_names_the_image_size_and_the_largest_that_fits(capsys, monkeypatch):
+    """The working set grows with the side (the window mask and scores are S x S for S patches), not with T_max: the
+    fix names --image-size. The machine's memory is pinned, so the bound is the same on every CI machine."""
+    from flashvlm_export import limits
+
+    monkeypatch.setattr(limits, "memory_bytes", lambda: 16 * 2**30)
+    err = expect_one_line(capsys, ["--model", "qwen2.5-vl-7b", "--image-size", "1708", "--budget", "64", "--random-weights"], "--image-size 1708 needs")
+    side = int(err.split("use --image-size ")[1].split()[0])
+    spec = get_spec("qwen2.5-vl-7b").at_image_size(side)
+    assert side % 28 == 0 and limits.bytes_per_image(spec, spec.n_tokens, 0, False) <= 16 * 2**30
+    bigger = get_spec("qwen2.5-vl-7b").at_image_size(side + 28)
+    assert limits.bytes_per_image(bigger, bigger.n_tokens, 0, False) > 16 * 2**30  # the largest that fits

@@ -96,8 +96,8 @@ def full_config(spec: ModelSpec):
         image_token_id=spec.image_token_index,
         vision_start_token_id=tokens["<|vision_start|>"],
         vision_end_token_id=tokens["<|vision_end|>"],
-        video_token_id=tokens.get("<|video_pad|>", spec.image_token_index - 6),
-        tie_word_embeddings=spec.text_hidden == 2048 and spec.text.get("vocab_size") == 151936,  # the 3B ties them
+        video_token_id=tokens["<|video_pad|>"],
+        tie_word_embeddings=spec.tie_word_embeddings,
     )
     return config
 
@@ -126,6 +126,18 @@ def unpatchify(flat: torch.Tensor, side: int, patch: int, merge: int) -> torch.T
     return x.reshape(1, c, side, side).contiguous()
 
 
+def check_last_block(vision_config) -> None:
+    """`a` is read from the last vision block, which must attend over the whole image (3B and 7B: block 31 of 32);
+    a windowed last block would give each patch only its window's attention, and transformers' eager path would
+    hand the reference one window's weights."""
+    last = vision_config.depth - 1
+    if last not in set(vision_config.fullatt_block_indexes):
+        raise UsageError(
+            f"the vision tower's last block ({last}) is windowed (full attention in blocks {list(vision_config.fullatt_block_indexes)}); "
+            "FlashVLM's saliency needs a full-attention last block: use a Qwen2.5-VL checkpoint whose last block attends over the image"
+        )
+
+
 def rotate_half(x: torch.Tensor) -> torch.Tensor:
     half = x.shape[-1] // 2
     return torch.cat((-x[..., half:], x[..., :half]), dim=-1)
@@ -139,6 +151,7 @@ class QwenEncoderCore(nn.Module):
         from transformers.vision_utils import get_vision_position_ids, get_vision_window_index
 
         cfg = visual.config
+        check_last_block(cfg)
         self.patch, self.merge, self.temporal = cfg.patch_size, cfg.spatial_merge_size, cfg.temporal_patch_size
         side = image_size // self.patch
         grid = torch.tensor([[1, side, side]])
@@ -258,6 +271,7 @@ def random_parts(spec: ModelSpec, seed: int = 0, with_embeddings: bool = False) 
 
 def _check_geometry(spec: ModelSpec, config) -> None:
     vision = config.vision_config
+    check_last_block(vision)
     got = (vision.patch_size, vision.spatial_merge_size, vision.out_hidden_size, config.text_config.hidden_size)
     want = (spec.patch_size, spec.merge, spec.text_hidden, spec.text_hidden)
     if got != want:

@@ -64,6 +64,7 @@ class ModelSpec:
     special_tokens: dict = field(default_factory=dict)  # token -> id of the offline stand-in tokenizer (test models)
     gate: str = "llava"  # the default query gate of step 3 (selector/config.py GATES)
     decoder: DecoderGeometry | None = None  # the LLM's geometry, for bench's cost calculator
+    tie_word_embeddings: bool = False  # the LLM's lm_head shares embed_tokens' weights (Qwen2.5-VL-3B)
     description: str = ""
     declared_image_size: int = 0  # the declared side (set from image_size); at_image_size keeps it
 

@@ -200,6 +200,9 @@ class BackendReport:
         for b in range(indices.shape[0]):
             where = f"{case} image {b}" + ("" if budgets is None else f" (K={int(budgets[b])})")
             own = image_schedule(schedule, budgets, b)
+            for name in FEATURES:  # at any precision: an fp16 overflow (inf) in X, a or P(X) would select on garbage
+                if name in outputs and not np.all(np.isfinite(outputs[name][b])):
+                    self.decision_failures.append(f"{where}: {name} holds non-finite values (an overflow in the encoder?)")
             self._decisions(where, b, outputs, own, ranged=budgets is not None)
             self._gathered(where, b, outputs, basis)
             self._positioned(where, b, outputs)

@@ -34,7 +34,7 @@ from collections import OrderedDict
 
 import numpy as np
 
-from flashvlm_export.export.interface import INDICES
+from flashvlm_export.export.interface import INDICES, POSITIONS
 from flashvlm_export.parity.compare import BackendReport, overlap
 from flashvlm_export.selector.schedule import RoundSchedule
 
@@ -72,13 +72,18 @@ def judge(outputs: dict, records: dict, where: str = "replay") -> tuple[bool, li
     table = records.get(TOKEN_POSITIONS)
     report = BackendReport(where, token_positions=None if table is None else np.asarray(table))
     report.replay(where, {name: np.asarray(value) for name, value in outputs.items()}, schedule_from_record(records[ROUND_SCHEDULE]))
+    unplaced = []  # a graph whose model places tokens by (t, h, w) must return them, whatever else the run holds
+    if POSITIONS in report.missing:
+        report.missing.remove(POSITIONS)
+        unplaced = [f"{where}: the run returns no {POSITIONS}, which the records' model needs"]
     if not report.missing:
         lines = [f"{where}: layer 1, its own F and G decide exactly its indices on {report.decisions_checked} image(s)"]
-        return not report.decision_failures, (report.decision_failures or lines)
+        failures = report.decision_failures + unplaced
+        return not failures, (failures or lines)
     floor = float(np.asarray(records[OVERLAP_FLOOR]))
     overlaps = [overlap(i, r) for i, r in zip(indices, reference, strict=True)]
     ascending = all(np.all(np.diff(row) > 0) for row in indices)
-    misplaced = report.decision_failures  # without F and G only the positions are checked: their failures
+    misplaced = report.decision_failures + unplaced  # without F and G only the positions are checked: their failures
     passed = ascending and min(overlaps) >= floor and not misplaced
     sensitivity = ", ".join(f"{s:.3f}" for s in np.asarray(records[REFERENCE_SENSITIVITY]).ravel())
     lines = [

@@ -17,6 +17,7 @@ QWEN_TOKENS = {
     "<|vision_start|>": 151652,
     "<|vision_end|>": 151653,
     "<|image_pad|>": 151655,
+    "<|video_pad|>": 151656,
 }
 
 VISION = dict(
@@ -73,6 +74,7 @@ QWEN25_VL_3B = _qwen(
     "qwen2.5-vl-3b",
     "Qwen/Qwen2.5-VL-3B-Instruct",
     QWEN25_3B,
+    tie_word_embeddings=True,  # the 3B checkpoint ties lm_head to embed_tokens
     description="Qwen2.5-VL-3B-Instruct: windowed ViT (675M) + 2x2 merger into Qwen2.5-3B (N=256 at 448 px)",
 )
 QWEN25_VL_7B = _qwen(
@@ -125,6 +127,7 @@ QWEN25_VL_TINY = ModelSpec(
         "<|vision_start|>": 997,
         "<|vision_end|>": 998,
         "<|image_pad|>": 999,
+        "<|video_pad|>": 993,
     },
     gate="norm",
     description="test-size Qwen2.5-VL (448 px: N=256, D=64); random weights only",
