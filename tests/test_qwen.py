@@ -435,3 +435,19 @@ def test_an_image_side_too_large_to_trace_names_the_image_size_and_the_largest_t
     assert side % 28 == 0 and limits.bytes_per_image(spec, spec.n_tokens, 0, False) <= 16 * 2**30
     bigger = get_spec("qwen2.5-vl-7b").at_image_size(side + 28)
     assert limits.bytes_per_image(bigger, bigger.n_tokens, 0, False) > 16 * 2**30  # the largest that fits
+
+
+def test_run_builds_t_by_the_graphs_recorded_text_scope(out_dir, capsys):
+    """A graph exported with --text-scope before-image: run feeds it the port's rows (the prompt up to the image)."""
+    from flashvlm_export.models.prompt import prompt_token_ids, text_token_ids
+    from flashvlm_export.runtime.tokenizer import stand_in_tokenizer
+
+    graph = export(out_dir, "port_scope", "--exporter", "torchscript", "--text-scope", "before-image")
+    question = "Which cup is yellow?"
+    image = str(out_dir / "scope-demo.png")
+    assert main(["run", "--graph", str(graph), "--demo-image", image, "--question", question]) == 0
+    out = capsys.readouterr().out
+    ids = prompt_token_ids(stand_in_tokenizer(QWEN), question, QWEN)
+    rows = len(text_token_ids(ids, QWEN.image_token_index, "before-image"))
+    assert f"{rows}/{QWEN.t_max} text rows, text scope before-image" in out, out
+    assert rows < len(text_token_ids(ids, QWEN.image_token_index, "all"))
