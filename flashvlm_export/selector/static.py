@@ -47,7 +47,9 @@ def stable_descending_order(x: torch.Tensor) -> torch.Tensor:
     values, order = torch.topk(x, n, dim=-1, largest=True, sorted=True)
     first = torch.ones_like(values[:, :1])
     change = torch.cat([first, (values[:, 1:] != values[:, :-1]).to(values.dtype)], dim=-1)
-    group = torch.cumsum(change, dim=-1) - 1  # (B, n) float32, exact: counts < 2**24
+    # float32, exact (counts < 2**24): ONNX-TensorRT's operator matrix lists CumSum for FP32/FP16/BF16 (axis a
+    # build-time constant), not for integers
+    group = torch.cumsum(change, dim=-1) - 1  # (B, n)
     keys = group * n + order.to(torch.float32)  # distinct integers < n**2
     regrouped = torch.topk(keys, n, dim=-1, largest=False, sorted=True).indices
     return torch.gather(order, 1, regrouped)
