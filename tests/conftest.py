@@ -81,3 +81,15 @@ def list_engines(manifest: Path, folder: str) -> None:
     for entry in [record["encoder"], *record["selectors"]]:
         entry["engine"] = {"path": f"{folder}/{entry['onnx']['path']}.plan", "sha256": "0" * 64, "bytes": 1}
     manifest.write_text(json.dumps(record))
+
+
+def expect_one_line(capsys, argv, *fragments) -> str:
+    """The CLI refuses argv with exit code 2 and one line on stderr (no traceback) holding every fragment; the line."""
+    from flashvlm_export.cli import main
+
+    code = main(argv)
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and len(err.splitlines()) == 1 and "Traceback" not in err, err
+    for fragment in fragments:
+        assert fragment in err, err
+    return err

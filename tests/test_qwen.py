@@ -25,6 +25,8 @@ from flashvlm_export.parity.backends import TorchModule
 from flashvlm_export.parity.compare import max_relative_error
 from flashvlm_export.parity.run import run_parity
 
+from conftest import expect_one_line
+
 QWEN = get_spec("qwen2.5-vl-tiny")
 QUIET = dict(log=lambda _: None)
 BUDGET = 64
@@ -37,15 +39,6 @@ ENCODER_BOUND = 1e-5
 @pytest.fixture(scope="module")
 def parts():
     return random_parts(QWEN, seed=0)
-
-
-def expect_one_line(capsys, argv, *fragments) -> str:
-    code = main(argv)
-    err = capsys.readouterr().err.strip()
-    assert code == 2 and len(err.splitlines()) == 1 and "Traceback" not in err, err
-    for fragment in fragments:
-        assert fragment in err, err
-    return err
 
 
 # ---------------------------------------------------------------- (a) the encoder against transformers' own

@@ -20,7 +20,7 @@ from flashvlm_export.models.registry import get_spec
 from flashvlm_export.parity.split import run_split_parity
 from flashvlm_export.runtime.chain import OrtChain
 
-from conftest import copy_split, list_engines
+from conftest import copy_split, expect_one_line, list_engines
 
 BUDGETS = (64, 16)
 
@@ -37,15 +37,6 @@ def split(tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def parts():
     return random_parts(get_spec("llava15-tiny"), 0)
-
-
-def expect_one_line(capsys, argv, *fragments) -> str:
-    code = main(argv)
-    err = capsys.readouterr().err.strip()
-    assert code == 2 and len(err.splitlines()) == 1 and "Traceback" not in err, err
-    for fragment in fragments:
-        assert fragment in err, err
-    return err
 
 
 def test_split_writes_one_encoder_and_a_small_selector_per_budget_tied_by_a_manifest(split):

@@ -21,7 +21,7 @@ from flashvlm_export.serve import repository
 from flashvlm_export.serve.handler import request_budget
 from flashvlm_export.serve.server import TritonServer, find_tritonserver, import_tritonclient
 
-from conftest import copy_split, list_engines
+from conftest import copy_split, expect_one_line, list_engines
 
 BUDGETS = (64, 16)
 TIMEOUT_S = 30
@@ -33,15 +33,6 @@ def split(tmp_path_factory) -> Path:
     argv = ["--model", "llava15-tiny", "--budget", ",".join(map(str, BUDGETS)), "--random-weights", "--out-dir", str(out)]
     assert main(argv) == 0
     return out / "llava15-tiny_split" / "manifest.json"
-
-
-def expect_one_line(capsys, argv, *fragments) -> str:
-    code = main(argv)
-    err = capsys.readouterr().err.strip()
-    assert code == 2 and len(err.splitlines()) == 1 and "Traceback" not in err, err
-    for fragment in fragments:
-        assert fragment in err, err
-    return err
 
 
 def leftovers(folder: Path) -> list[str]:
