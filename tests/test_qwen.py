@@ -444,3 +444,10 @@ def test_run_builds_t_by_the_graphs_recorded_text_scope(out_dir, capsys):
     rows = len(text_token_ids(ids, QWEN.image_token_index, "before-image"))
     assert f"{rows}/{QWEN.t_max} text rows, text scope before-image" in out, out
     assert rows < len(text_token_ids(ids, QWEN.image_token_index, "all"))
+
+
+def test_a_models_selector_config_takes_its_gate_unless_told_otherwise():
+    """What a Python caller builds for a model: its own default gate (the port's `norm` for Qwen2.5-VL)."""
+    assert QWEN.selector_config().gate == "norm" and get_spec("llava15").selector_config().gate == "llava"
+    assert QWEN.selector_config(gate="llava", top_p=0.01).gate == "llava"
+    assert QWEN.selector_config(top_p=0.01).top_p == 0.01

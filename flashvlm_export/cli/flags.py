@@ -135,12 +135,9 @@ def selector_config(args, spec=None):
     values = {f.name: getattr(args, f.name) for f in dataclasses.fields(SelectorConfig)}
     for name in MODEL_DEFAULTS:
         if values[name] is None:
-            if spec is None:
-                values.pop(name)
-            else:
-                values[name] = getattr(spec, name)
+            values.pop(name)  # the model's (ModelSpec.selector_config), or SelectorConfig's without a model
     try:
-        return SelectorConfig(**values)
+        return spec.selector_config(**values) if spec is not None else SelectorConfig(**values)
     except SettingError as exc:
         raise UsageError(exc.named(flag_of(exc.name))) from None
 

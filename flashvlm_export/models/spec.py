@@ -93,6 +93,14 @@ class ModelSpec:
         """The model's name in artifact names: the --model name, with the side when not the default (qwen2.5-vl-7b-476px)."""
         return self.name if self.image_size == self.declared_image_size else f"{self.name}-{self.image_size}px"
 
+    def selector_config(self, **settings):
+        """A SelectorConfig with this model's defaults (its gate: `norm` for Qwen2.5-VL, `llava` for LLaVA) under the
+        settings given; what the CLI builds from its flags, and what a Python caller should build for a model."""
+        from flashvlm_export.selector.config import MODEL_DEFAULTS, SelectorConfig
+
+        defaults = {name: getattr(self, name) for name in MODEL_DEFAULTS}
+        return SelectorConfig(**{**defaults, **settings})
+
     @property
     def vision_sequence(self) -> int:
         """Rows the vision tower attends over per image: the patches (merge^2 per token), plus CLIP's CLS for LLaVA."""
