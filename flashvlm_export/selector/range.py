@@ -11,8 +11,9 @@ integer gathers, so padding and masking change no value that decides):
 - step 11 (`UnrolledRangePrune`): `RangeSchedule.n_rounds` rounds, the most any budget needs; round j
   removes `removals_table[K_b - KMIN][j]` tokens from image b, and is a no-op where that is 0. The A/B
   alternation runs over the image's own valid list (a prefix: padding is always at the end); padded B
-  columns take part in no max, padded A rows rank after every valid one (their m is float32's lowest,
-  below any cosine), so the valid rows keep exactly the fixed selector's ranks;
+  columns take part in no max, padded A rows rank after every valid one (padding reads a sentinel row and
+  column of G holding float32's lowest, below any cosine), so the valid rows keep exactly the fixed
+  selector's ranks;
 - step 12: the kept tokens sorted ascending by a TopK over distinct integers (padding becomes N + its
   slot, so the TopK has no ties either).
 
@@ -71,18 +72,24 @@ class UnrolledRangePrune(nn.Module):
         rows = budget_rows(budget, s)
         removals = _table(s.removals_table)[rows]  # (B, n_rounds)
         length = n - _table([r.k_imp for r in s.schedules])[rows]  # (B,) |R0| of each image
-        gram_flat = gram.reshape(batch, n * n)
+        # G with a sentinel row and column N of float32's lowest: a padded slot (-1) reads them, so a padded B column
+        # takes part in no max and a padded A row's m is the lowest of all (it ranks after every valid one), with
+        # no mask pass over each round's block; valid entries read exactly G's own floats
         lowest = torch.finfo(torch.float32).min
+        side = n + 1
+        column = gram[:, :, :1] * 0 + lowest  # (B, N, 1) by slicing, not Pad: TorchScript exports Pad with a computed shape
+        gram = torch.cat([gram, column], dim=2)
+        gram = torch.cat([gram, gram[:, :1, :] * 0 + lowest], dim=1)  # (B, N + 1, N + 1)
+        gram_flat = gram.reshape(batch, side * side)
         widths = round_widths(s)
         for j in range(s.n_rounds):
             r = removals[:, j]  # (B,)
             a_side, b_side = residual[:, 0::2], residual[:, 1::2]  # (B, nA), (B, nB): padding at the end of each
             n_a, n_b = a_side.shape[1], b_side.shape[1]
-            flat = (a_side.clamp_min(0)[:, :, None] * n + b_side.clamp_min(0)[:, None, :]).reshape(batch, n_a * n_b)
-            block = torch.gather(gram_flat, 1, flat).reshape(batch, n_a, n_b)  # G[A][:, B]
-            block = torch.where(b_side[:, None, :] >= 0, block, lowest)  # padded B: in no max
-            m = block.amax(dim=-1)  # (B, nA)
-            m = torch.where(a_side >= 0, m, lowest)  # padded A: after every valid one
+            a_rows = torch.where(a_side >= 0, a_side, n)
+            b_cols = torch.where(b_side >= 0, b_side, n)
+            flat = (a_rows[:, :, None] * side + b_cols[:, None, :]).reshape(batch, n_a * n_b)
+            m = torch.gather(gram_flat, 1, flat).reshape(batch, n_a, n_b).amax(dim=-1)  # (B, nA): max of G[A][:, B]
             order = stable_descending_order(m)
             ranked_a = torch.gather(a_side, 1, order)  # valid A in the fixed selector's order, then padding
             # the new list: ranked A from position r on (ceil(L/2) - r of them), then B's floor(L/2), then padding
