@@ -85,6 +85,20 @@ def test_a_budget_outside_the_range_is_clamped_into_it_by_the_graph():
     assert torch.equal(indices[2], highest[2]) and torch.equal(indices[3], highest[3])
 
 
+def test_the_plugin_range_graph_clamps_an_outside_budget_as_the_unrolled_one_does(tmp_path):
+    """The same clamping through the plugin graph's ONNX Runtime twin: the prune step gets the clamped budget too
+    (the plugin itself answers an out-of-range budget with a -1 row, which would keep only K_imp tokens)."""
+    import dataclasses
+
+    from flashvlm_export.runtime.session import OrtGraph
+
+    request = dataclasses.replace(range_request(k_min=8, k_max=32, batch=4), plugin=True)
+    graph = OrtGraph(export_graph(request, tmp_path / "clamp_plugin.onnx", exporter="dynamo"), plugin=True)
+    feeds = dict(selector_corpus(geometry_of(request), repeats=1, names=("scene",))[0].feeds)
+    feeds[BUDGET] = np.array([0, 7, 33, 10**9], dtype=np.int64)
+    assert graph.infer(feeds)[KEPT].tolist() == [8, 8, 32, 32]
+
+
 def test_padding_rows_of_visual_embeds_are_zero_and_positions_minus_one():
     x, a, p, text, mask = selector_inputs(batch=2, n=QWEN.n_tokens, seed=2)
     table = torch.arange(QWEN.n_tokens * 3, dtype=torch.int64).reshape(-1, 3)

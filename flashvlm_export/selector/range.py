@@ -154,7 +154,8 @@ class RangeSelector(nn.Module):
     def forward(self, vision_features, cls_attention, projected_features, text_embeds, text_mask, budget):
         n = vision_features.shape[1]
         fused, relevance, sharpened = self.scores(cls_attention, projected_features, text_embeds, text_mask)
-        important, residual = self.partition(fused, budget)
+        budget = budget_rows(budget, self.schedule) + self.schedule.k_min  # clamped once: the partition and the prune
+        important, residual = self.partition(fused, budget)  # agree (the plugin refuses an out-of-range budget)
         gram = gram_matrix(vision_features)  # (B, N, N)
         chosen = torch.cat([important, self.prune(gram, residual, budget)], dim=1)  # (B, >= KMAX), -1 padded
         # ascending: padding becomes N + its slot, so a TopK over distinct small integers (exact in float32) sorts all
