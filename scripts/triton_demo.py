@@ -32,6 +32,8 @@ def main() -> int:
     try:
         manifest = read_manifest(Path(args.manifest))
         manifest.check_budget(args.budget)
+        if not (Path(args.repository) / "flashvlm_repository.json").is_file():
+            raise UsageError(f"--repository {args.repository} is not a repository flashvlm-export triton wrote; write one first")
     except UsageError as exc:
         print(f"triton_demo: error: {exc}", file=sys.stderr)
         return 2
@@ -46,15 +48,19 @@ def main() -> int:
     feeds = {k: v[:1] for k, v in pipeline_corpus(geometry_of(request), request.spec.image_size, repeats=1)[0].feeds.items() if k != "budget"}
     arrays = {**feeds, "budget": np.array([[args.budget]], dtype=np.int64)}
     types = {np.dtype(np.float32): "FP32", np.dtype(bool): "BOOL", np.dtype(np.int64): "INT64"}
-    with tempfile.TemporaryDirectory(prefix="flashvlm-triton-") as scratch, TritonServer(binary, Path(args.repository), Path(scratch) / "server.log") as server:
-        print(f"tritonserver ready at http://{server.http_url} serving {args.repository}")
-        client = http.InferenceServerClient(server.http_url, network_timeout=60)
-        inputs = []
-        for name, array in arrays.items():
-            inputs.append(http.InferInput(name, list(array.shape), types[array.dtype]))
-            inputs[-1].set_data_from_numpy(array)
-        served = client.infer("flashvlm", inputs).as_numpy("indices")[0]
-        client.close()
+    try:
+        with tempfile.TemporaryDirectory(prefix="flashvlm-triton-") as scratch, TritonServer(binary, Path(args.repository), Path(scratch) / "server.log") as server:
+            print(f"tritonserver ready at http://{server.http_url} serving {args.repository}")
+            client = http.InferenceServerClient(server.http_url, network_timeout=60)
+            inputs = []
+            for name, array in arrays.items():
+                inputs.append(http.InferInput(name, list(array.shape), types[array.dtype]))
+                inputs[-1].set_data_from_numpy(array)
+            served = client.infer("flashvlm", inputs).as_numpy("indices")[0]
+            client.close()
+    except Exception as exc:  # the server did not start, or answered with an error: one line
+        print(f"triton_demo: error: {str(exc).splitlines()[0][:300] if str(exc) else type(exc).__name__}", file=sys.stderr)
+        return 1
     local = SplitChain(manifest).infer(feeds, args.budget)["indices"][0]
     print(f"Triton  K={args.budget}: {served.tolist()}")
     print(f"in-process chain: {'the same indices' if np.array_equal(served, local) else local.tolist()}")

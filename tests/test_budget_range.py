@@ -227,6 +227,24 @@ def test_a_split_with_a_range_writes_one_selector_and_passes_parity_on_mixed_bud
     assert report.decisions_checked == 3 * 4  # three pipeline cases of four images, each at its own budget
 
 
+def test_split_parity_checks_the_shipped_selectors_kept_count(qwen_split, tiny_parts_qwen):
+    """A chain whose shipped selector miscounts one image's kept tokens fails, whatever its verification build says."""
+    from flashvlm_export.runtime.chain import OrtChain
+
+    manifest = read_manifest(qwen_split)
+
+    class Miscounting(OrtChain):
+        def select(self, feeds, budget):
+            out = super().select(feeds, budget)
+            out[KEPT] = out[KEPT].copy()
+            out[KEPT][0] += 1
+            return out
+
+    chain = Miscounting(manifest, "CPUExecutionProvider")
+    (report,) = run_split_parity(manifest, tiny_parts_qwen, repeats=1, chain=chain, **QUIET).values()
+    assert not report and any("image 0" in f and "kept" in f for f in report.decision_failures), report.decision_failures
+
+
 def test_run_takes_any_budget_of_the_range_from_one_file_and_a_list_per_image(qwen_split, capsys, tmp_path):
     image = str(tmp_path / "demo.png")
     for k in (9, 50):

@@ -74,8 +74,8 @@ def test_a_manifest_that_fails_its_checks_writes_nothing(split, capsys, tmp_path
     data[-1] ^= 1  # same size, other bytes
     graph.write_bytes(bytes(data))
     out = tmp_path / "out"
-    expect_one_line(capsys, ["triton", "--manifest", str(edited), "--out", str(out / "repo")], "sha256 differs")
-    assert leftovers(out) == []
+    expect_one_line(capsys, ["triton", "--manifest", str(edited), "--out", str(out / "deeper" / "repo")], "sha256 differs")
+    assert not out.exists()  # not even the folders --out would go in
 
 
 def test_an_existing_out_without_force_is_refused_and_kept(split, capsys, tmp_path):

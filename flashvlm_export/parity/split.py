@@ -20,7 +20,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from flashvlm_export.artifacts.placement import atomic_outputs
-from flashvlm_export.export.interface import BUDGET, FEATURES, INDICES, POSITIONS, TEXT_EMBEDS, TEXT_MASK, VISUAL_EMBEDS
+from flashvlm_export.export.interface import BUDGET, FEATURES, INDICES, KEPT, POSITIONS, TEXT_EMBEDS, TEXT_MASK, VISUAL_EMBEDS
 from flashvlm_export.export.manifest import Manifest
 from flashvlm_export.models.positions import token_positions
 from flashvlm_export.parity.backends import OnnxRuntime, PipelineFeatures, SelectorReference
@@ -96,6 +96,8 @@ def run_split_parity(
                 outputs[VISUAL_EMBEDS] = shipped[VISUAL_EMBEDS]
                 if POSITIONS in shipped:  # checked against the kept tokens' own (t, h, w)
                     outputs[POSITIONS] = shipped[POSITIONS]
+                if KEPT in shipped:  # a range selector: the shipped count is the one checked (kept == the image's K)
+                    outputs[KEPT] = shipped[KEPT]
                 reports[k].add_case(case.name, expected, own, outputs, basis, schedule, request.config, bounds, sensitivity)
     r = manifest.record
     log(

@@ -61,6 +61,10 @@ def check_out(out: Path, force: bool) -> None:
         raise UsageError(f"--out {out} exists and is not a folder; choose another --out")
     if out.exists() and not force:
         raise UsageError(f"--out {out} already exists; pass --force to replace it, or choose another --out")
+
+
+def make_parent(out: Path) -> None:
+    """The folder --out goes in, created only once every check has passed (a refusal leaves nothing behind)."""
     try:
         out.parent.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
@@ -102,6 +106,7 @@ def write_repository(
             )
         if plugin and not Path(plugin_library).is_file():
             raise UsageError(f"--plugin-lib {plugin_library} is not a file; build it with flashvlm-export build-plugin")
+    make_parent(out)
     reclaim_stale_staging(out.parent, log)
     staging = make_staging(out.parent)
     try:

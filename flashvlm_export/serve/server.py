@@ -106,9 +106,11 @@ class TritonServer:
 
     def stop(self) -> None:
         """SIGTERM the server's process group (the server and its Python stubs), SIGKILL after 10 s."""
-        if self.process is None or self.process.poll() is not None:
+        if self.process is None:
             return
         for sig, wait in ((signal.SIGTERM, 10), (signal.SIGKILL, 5)):
+            if self.process.poll() is not None:
+                break  # the server is gone; its Python stubs may not be: the group is killed below
             try:
                 os.killpg(self.process.pid, sig)
             except ProcessLookupError:
