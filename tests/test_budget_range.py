@@ -327,3 +327,10 @@ def test_the_plugin_range_graph_passes_parity_per_image_in_its_onnx_runtime_twin
         assert report, report.lines()
         assert report.decisions_checked == len(cases) * 4
     assert sorted(int(k) for k in cases[0].feeds[BUDGET]) == MIXED
+
+
+def test_parity_of_a_range_graph_saves_its_report_and_no_replay_records_it_could_not_judge(tiny_range_graph, tmp_path):
+    """The Polygraphy replay judges one schedule per record; a range graph has one per image, so only the report."""
+    request = range_request()
+    run_parity(tiny_range_graph, cases=mixed_cases(request, ("scene",)), save_dir=tmp_path, **QUIET)
+    assert sorted(p.name for p in tmp_path.iterdir()) == [f"{tiny_range_graph.stem}_parity.json"]

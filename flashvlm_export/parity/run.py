@@ -111,6 +111,7 @@ def save_records(
     min_overlap: float | None = None,
     log=print,
     positions: np.ndarray | None = None,
+    ranged: bool = False,
 ) -> list[Path]:
     """Polygraphy `--load-inputs` / `--load-outputs` files and the three-layer report JSON.
 
@@ -128,7 +129,17 @@ def save_records(
 
     from flashvlm_export.artifacts.placement import atomic_outputs
 
-    paths = [save_dir / f"{stem}_inputs.json", save_dir / f"{stem}_reference_outputs.json", save_dir / f"{stem}_parity.json"]
+    report_path = save_dir / f"{stem}_parity.json"
+    record = {"cases": [c.name for c in cases], "backends": [r.to_dict() for r in reports], "passed": all(reports)}
+    if ranged:  # the replay judges one schedule per record; a budget-range graph has one per image: the report only
+        replaced = [report_path] if report_path.exists() else []
+        with atomic_outputs([report_path]) as (temp_report,):
+            temp_report.write_text(json.dumps(record, indent=2) + "\n")
+        log("Parity: no Polygraphy replay records for a budget-range graph (the replay judges one budget per record); the report only")
+        if replaced:
+            log(f"Parity: replaced the earlier record {report_path}")
+        return [report_path]
+    paths = [save_dir / f"{stem}_inputs.json", save_dir / f"{stem}_reference_outputs.json", report_path]
     replaced = [p for p in paths if p.exists()]
     with atomic_outputs(paths) as (temp_inputs, temp_outputs, temp_report):
         save_json([c.feeds for c in cases], str(temp_inputs), description="flashvlm parity inputs")
@@ -150,7 +161,6 @@ def save_records(
         ]
         results.append(("reference", iterations))
         results.save(str(temp_outputs))
-        record = {"cases": [c.name for c in cases], "backends": [r.to_dict() for r in reports], "passed": all(reports)}
         temp_report.write_text(json.dumps(record, indent=2) + "\n")
     if replaced:
         log(f"Parity: replaced the earlier records {', '.join(str(p) for p in replaced)}")
@@ -232,7 +242,7 @@ def run_parity(
     if save_dir is not None:
         schedule = round_schedule(request.tokens, request.budget, request.config)
         table = token_positions(request.spec).numpy() if request.positions else None
-        paths = save_records(cases, reports, save_dir, graph.stem, schedule, min_overlap, log, table)
+        paths = save_records(cases, reports, save_dir, graph.stem, schedule, min_overlap, log, table, ranged=request.ranged)
         log(f"Parity: saved {', '.join(str(p) for p in paths)} ({human_size(sum(p.stat().st_size for p in paths))})")
     return reports
 
