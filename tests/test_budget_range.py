@@ -172,7 +172,7 @@ def test_a_round_that_runs_once_too_often_for_one_budget_fails_layer_1(tiny_rang
     schedule = request.schedule
     k = 16
     own = schedule.of(k)
-    extra = replace(own, removals=own.removals + (1,), sizes=own.sizes + (own.k_div,))  # one more round for K=64 only
+    extra = replace(own, removals=own.removals + (1,), sizes=own.sizes + (own.k_div,))  # one more round for K=16 only
     patched = replace(schedule, schedules=tuple(extra if s.budget == k else s for s in schedule.schedules))
     assert patched.n_rounds == schedule.n_rounds  # K=4 still sets the count: the extra round runs inside it
     selector = RangeSelector(request.tokens, 4, 64, request.config, verification=True, schedule=patched)
