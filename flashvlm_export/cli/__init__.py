@@ -28,3 +28,23 @@ def dispatch(argv: list[str]) -> int:
 @cli_spelling()  # errors name flags (--force), not the Python API's keyword arguments (force=True)
 def main(argv: list[str] | None = None) -> int:
     return guarded(dispatch, list(sys.argv[1:] if argv is None else argv))
+
+
+def run() -> None:
+    """The process entry (the flashvlm-export script, python -m flashvlm_export.cli): main(), then exit with its code.
+
+    After an interruption the line is printed and every cleanup has run; the process then ends with 130 / 143
+    at once (os._exit). Going through interpreter shutdown instead, CPython may still end the process by SIGINT
+    when a library it unwinds through had marked the KeyboardInterrupt unhandled (seen here: 1 run in ~10 of an
+    interrupted dynamo export exited -2 after printing the line), which a shell sees as a different status.
+    """
+    import os
+
+    from flashvlm_export.cli.guard import INTERRUPTED_CODES
+
+    code = main()
+    if code in INTERRUPTED_CODES:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+    sys.exit(code)

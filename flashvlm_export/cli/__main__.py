@@ -1,7 +1,5 @@
 """python -m flashvlm_export.cli: the flashvlm-export command."""
 
-import sys
+from flashvlm_export.cli import run
 
-from flashvlm_export.cli import main
-
-sys.exit(main())
+run()

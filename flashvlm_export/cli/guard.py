@@ -31,6 +31,9 @@ def _in_chain(exc: BaseException, kinds) -> BaseException | None:
     return None
 
 
+INTERRUPTED_CODES = (130, Terminated.exit_code)  # Ctrl-C (SIGINT) and SIGTERM
+
+
 def _interrupted(exc: BaseException) -> int:
     if isinstance(exc, Terminated):
         print(f"{PROG}: terminated (SIGTERM); no partial files were kept", file=sys.stderr, flush=True)
