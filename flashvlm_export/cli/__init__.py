@@ -30,7 +30,7 @@ def main(argv: list[str] | None = None) -> int:
     return guarded(dispatch, list(sys.argv[1:] if argv is None else argv))
 
 
-def run() -> None:
+def entry() -> None:
     """The process entry (the flashvlm-export script, python -m flashvlm_export.cli): main(), then exit with its code.
 
     After an interruption the line is printed and every cleanup has run; the process then ends with 130 / 143

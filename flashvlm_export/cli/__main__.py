@@ -1,5 +1,5 @@
 """python -m flashvlm_export.cli: the flashvlm-export command."""
 
-from flashvlm_export.cli import run
+from flashvlm_export.cli import entry
 
-run()
+entry()
