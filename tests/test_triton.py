@@ -231,3 +231,37 @@ def test_live_server_is_stopped_with_its_stubs(split, tmp_path):
         group = live.process.pid
     with pytest.raises(ProcessLookupError):
         os.killpg(group, 0)
+
+
+def test_live_server_serves_a_range_split_two_images_each_its_own_budget_and_a_padded_single(tmp_path):
+    """A --budget-range split at batch 2: one request of two images with budgets 8 and 50, and one request of one
+    image (padded to the graphs' batch inside the model) answer exactly what the in-process chain answers."""
+    binary, why = find_tritonserver()
+    why = why if binary is None else import_tritonclient()
+    if binary is None or why:
+        pytest.skip(f"live Triton test: {why}")
+    import tritonclient.http as http
+
+    argv = ["--model", "llava15-tiny", "--budget-range", "8..64", "--batch", "2", "--random-weights", "--split", "--out-dir", str(tmp_path)]
+    assert main(argv) == 0
+    manifest = next(tmp_path.glob("*/manifest.json"))
+    assert main(["triton", "--manifest", str(manifest), "--out", str(tmp_path / "repo")]) == 0
+    pair = {name: np.concatenate([inputs(1)[name], inputs(2)[name]]) for name in inputs(1)}
+    chain = SplitChain(manifest)
+    want_pair = chain.infer(pair, [8, 50])[INDICES]
+    want_one = chain.infer(pair, [50, 50])[INDICES][:1]  # the first image alone at 50 (its row does not depend on the other)
+    types = {np.dtype(np.float32): "FP32", np.dtype(bool): "BOOL", np.dtype(np.int64): "INT64"}
+    with TritonServer(binary, tmp_path / "repo", tmp_path / "server.log") as live:
+        client = http.InferenceServerClient(live.http_url, connection_timeout=TIMEOUT_S, network_timeout=TIMEOUT_S)
+        answers = []
+        for feeds, budgets in ((pair, [[8], [50]]), ({k: v[:1] for k, v in pair.items()}, [[50]])):
+            tensors = []
+            for name, array in {**feeds, "budget": np.array(budgets, dtype=np.int64)}.items():
+                tensor = http.InferInput(name, list(array.shape), types[array.dtype])
+                tensor.set_data_from_numpy(array)
+                tensors.append(tensor)
+            answers.append(client.infer("flashvlm", tensors).as_numpy(INDICES))
+        client.close()
+    np.testing.assert_array_equal(answers[0], want_pair)
+    assert [int((row >= 0).sum()) for row in answers[0]] == [8, 50]
+    np.testing.assert_array_equal(answers[1], want_one)
