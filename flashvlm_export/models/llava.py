@@ -16,7 +16,7 @@ from flashvlm_export.errors import UsageError
 from flashvlm_export.models.adapter import frozen, random_embeddings
 from flashvlm_export.models.spec import ModelSpec
 from flashvlm_export.models.vision import LlavaEncoderCore, VisionEncoder, VisionFeatures
-from flashvlm_export.models.weights import WeightsSource, checkpoint_config, load_states, read_config, resolve_weights_dir
+from flashvlm_export.models.weights import WeightsSource, load_states, open_checkpoint
 
 NAME = "LLaVA-1.5"  # how messages name its checkpoints
 MODEL_TYPE = "llava"
@@ -150,9 +150,7 @@ def load_parts(spec: ModelSpec, model_path: str | None = None, with_embeddings: 
     """Real weights from a local directory or the HF cache, fp32."""
     from transformers import LlavaConfig
 
-    path = resolve_weights_dir(spec, model_path)
-    checkpoint_config(spec, path, MODEL_TYPE, FIX)
-    config = read_config(LlavaConfig, path, FIX, "LLaVA")
+    path, config = open_checkpoint(spec, model_path, MODEL_TYPE, LlavaConfig, "LLaVA", FIX)
     _check_geometry(spec, config)
     vision_tower, projector, embed = _build(config, with_embeddings)
     targets = {"vision_tower": vision_tower, "projector": projector}

@@ -26,7 +26,7 @@ from flashvlm_export.errors import UsageError
 from flashvlm_export.models.adapter import frozen, random_embeddings
 from flashvlm_export.models.spec import ModelSpec
 from flashvlm_export.models.vision import VisionEncoder
-from flashvlm_export.models.weights import WeightsSource, checkpoint_config, load_states, read_config, resolve_weights_dir
+from flashvlm_export.models.weights import WeightsSource, load_states, open_checkpoint
 
 NAME = "Qwen2.5-VL"  # how messages name its checkpoints
 MODEL_TYPE = "qwen2_5_vl"
@@ -284,9 +284,7 @@ def _check_geometry(spec: ModelSpec, config) -> None:
 def load_parts(spec: ModelSpec, model_path: str | None = None, with_embeddings: bool = False) -> QwenParts:
     from transformers import Qwen2_5_VLConfig
 
-    path = resolve_weights_dir(spec, model_path)
-    checkpoint_config(spec, path, MODEL_TYPE, FIX)
-    config = read_config(Qwen2_5_VLConfig, path, FIX, "Qwen2.5-VL")
+    path, config = open_checkpoint(spec, model_path, MODEL_TYPE, Qwen2_5_VLConfig, "Qwen2.5-VL", FIX)
     _check_geometry(spec, config)
     visual, embed = _build(config, with_embeddings)
     targets = {"visual": visual}

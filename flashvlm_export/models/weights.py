@@ -189,3 +189,11 @@ def load_states(path: Path, targets: dict, prefixes: dict[str, tuple[str, ...]],
         missing = [k for k in missing if not k.endswith("position_ids")]
         if missing:
             raise UsageError(f"checkpoint {path} lacks {len(missing)} {part} weights (e.g. {missing[0]}); {fix}")
+
+
+def open_checkpoint(spec: ModelSpec, model_path: str | None, model_type: str, config_class, title: str, fix: str):
+    """(folder, config) of a family's checkpoint: --model-path or the HF cache, its config.json of that family,
+    read by the family's config class; each refused in one line naming `fix`."""
+    path = resolve_weights_dir(spec, model_path)
+    checkpoint_config(spec, path, model_type, fix)
+    return path, read_config(config_class, path, fix, title)
