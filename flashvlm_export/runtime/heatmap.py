@@ -90,7 +90,8 @@ def _score_panel(values: np.ndarray, grid: int, side: int) -> np.ndarray:
     return np.repeat(np.repeat(rgb, cell, axis=0), cell, axis=1)
 
 
-def _kept_panel(shown: np.ndarray, important: np.ndarray, diverse: np.ndarray, grid: int) -> np.ndarray:
+def kept_panel(shown: np.ndarray, important: np.ndarray, diverse: np.ndarray, grid: int) -> np.ndarray:
+    """(S, S, 3) uint8: the picture dimmed to DROPPED_DIM, kept cells (important | diverse) bright and outlined in their colour."""
     side = shown.shape[0]
     cell = side // grid
     out = (shown.astype(np.float64) * DROPPED_DIM).round().astype(np.uint8)
@@ -126,7 +127,7 @@ def render_heatmap(
     side = shown.shape[0]
     important, diverse = token_roles(indices, maps.fused, k_imp)
     panels = [
-        (f"kept {len(indices)}/{n}", _kept_panel(shown, important, diverse, grid)),
+        (f"kept {len(indices)}/{n}", kept_panel(shown, important, diverse, grid)),
         ("S_int (step 1)", _score_panel(maps.s_int, grid, side)),
         ("s (step 5: text relevance), min-max scaled", _score_panel(_minmax(maps.relevance), grid, side)),
         ("S_ext (step 7)", _score_panel(maps.s_ext, grid, side)),
