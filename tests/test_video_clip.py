@@ -199,3 +199,10 @@ def test_strip_outlines_kept_cells_and_dims_dropped_ones():
         assert tuple(picture[y, x + 8]) == (KEPT_RGB if is_kept else dim)
     with pytest.raises(ValueError, match="temporal groups"):
         clip_strip(frames[:3], kept, grid_side=4)
+
+
+@pytest.mark.parametrize("suffix", [".mkv", ".avi"])
+def test_demo_clip_in_other_containers_reads_back(tmp_path, suffix):
+    """Matroska does not store a frame count (read_clip counts by decoding); AVI holds MPEG-4 Part 2."""
+    clip = read_clip(write_demo_clip(tmp_path / f"demo{suffix}", frames=6, size=64), 4, 56)
+    assert clip.total_frames == 6 and clip.indices == [0, 1, 3, 4] and clip.source_fps == 8.0
