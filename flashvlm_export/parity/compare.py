@@ -264,6 +264,8 @@ class BackendReport:
                     f"{where}: K >= N keeps every token, the backend returned {indices[:8].tolist()}..."
                 )
             return
+        if self.clip is not None and self.clip.per_group and not self._group_budgets(where, indices, schedule):
+            return
         if FUSED_SCORES not in outputs or GRAM not in outputs:
             for name in (FUSED_SCORES, GRAM):
                 if name not in outputs and name not in self.missing:
@@ -276,6 +278,17 @@ class BackendReport:
             only_backend = sorted(set(indices.tolist()) - set(expected.tolist()))
             detail = f"only in the decisions {only_ref[:8]}, only in the backend {only_backend[:8]}" if only_ref else "order"
             self.decision_failures.append(f"{where}: its own F and G decide other indices ({detail})")
+
+    def _group_budgets(self, where: str, indices: np.ndarray, schedule: RoundSchedule) -> bool:
+        """A per-group clip: every temporal group keeps exactly K / G tokens (the schedule's budget)."""
+        kept = np.bincount(np.asarray(indices) // self.clip.group_tokens, minlength=self.clip.groups)
+        if np.all(kept == schedule.budget):
+            return True
+        self.decisions_checked += 1
+        self.decision_failures.append(
+            f"{where}: the temporal groups kept {kept.tolist()} tokens, the per-group rule gives each {schedule.budget}"
+        )
+        return False
 
     def replay(self, where: str, outputs: dict, schedule: RoundSchedule) -> None:
         """Layer 1 on a run alone (a Polygraphy replay): its own F and G decide its indices, and its visual_embeds
