@@ -21,6 +21,7 @@ from flashvlm_export.export.metadata import graph_metadata
 from flashvlm_export.models.positions import clip_token_positions, token_positions
 from flashvlm_export.models.qwen2_5_vl import patchify_clip, random_parts, video_processor_patchify
 from flashvlm_export.models.registry import get_spec
+from flashvlm_export.parity.backends import OnnxRuntime
 from flashvlm_export.parity.compare import max_relative_error
 from flashvlm_export.parity.run import reference_backends, run_parity
 from flashvlm_export.selector.clip import ClipLayout, StaticClipSelector, clip_decide, reference_clip_select
@@ -145,7 +146,7 @@ def test_per_group_selects_each_group_as_an_image():
 
 
 @pytest.mark.parametrize("name", ["per_group", "joint"])
-def test_a_clip_graph_takes_frames_returns_positions_and_passes_parity(request, name, capsys):
+def test_a_clip_graph_takes_frames_and_returns_positions(request, name):
     import onnx
 
     graph = request.getfixturevalue(name)
@@ -153,7 +154,10 @@ def test_a_clip_graph_takes_frames_returns_positions_and_passes_parity(request, 
     shapes = {v.name: [d.dim_value for d in v.type.tensor_type.shape.dim] for v in [*model.graph.input, *model.graph.output]}
     assert shapes[PIXEL_VALUES] == [1, FRAMES, 3, QWEN.image_size, QWEN.image_size]
     assert shapes[INDICES] == [1, BUDGET] and shapes[POSITIONS] == [1, BUDGET, 3]
-    assert main(["parity", "--graph", str(graph), "--repeats", "1", "--no-save"]) == 0
+
+
+def test_the_joint_graph_passes_the_parity_command(joint, capsys):
+    assert main(["parity", "--graph", str(joint), "--repeats", "1", "--no-save"]) == 0
     assert capsys.readouterr().out.strip().splitlines()[-1].startswith("PASSED")
 
 
@@ -200,14 +204,16 @@ def planted(per_group, parts):
     _, honest = reference_backends(request, parts)
     backends = [
         honest,
+        OnnxRuntime(per_group, request.interface(), scratch=per_group.parent),
         Planted(honest, swap_two_frames_in_positions, "frames-swapped"),
         Planted(honest, one_group_budget_off_by_one, "group-budget-off-by-one"),
     ]
     return {r.backend: r for r in run_parity(per_group, parts, repeats=1, backends=backends, **QUIET)}
 
 
-def test_the_honest_clip_pipeline_passes(planted):
-    assert planted["static-torch"], planted["static-torch"].lines()
+def test_the_per_group_graph_and_its_torch_module_pass_parity(planted):
+    honest = [r for name, r in planted.items() if name == "static-torch" or name.startswith("onnxruntime")]
+    assert len(honest) == 2 and all(honest), [r.lines() for r in honest]
 
 
 def test_two_frames_swapped_in_the_positions_fail(planted):
