@@ -38,6 +38,7 @@ TEMPLATE = (
     "<|im_start|>user\n<|vision_start|><|image_pad|><|vision_end|>{question}<|im_end|>\n<|im_start|>assistant\n"
 )
 IMAGE_PLACEHOLDER = "<|image_pad|>"
+VIDEO_PLACEHOLDER = "<|video_pad|>"  # a clip's tokens go where the processor puts <|video_pad|> (runtime/clip.py)
 BOS_TOKEN, EOS_TOKEN = None, "<|im_end|>"  # Qwen's tokenizer adds no BOS; a chat turn ends at <|im_end|>
 RECORDING = "record_eager"  # keeps the attention weights (reference only); a name with "flash" would pick the flash path
 
@@ -56,6 +57,11 @@ def LLM_CLASS():
 
 def chat_prompt(question: str) -> str:
     return TEMPLATE.format(question=question)
+
+
+def video_prompt(question: str) -> str:
+    """The chat prompt of a clip: Qwen's template with the video placeholder where an image's stands."""
+    return chat_prompt(question).replace(IMAGE_PLACEHOLDER, VIDEO_PLACEHOLDER, 1)
 
 
 def IMAGE_PROCESSOR():

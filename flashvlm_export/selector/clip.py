@@ -165,6 +165,8 @@ class StaticClipSelector(nn.Module):
         if not self.layout.per_group:
             return self.inner(vision_features, cls_attention, projected_features, text_embeds, text_mask)
         b, g, n = vision_features.shape[0], self.layout.groups, self.layout.group_tokens
+        if self.schedule.keeps_all:  # as StaticSelector's, at the graph's own batch (a static shape)
+            return torch.arange(g * n, dtype=torch.int64).expand(b, g * n)
         t, dl = text_embeds.shape[1], text_embeds.shape[2]
         selected = self.inner(
             vision_features.reshape(b * g, n, -1),
