@@ -11,7 +11,15 @@ def artifact_stem(request) -> str:
     kind = "_selector" if request.selector_only else ""
     tokens = f"_n{request.n_tokens}" if request.n_tokens is not None else ""
     variant = _variant(request.batch, request.precision, request.plugin)
-    return f"{request.spec.label}{kind}{tokens}_b{request.budget_label}{variant}"
+    return f"{request.spec.label}{clip_label(request)}{kind}{tokens}_b{request.budget_label}{variant}"
+
+
+def clip_label(request) -> str:
+    """A clip graph's part of a name: _f8 (per-group, the default rule) or _f8_joint; nothing for images."""
+    frames = getattr(request, "frames", None)
+    if frames is None:
+        return ""
+    return f"_f{frames}" + ("_joint" if getattr(request, "video_budget", "per-group") == "joint" else "")
 
 
 def _variant(batch: int, precision: str, plugin: bool) -> str:
@@ -24,9 +32,10 @@ def graph_name(request) -> str:
     return artifact_stem(request) + ".onnx"
 
 
-def split_stem(model: str, batch: int, precision: str, plugin: bool) -> str:
-    """The folder of a split export: llava15_split, llava15_bs2_fp16_plugin_split, ... (defaults add nothing)."""
-    return f"{model}{_variant(batch, precision, plugin)}_split"
+def split_stem(model: str, batch: int, precision: str, plugin: bool, clip: str = "") -> str:
+    """The folder of a split export: llava15_split, llava15_bs2_fp16_plugin_split, qwen2.5-vl-7b_f8_split, ...
+    (defaults add nothing; `clip` is clip_label's)."""
+    return f"{model}{clip}{_variant(batch, precision, plugin)}_split"
 
 
 def external_data_path(path: Path) -> Path:

@@ -16,8 +16,18 @@ from flashvlm_export.cli.flags import (
     log,
     selector_config,
 )
-from flashvlm_export.export.options import DEFAULT_EXPORTER, DEFAULT_OPSET, EXPORTERS, MIN_OPSET, PRECISION_NAMES
+from flashvlm_export.errors import UsageError
+from flashvlm_export.export.options import (
+    DEFAULT_EXPORTER,
+    DEFAULT_FPS,
+    DEFAULT_FRAMES,
+    DEFAULT_OPSET,
+    EXPORTERS,
+    MIN_OPSET,
+    PRECISION_NAMES,
+)
 from flashvlm_export.plugin.build import DEFAULT_BUILD_DIR
+from flashvlm_export.selector.config import VIDEO_BUDGETS as RULES
 
 
 def parser() -> argparse.ArgumentParser:
@@ -32,6 +42,19 @@ def parser() -> argparse.ArgumentParser:
     add_model_flags(p)
     add_graph_flags(p, many_budgets=True)
     add_selector_flags(p)
+    v = p.add_argument_group("video (Qwen2.5-VL; docs/MODELS.md)")
+    v.add_argument("--video", action="store_true", help="export for clips: F frames at the fixed side, F/2 temporal groups")
+    v.add_argument("--frames", type=int, help=f"with --video: frames per clip, even (default: {DEFAULT_FRAMES})")
+    v.add_argument(
+        "--video-budget",
+        choices=RULES,
+        help="with --video: per-group splits K evenly over the temporal groups (the default); joint selects once over all",
+    )
+    v.add_argument(
+        "--fps",
+        type=float,
+        help=f"with --video: the frame rate clips are sampled at, which sets the tokens' temporal positions (default: {DEFAULT_FPS:g})",
+    )
     o = p.add_argument_group("output")
     o.add_argument("--out", metavar="PATH", help="graph file (one budget only); default: graphs/<model>[_selector]_b<K>.onnx")
     o.add_argument("--out-dir", metavar="DIR", default="graphs", help="folder for default-named graphs (default: graphs)")
@@ -80,6 +103,19 @@ def parser() -> argparse.ArgumentParser:
     return p
 
 
+def video_options(args) -> dict:
+    """export_requests' clip keywords from --video, --frames, --video-budget and --fps (the last three need --video)."""
+    given = {flag: value for flag, value in (("--frames", args.frames), ("--video-budget", args.video_budget), ("--fps", args.fps)) if value is not None}
+    if not args.video:
+        if given:
+            flag = next(iter(given))
+            raise UsageError(f"{flag} {given[flag]} applies to clips; add --video (or drop {flag})")
+        return {}
+    frames = DEFAULT_FRAMES if args.frames is None else args.frames
+    rule = args.video_budget or RULES[0]
+    return dict(frames=frames, video_budget=rule, fps=DEFAULT_FPS if args.fps is None else args.fps)
+
+
 def main(argv: list[str]) -> int:
     from flashvlm_export.export.job import plan_outputs, run_export
     from flashvlm_export.export.requests import check_export_options, export_requests
@@ -88,6 +124,7 @@ def main(argv: list[str]) -> int:
 
     args = parser().parse_args(argv)
     check_export_options(args.plugin, args.exporter, args.opset, args.workspace)
+    video = video_options(args)
     spec, requests = export_requests(
         args.model,
         args.budget,
@@ -100,6 +137,7 @@ def main(argv: list[str]) -> int:
         budget_range=args.budget_range,
         plugin=args.plugin,
         precision=args.precision,
+        **video,
     )
     outputs = plan_outputs(requests, Path(args.out_dir), args.out, args.split, args.fused)
     source = None if args.selector_only else WeightsSource.from_flags(args.random_weights, args.seed, args.model_path)

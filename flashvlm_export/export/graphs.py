@@ -18,10 +18,11 @@ from flashvlm_export.errors import UsageError
 from flashvlm_export.export.interface import GraphInterface, graph_interface
 from flashvlm_export.export.metadata import encoder_metadata, request_fields, request_metadata, stamped
 from flashvlm_export.export.onnx_export import GraphIO, export_estimate_s, export_onnx, parameter_bytes
-from flashvlm_export.export.options import DEFAULT_EXPORTER, DEFAULT_OPSET, PRECISION_NAMES
-from flashvlm_export.models.positions import token_positions
+from flashvlm_export.export.options import DEFAULT_EXPORTER, DEFAULT_FPS, DEFAULT_OPSET, PRECISION_NAMES
+from flashvlm_export.models.positions import clip_token_positions, second_per_grid, token_positions
 from flashvlm_export.models.spec import ModelSpec
 from flashvlm_export.models.vision import FlashVLMPipeline, SelectorWithEmbeds, VisionEncoder
+from flashvlm_export.selector.clip import DEFAULT_RULE, ClipLayout, StaticClipSelector, check_clip_budget, clip_schedule
 from flashvlm_export.selector.config import SelectorConfig
 from flashvlm_export.selector.range import RangeSelector
 from flashvlm_export.selector.schedule import RangeSchedule, RoundSchedule, range_schedule, round_schedule
@@ -47,11 +48,21 @@ def example_inputs(interface: GraphInterface, seed: int = 0) -> tuple[torch.Tens
     return tuple(tensors)
 
 
-def encoder_module(parts, precision: str) -> VisionEncoder:
-    """The family's encoder (pixels -> X, a, P(X)); fp16/bf16 as a copy behind casts (the fp32 parts stay for the reference)."""
+def encoder_module(parts, precision: str, frames: int | None = None) -> VisionEncoder:
+    """The family's encoder (pixels -> X, a, P(X)); fp16/bf16 as a copy behind casts (the fp32 parts stay for the reference).
+    `frames`: the clip encoder over that many frames (pixels (B, F, 3, H, W) -> the clip's tokens)."""
     if parts is None:
         raise UsageError("the encoder needs the model's weights: pass --random-weights or --model-path")
+    if frames is not None:
+        return parts.clip_encoder(frames, TORCH_DTYPES[precision])
     return parts.encoder(TORCH_DTYPES[precision])
+
+
+def clip_layout(spec: ModelSpec, frames: int | None, rule: str) -> ClipLayout | None:
+    """The clip's temporal groups of a video request (None for images)."""
+    if frames is None:
+        return None
+    return ClipLayout(frames // spec.vision["temporal_patch_size"], spec.n_tokens, rule)
 
 
 class _Traced:
@@ -75,22 +86,24 @@ class EncoderRequest(_Traced):
     spec: ModelSpec
     batch: int
     precision: str = "fp32"
+    frames: int | None = None  # a clip encoder: F frames -> the clip's G * N tokens
     kind = "encoder"
     selector_only = False
     plugin = False
 
     @property
     def tokens(self) -> int:
-        return self.spec.n_tokens
+        clip = clip_layout(self.spec, self.frames, DEFAULT_RULE)
+        return self.spec.n_tokens if clip is None else clip.tokens
 
     def interface(self) -> GraphInterface:
         s = self.spec
         return graph_interface(
-            self.kind, self.batch, s.n_tokens, s.n_tokens, s.t_max, s.vision_hidden, s.text_hidden, s.image_size
+            self.kind, self.batch, self.tokens, self.tokens, s.t_max, s.vision_hidden, s.text_hidden, s.image_size, frames=self.frames
         )
 
     def module(self, parts=None, verification: bool = False) -> torch.nn.Module:
-        return encoder_module(parts, self.precision)
+        return encoder_module(parts, self.precision, self.frames)
 
     def metadata(self, weights: str | None) -> dict[str, str]:
         return encoder_metadata(self, weights)
@@ -108,9 +121,26 @@ class ExportRequest(_Traced):
     plugin: bool = False  # the pruning rounds as one flashvlm::ResidualPrune node
     precision: str = "fp32"  # encoder + projector precision; the selector is always fp32
     budget_min: int | None = None  # set: a budget-range graph, KMIN = budget_min .. KMAX = budget, a budget per image
+    frames: int | None = None  # set: a clip (video) graph of F frames, F/2 temporal groups (selector/clip.py)
+    video_budget: str = DEFAULT_RULE  # a clip's budget rule: per-group or joint
+    fps: float = DEFAULT_FPS  # the clip's sampling rate its positions assume (second_per_grid_t = 2 / fps)
+
+    def __post_init__(self) -> None:
+        if self.clip is not None:
+            check_clip_budget(self.budget, self.clip, self.frames)
+
+    @property
+    def clip(self) -> ClipLayout | None:
+        return clip_layout(self.spec, self.frames, self.video_budget)
+
+    @property
+    def second_per_grid_t(self) -> float:
+        return second_per_grid(self.spec, self.fps)
 
     @property
     def tokens(self) -> int:
+        if self.clip is not None:
+            return self.clip.tokens
         return self.spec.n_tokens if self.n_tokens is None else self.n_tokens
 
     @property
@@ -139,9 +169,18 @@ class ExportRequest(_Traced):
         """The pruning rounds (N, K, step, max_rounds), every budget's for a range: computed once per request."""
         if self.ranged:
             return range_schedule(self.tokens, self.budget_min, self.budget, self.config)
+        if self.clip is not None:
+            return clip_schedule(self.clip, self.budget, self.config)
         return round_schedule(self.tokens, self.budget, self.config)
 
-    def selector(self, verification: bool = False) -> StaticSelector | RangeSelector:
+    def selector(self, verification: bool = False) -> StaticSelector | RangeSelector | StaticClipSelector:
+        if self.clip is not None:
+            prune = None
+            if self.plugin:
+                from flashvlm_export.plugin.node import PluginResidualPrune
+
+                prune = PluginResidualPrune(self.schedule)
+            return StaticClipSelector(self.clip, self.budget, self.config, prune, verification, self.schedule)
         if self.ranged:
             selector = RangeSelector(
                 self.tokens, self.budget_min, self.budget, self.config, verification=verification, schedule=self.schedule
@@ -161,8 +200,14 @@ class ExportRequest(_Traced):
     @property
     def positions(self) -> bool:
         """Whether the graph also returns the kept tokens' (t, h, w) positions: models placed by 3-axis rotary
-        positions, at the model's own N."""
-        return self.spec.has_positions and self.tokens == self.spec.n_tokens
+        positions, at the model's own N (or a clip's)."""
+        return self.spec.has_positions and (self.tokens == self.spec.n_tokens or self.clip is not None)
+
+    def token_positions(self) -> torch.Tensor:
+        """(N, 3) int64: each token's (t, h, w), an image's or a clip's (models/positions.py)."""
+        if self.clip is not None:
+            return clip_token_positions(self.spec, self.frames, self.second_per_grid_t)
+        return token_positions(self.spec)
 
     def interface(self) -> GraphInterface:
         s = self.spec
@@ -177,17 +222,19 @@ class ExportRequest(_Traced):
             s.image_size,
             positions=self.positions,
             budget_min=self.budget_min,
+            frames=self.frames,
+            gram_width=None if self.clip is None else self.clip.gram_width,
         )
 
     def module(self, parts=None, verification: bool = False) -> torch.nn.Module:
         """The static module; with verification=True it also returns the interface's verification outputs."""
-        table = token_positions(self.spec) if self.positions else None
+        table = self.token_positions() if self.positions else None
         selector = SelectorWithEmbeds(self.selector(verification), table)
         if self.selector_only:
             return selector
         if parts is None:
             raise UsageError("the full graph needs the model's weights: pass --random-weights or --model-path")
-        return FlashVLMPipeline(encoder_module(parts, self.precision), selector, verification)
+        return FlashVLMPipeline(encoder_module(parts, self.precision, self.frames), selector, verification)
 
     def metadata(self, weights: str | None) -> dict[str, str]:
         return request_metadata(self, weights)

@@ -15,6 +15,7 @@ imports no torch, so trt and the manifest read metadata without it.
 from __future__ import annotations
 
 import json
+import math
 import re
 from pathlib import Path
 
@@ -46,12 +47,14 @@ def encoder_metadata(request, weights: str | None) -> dict[str, str]:
         graph=request.kind,
         model=s.name,
         batch=request.batch,
-        n_tokens=s.n_tokens,
+        n_tokens=request.tokens,
         image_size=s.image_size,
         vision_hidden=s.vision_hidden,
         text_hidden=s.text_hidden,
         precision=request.precision,
     )
+    if request.frames is not None:
+        values["frames"] = request.frames
     if weights is not None:
         values["weights"] = weights
     return _strings(values)
@@ -85,6 +88,15 @@ def request_metadata(request, weights: str | None) -> dict[str, str]:
     )
     if request.ranged:
         values.update(budget_min=request.budget_min, budget_max=request.budget)
+    if request.frames is not None:  # a clip: k_imp, k_div and step are one group's under per-group
+        values.update(
+            frames=request.frames,
+            video_budget=request.video_budget,
+            temporal_groups=request.clip.groups,
+            group_tokens=request.clip.group_tokens,
+            fps=request.fps,
+            second_per_grid_t=request.second_per_grid_t,
+        )
     if request.plugin:
         from flashvlm_export.plugin import PLUGIN_ID
 
@@ -183,6 +195,17 @@ def request_fields(meta: dict[str, str], source: str) -> dict:
         if precision not in PRECISION_NAMES:
             raise ValueError(f"{precision!r} is not one of {', '.join(PRECISION_NAMES)}")
         config = SelectorConfig.from_dict(json.loads(field("selector_config")))
+        clip = {}
+        if "frames" in meta:
+            clip = dict(frames=whole("frames", 2), video_budget=field("video_budget"), fps=float(field("fps")))
+            key = "fps"
+            if not (math.isfinite(clip["fps"]) and clip["fps"] > 0):
+                raise ValueError(f"{clip['fps']} is not a positive frame rate")
+            key = "n_tokens"
+            groups = clip["frames"] // spec.vision.get("temporal_patch_size", 2)
+            if clip["frames"] % 2 or n_tokens != groups * spec.n_tokens:
+                raise ValueError(f"{n_tokens} tokens for {clip['frames']} frames of {spec.n_tokens}")
+            n_tokens = None  # a clip's N follows from its frames
     except KeyError as exc:
         raise UsageError(f"{source} lacks flashvlm metadata {exc}; {REEXPORT}") from None
     except (ValueError, TypeError, UsageError) as exc:
@@ -199,4 +222,5 @@ def request_fields(meta: dict[str, str], source: str) -> dict:
         plugin=plugin == "1",
         precision=precision,
         budget_min=budget_min,
+        **clip,
     )

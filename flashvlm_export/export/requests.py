@@ -10,9 +10,10 @@ import math
 
 from flashvlm_export.errors import UsageError
 from flashvlm_export.export.graphs import ExportRequest
-from flashvlm_export.export.options import MIN_OPSET
-from flashvlm_export.models.registry import get_spec
+from flashvlm_export.export.options import DEFAULT_FPS, MIN_OPSET
+from flashvlm_export.models.registry import MODELS, get_spec
 from flashvlm_export.models.spec import ModelSpec
+from flashvlm_export.selector.clip import DEFAULT_RULE
 from flashvlm_export.selector.config import SelectorConfig
 from flashvlm_export.selector.schedule import check_budget_range
 
@@ -63,18 +64,24 @@ def export_requests(
     precision: str = "fp32",
     one_budget: bool = False,
     budget_range: str | None = None,
+    frames: int | None = None,
+    video_budget: str = DEFAULT_RULE,
+    fps: float = DEFAULT_FPS,
 ) -> tuple[ModelSpec, list[ExportRequest]]:
     """The model spec and one ExportRequest per budget, every shape checked (memory bounds included); with
-    `budget_range` ("KMIN..KMAX", exclusive with `budgets`) one request for the whole range. `budgets` None: 128."""
+    `budget_range` ("KMIN..KMAX", exclusive with `budgets`) one request for the whole range. `budgets` None: 128.
+    `frames`: a clip (video) graph of that many frames under the `video_budget` rule, its positions at `fps`."""
     from flashvlm_export.limits import check_shape_fits
 
     spec = get_spec(model).at_image_size(image_size)
+    if frames is not None:
+        check_video(spec, frames, fps, n_tokens, budget_range)
     t_max = spec.t_max if t_max is None else t_max
     if t_max < 1:
         raise UsageError(f"--t-max {t_max} must be >= 1 (room for the prompt's text tokens)")
     if batch < 1:
         raise UsageError(f"--batch {batch} must be >= 1")
-    tokens = spec.n_tokens
+    tokens = spec.n_tokens if frames is None else frames // 2 * spec.n_tokens
     if n_tokens is not None:
         from flashvlm_export.selector.static import TOPK_LIMIT
 
@@ -96,9 +103,29 @@ def export_requests(
     if selector_only and precision != "fp32":
         raise UsageError(f"--precision {precision} applies to the encoder; a --selector-only graph is always fp32, drop one")
     common = dict(t_max=t_max, batch=batch, config=config, selector_only=selector_only, n_tokens=n_tokens)
+    if frames is not None:
+        common.update(frames=frames, video_budget=video_budget, fps=fps)
     if budget_range is not None:
         return spec, [ExportRequest(spec=spec, plugin=plugin, precision=precision, **ranged, **common)]
     return spec, [ExportRequest(spec=spec, budget=k, plugin=plugin, precision=precision, **common) for k in ks]
+
+
+def check_video(spec: ModelSpec, frames: int, fps: float, n_tokens: int | None, budget_range: str | None) -> None:
+    """--video: a model with a video path, an even frame count of at least one temporal group, a positive --fps."""
+    if not spec.has_video:
+        with_video = ", ".join(name for name, other in MODELS.items() if other.has_video)
+        raise UsageError(f"--video: {spec.name} has no video path; use --model {with_video.split(', ')[0]} (video: {with_video}) or drop --video")
+    if isinstance(frames, bool) or not isinstance(frames, int) or frames < 2 or frames % 2:
+        fix = 2 if not isinstance(frames, int) or frames < 2 else frames + 1
+        raise UsageError(
+            f"--frames {frames} must be an even number of at least 2 (Qwen2.5-VL pairs frames into temporal groups); use --frames {fix}"
+        )
+    if not (math.isfinite(fps) and fps > 0):
+        raise UsageError(f"--fps {fps} must be a positive frame rate; use e.g. --fps 2 (Qwen's default)")
+    if n_tokens is not None:
+        raise UsageError(f"--n-tokens {n_tokens} and --video exclude each other: a clip's N is --frames / 2 x the image's; drop --n-tokens")
+    if budget_range is not None:
+        raise UsageError(f"--budget-range {budget_range} does not apply to --video yet; pass one --budget")
 
 
 def check_export_options(plugin: bool, exporter: str, opset: int, workspace_gib: float) -> None:

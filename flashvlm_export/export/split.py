@@ -18,7 +18,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 from flashvlm_export.artifacts.files import artifact_size, human_size
-from flashvlm_export.artifacts.naming import external_data_path, split_stem
+from flashvlm_export.artifacts.naming import clip_label, external_data_path, split_stem
 from flashvlm_export.artifacts.placement import atomic_outputs
 from flashvlm_export.artifacts.sidecar import sidecar_path
 from flashvlm_export.export.graphs import EncoderRequest, ExportRequest, export_logged
@@ -74,8 +74,8 @@ class SplitPlan:
 def split_plan(requests: list[ExportRequest], out_dir: Path) -> SplitPlan:
     """The split of full-graph requests (one per budget, same model/batch/precision/plugin) into `out_dir`."""
     first = requests[0]
-    folder = Path(out_dir) / split_stem(first.spec.label, first.batch, first.precision, first.plugin)
-    encoder = EncoderRequest(spec=first.spec, batch=first.batch, precision=first.precision)
+    folder = Path(out_dir) / split_stem(first.spec.label, first.batch, first.precision, first.plugin, clip_label(first))
+    encoder = EncoderRequest(spec=first.spec, batch=first.batch, precision=first.precision, frames=first.frames)
     selectors = tuple(replace(r, selector_only=True, precision="fp32") for r in requests)
     return SplitPlan(folder, encoder, selectors)
 

@@ -5,6 +5,11 @@ token at row h, column w at (p, p + h, p + w) (a still image has t = 0), and the
 p + max(rows, columns) onwards. Pruning keeps each kept token's position and the text's unpruned positions
 (docs/ALGORITHM.md "Batches and other models"): the graphs return `token_positions(spec)[indices]`, relative to
 the image's start p, and `sequence_positions` lays out the LLM's whole (3, L) position ids from them.
+
+A clip (video) of F frames is G = F / 2 temporal groups: group g's tokens sit at t = floor(g * tokens_per_second *
+second_per_grid_t) (second_per_grid_t = temporal_patch_size / fps, the processor's), h and w as an image's; the text
+after the clip advances by max(rows, columns) as after an image (transformers 5.x get_rope_index: the temporal extent
+does not move the text).
 """
 
 from __future__ import annotations
@@ -34,3 +39,22 @@ def sequence_positions(before: int, kept: torch.Tensor, after: int, extent: int)
     image = kept.to(torch.int64).T + before
     tail = torch.arange(after).expand(3, -1) + before + extent
     return torch.cat([head, image, tail], dim=1)
+
+
+def second_per_grid(spec: ModelSpec, fps: float) -> float:
+    """Seconds one temporal group spans for frames sampled at `fps`: temporal_patch_size / fps (Qwen's processor)."""
+    return spec.vision["temporal_patch_size"] / fps
+
+
+def temporal_positions(spec: ModelSpec, groups: int, second_per_grid_t: float) -> torch.Tensor:
+    """(G,) int64: each temporal group's t, as get_rope_index computes it (time interval in float32, truncated)."""
+    interval = spec.vision["tokens_per_second"] * torch.tensor(second_per_grid_t, dtype=torch.float32)
+    return (torch.arange(groups) * interval).long()
+
+
+def clip_token_positions(spec: ModelSpec, frames: int, second_per_grid_t: float) -> torch.Tensor:
+    """(G * N, 3) int64: each token of a clip of `frames` frames, group-major raster order, at its (t, h, w)."""
+    groups = frames // spec.vision["temporal_patch_size"]
+    table = token_positions(spec).repeat(groups, 1)
+    table[:, 0] = temporal_positions(spec, groups, second_per_grid_t).repeat_interleave(spec.n_tokens)
+    return table

@@ -38,6 +38,7 @@ TEMPLATE = (
     "<|im_start|>user\n<|vision_start|><|image_pad|><|vision_end|>{question}<|im_end|>\n<|im_start|>assistant\n"
 )
 IMAGE_PLACEHOLDER = "<|image_pad|>"
+VIDEO_PLACEHOLDER = "<|video_pad|>"  # a clip's tokens go where the processor puts <|video_pad|> (runtime/clip.py)
 BOS_TOKEN, EOS_TOKEN = None, "<|im_end|>"  # Qwen's tokenizer adds no BOS; a chat turn ends at <|im_end|>
 RECORDING = "record_eager"  # keeps the attention weights (reference only); a name with "flash" would pick the flash path
 
@@ -56,6 +57,11 @@ def LLM_CLASS():
 
 def chat_prompt(question: str) -> str:
     return TEMPLATE.format(question=question)
+
+
+def video_prompt(question: str) -> str:
+    """The chat prompt of a clip: Qwen's template with the video placeholder where an image's stands."""
+    return chat_prompt(question).replace(IMAGE_PLACEHOLDER, VIDEO_PLACEHOLDER, 1)
 
 
 def IMAGE_PROCESSOR():
@@ -108,13 +114,28 @@ def patchify(pixel_values: torch.Tensor, patch: int, merge: int, temporal: int) 
     Patches in merge-group-major order (gh/m, gw/m, m, m), each flattened as (C, T, ph, pw) with the still image
     repeated over the T temporal frames, exactly as the processor's patchify; at most 8 dimensions (TensorRT's).
     """
+    x = frame_patches(pixel_values, patch, merge)
+    x = torch.cat([x] * temporal, dim=2)  # a Concat: TorchScript exports an expand with a data-dependent shape
+    return x.reshape(x.shape[0], -1)
+
+
+def frame_patches(pixel_values: torch.Tensor, patch: int, merge: int) -> torch.Tensor:
+    """(B, 3, H, W) -> (B * H/patch * W/patch, 3, 1, patch, patch): one frame's patches in merge-group-major order."""
     b, c, h, w = pixel_values.shape
     gh, gw = h // patch, w // patch
     x = pixel_values.reshape(b, c, gh // merge, merge, patch, gw // merge, merge, patch)
     x = x.permute(0, 2, 5, 3, 6, 1, 4, 7)  # (B, gh/m, gw/m, mh, mw, C, ph, pw)
-    x = x.reshape(b * gh * gw, c, 1, patch, patch)
-    x = torch.cat([x] * temporal, dim=2)  # a Concat: TorchScript exports an expand with a data-dependent shape
-    return x.reshape(b * gh * gw, c * temporal * patch * patch)
+    return x.reshape(b * gh * gw, c, 1, patch, patch)
+
+
+def patchify_clip(frames: torch.Tensor, patch: int, merge: int, temporal: int) -> torch.Tensor:
+    """(B, F, 3, H, W) -> (B * F/temporal * H/patch * W/patch, 3 * temporal * patch * patch): Qwen2VLVideoProcessor's
+    flat layout of a clip whose F is a multiple of `temporal`: temporal group by group, each as an image's patches
+    whose `temporal` frames are the group's consecutive frames (an image repeats one frame)."""
+    b, f, c, h, w = frames.shape
+    groups = frames.reshape(b * (f // temporal), temporal, c, h, w)
+    x = torch.cat([frame_patches(groups[:, t], patch, merge) for t in range(temporal)], dim=2)  # (B*G*S, C, T, ph, pw)
+    return x.reshape(x.shape[0], -1)
 
 
 def unpatchify(flat: torch.Tensor, side: int, patch: int, merge: int) -> torch.Tensor:
@@ -188,8 +209,10 @@ class QwenEncoderCore(nn.Module):
         return attn.proj(out), weights
 
     def forward(self, pixel_values: torch.Tensor):
-        b = pixel_values.shape[0]
-        flat = patchify(pixel_values, self.patch, self.merge, self.temporal)
+        return self.encode(patchify(pixel_values, self.patch, self.merge, self.temporal), pixel_values.shape[0])
+
+    def encode(self, flat: torch.Tensor, b: int):
+        """The tower on the processor's flat patches of b images (or temporal groups) -> X = P(X), a, P(X)."""
         h = self.patch_embed(flat).reshape(b, -1, self.patch_embed.embed_dim)  # (B, S, D) processor order
         h = h.index_select(1, self.patch_order)  # window order
         for i, block in enumerate(self.blocks):
@@ -203,12 +226,51 @@ class QwenEncoderCore(nn.Module):
         return merged, saliency, merged
 
 
+def video_processor_patchify(videos: torch.Tensor, patch_size: int, merge_size: int, temporal_patch_size: int):
+    """Qwen2VLVideoProcessor.patchify (transformers 5.x), line for line: its module needs torchvision, which the
+    reference does not otherwise need (tests/test_qwen_video.py checks this copy against the installed source)."""
+    batch_size, num_frames, channel, resized_height, resized_width = videos.shape
+    if pad := -num_frames % temporal_patch_size:
+        repeats = videos[:, -1:].expand(-1, pad, -1, -1, -1)
+        videos = torch.cat((videos, repeats), dim=1)
+        num_frames += pad
+    grid_t = num_frames // temporal_patch_size
+    grid_h, grid_w = resized_height // patch_size, resized_width // patch_size
+    patches = videos.view(
+        batch_size, grid_t, temporal_patch_size, channel, grid_h // merge_size, merge_size, patch_size,
+        grid_w // merge_size, merge_size, patch_size,
+    )  # fmt: skip
+    patches = patches.permute(0, 1, 4, 7, 5, 8, 3, 2, 6, 9)
+    flatten_patches = patches.reshape(batch_size, grid_t * grid_h * grid_w, channel * temporal_patch_size * patch_size * patch_size)
+    return flatten_patches, grid_t, grid_h, grid_w
+
+
+class QwenClipEncoderCore(nn.Module):
+    """A clip (B, F, 3, H, W), F a multiple of the temporal patch (2) -> X = P(X) (B, G*n, Dl), a (B, G*n), P(X), in
+    the clip's token order (temporal group by group, raster within each): the G = F/2 temporal groups are a batch of
+    images through QwenEncoderCore, as transformers' tower attends within each group (cu_seqlens per group)."""
+
+    def __init__(self, core: QwenEncoderCore, frames: int):
+        super().__init__()
+        if frames % core.temporal:
+            raise UsageError(f"--frames {frames} is not a multiple of {core.temporal} (Qwen2.5-VL's temporal patch); use --frames {frames + 1}")
+        self.core, self.groups = core, frames // core.temporal
+
+    def forward(self, frames: torch.Tensor):
+        b = frames.shape[0]
+        c = self.core
+        x, a, p = c.encode(patchify_clip(frames, c.patch, c.merge, c.temporal), b * self.groups)  # (B*G, n, Dl), ...
+        return x.reshape(b, -1, x.shape[-1]), a.reshape(b, -1), p.reshape(b, -1, p.shape[-1])
+
+
 def _record(module, query, key, value, attention_mask, scaling, dropout=0.0, **kwargs):
-    """transformers' eager attention, keeping the weights on the module: how the reference reads `a`."""
+    """transformers' eager attention, keeping the weights on the module: how the reference reads `a`. Its eager path
+    calls this once per attention chunk (per temporal group of a clip): `flashvlm_chunks` keeps them all."""
     from transformers.models.qwen2_5_vl.modeling_qwen2_5_vl import eager_attention_forward
 
     out, weights = eager_attention_forward(module, query, key, value, attention_mask, scaling, dropout, **kwargs)
     module.flashvlm_weights = weights
+    module.__dict__.setdefault("flashvlm_chunks", []).append(weights)
     return out, weights
 
 
@@ -247,6 +309,38 @@ class QwenParts:
                 a = received.view(-1, cfg.spatial_merge_size**2).mean(dim=-1)[torch.argsort(window_index)]
                 merged.append(out.pooler_output)
                 saliency.append(a)
+        finally:
+            cfg._attn_implementation = saved
+        p = torch.stack(merged)
+        return p, torch.stack(saliency), p
+
+    def clip_encoder(self, frames: int, dtype: torch.dtype = torch.float32) -> VisionEncoder:
+        return VisionEncoder(QwenClipEncoderCore(QwenEncoderCore(self.visual, self.spec.image_size), frames), dtype)
+
+    @torch.no_grad()
+    def reference_clip_features(self, clips: torch.Tensor):
+        """X = P(X), a, P(X) of clips (B, F, 3, H, W) from transformers' own tower, one clip at a time, fed as Qwen's
+        video processor feeds it: its patchify (pixel_values_videos) and video_grid_thw = (F/2, H/14, W/14)."""
+        from transformers import AttentionInterface
+        from transformers.vision_utils import get_vision_window_index
+
+        AttentionInterface.register(RECORDING, _record)
+        cfg = self.visual.config
+        m = cfg.spatial_merge_size
+        last = self.visual.blocks[-1].attn
+        merged, saliency = [], []
+        saved = cfg._attn_implementation
+        cfg._attn_implementation = RECORDING
+        try:
+            for clip in clips:
+                flat, gt, gh, gw = video_processor_patchify(clip[None], cfg.patch_size, m, cfg.temporal_patch_size)
+                grid = torch.tensor([[gt, gh, gw]])
+                last.flashvlm_chunks = []
+                out = self.visual(flat[0], grid_thw=grid)
+                window_index, _ = get_vision_window_index(grid, m, cfg.window_size, cfg.patch_size)
+                received = torch.cat([w[0].mean(dim=0).sum(dim=0) for w in last.flashvlm_chunks])  # (G*S,) window order
+                merged.append(out.pooler_output)
+                saliency.append(received.view(-1, m**2).mean(dim=-1)[torch.argsort(window_index)])
         finally:
             cfg._attn_implementation = saved
         p = torch.stack(merged)

@@ -107,6 +107,11 @@ class ModelSpec:
         return self.n_tokens * self.merge**2 + (1 if self.family == "llava" else 0)
 
     @property
+    def has_video(self) -> bool:
+        """Whether the family encodes clips (export --video): Qwen2.5-VL's temporal groups of two frames."""
+        return self.family == "qwen2_5_vl"
+
+    @property
     def has_positions(self) -> bool:
         """Whether the LLM places visual tokens by (t, h, w) rotary positions, which the graphs then return."""
         return self.family == "qwen2_5_vl"

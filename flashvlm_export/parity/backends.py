@@ -27,6 +27,7 @@ from flashvlm_export.export.interface import (
     GraphInterface,
 )
 from flashvlm_export.parity.compare import SHIPPED_INDICES, padded
+from flashvlm_export.selector.clip import ClipLayout, reference_clip_select
 from flashvlm_export.selector.config import SelectorConfig
 from flashvlm_export.selector.reference import reference_select
 
@@ -44,10 +45,16 @@ class SelectorReference:
 
     name = "reference"
 
-    def __init__(self, budget: int, config: SelectorConfig, verification: bool = True):
+    def __init__(self, budget: int, config: SelectorConfig, verification: bool = True, clip: ClipLayout | None = None):
         self.budget = budget
         self.config = config
         self.verification = verification  # q, F, G for the parity layers; benchmarks turn it off
+        self.clip = clip  # a clip graph's temporal groups and budget rule (selector/clip.py)
+
+    def select(self, x, a, p, text, k, trace=False):
+        if self.clip is not None:
+            return reference_clip_select(x, a, p, text, k, self.config, self.clip, trace=trace)
+        return reference_select(x, a, p, text, k, self.config, trace=trace)
 
     def infer(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         x, a, p, t, mask = _tensors(feeds, SELECTOR_INPUTS)
@@ -57,9 +64,9 @@ class SelectorReference:
             text = t[b][mask[b].bool()]
             k = self.budget if budgets is None else int(budgets[b])
             if not self.verification:
-                rows.append(reference_select(x[b], a[b], p[b], text, k, self.config).numpy())
+                rows.append(self.select(x[b], a[b], p[b], text, k).numpy())
                 continue
-            indices, trace = reference_select(x[b], a[b], p[b], text, k, self.config, trace=True)
+            indices, trace = self.select(x[b], a[b], p[b], text, k, trace=True)
             rows.append(indices.numpy())
             fused.append(trace.fused_scores.numpy())
             grams.append(trace.gram.numpy())
@@ -83,15 +90,16 @@ class PipelineFeatures:
 
     @torch.no_grad()
     def __call__(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        x, a, p = self.parts.reference_features(torch.from_numpy(feeds[PIXEL_VALUES]))
+        pixels = torch.from_numpy(feeds[PIXEL_VALUES])
+        x, a, p = self.parts.reference_clip_features(pixels) if pixels.ndim == 5 else self.parts.reference_features(pixels)
         return {VISION_FEATURES: x.numpy(), CLS_ATTENTION: a.numpy(), PROJECTED_FEATURES: p.numpy()}
 
 
 class PipelineReference(SelectorReference):
     """The reference pipeline: fp32 torch encoder, then the reference selector on its features."""
 
-    def __init__(self, parts, budget: int, config: SelectorConfig):
-        super().__init__(budget, config)
+    def __init__(self, parts, budget: int, config: SelectorConfig, clip: ClipLayout | None = None):
+        super().__init__(budget, config, clip=clip)
         self.features = PipelineFeatures(parts)
 
     def infer(self, feeds):

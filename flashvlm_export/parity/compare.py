@@ -41,6 +41,7 @@ from flashvlm_export.export.interface import (
     VISUAL_EMBEDS,
 )
 from flashvlm_export.progress import plural
+from flashvlm_export.selector.clip import ClipLayout, clip_decide
 from flashvlm_export.selector.config import SelectorConfig
 from flashvlm_export.selector.reference import decide, extrinsic_scores, fuse, intrinsic_scores, no_text_scores, sharpen
 from flashvlm_export.selector.schedule import RangeSchedule, RoundSchedule
@@ -92,9 +93,15 @@ def padded(row: np.ndarray, width: int) -> np.ndarray:
     return np.concatenate([row, np.full(width - len(row), -1, dtype=row.dtype)])
 
 
-def aligned_fused_scores(sharpened: np.ndarray, cls_attention: np.ndarray, has_text: bool, config: SelectorConfig):
-    """The reference's steps 1, 7 and 8 on a backend's own q and a: F through the gate the reference takes on that q."""
-    s_int = intrinsic_scores(torch.from_numpy(np.asarray(cls_attention, dtype=np.float32)))
+def aligned_fused_scores(
+    sharpened: np.ndarray, cls_attention: np.ndarray, has_text: bool, config: SelectorConfig, clip: ClipLayout | None = None
+):
+    """The reference's steps 1, 7 and 8 on a backend's own q and a: F through the gate the reference takes on that q.
+    A clip's: each group's own under per-group, S_int per group under joint (selector/clip.py)."""
+    if clip is not None and clip.per_group:
+        return np.concatenate([aligned_fused_scores(sharpened[sl], cls_attention[sl], has_text, config) for sl in clip.group_slices()])
+    groups = 1 if clip is None else clip.groups
+    s_int = intrinsic_scores(torch.from_numpy(np.asarray(cls_attention, dtype=np.float32)), groups)
     if has_text:
         s_ext = extrinsic_scores(torch.from_numpy(np.asarray(sharpened, dtype=np.float32)), config)
     else:
@@ -102,8 +109,18 @@ def aligned_fused_scores(sharpened: np.ndarray, cls_attention: np.ndarray, has_t
     return fuse(s_int, s_ext, config).numpy()
 
 
+def decisions(fused: np.ndarray, gram: np.ndarray, schedule: RoundSchedule, clip: ClipLayout | None = None) -> np.ndarray:
+    """Steps 9, 11, 12 on given F and G: an image's (decide) or a clip's under its rule (clip_decide)."""
+    fused, gram = torch.from_numpy(np.asarray(fused)), torch.from_numpy(np.asarray(gram))
+    return (decide(fused, gram, schedule) if clip is None else clip_decide(fused, gram, clip, schedule)).numpy()
+
+
 def sensitivity_overlaps(
-    reference: dict[str, np.ndarray], schedule: RoundSchedule | RangeSchedule, seed: int, budgets: np.ndarray | None = None
+    reference: dict[str, np.ndarray],
+    schedule: RoundSchedule | RangeSchedule,
+    seed: int,
+    budgets: np.ndarray | None = None,
+    clip: ClipLayout | None = None,
 ) -> list[float]:
     """The reference against itself with G + symmetric uniform noise of at most 1e-6, per image (each at its own
     budget for a budget-range graph)."""
@@ -118,9 +135,14 @@ def sensitivity_overlaps(
             continue
         gram = reference[GRAM][b]
         noise = rng.uniform(-SENSITIVITY_NOISE, SENSITIVITY_NOISE, size=gram.shape)
-        noisy = (gram + ((noise + noise.T) / 2)).astype(np.float32)
-        perturbed = decide(torch.from_numpy(reference[FUSED_SCORES][b]), torch.from_numpy(noisy), own)
-        overlaps.append(overlap(perturbed.numpy(), indices))
+        if gram.shape[0] == gram.shape[1]:
+            noise = (noise + noise.T) / 2
+        else:  # a per-group clip's stacked (n, n) blocks: each symmetric
+            blocks = noise.reshape(-1, gram.shape[1], gram.shape[1])
+            noise = ((blocks + blocks.transpose(0, 2, 1)) / 2).reshape(gram.shape)
+        noisy = (gram + noise).astype(np.float32)
+        perturbed = decisions(reference[FUSED_SCORES][b], noisy, own, clip)
+        overlaps.append(overlap(perturbed, indices))
     return overlaps
 
 
@@ -155,6 +177,7 @@ class BackendReport:
     differing: list[str] = field(default_factory=list)  # layer 3: images whose index set differs from the reference's
     sensitivity: list[float] = field(default_factory=list)  # the reference's own overlap under 1e-6 noise in G
     token_positions: np.ndarray | None = None  # (N, 3): each token's (t, h, w), for graphs that return positions
+    clip: ClipLayout | None = None  # a clip graph's temporal groups and budget rule: its decisions are clip_decide's
 
     # ------------------------------------------------------------------ verdicts
     @property
@@ -241,18 +264,31 @@ class BackendReport:
                     f"{where}: K >= N keeps every token, the backend returned {indices[:8].tolist()}..."
                 )
             return
+        if self.clip is not None and self.clip.per_group and not self._group_budgets(where, indices, schedule):
+            return
         if FUSED_SCORES not in outputs or GRAM not in outputs:
             for name in (FUSED_SCORES, GRAM):
                 if name not in outputs and name not in self.missing:
                     self.missing.append(name)
             return
         self.decisions_checked += 1
-        expected = decide(torch.from_numpy(outputs[FUSED_SCORES][b]), torch.from_numpy(outputs[GRAM][b]), schedule).numpy()
+        expected = decisions(outputs[FUSED_SCORES][b], outputs[GRAM][b], schedule, self.clip)
         if not np.array_equal(expected, indices):
             only_ref = sorted(set(expected.tolist()) - set(indices.tolist()))
             only_backend = sorted(set(indices.tolist()) - set(expected.tolist()))
             detail = f"only in the decisions {only_ref[:8]}, only in the backend {only_backend[:8]}" if only_ref else "order"
             self.decision_failures.append(f"{where}: its own F and G decide other indices ({detail})")
+
+    def _group_budgets(self, where: str, indices: np.ndarray, schedule: RoundSchedule) -> bool:
+        """A per-group clip: every temporal group keeps exactly K / G tokens (the schedule's budget)."""
+        kept = np.bincount(np.asarray(indices) // self.clip.group_tokens, minlength=self.clip.groups)
+        if np.all(kept == schedule.budget):
+            return True
+        self.decisions_checked += 1
+        self.decision_failures.append(
+            f"{where}: the temporal groups kept {kept.tolist()} tokens, the per-group rule gives each {schedule.budget}"
+        )
+        return False
 
     def replay(self, where: str, outputs: dict, schedule: RoundSchedule) -> None:
         """Layer 1 on a run alone (a Polygraphy replay): its own F and G decide its indices, and its visual_embeds
@@ -317,9 +353,13 @@ class BackendReport:
         has_text = bool(np.asarray(basis[TEXT_MASK][b]).any())
         if has_text:  # with no text s and q are not used (S_ext = 1e-6): nothing to compare
             check(TEXT_RELEVANCE, outputs[TEXT_RELEVANCE][b], own_reference[TEXT_RELEVANCE][b])
-            own_q = sharpen(torch.from_numpy(np.asarray(outputs[TEXT_RELEVANCE][b], dtype=np.float32)), config).numpy()
+            relevance = torch.from_numpy(np.asarray(outputs[TEXT_RELEVANCE][b], dtype=np.float32))
+            if self.clip is not None and self.clip.per_group:  # step 6's softmax is over each group's patches
+                own_q = np.concatenate([sharpen(relevance[sl], config).numpy() for sl in self.clip.group_slices()])
+            else:
+                own_q = sharpen(relevance, config).numpy()
             check(SHARPENED_SCORES, outputs[SHARPENED_SCORES][b], own_q)
-        aligned = aligned_fused_scores(outputs[SHARPENED_SCORES][b], basis[CLS_ATTENTION][b], has_text, config)
+        aligned = aligned_fused_scores(outputs[SHARPENED_SCORES][b], basis[CLS_ATTENTION][b], has_text, config, self.clip)
         check(FUSED_SCORES, outputs[FUSED_SCORES][b], aligned)
         check(GRAM, outputs[GRAM][b], own_reference[GRAM][b])
 

@@ -31,6 +31,7 @@ class Geometry:
     t_max: int  # padded text rows
     batch: int  # static batch of the graph
     budget_range: tuple[int, int] | None = None  # a budget-range graph's (KMIN, KMAX): each case feeds a budget per image
+    frames: int | None = None  # a clip graph's F: each pipeline image becomes a clip of F frames (`clip_of`)
 
 
 @dataclass
@@ -177,6 +178,14 @@ def selector_corpus(geometry: Geometry, seed: int = 0, repeats: int = 2, names=S
 
 
 PIPELINE_CASES = ("noise", "blocks", "flat")
+CLIP_STEP = 28  # pixels a clip pans per frame: one merged token
+
+
+def clip_of(image: np.ndarray, frames: int, motion: int) -> np.ndarray:
+    """(3, H, W) -> (F, 3, H, W): the image panning right by CLIP_STEP pixels a frame (motion odd), or still for the
+    first half of the frames and panning after (motion even): both temporal frames of a group differ once it moves."""
+    start = 0 if motion % 2 else frames // 2
+    return np.stack([np.roll(image, max(0, f - start) * CLIP_STEP, axis=-1) for f in range(frames)])
 
 
 def pipeline_corpus(geometry: Geometry, image_size: int, seed: int = 0, repeats: int = 2) -> list[Case]:
@@ -195,7 +204,7 @@ def pipeline_corpus(geometry: Geometry, image_size: int, seed: int = 0, repeats:
                     img = img[:, :image_size, :image_size]
                 else:
                     img = 0.1 * rng.standard_normal((3, 1, 1)) + 0.01 * rng.standard_normal((3, image_size, image_size))
-                pixels.append(img.astype(np.float32))
+                pixels.append((img if geometry.frames is None else clip_of(img, geometry.frames, len(pixels) + repeat)).astype(np.float32))
                 text, mask = maker.text(None, int(rng.integers(0 if repeat else 1, geometry.t_max + 1)))
                 texts.append(text)
                 masks.append(mask)

@@ -25,7 +25,6 @@ from flashvlm_export.export.interface import (
     VISUAL_EMBEDS,
 )
 from flashvlm_export.export.metadata import graph_metadata
-from flashvlm_export.models.positions import token_positions
 from flashvlm_export.parity.backends import OnnxRuntime, PipelineReference, SelectorReference, TorchModule
 from flashvlm_export.parity.compare import ARITHMETIC_BOUNDS, BackendReport, layer_summary, sensitivity_overlaps
 from flashvlm_export.parity.corpus import Case, Geometry, pipeline_corpus, selector_corpus
@@ -36,7 +35,7 @@ from flashvlm_export.selector.schedule import RoundSchedule, round_schedule
 def geometry_of(request: ExportRequest) -> Geometry:
     s = request.spec
     span = (request.budget_min, request.budget) if request.ranged else None
-    return Geometry(request.tokens, s.vision_hidden, s.text_hidden, request.t_max, request.batch, span)
+    return Geometry(request.tokens, s.vision_hidden, s.text_hidden, request.t_max, request.batch, span, request.frames)
 
 
 def check_graph_interface(graph: Path, request: ExportRequest) -> None:
@@ -131,11 +130,11 @@ def save_records(
 
     report_path = save_dir / f"{stem}_parity.json"
     record = {"cases": [c.name for c in cases], "backends": [r.to_dict() for r in reports], "passed": all(reports)}
-    if ranged:  # the replay judges one schedule per record; a budget-range graph has one per image: the report only
+    if ranged:  # the replay judges one schedule per record; a budget-range graph has one per image (a clip, per group): the report only
         replaced = [report_path] if report_path.exists() else []
         with atomic_outputs([report_path]) as (temp_report,):
             temp_report.write_text(json.dumps(record, indent=2) + "\n")
-        log("Parity: no Polygraphy replay records for a budget-range graph (the replay judges one budget per record); the report only")
+        log("Parity: no Polygraphy replay records for a budget-range or clip graph (the replay judges one image at one budget per record); the report only")
         if replaced:
             log(f"Parity: replaced the earlier record {report_path}")
         return [report_path]
@@ -180,11 +179,11 @@ def check_save_dir(save_dir: Path) -> None:
 def reference_backends(request: ExportRequest, parts):
     """The reference and the static torch module (built with its verification outputs) for this graph."""
     if request.selector_only:
-        reference = SelectorReference(request.budget, request.config)
+        reference = SelectorReference(request.budget, request.config, clip=request.clip)
     else:
         if parts is None:
             raise UsageError("the full graph's parity needs its weights: pass --random-weights or --model-path")
-        reference = PipelineReference(parts, request.budget, request.config)
+        reference = PipelineReference(parts, request.budget, request.config, request.clip)
     return reference, TorchModule(request.module(parts, verification=True), request.interface())
 
 
@@ -241,8 +240,10 @@ def run_parity(
         log(line)
     if save_dir is not None:
         schedule = round_schedule(request.tokens, request.budget, request.config)
-        table = token_positions(request.spec).numpy() if request.positions else None
-        paths = save_records(cases, reports, save_dir, graph.stem, schedule, min_overlap, log, table, ranged=request.ranged)
+        table = request.token_positions().numpy() if request.positions else None
+        # the replay judges one image's decisions per record; a clip's are per group or grouped: the report only
+        whole = request.ranged or request.clip is not None
+        paths = save_records(cases, reports, save_dir, graph.stem, schedule, min_overlap, log, table, ranged=whole)
         log(f"Parity: saved {', '.join(str(p) for p in paths)} ({human_size(sum(p.stat().st_size for p in paths))})")
     return reports
 
@@ -254,14 +255,14 @@ def run_backends(request: ExportRequest, reference: Backend, backends: list[Back
     bounds = dict(ARITHMETIC_BOUNDS)
     if reduced:  # the encoder's own outputs differ by its precision: measured, not a gate (ALGORITHM.md)
         bounds.update({name: None for name in FEATURES})
-    selector_reference = SelectorReference(request.budget, request.config)
-    table = token_positions(request.spec).numpy() if request.positions else None
-    reports = {b.name: BackendReport(b.name, min_overlap, token_positions=table) for b in backends}
+    selector_reference = SelectorReference(request.budget, request.config, clip=request.clip)
+    table = request.token_positions().numpy() if request.positions else None
+    reports = {b.name: BackendReport(b.name, min_overlap, token_positions=table, clip=request.clip) for b in backends}
     for number, case in enumerate(cases):
         expected = reference.infer(case.feeds)
         case.reference_indices = expected[INDICES]
         budgets = case.feeds.get(BUDGET)  # a budget-range graph's: each image checked at its own budget
-        sensitivity = sensitivity_overlaps(expected, schedule, seed=seed * 100_003 + number, budgets=budgets)
+        sensitivity = sensitivity_overlaps(expected, schedule, seed=seed * 100_003 + number, budgets=budgets, clip=request.clip)
         case.reference_sensitivity = sensitivity
         for backend in backends:
             outputs = backend.infer(case.feeds)

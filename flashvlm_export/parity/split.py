@@ -22,7 +22,6 @@ from pathlib import Path
 from flashvlm_export.artifacts.placement import atomic_outputs
 from flashvlm_export.export.interface import BUDGET, FEATURES, INDICES, KEPT, POSITIONS, TEXT_EMBEDS, TEXT_MASK, VISUAL_EMBEDS
 from flashvlm_export.export.manifest import Manifest
-from flashvlm_export.models.positions import token_positions
 from flashvlm_export.parity.backends import OnnxRuntime, PipelineFeatures, SelectorReference
 from flashvlm_export.parity.compare import ARITHMETIC_BOUNDS, SHIPPED_INDICES, BackendReport, layer_summary, sensitivity_overlaps
 from flashvlm_export.parity.corpus import Case, pipeline_corpus
@@ -61,8 +60,10 @@ def run_split_parity(
     bounds = dict(ARITHMETIC_BOUNDS)
     if manifest.record["precision"] != "fp32":  # the encoder's own outputs differ by its precision: measured, not a gate
         bounds.update({name: None for name in FEATURES})
-    table = token_positions(first.spec).numpy() if first.positions else None
-    reports = {k: BackendReport(f"{chain.name}, K={k}", min_overlap, token_positions=table) for k in manifest.budgets}
+    table = first.token_positions().numpy() if first.positions else None
+    reports = {
+        k: BackendReport(f"{chain.name}, K={k}", min_overlap, token_positions=table, clip=first.clip) for k in manifest.budgets
+    }
     with tempfile.TemporaryDirectory(prefix="flashvlm-verify-") as scratch:
         verification = {
             k: OnnxRuntime(
@@ -84,11 +85,13 @@ def run_split_parity(
             basis = {**own_features, **text}
             end_to_end = {**torch_features, **text}
             for k, request in requests.items():
-                selector_reference = SelectorReference(k, request.config)
+                selector_reference = SelectorReference(k, request.config, clip=request.clip)
                 expected = {**torch_features, **selector_reference.infer(end_to_end)}  # the torch pipeline
                 own = selector_reference.infer(basis)  # the reference on the encoder's own outputs
                 schedule = request.schedule
-                sensitivity = sensitivity_overlaps(expected, schedule, seed=seed * 100_003 + number, budgets=budgets)
+                sensitivity = sensitivity_overlaps(
+                    expected, schedule, seed=seed * 100_003 + number, budgets=budgets, clip=request.clip
+                )
                 shipped = chain.select(case.feeds, k if budgets is None else budgets.tolist())
                 outputs = verification[k].infer(basis)  # the verification build: s, q, F, G and its indices
                 outputs.update(own_features)

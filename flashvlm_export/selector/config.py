@@ -10,6 +10,7 @@ from flashvlm_export.errors import UsageError
 
 GATES = ("llava", "norm")
 TEXT_SCOPES = ("all", "before-image")  # which prompt tokens form T (docs/ALGORITHM.md, Qwen2.5-VL)
+VIDEO_BUDGETS = ("per-group", "joint")  # a clip's budget rule (selector/clip.py); the first is the default
 MODEL_DEFAULTS = ("gate",)  # fields whose default is the model's (ModelSpec.gate): LLaVA's code gates "llava", the Qwen port "norm"
 
 

@@ -38,10 +38,19 @@ def gram_matrix(vision_features: torch.Tensor) -> torch.Tensor:
     return z @ z.transpose(-1, -2)
 
 
-def intrinsic_scores(cls_attention: torch.Tensor) -> torch.Tensor:
-    """Step 1: S_int = (a - min a) / (max a - min a + 1e-6), (N,)."""
+def intrinsic_scores(cls_attention: torch.Tensor, groups: int = 1) -> torch.Tensor:
+    """Step 1: S_int = (a - min a) / (max a - min a + 1e-6), (N,); with `groups` > 1 (a clip's temporal groups under
+    the joint rule, selector/clip.py) min and max are each group's own."""
+    if groups > 1:
+        return intrinsic_scores_grouped(cls_attention, groups)
     a = cls_attention
     return (a - a.min()) / (a.max() - a.min() + MINMAX_EPS)
+
+
+def intrinsic_scores_grouped(cls_attention: torch.Tensor, groups: int) -> torch.Tensor:
+    a = cls_attention.reshape(groups, -1)
+    low, high = a.amin(dim=1, keepdim=True), a.amax(dim=1, keepdim=True)
+    return ((a - low) / (high - low + MINMAX_EPS)).reshape(-1)
 
 
 def text_relevance(
@@ -89,9 +98,10 @@ def scores(
     projected_features: torch.Tensor,  # (N, Dl) P(X)
     text_embeds: torch.Tensor,  # (L, Dl) T, unmasked rows only; L may be 0
     config: SelectorConfig,
+    groups: int = 1,  # a clip's temporal groups under the joint rule: S_int normalised per group
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Steps 1-8: (s, q, F); s and q are NaN when there is no text (S_ext = 1e-6 then)."""
-    s_int = intrinsic_scores(cls_attention)
+    s_int = intrinsic_scores(cls_attention, groups)
     if text_embeds.shape[0] == 0:
         unused = torch.full_like(s_int, float("nan"))
         return unused, unused, fuse(s_int, no_text_scores(s_int.shape[0]), config)

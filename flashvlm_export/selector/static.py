@@ -58,16 +58,21 @@ def stable_descending_order(x: torch.Tensor) -> torch.Tensor:
 class StaticScores(nn.Module):
     """Steps 1-8 with a text mask instead of dropped rows: returns F (B, N), and s and q (B, N) of steps 5 and 6."""
 
-    def __init__(self, n_tokens: int, config: SelectorConfig):
+    def __init__(self, n_tokens: int, config: SelectorConfig, groups: int = 1):
+        """`groups` > 1: a clip's temporal groups under the joint rule, S_int normalised per group (selector/clip.py)."""
         super().__init__()
         self.config = config
+        self.groups = groups
         self.quantile_lower, self.quantile_weight = quantile_position(n_tokens, 1 - config.top_p)
         self.quantile_k = n_tokens - self.quantile_lower  # TopK from the top reaching the lower index
 
     def forward(self, cls_attention, projected_features, text_embeds, text_mask):
         c = self.config
         a = cls_attention  # (B, N)
+        if self.groups > 1:
+            a = a.reshape(a.shape[0], self.groups, -1)  # (B, G, n)
         s_int = (a - a.amin(-1, keepdim=True)) / (a.amax(-1, keepdim=True) - a.amin(-1, keepdim=True) + MINMAX_EPS)
+        s_int = s_int.reshape(cls_attention.shape)
 
         mask = text_mask.to(torch.bool)  # (B, T)
         text = text_embeds * mask[..., None].to(text_embeds.dtype)  # masked rows take part in nothing
