@@ -28,7 +28,7 @@ KEPT = "kept"  # (B,) int64: tokens each image kept, an output of a budget-range
 TEXT_RELEVANCE = "text_relevance"  # s (B, N), step 5
 SHARPENED_SCORES = "sharpened_scores"  # q (B, N), step 6: before step 7's top-p gate
 FUSED_SCORES = "fused_scores"  # F (B, N), step 8
-GRAM = "gram"  # G (B, N, N), step 10
+GRAM = "gram"  # G (B, N, N), step 10; a model cut into crops (LLaVA-NeXT): each crop's, (B, crops, N/crops, N/crops)
 
 FEATURES = (VISION_FEATURES, CLS_ATTENTION, PROJECTED_FEATURES)
 SELECTOR_INPUTS = (*FEATURES, TEXT_EMBEDS, TEXT_MASK)
@@ -88,6 +88,7 @@ def graph_interface(
     image_size: int,
     positions: bool = False,
     budget_min: int | None = None,
+    crops: int = 1,
 ) -> GraphInterface:
     """The interface of one graph; `budget >= n_tokens` keeps every token and decides nothing.
 
@@ -95,6 +96,7 @@ def graph_interface(
     outputs also hold the kept tokens' (t, h, w) rotary positions (models/positions.py). budget_min: a budget-range
     graph (budget_min..budget): it also takes `budget` (B,) and returns `kept` (B,); its indices, visual_embeds
     and positions are padded to K = budget (-1 indices and positions, zero rows after each image's kept ones).
+    crops > 1 (LLaVA-NeXT): pixel_values (B, crops, 3, S, S); the N tokens are the crops' crop-major, and G is per crop.
     """
     if kind not in GRAPH_KINDS:
         raise ValueError(f"unknown graph kind {kind!r}")
@@ -105,7 +107,8 @@ def graph_interface(
         TensorSpec(CLS_ATTENTION, (b, n), f32),
         TensorSpec(PROJECTED_FEATURES, (b, n, text_hidden), f32),
     )
-    pixels = TensorSpec(PIXEL_VALUES, (b, 3, image_size, image_size), f32)
+    pixels = TensorSpec(PIXEL_VALUES, (b, *((crops,) if crops > 1 else ()), 3, image_size, image_size), f32)
+    gram = (b, crops, n // crops, n // crops) if crops > 1 else (b, n, n)
     if kind == "encoder":
         return GraphInterface(kind, (pixels,), features, ())
     text = (TensorSpec(TEXT_EMBEDS, (b, t_max, text_hidden), f32), TensorSpec(TEXT_MASK, (b, t_max), np.bool_))
@@ -122,7 +125,7 @@ def graph_interface(
             TensorSpec(TEXT_RELEVANCE, (b, n), f32),
             TensorSpec(SHARPENED_SCORES, (b, n), f32),
             TensorSpec(FUSED_SCORES, (b, n), f32),
-            TensorSpec(GRAM, (b, n, n), f32),
+            TensorSpec(GRAM, gram, f32),
         )
     )
     if kind == "selector":
