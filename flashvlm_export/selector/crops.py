@@ -30,7 +30,8 @@ class CropSelector(nn.Module):
             return t.reshape(b * c, n, *t.shape[2:])
 
         def per_photo_text(t: torch.Tensor) -> torch.Tensor:  # (B, T, ...) -> (B x crops, T, ...): each crop the photo's text
-            return t[:, None].expand(b, c, *t.shape[1:]).reshape(b * c, *t.shape[1:])
+            # a Concat: TorchScript exports an expand with a data-dependent shape
+            return torch.cat([t[:, None]] * c, dim=1).reshape(b * c, *t.shape[1:])
 
         out = self.selector(
             per_crop(vision_features),
