@@ -262,3 +262,22 @@ def test_the_full_graph_passes_parity_in_onnx_runtime(next_graphs, next_parts):
 
     reports = run_parity(next_graphs[K], next_parts, repeats=1, log=lambda *_: None)
     assert all(reports) and {r.backend for r in reports} >= {"static-torch", "onnxruntime[CPU]"}
+
+
+def test_split_export_parity_and_run_through_the_cli(tmp_path, capsys):
+    """One encoder graph for the crops, a selector per budget; parity of the chain; run with heatmap and both answers."""
+    from flashvlm_export.cli import main
+    from flashvlm_export.runtime.image import demo_picture
+
+    quick = ["--max-rounds", "4"]  # the same graph shape with 4 pruning rounds: seconds to export
+    assert main(["--model", "llava-next-tiny", "--budget", "160,80", "--random-weights", "--out-dir", str(tmp_path), *quick]) == 0
+    manifest = tmp_path / "llava-next-tiny_split" / "manifest.json"
+    assert (manifest.parent / "encoder.onnx").is_file()
+    assert main(["parity", "--manifest", str(manifest), "--repeats", "1", "--no-save"]) == 0
+    demo_picture(500).resize((500, 500)).save(tmp_path / "photo.png")
+    capsys.readouterr()
+    argv = ["run", "--manifest", str(manifest), "--budget", "80", "--image", str(tmp_path / "photo.png"), "--question", QUESTION]
+    assert main([*argv, "--heatmap", str(tmp_path / "kept.png"), "--compare-full", "--max-new-tokens", "2"]) == 0
+    out = capsys.readouterr().out
+    assert "selected 80/2880 tokens" in out and "Answer [full N=2880]" in out and (tmp_path / "kept.png").is_file()
+    assert "laid out as LLaVA-NeXT's input: 2928 rows" in out  # 576 + 48 rows of 48 + newline
