@@ -42,7 +42,7 @@ def bytes_per_image(spec, n_tokens: int, t_max: int, selector_only: bool) -> int
     heads = int(spec.vision.get("num_attention_heads", spec.vision.get("num_heads", 16)))
     width = int(spec.vision.get("hidden_size", spec.vision_hidden))
     inner = int(spec.vision.get("intermediate_size", 4 * width))
-    encoder = 3 * spec.image_size**2 + heads * seq * seq + seq * (width + inner)
+    encoder = getattr(spec, "crops", 1) * (3 * spec.image_size**2 + heads * seq * seq + seq * (width + inner))
     return LIVE_COPIES * FLOAT * (selector + encoder)
 
 

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 
 from flashvlm_export.models.spec import DecoderGeometry, ModelSpec
 from flashvlm_export.models.zoo.llava15 import LLAMA2_7B, LLAVA15
+from flashvlm_export.models.zoo.llava_next import LLAVA_NEXT_VICUNA_7B
 from flashvlm_export.models.zoo.qwen2_5_vl import QWEN25_VL_3B, QWEN25_VL_7B
 
 MIB = 1 << 20
@@ -73,13 +74,19 @@ class VlmCost:
 
 
 LLAVA15_7B = VlmCost("LLaVA-1.5-7B", VICUNA_7B, CLIP_L336, LLAVA15.n_tokens, (192, 128, 64, 32))
+_NEXT = LLAVA_NEXT_VICUNA_7B  # llava-next-vicuna-7b at its default 2x2 grid: 5 crops, N = 2880
 LLAVA_NEXT_7B = VlmCost(
     "LLaVA-NeXT-7B",
-    VICUNA_7B,
+    _NEXT.decoder,
     EncoderGeometry(
-        "CLIP ViT-L/14-336 x 5 crops", CLIP_L336.layers, CLIP_L336.hidden, CLIP_L336.intermediate, CLIP_L336.tokens, 5
+        f"CLIP ViT-L/14-336 x {_NEXT.crops} crops",
+        _NEXT.vision["num_hidden_layers"],
+        _NEXT.vision_hidden,
+        _NEXT.vision["intermediate_size"],
+        _NEXT.crop_tokens + 1,  # CLS
+        _NEXT.crops,
     ),
-    2880,
+    _NEXT.n_tokens,
     (640, 320, 160),
     paper={2880: (43.6, 1440.0), 640: (11.3, 356.0), 160: (3.6, 78.0)},  # FlashVLM paper, Table 4
 )

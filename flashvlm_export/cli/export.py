@@ -132,6 +132,7 @@ def main(argv: list[str]) -> int:
         t_max=args.t_max,
         batch=args.batch,
         image_size=args.image_size,
+        grid=args.grid,
         selector_only=args.selector_only,
         n_tokens=args.n_tokens,
         budget_range=args.budget_range,

@@ -85,6 +85,12 @@ def add_graph_flags(p: argparse.ArgumentParser, many_budgets: bool) -> list[str]
             f"multiples of {QWEN25_VL_7B.image_size_step} (default {QWEN25_VL_7B.image_size})",
         ),
         g.add_argument(
+            "--grid",
+            metavar="ROWSxCOLS",
+            help="LLaVA-NeXT: the grid of crops beside the base image, fixed at export (default 2x2: 1 + 4 crops, N = 2880); "
+            "one of the checkpoint's pinpoints (1x2, 2x1, 2x2, 3x1, 1x3)",
+        ),
+        g.add_argument(
             "--selector-only", action="store_true", help="export the selection core alone (inputs X, a, P(X), T, mask)"
         ),
         g.add_argument(

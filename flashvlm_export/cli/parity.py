@@ -103,6 +103,7 @@ def main(argv: list[str]) -> int:
                 t_max=args.t_max,
                 batch=args.batch,
                 image_size=args.image_size,
+                grid=args.grid,
                 selector_only=True,
                 n_tokens=args.n_tokens,
                 one_budget=True,

@@ -99,7 +99,16 @@ class EncoderRequest(_Traced):
     def interface(self) -> GraphInterface:
         s = self.spec
         return graph_interface(
-            self.kind, self.batch, self.tokens, self.tokens, s.t_max, s.vision_hidden, s.text_hidden, s.image_size, frames=self.frames
+            self.kind,
+            self.batch,
+            self.tokens,
+            self.tokens,
+            s.t_max,
+            s.vision_hidden,
+            s.text_hidden,
+            s.image_size,
+            frames=self.frames,
+            crops=s.crops,
         )
 
     def module(self, parts=None, verification: bool = False) -> torch.nn.Module:
@@ -148,6 +157,16 @@ class ExportRequest(_Traced):
         return self.budget_min is not None
 
     @property
+    def crops(self) -> int:
+        """Images per photo the selector sees (LLaVA-NeXT: the base image and the grid's crops), each at budget / crops."""
+        return self.spec.crops
+
+    @property
+    def crop_budget(self) -> int:
+        """K per crop (K itself without crops); export/requests.py checks that K divides evenly."""
+        return self.budget // self.crops
+
+    @property
     def budget_label(self) -> str:
         """"128", or "16-256" for a budget range: file names and messages."""
         return f"{self.budget_min}-{self.budget}" if self.ranged else str(self.budget)
@@ -171,7 +190,7 @@ class ExportRequest(_Traced):
             return range_schedule(self.tokens, self.budget_min, self.budget, self.config)
         if self.clip is not None:
             return clip_schedule(self.clip, self.budget, self.config)
-        return round_schedule(self.tokens, self.budget, self.config)
+        return round_schedule(self.tokens // self.crops, self.crop_budget, self.config)  # one crop's (the image's)
 
     def selector(self, verification: bool = False) -> StaticSelector | RangeSelector | StaticClipSelector:
         if self.clip is not None:
@@ -190,11 +209,16 @@ class ExportRequest(_Traced):
 
                 selector.prune = PluginRangePrune(selector.schedule)
             return selector
-        selector = StaticSelector(self.tokens, self.budget, self.config, verification=verification, schedule=self.schedule)
+        n, k = self.tokens // self.crops, self.crop_budget
+        selector = StaticSelector(n, k, self.config, verification=verification, schedule=self.schedule)
         if self.plugin:
             from flashvlm_export.plugin.node import PluginResidualPrune
 
             selector.prune = PluginResidualPrune(selector.schedule)
+        if self.crops > 1:
+            from flashvlm_export.selector.crops import CropSelector
+
+            return CropSelector(selector, self.crops)
         return selector
 
     @property
@@ -224,6 +248,7 @@ class ExportRequest(_Traced):
             budget_min=self.budget_min,
             frames=self.frames,
             gram_width=None if self.clip is None else self.clip.gram_width,
+            crops=s.crops,
         )
 
     def module(self, parts=None, verification: bool = False) -> torch.nn.Module:

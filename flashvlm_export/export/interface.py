@@ -28,7 +28,8 @@ KEPT = "kept"  # (B,) int64: tokens each image kept, an output of a budget-range
 TEXT_RELEVANCE = "text_relevance"  # s (B, N), step 5
 SHARPENED_SCORES = "sharpened_scores"  # q (B, N), step 6: before step 7's top-p gate
 FUSED_SCORES = "fused_scores"  # F (B, N), step 8
-GRAM = "gram"  # G (B, N, N), step 10; a per-group clip graph's (B, N, n): each token against its own group
+GRAM = "gram"  # G (B, N, N), step 10; a per-group clip graph's (B, N, n): each token against its own group; a model
+# cut into crops (LLaVA-NeXT): each crop's, (B, crops, N/crops, N/crops)
 
 FEATURES = (VISION_FEATURES, CLS_ATTENTION, PROJECTED_FEATURES)
 SELECTOR_INPUTS = (*FEATURES, TEXT_EMBEDS, TEXT_MASK)
@@ -90,6 +91,7 @@ def graph_interface(
     budget_min: int | None = None,
     frames: int | None = None,
     gram_width: int | None = None,
+    crops: int = 1,
 ) -> GraphInterface:
     """The interface of one graph; `budget >= n_tokens` keeps every token and decides nothing.
 
@@ -99,6 +101,7 @@ def graph_interface(
     and positions are padded to K = budget (-1 indices and positions, zero rows after each image's kept ones).
     frames: a clip graph: pixel_values (B, F, 3, H, W), N the clip's tokens (selector/clip.py); gram_width: the columns
     of its Gram (a group's n under the per-group rule).
+    crops > 1 (LLaVA-NeXT): pixel_values (B, crops, 3, S, S); the N tokens are the crops' crop-major, and G is per crop.
     """
     if kind not in GRAPH_KINDS:
         raise ValueError(f"unknown graph kind {kind!r}")
@@ -109,8 +112,9 @@ def graph_interface(
         TensorSpec(CLS_ATTENTION, (b, n), f32),
         TensorSpec(PROJECTED_FEATURES, (b, n, text_hidden), f32),
     )
-    clip = () if frames is None else (frames,)
-    pixels = TensorSpec(PIXEL_VALUES, (b, *clip, 3, image_size, image_size), f32)
+    stack = (frames,) if frames is not None else (crops,) if crops > 1 else ()  # a clip's frames or a photo's crops
+    pixels = TensorSpec(PIXEL_VALUES, (b, *stack, 3, image_size, image_size), f32)
+    gram = (b, crops, n // crops, n // crops) if crops > 1 else (b, n, gram_width or n)
     if kind == "encoder":
         return GraphInterface(kind, (pixels,), features, ())
     text = (TensorSpec(TEXT_EMBEDS, (b, t_max, text_hidden), f32), TensorSpec(TEXT_MASK, (b, t_max), np.bool_))
@@ -127,7 +131,7 @@ def graph_interface(
             TensorSpec(TEXT_RELEVANCE, (b, n), f32),
             TensorSpec(SHARPENED_SCORES, (b, n), f32),
             TensorSpec(FUSED_SCORES, (b, n), f32),
-            TensorSpec(GRAM, (b, n, gram_width or n), f32),
+            TensorSpec(GRAM, gram, f32),
         )
     )
     if kind == "selector":

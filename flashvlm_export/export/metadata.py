@@ -55,9 +55,15 @@ def encoder_metadata(request, weights: str | None) -> dict[str, str]:
     )
     if request.frames is not None:
         values["frames"] = request.frames
+    values.update(_grid(s))
     if weights is not None:
         values["weights"] = weights
     return _strings(values)
+
+
+def _grid(spec) -> dict:
+    """A model cut into crops records its grid ("2x2") and crop count; others record nothing more."""
+    return {} if spec.grid is None else {"grid": f"{spec.grid[0]}x{spec.grid[1]}", "crops": spec.crops}
 
 
 def request_metadata(request, weights: str | None) -> dict[str, str]:
@@ -86,6 +92,7 @@ def request_metadata(request, weights: str | None) -> dict[str, str]:
         plugin=int(request.plugin),
         precision=request.precision,
     )
+    values.update(_grid(request.spec))
     if request.ranged:
         values.update(budget_min=request.budget_min, budget_max=request.budget)
     if request.frames is not None:  # a clip: k_imp, k_div and step are one group's under per-group
@@ -175,6 +182,8 @@ def request_fields(meta: dict[str, str], source: str) -> dict:
         spec = get_spec(field("model"))
         key = "image_size"
         spec = spec.at_image_size(int(meta.get("image_size", spec.image_size)), "image_size")
+        key = "grid"
+        spec = spec.at_grid(meta.get("grid"), "grid")
         budget, t_max, batch, n_tokens = whole("budget"), whole("t_max"), whole("batch"), whole("n_tokens", 2)
         key = "budget"
         check_budget_range(budget, n_tokens, where=f" for n_tokens {n_tokens}")

@@ -34,6 +34,19 @@ def parse_budgets(text: str, n_tokens: int, model: str) -> list[int]:
     return budgets
 
 
+def check_crop_budget(budget: int, spec: ModelSpec) -> None:
+    """A model cut into crops selects budget / crops tokens per crop: the budget must divide evenly, >= 2 per crop."""
+    c = spec.crops
+    if c == 1 or (budget % c == 0 and budget // c >= 2):
+        return
+    low, high = max(budget // c * c, 2 * c), max(budget // c * c + c, 3 * c)
+    near = f"{low} or {high}" if low < budget else f"{low}"
+    raise UsageError(
+        f"--budget {budget} does not split evenly over {spec.name}'s {c} crops (--grid {spec.grid[0]}x{spec.grid[1]}: the base "
+        f"image and {c - 1} crops, each selected with K / {c}); use --budget {near}"
+    )
+
+
 def parse_budget_range(text: str, n_tokens: int, model: str) -> tuple[int, int]:
     """--budget-range "16..256": two whole numbers in the budget range, KMIN < KMAX."""
     low, sep, high = text.partition("..")
@@ -67,13 +80,14 @@ def export_requests(
     frames: int | None = None,
     video_budget: str = DEFAULT_RULE,
     fps: float = DEFAULT_FPS,
+    grid: str | None = None,
 ) -> tuple[ModelSpec, list[ExportRequest]]:
     """The model spec and one ExportRequest per budget, every shape checked (memory bounds included); with
     `budget_range` ("KMIN..KMAX", exclusive with `budgets`) one request for the whole range. `budgets` None: 128.
     `frames`: a clip (video) graph of that many frames under the `video_budget` rule, its positions at `fps`."""
     from flashvlm_export.limits import check_shape_fits
 
-    spec = get_spec(model).at_image_size(image_size)
+    spec = get_spec(model).at_image_size(image_size).at_grid(grid)
     if frames is not None:
         check_video(spec, frames, fps, n_tokens, budget_range)
     t_max = spec.t_max if t_max is None else t_max
@@ -89,7 +103,11 @@ def export_requests(
             raise UsageError(f"--n-tokens {n_tokens} needs --selector-only: the full graph's N comes from the image size")
         if not 2 <= n_tokens <= TOPK_LIMIT:
             raise UsageError(f"--n-tokens {n_tokens} is out of range; use 2 <= N <= {TOPK_LIMIT} (TensorRT's TopK limit)")
+        if spec.crops > 1:
+            raise UsageError(f"--n-tokens {n_tokens}: {spec.name}'s N is its crops' ({spec.crops} x {spec.crop_tokens}); drop --n-tokens")
         tokens = n_tokens
+    if budget_range is not None and spec.crops > 1:
+        raise UsageError(f"--budget-range {budget_range} is not built for a model cut into crops ({spec.name}); pass --budget K1,K2,...")
     check_shape_fits(spec, tokens, t_max, batch, selector_only)
     if budget_range is not None:
         if budgets is not None:
@@ -98,6 +116,8 @@ def export_requests(
         ranged = dict(budget=k_max, budget_min=k_min)
     budgets = DEFAULT_BUDGET if budgets is None else budgets
     ks = [] if budget_range is not None else parse_budgets(budgets, tokens, spec.name)
+    for k in ks:
+        check_crop_budget(k, spec)
     if one_budget and len(ks) > 1:
         raise UsageError(f"--budget {budgets}: this command takes one budget")
     if selector_only and precision != "fp32":

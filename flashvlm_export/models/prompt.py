@@ -17,7 +17,8 @@ from flashvlm_export.models.spec import ModelSpec
 
 def prompt_token_ids(tokenizer, question: str, spec: ModelSpec) -> list[int]:
     """Token ids of the model's chat prompt (BOS included where the tokenizer adds one), one image placeholder."""
-    return list(tokenizer(adapter(spec).chat_prompt(question)).input_ids)
+    prompt = spec.chat_template.format(question=question) if spec.chat_template else adapter(spec).chat_prompt(question)
+    return list(tokenizer(prompt).input_ids)
 
 
 def text_token_ids(token_ids: list[int], image_token_index: int, scope: str = "all") -> list[int]:

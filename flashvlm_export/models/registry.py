@@ -11,9 +11,9 @@ import importlib
 
 from flashvlm_export.errors import UsageError
 from flashvlm_export.models.spec import ModelSpec
-from flashvlm_export.models.zoo import llava15, qwen2_5_vl
+from flashvlm_export.models.zoo import llava15, llava_next, qwen2_5_vl
 
-ZOO = (llava15, qwen2_5_vl)
+ZOO = (llava15, qwen2_5_vl, llava_next)
 MODELS: dict[str, ModelSpec] = {spec.name: spec for module in ZOO for spec in module.SPECS}
 
 

@@ -35,7 +35,7 @@ class DecoderGeometry:
         )
 
 
-FAMILIES = ("llava", "qwen2_5_vl")  # the adapter modules of models/ (models/registry.py imports them)
+FAMILIES = ("llava", "qwen2_5_vl", "llava_next")  # the adapter modules of models/ (models/registry.py imports them)
 
 
 @dataclass(frozen=True)
@@ -67,12 +67,19 @@ class ModelSpec:
     tie_word_embeddings: bool = False  # the LLM's lm_head shares embed_tokens' weights (Qwen2.5-VL-3B)
     description: str = ""
     declared_image_size: int = 0  # the declared side (set from image_size); at_image_size keeps it
+    # LLaVA-NeXT (anyres): the base image plus a grid of image_size crops, each an image of its own to the selector
+    pinpoints: tuple[tuple[int, int], ...] = ()  # the checkpoint's image_grid_pinpoints, (height, width) px
+    grid: tuple[int, int] | None = None  # (rows, columns) of crops fixed at export (--grid); None: one image, no crops
+    chat_template: str = ""  # the chat prompt with {question}, where the checkpoint's differs from its family's
+    declared_grid: tuple[int, int] | None = None  # the declared grid (set from grid); at_grid keeps it
 
     def __post_init__(self) -> None:
         if self.family not in FAMILIES:
             raise ValueError(f"{self.name}: unknown family {self.family!r}")
         if not self.declared_image_size:
             object.__setattr__(self, "declared_image_size", self.image_size)
+        if self.declared_grid is None and self.grid is not None:
+            object.__setattr__(self, "declared_grid", self.grid)
 
     @property
     def token_stride(self) -> int:
@@ -85,13 +92,25 @@ class ModelSpec:
         return self.image_size // self.token_stride
 
     @property
-    def n_tokens(self) -> int:
+    def crops(self) -> int:
+        """Images the vision tower sees per photo: 1, or the base image plus the grid's crops (LLaVA-NeXT 2x2: 5)."""
+        return 1 if self.grid is None else 1 + self.grid[0] * self.grid[1]
+
+    @property
+    def crop_tokens(self) -> int:
+        """Visual tokens per crop (per image when there are no crops)."""
         return self.grid_side**2
+
+    @property
+    def n_tokens(self) -> int:
+        """Visual tokens per photo: every crop's, crop-major (base first, then the grid row by row)."""
+        return self.crops * self.crop_tokens
 
     @property
     def label(self) -> str:
         """The model's name in artifact names: the --model name, with the side when not the default (qwen2.5-vl-7b-476px)."""
-        return self.name if self.image_size == self.declared_image_size else f"{self.name}-{self.image_size}px"
+        name = self.name if self.image_size == self.declared_image_size else f"{self.name}-{self.image_size}px"
+        return name if self.grid == self.declared_grid else f"{name}-{self.grid[0]}x{self.grid[1]}"
 
     def selector_config(self, **settings):
         """A SelectorConfig with this model's defaults (its gate: `norm` for Qwen2.5-VL, `llava` for LLaVA) under the
@@ -104,7 +123,7 @@ class ModelSpec:
     @property
     def vision_sequence(self) -> int:
         """Rows the vision tower attends over per image: the patches (merge^2 per token), plus CLIP's CLS for LLaVA."""
-        return self.n_tokens * self.merge**2 + (1 if self.family == "llava" else 0)
+        return self.crop_tokens * self.merge**2 + (1 if self.family in ("llava", "llava_next") else 0)
 
     @property
     def has_video(self) -> bool:
@@ -115,6 +134,26 @@ class ModelSpec:
     def has_positions(self) -> bool:
         """Whether the LLM places visual tokens by (t, h, w) rotary positions, which the graphs then return."""
         return self.family == "qwen2_5_vl"
+
+    def pinpoint_grid(self, number: int) -> tuple[int, int]:
+        """The grid (rows, columns) of the checkpoint's pinpoint `number`."""
+        height, width = self.pinpoints[number]
+        return height // self.image_size, width // self.image_size
+
+    def at_grid(self, text: str | None, flag: str = "--grid") -> ModelSpec:
+        """This spec at another grid of crops ("ROWSxCOLS"), one the checkpoint lists; anything else is a one-line error."""
+        from dataclasses import replace
+
+        if text is None:
+            return self
+        if not self.pinpoints:
+            raise UsageError(f"{flag} {text}: {self.name} takes one {self.image_size} px image, no grid of crops; drop {flag}")
+        grids = [self.pinpoint_grid(i) for i in range(len(self.pinpoints))]
+        listed = ", ".join(f"{r}x{c}" for r, c in grids)
+        rows, sep, cols = str(text).lower().partition("x")
+        if not (sep and rows.isdigit() and cols.isdigit()) or (int(rows), int(cols)) not in grids:
+            raise UsageError(f"{flag} {text} is not a grid {self.name}'s checkpoint lists; use one of {listed} (ROWSxCOLS)")
+        return replace(self, grid=(int(rows), int(cols)))
 
     def at_image_size(self, size: int | None, flag: str = "--image-size") -> ModelSpec:
         """This spec at another image side, if the family allows it; a size it cannot take is a one-line error."""

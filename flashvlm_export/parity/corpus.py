@@ -188,8 +188,22 @@ def clip_of(image: np.ndarray, frames: int, motion: int) -> np.ndarray:
     return np.stack([np.roll(image, max(0, f - start) * CLIP_STEP, axis=-1) for f in range(frames)])
 
 
-def pipeline_corpus(geometry: Geometry, image_size: int, seed: int = 0, repeats: int = 2) -> list[Case]:
-    """Normalised-pixel images (noise, blocks of colour, near-flat) with random text."""
+def grid_crops(image: np.ndarray, grid: tuple[int, int], side: int) -> np.ndarray:
+    """A (3, rows x side, cols x side) picture as LLaVA-NeXT's graphs take it: (1 + rows x cols, 3, side, side), the base
+    image (the picture shrunk to side x side, each pixel the mean of its rows x cols block) then the crops row by row."""
+    rows, cols = grid
+    base = image.reshape(3, side, rows, side, cols).mean(axis=(2, 4))
+    tiles = image.reshape(3, rows, side, cols, side).transpose(1, 3, 0, 2, 4).reshape(rows * cols, 3, side, side)
+    return np.concatenate([base[None], tiles]).astype(np.float32)
+
+
+def pipeline_corpus(
+    geometry: Geometry, image_size: int, seed: int = 0, repeats: int = 2, grid: tuple[int, int] | None = None
+) -> list[Case]:
+    """Normalised-pixel images (noise, blocks of colour, near-flat) with random text; with a grid (LLaVA-NeXT) each
+    picture is rows x cols crops large and fed as its base image and crops (grid_crops)."""
+    rows, cols = grid or (1, 1)
+    height, width = rows * image_size, cols * image_size
     cases = []
     for name in PIPELINE_CASES:
         for repeat in range(repeats):
@@ -198,13 +212,16 @@ def pipeline_corpus(geometry: Geometry, image_size: int, seed: int = 0, repeats:
             pixels, texts, masks = [], [], []
             for _ in range(geometry.batch):
                 if name == "noise":
-                    img = rng.standard_normal((3, image_size, image_size))
+                    img = rng.standard_normal((3, height, width))
                 elif name == "blocks":
-                    img = np.repeat(np.repeat(rng.standard_normal((3, 8, 8)), image_size // 8 + 1, 1), image_size // 8 + 1, 2)
-                    img = img[:, :image_size, :image_size]
+                    img = np.repeat(np.repeat(rng.standard_normal((3, 8, 8)), height // 8 + 1, 1), width // 8 + 1, 2)
+                    img = img[:, :height, :width]
                 else:
-                    img = 0.1 * rng.standard_normal((3, 1, 1)) + 0.01 * rng.standard_normal((3, image_size, image_size))
-                pixels.append((img if geometry.frames is None else clip_of(img, geometry.frames, len(pixels) + repeat)).astype(np.float32))
+                    img = 0.1 * rng.standard_normal((3, 1, 1)) + 0.01 * rng.standard_normal((3, height, width))
+                if geometry.frames is not None:
+                    pixels.append(clip_of(img, geometry.frames, len(pixels) + repeat).astype(np.float32))
+                else:
+                    pixels.append(img.astype(np.float32) if grid is None else grid_crops(img, grid, image_size))
                 text, mask = maker.text(None, int(rng.integers(0 if repeat else 1, geometry.t_max + 1)))
                 texts.append(text)
                 masks.append(mask)

@@ -25,9 +25,10 @@ from flashvlm_export.export.interface import (
     VISUAL_EMBEDS,
 )
 from flashvlm_export.export.metadata import graph_metadata
-from flashvlm_export.parity.backends import OnnxRuntime, PipelineReference, SelectorReference, TorchModule
+from flashvlm_export.parity.backends import OnnxRuntime, PipelineFeatures, PipelineReference, SelectorReference, TorchModule
 from flashvlm_export.parity.compare import ARITHMETIC_BOUNDS, BackendReport, layer_summary, sensitivity_overlaps
 from flashvlm_export.parity.corpus import Case, Geometry, pipeline_corpus, selector_corpus
+from flashvlm_export.parity.crops import CropReference, CropView
 from flashvlm_export.progress import plural
 from flashvlm_export.selector.schedule import RoundSchedule, round_schedule
 
@@ -178,11 +179,14 @@ def check_save_dir(save_dir: Path) -> None:
 
 def reference_backends(request: ExportRequest, parts):
     """The reference and the static torch module (built with its verification outputs) for this graph."""
-    if request.selector_only:
+    if not request.selector_only and parts is None:
+        raise UsageError("the full graph's parity needs its weights: pass --random-weights or --model-path")
+    if request.crops > 1:  # crop by crop (parity/crops.py)
+        features = None if request.selector_only else PipelineFeatures(parts)
+        reference = CropReference(SelectorReference(request.crop_budget, request.config), CropView.of(request), features)
+    elif request.selector_only:
         reference = SelectorReference(request.budget, request.config, clip=request.clip)
     else:
-        if parts is None:
-            raise UsageError("the full graph's parity needs its weights: pass --random-weights or --model-path")
         reference = PipelineReference(parts, request.budget, request.config, request.clip)
     return reference, TorchModule(request.module(parts, verification=True), request.interface())
 
@@ -214,7 +218,7 @@ def run_parity(
         if request.selector_only:
             cases = selector_corpus(geometry_of(request), seed, repeats)
         else:
-            cases = pipeline_corpus(geometry_of(request), request.spec.image_size, seed, repeats)
+            cases = pipeline_corpus(geometry_of(request), request.spec.image_size, seed, repeats, grid=request.spec.grid)
     validate_cases(cases, request)
     reference, static = reference_backends(request, parts)
     with tempfile.TemporaryDirectory(prefix="flashvlm-verify-") as scratch:
@@ -239,7 +243,7 @@ def run_parity(
     for line in layer_summary(reports):
         log(line)
     if save_dir is not None:
-        schedule = round_schedule(request.tokens, request.budget, request.config)
+        schedule = request.schedule if request.crops > 1 else round_schedule(request.tokens, request.budget, request.config)
         table = request.token_positions().numpy() if request.positions else None
         # the replay judges one image's decisions per record; a clip's are per group or grouped: the report only
         whole = request.ranged or request.clip is not None
@@ -255,7 +259,8 @@ def run_backends(request: ExportRequest, reference: Backend, backends: list[Back
     bounds = dict(ARITHMETIC_BOUNDS)
     if reduced:  # the encoder's own outputs differ by its precision: measured, not a gate (ALGORITHM.md)
         bounds.update({name: None for name in FEATURES})
-    selector_reference = SelectorReference(request.budget, request.config, clip=request.clip)
+    selector_reference = SelectorReference(request.crop_budget, request.config, clip=request.clip)
+    view = CropView.of(request)  # a model cut into crops is checked crop by crop (the identity otherwise)
     table = request.token_positions().numpy() if request.positions else None
     reports = {b.name: BackendReport(b.name, min_overlap, token_positions=table, clip=request.clip) for b in backends}
     for number, case in enumerate(cases):
@@ -265,12 +270,12 @@ def run_backends(request: ExportRequest, reference: Backend, backends: list[Back
         sensitivity = sensitivity_overlaps(expected, schedule, seed=seed * 100_003 + number, budgets=budgets, clip=request.clip)
         case.reference_sensitivity = sensitivity
         for backend in backends:
-            outputs = backend.infer(case.feeds)
+            outputs = view(backend.infer(case.feeds))
             if request.selector_only:
-                basis, own = case.feeds, expected
+                basis, own = view(case.feeds), expected
             else:  # the selector checked on the backend's own encoder outputs
                 basis = {name: outputs.get(name, expected[name]) for name in FEATURES}
-                basis.update({TEXT_EMBEDS: case.feeds[TEXT_EMBEDS], TEXT_MASK: case.feeds[TEXT_MASK]})
+                basis.update(view({TEXT_EMBEDS: case.feeds[TEXT_EMBEDS], TEXT_MASK: case.feeds[TEXT_MASK]}))
                 if budgets is not None:
                     basis[BUDGET] = budgets
                 own = selector_reference.infer(basis)

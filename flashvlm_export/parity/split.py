@@ -25,6 +25,7 @@ from flashvlm_export.export.manifest import Manifest
 from flashvlm_export.parity.backends import OnnxRuntime, PipelineFeatures, SelectorReference
 from flashvlm_export.parity.compare import ARITHMETIC_BOUNDS, SHIPPED_INDICES, BackendReport, layer_summary, sensitivity_overlaps
 from flashvlm_export.parity.corpus import Case, pipeline_corpus
+from flashvlm_export.parity.crops import CropView
 from flashvlm_export.parity.run import check_save_dir, geometry_of, validate_cases
 from flashvlm_export.progress import plural
 from flashvlm_export.runtime.chain import OrtChain
@@ -47,7 +48,7 @@ def run_split_parity(
     if save_dir is not None:
         check_save_dir(save_dir)
     if cases is None:
-        cases = pipeline_corpus(geometry_of(first), first.spec.image_size, seed, repeats)
+        cases = pipeline_corpus(geometry_of(first), first.spec.image_size, seed, repeats, grid=first.spec.grid)
     for request in requests.values():
         validate_cases(cases, request)
     chain = chain or OrtChain(manifest, "CPUExecutionProvider")
@@ -85,9 +86,10 @@ def run_split_parity(
             basis = {**own_features, **text}
             end_to_end = {**torch_features, **text}
             for k, request in requests.items():
-                selector_reference = SelectorReference(k, request.config, clip=request.clip)
-                expected = {**torch_features, **selector_reference.infer(end_to_end)}  # the torch pipeline
-                own = selector_reference.infer(basis)  # the reference on the encoder's own outputs
+                view = CropView.of(request)  # a model cut into crops: crop by crop (the identity otherwise)
+                selector_reference = SelectorReference(request.crop_budget, request.config, clip=request.clip)
+                expected = {**view(torch_features), **selector_reference.infer(view(end_to_end))}  # the torch pipeline
+                own = selector_reference.infer(view(basis))  # the reference on the encoder's own outputs
                 schedule = request.schedule
                 sensitivity = sensitivity_overlaps(
                     expected, schedule, seed=seed * 100_003 + number, budgets=budgets, clip=request.clip
@@ -101,7 +103,8 @@ def run_split_parity(
                     outputs[POSITIONS] = shipped[POSITIONS]
                 if KEPT in shipped:  # a range selector: the shipped count is the one checked (kept == the image's K)
                     outputs[KEPT] = shipped[KEPT]
-                reports[k].add_case(case.name, expected, own, outputs, basis, schedule, request.config, bounds, sensitivity)
+                outputs = view(outputs)
+                reports[k].add_case(case.name, expected, own, outputs, view(basis), schedule, request.config, bounds, sensitivity)
     r = manifest.record
     log(
         f"Parity: {manifest.path} ({r['model']}, split, {manifest.serves}, batch {r['batch']}, "

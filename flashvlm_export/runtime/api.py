@@ -201,6 +201,8 @@ def run(
         f"Input: image {image} ({prepared.processor}), question {question!r}: "
         f"{int(text_mask.sum())}/{request.t_max} text rows{scoped} ({tokenizer_name})"
     )
+    if prepared.note:
+        log(f"Input: {prepared.note}")
 
     backend = _backend(info, graph, engine, plugin_lib, split, tensorrt, budget)
     feed = None
@@ -224,9 +226,18 @@ def run(
         from flashvlm_export.runtime.heatmap import render_heatmap, score_maps
 
         timer = StepTimer("Heatmap", log)
-        maps = score_maps(parts, prepared.pixel_values, text_embeds[0][text_mask[0]], request.config)
         k_imp = request.schedule_of(len(selection.indices)).k_imp if request.ranged else request.schedule.k_imp
-        picture = render_heatmap(prepared.shown, selection.indices, maps, k_imp, selection.backend)
+        if spec.crops > 1:  # the base image and the crops, each with its own kept tokens
+            from flashvlm_export.runtime.heatmap import render_crops_heatmap
+
+            text_rows = text_embeds[0][text_mask[0]]
+            picture = render_crops_heatmap(
+                prepared.shown, selection.indices, parts, prepared.pixel_values, text_rows, request.config, spec.grid, k_imp,
+                selection.backend,
+            )  # fmt: skip
+        else:
+            maps = score_maps(parts, prepared.pixel_values, text_embeds[0][text_mask[0]], request.config)
+            picture = render_heatmap(prepared.shown, selection.indices, maps, k_imp, selection.backend)
         _save_png(picture, heatmap_path)
         timer.done("kept tokens over the image; S_int, s, S_ext, F from the PyTorch reference", heatmap_path)
         result.heatmap = heatmap_path
@@ -243,6 +254,8 @@ def run(
             _, _, projected = parts.reference_features(prepared.pixel_values)  # (1, N, Dl)
             runs["full"] = (f"full N={n}", projected[0], token_positions(spec) if spec.has_positions else None)
         for key, (label, rows, kept) in runs.items():
+            if spec.crops > 1:  # base, unpadded grid, image_newline rows (models/anyres.py)
+                rows = _crops_layout(spec, parts, prepared, rows, selection.indices if key == "pruned" else None, log)
             inputs = llm_input(embed, token_ids, spec, rows, kept)
             result.answers[key] = greedy_answer(llm, inputs, tokenizer, max_new_tokens, label)
         for a in result.answers.values():
@@ -257,6 +270,20 @@ def run(
                 f"KV cache {human_size(full.kv_bytes)} -> {human_size(pruned.kv_bytes)}"
             )
     return result
+
+
+def _crops_layout(spec, parts, prepared, rows: torch.Tensor, indices, log) -> torch.Tensor:
+    """LLaVA-NeXT: the graph's rows (or all N, indices None) as the LLM takes them; says what unpadding drops."""
+    from flashvlm_export.models.anyres import dropped_by_unpadding, llm_rows
+
+    indices = np.arange(rows.shape[0]) if indices is None else indices
+    dropped = dropped_by_unpadding(indices, spec, prepared.image_hw)
+    laid = llm_rows(rows, indices, parts.image_newline.row, spec, prepared.image_hw)
+    log(
+        f"Answer: {len(indices)} kept rows laid out as LLaVA-NeXT's input: {laid.shape[0]} rows (image_newline rows included"
+        + (f"; {dropped} kept tokens over the grid's padding dropped by unpadding)" if dropped else ")")
+    )
+    return laid
 
 
 def _check_graph_budget(request, budget: int | None, source: str) -> None:

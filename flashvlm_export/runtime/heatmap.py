@@ -147,3 +147,72 @@ def render_heatmap(
     draw.text((196, y), f"diverse {int(diverse.sum())} (step 11)   kept tokens: {kept_source}", fill=(0, 0, 0))
     draw.text((2, y + 15), PANELS_SOURCE + "; colour 0 (dark) .. 1 (yellow)", fill=(0, 0, 0))
     return picture
+
+
+class _OneCrop:
+    """The parts of a model cut into crops, seen as one crop's: score_maps' reference_features for a single image."""
+
+    def __init__(self, parts):
+        self.core = parts.core().core  # LLaVA-1.5's encoder core on one 336 px image
+
+    def reference_features(self, pixel_values):
+        return self.core(pixel_values)
+
+
+def _tile(panels: list[np.ndarray], rows: int, cols: int) -> np.ndarray:
+    side = panels[0].shape[0]
+    return np.concatenate([np.concatenate(panels[r * cols : (r + 1) * cols], axis=1) for r in range(rows)], axis=0).reshape(
+        rows * side, cols * side, 3
+    )
+
+
+def render_crops_heatmap(
+    shown: np.ndarray,  # (crops, S, S, 3) uint8: the base image, then the grid's crops row by row
+    indices: np.ndarray,  # (K,) the kept tokens, crop-major
+    parts,
+    pixel_values: torch.Tensor,  # (1, crops, 3, S, S)
+    text_rows: torch.Tensor,
+    config: SelectorConfig,
+    grid: tuple[int, int],
+    k_imp: int,  # per crop
+    kept_source: str,
+):
+    """LLaVA-NeXT: kept tokens over the base image and over the grid's crops (placed as in the photo), then F of each;
+    every crop's roles from its own scores (each crop is selected as an image of its own)."""
+    from PIL import Image, ImageDraw
+
+    crops, side = shown.shape[0], shown.shape[1]
+    one = _OneCrop(parts)
+    kept_panels, fused_panels, counts = [], [], [0, 0]
+    for c in range(crops):
+        maps = score_maps(one, pixel_values[:, c], text_rows, config)
+        tokens = maps.fused.shape[0]
+        mine = indices[(indices >= c * tokens) & (indices < (c + 1) * tokens)] - c * tokens
+        important, diverse = token_roles(mine, maps.fused, k_imp)
+        counts[0] += int(important.sum())
+        counts[1] += int(diverse.sum())
+        kept_panels.append(_kept_panel(shown[c], important, diverse, math.isqrt(tokens)))
+        fused_panels.append(_score_panel(_minmax(maps.fused), math.isqrt(tokens), side))
+    rows, cols = grid
+    panels = [
+        (f"base image: kept {int(np.sum(indices < tokens))}/{tokens}", kept_panels[0]),
+        (f"{rows}x{cols} crops: kept {int(np.sum(indices >= tokens))}/{tokens * (crops - 1)}", _tile(kept_panels[1:], rows, cols)),
+        ("base image: F (step 8)", fused_panels[0]),
+        ("crops: F (step 8), each min-max scaled", _tile(fused_panels[1:], rows, cols)),
+    ]
+    height = max(p.shape[0] for _, p in panels)
+    width = sum(p.shape[1] for _, p in panels) + (len(panels) - 1) * GAP
+    picture = Image.new("RGB", (width, TITLE + height + FOOTER), (255, 255, 255))
+    draw = ImageDraw.Draw(picture)
+    x = 0
+    for title, pixels in panels:
+        picture.paste(Image.fromarray(pixels), (x, TITLE))
+        draw.text((x + 2, 3), title, fill=(0, 0, 0))
+        x += pixels.shape[1] + GAP
+    y = TITLE + height + 4
+    draw.rectangle([2, y + 1, 12, y + 11], outline=IMPORTANT_RGB, width=BORDER)
+    draw.text((16, y), f"important {counts[0]} (step 9)", fill=(0, 0, 0))
+    draw.rectangle([182, y + 1, 192, y + 11], outline=DIVERSE_RGB, width=BORDER)
+    draw.text((196, y), f"diverse {counts[1]} (step 11)   kept tokens: {kept_source}", fill=(0, 0, 0))
+    draw.text((2, y + 15), PANELS_SOURCE + "; each crop selected with K / crops", fill=(0, 0, 0))
+    return picture

@@ -22,14 +22,16 @@ from flashvlm_export.models.registry import adapter
 from flashvlm_export.models.spec import ModelSpec
 
 STRETCH = "stretch"
+ANYRES = "anyres"  # LLaVA-NeXT: the base image and the crops of the graph's grid pinpoint
 
 
 @dataclass
 class PreparedImage:
-    pixel_values: torch.Tensor  # (1, 3, H, W) fp32, normalised
-    shown: np.ndarray  # (H, W, 3) uint8: what the model sees, de-normalised, for the heatmap
+    pixel_values: torch.Tensor  # (1, 3, H, W) fp32, normalised; LLaVA-NeXT: (1, crops, 3, S, S)
+    shown: np.ndarray  # (H, W, 3) uint8: what the model sees, de-normalised, for the heatmap; LLaVA-NeXT: (crops, S, S, 3)
     processor: str  # which processor config made it
-
+    image_hw: tuple[int, int] | None = None  # LLaVA-NeXT: the photo's (height, width), which unpadding reads
+    note: str = ""  # LLaVA-NeXT: a line when the photo's aspect ratio is far from the grid's
 
 def _defaults(spec: ModelSpec, family) -> dict:
     """The processor's settings without a checkpoint: the adapter's mean and std, sized to the graph's side."""
@@ -37,6 +39,8 @@ def _defaults(spec: ModelSpec, family) -> dict:
     common = dict(image_mean=list(family.IMAGE_MEAN), image_std=list(family.IMAGE_STD), do_convert_rgb=True)
     if family.RESIZE == STRETCH:  # S x S pixels exactly (smart_resize keeps a square photo's side when S is a multiple of 28)
         return dict(common, size={"shortest_edge": side * side, "longest_edge": side * side})
+    if family.RESIZE == ANYRES:
+        return dict(common, size={"shortest_edge": side}, crop_size={"height": side, "width": side}, image_grid_pinpoints=_pinpoint(spec))
     return dict(common, size={"shortest_edge": side}, crop_size={"height": side, "width": side}, do_center_crop=True)
 
 
@@ -65,10 +69,51 @@ def read_image(path: str | Path):
         ) from None
 
 
+def _pinpoint(spec: ModelSpec) -> list[list[int]]:
+    """The graph's grid as the processor's only pinpoint, (height, width) px: it then makes that grid's crops."""
+    return [[spec.grid[0] * spec.image_size, spec.grid[1] * spec.image_size]]
+
+
+def grid_note(spec: ModelSpec, image_hw: tuple[int, int]) -> str:
+    """One line when the checkpoint's processor would pick another pinpoint for this photo than the graph's grid."""
+    from transformers.image_processing_utils import select_best_resolution
+
+    from flashvlm_export.models.anyres import unpadded_window
+
+    best = tuple(select_best_resolution(image_hw, [list(p) for p in spec.pinpoints]))
+    grid = tuple(_pinpoint(spec)[0])
+    if best == grid:
+        return ""
+    top, bottom, left, right = unpadded_window(spec, image_hw)
+    padding = spec.n_tokens - spec.crop_tokens - (bottom - top) * (right - left)
+    rows, cols = spec.grid
+    return (
+        f"the photo is {image_hw[1]}x{image_hw[0]} px; the checkpoint's processor would pick the "
+        f"{best[0] // spec.image_size}x{best[1] // spec.image_size} grid ({best[1]}x{best[0]} px), this graph takes "
+        f"{rows}x{cols} ({grid[1]}x{grid[0]} px): the photo is fitted into it with padding, {padding} of its "
+        f"{spec.n_tokens - spec.crop_tokens} grid tokens cover padding (unpadding drops them from the LLM input); "
+        f"export --grid {best[0] // spec.image_size}x{best[1] // spec.image_size} for photos of this shape"
+    )
+
+
+def _prepare_crops(image, spec: ModelSpec, processor, name: str) -> PreparedImage:
+    """LLaVA-NeXT: the processor with the graph's grid as its only pinpoint (the base image, then the crops)."""
+    family = adapter(spec)
+    image_hw = (image.height, image.width)
+    output = processor(images=image, return_tensors="pt", image_grid_pinpoints=_pinpoint(spec))
+    pixels = family.processor_pixels(output, spec)  # (1, crops, 3, S, S)
+    mean = torch.tensor(processor.image_mean, dtype=torch.float32)[:, None, None]
+    std = torch.tensor(processor.image_std, dtype=torch.float32)[:, None, None]
+    shown = ((pixels[0] * std + mean).clamp(0, 1) * 255).round().to(torch.uint8).permute(0, 2, 3, 1).numpy()
+    return PreparedImage(pixels, shown, name, image_hw, grid_note(spec, image_hw))
+
+
 def prepare_image(path: str | Path, spec: ModelSpec, model_dir: Path | None = None) -> PreparedImage:
     image = read_image(path)
     processor, name = image_processor(spec, model_dir)
     family = adapter(spec)
+    if family.RESIZE == ANYRES:
+        return _prepare_crops(image, spec, processor, name)
     options = {}
     if family.RESIZE == STRETCH:  # to the graph's side as the processor resizes (bicubic), then no resize of its own
         side = spec.image_size

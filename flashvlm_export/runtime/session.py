@@ -57,7 +57,7 @@ def select(
     the image's `kept`.
     """
     feeds = {
-        PIXEL_VALUES: pixel_values.expand(batch, *pixel_values.shape[1:]).contiguous().numpy(),  # an image or a clip
+        PIXEL_VALUES: pixel_values.expand(batch, *pixel_values.shape[1:]).contiguous().numpy(),  # an image, a clip or crops
         TEXT_EMBEDS: text_embeds.expand(batch, -1, -1).contiguous().numpy(),
         TEXT_MASK: text_mask.expand(batch, -1).contiguous().numpy(),
     }
