@@ -83,15 +83,17 @@ class SelectorReference:
 
 
 class PipelineFeatures:
-    """pixels -> X, a, P(X) from the model's own transformers modules in fp32 (the family's reference_features)."""
+    """pixels -> X, a, P(X) from the model's own transformers modules in fp32 (the family's reference_features, or
+    reference_clip_features for a clip's (B, F, 3, H, W); a photo's crops are 5-D too, and are not a clip)."""
 
-    def __init__(self, parts):
+    def __init__(self, parts, clip: bool = False):
         self.parts = parts
+        self.clip = clip
 
     @torch.no_grad()
     def __call__(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         pixels = torch.from_numpy(feeds[PIXEL_VALUES])
-        x, a, p = self.parts.reference_clip_features(pixels) if pixels.ndim == 5 else self.parts.reference_features(pixels)
+        x, a, p = self.parts.reference_clip_features(pixels) if self.clip else self.parts.reference_features(pixels)
         return {VISION_FEATURES: x.numpy(), CLS_ATTENTION: a.numpy(), PROJECTED_FEATURES: p.numpy()}
 
 
@@ -100,7 +102,7 @@ class PipelineReference(SelectorReference):
 
     def __init__(self, parts, budget: int, config: SelectorConfig, clip: ClipLayout | None = None):
         super().__init__(budget, config, clip=clip)
-        self.features = PipelineFeatures(parts)
+        self.features = PipelineFeatures(parts, clip=clip is not None)
 
     def infer(self, feeds):
         features = self.features(feeds)

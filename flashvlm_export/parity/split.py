@@ -57,7 +57,7 @@ def run_split_parity(
             f"Parity: {manifest.path} also lists TensorRT engines; this checks the graphs' chain in ONNX Runtime, not the "
             "engines (check an engine alone with parity --engine PLAN)"
         )
-    torch_encoder = PipelineFeatures(parts)
+    torch_encoder = PipelineFeatures(parts, clip=first.clip is not None)
     bounds = dict(ARITHMETIC_BOUNDS)
     if manifest.record["precision"] != "fp32":  # the encoder's own outputs differ by its precision: measured, not a gate
         bounds.update({name: None for name in FEATURES})

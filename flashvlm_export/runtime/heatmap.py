@@ -191,7 +191,7 @@ def render_crops_heatmap(
         important, diverse = token_roles(mine, maps.fused, k_imp)
         counts[0] += int(important.sum())
         counts[1] += int(diverse.sum())
-        kept_panels.append(_kept_panel(shown[c], important, diverse, math.isqrt(tokens)))
+        kept_panels.append(kept_panel(shown[c], important, diverse, math.isqrt(tokens)))
         fused_panels.append(_score_panel(_minmax(maps.fused), math.isqrt(tokens), side))
     rows, cols = grid
     panels = [
