@@ -34,7 +34,7 @@ try:
 
     NO_LLAMA = None
 except Exception as exc:  # ImportError, or an OSError from a shared library that would not load
-    NO_LLAMA = f"llama-cpp-python is not importable ({type(exc).__name__}: {exc}); .ci/run installs it with the llama extra"
+    NO_LLAMA = f"llama-cpp-python is not importable ({type(exc).__name__}: {exc}); .ci/run builds it (pip install -e '.[llama]')"
 try:
     import gguf  # noqa: F401
 
@@ -277,7 +277,7 @@ def test_run_answers_through_llama_cpp_with_the_same_tokens_as_transformers(llav
               "--answer", "--compare-full", "--max-new-tokens", "5", "--force"]  # fmt: skip
     assert main(common + ["--llm-runtime", "llama.cpp", "--gguf", str(llava_gguf)]) == 0
     out = capsys.readouterr().out
-    assert "answered through llama.cpp (llama," in out
+    assert "greedy decoding through llama.cpp (arch llama," in out
     assert f"Answer [pruned K={K_PRUNED}]: prefill" in out and "Answer [full N=576]: prefill" in out
     assert main(common) == 0
     reference = capsys.readouterr().out

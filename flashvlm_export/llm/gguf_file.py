@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import os
 import tempfile
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 import numpy as np
@@ -71,20 +72,18 @@ def permute_rotary(weight: np.ndarray, heads: int) -> np.ndarray:
     return weight.reshape(heads, 2, weight.shape[0] // heads // 2, *weight.shape[1:]).swapaxes(1, 2).reshape(weight.shape)
 
 
-def gguf_tensors(spec: ModelSpec, config, hf: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-    """GGUF name -> array from the text model's Hugging Face names (`layers.0.self_attn.q_proj.weight`, `lm_head.weight`)."""
+def gguf_tensors(spec: ModelSpec, config, hf: Iterable[tuple[str, np.ndarray]]) -> Iterator[tuple[str, np.ndarray]]:
+    """(GGUF name, array) from the text model's (Hugging Face name, array): `layers.0.self_attn.q_proj.weight`, `lm_head.weight`."""
     permute = GGUF_ARCH[spec.family] == "llama"
-    out = {}
-    for name, value in hf.items():
+    for name, value in hf:
         if name in TOP_NAMES:
-            out[TOP_NAMES[name]] = value
+            yield TOP_NAMES[name], value
             continue
         _, layer, rest = name.split(".", 2)  # layers.<i>.<rest>
         if permute and rest.startswith(("self_attn.q_proj.", "self_attn.k_proj.")):
             heads = config.num_attention_heads if "q_proj" in rest else config.num_key_value_heads
             value = permute_rotary(value, heads)
-        out[f"blk.{layer}.{LAYER_NAMES[rest]}"] = value
-    return out
+        yield f"blk.{layer}.{LAYER_NAMES[rest]}", value
 
 
 def llm_weights(llm) -> dict[str, np.ndarray]:
@@ -94,8 +93,9 @@ def llm_weights(llm) -> dict[str, np.ndarray]:
     return {k: v.detach().to("cpu").float().numpy() for k, v in state.items()}
 
 
-def timing_weights(config, seed: int) -> dict[str, np.ndarray]:
-    """Seeded normal(0, 0.02) weights in the text model's shapes (norms 1, biases 0): for timing, not for answers."""
+def timing_weights(config, seed: int) -> Iterator[tuple[str, np.ndarray]]:
+    """Seeded normal(0, 0.02) weights in the text model's shapes (norms 1, biases 0), one at a time (a 7B geometry's
+    would not fit in memory at once): for timing, not for answers."""
     rng = np.random.default_rng(seed)
     d, m, v = config.hidden_size, config.intermediate_size, config.vocab_size
     kv = config.num_key_value_heads * (d // config.num_attention_heads)
@@ -103,24 +103,21 @@ def timing_weights(config, seed: int) -> dict[str, np.ndarray]:
     def normal(*shape):
         return (rng.standard_normal(shape, dtype=np.float32) * TIMING_STD).astype(np.float32)
 
-    out = {"embed_tokens.weight": normal(v, d), "norm.weight": np.ones(d, np.float32), "lm_head.weight": normal(v, d)}
-    biased = config.model_type.startswith("qwen")
+    yield "embed_tokens.weight", normal(v, d)
+    yield "norm.weight", np.ones(d, np.float32)
+    yield "lm_head.weight", normal(v, d)
+    shapes = {"q": (d, d), "k": (kv, d), "v": (kv, d), "o": (d, d)}
     for i in range(config.num_hidden_layers):
         p = f"layers.{i}."
-        out |= {
-            p + "input_layernorm.weight": np.ones(d, np.float32),
-            p + "self_attn.q_proj.weight": normal(d, d),
-            p + "self_attn.k_proj.weight": normal(kv, d),
-            p + "self_attn.v_proj.weight": normal(kv, d),
-            p + "self_attn.o_proj.weight": normal(d, d),
-            p + "post_attention_layernorm.weight": np.ones(d, np.float32),
-            p + "mlp.gate_proj.weight": normal(m, d),
-            p + "mlp.up_proj.weight": normal(m, d),
-            p + "mlp.down_proj.weight": normal(d, m),
-        }
-        if biased:
-            out |= {p + f"self_attn.{x}_proj.bias": np.zeros(d if x == "q" else kv, np.float32) for x in "qkv"}
-    return out
+        yield p + "input_layernorm.weight", np.ones(d, np.float32)
+        for x, shape in shapes.items():
+            yield p + f"self_attn.{x}_proj.weight", normal(*shape)
+            if x != "o" and config.model_type.startswith("qwen"):  # Qwen2's q/k/v carry biases
+                yield p + f"self_attn.{x}_proj.bias", np.zeros(shape[0], np.float32)
+        yield p + "post_attention_layernorm.weight", np.ones(d, np.float32)
+        yield p + "mlp.gate_proj.weight", normal(m, d)
+        yield p + "mlp.up_proj.weight", normal(m, d)
+        yield p + "mlp.down_proj.weight", normal(d, m)
 
 
 def stand_in_vocab(spec: ModelSpec, vocab_size: int):
@@ -139,8 +136,10 @@ def stand_in_vocab(spec: ModelSpec, vocab_size: int):
     return tokens, types, tokenizer.bos_token_id, tokenizer.eos_token_id
 
 
-def write_gguf(path: Path, spec: ModelSpec, config, hf: dict[str, np.ndarray], dtype: str = "f32", name: str = "") -> Path:
-    """Write the GGUF of `hf` (the text model's weights, Hugging Face names) to `path`, through a temporary file."""
+def write_gguf(path: Path, spec: ModelSpec, config, hf, dtype: str = "f32", name: str = "") -> Path:
+    """Write the GGUF of `hf` (the text model's weights by Hugging Face name: a dict, or (name, array) pairs) to
+    `path`. Each tensor is converted and spooled to a temporary file as it comes (GGUFWriter use_temp_file), so
+    only one is in memory at a time; the file is renamed into place when complete."""
     gguf = import_gguf()
     if dtype not in DTYPES:
         raise UsageError(f"{arg('dtype', dtype)} is not a GGUF weight type; choose one of {', '.join(DTYPES)}")
@@ -151,7 +150,7 @@ def write_gguf(path: Path, spec: ModelSpec, config, hf: dict[str, np.ndarray], d
     fd, temp = tempfile.mkstemp(prefix=".flashvlm-tmp-", suffix=".gguf", dir=path.parent)
     os.close(fd)
     try:
-        writer = gguf.GGUFWriter(temp, arch)
+        writer = gguf.GGUFWriter(temp, arch, use_temp_file=True)
         writer.add_name(name or spec.name)
         writer.add_file_type(int(ftype))
         writer.add_context_length(config.max_position_embeddings)
@@ -180,7 +179,7 @@ def write_gguf(path: Path, spec: ModelSpec, config, hf: dict[str, np.ndarray], d
         writer.add_eos_token_id(eos)
         writer.add_add_bos_token(bos is not None)
         writer.add_add_eos_token(False)
-        for tensor_name, value in gguf_tensors(spec, config, hf).items():
+        for tensor_name, value in gguf_tensors(spec, config, hf.items() if isinstance(hf, dict) else hf):
             value = np.ascontiguousarray(value, dtype=np.float32)
             if value.ndim == 1 or qtype == gguf.GGMLQuantizationType.F32:
                 writer.add_tensor(tensor_name, value)

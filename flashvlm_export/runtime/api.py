@@ -253,7 +253,7 @@ def run(
         if gguf is not None:  # the same rows and positions through llama.cpp (llm/llama_cpp.py)
             timer = StepTimer("Answer", log)
             result.answers = llama_cpp.answers(gguf_info, spec, token_ids, runs, tokenizer, max_new_tokens, log)
-            timer.done(f"answered through llama.cpp ({gguf_info.arch}, {gguf_info.path})")
+            timer.done(f"greedy decoding through llama.cpp (arch {gguf_info.arch}, {gguf_info.path})")
         else:
             embed = llm.get_input_embeddings()
             for key, (label, rows, kept) in runs.items():
