@@ -5,7 +5,7 @@
 
 The prompt is `--prompt` text tokens (35 before the image, the rest after, like LLaVA-1.5's system prompt and
 question) and K rows of embeddings at the budget's kept positions (a seeded sorted subset; Qwen: their (t, h, w)),
-decoded exactly as `run --llm-runtime llama.cpp` does (llm/llama_cpp.py: three batches, logits of the last row).
+decoded exactly as `run --llm-runtime llama.cpp` does (runtime/llama_cpp.py: three batches, logits of the last row).
 Each repeat times every budget once, in turn, so that load from other processes falls on all of them; the table
 gives the median and the spread (min..max) and the FLOP model's ratio (bench/cost.py) for the same layers and
 tokens. Writes a markdown table to stdout; the load average (os.getloadavg) before and after.
@@ -24,9 +24,9 @@ import numpy as np
 import torch
 
 from flashvlm_export.bench.cost import prefill_flops
-from flashvlm_export.llm.llama_cpp import LlamaCppLLM, llama_cpp_prompt, read_gguf
 from flashvlm_export.models.positions import token_positions
 from flashvlm_export.models.registry import get_spec
+from flashvlm_export.runtime.llama_cpp import LlamaCppLLM, llama_cpp_prompt, read_gguf
 
 BEFORE = 35  # text tokens before the image
 

@@ -55,13 +55,13 @@ def _gap(ours: np.ndarray, theirs: np.ndarray) -> float:
 def side(request, tmp_path_factory):
     """One family: its random LLM (seed 0, the graph's), the GGUF written from it, the demo picture's P(X) rows."""
     from flashvlm_export.llm.gguf_file import llm_weights, write_gguf
-    from flashvlm_export.llm.llama_cpp import read_gguf
     from flashvlm_export.models.adapter import get_parts
     from flashvlm_export.models.positions import token_positions
     from flashvlm_export.models.prompt import prompt_token_ids
     from flashvlm_export.models.weights import WeightsSource
     from flashvlm_export.runtime.answer import build_llm
     from flashvlm_export.runtime.image import demo_picture, prepare_image
+    from flashvlm_export.runtime.llama_cpp import read_gguf
     from flashvlm_export.runtime.tokenizer import stand_in_tokenizer
 
     if NO_GGUF:
@@ -77,7 +77,7 @@ def side(request, tmp_path_factory):
     info = read_gguf(path)
     llama_eps = None
     if NO_LLAMA is None:
-        from flashvlm_export.llm.llama_cpp import LlamaCppLLM
+        from flashvlm_export.runtime.llama_cpp import LlamaCppLLM
 
         with LlamaCppLLM(info, n_ctx=16) as probe:
             llama_eps = probe.rms_eps
@@ -104,7 +104,7 @@ def _transformers_logits(s, k) -> np.ndarray:
 
 
 def _llama_logits(s, rows, positions) -> np.ndarray:
-    from flashvlm_export.llm.llama_cpp import LlamaCppLLM, llama_cpp_prompt
+    from flashvlm_export.runtime.llama_cpp import LlamaCppLLM, llama_cpp_prompt
 
     prompt = llama_cpp_prompt(s.ids, s.spec, rows, positions)
     with LlamaCppLLM(s.info, n_ctx=prompt.length + 64) as llm:
@@ -123,10 +123,10 @@ def _honest(s, k):
 def test_the_prompt_is_tokens_then_the_kept_rows_then_tokens_at_the_transformers_paths_positions(name):
     """Same positions as runtime/answer.llm_input: Qwen's (3, L) rows per batch (4 axes for the rows, the 4th 0),
     LLaVA's 0..L-1; the first generated token at the unpruned next position (Qwen) or at L (LLaVA)."""
-    from flashvlm_export.llm.llama_cpp import llama_cpp_prompt
     from flashvlm_export.models.positions import token_positions
     from flashvlm_export.models.prompt import prompt_token_ids
     from flashvlm_export.runtime.answer import image_position, llm_input
+    from flashvlm_export.runtime.llama_cpp import llama_cpp_prompt
     from flashvlm_export.runtime.tokenizer import stand_in_tokenizer
 
     spec = get_spec(name)
@@ -201,8 +201,8 @@ def test_positions_of_two_kept_tokens_exchanged_fail_the_llama_cpp_hand_off(side
 def test_greedy_decoding_through_llama_cpp_continues_at_the_transformers_paths_positions(side):
     """K < N, 6 tokens: each step's logits equal transformers' greedy_answer's (Qwen: at the unpruned next positions,
     the rope delta kept); decoding Qwen at the spliced length instead fails."""
-    from flashvlm_export.llm.llama_cpp import LlamaCppLLM, llama_cpp_prompt
     from flashvlm_export.runtime.answer import greedy_answer, llm_input
+    from flashvlm_export.runtime.llama_cpp import LlamaCppLLM, llama_cpp_prompt
 
     rows, positions = _honest(side, K_PRUNED)
     steps = []
@@ -229,8 +229,8 @@ def test_greedy_decoding_through_llama_cpp_continues_at_the_transformers_paths_p
 @needs_llama
 def test_the_gguf_vocabulary_gives_the_stand_in_tokenizers_ids(side):
     """llama.cpp tokenizes the prompt text (special tokens whole) to the same ids as the stand-in tokenizer."""
-    from flashvlm_export.llm.llama_cpp import LlamaCppLLM
     from flashvlm_export.models.registry import adapter
+    from flashvlm_export.runtime.llama_cpp import LlamaCppLLM
 
     text = adapter(side.spec).chat_prompt(QUESTION + " é")
     want = side.tokenizer(text).input_ids
@@ -344,7 +344,7 @@ def test_the_gguf_command_refuses_layers_for_a_test_model_and_needs_them_for_a_f
 
 def test_check_gguf_names_both_widths(monkeypatch):
     from flashvlm_export.errors import UsageError
-    from flashvlm_export.llm import llama_cpp
+    from flashvlm_export.runtime import llama_cpp
 
     spec = dataclasses.replace(get_spec("llava15-tiny"), text_hidden=128)
     monkeypatch.setattr(llama_cpp, "read_gguf", lambda path: llama_cpp.GGUFInfo(path, "llama", 64, 0))

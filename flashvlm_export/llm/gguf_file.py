@@ -1,4 +1,4 @@
-"""A GGUF of a model's LLM, written with the `gguf` package: what llama.cpp loads (llm/llama_cpp.py).
+"""A GGUF of a model's LLM, written with the `gguf` package: what llama.cpp loads (runtime/llama_cpp.py).
 
 The keys and tensor names are the ones llama.cpp's own converter (convert_hf_to_gguf.py) writes for these
 checkpoints: LLaVA-1.5's Llama as arch `llama` (q/k rows permuted from Hugging Face's rotate-half layout to

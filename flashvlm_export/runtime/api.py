@@ -152,7 +152,7 @@ def run(
         raise UsageError(f"{arg('max_new_tokens', max_new_tokens)} must be >= 1")
     check_llm_dtype(llm_dtype)
     answer = answer or compare_full
-    from flashvlm_export.llm.llama_cpp import check_llm_choice
+    from flashvlm_export.runtime.llama_cpp import check_llm_choice
 
     check_llm_choice(llm_runtime, gguf, answer)
     split = None
@@ -178,7 +178,7 @@ def run(
         _check_demo_target(Path(demo_image), force)
     checkpoint = None if info.weights.random else Path(info.weights.path)
     if answer and gguf is not None:  # llama.cpp: the GGUF must take rows as wide as the graph's
-        from flashvlm_export.llm import llama_cpp
+        from flashvlm_export.runtime import llama_cpp
 
         gguf_info = llama_cpp.check_gguf(gguf, spec, source)
     elif answer:  # before anything is loaded: an LLM that cannot fit is refused in one line
@@ -250,7 +250,7 @@ def run(
         if compare_full:  # every image row at its own position: the model's own input
             _, _, projected = parts.reference_features(prepared.pixel_values)  # (1, N, Dl)
             runs["full"] = (f"full N={n}", projected[0], token_positions(spec) if spec.has_positions else None)
-        if gguf is not None:  # the same rows and positions through llama.cpp (llm/llama_cpp.py)
+        if gguf is not None:  # the same rows and positions through llama.cpp (runtime/llama_cpp.py)
             timer = StepTimer("Answer", log)
             result.answers = llama_cpp.answers(gguf_info, spec, token_ids, runs, tokenizer, max_new_tokens, log)
             timer.done(f"greedy decoding through llama.cpp (arch {gguf_info.arch}, {gguf_info.path})")
