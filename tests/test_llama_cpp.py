@@ -350,3 +350,12 @@ def test_check_gguf_names_both_widths(monkeypatch):
     monkeypatch.setattr(llama_cpp, "read_gguf", lambda path: llama_cpp.GGUFInfo(path, "llama", 64, 0))
     with pytest.raises(UsageError, match="is an LLM 64 wide but g.onnx .* gives visual_embeds 128 wide"):
         llama_cpp.check_gguf("m.gguf", spec, "g.onnx")
+
+
+@needs_gguf
+def test_the_gguf_command_never_overwrites_without_force(tmp_path, capsys):
+    existing = tmp_path / "m.gguf"
+    existing.write_bytes(b"mine")
+    err = _one_line_exit_2(capsys, ["gguf", "--model", "llava15-tiny", "--out", str(existing)])
+    assert "--force" in err and existing.read_bytes() == b"mine"
+    assert "must end in .gguf" in _one_line_exit_2(capsys, ["gguf", "--model", "llava15-tiny", "--out", str(tmp_path / "m.bin")])
