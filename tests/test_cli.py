@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from flashvlm_export.artifacts.placement import atomic_outputs
-from flashvlm_export.cli import bench, build_plugin, export, main, parity, run, sidecar
+from flashvlm_export.cli import bench, build_plugin, export, gguf, main, parity, run, sidecar
 
 CLI = str(Path(sys.executable).with_name("flashvlm-export"))
 
@@ -66,13 +66,13 @@ def test_selector_only_export_and_standalone_parity(tmp_path, capsys):
     assert code == 0 and "PASSED" in out and "onnxruntime[CPU]:" in out and "layer 3 outcome (reported, not a gate): identical index sets" in out
 
 
-@pytest.mark.parametrize("command", [export, parity, run, bench, sidecar, build_plugin], ids=lambda m: m.__name__)
+@pytest.mark.parametrize("command", [export, parity, run, bench, sidecar, build_plugin, gguf], ids=lambda m: m.__name__)
 def test_help_documents_every_flag(command):
     for action in command.parser()._actions:
         assert action.help, f"{action.option_strings} has no help"
 
 
-COMMANDS = ["parity", "run", "bench", "sidecar", "build-plugin"]
+COMMANDS = ["parity", "run", "bench", "sidecar", "build-plugin", "gguf"]
 
 
 def test_top_level_help_lists_every_command_with_one_line(tmp_path):

@@ -348,7 +348,7 @@ def test_help_is_fast_and_lists_the_subcommands():
     assert run.returncode == 0, run.stderr
     imported, usage = run.stdout.splitlines()[:2]
     assert imported == "False False"  # printing defaults imports neither torch nor onnx
-    assert "{parity,run,bench,sidecar,build-plugin,triton}" in usage  # every command (run and sidecar were missing)
+    assert "{parity,run,bench,sidecar,build-plugin,triton,gguf}" in usage  # every command (run and sidecar were missing)
 
 
 # ---------------------------------------------------------------- bounds and progress helpers

@@ -23,6 +23,7 @@ FLOORS = [
     "export",  # graph metadata, interface, requests, manifest
     "trt",
     "runtime",
+    "llm",  # a model's LLM as a GGUF file for llama.cpp (it builds runtime/answer.py's random LLM)
     "serve",  # Triton model repositories of a split (docs/TRITON.md)
     "parity",
     "bench",

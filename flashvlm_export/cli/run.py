@@ -57,6 +57,13 @@ def parser() -> argparse.ArgumentParser:
         default=LLM_DTYPE_NAMES[0],
         help="the dtype the LLM answers in, with --answer or --compare-full (default: auto)",
     )
+    o.add_argument(
+        "--llm-runtime",
+        choices=["transformers", "llama.cpp"],
+        default="transformers",
+        help="where the LLM answers: transformers (default), or llama.cpp with --gguf (needs the llama extra)",
+    )
+    o.add_argument("--gguf", metavar="FILE", help="with --llm-runtime llama.cpp: the LLM as GGUF (flashvlm-export gguf writes a test model's)")
     o.add_argument("--force", action="store_true", help="overwrite an existing --heatmap or --demo-image")
     return p
 
@@ -83,6 +90,8 @@ def main(argv: list[str]) -> int:
         compare_full=args.compare_full,
         max_new_tokens=args.max_new_tokens,
         llm_dtype=args.llm_dtype,
+        llm_runtime=args.llm_runtime,
+        gguf=args.gguf,
         force=args.force,
         log=log,
     )

@@ -134,6 +134,8 @@ def run(
     compare_full: bool = False,
     max_new_tokens: int = 64,
     llm_dtype: str = "auto",
+    llm_runtime: str = "transformers",
+    gguf: str | None = None,
     force: bool = False,
     log=print,
 ) -> RunResult:
@@ -150,6 +152,9 @@ def run(
         raise UsageError(f"{arg('max_new_tokens', max_new_tokens)} must be >= 1")
     check_llm_dtype(llm_dtype)
     answer = answer or compare_full
+    from flashvlm_export.runtime.llama_cpp import check_llm_choice
+
+    check_llm_choice(llm_runtime, gguf, answer)
     split = None
     if manifest is not None:
         if graph is not None or engine is not None:
@@ -172,7 +177,11 @@ def run(
     if demo_image is not None:
         _check_demo_target(Path(demo_image), force)
     checkpoint = None if info.weights.random else Path(info.weights.path)
-    if answer:  # before anything is loaded: an LLM that cannot fit is refused in one line
+    if answer and gguf is not None:  # llama.cpp: the GGUF must take rows as wide as the graph's
+        from flashvlm_export.runtime import llama_cpp
+
+        gguf_info = llama_cpp.check_gguf(gguf, spec, source)
+    elif answer:  # before anything is loaded: an LLM that cannot fit is refused in one line
         from flashvlm_export.runtime import answer as llm_answer
 
         if info.weights.random:
@@ -186,7 +195,7 @@ def run(
         image = write_demo_image(demo_image, force, log=log)
     prepared = prepare_image(image, spec, checkpoint)
     parts = _load_parts(info, log)
-    if answer:  # before the selection: a model that cannot answer fails fast
+    if answer and gguf is None:  # before the selection: a model that cannot answer fails fast
         timer = StepTimer("Model", log)
         llm = llm_answer.build_llm(spec, parts, None if checkpoint is None else str(checkpoint), info.weights.seed, device, dtype)
         timer.done(f"LLM ready on {device}, {llm_answer.dtype_name(dtype)} ({llm_answer.parameter_count(params)} parameters)")
@@ -248,16 +257,24 @@ def run(
 
         if info.weights.random:
             log(f"Note: {RANDOM_NOTE}")
-        embed = llm.get_input_embeddings()
         runs = {"pruned": (f"pruned K={len(selection.indices)}", selection.visual_embeds, selection.positions)}
         if compare_full:  # every image row at its own position: the model's own input
             _, _, projected = parts.reference_features(prepared.pixel_values)  # (1, N, Dl)
             runs["full"] = (f"full N={n}", projected[0], token_positions(spec) if spec.has_positions else None)
-        for key, (label, rows, kept) in runs.items():
-            if spec.crops > 1:  # base, unpadded grid, image_newline rows (models/anyres.py)
-                rows = _crops_layout(spec, parts, prepared, rows, selection.indices if key == "pruned" else None, log)
-            inputs = llm_input(embed, token_ids, spec, rows, kept)
-            result.answers[key] = greedy_answer(llm, inputs, tokenizer, max_new_tokens, label)
+        if spec.crops > 1:  # base, unpadded grid, image_newline rows (models/anyres.py), for either LLM runtime
+            runs = {
+                key: (label, _crops_layout(spec, parts, prepared, rows, selection.indices if key == "pruned" else None, log), kept)
+                for key, (label, rows, kept) in runs.items()
+            }
+        if gguf is not None:  # the same rows and positions through llama.cpp (runtime/llama_cpp.py)
+            timer = StepTimer("Answer", log)
+            result.answers = llama_cpp.answers(gguf_info, spec, token_ids, runs, tokenizer, max_new_tokens, log)
+            timer.done(f"greedy decoding through llama.cpp (arch {gguf_info.arch}, {gguf_info.path})")
+        else:
+            embed = llm.get_input_embeddings()
+            for key, (label, rows, kept) in runs.items():
+                inputs = llm_input(embed, token_ids, spec, rows, kept)
+                result.answers[key] = greedy_answer(llm, inputs, tokenizer, max_new_tokens, label)
         for a in result.answers.values():
             log(
                 f"Answer [{a.label}]: prefill {a.prefill_ms:.1f} ms (LLM time to first token over {a.prompt_tokens} tokens), "
