@@ -71,6 +71,22 @@ def _check_demo_clip(path: Path, force: bool) -> None:
         raise UsageError(f"{path} already exists; pass {switch('force')} to overwrite it, or use it as {arg('video', str(path))}")
 
 
+def _check_strip(path: Path, force: bool) -> None:
+    """The strip's path: a .png, not over a file without force, in a folder that exists or can be made (made only
+    when the strip is written: a refused run leaves nothing behind)."""
+    import os
+
+    if path.suffix.lower() != ".png":
+        raise UsageError(f"{arg('heatmap', str(path))} must end in .png")
+    if path.exists() and not force:
+        raise UsageError(f"{path} already exists; pass {switch('force')} to overwrite it, or choose another {arg('heatmap')}")
+    folder = path.parent.absolute()
+    while not folder.exists():
+        folder = folder.parent
+    if not folder.is_dir() or not os.access(folder, os.W_OK | os.X_OK):
+        raise UsageError(f"the folder of {arg('heatmap', str(path))} cannot be written ({folder}); choose another path")
+
+
 def group_counts(indices: np.ndarray, groups: int, n: int) -> list[int]:
     """Kept tokens in each temporal group (indices are group-major: group g holds g*n .. (g+1)*n - 1)."""
     return np.bincount(np.asarray(indices) // n, minlength=groups).tolist()
@@ -147,7 +163,7 @@ def run_clip(graph, video, question, *, image=None, demo_image=None, demo_video=
     spec, request = info.spec, info.request
     strip_path = Path(heatmap) if heatmap else None
     if strip_path is not None:
-        api._check_output(strip_path, force)
+        _check_strip(strip_path, force)
     if demo_video is not None:
         _check_demo_clip(Path(demo_video), force)
     checkpoint = None if info.weights.random else Path(info.weights.path)
@@ -208,6 +224,7 @@ def run_clip(graph, video, question, *, image=None, demo_image=None, demo_video=
         timer = StepTimer("Heatmap", log)
         kept = [[int(i) % n for i in selection.indices if i // n == g] for g in range(groups)]
         footer = f"{request.video_budget} rule, K={len(selection.indices)} of N={total}, {selection.backend}"
+        strip_path.parent.mkdir(parents=True, exist_ok=True)
         api._save_png(clip_strip(clip.shown, kept, spec.grid_side, clip.timestamps, footer=footer), strip_path)
         timer.done(f"kept tokens over the clip's {plural(groups, 'frame group')}", strip_path)
         result.heatmap = strip_path
