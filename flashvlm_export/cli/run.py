@@ -13,7 +13,7 @@ def parser() -> argparse.ArgumentParser:
     p = Parser(
         prog=f"{PROG} run",
         description=(
-            "A photo and a question through an exported graph: the kept tokens and the selection time, "
+            "A photo (or with --video, a clip) and a question through an exported graph: the kept tokens and the selection time, "
             "optionally a heatmap of them and the LLM's answer with the K kept tokens (and with all N)."
         ),
     )
