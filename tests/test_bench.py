@@ -125,3 +125,22 @@ def test_cost_only_prints_both_qwen_models(capsys):
     assert main(["bench", "--cost-only"]) == 0
     out = capsys.readouterr().out
     assert "| Qwen2.5-VL-3B-Instruct | 256 |" in out and "| Qwen2.5-VL-7B-Instruct | 64 |" in out
+
+
+def test_video_rows_cost_1024_and_4096_tokens_against_256_and_128():
+    image = cost.QWEN25_VL_7B_COST
+    for model, frames in zip(cost.VIDEO_MODELS, (8, 32), strict=True):
+        groups = frames // 2
+        rows = cost.cost_rows(model)
+        assert [r["tokens"] for r in rows] == [groups * 256, 256, 128]
+        assert model.decoder is image.decoder
+        assert cost.encoder_flops(model.encoder) == groups * cost.encoder_flops(image.encoder)  # per-group attention
+        assert rows[1]["kv_cache_mib"] == cost.kv_cache_mib(image.decoder, 256)
+        assert rows[0]["prefill_tflops"] > groups * rows[1]["prefill_tflops"]  # attention: more than linear in n
+
+
+def test_cost_only_prints_the_video_block_after_the_image_table(capsys):
+    assert main(["bench", "--cost-only"]) == 0
+    out = capsys.readouterr().out
+    assert out.index("Differences from the paper") < out.index("Video (Qwen2.5-VL-7B")
+    assert "| Qwen2.5-VL-7B-Instruct, 8 frames | 1024 |" in out and "| Qwen2.5-VL-7B-Instruct, 32 frames | 128 |" in out

@@ -103,6 +103,25 @@ QWEN25_VL_3B_COST = qwen_cost(QWEN25_VL_3B)
 QWEN25_VL_7B_COST = qwen_cost(QWEN25_VL_7B)
 MODELS = (LLAVA15_7B, LLAVA_NEXT_7B, QWEN25_VL_3B_COST, QWEN25_VL_7B_COST)  # what --cost-only prints
 
+VIDEO_BUDGETS = (256, 128)
+VIDEO_FRAMES = (8, 32)  # at the declared side (448 px): F / 2 temporal groups of N tokens: 1,024 and 4,096 tokens
+
+
+def qwen_video_cost(spec: ModelSpec, frames: int, budgets: tuple[int, ...] = VIDEO_BUDGETS) -> VlmCost:
+    """A Qwen2.5-VL clip of `frames` frames: F / 2 temporal groups of N tokens each. The tower attends within a
+    group (its cu_seqlens are per temporal group, full-attention blocks included), so its cost is one image's per
+    group: `crops` = groups."""
+    groups = frames // spec.vision["temporal_patch_size"]
+    image = windowed_encoder(spec)
+    encoder = EncoderGeometry(
+        f"{image.name} x {groups} frame groups", image.layers, image.hidden, image.intermediate, image.tokens, groups,
+        mlp_matrices=image.mlp_matrices, window=image.window, full_attention_layers=image.full_attention_layers,
+    )  # fmt: skip
+    return VlmCost(f"{qwen_cost(spec).name}, {frames} frames", spec.decoder, encoder, groups * spec.n_tokens, budgets)
+
+
+VIDEO_MODELS = tuple(qwen_video_cost(QWEN25_VL_7B, f) for f in VIDEO_FRAMES)  # --cost-only's video block
+
 
 def prefill_flops(g: DecoderGeometry, tokens: int) -> float:
     d, m, n = g.hidden, g.intermediate, tokens

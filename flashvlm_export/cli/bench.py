@@ -72,10 +72,12 @@ def main(argv: list[str]) -> int:
         log(f"Bench: wrote {write_rows(rows, out_dir)}")
         return 0
     if args.cost_only:
-        from flashvlm_export.bench.cost import cost_markdown, differences_text
+        from flashvlm_export.bench.cost import VIDEO_MODELS, cost_markdown, differences_text
 
         log(cost_markdown())
         log(differences_text())
+        log("\nVideo (Qwen2.5-VL-7B, 448 px frames; frames 2g, 2g+1 form one group of 256 tokens):")
+        log(cost_markdown(VIDEO_MODELS))
         return 0
     from flashvlm_export.artifacts.staging import check_writable
     from flashvlm_export.bench.run import bench_settings, run_bench

@@ -10,7 +10,7 @@ PROG = "flashvlm-export"
 EXPORT_LINE = "export graphs (and engines): what runs when no command word is given"
 COMMANDS = {
     "parity": ("parity", "token-index parity of a graph, engine or split export against the PyTorch reference"),
-    "run": ("run", "a photo and a question through an exported graph: kept tokens, heatmap, the LLM's answer"),
+    "run": ("run", "a photo (or a clip) and a question through an exported graph: kept tokens, heatmap, the LLM's answer"),
     "bench": ("bench", "measured costs on this machine"),
     "sidecar": ("sidecar", "write the sidecar record of an engine trtexec built"),
     "build-plugin": ("build_plugin", "build the ResidualPrune TensorRT plugin"),

@@ -154,7 +154,8 @@ def main(argv: list[str]) -> int:
     if done.manifest is not None:
         first = outputs.plan.selectors[-1].budget
         log(f"Done. Check it: {commands.PROG} parity --manifest {done.manifest}{weights_flag}")
-        log(f"Run it:   {commands.PROG} run --manifest {done.manifest} --budget {first} --image PHOTO --question TEXT")
+        picture = "--video CLIP" if args.video else "--image PHOTO"
+        log(f"Run it:   {commands.PROG} run --manifest {done.manifest} --budget {first} {picture} --question TEXT")
     elif done.engines:
         log(f"Done. Check it: {commands.PROG} parity --engine {done.engines[0]} --graph {done.graphs[0]}{weights_flag}")
     else:

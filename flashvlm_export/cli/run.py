@@ -1,4 +1,4 @@
-"""flashvlm-export run: a photo and a question through an exported graph (runtime/api.py does it)."""
+"""flashvlm-export run: a photo (or a clip) and a question through an exported graph (runtime/api.py does it)."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ def parser() -> argparse.ArgumentParser:
     p = Parser(
         prog=f"{PROG} run",
         description=(
-            "A photo and a question through an exported graph: the kept tokens and the selection time, "
+            "A photo (or with --video, a clip) and a question through an exported graph: the kept tokens and the selection time, "
             "optionally a heatmap of them and the LLM's answer with the K kept tokens (and with all N)."
         ),
     )
@@ -37,7 +37,12 @@ def parser() -> argparse.ArgumentParser:
     i.add_argument(
         "--demo-image", metavar="FILE", help="write a synthetic picture (the repository's demo) to FILE and use it as --image"
     )
-    i.add_argument("--question", required=True, help="the question about the image")
+    i.add_argument("--video", metavar="FILE", help="a clip (mp4, mkv, avi, ...) for a clip graph (exported with --video): F frames sampled evenly")
+    i.add_argument(
+        "--demo-video", metavar="FILE", help="write the synthetic clip (a ball rolling, a box appearing) at the graph's frames and size to FILE (.mp4, .mkv, .avi) and use it as --video"
+    )
+    i.add_argument("--fps", type=float, metavar="F", help="with --video: the frames shown at 0, 1/F, 2/F, ... s instead of evenly spread")
+    i.add_argument("--question", required=True, help="the question about the image or clip")
     w = p.add_argument_group("weights (default: the ones the graph records)")
     w.add_argument("--model-path", metavar="DIR", help="local checkpoint the graph was exported from")
     w.add_argument(
@@ -45,7 +50,11 @@ def parser() -> argparse.ArgumentParser:
     )
     w.add_argument("--seed", type=int, help="seed of --random-weights; must be the graph's (default: the graph's)")
     o = p.add_argument_group("output")
-    o.add_argument("--heatmap", metavar="PNG", help="write the kept tokens over the image beside S_int, s (text relevance), S_ext and F")
+    o.add_argument(
+        "--heatmap",
+        metavar="PNG",
+        help="write the kept tokens over the image beside S_int, s (text relevance), S_ext and F; for a clip, a strip of its frame groups",
+    )
     o.add_argument("--answer", action="store_true", help="answer with the LLM from the K kept visual tokens")
     o.add_argument(
         "--compare-full", action="store_true", help="also answer with all N tokens: both answers, prefill times, KV caches"
@@ -64,7 +73,7 @@ def parser() -> argparse.ArgumentParser:
         help="where the LLM answers: transformers (default), or llama.cpp with --gguf (needs the llama extra)",
     )
     o.add_argument("--gguf", metavar="FILE", help="with --llm-runtime llama.cpp: the LLM as GGUF (flashvlm-export gguf writes a test model's)")
-    o.add_argument("--force", action="store_true", help="overwrite an existing --heatmap or --demo-image")
+    o.add_argument("--force", action="store_true", help="overwrite an existing --heatmap, --demo-image or --demo-video")
     return p
 
 
@@ -94,5 +103,8 @@ def main(argv: list[str]) -> int:
         gguf=args.gguf,
         force=args.force,
         log=log,
+        video=args.video,
+        demo_video=args.demo_video,
+        fps=args.fps,
     )
     return 0

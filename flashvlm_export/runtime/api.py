@@ -4,6 +4,9 @@ from flashvlm_export.runtime import run
 result = run("graphs/llava15-tiny_b64.onnx", "photo.jpg", "What is on the table?", random_weights=True,
              heatmap="kept.png", answer=True, compare_full=True)
 result.indices, result.selection_ms, result.answers["pruned"].text
+
+A clip (a Qwen2.5-VL clip graph, runtime/clip_run.py): run(graph, None, question, video="clip.mp4", heatmap="strip.png")
+or demo_video="demo.mp4"; its result also has kept_per_group.
 """
 
 from __future__ import annotations
@@ -138,7 +141,21 @@ def run(
     gguf: str | None = None,
     force: bool = False,
     log=print,
+    video: str | None = None,
+    demo_video: str | None = None,
+    fps: float | None = None,
 ) -> RunResult:
+    if video is not None or demo_video is not None:  # a clip: runtime/clip_run.py
+        from flashvlm_export.runtime.clip_run import run_clip
+
+        return run_clip(
+            graph, video, question, image=image, demo_image=demo_image, demo_video=demo_video, fps=fps, model_path=model_path,
+            random_weights=random_weights, seed=seed, engine=engine, plugin_lib=plugin_lib, manifest=manifest, budget=budget,
+            tensorrt=tensorrt, heatmap=heatmap, answer=answer, compare_full=compare_full, max_new_tokens=max_new_tokens,
+            llm_dtype=llm_dtype, force=force, log=log,
+        )  # fmt: skip
+    if fps is not None:
+        raise UsageError(f"{arg('fps', fps)} samples a clip; pass {arg('video', 'FILE')} or drop {arg('fps')}")
     from flashvlm_export.models.prompt import prompt_token_ids, text_inputs
     from flashvlm_export.models.registry import adapter
     from flashvlm_export.runtime.answer import check_llm_dtype, image_position
@@ -171,6 +188,10 @@ def run(
     weights = weights_for_graph(recorded, random_weights, seed, model_path, source)
     info = GraphInfo(info.request, weights, source)
     spec, request = info.spec, info.request
+    if request.frames is not None:  # a clip graph takes frames, not a picture
+        from flashvlm_export.runtime.clip_run import refuse_clip_graph
+
+        refuse_clip_graph(request, source)
     heatmap_path = Path(heatmap) if heatmap else None
     if heatmap_path is not None:
         _check_output(heatmap_path, force)

@@ -60,12 +60,13 @@ def clip_llm_input(embed_tokens, token_ids: list[int], spec: ModelSpec, visual_e
     return LLMInput(embeds, ids, before + extent + after)
 
 
-def read_clip(path, spec: ModelSpec, frames: int, fps: float | None = None) -> torch.Tensor:
-    """(1, F, 3, H, W) fp32 from a video file, through runtime/video.py's decoder (imported on first use)."""
+def read_clip(path, spec: ModelSpec, frames: int, fps: float | None = None, model_dir=None):
+    """The clip at the graph's F frames and side S (spec.image_size), through runtime/video.py's decoder (imported on
+    first use): a PreparedClip, its pixel_values (1, F, 3, S, S) fp32; `model_dir`: the checkpoint's processor config."""
     try:
         from flashvlm_export.runtime.video import read_clip as decode
     except ModuleNotFoundError as exc:
         if exc.name != "flashvlm_export.runtime.video":
             raise
         raise UsageError("--video needs the clip decoder (flashvlm_export/runtime/video.py), absent from this install") from None
-    return decode(path, spec, frames, fps)
+    return decode(path, frames, spec.image_size, fps=fps, model_dir=model_dir)

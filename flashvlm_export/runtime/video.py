@@ -224,7 +224,7 @@ def _encoder(suffix: str) -> tuple[str, str]:
     raise UsageError(f"PyAV's FFmpeg has none of the encoders {', '.join(encoders)} for {suffix}; write .avi (mpeg4) instead")
 
 
-def write_clip(path: str | Path, frames: np.ndarray, fps: int = DEMO_FPS, force: bool = False) -> Path:
+def write_clip(path: str | Path, frames: np.ndarray, fps: int | Fraction = DEMO_FPS, force: bool = False) -> Path:
     """(F, H, W, 3) uint8 frames -> a video file (.mp4, .mkv or .avi), written to a temporary name and renamed."""
     import av
 
@@ -253,8 +253,9 @@ def write_clip(path: str | Path, frames: np.ndarray, fps: int = DEMO_FPS, force:
     return path
 
 
-def write_demo_clip(path: str | Path, frames: int = 16, size: int = 448, force: bool = False) -> Path:
-    """The synthetic clip (demo_frames) at DEMO_FPS; refuses an existing file unless `force`; never leaves a partial file."""
-    if frames < 1 or size < 16 or size % 2:
-        raise UsageError(f"a demo clip needs frames >= 1 and an even size >= 16, not frames={frames}, size={size}")
-    return write_clip(path, demo_frames(frames, size), DEMO_FPS, force)
+def write_demo_clip(path: str | Path, frames: int = 16, size: int = 448, force: bool = False, fps: float = DEMO_FPS) -> Path:
+    """The synthetic clip (demo_frames) at `fps` (DEMO_FPS by default); refuses an existing file unless `force`; never
+    leaves a partial file."""
+    if frames < 1 or size < 16 or size % 2 or not fps > 0:
+        raise UsageError(f"a demo clip needs frames >= 1, an even size >= 16 and fps > 0, not frames={frames}, size={size}, fps={fps}")
+    return write_clip(path, demo_frames(frames, size), Fraction(str(fps)), force)
