@@ -74,7 +74,7 @@ def handoff(tmp_path_factory, parts):
 def ours(h, rows, positions):
     from flashvlm_export.runtime.clip import clip_llm_input
 
-    inputs = clip_llm_input(h.llm.get_input_embeddings(), h.ids, QWEN, rows, positions)
+    inputs = clip_llm_input(h.llm.get_input_embeddings(), h.ids, QWEN, rows, positions, last_t=int(h.positions[0].max()) - h.p)
     with torch.no_grad():
         return inputs, h.llm(inputs_embeds=inputs.inputs_embeds, position_ids=inputs.position_ids).logits
 
@@ -127,3 +127,27 @@ def test_two_frame_groups_swapped_in_the_positions_fail_the_hand_off(handoff, k)
     first, second = t == t.min(), t == t.max()
     t[first], t[second] = t.max(), t.min()
     assert not torch.allclose(ours(h, selection.visual_embeds, swapped)[1], reference, **TOL)
+
+
+@pytest.mark.parametrize("tail", [None, 2])
+@pytest.mark.parametrize("frames", [FRAMES, 32])
+def test_first_generated_position_is_transformers_rope_delta_for_short_and_long_clips(handoff, frames, tail):
+    """The first generated token's position, and the prompt's, equal transformers' get_rope_index for a clip whose
+    last temporal group's t (30 at 32 frames, 2 fps) outruns the text after it (a 2-token tail), and where the text
+    outruns it (the whole prompt). No forward: the positions alone (integers, exact on every CPU)."""
+    from flashvlm_export.models.positions import clip_token_positions, second_per_grid
+    from flashvlm_export.runtime.clip import clip_llm_input, expand_video_token, video_token_index
+
+    h = handoff
+    ids = h.ids if tail is None else h.ids[: h.p + 1 + tail]
+    n = frames // 2 * QWEN.n_tokens
+    table = clip_token_positions(QWEN, frames, second_per_grid(QWEN, 2.0))
+    expanded = torch.tensor([expand_video_token(ids, QWEN, n)])
+    types = (expanded == video_token_index(QWEN)).int() * 2
+    grid = torch.tensor([[frames // 2, *h.grid[0, 1:].tolist()]])
+    with torch.no_grad():
+        positions, deltas = h.llm.model.get_rope_index(expanded, mm_token_type_ids=types, video_grid_thw=grid, second_per_grid_ts=h.seconds)
+    rows = torch.zeros(n, QWEN.text_hidden)
+    inputs = clip_llm_input(h.llm.get_input_embeddings(), ids, QWEN, rows, table, last_t=int(table[:, 0].max()))
+    assert torch.equal(inputs.position_ids, positions)
+    assert inputs.next_position == expanded.shape[1] + int(deltas[0])  # generation: cache position + rope delta

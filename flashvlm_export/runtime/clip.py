@@ -46,9 +46,15 @@ def expand_video_token(token_ids: list[int], spec: ModelSpec, n: int) -> list[in
     return token_ids[:p] + [index] * n + token_ids[p + 1 :]
 
 
-def clip_llm_input(embed_tokens, token_ids: list[int], spec: ModelSpec, visual_embeds: torch.Tensor, positions) -> LLMInput:
+def clip_llm_input(
+    embed_tokens, token_ids: list[int], spec: ModelSpec, visual_embeds: torch.Tensor, positions, *, last_t: int
+) -> LLMInput:
     """visual_embeds (K, Dl) spliced at the video placeholder, at the graph's `positions` (K, 3), the text around them
-    where the unpruned sequence puts it (after the clip: its start + max(rows, columns), as after an image)."""
+    where the unpruned sequence puts it (after the clip: its start + max(rows, columns), as after an image).
+
+    `last_t`: the unpruned clip's largest temporal position (its last group's t; clip_token_positions). The first
+    generated token goes where transformers puts it, one past every unpruned position (its rope delta): past the
+    text's end, or past the clip's last t when a long clip's t outruns the text (32 frames at 2 fps: t = 30)."""
     index = video_token_index(spec)
     embeds = splice(embed_tokens, token_ids, index, visual_embeds)
     if positions is None or tuple(positions.shape) != (visual_embeds.shape[0], 3):
@@ -57,7 +63,7 @@ def clip_llm_input(embed_tokens, token_ids: list[int], spec: ModelSpec, visual_e
     after = len(token_ids) - before - 1
     extent = image_extent(spec)
     ids = sequence_positions(before, torch.as_tensor(positions), after, extent)[:, None].to(embeds.device)
-    return LLMInput(embeds, ids, before + extent + after)
+    return LLMInput(embeds, ids, before + max(extent + after, last_t + 1))
 
 
 def read_clip(path, spec: ModelSpec, frames: int, fps: float | None = None, model_dir=None):

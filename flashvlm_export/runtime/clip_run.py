@@ -236,12 +236,12 @@ def run_clip(graph, video, question, *, image=None, demo_image=None, demo_video=
             log(f"Note: {RANDOM_NOTE}")
         embed = llm.get_input_embeddings()
         runs = {"pruned": (f"pruned K={len(selection.indices)}", selection.visual_embeds, positions)}
+        table = clip_token_positions(spec, frames, second_per_grid(spec, clip.effective_fps))  # the unpruned clip's
         if compare_full:  # every clip row at its own position: the model's own video input
             _, _, projected = parts.reference_clip_features(clip.pixel_values)  # (1, N, Dl)
-            table = clip_token_positions(spec, frames, second_per_grid(spec, clip.effective_fps))
             runs["full"] = (f"full N={total}", projected[0], table)
         for key, (label, rows, kept_positions) in runs.items():
-            inputs = clip_llm_input(embed, token_ids, spec, rows, kept_positions)
+            inputs = clip_llm_input(embed, token_ids, spec, rows, kept_positions, last_t=int(table[:, 0].max()))
             result.answers[key] = greedy_answer(llm, inputs, tokenizer, max_new_tokens, label)
         for a in result.answers.values():
             log(
