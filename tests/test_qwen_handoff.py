@@ -300,7 +300,7 @@ def test_llava_inputs_carry_no_position_ids():
 
 
 def test_run_refuses_graph_positions_that_are_not_the_kept_tokens_own(handoff):
-    from flashvlm_export.runtime.api import _check_positions
+    from flashvlm_export.runtime.run_steps import check_positions as _check_positions
 
     selection = handoff.selections[64]
     _check_positions(selection, QWEN, "g.onnx")

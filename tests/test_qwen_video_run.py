@@ -163,14 +163,14 @@ def llava_graph(tmp_path, monkeypatch) -> Path:
     """A LLaVA-1.5 (tiny) full graph as run reads it: its metadata stands in (exporting one takes a minute with dynamo)."""
     from flashvlm_export.export.graphs import ExportRequest
     from flashvlm_export.models.weights import recorded_weights
-    from flashvlm_export.runtime import api, graph_info
+    from flashvlm_export.runtime import graph_info, run_steps
     from flashvlm_export.selector.config import SelectorConfig
 
     llava = get_spec("llava15-tiny")
     graph = tmp_path / "llava.onnx"
     graph.write_bytes(b"")
     request = ExportRequest(spec=llava, budget=16, t_max=llava.t_max, batch=1, config=SelectorConfig(), selector_only=False)
-    monkeypatch.setattr(api, "_metadata", lambda g, e: ({"weights": "random:0"}, str(graph)))
+    monkeypatch.setattr(run_steps, "graph_metadata_of", lambda g, e: ({"weights": "random:0"}, str(graph)))
     monkeypatch.setattr(graph_info, "graph_info", lambda meta, source: graph_info.GraphInfo(request, recorded_weights("random:0", source), source))
     return graph
 

@@ -447,7 +447,7 @@ def test_an_llm_that_cannot_fit_is_refused_in_one_line_before_anything_is_loaded
     def loaded(*args, **kwargs):
         raise AssertionError("loaded before the memory check")
 
-    monkeypatch.setattr(api, "_load_parts", loaded)
+    monkeypatch.setattr(api, "load_parts", loaded)
     monkeypatch.setattr(answer, "build_llm", loaded)
     monkeypatch.setattr(answer, "available_memory", lambda device: 512 * 1024**2)  # 0.5 GB: below the 1 GiB margin alone
     with pytest.raises(UsageError) as caught:

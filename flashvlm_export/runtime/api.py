@@ -11,9 +11,6 @@ or demo_video="demo.mp4"; its result also has kept_per_group.
 
 from __future__ import annotations
 
-import os
-import tempfile
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -21,101 +18,23 @@ import torch
 
 from flashvlm_export.artifacts.files import human_size
 from flashvlm_export.artifacts.timing import StepTimer
-from flashvlm_export.errors import FlashVLMError, UsageError, arg, switch
+from flashvlm_export.errors import UsageError, arg, switch
 from flashvlm_export.models.weights import weights_for_graph
-from flashvlm_export.progress import plural
-from flashvlm_export.runtime.answer import Answer
 from flashvlm_export.runtime.graph_info import GraphInfo, graph_info
-
-RANDOM_NOTE = "random weights and a stand-in tokenizer: the answers below are noise; they show the plumbing, not a model"
-
-
-@dataclass
-class RunResult:
-    indices: np.ndarray  # (K,) kept token indices, ascending
-    n_tokens: int  # N
-    selection_ms: float
-    backend: str
-    positions: np.ndarray | None = None  # (K, 3) the graph's (t, h, w) of each kept token (3-axis rotary models)
-    heatmap: Path | None = None
-    answers: dict[str, Answer] = field(default_factory=dict)  # "pruned" and, with compare_full, "full"
-
-
-def _manifest_info(manifest: str, budget: int | None, tensorrt: bool) -> tuple[GraphInfo, object]:
-    """The manifest (checked: hashes and each graph's metadata) and the request of the budget asked for."""
-    from flashvlm_export.export.manifest import read_manifest
-    from flashvlm_export.models.weights import recorded_weights
-
-    split = read_manifest(Path(manifest), engines=tensorrt)
-    if budget is None:
-        raise UsageError(f"{arg('manifest', manifest)} serves {split.serves}; choose one per request with {arg('budget')}")
-    request = split.request(split.check_budget(budget))
-    return GraphInfo(request, recorded_weights(split.weights, str(manifest)), str(manifest)), split
-
-
-def _metadata(graph: str | None, engine: str | None) -> tuple[dict[str, str], str]:
-    if engine is not None:
-        from flashvlm_export.artifact_paths import own_file
-        from flashvlm_export.artifacts.sidecar import read_sidecar
-
-        own_file(Path(engine), "engine", "engine", "build it with flashvlm-export ... --engine")  # regular, plausible size
-        return read_sidecar(Path(engine))["onnx_metadata"], engine
-    if graph is None:
-        raise UsageError(f"run needs {arg('graph')} (a full graph from flashvlm-export) or {arg('engine')} (a TensorRT plan)")
-    from flashvlm_export.export.metadata import graph_metadata
-
-    return graph_metadata(Path(graph)), graph
-
-
-def _check_output(path: Path, force: bool) -> None:
-    if path.suffix.lower() != ".png":
-        raise UsageError(f"{arg('heatmap', str(path))} must end in .png")
-    if path.exists() and not force:
-        raise UsageError(f"{path} already exists; pass {switch('force')} to overwrite it, or choose another {arg('heatmap')}")
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise UsageError(f"cannot create the folder of {arg('heatmap', str(path))}: {exc.strerror}") from None
-    if not os.access(path.parent, os.W_OK | os.X_OK):
-        raise UsageError(f"the folder of {arg('heatmap', str(path))} is not writable; choose another path")
-
-
-def _save_png(picture, path: Path) -> None:
-    fd, temp = tempfile.mkstemp(prefix=".flashvlm-tmp-", suffix=".png", dir=path.parent)
-    os.close(fd)
-    try:
-        picture.save(temp, format="PNG", optimize=True)
-        os.chmod(temp, 0o644)
-        os.replace(temp, path)
-    except BaseException:
-        Path(temp).unlink(missing_ok=True)
-        raise
-
-
-def _ids_text(ids: list[int], shown: int = 12) -> str:
-    more = f", ... {len(ids) - shown} more" if len(ids) > shown else ""
-    return f"{plural(len(ids), 'new token')}: ids {', '.join(map(str, ids[:shown]))}{more}"
-
-
-def _load_parts(info: GraphInfo, log):
-    from flashvlm_export.models.adapter import get_parts_logged
-
-    return get_parts_logged(info.spec, info.weights, log, with_embeddings=True, what=" vision tower and embed_tokens")
-
-
-def _backend(info: GraphInfo, graph: str | None, engine: str | None, plugin_lib: str | None, split=None, tensorrt=False, budget=None):
-    if split is not None:
-        from flashvlm_export.runtime.chain import BudgetBackend, SplitChain
-
-        chain = SplitChain(split, tensorrt, Path(plugin_lib) if plugin_lib else None)
-        return BudgetBackend(chain, budget)
-    if engine is not None:
-        from flashvlm_export.trt.runner import EngineRunner
-
-        return EngineRunner(Path(engine), plugin_library=Path(plugin_lib) if plugin_lib else None)
-    from flashvlm_export.runtime.session import OrtGraph
-
-    return OrtGraph(Path(graph), plugin=info.request.plugin)
+from flashvlm_export.runtime.run_steps import (
+    RANDOM_NOTE,
+    RunResult,
+    check_graph_budget,
+    check_output,
+    check_positions,
+    graph_metadata_of,
+    ids_text,
+    load_parts,
+    manifest_info,
+    positions_text,
+    save_png,
+    selection_backend,
+)
 
 
 def run(
@@ -176,15 +95,15 @@ def run(
     if manifest is not None:
         if graph is not None or engine is not None:
             raise UsageError(f"{arg('manifest')} names the graphs and engines; drop {arg('graph')}/{arg('engine')}")
-        info, split = _manifest_info(manifest, budget, tensorrt)
+        info, split = manifest_info(manifest, budget, tensorrt)
         recorded, source = split.weights, manifest
     else:
         if tensorrt:
             raise UsageError(f"{switch('tensorrt')} runs a manifest's engines; pass {arg('manifest')} (a single engine: {arg('engine')})")
-        meta, source = _metadata(graph, engine)
+        meta, source = graph_metadata_of(graph, engine)
         info = graph_info(meta, source)
         recorded = meta.get("weights")
-        _check_graph_budget(info.request, budget, source)
+        check_graph_budget(info.request, budget, source)
     weights = weights_for_graph(recorded, random_weights, seed, model_path, source)
     info = GraphInfo(info.request, weights, source)
     spec, request = info.spec, info.request
@@ -194,7 +113,7 @@ def run(
         refuse_clip_graph(request, source)
     heatmap_path = Path(heatmap) if heatmap else None
     if heatmap_path is not None:
-        _check_output(heatmap_path, force)
+        check_output(heatmap_path, force)
     if demo_image is not None:
         _check_demo_target(Path(demo_image), force)
     checkpoint = None if info.weights.random else Path(info.weights.path)
@@ -215,7 +134,7 @@ def run(
     if demo_image is not None:  # written only once every check above has passed
         image = write_demo_image(demo_image, force, log=log)
     prepared = prepare_image(image, spec, checkpoint)
-    parts = _load_parts(info, log)
+    parts = load_parts(info, log)
     if answer and gguf is None:  # before the selection: a model that cannot answer fails fast
         timer = StepTimer("Model", log)
         llm = llm_answer.build_llm(spec, parts, None if checkpoint is None else str(checkpoint), info.weights.seed, device, dtype)
@@ -234,7 +153,7 @@ def run(
     if prepared.note:
         log(f"Input: {prepared.note}")
 
-    backend = _backend(info, graph, engine, plugin_lib, split, tensorrt, budget)
+    backend = selection_backend(info, graph, engine, plugin_lib, split, tensorrt, budget)
     feed = None
     if request.ranged and split is None:  # a budget-range graph takes the budget as an input (checked above)
         from flashvlm_export.runtime.budgets import budget_feed
@@ -247,8 +166,8 @@ def run(
     )
     log(f"Run: kept indices {selection.indices.tolist()}")
     if spec.has_positions:
-        _check_positions(selection, spec, source)
-        log(f"Run: kept positions (t, h, w) from the image's start, from the graph: {_positions_text(selection.positions)}")
+        check_positions(selection, spec, source)
+        log(f"Run: kept positions (t, h, w) from the image's start, from the graph: {positions_text(selection.positions)}")
     positions = None if selection.positions is None else selection.positions.numpy()
     result = RunResult(selection.indices, n, selection.ms, selection.backend, positions=positions)
 
@@ -268,7 +187,7 @@ def run(
         else:
             maps = score_maps(parts, prepared.pixel_values, text_embeds[0][text_mask[0]], request.config)
             picture = render_heatmap(prepared.shown, selection.indices, maps, k_imp, selection.backend)
-        _save_png(picture, heatmap_path)
+        save_png(picture, heatmap_path)
         timer.done("kept tokens over the image; S_int, s, S_ext, F from the PyTorch reference", heatmap_path)
         result.heatmap = heatmap_path
 
@@ -299,7 +218,7 @@ def run(
         for a in result.answers.values():
             log(
                 f"Answer [{a.label}]: prefill {a.prefill_ms:.1f} ms (LLM time to first token over {a.prompt_tokens} tokens), "
-                f"KV cache {human_size(a.kv_bytes)}: {a.text!r} ({_ids_text(a.token_ids)})"
+                f"KV cache {human_size(a.kv_bytes)}: {a.text!r} ({ids_text(a.token_ids)})"
             )
         if compare_full:
             pruned, full = result.answers["pruned"], result.answers["full"]
@@ -324,42 +243,6 @@ def _crops_layout(spec, parts, prepared, rows: torch.Tensor, indices, log) -> to
     return laid
 
 
-def _check_graph_budget(request, budget: int | None, source: str) -> None:
-    """A budget-range graph needs --budget in its range; a fixed graph's budget is its own (--budget may only repeat it)."""
-    if request.ranged:
-        if budget is None:
-            raise UsageError(f"{source} serves any K in {request.budget_min}..{request.budget}; choose one with {arg('budget')}")
-        from flashvlm_export.runtime.budgets import budget_feed
-
-        budget_feed(budget, 1, request.budget_min, request.budget, source)
-    elif budget is not None and budget != request.budget:
-        raise UsageError(
-            f"{arg('budget', budget)}: {source} keeps K={request.budget}, fixed at export; drop {arg('budget')}, or export with "
-            "--budget-range (or pass a split's --manifest)"
-        )
-
-
-def _check_positions(selection, spec, source: str) -> None:
-    """The graph's positions are its kept tokens' own (t, h, w): what the LLM is given is what the graph selected."""
-    from flashvlm_export.models.positions import token_positions
-
-    if selection.positions is None:
-        raise FlashVLMError(f"{source} returns no kept-token positions, which {spec.name} needs; re-export it with flashvlm-export")
-    want = token_positions(spec)[torch.from_numpy(selection.indices)]
-    if not torch.equal(selection.positions, want):
-        row = int(torch.any(selection.positions != want, dim=1).nonzero()[0])
-        raise FlashVLMError(
-            f"{source} returned position {selection.positions[row].tolist()} for token {int(selection.indices[row])}, "
-            f"whose (t, h, w) is {want[row].tolist()}; re-export the graph with flashvlm-export"
-        )
-
-
-def _positions_text(positions: torch.Tensor, shown: int = 6) -> str:
-    rows = [f"({t}, {h}, {w})" for t, h, w in positions[:shown].tolist()]
-    more = f", ... {len(positions) - shown} more" if len(positions) > shown else ""
-    return ", ".join(rows) + more
-
-
 def _check_demo_target(target: Path, force: bool) -> None:
     if target.exists() and not force:
         raise UsageError(f"{target} already exists; pass {switch('force')} to overwrite it, or use it as {arg('image', str(target))}")
@@ -372,6 +255,6 @@ def write_demo_image(path: str, force: bool = False, log=print) -> str:
     target = Path(path)
     _check_demo_target(target, force)
     target.parent.mkdir(parents=True, exist_ok=True)
-    _save_png(demo_picture(), target)
+    save_png(demo_picture(), target)
     log(f"Input: wrote the demo picture to {target}")
     return str(target)

@@ -21,7 +21,8 @@ import torch
 
 from flashvlm_export.errors import FlashVLMError, UsageError, arg, switch
 from flashvlm_export.progress import plural
-from flashvlm_export.runtime.api import RANDOM_NOTE, RunResult
+from flashvlm_export.runtime import run_steps as steps
+from flashvlm_export.runtime.run_steps import RANDOM_NOTE, RunResult
 
 
 @dataclass
@@ -132,7 +133,6 @@ def run_clip(graph, video, question, *, image=None, demo_image=None, demo_video=
     from flashvlm_export.artifacts.timing import StepTimer
     from flashvlm_export.models.positions import clip_token_positions, second_per_grid
     from flashvlm_export.models.weights import weights_for_graph
-    from flashvlm_export.runtime import api
     from flashvlm_export.runtime.answer import check_llm_dtype, image_position
     from flashvlm_export.runtime.clip import clip_llm_input, clip_prompt_ids, clip_text_inputs, read_clip, video_token_index
     from flashvlm_export.runtime.graph_info import GraphInfo, graph_info
@@ -148,15 +148,15 @@ def run_clip(graph, video, question, *, image=None, demo_image=None, demo_video=
     if manifest is not None:
         if graph is not None or engine is not None:
             raise UsageError(f"{arg('manifest')} names the graphs and engines; drop {arg('graph')}/{arg('engine')}")
-        info, split = api._manifest_info(manifest, budget, tensorrt)
+        info, split = steps.manifest_info(manifest, budget, tensorrt)
         recorded, source = split.weights, manifest
     else:
         if tensorrt:
             raise UsageError(f"{switch('tensorrt')} runs a manifest's engines; pass {arg('manifest')} (a single engine: {arg('engine')})")
-        meta, source = api._metadata(graph, engine)
+        meta, source = steps.graph_metadata_of(graph, engine)
         info = graph_info(meta, source)
         recorded = meta.get("weights")
-        api._check_graph_budget(info.request, budget, source)
+        steps.check_graph_budget(info.request, budget, source)
     check_clip_graph(info.request, source)
     weights = weights_for_graph(recorded, random_weights, seed, model_path, source)
     info = GraphInfo(info.request, weights, source)
@@ -186,7 +186,7 @@ def run_clip(graph, video, question, *, image=None, demo_image=None, demo_video=
         video = str(write_demo_clip(target, frames=frames, size=spec.image_size, force=force, fps=request.fps))
         log(f"Input: wrote the demo clip ({frames} frames, {spec.image_size} px, {request.fps:g} fps: the graph's) to {video}")
     clip = read_clip(video, spec, frames, fps, checkpoint)  # a missing, unreadable, still or short clip: one line
-    parts = api._load_parts(info, log)
+    parts = steps.load_parts(info, log)
     if answer:  # before the selection: a model that cannot answer fails fast
         timer = StepTimer("Model", log)
         llm = llm_answer.build_llm(spec, parts, None if checkpoint is None else str(checkpoint), info.weights.seed, device, dtype)
@@ -203,7 +203,7 @@ def run_clip(graph, video, question, *, image=None, demo_image=None, demo_video=
         f"{int(text_mask.sum())}/{request.t_max} text rows ({tokenizer_name})"
     )
 
-    backend = api._backend(info, graph, engine, plugin_lib, split, tensorrt, budget)
+    backend = steps.selection_backend(info, graph, engine, plugin_lib, split, tensorrt, budget)
     selection = select(backend, clip.pixel_values, text_embeds, text_mask, request.batch)
     total = request.tokens
     log(f"Run: selected {len(selection.indices)}/{total} tokens {selection.ms:.1f} ms ({selection.backend}, encoder + projector + selector)")
@@ -212,7 +212,7 @@ def run_clip(graph, video, question, *, image=None, demo_image=None, demo_video=
     log(f"Run: kept per frame group (group g = frames 2g, 2g+1; {n} tokens each): {_groups_text(counts, per_group)}")
     log(f"Run: kept indices {selection.indices.tolist()}")
     positions = clip_positions(selection, request, clip.effective_fps, source, log)
-    log(f"Run: kept positions (t, h, w) from the clip's start: {api._positions_text(positions)}")
+    log(f"Run: kept positions (t, h, w) from the clip's start: {steps.positions_text(positions)}")
     result = ClipRunResult(
         selection.indices, total, selection.ms, selection.backend, positions=positions.numpy(), kept_per_group=counts,
         effective_fps=clip.effective_fps, timestamps=list(clip.timestamps),
@@ -225,7 +225,7 @@ def run_clip(graph, video, question, *, image=None, demo_image=None, demo_video=
         kept = [[int(i) % n for i in selection.indices if i // n == g] for g in range(groups)]
         footer = f"{request.video_budget} rule, K={len(selection.indices)} of N={total}, {selection.backend}"
         strip_path.parent.mkdir(parents=True, exist_ok=True)
-        api._save_png(clip_strip(clip.shown, kept, spec.grid_side, clip.timestamps, footer=footer), strip_path)
+        steps.save_png(clip_strip(clip.shown, kept, spec.grid_side, clip.timestamps, footer=footer), strip_path)
         timer.done(f"kept tokens over the clip's {plural(groups, 'frame group')}", strip_path)
         result.heatmap = strip_path
 
@@ -246,7 +246,7 @@ def run_clip(graph, video, question, *, image=None, demo_image=None, demo_video=
         for a in result.answers.values():
             log(
                 f"Answer [{a.label}]: prefill {a.prefill_ms:.1f} ms (LLM time to first token over {a.prompt_tokens} tokens), "
-                f"KV cache {human_size(a.kv_bytes)}: {a.text!r} ({api._ids_text(a.token_ids)})"
+                f"KV cache {human_size(a.kv_bytes)}: {a.text!r} ({steps.ids_text(a.token_ids)})"
             )
         if compare_full:
             pruned, full = result.answers["pruned"], result.answers["full"]

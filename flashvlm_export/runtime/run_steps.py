@@ -1,0 +1,143 @@
+"""What `run` does for a picture and for a clip alike (runtime/api.py, runtime/clip_run.py): read the graph's or the
+manifest's metadata, pick the backend, check the graph's budget and positions, print ids, save a picture."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from flashvlm_export.errors import FlashVLMError, UsageError, arg, switch
+from flashvlm_export.progress import plural
+from flashvlm_export.runtime.answer import Answer
+from flashvlm_export.runtime.graph_info import GraphInfo
+
+RANDOM_NOTE = "random weights and a stand-in tokenizer: the answers below are noise; they show the plumbing, not a model"
+
+
+@dataclass
+class RunResult:
+    indices: np.ndarray  # (K,) kept token indices, ascending
+    n_tokens: int  # N
+    selection_ms: float
+    backend: str
+    positions: np.ndarray | None = None  # (K, 3) the graph's (t, h, w) of each kept token (3-axis rotary models)
+    heatmap: Path | None = None
+    answers: dict[str, Answer] = field(default_factory=dict)  # "pruned" and, with compare_full, "full"
+
+
+def manifest_info(manifest: str, budget: int | None, tensorrt: bool) -> tuple[GraphInfo, object]:
+    """The manifest (checked: hashes and each graph's metadata) and the request of the budget asked for."""
+    from flashvlm_export.export.manifest import read_manifest
+    from flashvlm_export.models.weights import recorded_weights
+
+    split = read_manifest(Path(manifest), engines=tensorrt)
+    if budget is None:
+        raise UsageError(f"{arg('manifest', manifest)} serves {split.serves}; choose one per request with {arg('budget')}")
+    request = split.request(split.check_budget(budget))
+    return GraphInfo(request, recorded_weights(split.weights, str(manifest)), str(manifest)), split
+
+
+def graph_metadata_of(graph: str | None, engine: str | None) -> tuple[dict[str, str], str]:
+    if engine is not None:
+        from flashvlm_export.artifact_paths import own_file
+        from flashvlm_export.artifacts.sidecar import read_sidecar
+
+        own_file(Path(engine), "engine", "engine", "build it with flashvlm-export ... --engine")  # regular, plausible size
+        return read_sidecar(Path(engine))["onnx_metadata"], engine
+    if graph is None:
+        raise UsageError(f"run needs {arg('graph')} (a full graph from flashvlm-export) or {arg('engine')} (a TensorRT plan)")
+    from flashvlm_export.export.metadata import graph_metadata
+
+    return graph_metadata(Path(graph)), graph
+
+
+def check_output(path: Path, force: bool) -> None:
+    if path.suffix.lower() != ".png":
+        raise UsageError(f"{arg('heatmap', str(path))} must end in .png")
+    if path.exists() and not force:
+        raise UsageError(f"{path} already exists; pass {switch('force')} to overwrite it, or choose another {arg('heatmap')}")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise UsageError(f"cannot create the folder of {arg('heatmap', str(path))}: {exc.strerror}") from None
+    if not os.access(path.parent, os.W_OK | os.X_OK):
+        raise UsageError(f"the folder of {arg('heatmap', str(path))} is not writable; choose another path")
+
+
+def save_png(picture, path: Path) -> None:
+    fd, temp = tempfile.mkstemp(prefix=".flashvlm-tmp-", suffix=".png", dir=path.parent)
+    os.close(fd)
+    try:
+        picture.save(temp, format="PNG", optimize=True)
+        os.chmod(temp, 0o644)
+        os.replace(temp, path)
+    except BaseException:
+        Path(temp).unlink(missing_ok=True)
+        raise
+
+
+def ids_text(ids: list[int], shown: int = 12) -> str:
+    more = f", ... {len(ids) - shown} more" if len(ids) > shown else ""
+    return f"{plural(len(ids), 'new token')}: ids {', '.join(map(str, ids[:shown]))}{more}"
+
+
+def load_parts(info: GraphInfo, log):
+    from flashvlm_export.models.adapter import get_parts_logged
+
+    return get_parts_logged(info.spec, info.weights, log, with_embeddings=True, what=" vision tower and embed_tokens")
+
+
+def selection_backend(info: GraphInfo, graph: str | None, engine: str | None, plugin_lib: str | None, split=None, tensorrt=False, budget=None):
+    if split is not None:
+        from flashvlm_export.runtime.chain import BudgetBackend, SplitChain
+
+        chain = SplitChain(split, tensorrt, Path(plugin_lib) if plugin_lib else None)
+        return BudgetBackend(chain, budget)
+    if engine is not None:
+        from flashvlm_export.trt.runner import EngineRunner
+
+        return EngineRunner(Path(engine), plugin_library=Path(plugin_lib) if plugin_lib else None)
+    from flashvlm_export.runtime.session import OrtGraph
+
+    return OrtGraph(Path(graph), plugin=info.request.plugin)
+
+
+def check_graph_budget(request, budget: int | None, source: str) -> None:
+    """A budget-range graph needs --budget in its range; a fixed graph's budget is its own (--budget may only repeat it)."""
+    if request.ranged:
+        if budget is None:
+            raise UsageError(f"{source} serves any K in {request.budget_min}..{request.budget}; choose one with {arg('budget')}")
+        from flashvlm_export.runtime.budgets import budget_feed
+
+        budget_feed(budget, 1, request.budget_min, request.budget, source)
+    elif budget is not None and budget != request.budget:
+        raise UsageError(
+            f"{arg('budget', budget)}: {source} keeps K={request.budget}, fixed at export; drop {arg('budget')}, or export with "
+            "--budget-range (or pass a split's --manifest)"
+        )
+
+
+def check_positions(selection, spec, source: str) -> None:
+    """The graph's positions are its kept tokens' own (t, h, w): what the LLM is given is what the graph selected."""
+    from flashvlm_export.models.positions import token_positions
+
+    if selection.positions is None:
+        raise FlashVLMError(f"{source} returns no kept-token positions, which {spec.name} needs; re-export it with flashvlm-export")
+    want = token_positions(spec)[torch.from_numpy(selection.indices)]
+    if not torch.equal(selection.positions, want):
+        row = int(torch.any(selection.positions != want, dim=1).nonzero()[0])
+        raise FlashVLMError(
+            f"{source} returned position {selection.positions[row].tolist()} for token {int(selection.indices[row])}, "
+            f"whose (t, h, w) is {want[row].tolist()}; re-export the graph with flashvlm-export"
+        )
+
+
+def positions_text(positions: torch.Tensor, shown: int = 6) -> str:
+    rows = [f"({t}, {h}, {w})" for t, h, w in positions[:shown].tolist()]
+    more = f", ... {len(positions) - shown} more" if len(positions) > shown else ""
+    return ", ".join(rows) + more
