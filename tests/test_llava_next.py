@@ -257,11 +257,15 @@ def test_parity_checks_each_crop_and_catches_planted_faults(next_parts, fault):
         assert not report.decisions_passed
 
 
-def test_the_full_graph_passes_parity_in_onnx_runtime(next_graphs, next_parts):
+def test_the_full_graph_passes_parity_in_onnx_runtime_and_saves_only_what_a_replay_can_judge(next_graphs, next_parts, tmp_path):
+    """Passes in three layers; with a save folder it writes the report, and no Polygraphy replay records: the replay
+    judges one image's decisions per record, and a photo's are per crop (records of (crops, K / crops) indices
+    against the graph's (1, K) would fail an honest graph)."""
     from flashvlm_export.parity.run import run_parity
 
-    reports = run_parity(next_graphs[K], next_parts, repeats=1, log=lambda *_: None)
+    reports = run_parity(next_graphs[K], next_parts, repeats=1, save_dir=tmp_path, log=lambda *_: None)
     assert all(reports) and {r.backend for r in reports} >= {"static-torch", "onnxruntime[CPU]"}
+    assert sorted(p.name for p in tmp_path.iterdir()) == [f"{next_graphs[K].stem}_parity.json"]
 
 
 def test_split_export_parity_and_run_through_the_cli(tmp_path, capsys):

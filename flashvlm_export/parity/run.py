@@ -245,8 +245,9 @@ def run_parity(
     if save_dir is not None:
         schedule = request.schedule if request.crops > 1 else round_schedule(request.tokens, request.budget, request.config)
         table = request.token_positions().numpy() if request.positions else None
-        # the replay judges one image's decisions per record; a clip's are per group or grouped: the report only
-        whole = request.ranged or request.clip is not None
+        # the replay judges one image's decisions per record; a clip's are per group or grouped, a photo's per crop:
+        # the report only
+        whole = request.ranged or request.clip is not None or request.crops > 1
         paths = save_records(cases, reports, save_dir, graph.stem, schedule, min_overlap, log, table, ranged=whole)
         log(f"Parity: saved {', '.join(str(p) for p in paths)} ({human_size(sum(p.stat().st_size for p in paths))})")
     return reports
