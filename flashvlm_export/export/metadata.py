@@ -211,8 +211,9 @@ def request_fields(meta: dict[str, str], source: str) -> dict:
             if not (math.isfinite(clip["fps"]) and clip["fps"] > 0):
                 raise ValueError(f"{clip['fps']} is not a positive frame rate")
             key = "n_tokens"
-            groups = clip["frames"] // spec.vision.get("temporal_patch_size", 2)
-            if clip["frames"] % 2 or n_tokens != groups * spec.n_tokens:
+            step = spec.temporal_patch
+            groups = clip["frames"] // step
+            if clip["frames"] % step or n_tokens != groups * spec.n_tokens:
                 raise ValueError(f"{n_tokens} tokens for {clip['frames']} frames of {spec.n_tokens}")
             n_tokens = None  # a clip's N follows from its frames
     except KeyError as exc:
