@@ -111,7 +111,7 @@ def qwen_video_cost(spec: ModelSpec, frames: int, budgets: tuple[int, ...] = VID
     """A Qwen2.5-VL clip of `frames` frames: F / 2 temporal groups of N tokens each. The tower attends within a
     group (its cu_seqlens are per temporal group, full-attention blocks included), so its cost is one image's per
     group: `crops` = groups."""
-    groups = frames // spec.vision["temporal_patch_size"]
+    groups = frames // spec.temporal_patch
     image = windowed_encoder(spec)
     encoder = EncoderGeometry(
         f"{image.name} x {groups} frame groups", image.layers, image.hidden, image.intermediate, image.tokens, groups,

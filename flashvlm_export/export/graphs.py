@@ -62,7 +62,7 @@ def clip_layout(spec: ModelSpec, frames: int | None, rule: str) -> ClipLayout | 
     """The clip's temporal groups of a video request (None for images)."""
     if frames is None:
         return None
-    return ClipLayout(frames // spec.vision["temporal_patch_size"], spec.n_tokens, rule)
+    return ClipLayout(frames // spec.temporal_patch, spec.n_tokens, rule)
 
 
 class _Traced:

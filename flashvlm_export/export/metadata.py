@@ -206,14 +206,18 @@ def request_fields(meta: dict[str, str], source: str) -> dict:
         config = SelectorConfig.from_dict(json.loads(field("selector_config")))
         clip = {}
         if "frames" in meta:
-            clip = dict(frames=whole("frames", 2), video_budget=field("video_budget"), fps=float(field("fps")))
+            frames = whole("frames", 2)
+            if not spec.temporal_patch:
+                raise ValueError(f"{spec.name} has no video path, so a clip's frames do not apply")
+            clip = dict(frames=frames, video_budget=field("video_budget"), fps=float(field("fps")))
             key = "fps"
             if not (math.isfinite(clip["fps"]) and clip["fps"] > 0):
                 raise ValueError(f"{clip['fps']} is not a positive frame rate")
             key = "n_tokens"
-            groups = clip["frames"] // spec.vision.get("temporal_patch_size", 2)
-            if clip["frames"] % 2 or n_tokens != groups * spec.n_tokens:
-                raise ValueError(f"{n_tokens} tokens for {clip['frames']} frames of {spec.n_tokens}")
+            step = spec.temporal_patch
+            groups = clip["frames"] // step
+            if clip["frames"] % step or n_tokens != groups * spec.n_tokens:
+                raise ValueError(f"{n_tokens} is not {clip['frames']} frames / {step} x {spec.n_tokens} tokens")
             n_tokens = None  # a clip's N follows from its frames
     except KeyError as exc:
         raise UsageError(f"{source} lacks flashvlm metadata {exc}; {REEXPORT}") from None

@@ -95,7 +95,7 @@ def export_requests(
         raise UsageError(f"--t-max {t_max} must be >= 1 (room for the prompt's text tokens)")
     if batch < 1:
         raise UsageError(f"--batch {batch} must be >= 1")
-    tokens = spec.n_tokens if frames is None else frames // 2 * spec.n_tokens
+    tokens = spec.n_tokens if frames is None else frames // spec.temporal_patch * spec.n_tokens
     if n_tokens is not None:
         from flashvlm_export.selector.static import TOPK_LIMIT
 
@@ -135,15 +135,17 @@ def check_video(spec: ModelSpec, frames: int, fps: float, n_tokens: int | None, 
     if not spec.has_video:
         with_video = ", ".join(name for name, other in MODELS.items() if other.has_video)
         raise UsageError(f"--video: {spec.name} has no video path; use --model {with_video.split(', ')[0]} (video: {with_video}) or drop --video")
-    if isinstance(frames, bool) or not isinstance(frames, int) or frames < 2 or frames % 2:
-        fix = 2 if not isinstance(frames, int) or frames < 2 else frames + 1
+    step = spec.temporal_patch
+    if isinstance(frames, bool) or not isinstance(frames, int) or frames < step or frames % step:
+        fix = step if not isinstance(frames, int) or frames < step else frames + step - frames % step
         raise UsageError(
-            f"--frames {frames} must be an even number of at least 2 (Qwen2.5-VL pairs frames into temporal groups); use --frames {fix}"
+            f"--frames {frames} must be an even number of at least {step} ({spec.name} encodes frames in temporal groups "
+            f"of {step}); use --frames {fix}"
         )
     if not (math.isfinite(fps) and fps > 0):
         raise UsageError(f"--fps {fps} must be a positive frame rate; use e.g. --fps 2 (Qwen's default)")
     if n_tokens is not None:
-        raise UsageError(f"--n-tokens {n_tokens} and --video exclude each other: a clip's N is --frames / 2 x the image's; drop --n-tokens")
+        raise UsageError(f"--n-tokens {n_tokens} and --video exclude each other: a clip's N is --frames / {spec.temporal_patch} x the image's; drop --n-tokens")
     if budget_range is not None:
         raise UsageError(f"--budget-range {budget_range} does not apply to --video yet; pass one --budget")
 

@@ -43,7 +43,7 @@ def sequence_positions(before: int, kept: torch.Tensor, after: int, extent: int)
 
 def second_per_grid(spec: ModelSpec, fps: float) -> float:
     """Seconds one temporal group spans for frames sampled at `fps`: temporal_patch_size / fps (Qwen's processor)."""
-    return spec.vision["temporal_patch_size"] / fps
+    return spec.temporal_patch / fps
 
 
 def temporal_positions(spec: ModelSpec, groups: int, second_per_grid_t: float) -> torch.Tensor:
@@ -54,7 +54,7 @@ def temporal_positions(spec: ModelSpec, groups: int, second_per_grid_t: float) -
 
 def clip_token_positions(spec: ModelSpec, frames: int, second_per_grid_t: float) -> torch.Tensor:
     """(G * N, 3) int64: each token of a clip of `frames` frames, group-major raster order, at its (t, h, w)."""
-    groups = frames // spec.vision["temporal_patch_size"]
+    groups = frames // spec.temporal_patch
     table = token_positions(spec).repeat(groups, 1)
     table[:, 0] = temporal_positions(spec, groups, second_per_grid_t).repeat_interleave(spec.n_tokens)
     return table

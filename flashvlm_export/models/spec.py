@@ -131,6 +131,12 @@ class ModelSpec:
         return self.family == "qwen2_5_vl"
 
     @property
+    def temporal_patch(self) -> int:
+        """Frames per temporal group of a clip (the vision config's temporal_patch_size: 2 for Qwen2.5-VL); 0 for a
+        model without a video path. The one home of this number: a clip of F frames has F / temporal_patch groups."""
+        return int(self.vision.get("temporal_patch_size", 0)) if self.has_video else 0
+
+    @property
     def has_positions(self) -> bool:
         """Whether the LLM places visual tokens by (t, h, w) rotary positions, which the graphs then return."""
         return self.family == "qwen2_5_vl"

@@ -110,7 +110,7 @@ def clip_positions(selection, request, effective_fps: float, source: str, log) -
         )
     table = clip_token_positions(spec, frames, second_per_grid(spec, effective_fps))
     if not torch.equal(table, clip_token_positions(spec, frames, request.second_per_grid_t)):
-        groups = frames // spec.vision["temporal_patch_size"]
+        groups = frames // spec.temporal_patch
         log(
             f"Run: the clip is sampled at {effective_fps:g} fps, the graph's positions assume {request.fps:g} fps: the kept "
             f"tokens' t rebuilt for {effective_fps:g} fps (groups at t = {table[:: spec.n_tokens, 0][:groups].tolist()}; h, w the graph's)"

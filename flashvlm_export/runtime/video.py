@@ -36,8 +36,9 @@ import torch
 
 from flashvlm_export.errors import UsageError, arg, switch
 from flashvlm_export.models import qwen2_5_vl
+from flashvlm_export.models.zoo.qwen2_5_vl import QWEN25_VL_7B
 
-TEMPORAL_PATCH = 2  # Qwen2.5-VL's temporal_patch_size: frames 2g and 2g+1 form temporal group g
+TEMPORAL_PATCH = QWEN25_VL_7B.temporal_patch  # Qwen2.5-VL's (every size's): frames 2g and 2g+1 form temporal group g
 BICUBIC = 3  # PILImageResampling.BICUBIC, the processor's resample
 STILL_FORMATS = ("image2", "png_pipe", "jpeg_pipe", "webp_pipe", "bmp_pipe", "gif", "tiff_pipe")
 VIDEO_HINT = "pass a video file (mp4, mkv, avi, webm, ...)"
