@@ -21,6 +21,7 @@ from torch import nn
 
 from flashvlm_export.errors import UsageError
 from flashvlm_export.selector.config import VIDEO_BUDGETS, SelectorConfig
+from flashvlm_export.selector.crops import CropSelector
 from flashvlm_export.selector.reference import ReferenceTrace, decide, gram_matrix, scores
 from flashvlm_export.selector.schedule import MIN_BUDGET, RoundSchedule, round_schedule
 from flashvlm_export.selector.static import TOPK_LIMIT, StaticScores, StaticSelector
@@ -167,19 +168,9 @@ class StaticClipSelector(nn.Module):
         b, g, n = vision_features.shape[0], self.layout.groups, self.layout.group_tokens
         if self.schedule.keeps_all:  # as StaticSelector's, at the graph's own batch (a static shape)
             return torch.arange(g * n, dtype=torch.int64).expand(b, g * n)
-        t, dl = text_embeds.shape[1], text_embeds.shape[2]
-        selected = self.inner(
-            vision_features.reshape(b * g, n, -1),
-            cls_attention.reshape(b * g, n),
-            projected_features.reshape(b * g, n, -1),
-            # every group sees the clip's text; a Concat: TorchScript exports an expand with a data-dependent shape
-            torch.cat([text_embeds[:, None]] * g, dim=1).reshape(b * g, t, dl),
-            torch.cat([text_mask[:, None]] * g, dim=1).reshape(b * g, t),
-        )
-        indices, *decisions = selected if isinstance(selected, tuple) else (selected,)
-        offsets = (torch.arange(g, dtype=torch.int64) * n).reshape(1, g, 1)  # each group's first token in the clip
-        indices = (indices.reshape(b, g, -1) + offsets).reshape(b, -1)  # ascending: groups in order, each ascending
-        if not decisions:
-            return indices
-        s, q, fused, gram = decisions
-        return (indices, s.reshape(b, g * n), q.reshape(b, g * n), fused.reshape(b, g * n), gram.reshape(b, g * n, n))
+        # each group selected as an image, the clip's text for every group: a LLaVA-NeXT photo's crops, the same module
+        selected = CropSelector(self.inner, g)(vision_features, cls_attention, projected_features, text_embeds, text_mask)
+        if not isinstance(selected, tuple):
+            return selected
+        indices, s, q, fused, gram = selected
+        return indices, s, q, fused, gram.reshape(b, g * n, n)  # clip_gram's layout: each token against its own group
