@@ -42,7 +42,9 @@ def bytes_per_image(spec, n_tokens: int, t_max: int, selector_only: bool) -> int
     heads = int(spec.vision.get("num_attention_heads", spec.vision.get("num_heads", 16)))
     width = int(spec.vision.get("hidden_size", spec.vision_hidden))
     inner = int(spec.vision.get("intermediate_size", 4 * width))
-    encoder = getattr(spec, "crops", 1) * (3 * spec.image_size**2 + heads * seq * seq + seq * (width + inner))
+    # images through the encoder: a photo's crops (LLaVA-NeXT), or a clip's temporal groups (N = groups x the image's N)
+    images = getattr(spec, "crops", 1) * max(1, n_tokens // spec.n_tokens)
+    encoder = images * (3 * spec.image_size**2 + heads * seq * seq + seq * (width + inner))
     return LIVE_COPIES * FLOAT * (selector + encoder)
 
 
@@ -67,6 +69,13 @@ def check_shape_fits(spec, n_tokens: int, t_max: int, batch: int, selector_only:
         return
     why = f"about {_gib(per_image * batch)} to trace, more than this machine's {_gib(memory)} of memory"
     image_alone = bytes_per_image(spec, n_tokens, 0, selector_only)
+    groups = n_tokens // spec.n_tokens if not selector_only and spec.temporal_patch else 1  # a clip's temporal groups
+    if groups > 1 and image_alone > memory and bytes_per_image(spec, spec.n_tokens, t_max, False) <= memory:
+        fits = next((g for g in range(groups - 1, 0, -1) if bytes_per_image(spec, g * spec.n_tokens, t_max, False) <= memory), 1)
+        raise UsageError(
+            f"--frames {groups * spec.temporal_patch} needs {why}; use --frames {fits * spec.temporal_patch} or less, "
+            "or a smaller --image-size"
+        )
     if image_alone > memory and not selector_only:  # the image side, not the text, is what does not fit
         raise UsageError(f"--image-size {spec.image_size} needs {why}; {_largest_side(spec, memory)}")
     if per_image > memory:

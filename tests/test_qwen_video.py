@@ -248,3 +248,19 @@ def test_bad_video_export_is_one_line_exit_2_and_writes_nothing(tmp_path, capsys
     expect_one_line(capsys, [*flags, "--random-weights", "--out-dir", str(tmp_path / "out")], *fragments)
     assert not (tmp_path / "out").exists()
 
+
+
+def test_a_clip_too_long_to_trace_names_frames_and_the_most_that_fit(capsys, monkeypatch):
+    """The encoder's working set grows with the clip's temporal groups: the fix names --frames, the largest count
+    whose working set fits. The machine's memory is pinned (8 GiB), so the bound is the same on every CI machine."""
+    from flashvlm_export import limits
+
+    monkeypatch.setattr(limits, "memory_bytes", lambda: 8 * 2**30)
+    assert main(["--model", "qwen2.5-vl-7b", "--video", "--frames", "32", "--budget", "256", "--random-weights"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "error: --frames 32 needs" in err, err
+    frames = int(err.split("use --frames ")[1].split()[0])
+    spec = get_spec("qwen2.5-vl-7b")
+    fits = limits.bytes_per_image(spec, frames // 2 * spec.n_tokens, spec.t_max, False)
+    more = limits.bytes_per_image(spec, (frames // 2 + 1) * spec.n_tokens, spec.t_max, False)
+    assert frames % 2 == 0 and fits <= 8 * 2**30 < more  # the largest that fits
