@@ -49,15 +49,20 @@ def expand_video_token(token_ids: list[int], spec: ModelSpec, n: int) -> list[in
 def clip_llm_input(embed_tokens, token_ids: list[int], spec: ModelSpec, visual_embeds: torch.Tensor, positions) -> LLMInput:
     """visual_embeds (K, Dl) spliced at the video placeholder, at the graph's `positions` (K, 3), the text around them
     where the unpruned sequence puts it (after the clip: its start + max(rows, columns), as after an image)."""
-    index = video_token_index(spec)
-    embeds = splice(embed_tokens, token_ids, index, visual_embeds)
-    if positions is None or tuple(positions.shape) != (visual_embeds.shape[0], 3):
-        raise ValueError(f"{spec.name} needs (K, 3) positions for its K = {visual_embeds.shape[0]} visual rows")
-    before = image_position(token_ids, index, adapter(spec).VIDEO_PLACEHOLDER)
+    embeds = splice(embed_tokens, token_ids, video_token_index(spec), visual_embeds)
+    ids, next_position = clip_position_ids(token_ids, spec, positions, visual_embeds.shape[0])
+    return LLMInput(embeds, ids[:, None].to(embeds.device), next_position)
+
+
+def clip_position_ids(token_ids: list[int], spec: ModelSpec, positions, k: int) -> tuple[torch.Tensor, int]:
+    """(3, L) int64 position ids of the clip's prompt with its K kept rows at `positions` (K, 3), L = len(token_ids)
+    - 1 + K, and the first generated token's position: the one rule both LLM runtimes use (runtime/llama_cpp.py)."""
+    if positions is None or tuple(positions.shape) != (k, 3):
+        raise ValueError(f"{spec.name} needs (K, 3) positions for its K = {k} visual rows")
+    before = image_position(token_ids, video_token_index(spec), adapter(spec).VIDEO_PLACEHOLDER)
     after = len(token_ids) - before - 1
     extent = image_extent(spec)
-    ids = sequence_positions(before, torch.as_tensor(positions), after, extent)[:, None].to(embeds.device)
-    return LLMInput(embeds, ids, before + extent + after)
+    return sequence_positions(before, torch.as_tensor(positions), after, extent), before + extent + after
 
 
 def read_clip(path, spec: ModelSpec, frames: int, fps: float | None = None, model_dir=None):
