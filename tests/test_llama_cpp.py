@@ -11,6 +11,11 @@ both families, K = N and K = 64): honest 3.5e-7 .. 4.5e-7; an embedding row off 
 exchanged 0.29 .. 0.46; the fault tests ask for > 100 x the bound. Both sides are fp32 with the same weights (and
 llama.cpp runs an fp32 KV cache without flash attention, whose CPU kernel rounds: 7e-3 with it); they differ in
 kernel order only (ggml's matmul, softmax and RMSNorm vs torch's; three batches vs one forward), the last bits.
+
+The same bound for LLaVA-NeXT (llava-next-tiny, llava-next-mistral-tiny: arch llama) on the rows laid out as run lays
+them out (base, unpadded grid, image_newline rows), K = N and K = 160: honest 3.4e-7 .. 4.2e-7, a kept row off by one
+2.5e-2 .. 3.9e-2; and for a Qwen2.5-VL clip (4 frames, 2 groups, N = 512; K = N and K = 64): honest 3.9e-7 .. 5.2e-7,
+the two groups' positions exchanged (in llama.cpp's order) 1.37 .. 1.40.
 """
 
 from __future__ import annotations
@@ -103,12 +108,17 @@ def _transformers_logits(s, k) -> np.ndarray:
         return s.llm(inputs_embeds=inputs.inputs_embeds, position_ids=inputs.position_ids).logits[0].numpy()
 
 
-def _llama_logits(s, rows, positions) -> np.ndarray:
-    from flashvlm_export.runtime.llama_cpp import LlamaCppLLM, llama_cpp_prompt
+def _prefill(info, prompt) -> np.ndarray:
+    from flashvlm_export.runtime.llama_cpp import LlamaCppLLM
 
-    prompt = llama_cpp_prompt(s.ids, s.spec, rows, positions)
-    with LlamaCppLLM(s.info, n_ctx=prompt.length + 64) as llm:
+    with LlamaCppLLM(info, n_ctx=prompt.length + 64) as llm:
         return llm.prefill(prompt, all_logits=True)
+
+
+def _llama_logits(s, rows, positions) -> np.ndarray:
+    from flashvlm_export.runtime.llama_cpp import llama_cpp_prompt
+
+    return _prefill(s.info, llama_cpp_prompt(s.ids, s.spec, rows, positions))
 
 
 def _honest(s, k):
@@ -191,10 +201,19 @@ def test_an_embedding_row_off_by_one_fails_the_llama_cpp_hand_off(side, k):
 def test_positions_of_two_kept_tokens_exchanged_fail_the_llama_cpp_hand_off(side, k):
     if not side.spec.has_positions:
         pytest.skip(f"{side.spec.name} has 1-D positions: its kept rows sit at consecutive positions, none of the graph's")
+    from flashvlm_export.errors import UsageError
+    from flashvlm_export.runtime.llama_cpp import llama_cpp_prompt
+
     k = side.spec.n_tokens if k == "N" else k
     rows, positions = _honest(side, k)
-    positions[[0, -1]] = positions[[-1, 0]]  # (0, h0, w0) <-> (0, h, w): different rows and columns
-    assert _gap(_llama_logits(side, rows, positions), _transformers_logits(side, k)) > 100 * TOL_REL
+    swapped = positions.clone()
+    swapped[[0, -1]] = swapped[[-1, 0]]  # (0, h0, w0) <-> (0, h, w): different rows and columns
+    with pytest.raises(UsageError, match="do not rise along the prompt"):  # refused where llama.cpp's mask would differ
+        llama_cpp_prompt(side.ids, side.spec, rows, swapped)
+    prompt = llama_cpp_prompt(side.ids, side.spec, rows, positions)
+    image = prompt.segments[1].positions
+    image[:, [0, -1]] = image[:, [-1, 0]]  # planted past the check: what llama.cpp would compute
+    assert _gap(_prefill(side.info, prompt), _transformers_logits(side, k)) > 100 * TOL_REL
 
 
 @needs_llama
@@ -359,3 +378,316 @@ def test_the_gguf_command_never_overwrites_without_force(tmp_path, capsys):
     err = _one_line_exit_2(capsys, ["gguf", "--model", "llava15-tiny", "--out", str(existing)])
     assert "--force" in err and existing.read_bytes() == b"mine"
     assert "must end in .gguf" in _one_line_exit_2(capsys, ["gguf", "--model", "llava15-tiny", "--out", str(tmp_path / "m.bin")])
+
+
+# ---------------------------------------------------------------- LLaVA-NeXT: the laid-out rows at 1-D positions
+
+NEXT_FAMILIES = ["llava-next-tiny", "llava-next-mistral-tiny"]
+K_NEXT = 160
+
+
+def _llm_and_gguf(spec, parts, folder):
+    """The family's random LLM (seed 0, the graph's) and the GGUF written from it; the reference runs the RMSNorm
+    epsilon llama.cpp runs (see test_llama_cpps_rms_epsilon_is_the_ggufs_for_llama_and_0_for_qwen2vl)."""
+    from flashvlm_export.llm.gguf_file import llm_weights, write_gguf
+    from flashvlm_export.runtime.answer import build_llm
+    from flashvlm_export.runtime.llama_cpp import LlamaCppLLM, read_gguf
+
+    llm = build_llm(spec, parts, None, 0, torch.device("cpu"))
+    info = read_gguf(write_gguf(folder / f"{spec.name}.gguf", spec, llm.config.text_config, llm_weights(llm)))
+    if NO_LLAMA is None:
+        with LlamaCppLLM(info, n_ctx=16) as probe:
+            eps = probe.rms_eps
+        for module in llm.modules():
+            if hasattr(module, "variance_epsilon"):
+                module.variance_epsilon = eps
+    return llm, info
+
+
+@pytest.fixture(scope="module", params=NEXT_FAMILIES)
+def next_side(request, tmp_path_factory):
+    """A LLaVA-NeXT family: its random LLM and GGUF, the demo picture's P(X) rows (5 crops x 576), the newline row."""
+    from flashvlm_export.models.adapter import get_parts
+    from flashvlm_export.models.prompt import prompt_token_ids
+    from flashvlm_export.models.weights import WeightsSource
+    from flashvlm_export.runtime.image import demo_picture, prepare_image
+    from flashvlm_export.runtime.tokenizer import stand_in_tokenizer
+
+    if NO_GGUF:
+        pytest.skip(NO_GGUF)
+    spec = get_spec(request.param)
+    parts = get_parts(spec, WeightsSource(seed=0), with_embeddings=True)
+    folder = tmp_path_factory.mktemp("gguf_next")
+    llm, info = _llm_and_gguf(spec, parts, folder)
+    demo_picture().save(folder / "demo.png")
+    prepared = prepare_image(folder / "demo.png", spec)
+    _, _, projected = parts.reference_features(prepared.pixel_values)
+    n = spec.n_tokens
+    kept = np.sort(np.random.default_rng(0).choice(n - 1, K_NEXT, replace=False))
+    return SimpleNamespace(
+        spec=spec, llm=llm, info=info, rows=projected[0], newline=parts.image_newline.row, image_hw=prepared.image_hw,
+        ids=prompt_token_ids(stand_in_tokenizer(spec), QUESTION, spec), keep={n: np.arange(n), K_NEXT: kept},
+    )  # fmt: skip
+
+
+def _laid_out(s, rows, k):
+    from flashvlm_export.models.anyres import llm_rows
+
+    return llm_rows(rows, s.keep[k], s.newline, s.spec, s.image_hw)
+
+
+def test_the_mistral_test_model_is_llava_next_with_mistrals_decoder_and_template():
+    from flashvlm_export.llm.gguf_file import GGUF_ARCH, text_config
+    from flashvlm_export.models.prompt import prompt_token_ids
+    from flashvlm_export.runtime.tokenizer import stand_in_tokenizer
+
+    spec = get_spec("llava-next-mistral-tiny")
+    config = text_config(spec)
+    assert config.model_type == "mistral" and config.num_key_value_heads < config.num_attention_heads
+    assert GGUF_ARCH[spec.family] == "llama"  # convert_hf_to_gguf: MistralForCausalLM -> LlamaModel
+    assert stand_in_tokenizer(spec).decode(prompt_token_ids(stand_in_tokenizer(spec), "q", spec)).count("[INST]") == 1
+
+
+@needs_llama
+@pytest.mark.parametrize("k", ["N", K_NEXT])
+def test_llama_cpp_logits_on_llava_nexts_laid_out_rows_equal_transformers(next_side, k):
+    """The rows as _crops_layout gives both runtimes (base, unpadded grid, image_newline rows) at 0..L-1."""
+    from flashvlm_export.models.anyres import NEWLINE, layout
+    from flashvlm_export.runtime.answer import llm_input
+    from flashvlm_export.runtime.llama_cpp import llama_cpp_prompt
+
+    s = next_side
+    k = s.spec.n_tokens if k == "N" else k
+    laid = _laid_out(s, s.rows[torch.from_numpy(s.keep[k])], k)
+    assert (layout(s.keep[k], s.spec, s.image_hw) == NEWLINE).sum() > 0  # image_newline rows among them
+    inputs = llm_input(s.llm.get_input_embeddings(), s.ids, s.spec, laid)
+    with torch.no_grad():
+        theirs = s.llm(inputs_embeds=inputs.inputs_embeds).logits[0].numpy()
+    ours = _prefill(s.info, llama_cpp_prompt(s.ids, s.spec, laid))
+    assert ours.shape == theirs.shape == (len(s.ids) - 1 + laid.shape[0], s.spec.text["vocab_size"])
+    assert _gap(ours, theirs) <= TOL_REL, _gap(ours, theirs)
+
+
+@needs_llama
+@pytest.mark.parametrize("k", ["N", K_NEXT])
+def test_a_laid_out_row_off_by_one_fails_the_llava_next_hand_off(next_side, k):
+    from flashvlm_export.runtime.answer import llm_input
+    from flashvlm_export.runtime.llama_cpp import llama_cpp_prompt
+
+    s = next_side
+    k = s.spec.n_tokens if k == "N" else k
+    kept = s.rows[torch.from_numpy(s.keep[k])].clone()
+    honest = _laid_out(s, kept, k)
+    j = k // 2
+    kept[j] = s.rows[s.keep[k][j] + 1]  # the next token's row at kept row j
+    inputs = llm_input(s.llm.get_input_embeddings(), s.ids, s.spec, honest)
+    with torch.no_grad():
+        theirs = s.llm(inputs_embeds=inputs.inputs_embeds).logits[0].numpy()
+    assert _gap(_prefill(s.info, llama_cpp_prompt(s.ids, s.spec, _laid_out(s, kept, k))), theirs) > 100 * TOL_REL
+
+
+@pytest.fixture(scope="module")
+def next_graph(tmp_path_factory):
+    from flashvlm_export.export.graphs import ExportRequest, export_graph
+    from flashvlm_export.models.adapter import get_parts
+    from flashvlm_export.models.weights import WeightsSource
+    from flashvlm_export.selector.config import SelectorConfig
+
+    spec = get_spec("llava-next-tiny")
+    request = ExportRequest(spec=spec, budget=K_NEXT, t_max=spec.t_max, batch=1, config=SelectorConfig(), selector_only=False)
+    path = tmp_path_factory.mktemp("llama_graphs_next") / f"llava-next-tiny_b{K_NEXT}.onnx"
+    return export_graph(request, path, get_parts(spec, WeightsSource(seed=0)), "random:0")
+
+
+@needs_llama
+def test_run_answers_a_llava_next_graph_through_llama_cpp_with_the_same_tokens_as_transformers(next_graph, tmp_path, capsys):
+    from flashvlm_export.cli import main
+
+    gguf_path = tmp_path / "next.gguf"
+    assert main(["gguf", "--model", "llava-next-tiny", "--out", str(gguf_path)]) == 0
+    common = ["run", "--graph", str(next_graph), "--demo-image", str(tmp_path / "demo.png"), "--question", QUESTION,
+              "--answer", "--max-new-tokens", "5", "--force"]  # fmt: skip
+    assert main(common + ["--llm-runtime", "llama.cpp", "--gguf", str(gguf_path)]) == 0
+    out = capsys.readouterr().out
+    assert "greedy decoding through llama.cpp (arch llama," in out and "image_newline rows included" in out
+    assert main(common) == 0
+    reference = capsys.readouterr().out
+
+    def ids(text):
+        return text.split(f"Answer [pruned K={K_NEXT}]: ", 1)[1].split("ids ", 1)[1].splitlines()[0]
+
+    assert ids(out) == ids(reference)
+
+
+# ---------------------------------------------------------------- a Qwen2.5-VL clip: (t, h, w) at the video placeholder
+
+CLIP_FRAMES = 4  # 2 frame groups of 256 tokens: N = 512
+K_CLIP = 64
+
+
+@pytest.fixture(scope="module")
+def clip_side(tmp_path_factory):
+    """qwen2.5-vl-tiny's random LLM and GGUF, a 4-frame clip's P(X) rows (transformers' own tower), its positions at 2 fps."""
+    from flashvlm_export.models.adapter import get_parts
+    from flashvlm_export.models.positions import clip_token_positions
+    from flashvlm_export.models.weights import WeightsSource
+    from flashvlm_export.runtime.clip import clip_prompt_ids
+    from flashvlm_export.runtime.tokenizer import stand_in_tokenizer
+
+    if NO_GGUF:
+        pytest.skip(NO_GGUF)
+    spec = get_spec("qwen2.5-vl-tiny")
+    parts = get_parts(spec, WeightsSource(seed=0), with_embeddings=True)
+    llm, info = _llm_and_gguf(spec, parts, tmp_path_factory.mktemp("gguf_clip"))
+    clip = torch.randn(1, CLIP_FRAMES, 3, spec.image_size, spec.image_size, generator=torch.Generator().manual_seed(3))
+    _, _, projected = parts.reference_clip_features(clip)
+    n = CLIP_FRAMES // 2 * spec.n_tokens
+    kept = np.sort(np.random.default_rng(0).choice(n - 1, K_CLIP, replace=False))
+    return SimpleNamespace(
+        spec=spec, llm=llm, info=info, rows=projected[0], positions=clip_token_positions(spec, CLIP_FRAMES, 1.0),
+        ids=clip_prompt_ids(stand_in_tokenizer(spec), QUESTION, spec), keep={n: np.arange(n), K_CLIP: kept}, n=n,
+    )  # fmt: skip
+
+
+def _last_t(table) -> int:
+    """The unpruned clip's last temporal position (its position table's largest t)."""
+    return int(table[:, 0].max())
+
+
+def _clip_transformers_logits(s, rows, positions) -> np.ndarray:
+    from flashvlm_export.runtime.clip import clip_llm_input
+
+    inputs = clip_llm_input(s.llm.get_input_embeddings(), s.ids, s.spec, rows, positions, last_t=_last_t(s.positions))
+    with torch.no_grad():
+        return s.llm(inputs_embeds=inputs.inputs_embeds, position_ids=inputs.position_ids).logits[0].numpy()
+
+
+def test_a_clips_prompt_has_clip_llm_inputs_positions_and_next_position():
+    """No llama.cpp needed: the clip's batches at the positions runtime/clip.clip_llm_input gives transformers."""
+    from flashvlm_export.models.positions import clip_token_positions
+    from flashvlm_export.runtime.clip import clip_llm_input, clip_prompt_ids
+    from flashvlm_export.runtime.llama_cpp import llama_cpp_prompt
+    from flashvlm_export.runtime.tokenizer import stand_in_tokenizer
+
+    spec = get_spec("qwen2.5-vl-tiny")
+    ids = clip_prompt_ids(stand_in_tokenizer(spec), QUESTION, spec)
+    idx = torch.tensor([0, 7, 255, 256, 300, 511])  # both groups
+    positions = clip_token_positions(spec, CLIP_FRAMES, 1.0)[idx]
+    rows = torch.randn(len(idx), spec.text_hidden)
+    last_t = _last_t(clip_token_positions(spec, CLIP_FRAMES, 1.0))
+    prompt = llama_cpp_prompt(ids, spec, rows, positions, clip_last_t=last_t)
+    theirs = clip_llm_input(torch.nn.Embedding(spec.text["vocab_size"], spec.text_hidden), ids, spec, rows, positions, last_t=last_t)
+    full = theirs.position_ids[:, 0].numpy()
+    head, image, tail = prompt.segments
+    p = len(head)
+    assert np.array_equal(np.concatenate([head.positions[0], image.positions[0], tail.positions[0]]), full[0])
+    assert np.array_equal(image.positions[:3], full[:, p : p + len(idx)]) and not image.positions[3].any()
+    assert prompt.next_position == theirs.next_position
+    assert image.positions[0, 3] > image.positions[0, 2]  # the second group at a later t
+
+
+@needs_llama
+@pytest.mark.parametrize("k", ["N", K_CLIP])
+def test_llama_cpp_logits_for_a_clip_equal_transformers(clip_side, k):
+    from flashvlm_export.runtime.llama_cpp import llama_cpp_prompt
+
+    s = clip_side
+    k = s.n if k == "N" else k
+    idx = torch.from_numpy(s.keep[k])
+    rows, positions = s.rows[idx], s.positions[idx]
+    ours = _prefill(s.info, llama_cpp_prompt(s.ids, s.spec, rows, positions, clip_last_t=_last_t(s.positions)))
+    theirs = _clip_transformers_logits(s, rows, positions)
+    assert ours.shape == theirs.shape == (len(s.ids) - 1 + k, s.spec.text["vocab_size"])
+    assert _gap(ours, theirs) <= TOL_REL, _gap(ours, theirs)
+
+
+@needs_llama
+@pytest.mark.parametrize("k", ["N", K_CLIP])
+def test_two_frame_groups_positions_swapped_fail_the_clip_hand_off(clip_side, k):
+    """Group 0's rows at group 1's t and back. In the rows' order: refused before llama.cpp (the positions do not rise),
+    and planted past that check, llama.cpp refuses the batch itself (its t decreases). Put in position order (what
+    llama.cpp accepts): its logits leave transformers' honest ones."""
+    from flashvlm_export.errors import FlashVLMError, UsageError
+    from flashvlm_export.runtime.llama_cpp import llama_cpp_prompt
+
+    s = clip_side
+    k = s.n if k == "N" else k
+    idx = torch.from_numpy(s.keep[k])
+    rows, positions = s.rows[idx], s.positions[idx]
+    t0, t1 = sorted(set(positions[:, 0].tolist()))
+    swapped = positions.clone()
+    swapped[:, 0] = torch.where(positions[:, 0] == t0, t1, t0)
+    with pytest.raises(UsageError, match="do not rise along the prompt"):
+        llama_cpp_prompt(s.ids, s.spec, rows, swapped, clip_last_t=_last_t(s.positions))
+    prompt = llama_cpp_prompt(s.ids, s.spec, rows, positions, clip_last_t=_last_t(s.positions))
+    image = prompt.segments[1].positions
+    image[0] = np.where(image[0] == image[0].min(), image[0].max(), image[0].min())  # the same swap, past the check
+    with pytest.raises(FlashVLMError, match="could not decode"):
+        _prefill(s.info, prompt)
+    order = np.lexsort(swapped.numpy().T[::-1])  # by (t, h, w): group 1's rows first, at group 0's positions
+    reordered = llama_cpp_prompt(s.ids, s.spec, rows[order], swapped[order], clip_last_t=_last_t(s.positions))
+    assert _gap(_prefill(s.info, reordered), _clip_transformers_logits(s, rows, positions)) > 100 * TOL_REL
+
+
+@pytest.mark.parametrize("fps, why", [(8.0, "groups share t = 0"), (0.2, "group 1 at t = 20, past the text's start 16")])
+def test_a_clip_whose_positions_llama_cpp_would_mask_otherwise_is_refused_in_one_line(fps, why):
+    from flashvlm_export.errors import UsageError
+    from flashvlm_export.models.positions import clip_token_positions, second_per_grid
+    from flashvlm_export.runtime.clip import clip_prompt_ids
+    from flashvlm_export.runtime.llama_cpp import llama_cpp_prompt
+    from flashvlm_export.runtime.tokenizer import stand_in_tokenizer
+
+    spec = get_spec("qwen2.5-vl-tiny")
+    table = clip_token_positions(spec, CLIP_FRAMES, second_per_grid(spec, fps))
+    ids = clip_prompt_ids(stand_in_tokenizer(spec), QUESTION, spec)
+    with pytest.raises(UsageError, match="sample the clip at another --fps") as caught:
+        llama_cpp_prompt(ids, spec, torch.zeros(len(table), spec.text_hidden), table, clip_last_t=_last_t(table))
+    assert len(str(caught.value).splitlines()) == 1, why
+
+
+@pytest.fixture(scope="module")
+def clip_graph(tmp_path_factory):
+    from flashvlm_export.cli import main
+
+    graph = tmp_path_factory.mktemp("llama_clip_graph") / "clip.onnx"
+    argv = ["--model", "qwen2.5-vl-tiny", "--budget", str(K_CLIP), "--random-weights", "--exporter", "torchscript",
+            "--video", "--frames", str(CLIP_FRAMES), "--out", str(graph)]  # fmt: skip
+    assert main(argv) == 0
+    return graph
+
+
+@needs_llama
+def test_run_video_answers_through_llama_cpp_with_the_same_tokens_as_transformers(clip_graph, tmp_path, capsys):
+    """run --video --llm-runtime llama.cpp answers through llama.cpp (before: silently through transformers)."""
+    from flashvlm_export.cli import main
+
+    gguf_path = tmp_path / "qwen.gguf"
+    assert main(["gguf", "--model", "qwen2.5-vl-tiny", "--out", str(gguf_path)]) == 0
+    common = ["run", "--graph", str(clip_graph), "--demo-video", str(tmp_path / "clip.mp4"), "--question", QUESTION,
+              "--answer", "--compare-full", "--max-new-tokens", "5", "--force"]  # fmt: skip
+    assert main(common + ["--llm-runtime", "llama.cpp", "--gguf", str(gguf_path)]) == 0
+    out = capsys.readouterr().out
+    assert "greedy decoding through llama.cpp (arch qwen2vl," in out and "LLM ready on" not in out
+    assert main(common) == 0
+    reference = capsys.readouterr().out
+    assert "greedy decoding through llama.cpp" not in reference
+
+    def ids(text, label):
+        return text.split(f"Answer [{label}]: ", 1)[1].split("ids ", 1)[1].splitlines()[0]
+
+    for label in (f"pruned K={K_CLIP}", f"full N={CLIP_FRAMES // 2 * 256}"):
+        assert ids(out, label) == ids(reference, label)
+
+
+@pytest.mark.parametrize(
+    "extra, expected",
+    [
+        (["--llm-runtime", "llama.cpp"], "needs --gguf FILE"),
+        (["--gguf", "x.gguf"], "--gguf is the LLM for --llm-runtime llama.cpp"),
+        (["--llm-runtime", "llama.cpp", "--gguf", "nowhere.gguf", "--answer"], "nowhere.gguf: no such file"),
+    ],
+)
+def test_video_llm_runtime_and_gguf_misuse_is_one_line_exit_2(clip_graph, tmp_path, capsys, extra, expected):
+    argv = ["run", "--graph", str(clip_graph), "--demo-video", str(tmp_path / "c.mp4"), "--question", "q", *extra]
+    assert expected in _one_line_exit_2(capsys, argv)
+    assert not (tmp_path / "c.mp4").exists()  # refused before anything was written

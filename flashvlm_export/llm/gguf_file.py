@@ -1,7 +1,7 @@
 """A GGUF of a model's LLM, written with the `gguf` package: what llama.cpp loads (runtime/llama_cpp.py).
 
 The keys and tensor names are the ones llama.cpp's own converter (convert_hf_to_gguf.py) writes for these
-checkpoints: LLaVA-1.5's Llama as arch `llama` (q/k rows permuted from Hugging Face's rotate-half layout to
+checkpoints: LLaVA-1.5's Llama and LLaVA-NeXT's Vicuna or Mistral as arch `llama` (q/k rows permuted from Hugging Face's rotate-half layout to
 llama.cpp's interleaved rotary pairs, as LlamaModel.permute does), Qwen2.5-VL's text model as arch `qwen2vl`
 (M-RoPE, `rope.dimension_sections` = mrope_section padded to 4, q/k/v biases, no permutation).
 
@@ -28,7 +28,9 @@ from flashvlm_export.errors import MissingDependencyError, UsageError, arg, swit
 from flashvlm_export.models.registry import adapter
 from flashvlm_export.models.spec import ModelSpec
 
-GGUF_ARCH = {"llava": "llama", "qwen2_5_vl": "qwen2vl"}  # family -> llama.cpp architecture
+# family -> llama.cpp architecture; LLaVA-NeXT's Vicuna and Mistral are both `llama` (convert_hf_to_gguf registers
+# MistralForCausalLM with LlamaModel: arch llama, q/k permuted)
+GGUF_ARCH = {"llava": "llama", "llava_next": "llama", "qwen2_5_vl": "qwen2vl"}
 DTYPES = ("f32", "f16", "q8_0")  # of the 2-D weights; norms stay f32 (as the converter writes them)
 INSTALL = 'pip install -e ".[llama]"'
 TIMING_STD = 0.02  # the families' initializer_range: random weights of a cut full-size model

@@ -71,7 +71,7 @@ def run(
             graph, video, question, image=image, demo_image=demo_image, demo_video=demo_video, fps=fps, model_path=model_path,
             random_weights=random_weights, seed=seed, engine=engine, plugin_lib=plugin_lib, manifest=manifest, budget=budget,
             tensorrt=tensorrt, heatmap=heatmap, answer=answer, compare_full=compare_full, max_new_tokens=max_new_tokens,
-            llm_dtype=llm_dtype, force=force, log=log,
+            llm_dtype=llm_dtype, llm_runtime=llm_runtime, gguf=gguf, force=force, log=log,
         )  # fmt: skip
     if fps is not None:
         raise UsageError(f"{arg('fps', fps)} samples a clip; pass {arg('video', 'FILE')} or drop {arg('fps')}")

@@ -51,19 +51,25 @@ def clip_llm_input(
 ) -> LLMInput:
     """visual_embeds (K, Dl) spliced at the video placeholder, at the graph's `positions` (K, 3), the text around them
     where the unpruned sequence puts it (after the clip: its start + max(rows, columns), as after an image).
+    `last_t`: clip_position_ids'."""
+    embeds = splice(embed_tokens, token_ids, video_token_index(spec), visual_embeds)
+    ids, next_position = clip_position_ids(token_ids, spec, positions, visual_embeds.shape[0], last_t=last_t)
+    return LLMInput(embeds, ids[:, None].to(embeds.device), next_position)
+
+
+def clip_position_ids(token_ids: list[int], spec: ModelSpec, positions, k: int, *, last_t: int) -> tuple[torch.Tensor, int]:
+    """(3, L) int64 position ids of the clip's prompt with its K kept rows at `positions` (K, 3), L = len(token_ids)
+    - 1 + K, and the first generated token's position: the one rule both LLM runtimes use (runtime/llama_cpp.py).
 
     `last_t`: the unpruned clip's largest temporal position (its last group's t; clip_token_positions). The first
     generated token goes where transformers puts it, one past every unpruned position (its rope delta): past the
     text's end, or past the clip's last t when a long clip's t outruns the text (32 frames at 2 fps: t = 30)."""
-    index = video_token_index(spec)
-    embeds = splice(embed_tokens, token_ids, index, visual_embeds)
-    if positions is None or tuple(positions.shape) != (visual_embeds.shape[0], 3):
-        raise ValueError(f"{spec.name} needs (K, 3) positions for its K = {visual_embeds.shape[0]} visual rows")
-    before = image_position(token_ids, index, adapter(spec).VIDEO_PLACEHOLDER)
+    if positions is None or tuple(positions.shape) != (k, 3):
+        raise ValueError(f"{spec.name} needs (K, 3) positions for its K = {k} visual rows")
+    before = image_position(token_ids, video_token_index(spec), adapter(spec).VIDEO_PLACEHOLDER)
     after = len(token_ids) - before - 1
     extent = image_extent(spec)
-    ids = sequence_positions(before, torch.as_tensor(positions), after, extent)[:, None].to(embeds.device)
-    return LLMInput(embeds, ids, before + max(extent + after, last_t + 1))
+    return sequence_positions(before, torch.as_tensor(positions), after, extent), before + max(extent + after, last_t + 1)
 
 
 def read_clip(path, spec: ModelSpec, frames: int, fps: float | None = None, model_dir=None):

@@ -126,8 +126,8 @@ def _groups_text(counts: list[int], per_group: int | None) -> str:
 
 def run_clip(graph, video, question, *, image=None, demo_image=None, demo_video=None, fps=None, model_path=None,
              random_weights=False, seed=None, engine=None, plugin_lib=None, manifest=None, budget=None, tensorrt=False,
-             heatmap=None, answer=False, compare_full=False, max_new_tokens=64, llm_dtype="auto", force=False,
-             log=print) -> ClipRunResult:  # fmt: skip
+             heatmap=None, answer=False, compare_full=False, max_new_tokens=64, llm_dtype="auto", llm_runtime="transformers",
+             gguf=None, force=False, log=print) -> ClipRunResult:  # fmt: skip
     """runtime.run for a clip: see runtime/api.py; the kept tokens per temporal group, the strip, the answers."""
     from flashvlm_export.artifacts.files import human_size
     from flashvlm_export.artifacts.timing import StepTimer
@@ -144,6 +144,9 @@ def run_clip(graph, video, question, *, image=None, demo_image=None, demo_video=
         raise UsageError(f"{arg('max_new_tokens', max_new_tokens)} must be >= 1")
     check_llm_dtype(llm_dtype)
     answer = answer or compare_full
+    from flashvlm_export.runtime.llama_cpp import check_llm_choice
+
+    check_llm_choice(llm_runtime, gguf, answer)
     split = None
     if manifest is not None:
         if graph is not None or engine is not None:
@@ -167,7 +170,11 @@ def run_clip(graph, video, question, *, image=None, demo_image=None, demo_video=
     if demo_video is not None:
         _check_demo_clip(Path(demo_video), force)
     checkpoint = None if info.weights.random else Path(info.weights.path)
-    if answer:  # before anything is loaded: an LLM that cannot fit is refused in one line
+    if answer and gguf is not None:  # llama.cpp: the GGUF must take rows as wide as the graph's
+        from flashvlm_export.runtime import llama_cpp
+
+        gguf_info = llama_cpp.check_gguf(gguf, spec, source)
+    elif answer:  # before anything is loaded: an LLM that cannot fit is refused in one line
         from flashvlm_export.runtime import answer as llm_answer
 
         if info.weights.random:
@@ -187,13 +194,16 @@ def run_clip(graph, video, question, *, image=None, demo_image=None, demo_video=
         log(f"Input: wrote the demo clip ({frames} frames, {spec.image_size} px, {request.fps:g} fps: the graph's) to {video}")
     clip = read_clip(video, spec, frames, fps, checkpoint)  # a missing, unreadable, still or short clip: one line
     parts = steps.load_parts(info, log)
-    if answer:  # before the selection: a model that cannot answer fails fast
+    if answer and gguf is None:  # before the selection: a model that cannot answer fails fast
         timer = StepTimer("Model", log)
         llm = llm_answer.build_llm(spec, parts, None if checkpoint is None else str(checkpoint), info.weights.seed, device, dtype)
         timer.done(f"LLM ready on {device}, {llm_answer.dtype_name(dtype)} ({llm_answer.parameter_count(params)} parameters)")
     tokenizer, tokenizer_name = load_tokenizer(spec, checkpoint)
     token_ids = clip_prompt_ids(tokenizer, question, spec)
     image_position(token_ids, video_token_index(spec), "<|video_pad|>")  # the question must not add a clip token
+    if answer and gguf is not None:  # before the selection: positions llama.cpp cannot mask as the model does, one line
+        table = clip_token_positions(spec, frames, second_per_grid(spec, clip.effective_fps))
+        llama_cpp.llama_cpp_prompt(token_ids, spec, torch.zeros(len(table), spec.text_hidden), table, clip=True)
     scope = request.config.text_scope
     text_embeds, text_mask = clip_text_inputs(parts.embed_tokens, token_ids, spec, request.t_max, scope=scope)
     sampled = f"at {fps:g} fps" if fps is not None else "evenly"
@@ -234,15 +244,21 @@ def run_clip(graph, video, question, *, image=None, demo_image=None, demo_video=
 
         if info.weights.random:
             log(f"Note: {RANDOM_NOTE}")
-        embed = llm.get_input_embeddings()
         runs = {"pruned": (f"pruned K={len(selection.indices)}", selection.visual_embeds, positions)}
         table = clip_token_positions(spec, frames, second_per_grid(spec, clip.effective_fps))  # the unpruned clip's
         if compare_full:  # every clip row at its own position: the model's own video input
             _, _, projected = parts.reference_clip_features(clip.pixel_values)  # (1, N, Dl)
             runs["full"] = (f"full N={total}", projected[0], table)
-        for key, (label, rows, kept_positions) in runs.items():
-            inputs = clip_llm_input(embed, token_ids, spec, rows, kept_positions, last_t=int(table[:, 0].max()))
-            result.answers[key] = greedy_answer(llm, inputs, tokenizer, max_new_tokens, label)
+        last_t = int(table[:, 0].max())
+        if gguf is not None:  # the same rows and positions through llama.cpp (runtime/llama_cpp.py)
+            timer = StepTimer("Answer", log)
+            result.answers = llama_cpp.answers(gguf_info, spec, token_ids, runs, tokenizer, max_new_tokens, log, clip_last_t=last_t)
+            timer.done(f"greedy decoding through llama.cpp (arch {gguf_info.arch}, {gguf_info.path})")
+        else:
+            embed = llm.get_input_embeddings()
+            for key, (label, rows, kept_positions) in runs.items():
+                inputs = clip_llm_input(embed, token_ids, spec, rows, kept_positions, last_t=last_t)
+                result.answers[key] = greedy_answer(llm, inputs, tokenizer, max_new_tokens, label)
         for a in result.answers.values():
             log(
                 f"Answer [{a.label}]: prefill {a.prefill_ms:.1f} ms (LLM time to first token over {a.prompt_tokens} tokens), "

@@ -138,28 +138,42 @@ class Prompt:
         return sum(len(s) for s in self.segments)
 
 
-def llama_cpp_prompt(token_ids: list[int], spec: ModelSpec, visual_embeds, positions=None) -> Prompt:
+def llama_cpp_prompt(token_ids: list[int], spec: ModelSpec, visual_embeds, positions=None, clip_last_t: int | None = None) -> Prompt:
     """The prompt as llama.cpp batches: tokens before the image, the K rows (K, Dl), tokens after; the positions
-    runtime/answer.llm_input gives transformers (`positions`: the graph's (K, 3) (t, h, w), for M-RoPE models)."""
+    runtime/answer.llm_input gives transformers (`positions`: the graph's (K, 3) (t, h, w), for M-RoPE models).
+    clip_last_t: set for a Qwen2.5-VL clip (the unpruned clip's last t): its rows at the video placeholder, positioned as
+    runtime/clip.clip_llm_input positions them.
+    M-RoPE positions llama.cpp cannot mask as transformers does are refused (check_attention_order)."""
     import torch
 
     from flashvlm_export.models.positions import image_extent, sequence_positions
     from flashvlm_export.runtime.answer import image_position
 
     rows = np.ascontiguousarray(torch.as_tensor(visual_embeds).detach().to("cpu", torch.float32).numpy())
-    p = image_position(token_ids, spec.image_token_index)
-    before, after = token_ids[:p], token_ids[p + 1 :]
     k = rows.shape[0]
-    if spec.has_positions:
-        if positions is None or tuple(positions.shape) != (k, 3):
-            raise ValueError(f"{spec.name} needs (K, 3) positions for its K = {k} visual rows")
-        extent = image_extent(spec)
-        ids = sequence_positions(p, torch.as_tensor(positions), len(after), extent).numpy().astype(np.int32)  # (3, L)
+    clip = clip_last_t is not None
+    if clip:
+        from flashvlm_export.runtime.clip import clip_position_ids, video_token_index
+
+        p = image_position(token_ids, video_token_index(spec), "<|video_pad|>")
+        ids, next_position = clip_position_ids(token_ids, spec, positions, k, last_t=clip_last_t)
+        ids = ids.numpy().astype(np.int32)
+    else:
+        p = image_position(token_ids, spec.image_token_index)
+    before, after = token_ids[:p], token_ids[p + 1 :]
+    if clip or spec.has_positions:
+        if not clip:
+            if positions is None or tuple(positions.shape) != (k, 3):
+                raise ValueError(f"{spec.name} needs (K, 3) positions for its K = {k} visual rows")
+            extent = image_extent(spec)
+            ids = sequence_positions(p, torch.as_tensor(positions), len(after), extent).numpy().astype(np.int32)  # (3, L)
+            next_position = p + extent + len(after)
         text = np.concatenate([ids[:, :p], ids[:, p + k :]], axis=1)
         if not (text == text[:1]).all():
             raise ValueError("text positions differ between axes; llama.cpp gives a token one position on every axis")
         image = np.concatenate([ids[:, p : p + k], np.zeros((MROPE_AXES - 3, k), np.int32)])
-        head, tail, next_position = ids[:1, :p], ids[:1, p + k :], p + extent + len(after)
+        head, tail = ids[:1, :p], ids[:1, p + k :]
+        check_attention_order(ids, p, k, "clip" if clip else "image")
     else:
         ids = np.arange(p + k + len(after), dtype=np.int32)[None]
         head, image, tail, next_position = ids[:, :p], ids[:, p : p + k], ids[:, p + k :], ids.shape[1]
@@ -169,6 +183,32 @@ def llama_cpp_prompt(token_ids: list[int], spec: ModelSpec, visual_embeds, posit
         Segment(tail, token_ids=np.asarray(after, np.int32)),
     ]
     return Prompt([s for s in segments if len(s)], next_position)
+
+
+def check_attention_order(ids: np.ndarray, p: int, k: int, what: str = "image") -> None:
+    """llama.cpp masks by position, not by place in the sequence: under M-RoPE a row sees the cells whose first
+    position (t) is lower, or equal with (h, w) not after its own in raster order (llama-kv-cache.cpp
+    set_input_kq_mask, llama_kv_cell_ext::is_2d_gt); a token batch must start past every t in the cache
+    (llama_batch_allocr: "X < Y"), and t may not decrease within a batch ("positions are decreasing"). That is transformers' causal mask only when the prompt's (t, h, w) rise strictly
+    along it and the text after the rows starts past their last t. ids: the prompt's (3, L) positions, the rows at
+    p .. p+k-1. A clip whose frame groups share a t (sampled fast) or reach past the text's start (slow) is refused."""
+    keys = ids.T.astype(np.int64)  # (L, 3): t, h, w, compared in that order
+    rising = (keys[1:, 0] > keys[:-1, 0]) | (
+        (keys[1:, 0] == keys[:-1, 0]) & ((keys[1:, 1] > keys[:-1, 1]) | ((keys[1:, 1] == keys[:-1, 1]) & (keys[1:, 2] > keys[:-1, 2])))
+    )
+    bad = np.flatnonzero(~rising)
+    if p + k < ids.shape[1] and k and ids[0, p + k] <= ids[0, p : p + k].max():
+        bad = np.append(bad, p + k - 1)
+    if bad.size:
+        i = int(bad[0])
+        fix = (
+            "sample the clip at another --fps (frame groups at distinct t, all below the text's start)" if what == "clip" else "re-export the graph"
+        )
+        raise UsageError(
+            f"llama.cpp masks attention by M-RoPE position, and this {what}'s positions do not rise along the prompt "
+            f"((t, h, w) {tuple(int(x) for x in keys[i])} then {tuple(int(x) for x in keys[i + 1])}): its mask would not be "
+            f"the model's; {fix}, or answer with --llm-runtime transformers"
+        )
 
 
 class LlamaCppLLM:
@@ -308,9 +348,19 @@ def check_llm_choice(llm: str, gguf: str | None, answer: bool) -> None:
         raise UsageError(f"{arg('llm_runtime', 'llama.cpp')} answers the question: add {switch('answer')} (or {switch('compare_full')})")
 
 
-def answers(info: GGUFInfo, spec: ModelSpec, token_ids: list[int], runs: dict, tokenizer, max_new_tokens: int, log=print) -> dict:
-    """run's answers through llama.cpp: runs maps a key to (label, visual rows (K, Dl), the graph's (K, 3) positions)."""
-    prompts = {key: (label, llama_cpp_prompt(token_ids, spec, rows, kept)) for key, (label, rows, kept) in runs.items()}
+def answers(
+    info: GGUFInfo,
+    spec: ModelSpec,
+    token_ids: list[int],
+    runs: dict,
+    tokenizer,
+    max_new_tokens: int,
+    log=print,
+    clip_last_t: int | None = None,
+) -> dict:
+    """run's answers through llama.cpp: runs maps a key to (label, visual rows (K, Dl), the graph's (K, 3) positions);
+    clip_last_t: set for the rows of a clip (run --video; the unpruned clip's last t), at the video placeholder."""
+    prompts = {key: (label, llama_cpp_prompt(token_ids, spec, rows, kept, clip_last_t)) for key, (label, rows, kept) in runs.items()}
     longest = max(p.length for _, p in prompts.values())
     with LlamaCppLLM(info, n_ctx=longest + max_new_tokens) as llm:
         if None not in (llm.rms_eps, info.rms_eps) and abs(llm.rms_eps - info.rms_eps) > 1e-3 * info.rms_eps:

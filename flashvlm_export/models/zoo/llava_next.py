@@ -5,6 +5,8 @@ The grid is fixed at export (--grid, default 2x2: 1 + 4 crops of 576 tokens = N 
 pinpoints on request. Geometry from the checkpoints' config.json.
 """
 
+from dataclasses import replace
+
 from flashvlm_export.models.spec import DecoderGeometry, ModelSpec
 from flashvlm_export.models.zoo.llava15 import LLAMA2_7B, LLAVA15
 
@@ -84,4 +86,23 @@ LLAVA_NEXT_TINY = ModelSpec(
     description="test-size LLaVA-NeXT (2x2 grid: 5 crops x 576 = N=2880, Dv=32, Dl=64); random weights only",
 )
 
-SPECS = (LLAVA_NEXT_VICUNA_7B, LLAVA_NEXT_MISTRAL_7B, LLAVA_NEXT_TINY)
+# The tiny twin with Mistral's decoder kind (MistralConfig: grouped KV heads, its rope base) and chat template.
+LLAVA_NEXT_MISTRAL_TINY = replace(
+    LLAVA_NEXT_TINY,
+    name="llava-next-mistral-tiny",
+    text=dict(
+        model_type="mistral",
+        intermediate_size=128,
+        num_hidden_layers=1,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        vocab_size=1000,
+        rms_norm_eps=1e-5,
+        rope_parameters={"rope_type": "default", "rope_theta": 1000000.0},
+        sliding_window=None,
+    ),
+    chat_template=MISTRAL_TEMPLATE,
+    description="test-size LLaVA-NeXT-Mistral (2x2 grid: N=2880, Dv=32, Dl=64, a Mistral decoder, 2 KV heads); random weights only",
+)
+
+SPECS = (LLAVA_NEXT_VICUNA_7B, LLAVA_NEXT_MISTRAL_7B, LLAVA_NEXT_TINY, LLAVA_NEXT_MISTRAL_TINY)
