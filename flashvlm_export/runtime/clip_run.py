@@ -203,7 +203,7 @@ def run_clip(graph, video, question, *, image=None, demo_image=None, demo_video=
     image_position(token_ids, video_token_index(spec), "<|video_pad|>")  # the question must not add a clip token
     if answer and gguf is not None:  # before the selection: positions llama.cpp cannot mask as the model does, one line
         table = clip_token_positions(spec, frames, second_per_grid(spec, clip.effective_fps))
-        llama_cpp.llama_cpp_prompt(token_ids, spec, torch.zeros(len(table), spec.text_hidden), table, clip=True)
+        llama_cpp.llama_cpp_prompt(token_ids, spec, torch.zeros(len(table), spec.text_hidden), table, int(table[:, 0].max()))
     scope = request.config.text_scope
     text_embeds, text_mask = clip_text_inputs(parts.embed_tokens, token_ids, spec, request.t_max, scope=scope)
     sampled = f"at {fps:g} fps" if fps is not None else "evenly"
