@@ -150,3 +150,20 @@ def write_json_atomic(path: Path, record: dict) -> None:
     except BaseException:
         Path(temp).unlink(missing_ok=True)
         raise
+
+
+def check_new_file(path: Path, flag: str, suffix: str, force: bool) -> None:
+    """A file the user names with `flag` (--heatmap, --out, ...): the right suffix, not over an existing file without
+    --force, in a folder that can be made and written; one line (UsageError) naming the value and the fix otherwise."""
+    from flashvlm_export.errors import UsageError, arg, switch
+
+    if path.suffix.lower() != suffix:
+        raise UsageError(f"{arg(flag, str(path))} must end in {suffix}")
+    if path.exists() and not force:
+        raise UsageError(f"{path} already exists; pass {switch('force')} to overwrite it, or choose another {arg(flag)}")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise UsageError(f"cannot create the folder of {arg(flag, str(path))}: {exc.strerror}") from None
+    if not os.access(path.parent, os.W_OK | os.X_OK):
+        raise UsageError(f"the folder of {arg(flag, str(path))} is not writable; choose another path")

@@ -24,7 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
-from flashvlm_export.errors import MissingDependencyError, UsageError, arg, switch
+from flashvlm_export.errors import MissingDependencyError, UsageError, arg
 from flashvlm_export.models.registry import adapter
 from flashvlm_export.models.spec import ModelSpec
 
@@ -200,16 +200,10 @@ def write_gguf(path: Path, spec: ModelSpec, config, hf, dtype: str = "f32", name
 
 
 def check_out(path: Path, force: bool) -> None:
-    if path.suffix.lower() != ".gguf":
-        raise UsageError(f"{arg('out', str(path))} must end in .gguf")
-    if path.exists() and not force:
-        raise UsageError(f"{path} already exists; pass {switch('force')} to overwrite it, or choose another {arg('out')}")
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise UsageError(f"cannot create the folder of {arg('out', str(path))}: {exc.strerror}") from None
-    if not os.access(path.parent, os.W_OK | os.X_OK):
-        raise UsageError(f"the folder of {arg('out', str(path))} is not writable; choose another path")
+    """--out: artifacts/placement.check_new_file."""
+    from flashvlm_export.artifacts.placement import check_new_file
+
+    check_new_file(path, "out", ".gguf", force)
 
 
 def write_model_gguf(

@@ -16,7 +16,6 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from flashvlm_export.artifacts.files import human_size
 from flashvlm_export.artifacts.timing import StepTimer
 from flashvlm_export.errors import UsageError, arg, switch
 from flashvlm_export.models.weights import weights_for_graph
@@ -28,8 +27,8 @@ from flashvlm_export.runtime.run_steps import (
     check_output,
     check_positions,
     graph_metadata_of,
-    ids_text,
     load_parts,
+    log_answers,
     manifest_info,
     positions_text,
     save_png,
@@ -215,17 +214,7 @@ def run(
             for key, (label, rows, kept) in runs.items():
                 inputs = llm_input(embed, token_ids, spec, rows, kept)
                 result.answers[key] = greedy_answer(llm, inputs, tokenizer, max_new_tokens, label)
-        for a in result.answers.values():
-            log(
-                f"Answer [{a.label}]: prefill {a.prefill_ms:.1f} ms (LLM time to first token over {a.prompt_tokens} tokens), "
-                f"KV cache {human_size(a.kv_bytes)}: {a.text!r} ({ids_text(a.token_ids)})"
-            )
-        if compare_full:
-            pruned, full = result.answers["pruned"], result.answers["full"]
-            log(
-                f"Answer: pruning kept {len(selection.indices)}/{n} tokens: prefill {full.prefill_ms:.1f} -> {pruned.prefill_ms:.1f} ms, "
-                f"KV cache {human_size(full.kv_bytes)} -> {human_size(pruned.kv_bytes)}"
-            )
+        log_answers(result.answers, len(selection.indices), n, log)
     return result
 
 

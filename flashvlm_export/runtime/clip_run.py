@@ -129,7 +129,6 @@ def run_clip(graph, video, question, *, image=None, demo_image=None, demo_video=
              heatmap=None, answer=False, compare_full=False, max_new_tokens=64, llm_dtype="auto", llm_runtime="transformers",
              gguf=None, force=False, log=print) -> ClipRunResult:  # fmt: skip
     """runtime.run for a clip: see runtime/api.py; the kept tokens per temporal group, the strip, the answers."""
-    from flashvlm_export.artifacts.files import human_size
     from flashvlm_export.artifacts.timing import StepTimer
     from flashvlm_export.models.positions import clip_token_positions, second_per_grid
     from flashvlm_export.models.weights import weights_for_graph
@@ -259,15 +258,5 @@ def run_clip(graph, video, question, *, image=None, demo_image=None, demo_video=
             for key, (label, rows, kept_positions) in runs.items():
                 inputs = clip_llm_input(embed, token_ids, spec, rows, kept_positions, last_t=last_t)
                 result.answers[key] = greedy_answer(llm, inputs, tokenizer, max_new_tokens, label)
-        for a in result.answers.values():
-            log(
-                f"Answer [{a.label}]: prefill {a.prefill_ms:.1f} ms (LLM time to first token over {a.prompt_tokens} tokens), "
-                f"KV cache {human_size(a.kv_bytes)}: {a.text!r} ({steps.ids_text(a.token_ids)})"
-            )
-        if compare_full:
-            pruned, full = result.answers["pruned"], result.answers["full"]
-            log(
-                f"Answer: pruning kept {len(selection.indices)}/{total} tokens: prefill {full.prefill_ms:.1f} -> {pruned.prefill_ms:.1f} ms, "
-                f"KV cache {human_size(full.kv_bytes)} -> {human_size(pruned.kv_bytes)}"
-            )
+        steps.log_answers(result.answers, len(selection.indices), total, log)
     return result

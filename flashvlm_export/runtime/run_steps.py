@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from flashvlm_export.errors import FlashVLMError, UsageError, arg, switch
+from flashvlm_export.errors import FlashVLMError, UsageError, arg
 from flashvlm_export.progress import plural
 from flashvlm_export.runtime.answer import Answer
 from flashvlm_export.runtime.graph_info import GraphInfo
@@ -57,16 +57,10 @@ def graph_metadata_of(graph: str | None, engine: str | None) -> tuple[dict[str, 
 
 
 def check_output(path: Path, force: bool) -> None:
-    if path.suffix.lower() != ".png":
-        raise UsageError(f"{arg('heatmap', str(path))} must end in .png")
-    if path.exists() and not force:
-        raise UsageError(f"{path} already exists; pass {switch('force')} to overwrite it, or choose another {arg('heatmap')}")
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise UsageError(f"cannot create the folder of {arg('heatmap', str(path))}: {exc.strerror}") from None
-    if not os.access(path.parent, os.W_OK | os.X_OK):
-        raise UsageError(f"the folder of {arg('heatmap', str(path))} is not writable; choose another path")
+    """--heatmap: artifacts/placement.check_new_file."""
+    from flashvlm_export.artifacts.placement import check_new_file
+
+    check_new_file(path, "heatmap", ".png", force)
 
 
 def save_png(picture, path: Path) -> None:
@@ -141,3 +135,20 @@ def positions_text(positions: torch.Tensor, shown: int = 6) -> str:
     rows = [f"({t}, {h}, {w})" for t, h, w in positions[:shown].tolist()]
     more = f", ... {len(positions) - shown} more" if len(positions) > shown else ""
     return ", ".join(rows) + more
+
+
+def log_answers(answers: dict[str, Answer], kept: int, total: int, log) -> None:
+    """Each answer's prefill, KV cache and text; with both ("pruned" and "full"), what pruning saved."""
+    from flashvlm_export.artifacts.files import human_size
+
+    for a in answers.values():
+        log(
+            f"Answer [{a.label}]: prefill {a.prefill_ms:.1f} ms (LLM time to first token over {a.prompt_tokens} tokens), "
+            f"KV cache {human_size(a.kv_bytes)}: {a.text!r} ({ids_text(a.token_ids)})"
+        )
+    if "full" in answers:
+        pruned, full = answers["pruned"], answers["full"]
+        log(
+            f"Answer: pruning kept {kept}/{total} tokens: prefill {full.prefill_ms:.1f} -> {pruned.prefill_ms:.1f} ms, "
+            f"KV cache {human_size(full.kv_bytes)} -> {human_size(pruned.kv_bytes)}"
+        )
