@@ -371,6 +371,21 @@ def test_check_gguf_names_both_widths(monkeypatch):
         llama_cpp.check_gguf("m.gguf", spec, "g.onnx")
 
 
+def test_check_gguf_refuses_another_familys_llama_cpp_architecture(monkeypatch):
+    """Every tiny model is 64 wide, so the width alone would pass a llama GGUF on a Qwen graph (1-D rotary for rows
+    that need M-RoPE): the architecture is checked too, both ways."""
+    from flashvlm_export.errors import UsageError
+    from flashvlm_export.runtime import llama_cpp
+
+    for model, planted, right in (("qwen2.5-vl-tiny", "llama", "qwen2vl"), ("llava15-tiny", "qwen2vl", "llama")):
+        spec = get_spec(model)
+        monkeypatch.setattr(llama_cpp, "read_gguf", lambda path, arch=planted: llama_cpp.GGUFInfo(path, arch, spec.text_hidden, 0))
+        with pytest.raises(UsageError, match=f"is a llama.cpp '{planted}' LLM but g.onnx .* needs a '{right}' one"):
+            llama_cpp.check_gguf("m.gguf", spec, "g.onnx")
+        monkeypatch.setattr(llama_cpp, "read_gguf", lambda path, arch=right: llama_cpp.GGUFInfo(path, arch, spec.text_hidden, 0))
+        assert llama_cpp.check_gguf("m.gguf", spec, "g.onnx").arch == right
+
+
 @needs_gguf
 def test_the_gguf_command_never_overwrites_without_force(tmp_path, capsys):
     existing = tmp_path / "m.gguf"
@@ -437,14 +452,14 @@ def _laid_out(s, rows, k):
 
 
 def test_the_mistral_test_model_is_llava_next_with_mistrals_decoder_and_template():
-    from flashvlm_export.llm.gguf_file import GGUF_ARCH, text_config
+    from flashvlm_export.llm.gguf_file import gguf_arch, text_config
     from flashvlm_export.models.prompt import prompt_token_ids
     from flashvlm_export.runtime.tokenizer import stand_in_tokenizer
 
     spec = get_spec("llava-next-mistral-tiny")
     config = text_config(spec)
     assert config.model_type == "mistral" and config.num_key_value_heads < config.num_attention_heads
-    assert GGUF_ARCH[spec.family] == "llama"  # convert_hf_to_gguf: MistralForCausalLM -> LlamaModel
+    assert gguf_arch(spec) == "llama"  # convert_hf_to_gguf: MistralForCausalLM -> LlamaModel
     assert stand_in_tokenizer(spec).decode(prompt_token_ids(stand_in_tokenizer(spec), "q", spec)).count("[INST]") == 1
 
 

@@ -30,7 +30,6 @@ from flashvlm_export.models.spec import ModelSpec
 
 # family -> llama.cpp architecture; LLaVA-NeXT's Vicuna and Mistral are both `llama` (convert_hf_to_gguf registers
 # MistralForCausalLM with LlamaModel: arch llama, q/k permuted)
-GGUF_ARCH = {"llava": "llama", "llava_next": "llama", "qwen2_5_vl": "qwen2vl"}
 DTYPES = ("f32", "f16", "q8_0")  # of the 2-D weights; norms stay f32 (as the converter writes them)
 INSTALL = 'pip install -e ".[llama]"'
 TIMING_STD = 0.02  # the families' initializer_range: random weights of a cut full-size model
@@ -76,7 +75,7 @@ def permute_rotary(weight: np.ndarray, heads: int) -> np.ndarray:
 
 def gguf_tensors(spec: ModelSpec, config, hf: Iterable[tuple[str, np.ndarray]]) -> Iterator[tuple[str, np.ndarray]]:
     """(GGUF name, array) from the text model's (Hugging Face name, array): `layers.0.self_attn.q_proj.weight`, `lm_head.weight`."""
-    permute = GGUF_ARCH[spec.family] == "llama"
+    permute = gguf_arch(spec) == "llama"
     for name, value in hf:
         if name in TOP_NAMES:
             yield TOP_NAMES[name], value
@@ -145,7 +144,7 @@ def write_gguf(path: Path, spec: ModelSpec, config, hf, dtype: str = "f32", name
     gguf = import_gguf()
     if dtype not in DTYPES:
         raise UsageError(f"{arg('dtype', dtype)} is not a GGUF weight type; choose one of {', '.join(DTYPES)}")
-    arch = GGUF_ARCH[spec.family]
+    arch = gguf_arch(spec)
     head_dim = config.hidden_size // config.num_attention_heads
     qtype = {"f32": gguf.GGMLQuantizationType.F32, "f16": gguf.GGMLQuantizationType.F16, "q8_0": gguf.GGMLQuantizationType.Q8_0}[dtype]
     ftype = {"f32": gguf.LlamaFileType.ALL_F32, "f16": gguf.LlamaFileType.MOSTLY_F16, "q8_0": gguf.LlamaFileType.MOSTLY_Q8_0}[dtype]
@@ -244,3 +243,10 @@ def write_model_gguf(
     write_gguf(out, spec, config, weights, dtype, name=f"{spec.name} ({what})")
     timer.done(f"wrote {what}, {dtype}", out)
     return out
+
+
+def gguf_arch(spec) -> str:
+    """llama.cpp's architecture of the model's LLM: its family adapter's GGUF_ARCH (one home)."""
+    from flashvlm_export.models.registry import adapter
+
+    return adapter(spec).GGUF_ARCH

@@ -20,6 +20,7 @@ from flashvlm_export.models.weights import WeightsSource, load_states, open_chec
 
 NAME = "LLaVA-1.5"  # how messages name its checkpoints
 MODEL_TYPE = "llava"
+GGUF_ARCH = "llama"  # llama.cpp's architecture of its LLM (convert_hf_to_gguf.py: LlamaForCausalLM)
 IMAGE_MEAN = (0.48145466, 0.4578275, 0.40821073)  # CLIP's
 IMAGE_STD = (0.26862954, 0.26130258, 0.27577711)
 RESIZE = "shortest-edge-crop"  # resize the shortest side, center crop: CLIP's processor

@@ -25,6 +25,7 @@ from flashvlm_export.models.weights import WeightsSource, load_states, open_chec
 
 NAME = "LLaVA-NeXT"  # how messages name its checkpoints
 MODEL_TYPE = "llava_next"
+GGUF_ARCH = "llama"  # llama.cpp's (convert_hf_to_gguf.py writes Vicuna and MistralForCausalLM as llama)
 RESIZE = "anyres"  # the base image and a grid of crops (runtime/image.py): LlavaNextImageProcessor's
 IMAGE_PLACEHOLDER = "<image>"
 BOS_TOKEN, EOS_TOKEN = "<s>", "</s>"  # Llama's and Mistral's

@@ -106,8 +106,17 @@ def read_gguf(path: str | Path) -> GGUFInfo:
 
 
 def check_gguf(path: str | Path, spec: ModelSpec, source: str) -> GGUFInfo:
-    """The GGUF's LLM takes rows as wide as the graph's visual_embeds (Dl), or it is refused in one line."""
+    """The GGUF's LLM is the family's llama.cpp architecture and takes rows as wide as the graph's visual_embeds (Dl), or it
+    is refused in one line."""
+    from flashvlm_export.models.registry import adapter
+
     info = read_gguf(path)
+    want = adapter(spec).GGUF_ARCH
+    if info.arch != want:
+        raise UsageError(
+            f"{arg('gguf', str(path))} is a llama.cpp {info.arch!r} LLM but {source} ({spec.name}) needs a {want!r} one; "
+            f"pass the GGUF of {spec.name}'s own LLM"
+        )
     if info.width != spec.text_hidden:
         raise UsageError(
             f"{arg('gguf', str(path))} is an LLM {info.width} wide but {source} ({spec.name}) gives visual_embeds "
