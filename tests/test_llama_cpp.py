@@ -379,10 +379,10 @@ def test_check_gguf_refuses_another_familys_llama_cpp_architecture(monkeypatch):
 
     for model, planted, right in (("qwen2.5-vl-tiny", "llama", "qwen2vl"), ("llava15-tiny", "qwen2vl", "llama")):
         spec = get_spec(model)
-        monkeypatch.setattr(llama_cpp, "read_gguf", lambda path, arch=planted: llama_cpp.GGUFInfo(path, arch, spec.text_hidden, 0))
+        monkeypatch.setattr(llama_cpp, "read_gguf", lambda path, arch=planted, width=spec.text_hidden: llama_cpp.GGUFInfo(path, arch, width, 0))
         with pytest.raises(UsageError, match=f"is a llama.cpp '{planted}' LLM but g.onnx .* needs a '{right}' one"):
             llama_cpp.check_gguf("m.gguf", spec, "g.onnx")
-        monkeypatch.setattr(llama_cpp, "read_gguf", lambda path, arch=right: llama_cpp.GGUFInfo(path, arch, spec.text_hidden, 0))
+        monkeypatch.setattr(llama_cpp, "read_gguf", lambda path, arch=right, width=spec.text_hidden: llama_cpp.GGUFInfo(path, arch, width, 0))
         assert llama_cpp.check_gguf("m.gguf", spec, "g.onnx").arch == right
 
 
