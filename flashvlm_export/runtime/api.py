@@ -27,9 +27,11 @@ from flashvlm_export.runtime.run_steps import (
     check_output,
     check_positions,
     graph_metadata_of,
+    load_llm,
     load_parts,
     log_answers,
     manifest_info,
+    plan_answer,
     positions_text,
     save_png,
     selection_backend,
@@ -116,28 +118,14 @@ def run(
     if demo_image is not None:
         _check_demo_target(Path(demo_image), force)
     checkpoint = None if info.weights.random else Path(info.weights.path)
-    if answer and gguf is not None:  # llama.cpp: the GGUF must take rows as wide as the graph's
-        from flashvlm_export.runtime import llama_cpp
-
-        gguf_info = llama_cpp.check_gguf(gguf, spec, source)
-    elif answer:  # before anything is loaded: an LLM that cannot fit is refused in one line
-        from flashvlm_export.runtime import answer as llm_answer
-
-        if info.weights.random:
-            named = switch("random_weights") if random_weights else f"the random weights {source} records (seed {info.weights.seed})"
-            llm_answer.check_random_llm_fits(spec, named)
-        device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-        dtype = llm_answer.llm_dtype(llm_dtype, device)
-        params = llm_answer.llm_parameters(spec, None if checkpoint is None else str(checkpoint))
-        llm_answer.check_llm_fits(params, dtype, device, info.weights.random)
+    if answer:  # before anything is loaded: the GGUF checked, or an LLM that cannot fit refused, in one line
+        plan = plan_answer(info, gguf, random_weights, llm_dtype, source)
     if demo_image is not None:  # written only once every check above has passed
         image = write_demo_image(demo_image, force, log=log)
     prepared = prepare_image(image, spec, checkpoint)
     parts = load_parts(info, log)
     if answer and gguf is None:  # before the selection: a model that cannot answer fails fast
-        timer = StepTimer("Model", log)
-        llm = llm_answer.build_llm(spec, parts, None if checkpoint is None else str(checkpoint), info.weights.seed, device, dtype)
-        timer.done(f"LLM ready on {device}, {llm_answer.dtype_name(dtype)} ({llm_answer.parameter_count(params)} parameters)")
+        llm = load_llm(plan, info, parts, log)
     tokenizer, tokenizer_name = load_tokenizer(spec, checkpoint)
     token_ids = prompt_token_ids(tokenizer, question, spec)
     placeholder = adapter(spec).IMAGE_PLACEHOLDER
@@ -206,9 +194,11 @@ def run(
                 for key, (label, rows, kept) in runs.items()
             }
         if gguf is not None:  # the same rows and positions through llama.cpp (runtime/llama_cpp.py)
+            from flashvlm_export.runtime import llama_cpp
+
             timer = StepTimer("Answer", log)
-            result.answers = llama_cpp.answers(gguf_info, spec, token_ids, runs, tokenizer, max_new_tokens, log)
-            timer.done(f"greedy decoding through llama.cpp (arch {gguf_info.arch}, {gguf_info.path})")
+            result.answers = llama_cpp.answers(plan.gguf, spec, token_ids, runs, tokenizer, max_new_tokens, log)
+            timer.done(f"greedy decoding through llama.cpp (arch {plan.gguf.arch}, {plan.gguf.path})")
         else:
             embed = llm.get_input_embeddings()
             for key, (label, rows, kept) in runs.items():

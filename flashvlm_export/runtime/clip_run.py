@@ -169,20 +169,8 @@ def run_clip(graph, video, question, *, image=None, demo_image=None, demo_video=
     if demo_video is not None:
         _check_demo_clip(Path(demo_video), force)
     checkpoint = None if info.weights.random else Path(info.weights.path)
-    if answer and gguf is not None:  # llama.cpp: the GGUF must take rows as wide as the graph's
-        from flashvlm_export.runtime import llama_cpp
-
-        gguf_info = llama_cpp.check_gguf(gguf, spec, source)
-    elif answer:  # before anything is loaded: an LLM that cannot fit is refused in one line
-        from flashvlm_export.runtime import answer as llm_answer
-
-        if info.weights.random:
-            named = switch("random_weights") if random_weights else f"the random weights {source} records (seed {info.weights.seed})"
-            llm_answer.check_random_llm_fits(spec, named)
-        device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-        dtype = llm_answer.llm_dtype(llm_dtype, device)
-        params = llm_answer.llm_parameters(spec, None if checkpoint is None else str(checkpoint))
-        llm_answer.check_llm_fits(params, dtype, device, info.weights.random)
+    if answer:  # before anything is loaded: the GGUF checked, or an LLM that cannot fit refused, in one line
+        plan = steps.plan_answer(info, gguf, random_weights, llm_dtype, source)
     frames, n, groups = request.frames, spec.n_tokens, request.clip.groups
     if demo_video is not None:  # written only once every check above has passed
         from flashvlm_export.runtime.video import write_demo_clip
@@ -194,13 +182,13 @@ def run_clip(graph, video, question, *, image=None, demo_image=None, demo_video=
     clip = read_clip(video, spec, frames, fps, checkpoint)  # a missing, unreadable, still or short clip: one line
     parts = steps.load_parts(info, log)
     if answer and gguf is None:  # before the selection: a model that cannot answer fails fast
-        timer = StepTimer("Model", log)
-        llm = llm_answer.build_llm(spec, parts, None if checkpoint is None else str(checkpoint), info.weights.seed, device, dtype)
-        timer.done(f"LLM ready on {device}, {llm_answer.dtype_name(dtype)} ({llm_answer.parameter_count(params)} parameters)")
+        llm = steps.load_llm(plan, info, parts, log)
     tokenizer, tokenizer_name = load_tokenizer(spec, checkpoint)
     token_ids = clip_prompt_ids(tokenizer, question, spec)
     image_position(token_ids, video_token_index(spec), "<|video_pad|>")  # the question must not add a clip token
     if answer and gguf is not None:  # before the selection: positions llama.cpp cannot mask as the model does, one line
+        from flashvlm_export.runtime import llama_cpp
+
         table = clip_token_positions(spec, frames, second_per_grid(spec, clip.effective_fps))
         llama_cpp.llama_cpp_prompt(token_ids, spec, torch.zeros(len(table), spec.text_hidden), table, int(table[:, 0].max()))
     scope = request.config.text_scope
@@ -250,9 +238,11 @@ def run_clip(graph, video, question, *, image=None, demo_image=None, demo_video=
             runs["full"] = (f"full N={total}", projected[0], table)
         last_t = int(table[:, 0].max())
         if gguf is not None:  # the same rows and positions through llama.cpp (runtime/llama_cpp.py)
+            from flashvlm_export.runtime import llama_cpp
+
             timer = StepTimer("Answer", log)
-            result.answers = llama_cpp.answers(gguf_info, spec, token_ids, runs, tokenizer, max_new_tokens, log, clip_last_t=last_t)
-            timer.done(f"greedy decoding through llama.cpp (arch {gguf_info.arch}, {gguf_info.path})")
+            result.answers = llama_cpp.answers(plan.gguf, spec, token_ids, runs, tokenizer, max_new_tokens, log, clip_last_t=last_t)
+            timer.done(f"greedy decoding through llama.cpp (arch {plan.gguf.arch}, {plan.gguf.path})")
         else:
             embed = llm.get_input_embeddings()
             for key, (label, rows, kept_positions) in runs.items():

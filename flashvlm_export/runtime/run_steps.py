@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from flashvlm_export.errors import FlashVLMError, UsageError, arg
+from flashvlm_export.errors import FlashVLMError, UsageError, arg, switch
 from flashvlm_export.progress import plural
 from flashvlm_export.runtime.answer import Answer
 from flashvlm_export.runtime.graph_info import GraphInfo
@@ -152,3 +152,46 @@ def log_answers(answers: dict[str, Answer], kept: int, total: int, log) -> None:
             f"Answer: pruning kept {kept}/{total} tokens: prefill {full.prefill_ms:.1f} -> {pruned.prefill_ms:.1f} ms, "
             f"KV cache {human_size(full.kv_bytes)} -> {human_size(pruned.kv_bytes)}"
         )
+
+
+@dataclass
+class AnswerPlan:
+    """What `run` checked before loading anything for --answer: the GGUF (llama.cpp), or the LLM's device, dtype and
+    parameter count (transformers)."""
+
+    gguf: object | None = None  # runtime/llama_cpp.GGUFInfo
+    device: torch.device | None = None
+    dtype: torch.dtype | None = None
+    params: int | None = None
+
+
+def plan_answer(info: GraphInfo, gguf: str | None, random_weights: bool, llm_dtype: str, source: str) -> AnswerPlan:
+    """Before anything is loaded: a GGUF of the graph's width and family (llama.cpp), or an LLM that fits in memory
+    (transformers); one line otherwise."""
+    spec = info.spec
+    if gguf is not None:
+        from flashvlm_export.runtime import llama_cpp
+
+        return AnswerPlan(gguf=llama_cpp.check_gguf(gguf, spec, source))
+    from flashvlm_export.runtime import answer as llm_answer
+
+    if info.weights.random:
+        named = switch("random_weights") if random_weights else f"the random weights {source} records (seed {info.weights.seed})"
+        llm_answer.check_random_llm_fits(spec, named)
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    dtype = llm_answer.llm_dtype(llm_dtype, device)
+    params = llm_answer.llm_parameters(spec, None if info.weights.random else str(info.weights.path))
+    llm_answer.check_llm_fits(params, dtype, device, info.weights.random)
+    return AnswerPlan(device=device, dtype=dtype, params=params)
+
+
+def load_llm(plan: AnswerPlan, info: GraphInfo, parts, log):
+    """The transformers LLM the plan checked, built (random, the graph's seed) or loaded (the checkpoint)."""
+    from flashvlm_export.artifacts.timing import StepTimer
+    from flashvlm_export.runtime import answer as llm_answer
+
+    timer = StepTimer("Model", log)
+    checkpoint = None if info.weights.random else str(info.weights.path)
+    llm = llm_answer.build_llm(info.spec, parts, checkpoint, info.weights.seed, plan.device, plan.dtype)
+    timer.done(f"LLM ready on {plan.device}, {llm_answer.dtype_name(plan.dtype)} ({llm_answer.parameter_count(plan.params)} parameters)")
+    return llm
