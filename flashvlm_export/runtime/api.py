@@ -19,18 +19,16 @@ import torch
 from flashvlm_export.artifacts.timing import StepTimer
 from flashvlm_export.errors import UsageError, arg, switch
 from flashvlm_export.models.weights import weights_for_graph
-from flashvlm_export.runtime.graph_info import GraphInfo, graph_info
+from flashvlm_export.runtime.graph_info import GraphInfo
 from flashvlm_export.runtime.run_steps import (
     RANDOM_NOTE,
     RunResult,
-    check_graph_budget,
     check_output,
     check_positions,
-    graph_metadata_of,
     load_llm,
     load_parts,
     log_answers,
-    manifest_info,
+    open_source,
     plan_answer,
     positions_text,
     save_png,
@@ -92,19 +90,7 @@ def run(
     from flashvlm_export.runtime.llama_cpp import check_llm_choice
 
     check_llm_choice(llm_runtime, gguf, answer)
-    split = None
-    if manifest is not None:
-        if graph is not None or engine is not None:
-            raise UsageError(f"{arg('manifest')} names the graphs and engines; drop {arg('graph')}/{arg('engine')}")
-        info, split = manifest_info(manifest, budget, tensorrt)
-        recorded, source = split.weights, manifest
-    else:
-        if tensorrt:
-            raise UsageError(f"{switch('tensorrt')} runs a manifest's engines; pass {arg('manifest')} (a single engine: {arg('engine')})")
-        meta, source = graph_metadata_of(graph, engine)
-        info = graph_info(meta, source)
-        recorded = meta.get("weights")
-        check_graph_budget(info.request, budget, source)
+    info, split, recorded, source = open_source(graph, engine, manifest, budget, tensorrt)
     weights = weights_for_graph(recorded, random_weights, seed, model_path, source)
     info = GraphInfo(info.request, weights, source)
     spec, request = info.spec, info.request

@@ -134,7 +134,7 @@ def run_clip(graph, video, question, *, image=None, demo_image=None, demo_video=
     from flashvlm_export.models.weights import weights_for_graph
     from flashvlm_export.runtime.answer import check_llm_dtype, image_position
     from flashvlm_export.runtime.clip import clip_llm_input, clip_prompt_ids, clip_text_inputs, read_clip, video_token_index
-    from flashvlm_export.runtime.graph_info import GraphInfo, graph_info
+    from flashvlm_export.runtime.graph_info import GraphInfo
     from flashvlm_export.runtime.session import select
     from flashvlm_export.runtime.tokenizer import load_tokenizer
 
@@ -146,19 +146,7 @@ def run_clip(graph, video, question, *, image=None, demo_image=None, demo_video=
     from flashvlm_export.runtime.llama_cpp import check_llm_choice
 
     check_llm_choice(llm_runtime, gguf, answer)
-    split = None
-    if manifest is not None:
-        if graph is not None or engine is not None:
-            raise UsageError(f"{arg('manifest')} names the graphs and engines; drop {arg('graph')}/{arg('engine')}")
-        info, split = steps.manifest_info(manifest, budget, tensorrt)
-        recorded, source = split.weights, manifest
-    else:
-        if tensorrt:
-            raise UsageError(f"{switch('tensorrt')} runs a manifest's engines; pass {arg('manifest')} (a single engine: {arg('engine')})")
-        meta, source = steps.graph_metadata_of(graph, engine)
-        info = graph_info(meta, source)
-        recorded = meta.get("weights")
-        steps.check_graph_budget(info.request, budget, source)
+    info, split, recorded, source = steps.open_source(graph, engine, manifest, budget, tensorrt)
     check_clip_graph(info.request, source)
     weights = weights_for_graph(recorded, random_weights, seed, model_path, source)
     info = GraphInfo(info.request, weights, source)

@@ -195,3 +195,21 @@ def load_llm(plan: AnswerPlan, info: GraphInfo, parts, log):
     llm = llm_answer.build_llm(info.spec, parts, checkpoint, info.weights.seed, plan.device, plan.dtype)
     timer.done(f"LLM ready on {plan.device}, {llm_answer.dtype_name(plan.dtype)} ({llm_answer.parameter_count(plan.params)} parameters)")
     return llm
+
+
+def open_source(graph: str | None, engine: str | None, manifest: str | None, budget: int | None, tensorrt: bool):
+    """What `run` reads its request from: a split's manifest (the budget asked for) or one graph or engine (its own
+    budget). Returns (GraphInfo, the split or None, the weights it records, its name for messages)."""
+    from flashvlm_export.runtime import graph_info as graph_info_module
+
+    if manifest is not None:
+        if graph is not None or engine is not None:
+            raise UsageError(f"{arg('manifest')} names the graphs and engines; drop {arg('graph')}/{arg('engine')}")
+        info, split = manifest_info(manifest, budget, tensorrt)
+        return info, split, split.weights, manifest
+    if tensorrt:
+        raise UsageError(f"{switch('tensorrt')} runs a manifest's engines; pass {arg('manifest')} (a single engine: {arg('engine')})")
+    meta, source = graph_metadata_of(graph, engine)
+    info = graph_info_module.graph_info(meta, source)
+    check_graph_budget(info.request, budget, source)
+    return info, None, meta.get("weights"), source
