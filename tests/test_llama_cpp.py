@@ -198,9 +198,10 @@ def test_an_embedding_row_off_by_one_fails_the_llama_cpp_hand_off(side, k):
 
 @needs_llama
 @pytest.mark.parametrize("k", ["N", K_PRUNED])
+@pytest.mark.parametrize("side", [name for name in FAMILIES if get_spec(name).has_positions], indirect=True)
 def test_positions_of_two_kept_tokens_exchanged_fail_the_llama_cpp_hand_off(side, k):
-    if not side.spec.has_positions:
-        pytest.skip(f"{side.spec.name} has 1-D positions: its kept rows sit at consecutive positions, none of the graph's")
+    """Families with (t, h, w) positions only: a 1-D family's kept rows sit at consecutive positions, none of the graph's."""
+    assert side.spec.has_positions
     from flashvlm_export.errors import UsageError
     from flashvlm_export.runtime.llama_cpp import llama_cpp_prompt
 

@@ -24,6 +24,7 @@ from flashvlm_export.plugin.cpu import REJECTED_TOKEN, STATUS_TOKEN_OUT_OF_RANGE
 from flashvlm_export.selector import SelectorConfig, round_schedule
 from flashvlm_export.selector.reference import pruning_inputs, residual_prune
 
+from ci_skips import unavailable_here
 from conftest import LLAVA15, corpus
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -151,7 +152,10 @@ def test_plugin_and_unrolled_graphs_choose_the_same_tokens(plugin_selector_graph
 TRT_INCLUDES = [p for p in os.environ.get("FLASHVLM_TRT_INCLUDE", "").split(os.pathsep) if p]
 CUDA_HOME = Path(os.environ.get("CUDA_HOME", "/usr/local/cuda"))
 needs_trt_headers = pytest.mark.skipif(
-    not TRT_INCLUDES, reason="TensorRT headers absent: set FLASHVLM_TRT_INCLUDE=<TensorRT include dir>[:<another>]"
+    not TRT_INCLUDES,
+    reason=unavailable_here(
+        "TensorRT headers absent (fetched, never committed): set FLASHVLM_TRT_INCLUDE=<TensorRT include dir>[:<another>]"
+    ),
 )
 HAS_NVCC = shutil.which("nvcc") is not None or (CUDA_HOME / "bin/nvcc").exists()
 
@@ -276,7 +280,8 @@ def test_registering_library_says_why_when_libnvinfer_is_missing(built_plugin):
 
 
 @pytest.mark.skipif(
-    not torch.cuda.is_available(), reason="no CUDA GPU: the plugin kernel runs in scripts/plugin_harness.py on a GPU"
+    not torch.cuda.is_available(),
+    reason=unavailable_here("no CUDA GPU: the plugin kernel runs in scripts/plugin_harness.py on a GPU"),
 )
 def test_plugin_kernel_on_gpu_matches_reference(tmp_path):
     run = subprocess.run(

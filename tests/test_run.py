@@ -13,6 +13,7 @@ from flashvlm_export.errors import UsageError
 from flashvlm_export.export.graphs import ExportRequest, export_graph
 from flashvlm_export.selector.config import SelectorConfig
 
+from ci_skips import unavailable_here
 from conftest import LLAVA15, TINY
 
 QUESTION = "What is on the table?"
@@ -266,7 +267,7 @@ def test_engine_without_tensorrt_is_one_line_error(tiny_graphs, demo_image, tmp_
     try:
         import tensorrt  # noqa: F401
 
-        pytest.skip("TensorRT is installed here; this test covers its absence")
+        pytest.skip(unavailable_here("TensorRT is installed here; this test covers its absence"))
     except ImportError:
         pass
     import json

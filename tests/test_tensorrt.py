@@ -24,14 +24,15 @@ from flashvlm_export.export.graphs import ExportRequest, export_graph
 from flashvlm_export.parity.corpus import Geometry, pipeline_corpus
 from flashvlm_export.selector import SelectorConfig
 
+from ci_skips import unavailable_here
 from conftest import TINY
 
 HAVE_TRT = importlib.util.find_spec("tensorrt") is not None
 HAVE_GPU = torch.cuda.is_available() or shutil.which("nvidia-smi") is not None
-needs_trt_gpu = pytest.mark.skipif(not (HAVE_TRT and HAVE_GPU), reason="needs TensorRT and an NVIDIA GPU (absent here)")
+needs_trt_gpu = pytest.mark.skipif(not (HAVE_TRT and HAVE_GPU), reason=unavailable_here("needs TensorRT and an NVIDIA GPU"))
 
 
-@pytest.mark.skipif(HAVE_TRT, reason="TensorRT is installed: the missing-TensorRT message cannot be shown")
+@pytest.mark.skipif(HAVE_TRT, reason=unavailable_here("TensorRT is installed: the missing-TensorRT message cannot be shown"))
 def test_engine_without_tensorrt_is_a_one_line_error_before_any_export(tmp_path, capsys):
     code = main(["--model", "llava15-tiny", "--random-weights", "--engine", "--out-dir", str(tmp_path / "g")])
     err = capsys.readouterr().err.strip().splitlines()
@@ -50,7 +51,9 @@ def fp16_features_graph(tiny_parts, tmp_path_factory):
     """The verification build of a tiny fp16 graph: X, a and P(X) exposed beside the outputs."""
     from flashvlm_export.export.verification import add_verification_outputs
 
-    request = ExportRequest(spec=TINY, budget=64, t_max=TINY.t_max, batch=1, config=SelectorConfig(), selector_only=False, precision="fp16")
+    request = ExportRequest(
+        spec=TINY, budget=64, t_max=TINY.t_max, batch=1, config=SelectorConfig(), selector_only=False, precision="fp16"
+    )
     folder = tmp_path_factory.mktemp("fp16")
     shipped = export_graph(request, folder / "tiny_fp16.onnx", tiny_parts, "random:0")
     path = folder / "tiny_fp16_verify.onnx"
@@ -178,7 +181,7 @@ def test_sidecar_does_not_overwrite_without_force(tmp_path, tiny_selector_graph,
     assert "--force" in one_line_error(capsys) and (tmp_path / "engine.json").read_text() == "{}"
 
 
-@pytest.mark.skipif(HAVE_TRT, reason="TensorRT is installed: the missing-TensorRT message cannot be shown")
+@pytest.mark.skipif(HAVE_TRT, reason=unavailable_here("TensorRT is installed: the missing-TensorRT message cannot be shown"))
 def test_sidecar_without_tensorrt_is_a_one_line_error_after_the_file_checks(tmp_path, tiny_selector_graph, capsys):
     (tmp_path / "engine.plan").write_bytes(b"engine bytes")
     argv = ["sidecar", "--engine", str(tmp_path / "engine.plan"), "--onnx", str(tiny_selector_graph), "--force"]

@@ -19,6 +19,8 @@ from flashvlm_export.errors import MissingDependencyError, UsageError
 from flashvlm_export.trt.chain import EngineChain, check_chain_records, select_budget
 from flashvlm_export.trt.runner import check_engine
 
+from ci_skips import unavailable_here
+
 HAVE_TRT = importlib.util.find_spec("tensorrt") is not None
 
 
@@ -167,7 +169,7 @@ def test_check_engine_refuses_a_kind_other_than_expected_before_tensorrt(chain_f
         check_engine(selectors[32], expect_kind="encoder")
 
 
-@pytest.mark.skipif(HAVE_TRT, reason="TensorRT is installed: the missing-TensorRT message cannot be shown")
+@pytest.mark.skipif(HAVE_TRT, reason=unavailable_here("TensorRT is installed: the missing-TensorRT message cannot be shown"))
 def test_checks_that_need_tensorrt_are_the_one_line_missing_tensorrt_error(chain_files):
     encoder, selectors = chain_files
     for attempt in (lambda: EngineChain(encoder, selectors), lambda: check_engine(selectors[32], expect_kind="selector")):
@@ -195,7 +197,7 @@ def test_importing_the_chain_does_not_import_tensorrt():
     assert result.returncode == 0, result.stderr
 
 
-@pytest.mark.skipif(not HAVE_TRT or not have_gpu(), reason="needs TensorRT and a CUDA GPU (absent on this project's machines)")
+@pytest.mark.skipif(not HAVE_TRT or not have_gpu(), reason=unavailable_here("needs TensorRT and a CUDA GPU"))
 def test_a_real_chain_matches_its_selector_engines_run_one_by_one(tmp_path):
     """Split-export llava15-tiny with --engine (encoder + K=32, 64), then for each budget: the chain's indices
     equal the K engine run alone (EngineRunner) on the encoder engine's outputs, and visual_embeds are
