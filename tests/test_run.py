@@ -13,7 +13,7 @@ from flashvlm_export.errors import UsageError
 from flashvlm_export.export.graphs import ExportRequest, export_graph
 from flashvlm_export.selector.config import SelectorConfig
 
-from conftest import LLAVA15, TINY
+from conftest import LLAVA15, TINY, expect_one_line
 
 QUESTION = "What is on the table?"
 
@@ -197,6 +197,19 @@ def test_missing_or_unreadable_image_is_one_line_exit_2(tiny_graphs, tmp_path, c
     bad.write_text("not a picture")
     code, _, err = _run_cli(capsys, "--graph", tiny_graphs[64], "--image", bad, "--question", QUESTION)
     assert code == 2 and "not an image Pillow can read" in err and len(err.strip().splitlines()) == 1
+
+
+def test_a_huge_picture_a_folder_or_a_bad_pixel_limit_is_one_line_exit_2(tiny_graphs, tmp_path, capsys):
+    """A 20000 x 20000 PNG header (tests/test_pictures.py has the decoding rules and the option raising the limit)."""
+    from PIL import Image
+    from test_pictures import write_png16
+
+    huge = write_png16(tmp_path / "huge.png", np.zeros((1, 1), dtype=np.uint16), 0, size=(20000, 20000))
+    run = ["run", "--graph", str(tiny_graphs[64]), "--question", QUESTION, "--image"]
+    limit = f"limit of {Image.MAX_IMAGE_PIXELS:,}"  # Pillow's own, the default
+    expect_one_line(capsys, [*run, str(huge)], "20000x20000 = 400,000,000 pixels", limit, "--max-image-pixels 400000000")
+    expect_one_line(capsys, [*run, str(tmp_path)], f"--image {tmp_path} is a folder, not a regular file", "pass a picture file")
+    expect_one_line(capsys, [*run, str(huge), "--max-image-pixels", "0"], "--max-image-pixels 0 is not a pixel count")
 
 
 def test_a_question_holding_an_image_token_is_one_line_exit_2(tiny_graphs, demo_image, capsys):

@@ -135,6 +135,7 @@ def run_clip(graph, video, question, *, image=None, demo_image=None, demo_video=
     from flashvlm_export.runtime.answer import check_llm_dtype, image_position
     from flashvlm_export.runtime.clip import clip_llm_input, clip_prompt_ids, clip_text_inputs, read_clip, video_token_index
     from flashvlm_export.runtime.graph_info import GraphInfo
+    from flashvlm_export.runtime.image import stretch_note
     from flashvlm_export.runtime.session import select
     from flashvlm_export.runtime.tokenizer import load_tokenizer
 
@@ -187,6 +188,9 @@ def run_clip(graph, video, question, *, image=None, demo_image=None, demo_video=
         f"frames {clip.indices}, effective {clip.effective_fps:g} fps ({clip.processor}); question {question!r}: "
         f"{int(text_mask.sum())}/{request.t_max} text rows ({tokenizer_name})"
     )
+    note = stretch_note(spec, *clip.frame_size, what="clip")
+    if note:
+        log(f"Input: {note}")
 
     backend = steps.selection_backend(info, graph, engine, plugin_lib, split, tensorrt, budget)
     selection = select(backend, clip.pixel_values, text_embeds, text_mask, request.batch)
