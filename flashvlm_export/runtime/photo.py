@@ -20,6 +20,7 @@ Pillow opens the file; this module decides what its samples mean:
 from __future__ import annotations
 
 import contextlib
+import operator
 import struct
 import threading
 from pathlib import Path
@@ -45,9 +46,13 @@ def check_max_pixels(max_pixels: int | None) -> int:
     """The limit to apply: Pillow's without one; a value below 1 is a one-line error."""
     if max_pixels is None:
         return pillow_limit()
-    if isinstance(max_pixels, bool) or not isinstance(max_pixels, int) or max_pixels < 1:
+    try:
+        count = operator.index(max_pixels)  # an int or a numpy integer; not a bool, a float or a string
+    except TypeError:
+        count = 0
+    if isinstance(max_pixels, bool) or count < 1:
         raise UsageError(f"{arg('max_image_pixels', max_pixels)} is not a pixel count; pass a whole number >= 1, e.g. 400000000")
-    return max_pixels
+    return count
 
 
 @contextlib.contextmanager
