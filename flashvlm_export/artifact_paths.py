@@ -12,7 +12,8 @@ parsed; a breach is one UsageError line naming the file and the rule (docs/ARTIF
 Files the user names on the command line (--manifest, --graph, --engine, --plugin-lib) are the
 user's own choice: `own_file` checks only that each is a regular file of a plausible size (a FIFO
 there would block the read; a 50 GB "manifest" would fill memory). `input_file` checks a picture, a clip
-or a GGUF the same way, without a size bound: a folder or a FIFO is named as one, not as missing.
+or a GGUF the same way, without a size bound: a folder or a FIFO is named as one, not as missing; `not_a_folder`
+refuses a folder where a file is to be written.
 """
 
 from __future__ import annotations
@@ -119,6 +120,13 @@ def input_file(path: Path, given: str, fix: str) -> Path:
     if problem:
         raise UsageError(f"{given} {problem}; {fix}")
     return path
+
+
+def not_a_folder(path: Path, given: str, example: str) -> None:
+    """A file the tool will write (--heatmap, --demo-image, --demo-video, --out): a folder there is refused in one
+    line, with or without --force (which replaces a file, never a folder); `example` is a file name to suggest."""
+    if Path(path).is_dir():
+        raise UsageError(f"{given} is a folder, not a file; name a file to write, e.g. {Path(path) / example}")
 
 
 def own_file(path: Path, what: str, kind: str, fix: str = "pass a file flashvlm-export wrote") -> Path:

@@ -319,3 +319,38 @@ def test_a_clip_of_another_aspect_reports_its_frame_size_for_the_stretch_note(tm
     assert clip.frame_size == (64, 48)
     qwen = get_spec("qwen2.5-vl-tiny")
     assert "the clip is 64x48 px" in stretch_note(qwen, *clip.frame_size, what="clip")
+
+
+def _writers():
+    from flashvlm_export.artifacts.placement import check_new_file
+    from flashvlm_export.runtime import clip_run
+    from flashvlm_export.runtime.api import write_demo_image
+
+    def clip(path, force):
+        pytest.importorskip("av")
+        from flashvlm_export.runtime.video import write_clip
+
+        write_clip(path, np.zeros((2, 16, 16, 3), dtype=np.uint8), force=force)
+
+    return {  # flag -> (a folder's name, what writes or checks it)
+        "--heatmap": ("kept.png", lambda p, force: check_new_file(p, "heatmap", ".png", force)),
+        "--out": ("llm.gguf", lambda p, force: check_new_file(p, "out", ".gguf", force)),
+        "--demo-image": ("demo.png", lambda p, force: write_demo_image(str(p), force, log=lambda _: None)),
+        "--demo-video": ("demo.mp4", clip),
+        "--demo-video ": ("demo.mkv", clip_run._check_demo_clip),  # run's check before anything is loaded
+        "--heatmap ": ("strip.png", clip_run._check_strip),  # a clip's strip
+    }
+
+
+@pytest.mark.parametrize("force", [False, True], ids=["without --force", "with --force"])
+@pytest.mark.parametrize("flag", list(_writers()))
+def test_a_folder_where_a_file_is_to_be_written_is_named_so_with_or_without_force(tmp_path, flag, force):
+    """Not 'already exists; pass --force' (and then a traceback when --force tries to replace the folder)."""
+    name, write = _writers()[flag]
+    folder = tmp_path / name
+    (folder / "inside").mkdir(parents=True)
+    with cli_spelling(), pytest.raises(UsageError) as caught:
+        write(folder, force)
+    message = str(caught.value)
+    assert f"{flag.strip()} {folder} is a folder, not a file" in message and "\n" not in message, message
+    assert (folder / "inside").is_dir()  # the folder is as it was

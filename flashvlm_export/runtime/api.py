@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from flashvlm_export.artifact_paths import not_a_folder
 from flashvlm_export.artifacts.timing import StepTimer
 from flashvlm_export.errors import UsageError, arg, switch
 from flashvlm_export.models.weights import weights_for_graph
@@ -217,6 +218,7 @@ def _crops_layout(spec, parts, prepared, rows: torch.Tensor, indices, log) -> to
 
 
 def _check_demo_target(target: Path, force: bool) -> None:
+    not_a_folder(target, arg("demo_image", str(target)), "demo.png")
     if target.exists() and not force:
         raise UsageError(f"{target} already exists; pass {switch('force')} to overwrite it, or use it as {arg('image', str(target))}")
 

@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from flashvlm_export.artifact_paths import not_a_folder
 from flashvlm_export.errors import FlashVLMError, UsageError, arg, switch
 from flashvlm_export.progress import plural
 from flashvlm_export.runtime import run_steps as steps
@@ -66,6 +67,7 @@ def check_clip_graph(request, source: str) -> None:
 def _check_demo_clip(path: Path, force: bool) -> None:
     from flashvlm_export.runtime.video import CONTAINERS
 
+    not_a_folder(path, arg("demo_video", str(path)), "demo.mp4")
     if path.suffix.lower() not in CONTAINERS:
         raise UsageError(f"{arg('demo_video', str(path))} has an unknown container; end the name with {', '.join(CONTAINERS)}")
     if path.exists() and not force:
@@ -77,6 +79,7 @@ def _check_strip(path: Path, force: bool) -> None:
     when the strip is written: a refused run leaves nothing behind)."""
     import os
 
+    not_a_folder(path, arg("heatmap", str(path)), "strip.png")
     if path.suffix.lower() != ".png":
         raise UsageError(f"{arg('heatmap', str(path))} must end in .png")
     if path.exists() and not force:

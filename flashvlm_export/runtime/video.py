@@ -34,7 +34,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from flashvlm_export.artifact_paths import input_file
+from flashvlm_export.artifact_paths import input_file, not_a_folder
 from flashvlm_export.errors import UsageError, arg, switch
 from flashvlm_export.models import qwen2_5_vl
 from flashvlm_export.models.zoo.qwen2_5_vl import QWEN25_VL_7B
@@ -232,6 +232,7 @@ def write_clip(path: str | Path, frames: np.ndarray, fps: int | Fraction = DEMO_
     import av
 
     path = Path(path)
+    not_a_folder(path, arg("demo_video", str(path)), "demo.mp4")
     if path.suffix.lower() not in CONTAINERS:
         raise UsageError(f"{arg('demo_video', str(path))} has an unknown container; end the name with {', '.join(CONTAINERS)}")
     if path.exists() and not force:
