@@ -11,7 +11,9 @@ parsed; a breach is one UsageError line naming the file and the rule (docs/ARTIF
 
 Files the user names on the command line (--manifest, --graph, --engine, --plugin-lib) are the
 user's own choice: `own_file` checks only that each is a regular file of a plausible size (a FIFO
-there would block the read; a 50 GB "manifest" would fill memory).
+there would block the read; a 50 GB "manifest" would fill memory). `input_file` checks a picture, a clip
+or a GGUF the same way, without a size bound: a folder or a FIFO is named as one, not as missing; `not_a_folder`
+refuses a folder where a file is to be written.
 """
 
 from __future__ import annotations
@@ -102,6 +104,29 @@ def named_file(
     if problem:
         raise breach(problem)
     return real
+
+
+def input_file(path: Path, given: str, fix: str) -> Path:
+    """A file the user passes as input (a picture, a clip, a GGUF): it must exist and be a regular file, so a folder
+    or a FIFO is named as such; `given` names the flag and its value, `fix` says what to pass instead."""
+    path = Path(path)
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        raise UsageError(f"{given} does not exist; {fix}") from None
+    except OSError as exc:
+        raise UsageError(f"{given} cannot be examined ({exc.strerror}); {fix}") from None
+    problem = _regular(path, st)
+    if problem:
+        raise UsageError(f"{given} {problem}; {fix}")
+    return path
+
+
+def not_a_folder(path: Path, given: str, example: str) -> None:
+    """A file the tool will write (--heatmap, --demo-image, --demo-video, --out): a folder there is refused in one
+    line, with or without --force (which replaces a file, never a folder); `example` is a file name to suggest."""
+    if Path(path).is_dir():
+        raise UsageError(f"{given} is a folder, not a file; name a file to write, e.g. {Path(path) / example}")
 
 
 def own_file(path: Path, what: str, kind: str, fix: str = "pass a file flashvlm-export wrote") -> Path:

@@ -323,7 +323,7 @@ def _one_line_exit_2(capsys, argv) -> str:
     [
         (["--llm-runtime", "llama.cpp"], "needs --gguf FILE"),
         (["--gguf", "x.gguf"], "--gguf is the LLM for --llm-runtime llama.cpp"),
-        (["--llm-runtime", "llama.cpp", "--gguf", "nowhere.gguf", "--answer"], "nowhere.gguf: no such file"),
+        (["--llm-runtime", "llama.cpp", "--gguf", "nowhere.gguf", "--answer"], "nowhere.gguf does not exist"),
     ],
 )
 def test_llm_runtime_and_gguf_misuse_is_one_line_exit_2(llava_graph, tmp_path, capsys, extra, expected):
@@ -700,7 +700,7 @@ def test_run_video_answers_through_llama_cpp_with_the_same_tokens_as_transformer
     [
         (["--llm-runtime", "llama.cpp"], "needs --gguf FILE"),
         (["--gguf", "x.gguf"], "--gguf is the LLM for --llm-runtime llama.cpp"),
-        (["--llm-runtime", "llama.cpp", "--gguf", "nowhere.gguf", "--answer"], "nowhere.gguf: no such file"),
+        (["--llm-runtime", "llama.cpp", "--gguf", "nowhere.gguf", "--answer"], "nowhere.gguf does not exist"),
     ],
 )
 def test_video_llm_runtime_and_gguf_misuse_is_one_line_exit_2(clip_graph, tmp_path, capsys, extra, expected):

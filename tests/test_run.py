@@ -14,7 +14,7 @@ from flashvlm_export.export.graphs import ExportRequest, export_graph
 from flashvlm_export.selector.config import SelectorConfig
 
 from ci_skips import unavailable_here
-from conftest import LLAVA15, TINY
+from conftest import LLAVA15, TINY, expect_one_line
 
 QUESTION = "What is on the table?"
 
@@ -168,7 +168,7 @@ def test_heatmap_marks_kept_cells_in_their_role_colour_and_dims_dropped_ones(tin
     text, mask = text_inputs(parts.embed_tokens, prompt_token_ids(stand_in_tokenizer(TINY), QUESTION, TINY), TINY.t_max, 999)
     maps = score_maps(parts, prepared.pixel_values, text[0][mask[0]], SelectorConfig())
     important, diverse = token_roles(result.indices, maps.fused, 32)
-    assert important.sum() > 0 and diverse.sum() > 0 and important.sum() + diverse.sum() == 64
+    assert important.sum() == 32 and diverse.sum() == 32  # the graph's K_imp = floor(K / 2), K - K_imp (step 9)
 
     def corner(token):
         x, y = cell_origin(int(token), 24, 336)
@@ -188,6 +188,47 @@ def test_heatmap_marks_kept_cells_in_their_role_colour_and_dims_dropped_ones(tin
     assert colour not in (IMPORTANT_RGB, DIVERSE_RGB)
 
 
+def _rendered_roles(indices, fused, k_imp, grid=4, side=48):
+    """Render a heatmap and count the kept cells outlined in each role's colour (their top-left pixel)."""
+    from flashvlm_export.runtime.heatmap import DIVERSE_RGB, IMPORTANT_RGB, ScoreMaps, cell_origin, render_heatmap
+
+    n = grid * grid
+    maps = ScoreMaps(np.zeros(n), np.zeros(n), np.zeros(n), fused)
+    picture = np.asarray(render_heatmap(np.full((side, side, 3), 128, np.uint8), indices, maps, k_imp, "test"))
+    colours = [tuple(int(v) for v in picture[cell_origin(int(t), grid, side)[::-1]]) for t in indices]
+    return colours.count(IMPORTANT_RGB), colours.count(DIVERSE_RGB)
+
+
+def _role_case():
+    """K = 8 of N = 16 kept, K_imp = 4; F ranks two dropped tokens first, as a reference F that differs from the
+    graph's can: the reference's own top 4 hold only 2 kept tokens."""
+    indices = np.array([2, 3, 5, 7, 8, 11, 13, 14])
+    fused = np.linspace(0.5, 0.1, 16)  # tokens 0 and 1 first, dropped by the graph
+    return indices, fused, 4
+
+
+def test_the_heatmap_shows_k_imp_important_and_k_minus_k_imp_diverse_however_the_reference_ranks():
+    indices, fused, k_imp = _role_case()
+    assert np.isin(np.argsort(-fused, kind="stable")[:k_imp], indices).sum() == 2  # a recomputation would say 2 / 6
+    assert _rendered_roles(indices, fused, k_imp) == (k_imp, len(indices) - k_imp)
+
+
+def test_the_heatmap_role_check_catches_roles_recomputed_from_the_reference(monkeypatch):
+    """The planted old rule (kept tokens in the reference's own top K_imp) fails the count above."""
+    from flashvlm_export.runtime import heatmap
+
+    def recomputed(indices, fused, k_imp):
+        top = np.zeros(fused.shape[0], dtype=bool)
+        top[np.argsort(-fused, kind="stable")[:k_imp]] = True
+        kept = np.zeros(fused.shape[0], dtype=bool)
+        kept[indices] = True
+        return kept & top, kept & ~top
+
+    monkeypatch.setattr(heatmap, "token_roles", recomputed)
+    indices, fused, k_imp = _role_case()
+    assert _rendered_roles(indices, fused, k_imp) != (k_imp, len(indices) - k_imp)
+
+
 # ---------------------------------------------------------------- bad input: one line, exit 2
 
 
@@ -198,6 +239,19 @@ def test_missing_or_unreadable_image_is_one_line_exit_2(tiny_graphs, tmp_path, c
     bad.write_text("not a picture")
     code, _, err = _run_cli(capsys, "--graph", tiny_graphs[64], "--image", bad, "--question", QUESTION)
     assert code == 2 and "not an image Pillow can read" in err and len(err.strip().splitlines()) == 1
+
+
+def test_a_huge_picture_a_folder_or_a_bad_pixel_limit_is_one_line_exit_2(tiny_graphs, tmp_path, capsys):
+    """A 20000 x 20000 PNG header (tests/test_pictures.py has the decoding rules and the option raising the limit)."""
+    from PIL import Image
+    from test_pictures import write_png16
+
+    huge = write_png16(tmp_path / "huge.png", np.zeros((1, 1), dtype=np.uint16), 0, size=(20000, 20000))
+    run = ["run", "--graph", str(tiny_graphs[64]), "--question", QUESTION, "--image"]
+    limit = f"limit of {Image.MAX_IMAGE_PIXELS:,}"  # Pillow's own, the default
+    expect_one_line(capsys, [*run, str(huge)], "20000x20000 = 400,000,000 pixels", limit, "--max-image-pixels 400000000")
+    expect_one_line(capsys, [*run, str(tmp_path)], f"--image {tmp_path} is a folder, not a regular file", "pass a picture file")
+    expect_one_line(capsys, [*run, str(huge), "--max-image-pixels", "0"], "--max-image-pixels 0 is not a pixel count")
 
 
 def test_a_question_holding_an_image_token_is_one_line_exit_2(tiny_graphs, demo_image, capsys):

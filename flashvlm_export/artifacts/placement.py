@@ -155,8 +155,10 @@ def write_json_atomic(path: Path, record: dict) -> None:
 def check_new_file(path: Path, flag: str, suffix: str, force: bool) -> None:
     """A file the user names with `flag` (--heatmap, --out, ...): the right suffix, not over an existing file without
     --force, in a folder that can be made and written; one line (UsageError) naming the value and the fix otherwise."""
+    from flashvlm_export.artifact_paths import not_a_folder
     from flashvlm_export.errors import UsageError, arg, switch
 
+    not_a_folder(path, arg(flag, str(path)), f"{flag}{suffix}")
     if path.suffix.lower() != suffix:
         raise UsageError(f"{arg(flag, str(path))} must end in {suffix}")
     if path.exists() and not force:

@@ -42,6 +42,13 @@ def parser() -> argparse.ArgumentParser:
         "--demo-video", metavar="FILE", help="write the synthetic clip (a ball rolling, a box appearing) at the graph's frames and size to FILE (.mp4, .mkv, .avi) and use it as --video"
     )
     i.add_argument("--fps", type=float, metavar="F", help="with --video: the frames shown at 0, 1/F, 2/F, ... s instead of evenly spread")
+    i.add_argument(
+        "--max-image-pixels",
+        type=int,
+        metavar="N",
+        help="refuse an --image of more than N pixels before decoding it (default: Pillow's decompression-bomb limit, "
+        "PIL.Image.MAX_IMAGE_PIXELS); raise it for a larger picture you trust",
+    )
     i.add_argument("--question", required=True, help="the question about the image or clip")
     w = p.add_argument_group("weights (default: the ones the graph records)")
     w.add_argument("--model-path", metavar="DIR", help="local checkpoint the graph was exported from")
@@ -106,5 +113,6 @@ def main(argv: list[str]) -> int:
         video=args.video,
         demo_video=args.demo_video,
         fps=args.fps,
+        max_image_pixels=args.max_image_pixels,
     )
     return 0

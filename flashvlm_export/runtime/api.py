@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from flashvlm_export.artifact_paths import not_a_folder
 from flashvlm_export.artifacts.timing import StepTimer
 from flashvlm_export.errors import UsageError, arg, switch
 from flashvlm_export.models.weights import weights_for_graph
@@ -62,8 +63,14 @@ def run(
     video: str | None = None,
     demo_video: str | None = None,
     fps: float | None = None,
+    max_image_pixels: int | None = None,
 ) -> RunResult:
     if video is not None or demo_video is not None:  # a clip: runtime/clip_run.py
+        if max_image_pixels is not None:
+            raise UsageError(
+                f"{arg('max_image_pixels', max_image_pixels)} limits a picture's size; a clip's frames are decoded by "
+                f"FFmpeg: drop {arg('max_image_pixels')}"
+            )
         from flashvlm_export.runtime.clip_run import run_clip
 
         return run_clip(
@@ -78,6 +85,7 @@ def run(
     from flashvlm_export.models.registry import adapter
     from flashvlm_export.runtime.answer import check_llm_dtype, image_position
     from flashvlm_export.runtime.image import prepare_image
+    from flashvlm_export.runtime.photo import check_max_pixels
     from flashvlm_export.runtime.session import select
     from flashvlm_export.runtime.tokenizer import load_tokenizer
 
@@ -86,6 +94,7 @@ def run(
     if max_new_tokens < 1:
         raise UsageError(f"{arg('max_new_tokens', max_new_tokens)} must be >= 1")
     check_llm_dtype(llm_dtype)
+    check_max_pixels(max_image_pixels)
     answer = answer or compare_full
     from flashvlm_export.runtime.llama_cpp import check_llm_choice
 
@@ -108,7 +117,7 @@ def run(
         plan = plan_answer(info, gguf, random_weights, llm_dtype, source)
     if demo_image is not None:  # written only once every check above has passed
         image = write_demo_image(demo_image, force, log=log)
-    prepared = prepare_image(image, spec, checkpoint)
+    prepared = prepare_image(image, spec, checkpoint, max_image_pixels)
     parts = load_parts(info, log)
     if answer and gguf is None:  # before the selection: a model that cannot answer fails fast
         llm = load_llm(plan, info, parts, log)
@@ -209,6 +218,7 @@ def _crops_layout(spec, parts, prepared, rows: torch.Tensor, indices, log) -> to
 
 
 def _check_demo_target(target: Path, force: bool) -> None:
+    not_a_folder(target, arg("demo_image", str(target)), "demo.png")
     if target.exists() and not force:
         raise UsageError(f"{target} already exists; pass {switch('force')} to overwrite it, or use it as {arg('image', str(target))}")
 

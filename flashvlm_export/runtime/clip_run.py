@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from flashvlm_export.artifact_paths import not_a_folder
 from flashvlm_export.errors import FlashVLMError, UsageError, arg, switch
 from flashvlm_export.progress import plural
 from flashvlm_export.runtime import run_steps as steps
@@ -66,6 +67,7 @@ def check_clip_graph(request, source: str) -> None:
 def _check_demo_clip(path: Path, force: bool) -> None:
     from flashvlm_export.runtime.video import CONTAINERS
 
+    not_a_folder(path, arg("demo_video", str(path)), "demo.mp4")
     if path.suffix.lower() not in CONTAINERS:
         raise UsageError(f"{arg('demo_video', str(path))} has an unknown container; end the name with {', '.join(CONTAINERS)}")
     if path.exists() and not force:
@@ -77,6 +79,7 @@ def _check_strip(path: Path, force: bool) -> None:
     when the strip is written: a refused run leaves nothing behind)."""
     import os
 
+    not_a_folder(path, arg("heatmap", str(path)), "strip.png")
     if path.suffix.lower() != ".png":
         raise UsageError(f"{arg('heatmap', str(path))} must end in .png")
     if path.exists() and not force:
@@ -135,6 +138,7 @@ def run_clip(graph, video, question, *, image=None, demo_image=None, demo_video=
     from flashvlm_export.runtime.answer import check_llm_dtype, image_position
     from flashvlm_export.runtime.clip import clip_llm_input, clip_prompt_ids, clip_text_inputs, read_clip, video_token_index
     from flashvlm_export.runtime.graph_info import GraphInfo
+    from flashvlm_export.runtime.image import stretch_note
     from flashvlm_export.runtime.session import select
     from flashvlm_export.runtime.tokenizer import load_tokenizer
 
@@ -187,6 +191,9 @@ def run_clip(graph, video, question, *, image=None, demo_image=None, demo_video=
         f"frames {clip.indices}, effective {clip.effective_fps:g} fps ({clip.processor}); question {question!r}: "
         f"{int(text_mask.sum())}/{request.t_max} text rows ({tokenizer_name})"
     )
+    note = stretch_note(spec, *clip.frame_size, what="clip")
+    if note:
+        log(f"Input: {note}")
 
     backend = steps.selection_backend(info, graph, engine, plugin_lib, split, tensorrt, budget)
     selection = select(backend, clip.pixel_values, text_embeds, text_mask, request.batch)

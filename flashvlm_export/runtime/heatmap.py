@@ -5,8 +5,14 @@ S_ext then narrows to a few patches. It shows what the text scope (--text-scope)
 
 The kept tokens are the graph's (or engine's) own indices. The score panels come from the PyTorch
 reference (selector/reference.py fused_scores) on the family's reference_features (the torch vision
-tower and projector with the graph's weights); the picture says so. Important tokens (step 9) are the kept
-ones among the reference's top floor(K/2) by F; the other kept ones are the diverse set (step 11).
+tower and projector with the graph's weights); the picture says so.
+
+The roles come from the graph's own selection, never from a recomputation of it: step 9 keeps the top K_imp
+by F and step 11 picks the K - K_imp others from below them, so among the graph's kept tokens the important
+ones are its K_imp highest in F. The graph returns its kept indices ascending and not its F, so `token_roles`
+ranks the graph's kept tokens by the reference's F (ties to the lower index, as step 9): the legend counts
+K_imp important and K - K_imp diverse, as the graph kept them, however the reference's own top K_imp differs
+(a token the reference ranks in its top K_imp may be one the graph dropped).
 """
 
 from __future__ import annotations
@@ -61,14 +67,16 @@ def score_maps(parts, pixel_values: torch.Tensor, text_rows: torch.Tensor, confi
 
 
 def token_roles(indices: np.ndarray, fused: np.ndarray, k_imp: int) -> tuple[np.ndarray, np.ndarray]:
-    """(important, diverse) boolean masks over N: kept tokens in / not in the top k_imp by F (stable ties)."""
+    """(important, diverse) boolean masks over N of the graph's kept `indices`: the k_imp of them highest in F
+    (stable: ties to the lower index), and the rest. Exactly min(k_imp, K) important, whatever F ranks first."""
     n = fused.shape[0]
-    order = np.argsort(-fused, kind="stable")
-    top = np.zeros(n, dtype=bool)
-    top[order[:k_imp]] = True
-    kept = np.zeros(n, dtype=bool)
-    kept[indices] = True
-    return kept & top, kept & ~top
+    indices = np.asarray(indices, dtype=np.int64)
+    ranked = indices[np.argsort(-fused[indices], kind="stable")]  # the kept tokens, highest F first
+    important = np.zeros(n, dtype=bool)
+    important[ranked[:k_imp]] = True
+    diverse = np.zeros(n, dtype=bool)
+    diverse[ranked[k_imp:]] = True
+    return important, diverse
 
 
 def _minmax(values: np.ndarray) -> np.ndarray:

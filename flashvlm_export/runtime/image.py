@@ -1,12 +1,15 @@
 """A photo -> pixel_values (1, 3, S, S), as the checkpoint's own image processor makes them for the graph's side S.
 
-The family adapter names the processor class and how it resizes (models/adapter.py). With a model directory
-that has preprocessor_config.json, that config drives it (its mean, std, rescale factor); otherwise the
-adapter's defaults. LLaVA-1.5 (RESIZE "shortest-edge-crop"): CLIP's processor resizes the shortest side to S,
-center-crops, rescales 1/255 and normalises with CLIP's mean and std. Qwen2.5-VL (RESIZE "stretch"): the graph
-is static, so the photo is stretched to S x S (bicubic, PIL, the processor's resample), then Qwen2VLImageProcessorPil
-rescales, normalises and patchifies it without resizing again, and the adapter unpatchifies its flat patches.
-For a square photo this is the processor's own output with size fixed to S x S pixels (tests/test_qwen_handoff.py).
+runtime/photo.py reads the file as an image viewer shows it (EXIF orientation, 16-bit and float samples scaled to
+8 bits, transparency on white, a pixel limit). The family adapter names the processor class and how it resizes
+(models/adapter.py). With a model directory that has preprocessor_config.json, that config drives it (its mean,
+std, rescale factor); otherwise the adapter's defaults. LLaVA-1.5 (RESIZE "shortest-edge-crop"): CLIP's processor
+resizes the shortest side to S, center-crops, rescales 1/255 and normalises with CLIP's mean and std. Qwen2.5-VL
+(RESIZE "stretch"): the graph is static, so the photo is stretched to S x S (bicubic, PIL, the processor's
+resample), then Qwen2VLImageProcessorPil rescales, normalises and patchifies it without resizing again, and the
+adapter unpatchifies its flat patches. For a square photo this is the processor's own output with size fixed to
+S x S pixels (tests/test_qwen_handoff.py); a photo of another aspect is stretched, which the processor would not
+do, and `note` says so in one line.
 """
 
 from __future__ import annotations
@@ -17,9 +20,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from flashvlm_export.errors import UsageError, arg
+from flashvlm_export.errors import UsageError
 from flashvlm_export.models.registry import adapter
 from flashvlm_export.models.spec import ModelSpec
+from flashvlm_export.runtime.photo import read_image
 
 STRETCH = "stretch"
 ANYRES = "anyres"  # LLaVA-NeXT: the base image and the crops of the graph's grid pinpoint
@@ -31,7 +35,8 @@ class PreparedImage:
     shown: np.ndarray  # (H, W, 3) uint8: what the model sees, de-normalised, for the heatmap; LLaVA-NeXT: (crops, S, S, 3)
     processor: str  # which processor config made it
     image_hw: tuple[int, int] | None = None  # LLaVA-NeXT: the photo's (height, width), which unpadding reads
-    note: str = ""  # LLaVA-NeXT: a line when the photo's aspect ratio is far from the grid's
+    note: str = ""  # a line when the photo's shape is not the graph's: LLaVA-NeXT's grid, Qwen2.5-VL's stretch
+
 
 def _defaults(spec: ModelSpec, family) -> dict:
     """The processor's settings without a checkpoint: the adapter's mean and std, sized to the graph's side."""
@@ -51,22 +56,6 @@ def image_processor(spec: ModelSpec, model_dir: Path | None):
         return cls.from_pretrained(str(model_dir), local_files_only=True), f"{model_dir}/preprocessor_config.json"
     name = cls.__name__.removesuffix("Pil").removesuffix("ImageProcessor")  # "CLIP", "Qwen2VL"
     return cls(**_defaults(spec, family)), f"{name} defaults for {spec.name} ({spec.image_size} px)"
-
-
-def read_image(path: str | Path):
-    """Any file Pillow reads, as RGB; a missing or unreadable file is a one-line error."""
-    from PIL import Image, UnidentifiedImageError
-
-    path = Path(path)
-    if not path.is_file():
-        raise UsageError(f"{arg('image', str(path))} does not exist; pass a photo Pillow can read (JPEG, PNG, ...)")
-    try:
-        with Image.open(path) as image:
-            return image.convert("RGB")
-    except (UnidentifiedImageError, OSError) as exc:
-        raise UsageError(
-            f"{arg('image', str(path))} is not an image Pillow can read ({type(exc).__name__}); pass a JPEG, PNG, ..."
-        ) from None
 
 
 def _pinpoint(spec: ModelSpec) -> list[list[int]]:
@@ -108,15 +97,32 @@ def _prepare_crops(image, spec: ModelSpec, processor, name: str) -> PreparedImag
     return PreparedImage(pixels, shown, name, image_hw, grid_note(spec, image_hw))
 
 
-def prepare_image(path: str | Path, spec: ModelSpec, model_dir: Path | None = None) -> PreparedImage:
-    image = read_image(path)
+def stretch_note(spec: ModelSpec, width: int, height: int, what: str = "photo") -> str:
+    """One line when a photo (or a clip) that is not square is stretched to the graph's square (Qwen2.5-VL's static
+    side), as LLaVA-NeXT's grid_note says when a photo does not fit the graph's grid; empty for a square one."""
+    if width == height:
+        return ""
+    side = spec.image_size
+    return (
+        f"the {what} is {width}x{height} px; this graph takes {side}x{side}, so the {what} is stretched to a square "
+        f"(aspect ratio {width / height:.2f} -> 1; the checkpoint's processor would keep it): crop or pad the {what} "
+        "to a square to keep its proportions"
+    )
+
+
+def prepare_image(
+    path: str | Path, spec: ModelSpec, model_dir: Path | None = None, max_pixels: int | None = None
+) -> PreparedImage:
+    """The photo at `path` (runtime/photo.py reads it as a viewer shows it) as the graph's pixel_values."""
+    image = read_image(path, max_pixels)
     processor, name = image_processor(spec, model_dir)
     family = adapter(spec)
     if family.RESIZE == ANYRES:
         return _prepare_crops(image, spec, processor, name)
-    options = {}
+    options, note = {}, ""
     if family.RESIZE == STRETCH:  # to the graph's side as the processor resizes (bicubic), then no resize of its own
         side = spec.image_size
+        note = stretch_note(spec, image.width, image.height)
         image = image.resize((side, side), resample=int(processor.resample))
         options["do_resize"] = False
     pixels = family.processor_pixels(processor(images=image, return_tensors="pt", **options), spec)  # (1, 3, H, W)
@@ -128,7 +134,7 @@ def prepare_image(path: str | Path, spec: ModelSpec, model_dir: Path | None = No
     mean = torch.tensor(processor.image_mean, dtype=torch.float32)[:, None, None]
     std = torch.tensor(processor.image_std, dtype=torch.float32)[:, None, None]
     shown = ((pixels[0] * std + mean).clamp(0, 1) * 255).round().to(torch.uint8).permute(1, 2, 0).numpy()
-    return PreparedImage(pixels, shown, name)
+    return PreparedImage(pixels, shown, name, note=note)
 
 
 def demo_picture(size: int = 448):

@@ -26,6 +26,7 @@ from pathlib import Path
 
 import numpy as np
 
+from flashvlm_export.artifact_paths import input_file
 from flashvlm_export.errors import FlashVLMError, MissingDependencyError, UsageError, arg
 from flashvlm_export.models.spec import ModelSpec
 
@@ -80,8 +81,8 @@ def read_gguf(path: str | Path) -> GGUFInfo:
     """The GGUF's architecture and embedding width; a missing, unreadable or non-GGUF file is one line."""
     path = Path(path)
     what = arg("gguf", str(path))
-    if not path.is_file():
-        raise UsageError(f"{what}: no such file; convert the checkpoint's LLM with llama.cpp's convert_hf_to_gguf.py, or write a test model's with flashvlm-export gguf")
+    fix = "pass a GGUF file: convert the checkpoint's LLM with llama.cpp's convert_hf_to_gguf.py, or write a test model's with flashvlm-export gguf"
+    input_file(path, what, fix)  # a folder or a FIFO is named as one
     try:
         with path.open("rb") as f:
             magic = f.read(4)

@@ -34,6 +34,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from flashvlm_export.artifact_paths import input_file, not_a_folder
 from flashvlm_export.errors import UsageError, arg, switch
 from flashvlm_export.models import qwen2_5_vl
 from flashvlm_export.models.zoo.qwen2_5_vl import QWEN25_VL_7B
@@ -57,6 +58,7 @@ class PreparedClip:
     effective_fps: float  # what Qwen's processor passes on as fps: second_per_grid_t = TEMPORAL_PATCH / effective_fps
     total_frames: int  # frames in the clip (the stream's count)
     processor: str  # which settings normalised it
+    frame_size: tuple[int, int] = (0, 0)  # (width, height) of the decoded frames, before the stretch to S x S
 
 
 def _settings(model_dir: Path | None) -> tuple[dict, str]:
@@ -77,8 +79,7 @@ def _open(path: Path):
     """The container and its first video stream; a missing, unreadable, still-image or stream-less file is a one-line error."""
     import av
 
-    if not path.is_file():
-        raise UsageError(f"{arg('video', str(path))} does not exist; {VIDEO_HINT}")
+    input_file(path, arg("video", str(path)), VIDEO_HINT)  # a folder or a FIFO is named as one
     try:
         container = av.open(str(path))
     except av.error.FFmpegError as exc:
@@ -189,7 +190,8 @@ def read_clip(path: str | Path, frames: int, size: int, fps: float | None = None
     resized = resize_frames(video, size)  # (F, 3, S, S) uint8
     pixels = normalize_frames(resized, settings)[None]  # (1, F, 3, S, S)
     shown = resized.permute(0, 2, 3, 1).contiguous().numpy()
-    return PreparedClip(pixels, shown, indices, times, float(rate), effective, total, processor)
+    width, height = decoded.shape[2], decoded.shape[1]
+    return PreparedClip(pixels, shown, indices, times, float(rate), effective, total, processor, (width, height))
 
 
 def demo_frames(frames: int = 16, size: int = 448) -> np.ndarray:
@@ -230,6 +232,7 @@ def write_clip(path: str | Path, frames: np.ndarray, fps: int | Fraction = DEMO_
     import av
 
     path = Path(path)
+    not_a_folder(path, arg("demo_video", str(path)), "demo.mp4")
     if path.suffix.lower() not in CONTAINERS:
         raise UsageError(f"{arg('demo_video', str(path))} has an unknown container; end the name with {', '.join(CONTAINERS)}")
     if path.exists() and not force:

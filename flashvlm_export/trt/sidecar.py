@@ -10,6 +10,7 @@ import os
 from pathlib import Path
 
 from flashvlm_export import __version__
+from flashvlm_export.artifact_paths import input_file
 from flashvlm_export.artifacts.files import sha256_of
 from flashvlm_export.errors import FlashVLMError, UsageError
 
@@ -74,8 +75,7 @@ def check_sidecar_request(engine: Path, onnx_path: Path, force: bool) -> tuple[o
     from flashvlm_export.export.metadata import metadata_of
     from flashvlm_export.trt.precision import precision_plan
 
-    if not engine.is_file():
-        raise UsageError(f"engine {engine} does not exist; build it first (trtexec --saveEngine={engine} ...)")
+    input_file(engine, f"engine {engine}", f"build it first (trtexec --saveEngine={engine} ...)")  # a folder: named so
     if engine.suffix != ".plan":
         raise UsageError(f"--engine {engine} must end in .plan (its sidecar is the same name with .json)")
     target = sidecar_path(engine)
