@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import difflib
+import importlib
 
 from flashvlm_export.errors import UsageError
 
@@ -41,3 +42,11 @@ def module_of(word: str) -> str:
     raise UsageError(
         f"unknown command {word!r}; the commands are {', '.join(COMMANDS)}, and an export takes flags only ({PROG} --help)"
     )
+
+
+def parsers() -> dict[str, object]:
+    """Every command's argparse parser by its word ("" for the export), to check a command line without running it."""
+    found = {"": importlib.import_module("flashvlm_export.cli.export").parser()}
+    for word, (module, _) in COMMANDS.items():
+        found[word] = importlib.import_module(f"flashvlm_export.cli.{module}").parser()
+    return found

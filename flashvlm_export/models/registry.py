@@ -6,7 +6,6 @@ family also needs its adapter module (models/<family>.py, the functions models/a
 
 from __future__ import annotations
 
-import difflib
 import importlib
 
 from flashvlm_export.errors import UsageError
@@ -17,12 +16,34 @@ ZOO = (llava15, qwen2_5_vl, llava_next)
 MODELS: dict[str, ModelSpec] = {spec.name: spec for module in ZOO for spec in module.SPECS}
 
 
-def get_spec(name: str) -> ModelSpec:
-    if name in MODELS:
-        return MODELS[name]
-    close = difflib.get_close_matches(name, list(MODELS), n=1, cutoff=0.3)
-    hint = f"did you mean --model {close[0]}?" if close else f"choose one of: {', '.join(MODELS)}"
+def _edits(a: str, b: str) -> int:
+    """Levenshtein distance: the fewest single-character insertions, deletions and substitutions from a to b."""
+    row = list(range(len(b) + 1))
+    for i, ca in enumerate(a, 1):
+        prev, row[0] = row[0], i
+        for j, cb in enumerate(b, 1):
+            prev, row[j] = row[j], min(row[j] + 1, row[j - 1] + 1, prev + (ca != cb))
+    return row[-1]
+
+
+def model_name(name: str) -> str:
+    """The zoo's spelling of a --model name, matched case-insensitively; an unknown name is a one-line error
+    suggesting the nearest name (fewest edits, ignoring case). The one resolver of every command's --model."""
+    key = name.strip().casefold()
+    for known in MODELS:
+        if known.casefold() == key:
+            return known
+    distance = {known: _edits(key, known.casefold()) for known in MODELS}
+    nearest = min(MODELS, key=distance.get)  # the zoo's order breaks ties
+    if distance[nearest] <= max(2, len(nearest) // 2):
+        hint = f"did you mean --model {nearest}?"
+    else:
+        hint = f"choose one of: {', '.join(MODELS)}"
     raise UsageError(f"unknown --model {name!r}; {hint}")
+
+
+def get_spec(name: str) -> ModelSpec:
+    return MODELS[model_name(name)]
 
 
 def adapter(spec: ModelSpec):
