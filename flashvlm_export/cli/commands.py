@@ -16,7 +16,7 @@ COMMANDS = {
     "sidecar": ("sidecar", "write the sidecar record of an engine trtexec built"),
     "build-plugin": ("build_plugin", "build the ResidualPrune TensorRT plugin"),
     "triton": ("triton", "a Triton Inference Server model repository from a split export's manifest"),
-    "gguf": ("gguf", "a GGUF of a model's LLM for llama.cpp (run --answer --llm llama.cpp)"),
+    "gguf": ("gguf", "a GGUF of a model's LLM for llama.cpp (run --answer --llm-runtime llama.cpp)"),
 }
 
 

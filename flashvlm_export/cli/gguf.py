@@ -15,7 +15,7 @@ def parser() -> argparse.ArgumentParser:
     p = Parser(
         prog=f"{PROG} gguf",
         description=(
-            "Write a GGUF of a model's LLM for llama.cpp (run --answer --llm llama.cpp --gguf): a test-size model's own "
+            "Write a GGUF of a model's LLM for llama.cpp (run --answer --llm-runtime llama.cpp --gguf): a test-size model's own "
             "random LLM (the weights its random-weight graphs record), or a full-size geometry cut to --layers with "
             "seeded weights, for timing. A real checkpoint's LLM is converted with llama.cpp's convert_hf_to_gguf.py."
         ),
