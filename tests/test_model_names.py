@@ -1,11 +1,12 @@
 """--model names: one resolver for every command that takes --model (export, parity, gguf, ...): any case
-matches, and an unknown name gets the nearest zoo name in the same one line from every command."""
+matches, and an unknown name gets the nearest zoo name in the same one line from every command. Command words
+get their nearest command by the same rule (errors.nearest)."""
 
 import difflib
 
 import pytest
 
-from flashvlm_export.cli.commands import parsers
+from flashvlm_export.cli.commands import COMMANDS, parsers
 from flashvlm_export.models.registry import MODELS
 
 from conftest import expect_one_line
@@ -54,3 +55,10 @@ def test_a_name_far_from_every_model_lists_them_all(capsys):
     for word in WITH_MODEL:
         line = expect_one_line(capsys, argv_of(word, "xyzzy"), "unknown --model 'xyzzy'")
         assert all(name in line for name in MODELS), line
+
+
+@pytest.mark.parametrize("word", list(COMMANDS))
+def test_a_misspelt_command_word_gets_its_nearest_command_in_any_case(capsys, word):
+    """Command words follow the same nearest-name rule (errors.nearest) as --model names."""
+    for typo in (word.upper(), word[:-1], word + "x"):
+        expect_one_line(capsys, [typo, "--help"], f"unknown command {typo!r}; did you mean {word}?")

@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-import difflib
 import importlib
 
-from flashvlm_export.errors import UsageError
+from flashvlm_export.errors import UsageError, nearest
 
 PROG = "flashvlm-export"
 EXPORT_LINE = "export graphs (and engines): what runs when no command word is given"
@@ -36,9 +35,9 @@ def module_of(word: str) -> str:
     """The module that runs `word`; a word that is no command is a one-line error with the nearest one."""
     if word in COMMANDS:
         return COMMANDS[word][0]
-    near = difflib.get_close_matches(word, COMMANDS, n=1)
+    near = nearest(word, COMMANDS)
     if near:
-        raise UsageError(f"unknown command {word!r}; did you mean {near[0]}?")
+        raise UsageError(f"unknown command {word!r}; did you mean {near}?")
     raise UsageError(
         f"unknown command {word!r}; the commands are {', '.join(COMMANDS)}, and an export takes flags only ({PROG} --help)"
     )

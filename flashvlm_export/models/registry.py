@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import importlib
 
-from flashvlm_export.errors import UsageError
+from flashvlm_export.errors import UsageError, nearest
 from flashvlm_export.models.spec import ModelSpec
 from flashvlm_export.models.zoo import llava15, llava_next, qwen2_5_vl
 
@@ -16,29 +16,15 @@ ZOO = (llava15, qwen2_5_vl, llava_next)
 MODELS: dict[str, ModelSpec] = {spec.name: spec for module in ZOO for spec in module.SPECS}
 
 
-def _edits(a: str, b: str) -> int:
-    """Levenshtein distance: the fewest single-character insertions, deletions and substitutions from a to b."""
-    row = list(range(len(b) + 1))
-    for i, ca in enumerate(a, 1):
-        prev, row[0] = row[0], i
-        for j, cb in enumerate(b, 1):
-            prev, row[j] = row[j], min(row[j] + 1, row[j - 1] + 1, prev + (ca != cb))
-    return row[-1]
-
-
 def model_name(name: str) -> str:
     """The zoo's spelling of a --model name, matched case-insensitively; an unknown name is a one-line error
-    suggesting the nearest name (fewest edits, ignoring case). The one resolver of every command's --model."""
+    suggesting the nearest name (errors.nearest). The one resolver of every command's --model."""
     key = name.strip().casefold()
     for known in MODELS:
         if known.casefold() == key:
             return known
-    distance = {known: _edits(key, known.casefold()) for known in MODELS}
-    nearest = min(MODELS, key=distance.get)  # the zoo's order breaks ties
-    if distance[nearest] <= max(2, len(nearest) // 2):
-        hint = f"did you mean --model {nearest}?"
-    else:
-        hint = f"choose one of: {', '.join(MODELS)}"
+    near = nearest(name, MODELS)
+    hint = f"did you mean --model {near}?" if near else f"choose one of: {', '.join(MODELS)}"
     raise UsageError(f"unknown --model {name!r}; {hint}")
 
 
