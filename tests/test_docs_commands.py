@@ -58,6 +58,7 @@ def shell_lines(text: str) -> list[tuple[int, str]]:
             continue
         if lang not in SHELL:
             continue
+        line = re.sub(r"^\s*\$ ", "", line)  # a console prompt
         if not pending:
             if not lang and not line.lstrip().startswith(PROG):
                 continue  # a plain ``` block holds listings and output; only a line that starts with the command counts
@@ -263,12 +264,13 @@ def test_shell_lines_are_read_as_a_shell_reads_them(tmp_path):
     page = tmp_path / "page.md"
     page.write_text(
         "```bash\nA=1 flashvlm-export --model x \\\n    --budget 8   # comment --no-such\n"
-        "pip install y && flashvlm-export run --graph 'a b.onnx' [--force]\n```\n"
+        "pip install y && flashvlm-export run --graph 'a b.onnx' [--force]\n$ flashvlm-export bench\n```\n"
         "```python\nflashvlm-export --not-shell\n```\n"
     )
     assert [argv for _, argv in doc_commands([page])] == [
         ["--model", "x", "--budget", "8"],
         ["run", "--graph", "a b.onnx", "--force"],
+        ["bench"],
     ]
 
 
@@ -403,3 +405,23 @@ def test_a_wrong_flag_in_a_refusal_is_caught(tmp_path):
     argv = ["--model", "llava15-tiny", "--random-weights", "--budget", "64,16", "--out-dir", str(tmp_path)]
     with pytest.raises(pytest.fail.Exception, match="suggests --out"):
         _export_flags_apply(argv, "x already exists; pass --force to overwrite it, or choose another --out", tmp_path)
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["gguf", "--model", "llava15-tiny", "--out", "{dir}/taken.gguf"],
+        ["triton", "--manifest", "{dir}/none/manifest.json", "--out", "{dir}/taken"],
+        ["--model", "llava15-tiny", "--random-weights", "--budget", "64,16", "--out-dir", "{dir}"],
+    ],
+    ids=["gguf", "triton", "split"],
+)
+def test_a_collision_hint_names_only_flags_its_command_takes(tmp_path, capsys, argv):
+    (tmp_path / "taken").mkdir()  # a model repository
+    for taken in ("taken.gguf", "llava15-tiny_split/manifest.json"):
+        (tmp_path / taken).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / taken).write_text("the user's")
+    argv = [a.format(dir=tmp_path) for a in argv]
+    line = expect_one_line(capsys, argv, "already exists", "--force")
+    word = argv[0] if not argv[0].startswith("-") else ""
+    assert set(FLAG.findall(line)) <= set(PARSERS[word]._option_string_actions), line
