@@ -123,19 +123,30 @@ def help_texts() -> list[tuple[str, str]]:
     return texts
 
 
-def package_strings() -> list[tuple[str, str]]:
-    """(file:line, text) of every string literal in the package, an f-string's fields as {}."""
+def package_strings(package: Path = ROOT / "flashvlm_export") -> list[tuple[str, str]]:
+    """(file:line, text) of every string literal in the package that holds "--", an f-string's fields as {}. A literal
+    that is one flag alone inside a list, a tuple or a default argument is an argv element of the program it goes to
+    (tritonserver, polygraphy, cmake) and is left out, as is a lone `--flag=value` f-string; a flag passed on
+    (`flag="--out-dir"`) is kept."""
     found = []
-    for path in sorted((ROOT / "flashvlm_export").rglob("*.py")):
-        for node in ast.walk(ast.parse(path.read_text())):
+    for path in sorted(package.rglob("*.py")):
+        tree = ast.parse(path.read_text())
+        parent = {child: node for node in ast.walk(tree) for child in ast.iter_child_nodes(node)}
+        for node in ast.walk(tree):
             if isinstance(node, ast.JoinedStr):
                 text = "".join(v.value if isinstance(v, ast.Constant) else "{}" for v in node.values)
-            elif isinstance(node, ast.Constant) and isinstance(node.value, str):
+                if len(text.split()) == 1 and "=" in text:
+                    continue  # `--backend-config=...` appended to another program's command line
+            elif (
+                isinstance(node, ast.Constant) and isinstance(node.value, str) and not isinstance(parent.get(node), ast.JoinedStr)
+            ):
                 text = node.value
+                if len(text.split()) == 1 and isinstance(parent.get(node), ast.List | ast.Tuple | ast.arguments):
+                    continue
             else:
                 continue
             if "--" in text:
-                found.append((f"{path.relative_to(ROOT)}:{node.lineno}", text))
+                found.append((f"{path.relative_to(package.parent)}:{node.lineno}", text))
     return found
 
 
@@ -233,9 +244,7 @@ def test_every_help_text_names_only_its_commands_flags():
 def test_every_string_of_the_package_names_only_real_flags():
     """Error hints, log lines ("Done. Check it: flashvlm-export parity ..."), docstrings: a flag no command takes
     (a renamed one) is caught; a clause that names a command is held to that command's flags."""
-    # a literal that is one flag alone is an argv element of the program it is passed to (tritonserver, cmake)
-    shown = [(where, text) for where, text in package_strings() if len(text.split()) > 1 or not text.strip().startswith("--")]
-    bad = {where: flags for where, text in shown for flags in [unknown_flags(text, None)] if flags}
+    bad = {where: flags for where, text in package_strings() for flags in [unknown_flags(text, None)] if flags}
     assert not bad, bad
 
 
@@ -258,6 +267,17 @@ def test_a_renamed_flag_in_a_help_text_or_hint_is_caught():
     assert unknown_flags("the split's folder exists; choose another --out-dirs", None) == ["--out-dirs (any command)"]
     assert unknown_flags("then: flashvlm-export parity --heatmap x.png", None) == ["--heatmap (parity)"]
     assert unknown_flags("trtexec --saveEngine=x.plan --onnx=g.onnx", None) == []
+
+
+def test_a_stale_flag_in_the_package_is_caught(tmp_path):
+    (tmp_path / "pkg").mkdir()
+    (tmp_path / "pkg" / "m.py").write_text(
+        'check_writable(paths, force, flag="--outdir")\n'  # a hint's flag, passed on: checked
+        'raise UsageError(f"{path} exists; choose another --out-dirs")\n'
+        'argv = ["tritonserver", "--model-repository", repo]\n'  # another program's argv: not ours
+    )
+    found = {where: unknown_flags(text, None) for where, text in package_strings(tmp_path / "pkg")}
+    assert found == {"pkg/m.py:1": ["--outdir (any command)"], "pkg/m.py:2": ["--out-dirs (any command)"]}
 
 
 def test_shell_lines_are_read_as_a_shell_reads_them(tmp_path):
