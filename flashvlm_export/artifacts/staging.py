@@ -119,9 +119,10 @@ def check_writable(paths: list[Path], force: bool, log=print, *, flag: str) -> N
             probed.add(folder)
         for target in (path, sidecar_path(path), external_data_path(path)):
             if len(target.name.encode()) > _name_max(folder):
+                shorter = "--out" if "--out" in flag.replace("(", " ").replace(")", " ").split() else "name"
                 raise UsageError(
                     f"output name {target.name[:40]}... is {len(target.name.encode())} bytes, over this file system's "
-                    f"limit of {_name_max(folder)}; choose a shorter {flag}"
+                    f"limit of {_name_max(folder)}; choose a shorter {shorter}"
                 )
             if target.is_dir() and not target.is_symlink():
                 raise UsageError(f"{target} is a folder; remove it, or choose another {flag}")

@@ -24,7 +24,7 @@ class Outputs:
     graphs: list[Path]  # one per request; for a split, the encoder then each selector
     plan: SplitPlan | None = None
 
-    flag: str = "--out-dir"  # the flag that chose these paths: --out for one named graph
+    flag: str = "--out-dir"  # the flags that move these paths: a split's only by --out-dir; one graph by --out too
 
     @property
     def files(self) -> list[Path]:
@@ -49,7 +49,8 @@ def plan_outputs(
         plan = split_plan(requests, out_dir)
         return Outputs(requests, plan.graphs(), plan)
     if out is None:
-        return Outputs(requests, [out_dir / graph_name(r) for r in requests])
+        flag = "--out-dir" if len(requests) > 1 else "--out-dir (or --out)"
+        return Outputs(requests, [out_dir / graph_name(r) for r in requests], flag=flag)
     if len(requests) > 1:
         raise UsageError("--out names one file but --budget lists several; use --out-dir for several budgets")
     if not out.endswith(".onnx"):
