@@ -61,3 +61,23 @@ def arg(name: str, value: object = None) -> str:
 def switch(name: str) -> str:
     """A boolean argument turned on: `--force` on the command line, `force=True` from Python."""
     return "--" + name.replace("_", "-") if _CLI_SPELLING.get() else f"{name}=True"
+
+
+def nearest(word: str, names) -> str | None:
+    """The name a typo most likely meant: the fewest single-character edits (Levenshtein), ignoring case, the first
+    listed on a tie; None when even that one is too far to be a typo (more than max(2, half its length) edits)."""
+
+    def edits(a: str, b: str) -> int:
+        row = list(range(len(b) + 1))
+        for i, ca in enumerate(a, 1):
+            prev, row[0] = row[0], i
+            for j, cb in enumerate(b, 1):
+                prev, row[j] = row[j], min(row[j] + 1, row[j - 1] + 1, prev + (ca != cb))
+        return row[-1]
+
+    names = list(names)
+    if not names:
+        return None
+    distance = {name: edits(word.strip().casefold(), name.casefold()) for name in names}
+    best = min(names, key=distance.get)
+    return best if distance[best] <= max(2, len(best) // 2) else None

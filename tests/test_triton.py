@@ -265,3 +265,21 @@ def test_live_server_serves_a_range_split_two_images_each_its_own_budget_and_a_p
     np.testing.assert_array_equal(answers[0], want_pair)
     assert [int((row >= 0).sum()) for row in answers[0]] == [8, 50]
     np.testing.assert_array_equal(answers[1], want_one)
+
+
+def test_the_docs_client_snippet_runs_as_written(server, tmp_path):
+    """docs/TRITON.md's client call, run as a user runs it: a fresh interpreter of this environment, where tritonclient
+    is not installed (scripts/fetch_triton.sh puts it in the cache); only the port differs (the test server's is free)."""
+    import re
+    import subprocess
+    import sys
+
+    page = (Path(__file__).resolve().parents[1] / "docs" / "TRITON.md").read_text()
+    (snippet,) = re.findall(r"```python\n(.*?)```", page, flags=re.S)
+    assert "127.0.0.1:8000" in snippet
+    script = tmp_path / "client.py"
+    script.write_text(snippet.replace("127.0.0.1:8000", server.http_url))
+    run = subprocess.run([sys.executable, str(script)], cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert run.returncode == 0, run.stderr
+    indices = [int(i) for i in re.findall(r"\d+", run.stdout)]
+    assert len(indices) == 16 and indices == sorted(indices), run.stdout  # (1, 16) ascending, as the comment says

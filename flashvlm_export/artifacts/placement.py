@@ -26,9 +26,9 @@ OS_WRITE_ERRORS = {
     errno.EROFS: "the file system is read-only; choose another output folder",
     errno.EACCES: "permission denied; choose another output folder or fix its permissions",
     errno.EPERM: "the operation is not permitted there; choose another output folder",
-    errno.ENAMETOOLONG: "a file name is too long for this file system; choose a shorter --out",
+    errno.ENAMETOOLONG: "a file name is too long for this file system; choose a shorter name",
     errno.EISDIR: "the output path is a folder; name a file",
-    errno.ENOTDIR: "a parent of the output path is a file, not a folder; choose another --out",
+    errno.ENOTDIR: "a parent of the output path is a file, not a folder; choose another output folder",
     errno.EIO: "the device reported an I/O error; choose another output folder",
 }
 
@@ -86,7 +86,7 @@ def _commit(staging: Path, temps: list[Path], finals: list[Path], overwrite: boo
             for i, (_, final) in enumerate(present):
                 if os.path.lexists(final):
                     if final.is_dir() and not final.is_symlink():
-                        raise UsageError(f"{final} is a folder; remove it or choose another --out")
+                        raise UsageError(f"{final} is a folder; remove it or write elsewhere")
                     backup = staging / f".backup-{i}-{final.name}"
                     os.rename(final, backup)  # a symlink moves as a link
                     backups.append((backup, final))
@@ -97,7 +97,7 @@ def _commit(staging: Path, temps: list[Path], finals: list[Path], overwrite: boo
             except FileExistsError:
                 raise UsageError(
                     f"{final} appeared while this run was writing; it was left as it is and nothing was written; "
-                    "pass --force to overwrite it, or choose another --out"
+                    "pass --force to overwrite it, or write elsewhere"
                 ) from None
             placed.append((final, stat))
     except BaseException:

@@ -96,8 +96,9 @@ def _name_max(folder: Path) -> int:
         return 255
 
 
-def check_writable(paths: list[Path], force: bool, log=print) -> None:
-    """Fail before any work if an output exists (without --force) or its folder cannot take the files."""
+def check_writable(paths: list[Path], force: bool, log=print, *, flag: str) -> None:
+    """Fail before any work if an output exists (without --force) or its folder cannot take the files; each
+    refusal's fix names `flag`, the caller's flag that chose these paths (--out, --out-dir, --engine-dir)."""
     probed = set()
     for path in paths:
         folder = path.parent
@@ -105,25 +106,26 @@ def check_writable(paths: list[Path], force: bool, log=print) -> None:
             try:
                 folder.mkdir(parents=True, exist_ok=True)
             except OSError as exc:
-                raise UsageError(f"cannot create output directory {folder}: {exc.strerror}; choose another --out") from None
+                raise UsageError(f"cannot create output directory {folder}: {exc.strerror}; choose another {flag}") from None
             try:  # a real write: permission bits alone say nothing for root, /proc, /sys or a read-only mount
                 fd, probe = tempfile.mkstemp(prefix=STAGING_PREFIX, dir=folder)
                 os.close(fd)
                 os.unlink(probe)
             except OSError as exc:
                 raise UsageError(
-                    f"output directory {folder} cannot be written ({exc.strerror}); choose another --out or fix its permissions"
+                    f"output directory {folder} cannot be written ({exc.strerror}); choose another {flag} or fix its permissions"
                 ) from None
             reclaim_stale_staging(folder, log)
             probed.add(folder)
         for target in (path, sidecar_path(path), external_data_path(path)):
             if len(target.name.encode()) > _name_max(folder):
+                shorter = "--out" if "--out" in flag.replace("(", " ").replace(")", " ").split() else "name"
                 raise UsageError(
                     f"output name {target.name[:40]}... is {len(target.name.encode())} bytes, over this file system's "
-                    f"limit of {_name_max(folder)}; choose a shorter --out"
+                    f"limit of {_name_max(folder)}; choose a shorter {shorter}"
                 )
             if target.is_dir() and not target.is_symlink():
-                raise UsageError(f"{target} is a folder; name a file with --out, or choose another --out-dir")
+                raise UsageError(f"{target} is a folder; remove it, or choose another {flag}")
             if os.path.lexists(target) and not force:
                 what = "is a symbolic link" if target.is_symlink() else "already exists"
-                raise UsageError(f"{target} {what}; pass --force to overwrite it, or choose another --out")
+                raise UsageError(f"{target} {what}; pass --force to overwrite it, or choose another {flag}")

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-import difflib
+import importlib
 
-from flashvlm_export.errors import UsageError
+from flashvlm_export.errors import UsageError, nearest
 
 PROG = "flashvlm-export"
 EXPORT_LINE = "export graphs (and engines): what runs when no command word is given"
@@ -15,7 +15,7 @@ COMMANDS = {
     "sidecar": ("sidecar", "write the sidecar record of an engine trtexec built"),
     "build-plugin": ("build_plugin", "build the ResidualPrune TensorRT plugin"),
     "triton": ("triton", "a Triton Inference Server model repository from a split export's manifest"),
-    "gguf": ("gguf", "a GGUF of a model's LLM for llama.cpp (run --answer --llm llama.cpp)"),
+    "gguf": ("gguf", "a GGUF of a model's LLM for llama.cpp (run --answer --llm-runtime llama.cpp)"),
 }
 
 
@@ -35,9 +35,17 @@ def module_of(word: str) -> str:
     """The module that runs `word`; a word that is no command is a one-line error with the nearest one."""
     if word in COMMANDS:
         return COMMANDS[word][0]
-    near = difflib.get_close_matches(word, COMMANDS, n=1)
+    near = nearest(word, COMMANDS)
     if near:
-        raise UsageError(f"unknown command {word!r}; did you mean {near[0]}?")
+        raise UsageError(f"unknown command {word!r}; did you mean {near}?")
     raise UsageError(
         f"unknown command {word!r}; the commands are {', '.join(COMMANDS)}, and an export takes flags only ({PROG} --help)"
     )
+
+
+def parsers() -> dict[str, object]:
+    """Every command's argparse parser by its word ("" for the export), to check a command line without running it."""
+    found = {"": importlib.import_module("flashvlm_export.cli.export").parser()}
+    for word, (module, _) in COMMANDS.items():
+        found[word] = importlib.import_module(f"flashvlm_export.cli.{module}").parser()
+    return found

@@ -10,7 +10,7 @@ import argparse
 import dataclasses
 
 from flashvlm_export.errors import UsageError
-from flashvlm_export.models.registry import MODELS
+from flashvlm_export.models.registry import MODELS, model_name
 from flashvlm_export.models.zoo.llava15 import LLAVA15
 from flashvlm_export.models.zoo.qwen2_5_vl import QWEN25_VL_7B
 
@@ -43,7 +43,8 @@ def add_model_flags(p: argparse.ArgumentParser) -> None:
     g.add_argument(
         "--model",
         default=LLAVA15.name,
-        help=f"model spec name, one of {', '.join(MODELS)} (default: {LLAVA15.name}; the -tiny ones are test-size models; docs/MODELS.md)",
+        type=model_name,
+        help=f"model spec name (any case), one of {', '.join(MODELS)} (default: {LLAVA15.name}; the -tiny ones are test-size models; docs/MODELS.md)",
     )
     g.add_argument(
         "--model-path",

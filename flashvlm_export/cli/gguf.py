@@ -10,17 +10,17 @@ from flashvlm_export.cli.flags import Parser, log
 
 
 def parser() -> argparse.ArgumentParser:
-    from flashvlm_export.models.registry import MODELS
+    from flashvlm_export.models.registry import MODELS, model_name
 
     p = Parser(
         prog=f"{PROG} gguf",
         description=(
-            "Write a GGUF of a model's LLM for llama.cpp (run --answer --llm llama.cpp --gguf): a test-size model's own "
+            "Write a GGUF of a model's LLM for llama.cpp (run --answer --llm-runtime llama.cpp --gguf): a test-size model's own "
             "random LLM (the weights its random-weight graphs record), or a full-size geometry cut to --layers with "
             "seeded weights, for timing. A real checkpoint's LLM is converted with llama.cpp's convert_hf_to_gguf.py."
         ),
     )
-    p.add_argument("--model", required=True, choices=list(MODELS), metavar="NAME", help=f"one of {', '.join(MODELS)}")
+    p.add_argument("--model", required=True, type=model_name, metavar="NAME", help=f"one of {', '.join(MODELS)} (any case)")
     p.add_argument("--out", required=True, metavar="FILE.gguf", help="where to write it")
     p.add_argument("--seed", type=int, default=0, help="the random weights' seed (a test-size model: the graph's; default 0)")
     p.add_argument("--layers", type=int, metavar="N", help="full-size models only: keep N decoder layers (timing weights)")

@@ -24,6 +24,8 @@ class Outputs:
     graphs: list[Path]  # one per request; for a split, the encoder then each selector
     plan: SplitPlan | None = None
 
+    flag: str = "--out-dir"  # the flags that move these paths: a split's only by --out-dir; one graph by --out too
+
     @property
     def files(self) -> list[Path]:
         return self.plan.outputs() if self.plan else self.graphs
@@ -47,12 +49,13 @@ def plan_outputs(
         plan = split_plan(requests, out_dir)
         return Outputs(requests, plan.graphs(), plan)
     if out is None:
-        return Outputs(requests, [out_dir / graph_name(r) for r in requests])
+        flag = "--out-dir" if len(requests) > 1 else "--out-dir (or --out)"
+        return Outputs(requests, [out_dir / graph_name(r) for r in requests], flag=flag)
     if len(requests) > 1:
         raise UsageError("--out names one file but --budget lists several; use --out-dir for several budgets")
     if not out.endswith(".onnx"):
         raise UsageError(f"--out {out} must end in .onnx")
-    return Outputs(requests, [Path(out)])
+    return Outputs(requests, [Path(out)], flag="--out")
 
 
 class EngineBuilder(Protocol):
@@ -95,7 +98,10 @@ def run_export(
         resolve_weights_dir(spec, source.path)
     engine_paths = engines.prepare(outputs) if engines is not None else []
     with owned_folder(outputs.plan.folder) if outputs.plan else nullcontext():  # a split stopped part-way leaves no folder it made
-        check_writable(outputs.files + engine_paths, force, log=log)
+        # each refusal names the flag that moves those files: a split's folder and its engines only by --out-dir
+        check_writable(outputs.files, force, log=log, flag=outputs.flag)
+        if engine_paths:
+            check_writable(engine_paths, force, log=log, flag="--out-dir" if outputs.plan else "--engine-dir")
         parts = None
         if source is not None:
             from flashvlm_export.models.adapter import get_parts_logged

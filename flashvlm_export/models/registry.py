@@ -6,10 +6,9 @@ family also needs its adapter module (models/<family>.py, the functions models/a
 
 from __future__ import annotations
 
-import difflib
 import importlib
 
-from flashvlm_export.errors import UsageError
+from flashvlm_export.errors import UsageError, nearest
 from flashvlm_export.models.spec import ModelSpec
 from flashvlm_export.models.zoo import llava15, llava_next, qwen2_5_vl
 
@@ -17,12 +16,20 @@ ZOO = (llava15, qwen2_5_vl, llava_next)
 MODELS: dict[str, ModelSpec] = {spec.name: spec for module in ZOO for spec in module.SPECS}
 
 
-def get_spec(name: str) -> ModelSpec:
-    if name in MODELS:
-        return MODELS[name]
-    close = difflib.get_close_matches(name, list(MODELS), n=1, cutoff=0.3)
-    hint = f"did you mean --model {close[0]}?" if close else f"choose one of: {', '.join(MODELS)}"
+def model_name(name: str) -> str:
+    """The zoo's spelling of a --model name, matched case-insensitively; an unknown name is a one-line error
+    suggesting the nearest name (errors.nearest). The one resolver of every command's --model."""
+    key = name.strip().casefold()
+    for known in MODELS:
+        if known.casefold() == key:
+            return known
+    near = nearest(name, MODELS)
+    hint = f"did you mean --model {near}?" if near else f"choose one of: {', '.join(MODELS)}"
     raise UsageError(f"unknown --model {name!r}; {hint}")
+
+
+def get_spec(name: str) -> ModelSpec:
+    return MODELS[model_name(name)]
 
 
 def adapter(spec: ModelSpec):

@@ -102,7 +102,7 @@ def compare_outputs(run0, run1) -> OrderedDict:
     records, outputs = (run1, run0) if OVERLAP_FLOOR in run1 else (run0, run1)
     if OVERLAP_FLOOR not in records:
         G_LOGGER.error(
-            f"flashvlm: neither run holds {OVERLAP_FLOOR!r}: --load-outputs must be a *_reference_outputs.json "
+            f"flashvlm: neither run holds {OVERLAP_FLOOR!r}: polygraphy's --load-outputs must be a *_reference_outputs.json "
             "written by this flashvlm-export's parity (re-run parity to rewrite older records)"
         )
         return OrderedDict([(INDICES, False)])

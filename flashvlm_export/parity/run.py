@@ -83,7 +83,7 @@ def validate_cases(cases: list[Case], request: ExportRequest) -> None:
 
 
 def load_cases(path: Path) -> list[Case]:
-    """Cases from a Polygraphy inputs JSON (a list of feed dicts), as `--save-inputs` writes it."""
+    """Cases from a Polygraphy inputs JSON (a list of feed dicts), as Polygraphy's `--save-inputs` writes it."""
     from polygraphy.json import load_json
 
     from flashvlm_export.artifact_paths import own_file

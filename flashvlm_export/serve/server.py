@@ -49,6 +49,16 @@ def import_tritonclient() -> str:
     return ""
 
 
+def require_tritonclient() -> None:
+    """Make `import tritonclient` work as import_tritonclient() does (this environment's, else the fetched one), or
+    raise a MissingDependencyError saying how to get it: the first line of a client script (docs/TRITON.md)."""
+    why = import_tritonclient()
+    if why:
+        from flashvlm_export.errors import MissingDependencyError
+
+        raise MissingDependencyError(why)
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
