@@ -78,13 +78,14 @@ def read_image(path: str | Path, max_pixels: int | None = None, name: str = "ima
     given = arg(name, str(path))
     path = input_file(Path(path), given, HINT)  # a folder or a FIFO is named as one
     limit = check_max_pixels(max_pixels)
+    whose = "Pillow's guard against decompression bombs" if max_pixels is None else f"the {arg('max_image_pixels')} given"
     try:
         with _own_limit(), Image.open(path) as image:
             pixels = image.width * image.height
             if limit is not None and pixels > limit:
                 raise UsageError(
                     f"{given} is {image.width}x{image.height} = {pixels:,} pixels, over the limit of {limit:,} "
-                    f"(Pillow's guard against decompression bombs); if you trust the file, pass "
+                    f"({whose}); if you trust the file, pass "
                     f"{arg('max_image_pixels', pixels)}, or shrink the picture"
                 )
             return viewer_rgb(ImageOps.exif_transpose(image), *_tiff_grey(image))  # tags read before the turn
