@@ -92,7 +92,7 @@ def run(
     check_llm_dtype(llm_dtype)
     check_max_pixels(max_image_pixels)
     if demo_image is not None:
-        _no_pixel_limit(max_image_pixels, "the demo picture is the tool's own, of the graph's size")
+        _no_pixel_limit(max_image_pixels, "the demo picture is the tool's own")
     answer = answer or compare_full
     from flashvlm_export.runtime.llama_cpp import check_llm_choice
 
