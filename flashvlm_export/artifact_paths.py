@@ -106,9 +106,10 @@ def named_file(
     return real
 
 
-def input_file(path: Path, given: str, fix: str) -> Path:
-    """A file the user passes as input (a picture, a clip, a GGUF): it must exist and be a regular file, so a folder
-    or a FIFO is named as such; `given` names the flag and its value, `fix` says what to pass instead."""
+def input_file(path: Path, given: str, fix: str, kind: str | None = None) -> Path:
+    """A file the user passes as input (a picture, a clip, a GGUF, an artifact): it must exist and be a regular file,
+    so a folder or a FIFO is named as such, and of a plausible size for `kind` (a key of BOUNDS; None: any size);
+    `given` names the flag and its value, `fix` says what to pass instead."""
     path = Path(path)
     try:
         st = os.stat(path)
@@ -116,7 +117,7 @@ def input_file(path: Path, given: str, fix: str) -> Path:
         raise UsageError(f"{given} does not exist; {fix}") from None
     except OSError as exc:
         raise UsageError(f"{given} cannot be examined ({exc.strerror}); {fix}") from None
-    problem = _regular(path, st)
+    problem = _regular(path, st) or (_size_problem(st, kind, None, None) if kind else None)
     if problem:
         raise UsageError(f"{given} {problem}; {fix}")
     return path
@@ -131,17 +132,7 @@ def not_a_folder(path: Path, given: str, example: str) -> None:
 
 def own_file(path: Path, what: str, kind: str, fix: str = "pass a file flashvlm-export wrote") -> Path:
     """A file the user named themselves: it must exist, be a regular file and be of a plausible size."""
-    path = Path(path)
-    try:
-        st = os.stat(path)
-    except FileNotFoundError:
-        raise UsageError(f"{what} {path} does not exist; {fix}") from None
-    except OSError as exc:
-        raise UsageError(f"{what} {path} cannot be examined ({exc.strerror}); {fix}") from None
-    problem = _regular(path, st) or _size_problem(st, kind, None, None)
-    if problem:
-        raise UsageError(f"{what} {path} {problem}; {fix}")
-    return path
+    return input_file(path, f"{what} {path}", fix, kind)
 
 
 def read_bounded(path: Path, max_bytes: int) -> bytes:

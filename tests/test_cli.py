@@ -160,6 +160,16 @@ def test_model_path_without_checkpoint_is_rejected(tmp_path, capsys):
     )
 
 
+@pytest.mark.parametrize("kind, said", [("file", "is a file, not a checkpoint folder"), ("nothing", "does not exist")])
+def test_model_path_that_is_a_file_or_missing_is_named_so_not_a_folder_missing_its_files(tmp_path, capsys, kind, said):
+    """A path of the wrong kind is named as what it is (as --image names a folder), not as 'holds no config.json'."""
+    path = tmp_path / "checkpoint"
+    if kind == "file":
+        path.write_text("{}")
+    err = expect_usage_error(capsys, ["--model-path", str(path), "--out-dir", str(tmp_path / "g")], f"--model-path {path} {said}")
+    assert "config.json" not in err and not (tmp_path / "g").exists()
+
+
 def test_unwritable_output_directory_is_rejected_before_work(tmp_path, capsys):
     blocker = tmp_path / "file.txt"
     blocker.write_text("not a folder")

@@ -20,6 +20,8 @@ from flashvlm_export.errors import UsageError, cli_spelling
 from flashvlm_export.models.registry import get_spec
 from flashvlm_export.runtime.photo import read_image
 
+from conftest import expect_one_line
+
 WHITE = 255
 
 
@@ -206,6 +208,106 @@ def test_exif_orientation_applies_to_a_16_bit_picture_too(tmp_path):
     assert np.array_equal(loaded(tmp_path / "oriented16.png"), np.rot90(grey3(samples >> 8), -1))
 
 
+def write_tiff_grey(path, data: bytes, width: int, height: int, bits: int, photometric: int = 1):
+    """A one-band, one-strip, uncompressed little-endian TIFF (TIFF 6.0: header, the strip, then the IFD)."""
+    tags = [(256, 4, width), (257, 4, height), (258, 3, bits), (259, 3, 1), (262, 3, photometric), (273, 4, 8),
+            (277, 3, 1), (278, 4, height), (279, 4, len(data))]  # fmt: skip
+    entries = b"".join(struct.pack("<HHI", tag, kind, 1) + struct.pack("<I" if kind == 4 else "<Hxx", v) for tag, kind, v in tags)
+    ifd = struct.pack("<H", len(tags)) + entries + b"\0" * 4
+    path.write_bytes(b"II*\0" + struct.pack("<I", 8 + len(data)) + data + ifd)
+    return path
+
+
+def test_a_12_bit_tiff_keeps_its_high_8_bits_not_16(tmp_path):
+    """Pillow opens a 12-bit TIFF as I;16 holding 0..4095; v >> 8 of that was a near-black picture. Exact: integer
+    shifts of the samples packed here (two 12-bit samples in three bytes, most significant bit first; each row
+    starts on a byte, TIFF 6.0)."""
+    samples = RNG.integers(0, 4096, SHAPE)
+    samples[0, :2] = (0, 4095)
+    padded = np.pad(samples, ((0, 0), (0, SHAPE[1] % 2)))  # an odd row: a zero sample, its half byte cut below
+    a, b = padded[:, ::2], padded[:, 1::2]
+    rows = np.stack([a >> 4, ((a & 15) << 4) | (b >> 8), b & 255], -1).astype(np.uint8).reshape(SHAPE[0], -1)
+    packed = rows[:, : (SHAPE[1] * 12 + 7) // 8].tobytes()
+    path = write_tiff_grey(tmp_path / "grey12.tif", packed, SHAPE[1], SHAPE[0], 12)
+    with Image.open(path) as image:
+        assert image.mode == "I;16" and np.asarray(image).max() == 4095  # the case: 12 bits in a 16-bit mode
+    assert np.array_equal(loaded(path), grey3(samples >> 4))
+
+
+def test_a_16_bit_white_is_zero_tiff_is_inverted_as_pillow_inverts_its_8_bit_kin(tmp_path):
+    """PhotometricInterpretation 0: 0 is white. Pillow inverts an 8-bit one itself (the independent check of the
+    rule) but not a 16-bit one; exact: integer arithmetic."""
+    samples = RNG.integers(0, 65536, SHAPE, dtype=np.uint16)
+    path = write_tiff_grey(tmp_path / "wiz16.tif", samples.astype("<u2").tobytes(), SHAPE[1], SHAPE[0], 16, photometric=0)
+    assert np.array_equal(loaded(path), grey3((65535 - samples) >> 8))
+    eight = (samples >> 8).astype(np.uint8)
+    path8 = write_tiff_grey(tmp_path / "wiz8.tif", eight.tobytes(), SHAPE[1], SHAPE[0], 8, photometric=0)
+    with Image.open(path8) as image:
+        assert np.array_equal(np.asarray(image), 255 - eight)  # Pillow's own reading of the same rule
+    assert np.array_equal(loaded(path8), grey3(255 - eight))
+
+
+def test_a_palette_with_an_alpha_per_entry_is_composited_on_white(tmp_path):
+    """tRNS as bytes (an alpha for each palette entry, not one clear index): within 1, Pillow's fixed point."""
+    palette, alpha = _u8((4, 3)), np.array([0, 90, 200, 255], dtype=np.uint8)
+    index = RNG.integers(0, 4, SHAPE).astype(np.uint8)
+    image = Image.fromarray(index, "P")
+    image.putpalette(palette.ravel().tolist())
+    image.save(tmp_path / "alpha.png", transparency=alpha.tobytes())
+    got = loaded(tmp_path / "alpha.png")
+    assert np.abs(got - on_white(palette[index], alpha[index])).max() <= 1
+    assert (got[index == 0] == WHITE).all()
+
+
+@pytest.mark.parametrize("suffix", ["gif", "png", "webp", "tif"], ids=["GIF", "APNG", "WebP", "TIFF pages"])
+def test_an_animation_or_a_multi_page_file_is_read_as_its_first_frame(tmp_path, suffix):
+    frames = [_u8((*SHAPE, 3)) for _ in range(3)]
+    if suffix == "gif":  # GIF holds 256 colours: frames of few grey levels survive it exactly
+        frames = [grey3(np.full(SHAPE, 40 * (i + 1), dtype=np.uint8)) for i in range(3)]
+    pictures = [Image.fromarray(f) for f in frames]
+    path = tmp_path / f"frames.{suffix}"
+    pictures[0].save(path, save_all=True, append_images=pictures[1:], **({"lossless": True} if suffix == "webp" else {}))
+    with Image.open(path) as image:
+        assert getattr(image, "n_frames", 1) == 3  # the file does hold the three frames
+    assert np.array_equal(loaded(path), frames[0])
+
+
+def test_a_1_bit_picture_with_an_exif_rotation_is_turned(tmp_path):
+    bits = RNG.integers(0, 2, SHAPE).astype(bool)
+    exif = Image.Exif()
+    exif[274] = 8
+    Image.fromarray(bits).save(tmp_path / "bits.tif", exif=exif)
+    with Image.open(tmp_path / "bits.tif") as image:
+        assert image.mode == "1" and image.getexif()[274] == 8
+    assert np.array_equal(loaded(tmp_path / "bits.tif"), np.rot90(grey3(np.where(bits, WHITE, 0)), 1))
+
+
+@pytest.mark.parametrize("suffix", ["png", "jpg", "gif", "bmp", "tif"])
+def test_a_truncated_picture_is_refused_in_one_line_that_says_so(tmp_path, suffix):
+    """Not a picture half decoded: Pillow's reason ('image file is truncated') is in the line."""
+    Image.fromarray(_u8((64, 64, 3)) if suffix != "gif" else _u8((64, 64))).save(tmp_path / f"whole.{suffix}")
+    data = (tmp_path / f"whole.{suffix}").read_bytes()
+    path = tmp_path / f"cut.{suffix}"
+    path.write_bytes(data[: len(data) * 2 // 3])
+    with cli_spelling(), pytest.raises(UsageError) as caught:
+        read_image(path)
+    message = str(caught.value)
+    assert f"--image {path} is not an image Pillow can read" in message, message
+    assert "truncated" in message.split(str(path), 1)[1], message  # Pillow's reason, not the test's folder name
+    assert "\n" not in message
+
+
+def test_pillows_own_check_turned_off_means_no_limit(tmp_path, monkeypatch):
+    """PIL.Image.MAX_IMAGE_PIXELS = None is Pillow's documented switch: a program that set it is not refused every
+    picture (a limit of 0)."""
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", None)
+    picture = _u8((*SHAPE, 3))
+    Image.fromarray(picture).save(tmp_path / "small.png")
+    assert np.array_equal(loaded(tmp_path / "small.png"), picture)
+    with pytest.raises(UsageError, match="over the limit of 53 "):
+        read_image(tmp_path / "small.png", max_pixels=53)  # an explicit limit still holds
+
+
 # ---------------------------------------------------------------- too many pixels
 
 
@@ -230,8 +332,8 @@ def test_the_pixel_limit_is_pillows_by_default_and_the_option_raises_it_without_
     Image.fromarray(picture).save(tmp_path / "big.png")
     with pytest.raises(UsageError, match=rf"{width}x10 = {10 * width:,} pixels, over the limit of 1,000 "):
         read_image(tmp_path / "big.png")
-    with pytest.raises(UsageError, match="over the limit"):
-        read_image(tmp_path / "big.png", max_pixels=10 * width - 1)
+    with pytest.raises(UsageError, match=r"over the limit of [\d,]+ \(the max_image_pixels= given\)"):
+        read_image(tmp_path / "big.png", max_pixels=10 * width - 1)  # the user's limit is named as theirs
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # Pillow's DecompressionBombWarning would fail here
         assert np.array_equal(np.asarray(read_image(tmp_path / "big.png", max_pixels=10 * width)), picture)
@@ -288,12 +390,14 @@ def test_a_folder_or_fifo_given_as_an_input_file_is_named_so_not_called_missing(
 # ---------------------------------------------------------------- a photo or clip stretched to the graph's square
 
 
-def test_a_pixel_limit_with_a_clip_is_refused_in_one_line():
-    from flashvlm_export.runtime import run
-
-    with cli_spelling(), pytest.raises(UsageError, match="--max-image-pixels 10 limits a picture's size") as caught:
-        run(None, None, "q", video="clip.mp4", max_image_pixels=10)
-    assert "\n" not in str(caught.value)
+@pytest.mark.parametrize("source", ["--video", "--demo-video", "--demo-image"])
+def test_a_pixel_limit_without_a_users_picture_is_refused_in_one_line_and_nothing_is_written(tmp_path, capsys, source):
+    """--max-image-pixels bounds an --image; with a clip or the demo picture it is refused, not silently ignored (the
+    demo picture was once written, then refused as '--image ... is over the limit')."""
+    target = tmp_path / ("demo.png" if source == "--demo-image" else "clip.mp4")
+    argv = ["run", "--graph", str(tmp_path / "g.onnx"), "--question", "q", source, str(target), "--max-image-pixels", "10"]
+    expect_one_line(capsys, argv, "--max-image-pixels 10 limits the size of a picture passed with --image FILE")
+    assert not target.exists()
 
 
 def test_a_qwen_photo_of_another_aspect_is_said_to_be_stretched_and_a_square_one_is_not(tmp_path):

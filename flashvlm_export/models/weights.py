@@ -122,6 +122,9 @@ def resolve_weights_dir(spec: ModelSpec, model_path: str | None) -> Path:
     fix = f"pass {arg('model_path', 'DIR')} (a local checkpoint) or {switch('random_weights')} (the architecture, seeded random weights)"
     if model_path is not None:
         path = Path(model_path).expanduser()
+        if not path.is_dir():  # a file or nothing there: named as such, not as a folder missing its files
+            what = "is a file, not a checkpoint folder" if path.exists() else "does not exist"
+            raise UsageError(f"{arg('model_path', model_path)} {what}; {fix}")
         if not (path / "config.json").is_file() or not list(path.glob("*.safetensors")):
             raise UsageError(f"{arg('model_path', model_path)} holds no config.json and *.safetensors; {fix}")
         return path

@@ -66,11 +66,7 @@ def run(
     max_image_pixels: int | None = None,
 ) -> RunResult:
     if video is not None or demo_video is not None:  # a clip: runtime/clip_run.py
-        if max_image_pixels is not None:
-            raise UsageError(
-                f"{arg('max_image_pixels', max_image_pixels)} limits a picture's size; a clip's frames are decoded by "
-                f"FFmpeg: drop {arg('max_image_pixels')}"
-            )
+        _no_pixel_limit(max_image_pixels, "a clip's frames are decoded by FFmpeg")
         from flashvlm_export.runtime.clip_run import run_clip
 
         return run_clip(
@@ -95,6 +91,8 @@ def run(
         raise UsageError(f"{arg('max_new_tokens', max_new_tokens)} must be >= 1")
     check_llm_dtype(llm_dtype)
     check_max_pixels(max_image_pixels)
+    if demo_image is not None:
+        _no_pixel_limit(max_image_pixels, "the demo picture is the tool's own")
     answer = answer or compare_full
     from flashvlm_export.runtime.llama_cpp import check_llm_choice
 
@@ -215,6 +213,15 @@ def _crops_layout(spec, parts, prepared, rows: torch.Tensor, indices, log) -> to
         + (f"; {dropped} kept tokens over the grid's padding dropped by unpadding)" if dropped else ")")
     )
     return laid
+
+
+def _no_pixel_limit(max_image_pixels: int | None, why: str) -> None:
+    """--max-image-pixels bounds a picture the user passes with --image; elsewhere it is refused, not ignored."""
+    if max_image_pixels is not None:
+        raise UsageError(
+            f"{arg('max_image_pixels', max_image_pixels)} limits the size of a picture passed with {arg('image', 'FILE')}; "
+            f"{why}: drop {arg('max_image_pixels')}"
+        )
 
 
 def _check_demo_target(target: Path, force: bool) -> None:
