@@ -278,8 +278,17 @@ class _Planted:
         return out
 
 
+def _crop(line: str) -> str:
+    """'scene#0 image 0 crop 2: ...' -> 'scene#0 image 0 crop 2' (the photo and crop a parity line names)."""
+    return line.split(":")[0]
+
+
 @pytest.mark.parametrize("fault", [None, "crops swapped", "budget off by one"])
-def test_parity_checks_each_crop_and_catches_planted_faults(next_parts, fault):
+def test_parity_checks_each_crop_and_names_the_crop_and_reason_of_a_planted_fault(next_parts, fault):
+    """Honest: every crop replayed. Crops swapped: layer 1 holds (the graph is consistent with its own X, a, P(X)),
+    layer 2 fails on the encoder's outputs at crops 1 and 2 of each photo and nowhere else. Budget off by one: layer 1
+    fails at crop 0 (its own F and G decide other indices) and crop 1 (a token of crop 0 in its slots), layer 2 holds."""
+    from flashvlm_export.export.interface import CLS_ATTENTION, PIXEL_VALUES, PROJECTED_FEATURES, VISION_FEATURES
     from flashvlm_export.parity.corpus import pipeline_corpus
     from flashvlm_export.parity.run import geometry_of, reference_backends, run_backends
 
@@ -289,12 +298,25 @@ def test_parity_checks_each_crop_and_catches_planted_faults(next_parts, fault):
     cases = pipeline_corpus(geometry_of(request), NEXT.image_size, seed=0, repeats=1, grid=NEXT.grid)[:2]
     (report,) = run_backends(request, reference, [backend], cases, 0, None)
     assert len(report.overlaps) == len(cases) * NEXT.crops  # every crop an image of its own
+    photos = [f"{case.name} image {b}" for case in cases for b in range(len(case.feeds[PIXEL_VALUES]))]
     if fault is None:
         assert report and report.decisions_checked == len(cases) * NEXT.crops
-    elif fault == "crops swapped":
-        assert not report.arithmetic_passed  # X, a, P(X) of crops 1 and 2 are each other's
-    else:
-        assert not report.decisions_passed
+        return
+    failed_tensors = {t.name: sorted(t.over) for t in report.tensors.values() if not t.passed}
+    if fault == "crops swapped":  # X, a, P(X) of crops 1 and 2 are each other's
+        assert report.decisions_passed, report.decision_failures
+        swapped = sorted(f"{photo} crop {c}" for photo in photos for c in (1, 2))
+        assert failed_tensors == {name: swapped for name in (VISION_FEATURES, CLS_ATTENTION, PROJECTED_FEATURES)}
+        assert any(f"{VISION_FEATURES}: " in line and "crop 1" in line and "crop 2" in line for line in report.lines())
+    else:  # crop 0 keeps one token more, crop 1 one fewer
+        assert report.arithmetic_passed and failed_tensors == {}
+        reasons = {}
+        for line in report.decision_failures:
+            reasons.setdefault(_crop(line), []).append(line.split(": ", 1)[1])
+        assert sorted(reasons) == sorted(f"{photo} crop {c}" for photo in photos for c in (0, 1)), report.decision_failures
+        for photo in photos:
+            assert [r.split(" (")[0] for r in reasons[f"{photo} crop 0"]] == ["its own F and G decide other indices"]
+            assert any("are outside its tokens 0..575 (tokens of another crop)" in r for r in reasons[f"{photo} crop 1"])
 
 
 def test_the_full_graph_passes_parity_in_onnx_runtime_and_saves_only_what_a_replay_can_judge(next_graphs, next_parts, tmp_path):
