@@ -20,7 +20,10 @@ pytest.importorskip("av", reason="PyAV (the `av` package) decodes and writes cli
 
 STEP = 12  # grey level per frame index in the indexed clip: far above H.264's rounding at crf 18
 HAS_TORCHVISION = importlib.util.find_spec("torchvision") is not None
-NO_TORCHVISION = "transformers' Qwen2VLVideoProcessor imports torchvision, which is not installed (no CPU wheel on this registry)"
+NO_TORCHVISION = (
+    "transformers' Qwen2VLVideoProcessor imports torchvision, which is not installed (the registry's wheel is a CUDA build; "
+    "scripts/make_video_processor_fixture.py runs it beside a CPU torch); test_read_clip_equals_pinned_... compares instead"
+)
 
 
 @pytest.fixture(scope="module")
