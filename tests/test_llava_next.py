@@ -3,8 +3,8 @@ parity crop by crop, and the hand-off of the kept rows to transformers' LlavaNex
 
 Everything on llava-next-tiny (random weights, 2x2 grid: 5 crops x 576 = N = 2880). The graphs are exported with
 dynamo (CLIP's embeddings do not export with TorchScript) and run in ONNX Runtime: what a runtime receives. Logits are compared within
-TOL for the reason tests/test_qwen_handoff.py gives (ONNX Runtime's encoder against transformers' tower, ~1e-6); the
-rows of the K < N layout are compared exactly (a gather copies floats).
+TOL for the reason tests/test_qwen_handoff.py gives (ONNX Runtime's encoder against transformers' tower, ~1e-6); so are
+the rows of the K < N layout, against transformers' own projected crop features laid out independently (_gathered).
 """
 
 from __future__ import annotations
@@ -35,7 +35,9 @@ def next_parts():
 
 
 def _request(k: int, selector_only: bool = False) -> ExportRequest:
-    return ExportRequest(spec=NEXT, budget=k, t_max=NEXT.t_max, batch=1, config=NEXT.selector_config(), selector_only=selector_only)
+    return ExportRequest(
+        spec=NEXT, budget=k, t_max=NEXT.t_max, batch=1, config=NEXT.selector_config(), selector_only=selector_only
+    )
 
 
 @pytest.fixture(scope="module")
@@ -103,6 +105,24 @@ def _rows(h, selection, embeds=None):
     return llm_rows(embeds, selection.indices, h.llm.model.image_newline, NEXT, h.prepared.image_hw)
 
 
+def _own_projected(h) -> torch.Tensor:
+    """(N, D): transformers' own projected features of every crop token, in the graph's token order (crop c, token t
+    at c * crop_tokens + t), taken from its get_image_features where they enter pack_image_features."""
+    model = h.llm.model
+    seen = []
+
+    def recording(image_features, *args, **kwargs):
+        seen.append(image_features)
+        return type(model).pack_image_features(model, image_features, *args, **kwargs)
+
+    with torch.no_grad(), pytest.MonkeyPatch.context() as patch:
+        patch.setattr(model, "pack_image_features", recording)
+        model.get_image_features(h.prepared.pixel_values, torch.tensor([h.prepared.image_hw]))
+    ((crops,),) = seen  # one image: (crops, crop_tokens, D)
+    assert crops.shape == (NEXT.crops, NEXT.crop_tokens, NEXT.text_hidden)
+    return crops.reshape(N, NEXT.text_hidden)
+
+
 def _gathered(h, indices, projected):
     """An independent construction of the K < N rows: transformers' own pack_image_features run on the token indices
     (a one-wide "feature" per token, the newline -1), the pruned tokens taken out, and the newline of a grid row
@@ -136,11 +156,15 @@ def test_grid_2x2_is_the_base_image_and_four_crops_of_576_tokens():
 
 
 def test_a_budget_not_divisible_by_the_crops_is_one_line_exit_2(capsys):
-    expect_one_line(capsys, ["--model", "llava-next-tiny", "--budget", "642", "--random-weights"], "--budget 642", "5 crops", "640 or 645")
+    expect_one_line(
+        capsys, ["--model", "llava-next-tiny", "--budget", "642", "--random-weights"], "--budget 642", "5 crops", "640 or 645"
+    )
 
 
 def test_a_grid_the_checkpoint_does_not_list_is_one_line_exit_2(capsys):
-    expect_one_line(capsys, ["--model", "llava-next-tiny", "--grid", "3x3", "--random-weights"], "--grid 3x3", "1x2, 2x1, 2x2, 3x1, 1x3")
+    expect_one_line(
+        capsys, ["--model", "llava-next-tiny", "--grid", "3x3", "--random-weights"], "--grid 3x3", "1x2, 2x1, 2x2, 3x1, 1x3"
+    )
     expect_one_line(capsys, ["--model", "llava15-tiny", "--grid", "2x2", "--random-weights"], "--grid 2x2", "no grid")
 
 
@@ -179,32 +203,48 @@ def test_keep_all_layout_gives_transformers_own_llava_next_logits(handoff):
     torch.testing.assert_close(ours, theirs, **TOL)
 
 
-def test_pruned_layout_equals_an_independent_gathered_construction_and_its_logits(handoff):
+def test_pruned_layout_equals_transformers_own_features_gathered_and_their_logits(handoff):
+    """K < N: our rows (the graph's visual_embeds laid out by models/anyres.py) equal transformers' own projected crop
+    features at the kept tokens, laid out by its own pack_image_features (_gathered); the logits on our input equal
+    the LLM's on that one. Within TOL: ONNX Runtime's encoder against transformers' tower."""
     selection = handoff.selections[K]
     assert len(selection.indices) == K
     per_crop = np.bincount(selection.indices // NEXT.crop_tokens, minlength=NEXT.crops)
     assert per_crop.tolist() == [K // NEXT.crops] * NEXT.crops
     rows = _rows(handoff, selection)
-    projected = torch.zeros(N, NEXT.text_hidden)
-    projected[torch.from_numpy(selection.indices)] = selection.visual_embeds
-    want = _gathered(handoff, selection.indices, projected)
-    assert torch.equal(rows, want)
+    want = _gathered(handoff, selection.indices, _own_projected(handoff))
+    assert rows.shape == want.shape
+    torch.testing.assert_close(rows, want, **TOL)
     with torch.no_grad():
         from flashvlm_export.runtime.answer import splice
 
-        theirs = handoff.llm(inputs_embeds=splice(handoff.llm.get_input_embeddings(), handoff.ids, NEXT.image_token_index, want)).logits
-    torch.testing.assert_close(_ours(handoff, rows), theirs, rtol=0, atol=0)
+        theirs = handoff.llm(
+            inputs_embeds=splice(handoff.llm.get_input_embeddings(), handoff.ids, NEXT.image_token_index, want)
+        ).logits
+    torch.testing.assert_close(_ours(handoff, rows), theirs, **TOL)
 
 
-def test_two_crops_swapped_in_the_hand_off_are_caught(handoff):
-    selection = handoff.selections[K]
+def _wrong_rows(selection, fault):
+    """The graph's visual_embeds with a planted fault: two crops' rows swapped, or a row the next kept token's."""
     k = K // NEXT.crops
-    swapped = selection.visual_embeds.clone()
-    swapped[k : 2 * k], swapped[2 * k : 3 * k] = selection.visual_embeds[2 * k : 3 * k], selection.visual_embeds[k : 2 * k]
-    projected = torch.zeros(N, NEXT.text_hidden)
-    projected[torch.from_numpy(selection.indices)] = selection.visual_embeds
-    assert not torch.equal(_rows(handoff, selection, swapped), _gathered(handoff, selection.indices, projected))
-    assert not torch.allclose(_ours(handoff, _rows(handoff, selection, swapped)), _ours(handoff, _rows(handoff, selection)), **TOL)
+    rows = selection.visual_embeds.clone()
+    if fault == "crops swapped":
+        rows[k : 2 * k], rows[2 * k : 3 * k] = selection.visual_embeds[2 * k : 3 * k], selection.visual_embeds[k : 2 * k]
+    else:  # "row off by one": kept row j carries kept row j + 1's embedding, in a grid crop
+        j = 2 * k + k // 2
+        rows[j] = selection.visual_embeds[j + 1]
+    return rows
+
+
+@pytest.mark.parametrize("fault", ["crops swapped", "row off by one"])
+def test_a_planted_fault_in_the_pruned_rows_fails_against_transformers_own_features(handoff, fault):
+    selection = handoff.selections[K]
+    want = _gathered(handoff, selection.indices, _own_projected(handoff))
+    assert torch.allclose(_rows(handoff, selection), want, **TOL)  # the check passes the honest rows
+    assert not torch.allclose(_rows(handoff, selection, _wrong_rows(selection, fault)), want, **TOL)
+    assert not torch.allclose(
+        _ours(handoff, _rows(handoff, selection, _wrong_rows(selection, fault))), _ours(handoff, want), **TOL
+    )
 
 
 # ---------------------------------------------------------------- parity crop by crop, and its planted faults
@@ -238,8 +278,17 @@ class _Planted:
         return out
 
 
+def _crop(line: str) -> str:
+    """'scene#0 image 0 crop 2: ...' -> 'scene#0 image 0 crop 2' (the photo and crop a parity line names)."""
+    return line.split(":")[0]
+
+
 @pytest.mark.parametrize("fault", [None, "crops swapped", "budget off by one"])
-def test_parity_checks_each_crop_and_catches_planted_faults(next_parts, fault):
+def test_parity_checks_each_crop_and_names_the_crop_and_reason_of_a_planted_fault(next_parts, fault):
+    """Honest: every crop replayed. Crops swapped: layer 1 holds (the graph is consistent with its own X, a, P(X)),
+    layer 2 fails on the encoder's outputs at crops 1 and 2 of each photo and nowhere else. Budget off by one: layer 1
+    fails at crop 0 (its own F and G decide other indices) and crop 1 (a token of crop 0 in its slots), layer 2 holds."""
+    from flashvlm_export.export.interface import CLS_ATTENTION, PIXEL_VALUES, PROJECTED_FEATURES, VISION_FEATURES
     from flashvlm_export.parity.corpus import pipeline_corpus
     from flashvlm_export.parity.run import geometry_of, reference_backends, run_backends
 
@@ -249,12 +298,25 @@ def test_parity_checks_each_crop_and_catches_planted_faults(next_parts, fault):
     cases = pipeline_corpus(geometry_of(request), NEXT.image_size, seed=0, repeats=1, grid=NEXT.grid)[:2]
     (report,) = run_backends(request, reference, [backend], cases, 0, None)
     assert len(report.overlaps) == len(cases) * NEXT.crops  # every crop an image of its own
+    photos = [f"{case.name} image {b}" for case in cases for b in range(len(case.feeds[PIXEL_VALUES]))]
     if fault is None:
         assert report and report.decisions_checked == len(cases) * NEXT.crops
-    elif fault == "crops swapped":
-        assert not report.arithmetic_passed  # X, a, P(X) of crops 1 and 2 are each other's
-    else:
-        assert not report.decisions_passed
+        return
+    failed_tensors = {t.name: sorted(t.over) for t in report.tensors.values() if not t.passed}
+    if fault == "crops swapped":  # X, a, P(X) of crops 1 and 2 are each other's
+        assert report.decisions_passed, report.decision_failures
+        swapped = sorted(f"{photo} crop {c}" for photo in photos for c in (1, 2))
+        assert failed_tensors == {name: swapped for name in (VISION_FEATURES, CLS_ATTENTION, PROJECTED_FEATURES)}
+        assert any(f"{VISION_FEATURES}: " in line and "crop 1" in line and "crop 2" in line for line in report.lines())
+    else:  # crop 0 keeps one token more, crop 1 one fewer
+        assert report.arithmetic_passed and failed_tensors == {}
+        reasons = {}
+        for line in report.decision_failures:
+            reasons.setdefault(_crop(line), []).append(line.split(": ", 1)[1])
+        assert sorted(reasons) == sorted(f"{photo} crop {c}" for photo in photos for c in (0, 1)), report.decision_failures
+        for photo in photos:
+            assert [r.split(" (")[0] for r in reasons[f"{photo} crop 0"]] == ["its own F and G decide other indices"]
+            assert any("are outside its tokens 0..575 (tokens of another crop)" in r for r in reasons[f"{photo} crop 1"])
 
 
 def test_the_full_graph_passes_parity_in_onnx_runtime_and_saves_only_what_a_replay_can_judge(next_graphs, next_parts, tmp_path):

@@ -19,13 +19,14 @@ from flashvlm_export.plugin.cpu import (
     STATUS_BAD_ARGUMENTS,
     STATUS_BUDGET_REJECTED,
     STATUS_TOKEN_OUT_OF_RANGE,
+    count_rounds_cpu,
     residual_prune_cpu,
     run_range_twin,
 )
 from flashvlm_export.plugin.node import PAD_TOKEN, PluginRangePrune, range_node_attributes, step_fields
 from flashvlm_export.plugin.ort_op import _run_range
 from flashvlm_export.selector import SelectorConfig
-from flashvlm_export.selector.reference import pruning_inputs, residual_prune
+from flashvlm_export.selector.reference import pruning_inputs
 from flashvlm_export.selector.schedule import range_schedule
 
 from conftest import corpus
@@ -120,18 +121,30 @@ def test_ort_op_equals_reference_per_image_on_mixed_budgets(mixed_batches):
         assert mismatched_images(got, expected) == []
 
 
+def twin_rounds(schedule, residual_size: int, budget: int) -> int:
+    """The rounds the twin runs for a list of `residual_size` told `budget`: its own K_div rule (budget - (N -
+    |R0|)), the step its fields give (raised by max_rounds), and its own round counter (flashvlm_count_rounds)."""
+    step, cap = step_fields(schedule)
+    k_div = budget - (schedule.n_tokens - residual_size)
+    step = max(step, -(-(residual_size - k_div) // cap)) if cap else step
+    return count_rounds_cpu(residual_size, k_div, step)
+
+
 @needs_gxx
 def test_planted_round_too_many_for_one_image_is_caught(mixed_batches):
-    """Image 2 (K=128) stopped a round late: its kept list pruned once more (r=1). Only image 2 is reported."""
-    _, batches = mixed_batches
+    """The twin itself runs image 2 (K=128) one round late: told the highest budget below 128 whose schedule on
+    image 2's own list is one round longer (127 by default: K_div 63, a 57th round of one token; 119 under
+    max_rounds=40: 39 rounds of 12 instead of 38). The list is as
+    long as the plugin accepts, so it cannot reject it; the check reports image 2 only."""
+    config, batches = mixed_batches
     schedule, gram, residual, budget, expected = batches[0]
-    _, got = twin(schedule, gram, residual, budget)
-    k_div = schedule.of(128).k_div
-    late = residual_prune(gram[2], torch.from_numpy(got[2, :k_div]).long(), k_div - 1, schedule.of(128).step)
-    planted = got.copy()
-    planted[2] = PAD_TOKEN
-    planted[2, : k_div - 1] = late.numpy()
-    assert mismatched_images(planted, expected) == [2]
+    size, rounds = schedule.of(128).residual_size, schedule.of(128).n_rounds
+    assert twin_rounds(schedule, size, 128) == rounds  # the twin's own count is the reference's at the true budget
+    late = next(k for k in range(127, schedule.k_min - 1, -1) if twin_rounds(schedule, size, k) == rounds + 1)
+    wrong = budget.clone()
+    wrong[2] = late
+    status, got = twin(schedule, gram, residual, wrong)
+    assert status == 0 and mismatched_images(got, expected) == [2], (config, late)
 
 
 @needs_gxx

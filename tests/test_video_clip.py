@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -10,6 +11,7 @@ import torch
 
 from flashvlm_export.errors import UsageError, cli_spelling
 from flashvlm_export.models import qwen2_5_vl
+from flashvlm_export.runtime import video
 from flashvlm_export.runtime.heatmap import DROPPED_DIM
 from flashvlm_export.runtime.strip import KEPT_RGB, clip_strip, strip_cell_origin
 from flashvlm_export.runtime.video import demo_frames, even_indices, read_clip, write_clip, write_demo_clip
@@ -18,7 +20,10 @@ pytest.importorskip("av", reason="PyAV (the `av` package) decodes and writes cli
 
 STEP = 12  # grey level per frame index in the indexed clip: far above H.264's rounding at crf 18
 HAS_TORCHVISION = importlib.util.find_spec("torchvision") is not None
-NO_TORCHVISION = "transformers' Qwen2VLVideoProcessor imports torchvision, which is not installed (no CPU wheel on this registry)"
+NO_TORCHVISION = (
+    "transformers' Qwen2VLVideoProcessor imports torchvision, which is not installed (the registry's wheel is a CUDA build; "
+    "scripts/make_video_processor_fixture.py runs it beside a CPU torch); test_read_clip_equals_pinned_... compares instead"
+)
 
 
 @pytest.fixture(scope="module")
@@ -79,6 +84,121 @@ def test_read_clip_equals_transformers_video_processor(tmp_path, height, width):
     assert torch.equal(theirs, ours.pixel_values)
 
 
+FIXTURE = Path(__file__).parent / "fixtures" / "qwen_video_processor.npz"  # scripts/make_video_processor_fixture.py
+
+
+def _pinned_cases(folder: Path) -> dict:
+    """The fixture's clips written back to files, with the processor's indices, settings and pixels (1, F, 3, S, S)."""
+    import json
+
+    stored = np.load(FIXTURE)
+    settings = json.loads(str(stored["settings"]))
+    cases = {}
+    for name in ("square", "wide"):
+        clip = folder / f"{name}.mp4"
+        clip.write_bytes(stored[f"{name}_clip"].tobytes())
+        pixels = unpatchify_video(torch.from_numpy(stored[f"{name}_pixel_values_videos"]), stored[f"{name}_video_grid_thw"][0])
+        cases[name] = (clip, [int(i) for i in stored[f"{name}_indices"]], pixels)
+    return settings, cases
+
+
+def _levels(ours: torch.Tensor, theirs: torch.Tensor) -> torch.Tensor:
+    """|ours - theirs| in uint8 grey levels: a normalised value is (level / 255 - mean) / std per channel."""
+    std = torch.tensor(qwen2_5_vl.IMAGE_STD).view(1, 1, 3, 1, 1)
+    return (ours - theirs).abs() * std * 255
+
+
+def _pinned_verdict(folder: Path) -> list[str]:
+    """What differs between read_clip and the pinned processor output: [] on a match.
+
+    Indices exact (integers). Pixels within ONE_LEVEL per element and MEAN_LEVEL on average: the clip's bytes are
+    pinned and H.264 decodes bit-exactly, but the rgb24 conversion (swscale) and torch's uint8 antialiased bicubic
+    resize have per-CPU kernels (x86 SIMD; a generic one elsewhere); each rounds to whole levels, so another CPU may
+    put a pixel one level off. Where the fixture was made (and on this machine) the difference is 0.
+    """
+    settings, cases = _pinned_cases(folder)
+    wrong = []
+    for name, (clip, indices, theirs) in cases.items():
+        ours = read_clip(clip, settings["frames"], settings["side"])
+        if ours.indices != indices:
+            wrong.append(f"{name}: frames {ours.indices}, the processor's {indices}")
+            continue
+        levels = _levels(ours.pixel_values, theirs)
+        if levels.max() > ONE_LEVEL or levels.mean() > MEAN_LEVEL:
+            wrong.append(f"{name}: pixels off by up to {levels.max():.2f} levels (mean {levels.mean():.3f})")
+    return wrong
+
+
+ONE_LEVEL = 1 + 1e-3  # one uint8 level, plus float32 rounding of the normalised value (~1e-5 level)
+MEAN_LEVEL = 0.25  # a kernel that rounds differently moves some pixels (0.12 levels on average, planted below), not all
+
+
+def test_read_clip_equals_pinned_qwen_video_processor_output(tmp_path):
+    """read_clip on the fixture's clips against Qwen2VLVideoProcessor's output pinned where torchvision imported.
+
+    Runs without torchvision (the live comparison above needs it). Square: the processor resized by itself; wide
+    (60 x 80): its own resize op stretched the frames first, as for the live test.
+    """
+    assert _pinned_verdict(tmp_path) == []
+
+
+def _shifted_sampling(total, frames):
+    return [min(i + 1, total - 1) for i in even_indices(total, frames)]
+
+
+def _resize(**options):
+    def resize(frames, size):
+        return torch.nn.functional.interpolate(frames, size=[size, size], align_corners=False, **options)
+
+    return resize
+
+
+def _float_resize(frames, size):
+    """The same bicubic antialiased resize computed in float and rounded: another kernel's rounding."""
+    resized = torch.nn.functional.interpolate(
+        frames.float(), size=[size, size], mode="bicubic", align_corners=False, antialias=True
+    )
+    return resized.round().clamp(0, 255).to(torch.uint8)
+
+
+_RESIZE, _NORMALIZE = video.resize_frames, video.normalize_frames  # the real ones, for faults built on them
+PINNED_FAULTS = {
+    "frames shifted by one": ("even_indices", _shifted_sampling, "frames [1, 3, 6, 8]"),
+    "bilinear resize": ("resize_frames", _resize(mode="bilinear", antialias=True), "pixels off"),
+    "no antialias": ("resize_frames", _resize(mode="bicubic", antialias=False), "pixels off"),
+    "one level brighter": (
+        "resize_frames",
+        lambda frames, size: (_RESIZE(frames, size).int() + 1).clamp(0, 255).to(torch.uint8),
+        "pixels off",
+    ),
+    "channels BGR": ("normalize_frames", lambda frames, settings: _NORMALIZE(frames.flip(1), settings), "pixels off"),
+    "ImageNet mean and std": (
+        "normalize_frames",
+        lambda frames, settings: _NORMALIZE(
+            frames, {**settings, "image_mean": [0.485, 0.456, 0.406], "image_std": [0.229, 0.224, 0.225]}
+        ),
+        "pixels off",
+    ),
+}
+
+
+@pytest.mark.parametrize("fault", list(PINNED_FAULTS))
+def test_pinned_processor_comparison_catches_a_planted_fault(fault, tmp_path, monkeypatch):
+    name, replacement, fragment = PINNED_FAULTS[fault]
+    monkeypatch.setattr(video, name, replacement)
+    wrong = _pinned_verdict(tmp_path)
+    assert len(wrong) == 2 and all(fragment in line for line in wrong), wrong
+
+
+def test_pinned_processor_tolerance_admits_another_kernels_rounding(tmp_path, monkeypatch):
+    """The tolerance is not tighter than its reason: the float kernel's rounding (some pixels one level off) passes."""
+    monkeypatch.setattr(video, "resize_frames", _float_resize)
+    settings, cases = _pinned_cases(tmp_path)
+    clip, _, theirs = cases["square"]
+    levels = _levels(read_clip(clip, settings["frames"], settings["side"]).pixel_values, theirs)
+    assert (levels > 0.5).any() and _pinned_verdict(tmp_path) == []
+
+
 def test_qwen_mean_and_std_are_transformers_video_defaults():
     from transformers.image_utils import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD  # Qwen2VLVideoProcessor's image_mean/std
 
@@ -135,7 +255,11 @@ def _truncated(folder, source):
 BAD_INPUTS = {
     "missing": (lambda d, c: d / "nope.mp4", {}, "does not exist"),
     "text": (lambda d, c: (d / "notes.mp4").write_text("hello\n") and d / "notes.mp4", {}, "not a video FFmpeg can read"),
-    "png": (lambda d, c: __import__("PIL.Image").Image.new("RGB", (8, 8)).save(d / "still.png") or d / "still.png", {}, "still image"),
+    "png": (
+        lambda d, c: __import__("PIL.Image").Image.new("RGB", (8, 8)).save(d / "still.png") or d / "still.png",
+        {},
+        "still image",
+    ),
     "truncated": (lambda d, c: _truncated(d, c), {}, "not a video FFmpeg can read"),
     "too few frames": (lambda d, c: c, {"frames": 22}, "has 20 frames but the graph takes 22"),
     "fps too low": (lambda d, c: c, {"frames": 4, "fps": 1}, "samples 2 frames"),

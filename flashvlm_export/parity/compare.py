@@ -152,6 +152,7 @@ class TensorError:
     bound: float | None  # None: measured and reported, not a gate (a reduced-precision encoder's outputs)
     max_error: float = 0.0
     where: str = ""  # the case and image of the maximum
+    over: list[str] = field(default_factory=list)  # every case and image whose error passed the bound
 
     @property
     def passed(self) -> bool:
@@ -160,6 +161,8 @@ class TensorError:
     def update(self, error: float, where: str) -> None:
         if error > self.max_error or not self.where:
             self.max_error, self.where = error, where
+        if self.bound is not None and error > self.bound and where not in self.over:
+            self.over.append(where)
 
 
 @dataclass
@@ -178,6 +181,7 @@ class BackendReport:
     sensitivity: list[float] = field(default_factory=list)  # the reference's own overlap under 1e-6 noise in G
     token_positions: np.ndarray | None = None  # (N, 3): each token's (t, h, w), for graphs that return positions
     clip: ClipLayout | None = None  # a clip graph's temporal groups and budget rule: its decisions are clip_decide's
+    crops: int = 1  # a photo cut into crops (LLaVA-NeXT): image b of the crop view is crop b % crops of photo b // crops
 
     # ------------------------------------------------------------------ verdicts
     @property
@@ -221,7 +225,7 @@ class BackendReport:
         self.sensitivity += sensitivity
         budgets = basis.get(BUDGET)
         for b in range(indices.shape[0]):
-            where = f"{case} image {b}" + ("" if budgets is None else f" (K={int(budgets[b])})")
+            where = self._where(case, b) + ("" if budgets is None else f" (K={int(budgets[b])})")
             own = image_schedule(schedule, budgets, b)
             for name in FEATURES:  # at any precision: an fp16 overflow (inf) in X, a or P(X) would select on garbage
                 if name in outputs and not np.all(np.isfinite(outputs[name][b])):
@@ -234,6 +238,12 @@ class BackendReport:
             self.overlaps.append(o)
             if o < 1.0:
                 self.differing.append(f"{where}: overlap {o:.3f}")
+
+    def _where(self, case: str, b: int) -> str:
+        """Image b of the comparison as the user knows it: a photo's crop is named by its photo and crop."""
+        if self.crops > 1:
+            return f"{case} image {b // self.crops} crop {b % self.crops}"
+        return f"{case} image {b}"
 
     def _decisions(self, where: str, b: int, outputs: dict, schedule: RoundSchedule, ranged: bool = False) -> None:
         """The backend's own F and G, fed through the reference's decisions, give its indices. A budget-range graph
@@ -272,6 +282,12 @@ class BackendReport:
                     self.missing.append(name)
             return
         self.decisions_checked += 1
+        n = len(outputs[FUSED_SCORES][b])
+        outside = indices[(indices < 0) | (indices >= n)]
+        if outside.size:  # a crop's indices with another crop's offset taken off land here
+            owner = " (tokens of another crop)" if self.crops > 1 else ""
+            self.decision_failures.append(f"{where}: indices {outside[:8].tolist()} are outside its tokens 0..{n - 1}{owner}")
+            return
         expected = decisions(outputs[FUSED_SCORES][b], outputs[GRAM][b], schedule, self.clip)
         if not np.array_equal(expected, indices):
             only_ref = sorted(set(expected.tolist()) - set(indices.tolist()))
@@ -389,7 +405,8 @@ class BackendReport:
         lines.append("  " + layer2)
         for t in self.tensors.values():
             if not t.passed:
-                lines.append(f"    {t.name}: {t.max_error:.2e} > {t.bound:.0e} at {t.where}")
+                over = f"; over it at {', '.join(t.over[:6])}" + (f" (+{len(t.over) - 6} more)" if len(t.over) > 6 else "")
+                lines.append(f"    {t.name}: {t.max_error:.2e} > {t.bound:.0e} at {t.where}{over}")
         if n:
             o, s = np.asarray(self.overlaps), np.asarray(self.sensitivity or [1.0])
             gate = (
@@ -421,7 +438,7 @@ class BackendReport:
             "layer2_arithmetic": {
                 "passed": self.arithmetic_passed,
                 "tensors": {
-                    t.name: {"max_relative_error": t.max_error, "bound": t.bound, "passed": t.passed, "at": t.where}
+                    t.name: {"max_relative_error": t.max_error, "bound": t.bound, "passed": t.passed, "at": t.where, "over_bound_at": t.over}
                     for t in self.tensors.values()
                 },
             },

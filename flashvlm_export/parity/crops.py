@@ -5,7 +5,8 @@ layers (parity/compare.py) are stated per image of the selector, so `CropView` t
 crops' (B x crops images at K / crops each) before they are compared: X, a, P(X), s, q, F cut per crop, G per crop
 already, the text repeated for each crop, and the indices and visual_embeds split into K / crops per crop with the
 crop's offset taken off. A graph that puts a token in the wrong crop (two crops swapped, one crop's budget off by one)
-then hands some crop indices outside 0..n-1 or not its own, which layer 1 reports.
+then hands some crop indices outside 0..n-1 or not its own, which layer 1 reports; every line names the photo and
+crop (BackendReport.crops).
 """
 
 from __future__ import annotations

@@ -263,7 +263,7 @@ def run_backends(request: ExportRequest, reference: Backend, backends: list[Back
     selector_reference = SelectorReference(request.crop_budget, request.config, clip=request.clip)
     view = CropView.of(request)  # a model cut into crops is checked crop by crop (the identity otherwise)
     table = request.token_positions().numpy() if request.positions else None
-    reports = {b.name: BackendReport(b.name, min_overlap, token_positions=table, clip=request.clip) for b in backends}
+    reports = {b.name: BackendReport(b.name, min_overlap, token_positions=table, clip=request.clip, crops=view.crops) for b in backends}
     for number, case in enumerate(cases):
         expected = reference.infer(case.feeds)
         case.reference_indices = expected[INDICES]

@@ -2,7 +2,7 @@
 
 Decoding is PyAV's (FFmpeg inside the wheel; no ffmpeg binary, no subprocess). What follows mirrors transformers
 5.24's Qwen2VLVideoProcessor with `do_sample_frames=True`, which needs torchvision; this module does not (the
-equality is tests/test_video_clip.py, run where torchvision is importable):
+equality is tests/test_video_clip.py: live where torchvision is importable, else against the processor's pinned output):
 - Sampling (Qwen2VLVideoProcessor.sample_frames with num_frames=F): `torch.arange(0, total, total / F).int()`, F
   frames spread evenly over the clip; here as exact integers, floor(i * total / F), the same values for every
   total < 3000 and F <= 64 (checked). The float arange sometimes yields F + 1 indices (17 frames sampled to 14 give
