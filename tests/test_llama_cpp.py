@@ -40,6 +40,7 @@ import torch
 from flashvlm_export.models.registry import get_spec
 
 FAMILIES = ["llava15-tiny", "qwen2.5-vl-tiny"]
+WITH_POSITIONS = [name for name in FAMILIES if get_spec(name).has_positions]  # (t, h, w) rotary positions
 QUESTION = "What is on the table?"
 K_PRUNED = 64
 TOL_REL = 1e-5  # of the largest |logit|: 20x the largest honest gap measured (module docstring)
@@ -240,11 +241,11 @@ def test_llama_cpp_logits_equal_the_unmodified_transformers_model_within_the_eps
 
 
 @needs_llama
+@pytest.mark.parametrize("side", WITH_POSITIONS, indirect=True)
 def test_two_positions_exchanged_fail_against_the_unmodified_model_too(side):
     """The epsilon bound still tells a wrong hand-off: two kept tokens' positions exchanged (planted past the check,
-    as above) move the logits far past it."""
-    if not side.spec.has_positions:
-        pytest.skip(f"{side.spec.name} has 1-D positions: its kept rows sit at consecutive positions, none of the graph's")
+    as above) move the logits far past it. Families with (t, h, w) positions only (1-D: consecutive positions)."""
+    assert side.spec.has_positions
     from flashvlm_export.runtime.llama_cpp import llama_cpp_prompt
 
     rows, positions = _honest(side, K_PRUNED)
@@ -267,7 +268,7 @@ def test_an_embedding_row_off_by_one_fails_the_llama_cpp_hand_off(side, k):
 
 @needs_llama
 @pytest.mark.parametrize("k", ["N", K_PRUNED])
-@pytest.mark.parametrize("side", [name for name in FAMILIES if get_spec(name).has_positions], indirect=True)
+@pytest.mark.parametrize("side", WITH_POSITIONS, indirect=True)
 def test_positions_of_two_kept_tokens_exchanged_fail_the_llama_cpp_hand_off(side, k):
     """Families with (t, h, w) positions only: a 1-D family's kept rows sit at consecutive positions, none of the graph's."""
     assert side.spec.has_positions

@@ -16,11 +16,13 @@ from flashvlm_export.runtime.heatmap import DROPPED_DIM
 from flashvlm_export.runtime.strip import KEPT_RGB, clip_strip, strip_cell_origin
 from flashvlm_export.runtime.video import demo_frames, even_indices, read_clip, write_clip, write_demo_clip
 
+from ci_skips import unavailable_here
+
 pytest.importorskip("av", reason="PyAV (the `av` package) decodes and writes clips")
 
 STEP = 12  # grey level per frame index in the indexed clip: far above H.264's rounding at crf 18
 HAS_TORCHVISION = importlib.util.find_spec("torchvision") is not None
-NO_TORCHVISION = (
+NO_TORCHVISION = unavailable_here(
     "transformers' Qwen2VLVideoProcessor imports torchvision, which is not installed (the registry's wheel is a CUDA build; "
     "scripts/make_video_processor_fixture.py runs it beside a CPU torch); test_read_clip_equals_pinned_... compares instead"
 )
