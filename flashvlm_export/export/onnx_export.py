@@ -51,6 +51,31 @@ def _quiet():
     return stack
 
 
+SHAPE_VECTOR = 64  # elements: a ConstantOfShape no larger builds a shape or an index vector, not data
+
+
+def _fold_small_constant_of_shape(node) -> bool | None:
+    """onnxscript's folder keeps every ConstantOfShape (to keep large constants out of the file); fold the small ones."""
+    if node.op_type != "ConstantOfShape" or node.inputs[0].const_value is None:
+        return None  # the folder's own rules
+    return int(node.inputs[0].const_value.numpy().prod()) <= SHAPE_VECTOR or None
+
+
+def fold_shape_constants(proto):
+    """The TorchScript exporter leaves shape arithmetic on constants as nodes: CLIP's class token
+    `expand(B, 1, -1)` becomes Expand(Where(Equal(shape, ConstantOfShape(...) * -1), ...)), static but
+    past ONNX shape inference, so the static-graph check refuses it. Fold such subgraphs into constants,
+    as the dynamo exporter's optimize=True does; every value is computed as before (same ops on the same
+    constants), and the nodes left unused go."""
+    import onnx_ir as ir
+    from onnxscript import optimizer
+
+    model = ir.serde.deserialize_model(proto)
+    optimizer.fold_constants(model, should_fold=_fold_small_constant_of_shape)
+    optimizer.remove_unused_nodes(model)
+    return ir.serde.serialize_model(model)
+
+
 def _check_free_space(folder: Path, needed: int) -> None:
     free = shutil.disk_usage(folder).free
     if free < needed:
@@ -119,7 +144,7 @@ def export_onnx(
                     opset_version=opset,
                     dynamo=False,
                 )
-                proto = onnx.load(str(temp_graph))
+                proto = fold_shape_constants(onnx.load(str(temp_graph)))
                 kept = [o for o in proto.graph.output if o.name not in graph_io.verification_names]
                 del proto.graph.output[:]
                 proto.graph.output.extend(kept)

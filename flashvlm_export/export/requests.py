@@ -10,7 +10,7 @@ import math
 
 from flashvlm_export.errors import UsageError
 from flashvlm_export.export.graphs import ExportRequest
-from flashvlm_export.export.options import DEFAULT_FPS, MIN_OPSET
+from flashvlm_export.export.options import DEFAULT_FPS, MIN_OPSET, exporter_refusal
 from flashvlm_export.models.registry import MODELS, get_spec
 from flashvlm_export.models.spec import ModelSpec
 from flashvlm_export.selector.clip import DEFAULT_RULE
@@ -154,8 +154,8 @@ def check_export_options(plugin: bool, exporter: str, opset: int, workspace_gib:
     """The exporter, opset and TensorRT workspace an export runs with."""
     from flashvlm_export.limits import max_opset
 
-    if plugin and exporter != "dynamo":
-        raise UsageError(f"--plugin needs the dynamo exporter (its custom node does not export with {exporter}); drop --exporter")
+    if plugin and (refusal := exporter_refusal(exporter, "plugin")):  # the other kinds: export/job.py, once planned
+        raise UsageError(refusal)
     if opset < MIN_OPSET:
         raise UsageError(f"--opset {opset} is too old: LayerNormalization needs {MIN_OPSET}; use --opset {MIN_OPSET} or newer")
     highest, why = max_opset(exporter)
