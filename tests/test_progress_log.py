@@ -41,3 +41,23 @@ def test_progress_lines_reach_a_non_terminal_stdout_while_the_exporter_runs(tmp_
     assert "exporter chatter" not in out
     opening = out[0]
     assert opening.startswith("ONNX: exporting the selector graph") and not re.search(r"\d+(\.\d+)?\s*s\b", opening), opening
+
+
+def test_a_slow_model_load_prints_lines_in_a_log(capsys, monkeypatch):
+    """Loading a full-size checkpoint can take minutes before the first export line: it opens and ticks too."""
+    from types import SimpleNamespace
+
+    from flashvlm_export import progress
+    from flashvlm_export.models import adapter
+    from flashvlm_export.models.weights import WeightsSource
+
+    def slow_load(spec, source, with_embeddings=False):
+        time.sleep(SLOW_S)
+        return SimpleNamespace(source="random weights, seed 0")
+
+    monkeypatch.setattr(progress, "LOG_EVERY_S", 0.2)
+    monkeypatch.setattr(adapter, "get_parts", slow_load)
+    adapter.get_parts_logged(TINY, WeightsSource(seed=0), log=lambda line: print(line, flush=True))
+    out = capsys.readouterr().out.splitlines()
+    assert out[0] == "Model: loading llava15-tiny" and out[-1].startswith("Model: loaded llava15-tiny"), out
+    assert sum("still running" in line for line in out) >= 3, out
