@@ -89,8 +89,9 @@ def run_export(
     force: bool = False,
     log=print,
 ) -> Exported:
-    """Check everything that can fail early (the exporter against the graphs, weights, TensorRT, the GPU, the plugin, every output path), then
-    load the model once, export every graph and build the engines. `source` None: selector-only graphs."""
+    """Check everything that can fail early (the exporter against the graphs, weights, TensorRT, the GPU, the
+    plugin, every output path), then load the model once, export every graph and build the engines. `source`
+    None: selector-only graphs."""
     from flashvlm_export.artifacts.files import artifact_size, human_size
     from flashvlm_export.artifacts.staging import check_writable
     from flashvlm_export.export.graphs import export_logged
