@@ -1,7 +1,10 @@
-"""Progress of long steps: an opening line with an estimate, then a ticking bar on a terminal; counts in words.
+"""Progress of long steps: an opening line, then the time elapsed, ticking on a terminal and a line every 30 s in a log;
+counts in words.
 
-No dependency: on a terminal a one-line bar is redrawn on stderr every second; in a log (CI, a pipe)
-a line is printed every 30 s past the start, so a silent minute never looks like a hang.
+No dependency and no estimate: on 2 CPU cores one export's time varied 3-9x with the machine's load and with N
+(docs/PERFORMANCE.md), so an opening line says only what runs (and whether it can take minutes), then how long it
+has run: on a terminal a line on stderr redrawn every second; in a log (CI, a pipe, `| cat`) a line every 30 s past
+the start, so a silent minute never looks like a hang.
 """
 
 from __future__ import annotations
@@ -12,7 +15,6 @@ import time
 from contextlib import contextmanager
 
 LOG_EVERY_S = 30.0
-BAR = 24
 
 
 def plural(count: int, noun: str) -> str:
@@ -20,31 +22,36 @@ def plural(count: int, noun: str) -> str:
     return f"{count} {noun}{'' if count == 1 else 's'}"
 
 
-def _bar(elapsed: float, estimate: float) -> str:
-    done = min(1.0, elapsed / estimate) if estimate > 0 else 0.0
-    filled = int(done * BAR)
-    tail = f"{elapsed:.0f}s of ~{estimate:.0f}s" if elapsed <= estimate else f"{elapsed:.0f}s, past the ~{estimate:.0f}s estimate"
-    return f"[{'#' * filled}{'.' * (BAR - filled)}] {tail}"
+def clock(seconds: float) -> str:
+    """Elapsed time as a person reads it: "42s", "3 min 05 s"."""
+    whole = int(seconds)
+    return f"{whole}s" if whole < 60 else f"{whole // 60} min {whole % 60:02d} s"
+
+
+def _isatty(stream) -> bool:
+    return hasattr(stream, "isatty") and stream.isatty()
 
 
 @contextmanager
-def progress(label: str, estimate_s: float, log=print, stream=None, hint: str = ""):
-    """`label` runs for about `estimate_s` seconds: say so (and `hint`), and keep saying how far along it is."""
+def progress(label: str, log=print, stream=None, hint: str = ""):
+    """`label` is running: say so (and `hint`), then keep saying for how long (a ticking line on a terminal `stream`,
+    stderr by default; a line through `log` every LOG_EVERY_S seconds when either stream is not a terminal)."""
     stream = stream or sys.stderr
-    log(f"{label} (about {estimate_s:.0f}s){'; ' + hint if hint else ''}")
-    tty = hasattr(stream, "isatty") and stream.isatty()
+    log(f"{label}{'; ' + hint if hint else ''}")
+    tty = _isatty(stream)
+    to_log = not tty or not _isatty(sys.stdout)  # `| tee log` with stderr on a terminal: the log gets its lines too
     stop = threading.Event()
     start = time.perf_counter()
 
     def tick() -> None:
         next_log = LOG_EVERY_S
-        while not stop.wait(1.0):
+        while not stop.wait(min(1.0, LOG_EVERY_S)):
             elapsed = time.perf_counter() - start
             if tty:
-                stream.write(f"\r  {_bar(elapsed, estimate_s)}\x1b[K")
+                stream.write(f"\r  ... {clock(elapsed)} elapsed\x1b[K")
                 stream.flush()
-            elif elapsed >= next_log:
-                log(f"  ... {_bar(elapsed, estimate_s)}")
+            if to_log and elapsed >= next_log:
+                log(f"  ... still running, {clock(elapsed)} elapsed")
                 next_log += LOG_EVERY_S
 
     thread = threading.Thread(target=tick, name="flashvlm-progress", daemon=True)

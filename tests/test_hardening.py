@@ -364,7 +364,7 @@ def test_parity_repeats_bound_refuses_a_corpus_larger_than_memory():
         check_repeats_fit(10**7, 14, spec, 576, 128, 1, selector_only=True)
 
 
-def test_progress_draws_a_bar_on_a_terminal_and_opens_with_the_estimate():
+def test_progress_ticks_the_elapsed_time_on_a_terminal_after_one_opening_line():
     import io
     import time
 
@@ -375,10 +375,10 @@ def test_progress_draws_a_bar_on_a_terminal_and_opens_with_the_estimate():
             return True
 
     stream, lines = Terminal(), []
-    with progress("ONNX: exporting", 10, log=lines.append, stream=stream):
+    with progress("ONNX: exporting", log=lines.append, stream=stream):
         time.sleep(1.3)
-    assert lines == ["ONNX: exporting (about 10s)"]
-    assert "[##" in stream.getvalue() and "of ~10s" in stream.getvalue()
+    assert lines == ["ONNX: exporting"]
+    assert "1s elapsed" in stream.getvalue()
 
 
 def test_a_missing_onnxruntime_wheel_is_one_line_naming_the_extra(capsys, monkeypatch, fast_graph):

@@ -9,7 +9,8 @@ from pathlib import Path
 from flashvlm_export.bench import report, suite
 from flashvlm_export.errors import UsageError
 
-# measured on a 2-core x86-64 CPU (README, Performance): what a full run costs, for the opening estimate
+# measured on a quiet 2-core x86-64 CPU (README, Performance): what a full run costs, for the opening estimate; under load
+# (2026-12-06) exports took 3-9x as long, so the estimate says so
 ESTIMATE_S = {"export": 45, "selector": 110, "full_graph": 15, "split": 400}
 MAX_BENCH_REPEATS = 1000  # ~20 min of N=2880 timings on 2 cores; more measures nothing new
 
@@ -60,7 +61,7 @@ def estimate_text(settings: suite.BenchSettings) -> str:
             parts["full_graph"] = ESTIMATE_S["full_graph"] * settings.repeats / 10
     total = sum(parts.values())
     detail = ", ".join(f"{name} ~{seconds:.0f} s" for name, seconds in parts.items())
-    return f"about {total / 60:.0f} min on 2 CPU cores ({detail}); more cores take less"
+    return f"about {total / 60:.0f} min on 2 quiet CPU cores ({detail}); several times that when loaded, less on more"
 
 
 def run_bench(settings: suite.BenchSettings, out_dir: Path, command: str, log=print) -> tuple[Path, Path]:

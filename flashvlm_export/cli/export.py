@@ -25,6 +25,7 @@ from flashvlm_export.export.options import (
     EXPORTERS,
     MIN_OPSET,
     PRECISION_NAMES,
+    exporter_help,
 )
 from flashvlm_export.plugin.build import DEFAULT_BUILD_DIR
 from flashvlm_export.selector.config import VIDEO_BUDGETS as RULES
@@ -73,7 +74,7 @@ def parser() -> argparse.ArgumentParser:
         "--exporter",
         choices=EXPORTERS,
         default=DEFAULT_EXPORTER,
-        help=f"torch.onnx exporter (default: {DEFAULT_EXPORTER}; torchscript is much faster for many pruning rounds)",
+        help=exporter_help(),
     )
     t = p.add_argument_group("deployment")
     t.add_argument(

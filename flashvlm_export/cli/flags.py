@@ -65,7 +65,10 @@ def add_graph_flags(p: argparse.ArgumentParser, many_budgets: bool) -> list[str]
         "(--split, the default for several; --fused for a full graph each)"
     )
     added = [
-        g.add_argument("--budget", help="visual tokens kept, K (2 <= K <= N; default: 128)" + (several if many_budgets else "")),
+        g.add_argument(
+            "--budget",
+            help=f"visual tokens kept, K (2 <= K <= N; default: {_budget_defaults()})" + (several if many_budgets else ""),
+        ),
         g.add_argument(
             "--budget-range",
             metavar="KMIN..KMAX",
@@ -99,6 +102,16 @@ def add_graph_flags(p: argparse.ArgumentParser, many_budgets: bool) -> list[str]
         ),
     ]
     return [a.option_strings[0] for a in added]
+
+
+def _budget_defaults() -> str:
+    """--budget's default, which follows the model (ModelSpec.default_budget), as --help says it."""
+    found: dict[int, list[str]] = {}
+    for spec in MODELS.values():
+        if not spec.name.endswith("-tiny"):
+            found.setdefault(spec.default_budget(), []).append(spec.name)
+    listed = ", ".join(f"{k} for {', '.join(names)}" for k, names in found.items())
+    return f"the model's: {listed}; the same share of each image, crop or frame group at another --image-size, --grid or clip"
 
 
 _TYPES = {"float": float, "int": int, "int | None": int, "str": str}  # SelectorConfig's field annotations

@@ -17,7 +17,7 @@ import torch
 from flashvlm_export.errors import UsageError
 from flashvlm_export.export.interface import GraphInterface, graph_interface
 from flashvlm_export.export.metadata import encoder_metadata, request_fields, request_metadata, stamped
-from flashvlm_export.export.onnx_export import GraphIO, export_estimate_s, export_onnx, parameter_bytes
+from flashvlm_export.export.onnx_export import GraphIO, export_hint, export_onnx, parameter_bytes
 from flashvlm_export.export.options import DEFAULT_EXPORTER, DEFAULT_FPS, DEFAULT_OPSET, PRECISION_NAMES
 from flashvlm_export.models.positions import clip_token_positions, second_per_grid, token_positions
 from flashvlm_export.models.spec import ModelSpec
@@ -303,7 +303,7 @@ def export_logged(
     log=print,
     staged: bool = False,
 ) -> dict[str, str]:
-    """export_graph with an opening estimate, a progress bar and a closing line; returns the graph's metadata.
+    """export_graph with an opening line, the time elapsed while it runs and a closing line; returns the graph's metadata.
 
     staged=True: `path` is in a staging folder and is placed later (a split): the closing line says
     "staged", and the caller announces "saved as" once the file is in place.
@@ -321,13 +321,9 @@ def export_logged(
         rounds = 1 if request.plugin else n_rounds  # the plugin's rounds export as one node
         inside = " in one plugin node" if request.plugin else ""
         what = f"the {request.kind} graph, K={request.budget_label} ({plural(n_rounds, 'pruning round')}{inside})"
-    weight_bytes = parameter_bytes(module)
-    estimate = export_estimate_s(rounds, weight_bytes, exporter)
-    faster, hint = export_estimate_s(rounds, weight_bytes, "torchscript"), ""
-    if exporter == "dynamo" and not request.plugin and estimate > 60 and estimate > 3 * faster:
-        hint = f"--exporter torchscript writes the same graph in ~{faster:.0f}s"
+    hint = export_hint(rounds, parameter_bytes(module), exporter)
     timer = StepTimer("ONNX", log)
-    with progress(f"ONNX: exporting {what} with {exporter}", estimate, log=log, hint=hint):
+    with progress(f"ONNX: exporting {what} with {exporter}", log=log, hint=hint):
         export_graph(request, path, parts, weights, opset, exporter, overwrite=overwrite, module=module, metadata=metadata)
     shape = f"B={request.batch}" if request.kind == "encoder" else f"K={request.budget_label}, B={request.batch}, T_max={request.t_max}"
     where = "staged, placed with the rest of the split" if staged else f"saved as '{path}'"

@@ -30,6 +30,12 @@ class Outputs:
     def files(self) -> list[Path]:
         return self.plan.outputs() if self.plan else self.graphs
 
+    @property
+    def kinds(self) -> set[str]:
+        """The kinds of graph written (export/options.py GRAPH_KINDS); "plugin" where a graph holds --plugin's node."""
+        written = [self.plan.encoder, *self.plan.selectors] if self.plan else self.requests
+        return {r.kind for r in written} | {"plugin" for r in written if getattr(r, "plugin", False)}
+
 
 def plan_outputs(
     requests: list[ExportRequest], out_dir: Path, out: str | None = None, split: bool = False, fused: bool = False
@@ -86,12 +92,17 @@ def run_export(
     force: bool = False,
     log=print,
 ) -> Exported:
-    """Check everything that can fail early (weights, TensorRT, the GPU, the plugin, every output path), then
-    load the model once, export every graph and build the engines. `source` None: selector-only graphs."""
+    """Check everything that can fail early (the exporter against the graphs, weights, TensorRT, the GPU, the
+    plugin, every output path), then load the model once, export every graph and build the engines. `source`
+    None: selector-only graphs."""
     from flashvlm_export.artifacts.files import artifact_size, human_size
     from flashvlm_export.artifacts.staging import check_writable
     from flashvlm_export.export.graphs import export_logged
+    from flashvlm_export.export.options import GRAPH_KINDS, exporter_refusal
 
+    for kind in [k for k in GRAPH_KINDS if k in outputs.kinds]:
+        if refusal := exporter_refusal(exporter, kind):
+            raise UsageError(refusal)
     if source is not None and not source.random:  # the "no weights" error comes before any "already exists" one
         from flashvlm_export.models.weights import resolve_weights_dir
 

@@ -7,6 +7,8 @@ import io
 import json
 import logging
 import shutil
+import sys
+import threading
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -40,15 +42,59 @@ def parameter_bytes(module) -> int:
     return sum(p.numel() * p.element_size() for p in module.parameters())
 
 
+class _OtherThreadsOnly(io.TextIOBase):
+    """sys.stdout while an exporter runs: what the exporting thread prints is dropped, what any other thread prints
+    (the progress lines of a log, progress.py) goes on to the stream that was there before."""
+
+    def __init__(self, stream):
+        super().__init__()
+        self._stream, self._exporting = stream, threading.get_ident()
+
+    def write(self, text: str) -> int:
+        return len(text) if threading.get_ident() == self._exporting else self._stream.write(text)
+
+    def flush(self) -> None:
+        self._stream.flush()
+
+    def isatty(self) -> bool:
+        return self._stream.isatty()
+
+
 def _quiet():
-    """The exporters print progress and warnings of their own; keep the CLI's log to our lines."""
+    """The exporters print progress and warnings of their own; keep the CLI's log to our lines (the progress
+    thread's included: swallowing all of stdout silenced a 126 s export in a log)."""
     stack = contextlib.ExitStack()
     stack.enter_context(warnings.catch_warnings())
     warnings.simplefilter("ignore")
-    stack.enter_context(contextlib.redirect_stdout(io.StringIO()))
+    stack.enter_context(contextlib.redirect_stdout(_OtherThreadsOnly(sys.stdout)))
     for name in ("torch.onnx", "torch.export", "torch._dynamo", "onnxscript", "torch.fx"):
         logging.getLogger(name).setLevel(logging.ERROR)
     return stack
+
+
+SHAPE_VECTOR = 64  # elements: a ConstantOfShape no larger builds a shape or an index vector, not data
+
+
+def _fold_small_constant_of_shape(node) -> bool | None:
+    """onnxscript's folder keeps every ConstantOfShape (to keep large constants out of the file); fold the small ones."""
+    if node.op_type != "ConstantOfShape" or node.inputs[0].const_value is None:
+        return None  # the folder's own rules
+    return int(node.inputs[0].const_value.numpy().prod()) <= SHAPE_VECTOR or None
+
+
+def fold_shape_constants(proto):
+    """The TorchScript exporter leaves shape arithmetic on constants as nodes: CLIP's class token
+    `expand(B, 1, -1)` becomes Expand(Where(Equal(shape, ConstantOfShape(...) * -1), ...)), static but
+    past ONNX shape inference, so the static-graph check refuses it. Fold such subgraphs into constants,
+    as the dynamo exporter's optimize=True does; every value is computed as before (same ops on the same
+    constants), and the nodes left unused go."""
+    import onnx_ir as ir
+    from onnxscript import optimizer
+
+    model = ir.serde.deserialize_model(proto)
+    optimizer.fold_constants(model, should_fold=_fold_small_constant_of_shape)
+    optimizer.remove_unused_nodes(model)
+    return ir.serde.serialize_model(model)
 
 
 def _check_free_space(folder: Path, needed: int) -> None:
@@ -119,7 +165,7 @@ def export_onnx(
                     opset_version=opset,
                     dynamo=False,
                 )
-                proto = onnx.load(str(temp_graph))
+                proto = fold_shape_constants(onnx.load(str(temp_graph)))
                 kept = [o for o in proto.graph.output if o.name not in graph_io.verification_names]
                 del proto.graph.output[:]
                 proto.graph.output.extend(kept)
@@ -135,14 +181,19 @@ def export_onnx(
     return path
 
 
-# Measured on a 2-core x86-64 CPU, torch 2.13.0 (2026-12-01): the dynamo exporter spends ~0.16 s per unrolled
-# pruning round (llava15 selector K=128, 56 rounds: 12.1 s; tiny K=16, 70 rounds: 13.0 s), TorchScript ~0.04 s
-# (N=2880 K=640, 280 rounds: 13.0 s); weights ~16 s per GB (llava15 encoder, 1.2 GB: 21.8 s; full graph: 35.4 s).
-SECONDS_PER_ROUND = {"dynamo": 0.16, "torchscript": 0.04}
-SECONDS_PER_GB = 16.0  # weights: tracing, optimising and writing
+# How long an export takes is not predicted: on 2 CPU cores it varied 3-9x with the machine's load and with N (dynamo:
+# 0.16 s per unrolled pruning round at N=576 on a quiet machine, 1.2-1.4 s at N=1,024; llava15-tiny's full graph,
+# 70 rounds, 192 s with dynamo and 31 s with torchscript under a load of 11 on 2026-12-06). The opening line says
+# only whether an export can take minutes, and when torchscript is the quicker exporter.
+MANY_ROUNDS = 20  # unrolled pruning rounds from which the dynamo exporter can take minutes (and torchscript is quicker)
+LARGE_WEIGHTS = 256 * 1024**2  # bytes of weights from which an export can take minutes (llava15's 1.2 GB: 22 s quiet, 4 min loaded)
 
 
-def export_estimate_s(n_rounds: int, weight_bytes: int, exporter: str) -> float:
-    """About how long an export takes on 2 CPU cores."""
-    base = 3.0 if exporter == "dynamo" else 1.5
-    return base + SECONDS_PER_ROUND[exporter] * n_rounds + SECONDS_PER_GB * weight_bytes / 1e9
+def export_hint(n_rounds: int, weight_bytes: int, exporter: str) -> str:
+    """What the opening line of an export says about its time: nothing, or that it can take minutes (and the quicker
+    exporter, for many dynamo rounds)."""
+    many_rounds = exporter == "dynamo" and n_rounds >= MANY_ROUNDS
+    if not (many_rounds or weight_bytes >= LARGE_WEIGHTS):
+        return ""
+    quicker = "; --exporter torchscript traces its pruning rounds several times faster" if many_rounds else ""
+    return f"this can take minutes on a CPU{quicker}"

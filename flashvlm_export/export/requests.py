@@ -10,14 +10,13 @@ import math
 
 from flashvlm_export.errors import UsageError
 from flashvlm_export.export.graphs import ExportRequest
-from flashvlm_export.export.options import DEFAULT_FPS, MIN_OPSET
+from flashvlm_export.export.options import DEFAULT_FPS, MIN_OPSET, exporter_refusal
 from flashvlm_export.models.registry import MODELS, get_spec
 from flashvlm_export.models.spec import ModelSpec
 from flashvlm_export.selector.clip import DEFAULT_RULE
 from flashvlm_export.selector.config import SelectorConfig
 from flashvlm_export.selector.schedule import check_budget_range
 
-DEFAULT_BUDGET = "128"  # --budget when neither --budget nor --budget-range is given
 
 def parse_budgets(text: str, n_tokens: int, model: str) -> list[int]:
     """--budget "128" or "128,64,32": whole numbers in the budget range, each once."""
@@ -83,7 +82,8 @@ def export_requests(
     grid: str | None = None,
 ) -> tuple[ModelSpec, list[ExportRequest]]:
     """The model spec and one ExportRequest per budget, every shape checked (memory bounds included); with
-    `budget_range` ("KMIN..KMAX", exclusive with `budgets`) one request for the whole range. `budgets` None: 128.
+    `budget_range` ("KMIN..KMAX", exclusive with `budgets`) one request for the whole range. `budgets` None: the model's
+    default for the graph's tokens (ModelSpec.default_budget).
     `frames`: a clip (video) graph of that many frames under the `video_budget` rule, its positions at `fps`."""
     from flashvlm_export.limits import check_shape_fits
 
@@ -114,7 +114,9 @@ def export_requests(
             raise UsageError(f"--budget {budgets} and --budget-range {budget_range} exclude each other; pass one")
         k_min, k_max = parse_budget_range(budget_range, tokens, spec.name)
         ranged = dict(budget=k_max, budget_min=k_min)
-    budgets = DEFAULT_BUDGET if budgets is None else budgets
+    if budgets is None:  # the model's own (ModelSpec.default_budget): per crop or frame group, so it always splits evenly
+        images = 1 if n_tokens is not None else spec.crops if frames is None else frames // spec.temporal_patch
+        budgets = str(spec.default_budget(tokens, images))
     ks = [] if budget_range is not None else parse_budgets(budgets, tokens, spec.name)
     for k in ks:
         check_crop_budget(k, spec)
@@ -154,8 +156,8 @@ def check_export_options(plugin: bool, exporter: str, opset: int, workspace_gib:
     """The exporter, opset and TensorRT workspace an export runs with."""
     from flashvlm_export.limits import max_opset
 
-    if plugin and exporter != "dynamo":
-        raise UsageError(f"--plugin needs the dynamo exporter (its custom node does not export with {exporter}); drop --exporter")
+    if plugin and (refusal := exporter_refusal(exporter, "plugin")):  # the other kinds: export/job.py, once planned
+        raise UsageError(refusal)
     if opset < MIN_OPSET:
         raise UsageError(f"--opset {opset} is too old: LayerNormalization needs {MIN_OPSET}; use --opset {MIN_OPSET} or newer")
     highest, why = max_opset(exporter)

@@ -38,11 +38,14 @@ def get_parts(spec: ModelSpec, source: WeightsSource, with_embeddings: bool = Fa
 
 
 def get_parts_logged(spec: ModelSpec, source: WeightsSource, log=print, with_embeddings: bool = False, what: str = ""):
-    """get_parts, timed in one line: "Model: loaded llava15-tiny (random weights, seed 0) 0.4s"."""
+    """get_parts, opened and timed in a line each: "Model: loaded llava15-tiny (random weights, seed 0) 0.4s"; a
+    full-size checkpoint can take minutes, so in between the time elapsed (progress.py: a line every 30 s in a log)."""
     from flashvlm_export.artifacts.timing import StepTimer
+    from flashvlm_export.progress import progress
 
     timer = StepTimer("Model", log)
-    parts = get_parts(spec, source, with_embeddings)
+    with progress(f"Model: loading {spec.name}{what}", log=log):
+        parts = get_parts(spec, source, with_embeddings)
     timer.done(f"loaded {spec.name}{what} ({parts.source})")
     return parts
 

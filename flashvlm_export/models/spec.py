@@ -63,6 +63,7 @@ class ModelSpec:
     image_token_index: int = 32000
     special_tokens: dict = field(default_factory=dict)  # token -> id of the offline stand-in tokenizer (test models)
     gate: str = "llava"  # the default query gate of step 3 (selector/config.py GATES)
+    image_budget: int = 128  # --budget's default for one image (one crop, one frame group) at the declared size: K=128 of 576
     decoder: DecoderGeometry | None = None  # the LLM's geometry, for bench's cost calculator
     tie_word_embeddings: bool = False  # the LLM's lm_head shares embed_tokens' weights (Qwen2.5-VL-3B)
     description: str = ""
@@ -119,6 +120,19 @@ class ModelSpec:
 
         defaults = {name: getattr(self, name) for name in MODEL_DEFAULTS}
         return SelectorConfig(**{**defaults, **settings})
+
+    def default_budget(self, tokens: int | None = None, images: int | None = None) -> int:
+        """--budget's default for `tokens` visual tokens made of `images` equal images (crops, a clip's frame groups;
+        default: this spec's N and crops): each keeps image_budget's share of a declared-size image's tokens, rounded
+        down and at least MIN_BUDGET (at most all), so the total divides evenly by `images`. LLaVA-NeXT 2x2:
+        5 x 128 = 640, the paper's."""
+        from flashvlm_export.selector.schedule import MIN_BUDGET
+
+        tokens = self.n_tokens if tokens is None else tokens
+        images = self.crops if images is None else images
+        declared = (self.declared_image_size // self.token_stride) ** 2
+        per_image = tokens // images
+        return images * min(per_image, max(MIN_BUDGET, self.image_budget * per_image // declared))
 
     @property
     def vision_sequence(self) -> int:

@@ -20,6 +20,10 @@ QWEN_TOKENS = {
     "<|video_pad|>": 151656,
 }
 
+# --budget's default per image (per frame group of a clip): a quarter of N=256 at 448 px, near LLaVA's 128 of 576;
+# docs/MODELS.md's examples (K=64; 8 frames: 256)
+QWEN_IMAGE_BUDGET = 64
+
 VISION = dict(
     depth=32,
     hidden_size=1280,
@@ -65,6 +69,7 @@ def _qwen(name: str, repo: str, geometry: DecoderGeometry, **extra) -> ModelSpec
         image_token_index=QWEN_TOKENS["<|image_pad|>"],
         special_tokens=QWEN_TOKENS,
         gate="norm",
+        image_budget=QWEN_IMAGE_BUDGET,
         decoder=geometry,
         **extra,
     )
@@ -130,6 +135,7 @@ QWEN25_VL_TINY = ModelSpec(
         "<|video_pad|>": 993,
     },
     gate="norm",
+    image_budget=QWEN_IMAGE_BUDGET,
     description="test-size Qwen2.5-VL (448 px: N=256, D=64); random weights only",
 )
 
