@@ -16,6 +16,7 @@ from pathlib import Path
 
 from flashvlm_export.artifacts.files import human_size
 from flashvlm_export.artifacts.naming import external_data_path
+from flashvlm_export.artifacts.ownership import check_replaceable
 from flashvlm_export.artifacts.sidecar import sidecar_path
 from flashvlm_export.errors import UsageError
 
@@ -97,7 +98,8 @@ def _name_max(folder: Path) -> int:
 
 
 def check_writable(paths: list[Path], force: bool, log=print) -> None:
-    """Fail before any work if an output exists (without --force) or its folder cannot take the files."""
+    """Fail before any work if an output exists (without --force; with it, if it is not this tool's own) or its
+    folder cannot take the files."""
     probed = set()
     for path in paths:
         folder = path.parent
@@ -127,3 +129,4 @@ def check_writable(paths: list[Path], force: bool, log=print) -> None:
             if os.path.lexists(target) and not force:
                 what = "is a symbolic link" if target.is_symlink() else "already exists"
                 raise UsageError(f"{target} {what}; pass --force to overwrite it, or choose another --out")
+            check_replaceable(target, "move it away or choose another --out")

@@ -127,10 +127,16 @@ def save_records(
 
     G_LOGGER.module_severity = G_LOGGER.ERROR
 
+    from flashvlm_export.artifacts.ownership import PRODUCER, note_written
     from flashvlm_export.artifacts.placement import atomic_outputs
 
     report_path = save_dir / f"{stem}_parity.json"
-    record = {"cases": [c.name for c in cases], "backends": [r.to_dict() for r in reports], "passed": all(reports)}
+    record = {
+        "producer": PRODUCER,
+        "cases": [c.name for c in cases],
+        "backends": [r.to_dict() for r in reports],
+        "passed": all(reports),
+    }
     if ranged:  # the replay judges one schedule per record; a budget-range graph has one per image (a clip, per group): the report only
         replaced = [report_path] if report_path.exists() else []
         with atomic_outputs([report_path]) as (temp_report,):
@@ -162,6 +168,7 @@ def save_records(
         results.append(("reference", iterations))
         results.save(str(temp_outputs))
         temp_report.write_text(json.dumps(record, indent=2) + "\n")
+    note_written(paths[:2])  # Polygraphy's records carry no stamp: the folder's ledger lists them
     if replaced:
         log(f"Parity: replaced the earlier records {', '.join(str(p) for p in replaced)}")
     return paths

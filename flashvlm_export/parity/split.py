@@ -19,6 +19,7 @@ import tempfile
 from dataclasses import replace
 from pathlib import Path
 
+from flashvlm_export.artifacts.ownership import PRODUCER
 from flashvlm_export.artifacts.placement import atomic_outputs
 from flashvlm_export.export.interface import BUDGET, FEATURES, INDICES, KEPT, POSITIONS, TEXT_EMBEDS, TEXT_MASK, VISUAL_EMBEDS
 from flashvlm_export.export.manifest import Manifest
@@ -119,6 +120,7 @@ def run_split_parity(
     if save_dir is not None:
         path = save_dir / f"{manifest.folder.name}_parity.json"
         record = {
+            "producer": PRODUCER,
             "manifest": str(manifest.path),
             "cases": [c.name for c in cases],
             "budgets": {str(k): rep.to_dict() for k, rep in reports.items()},
