@@ -286,6 +286,21 @@ def test_bench_replaces_its_own_report_but_not_a_users_file_of_the_same_name(tmp
     assert snapshot(tmp_path) == before
 
 
+def test_parity_refuses_a_users_file_at_a_record_name_before_any_work_and_replaces_its_own(tmp_path, capsys):
+    graph = tmp_path / "g.onnx"
+    assert main([*FAST, "--out", str(graph)]) == 0
+    records = tmp_path / "records"
+    argv = ["parity", "--graph", str(graph), "--repeats", "1", "--save-dir", str(records)]
+    assert main(argv) == 0
+    assert main(argv) == 0  # its own records (the report stamped, the Polygraphy records in the ledger): replaced
+    for name in ("g_inputs.json", "g_reference_outputs.json", "g_parity.json"):
+        users_json(records / name)
+        before = snapshot(records)
+        expect_one_line(capsys, argv, str(records / name), REFUSED, "--save-dir")
+        assert snapshot(records) == before
+        (records / name).unlink()
+
+
 def test_a_record_without_a_stamp_is_replaced_only_while_its_folders_ledger_lists_it_unchanged(tmp_path):
     """Parity's Polygraphy records and bench's Markdown carry no stamp: the ledger is what recognises them."""
     from flashvlm_export.artifacts.placement import atomic_outputs

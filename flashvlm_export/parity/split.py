@@ -47,7 +47,7 @@ def run_split_parity(
     requests = {k: manifest.request(k) for k in manifest.budgets}
     first = requests[manifest.budgets[0]]
     if save_dir is not None:
-        check_save_dir(save_dir)
+        check_save_dir(save_dir, [f"{manifest.folder.name}_parity.json"])
     if cases is None:
         cases = pipeline_corpus(geometry_of(first), first.spec.image_size, seed, repeats, grid=first.spec.grid)
     for request in requests.values():
