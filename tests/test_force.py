@@ -109,13 +109,19 @@ def test_split_force_refuses_a_users_file_at_any_of_its_names(planted, tmp_path,
     assert snapshot(tmp_path) == before
 
 
-def test_split_force_replaces_its_own_split_and_leaves_a_users_file_beside_it(split, tmp_path):
+def test_split_force_refuses_a_split_folder_holding_a_users_file_and_replaces_its_own(split, tmp_path, capsys):
     from flashvlm_export.export.manifest import read_manifest
 
     manifest = copy_split(split, tmp_path)
-    users_json(manifest.parent / "notes.json")
-    assert main([*TINY_SPLIT, "--force", "--out-dir", str(tmp_path)]) == 0
-    assert (manifest.parent / "notes.json").read_text() == '{"mine": true}\n'  # never one of the split's names: untouched
+    for inside in ("notes.txt", "engines/notes.txt"):  # beside the split's files, or in its engines folder
+        planted = manifest.parent / inside
+        planted.parent.mkdir(exist_ok=True)
+        planted.write_text("mine\n")
+        before = snapshot(tmp_path)
+        expect_one_line(capsys, [*TINY_SPLIT, "--force", "--out-dir", str(tmp_path)], str(planted), "did not write")
+        assert snapshot(tmp_path) == before
+        planted.unlink()
+    assert main([*TINY_SPLIT, "--force", "--out-dir", str(tmp_path)]) == 0  # only its own files there: replaced
     assert read_manifest(manifest).budgets == (568, 560)  # every hash of the new split checks
 
 

@@ -26,6 +26,8 @@ import tempfile
 from pathlib import Path
 
 from flashvlm_export.artifact_paths import BOUNDS, read_bounded
+from flashvlm_export.artifacts.naming import STAGING_PREFIX, external_data_path
+from flashvlm_export.artifacts.sidecar import sidecar_path
 from flashvlm_export.errors import UsageError, switch
 
 PRODUCER = "flashvlm-export"
@@ -66,7 +68,7 @@ def _stamped_onnx(path: Path) -> bool:
 
 
 def _stamped_engine(path: Path) -> bool:
-    sidecar = path.with_suffix(".json")
+    sidecar = sidecar_path(path)
     if not _regular(sidecar):
         return False
     record = _json_record(sidecar)
@@ -147,7 +149,7 @@ def is_own(path: Path) -> bool:
         return False
     if path.name.endswith(".onnx.data"):
         graph = path.with_name(path.name[: -len(".data")])
-        return _regular(graph) and _stamped_onnx(graph)
+        return external_data_path(graph) == path and _regular(graph) and _stamped_onnx(graph)
     stamp = _STAMPS.get(path.suffix.lower())
     if stamp is not None and stamp(path):
         return True
@@ -169,16 +171,18 @@ def check_replaceable(path: Path, fix: str = "move it away or choose another out
 
 
 def check_folder_replaceable(folder: Path, flag: str) -> None:
-    """Before --force replaces the folder `folder` whole: it is empty, or every file in it is listed, unchanged, by
-    its ledger; otherwise one line naming the first other file (nothing is deleted)."""
+    """Before --force replaces the folder `folder` (whole: a Triton repository; or the files it writes there: a
+    split): every file in it, at any depth, is this tool's (listed, unchanged, by the folder's ledger, or its own
+    stamp); otherwise one line naming the first other file (nothing is deleted). Staging folders are the tool's."""
     folder = Path(folder)
     files = _ledger(folder)
     for entry in sorted(folder.rglob("*")):
-        if entry.name == LEDGER and entry.parent == folder:
+        relative = entry.relative_to(folder)
+        if relative.parts[0].startswith(STAGING_PREFIX) or relative.as_posix() == LEDGER:
             continue
         if entry.is_dir() and not entry.is_symlink():
             continue
-        if not _listed(entry, folder, files):
+        if not (_listed(entry, folder, files) or is_own(entry)):
             what = (
                 "which flashvlm-export did not write"
                 if entry.relative_to(folder).as_posix() not in files
@@ -191,7 +195,7 @@ def check_folder_replaceable(folder: Path, flag: str) -> None:
 
 
 def _write_ledger(folder: Path, files: dict) -> None:
-    fd, temp = tempfile.mkstemp(prefix=".flashvlm-tmp-", suffix=".json", dir=folder)
+    fd, temp = tempfile.mkstemp(prefix=STAGING_PREFIX, suffix=".json", dir=folder)
     try:
         os.fchmod(fd, 0o644)
         with os.fdopen(fd, "w") as f:

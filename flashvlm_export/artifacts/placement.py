@@ -16,8 +16,9 @@ import tempfile
 from contextlib import contextmanager
 from pathlib import Path
 
+from flashvlm_export.artifacts.naming import STAGING_PREFIX
 from flashvlm_export.artifacts.ownership import check_replaceable
-from flashvlm_export.artifacts.staging import STAGING_PREFIX, make_staging
+from flashvlm_export.artifacts.staging import make_staging
 from flashvlm_export.errors import FlashVLMError, UsageError
 
 OS_WRITE_ERRORS = {

@@ -15,12 +15,11 @@ import time
 from pathlib import Path
 
 from flashvlm_export.artifacts.files import human_size
-from flashvlm_export.artifacts.naming import external_data_path
+from flashvlm_export.artifacts.naming import STAGING_PREFIX, external_data_path
 from flashvlm_export.artifacts.ownership import check_replaceable
 from flashvlm_export.artifacts.sidecar import sidecar_path
 from flashvlm_export.errors import UsageError
 
-STAGING_PREFIX = ".flashvlm-tmp-"
 OWNER_FILE = ".owner"
 OWNERLESS_GRACE_S = 60.0  # a staging folder is given this long to record its owner
 

@@ -96,6 +96,10 @@ def run_export(
     engine_paths = engines.prepare(outputs) if engines is not None else []
     with owned_folder(outputs.plan.folder) if outputs.plan else nullcontext():  # a split stopped part-way leaves no folder it made
         check_writable(outputs.files + engine_paths, force, log=log)
+        if force and outputs.plan:  # a split folder --force writes into holds only this tool's files
+            from flashvlm_export.artifacts.ownership import check_folder_replaceable
+
+            check_folder_replaceable(outputs.plan.folder, "--out-dir")
         parts = None
         if source is not None:
             from flashvlm_export.models.adapter import get_parts_logged
