@@ -275,6 +275,19 @@ def test_demo_clip_force_refuses_a_users_clip_and_replaces_its_own(tmp_path):
         assert container.metadata[ownership.VIDEO_KEY] == ownership.PRODUCER and container.streams.video[0].frames == 4
 
 
+def test_run_video_checks_refuse_a_users_strip_or_clip_before_any_work(tmp_path):
+    """run --video's own checks (the strip --heatmap, --demo-video), before the clip graph is loaded."""
+    from flashvlm_export.runtime.clip_run import _check_demo_clip, _check_strip
+
+    strip, clip = users_png(tmp_path / "strip.png"), tmp_path / "clip.avi"
+    clip.write_bytes(b"my holiday")
+    before = snapshot(tmp_path)
+    for check, path in ((_check_strip, strip), (_check_demo_clip, clip)):
+        with pytest.raises(UsageError, match=REFUSED):
+            check(path, True)
+    assert snapshot(tmp_path) == before
+
+
 # ---------------------------------------------------------------- records replaced without --force: bench, parity
 
 
@@ -290,6 +303,18 @@ def test_bench_replaces_its_own_report_but_not_a_users_file_of_the_same_name(tmp
     with pytest.raises(UsageError, match=REFUSED):
         report.save(results, tmp_path)
     assert snapshot(tmp_path) == before
+
+
+def test_bench_range_replaces_its_own_rows_but_not_a_users_file_of_the_same_name(tmp_path):
+    from flashvlm_export.bench.ranged import write_rows
+
+    path = write_rows([{"section": "floor"}], tmp_path)
+    write_rows([{"section": "floor", "again": True}], tmp_path)  # its own, in the folder's ledger: replaced
+    assert json.loads(path.read_text()) == [{"section": "floor", "again": True}]
+    path.write_text("[]\n")  # the user's now
+    with pytest.raises(UsageError, match=REFUSED):
+        write_rows([{"section": "floor"}], tmp_path)
+    assert path.read_text() == "[]\n"
 
 
 def test_parity_refuses_a_users_file_at_a_record_name_before_any_work_and_replaces_its_own(tmp_path, capsys):
