@@ -89,6 +89,28 @@ def test_graph_force_replaces_its_own_earlier_graph_and_sidecar(tmp_path):
     assert json.loads((tmp_path / "g.json").read_text())["producer"] == ownership.PRODUCER
 
 
+def test_graph_force_refuses_a_users_file_at_the_external_data_name(tmp_path, capsys):
+    """g.onnx.data is the tool's only while the tool's g.onnx keeps its tensors there (graphs past 2 GB do)."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    target = tmp_path / "g.onnx"
+    assert main([*FAST, "--out", str(target)]) == 0  # the tool's graph, its weights inline
+    (tmp_path / "g.onnx.data").write_bytes(b"my data")
+    before = snapshot(tmp_path)
+    expect_one_line(capsys, [*FAST, "--force", "--out", str(target)], str(tmp_path / "g.onnx.data"), REFUSED)
+    assert snapshot(tmp_path) == before
+    # a large graph's layout, built small: the stamp export_onnx writes, the tensor's data in g.onnx.data (onnx's writer)
+    weight = numpy_helper.from_array(np.ones(4, np.float32), "w")
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, [4])
+    model = helper.make_model(helper.make_graph([helper.make_node("Identity", ["w"], ["y"])], "g", [], [y], [weight]))
+    model.metadata_props.add(key="producer", value=ownership.PRODUCER)
+    big = tmp_path / "big" / "g.onnx"
+    big.parent.mkdir()
+    onnx.save(model, str(big), save_as_external_data=True, location="g.onnx.data", size_threshold=0)
+    assert ownership.is_own(big.parent / "g.onnx.data")
+
+
 # ---------------------------------------------------------------- splits
 
 

@@ -5,7 +5,7 @@ A file is this tool's own when it carries the tool's stamp in its own format:
   .onnx             metadata_props "producer" = flashvlm-export
   .json             a top-level "producer": "flashvlm-export" (sidecars, manifests, reports)
   .plan             its sidecar (X.plan -> X.json) is this tool's, names it and says built_by flashvlm-export
-  .onnx.data        the external data of a graph beside it that is this tool's
+  .onnx.data        the external data of a graph beside it that is this tool's and keeps its tensors there
   .gguf             the key flashvlm_export.producer
   .png              a tEXt chunk Software = flashvlm-export
   .mp4 .mkv .avi    the container's comment tag
@@ -56,15 +56,30 @@ def _stamped_json(path: Path) -> bool:
     return isinstance(record, dict) and record.get("producer") == PRODUCER
 
 
-def _stamped_onnx(path: Path) -> bool:
+def _own_graph(path: Path):
+    """The ModelProto at `path` (weights not loaded) when it carries this tool's stamp, else None."""
     import onnx
 
     try:
         model = onnx.ModelProto()
         model.ParseFromString(read_bounded(path, BOUNDS["graph"]))
     except Exception:  # not a graph at all: not ours
+        return None
+    return model if any(p.key == "producer" and p.value == PRODUCER for p in model.metadata_props) else None
+
+
+def _stamped_onnx(path: Path) -> bool:
+    return _own_graph(path) is not None
+
+
+def _own_external_data(path: Path) -> bool:
+    """X.onnx.data is this tool's when X.onnx is, and X.onnx's tensors keep their data there."""
+    graph = path.with_name(path.name[: -len(".data")])
+    model = _own_graph(graph) if external_data_path(graph) == path and _regular(graph) else None
+    if model is None:
         return False
-    return any(p.key == "producer" and p.value == PRODUCER for p in model.metadata_props)
+    locations = {e.value for t in model.graph.initializer for e in t.external_data if e.key == "location"}
+    return path.name in locations
 
 
 def _stamped_engine(path: Path) -> bool:
@@ -148,8 +163,7 @@ def is_own(path: Path) -> bool:
     if not _regular(path):
         return False
     if path.name.endswith(".onnx.data"):
-        graph = path.with_name(path.name[: -len(".data")])
-        return external_data_path(graph) == path and _regular(graph) and _stamped_onnx(graph)
+        return _own_external_data(path)
     stamp = _STAMPS.get(path.suffix.lower())
     if stamp is not None and stamp(path):
         return True
