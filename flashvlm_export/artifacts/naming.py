@@ -1,8 +1,11 @@
-"""What the files of an export are called: a graph from its request, a split's folder, a graph's external data."""
+"""What the files of an export are called: a graph from its request, a split's folder, a graph's external data, the
+tool's temporary files."""
 
 from __future__ import annotations
 
 from pathlib import Path
+
+STAGING_PREFIX = ".flashvlm-tmp-"  # staging folders and temporary files (staging.py), never an artifact
 
 
 def artifact_stem(request) -> str:

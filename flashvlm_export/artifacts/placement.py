@@ -2,8 +2,8 @@
 
 Placement is exclusive: each output is hard-linked into place (link(2) fails on any existing entry,
 a dangling symlink included), so nothing that appeared meanwhile is replaced. With --force, what is
-there is first moved aside into the staging folder and moved back if placement fails. Either every
-output of one write lands, or none does.
+there is first moved aside into the staging folder and moved back if placement fails; only a file
+this tool wrote is ever replaced (ownership.py). Either every output of one write lands, or none does.
 """
 
 from __future__ import annotations
@@ -16,7 +16,9 @@ import tempfile
 from contextlib import contextmanager
 from pathlib import Path
 
-from flashvlm_export.artifacts.staging import STAGING_PREFIX, make_staging
+from flashvlm_export.artifacts.naming import STAGING_PREFIX
+from flashvlm_export.artifacts.ownership import check_replaceable
+from flashvlm_export.artifacts.staging import make_staging
 from flashvlm_export.errors import FlashVLMError, UsageError
 
 OS_WRITE_ERRORS = {
@@ -76,11 +78,15 @@ def _place_exclusive(temp: Path, final: Path) -> None:
     os.replace(temp, final)  # replaces only the placeholder this process just created
 
 
-def _commit(staging: Path, temps: list[Path], finals: list[Path], overwrite: bool) -> None:
+def _commit(staging: Path, temps: list[Path], finals: list[Path], overwrite: bool, own_only: bool) -> None:
     """Place every temp at its final path, or none: on any failure, undo what was placed and restore backups."""
     placed: list[tuple[Path, os.stat_result]] = []
     backups: list[tuple[Path, Path]] = []
     present = [(t, f) for t, f in zip(temps, finals, strict=True) if os.path.lexists(t)]
+    if overwrite and own_only:  # every one checked before anything moves
+        for _, final in present:
+            if not (final.is_dir() and not final.is_symlink()):
+                check_replaceable(final)
     try:
         if overwrite:
             for i, (_, final) in enumerate(present):
@@ -111,11 +117,13 @@ def _commit(staging: Path, temps: list[Path], finals: list[Path], overwrite: boo
 
 
 @contextmanager
-def atomic_outputs(final_paths: list[Path], overwrite: bool = True):
+def atomic_outputs(final_paths: list[Path], overwrite: bool = True, own_only: bool = True):
     """Yield temp paths in a staging folder beside the finals; on success place them all, else none.
 
     overwrite=False never replaces anything at a final path; overwrite=True (--force) replaces what is
-    there, and puts it back if placement fails part-way. Temps left unwritten are not placed.
+    there, and puts it back if placement fails part-way. Temps left unwritten are not placed. own_only
+    (always, but for a file the user names to be updated in place: a timing cache): what is replaced must
+    be this tool's own (ownership.py), else one line and nothing placed.
     """
     folder = final_paths[0].parent
     try:
@@ -126,7 +134,7 @@ def atomic_outputs(final_paths: list[Path], overwrite: bool = True):
     try:
         try:
             yield temps
-            _commit(staging, temps, final_paths, overwrite)
+            _commit(staging, temps, final_paths, overwrite, own_only)
         except FlashVLMError:
             raise
         except Exception as exc:
@@ -139,7 +147,8 @@ def atomic_outputs(final_paths: list[Path], overwrite: bool = True):
 
 
 def write_json_atomic(path: Path, record: dict) -> None:
-    """Replace `path` with `record` as JSON in one rename (records the tool owns: reports, bench results)."""
+    """Replace `path` (only a record this tool wrote) with `record` as JSON in one rename."""
+    check_replaceable(path)
     fd, temp = tempfile.mkstemp(prefix=STAGING_PREFIX, suffix=".json", dir=path.parent)
     try:
         os.fchmod(fd, 0o644)
@@ -161,8 +170,9 @@ def check_new_file(path: Path, flag: str, suffix: str, force: bool) -> None:
     not_a_folder(path, arg(flag, str(path)), f"{flag}{suffix}")
     if path.suffix.lower() != suffix:
         raise UsageError(f"{arg(flag, str(path))} must end in {suffix}")
-    if path.exists() and not force:
+    if os.path.lexists(path) and not force:
         raise UsageError(f"{path} already exists; pass {switch('force')} to overwrite it, or choose another {arg(flag)}")
+    check_replaceable(path, f"move it away or choose another {arg(flag)}")
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
     except OSError as exc:

@@ -15,11 +15,11 @@ import time
 from pathlib import Path
 
 from flashvlm_export.artifacts.files import human_size
-from flashvlm_export.artifacts.naming import external_data_path
+from flashvlm_export.artifacts.naming import STAGING_PREFIX, external_data_path
+from flashvlm_export.artifacts.ownership import check_replaceable
 from flashvlm_export.artifacts.sidecar import sidecar_path
 from flashvlm_export.errors import UsageError
 
-STAGING_PREFIX = ".flashvlm-tmp-"
 OWNER_FILE = ".owner"
 OWNERLESS_GRACE_S = 60.0  # a staging folder is given this long to record its owner
 
@@ -97,8 +97,9 @@ def _name_max(folder: Path) -> int:
 
 
 def check_writable(paths: list[Path], force: bool, log=print, *, flag: str) -> None:
-    """Fail before any work if an output exists (without --force) or its folder cannot take the files; each
-    refusal's fix names `flag`, the caller's flag that chose these paths (--out, --out-dir, --engine-dir)."""
+    """Fail before any work if an output exists (without --force; with it, if it is not this tool's own) or its
+    folder cannot take the files; each refusal's fix names `flag`, the caller's flag that chose these paths (--out,
+    --out-dir, --engine-dir)."""
     probed = set()
     for path in paths:
         folder = path.parent
@@ -129,3 +130,4 @@ def check_writable(paths: list[Path], force: bool, log=print, *, flag: str) -> N
             if os.path.lexists(target) and not force:
                 what = "is a symbolic link" if target.is_symlink() else "already exists"
                 raise UsageError(f"{target} {what}; pass --force to overwrite it, or choose another {flag}")
+            check_replaceable(target, f"move it away or choose another {flag}")

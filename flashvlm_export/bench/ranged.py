@@ -15,6 +15,8 @@ from pathlib import Path
 
 import numpy as np
 
+from flashvlm_export.artifacts.ownership import note_written
+from flashvlm_export.artifacts.placement import atomic_outputs
 from flashvlm_export.backend import CPU
 from flashvlm_export.bench.timing import HEADER, Timing, measure
 from flashvlm_export.export.interface import BUDGET
@@ -151,5 +153,7 @@ def range_cost(settings, scratch: Path, log=print) -> list[dict]:
 def write_rows(rows: list[dict], out_dir: Path) -> Path:
     out_dir.mkdir(parents=True, exist_ok=True)
     path = out_dir / "bench-range.json"
-    path.write_text(json.dumps(rows, indent=2) + "\n")
+    with atomic_outputs([path]) as (temp,):  # only the tool's own earlier rows are replaced
+        temp.write_text(json.dumps(rows, indent=2) + "\n")
+    note_written([path])  # a list carries no stamp: the folder's ledger lists it
     return path

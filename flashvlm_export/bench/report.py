@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from flashvlm_export.artifacts.ownership import PRODUCER, note_written
 from flashvlm_export.artifacts.placement import atomic_outputs
 from flashvlm_export.bench.cost import cost_markdown, differences_text
 from flashvlm_export.progress import plural
@@ -89,10 +90,12 @@ def markdown(results: dict) -> str:
 
 
 def save(results: dict, out_dir: Path) -> tuple[Path, Path]:
-    """bench.json and bench.md, replaced together (they are the tool's own results, not the user's files)."""
+    """bench.json and bench.md, replaced together (only the tool's own earlier results: artifacts/ownership.py)."""
     out_dir.mkdir(parents=True, exist_ok=True)
     json_path, md_path = out_dir / "bench.json", out_dir / "bench.md"
     with atomic_outputs([json_path, md_path], overwrite=True) as (temp_json, temp_md):
-        temp_json.write_text(json.dumps(json.loads(json.dumps(results, default=str)), indent=2, sort_keys=True) + "\n")
+        record = {"producer": PRODUCER, **json.loads(json.dumps(results, default=str))}
+        temp_json.write_text(json.dumps(record, indent=2, sort_keys=True) + "\n")
         temp_md.write_text(markdown(results))
+    note_written([md_path])  # Markdown carries no stamp: the folder's ledger lists it
     return json_path, md_path

@@ -113,6 +113,10 @@ def run_export(
         check_writable(outputs.files, force, log=log, flag=outputs.flag)
         if engine_paths:
             check_writable(engine_paths, force, log=log, flag="--out-dir" if outputs.plan else "--engine-dir")
+        if force and outputs.plan:  # a split folder --force writes into holds only this tool's files
+            from flashvlm_export.artifacts.ownership import check_folder_replaceable
+
+            check_folder_replaceable(outputs.plan.folder, "--out-dir")
         parts = None
         if source is not None:
             from flashvlm_export.models.adapter import get_parts_logged

@@ -25,6 +25,7 @@ import numpy as np
 
 from flashvlm_export.artifact_paths import BOUNDS, named_file, own_file, read_bounded
 from flashvlm_export.artifacts.files import sha256_of
+from flashvlm_export.artifacts.ownership import PRODUCER
 from flashvlm_export.errors import UsageError, arg
 from flashvlm_export.export.metadata import graph_metadata, typed_values
 
@@ -67,6 +68,7 @@ def manifest_record(encoder_meta: dict[str, str], selectors_meta: dict[int, dict
     record = {
         "format": FORMAT,
         "format_version": FORMAT_VERSION,
+        "producer": PRODUCER,
         "flashvlm_export_version": encoder_meta.get("flashvlm_export_version"),
         "model": encoder_meta["model"],
         "weights": encoder_meta.get("weights"),  # a tag or a path, kept as written

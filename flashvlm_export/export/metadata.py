@@ -21,13 +21,13 @@ from pathlib import Path
 
 from flashvlm_export import __version__
 from flashvlm_export.artifact_paths import load_graph
+from flashvlm_export.artifacts.ownership import PRODUCER
 from flashvlm_export.errors import UsageError, arg
 from flashvlm_export.export.options import PRECISION_NAMES
 from flashvlm_export.models.registry import get_spec
 from flashvlm_export.selector.config import SelectorConfig
 from flashvlm_export.selector.schedule import check_budget_range
 
-PRODUCER = "flashvlm-export"
 BOOL_KEYS = ("plugin",)  # written as "0" / "1"
 REEXPORT = "re-export the graph with flashvlm-export"
 _INT = re.compile(r"-?\d+\Z")

@@ -24,6 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
+from flashvlm_export.artifacts.ownership import GGUF_KEY, PRODUCER
 from flashvlm_export.errors import MissingDependencyError, UsageError, arg
 from flashvlm_export.models.registry import adapter
 from flashvlm_export.models.spec import ModelSpec
@@ -153,6 +154,7 @@ def write_gguf(path: Path, spec: ModelSpec, config, hf, dtype: str = "f32", name
     try:
         writer = gguf.GGUFWriter(temp, arch, use_temp_file=True)
         writer.add_name(name or spec.name)
+        writer.add_string(GGUF_KEY, PRODUCER)  # what a later --force recognises as this tool's
         writer.add_file_type(int(ftype))
         writer.add_context_length(config.max_position_embeddings)
         writer.add_embedding_length(config.hidden_size)

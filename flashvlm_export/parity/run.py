@@ -127,10 +127,16 @@ def save_records(
 
     G_LOGGER.module_severity = G_LOGGER.ERROR
 
+    from flashvlm_export.artifacts.ownership import PRODUCER, note_written
     from flashvlm_export.artifacts.placement import atomic_outputs
 
-    report_path = save_dir / f"{stem}_parity.json"
-    record = {"cases": [c.name for c in cases], "backends": [r.to_dict() for r in reports], "passed": all(reports)}
+    report_path = save_dir / record_names(stem)[-1]
+    record = {
+        "producer": PRODUCER,
+        "cases": [c.name for c in cases],
+        "backends": [r.to_dict() for r in reports],
+        "passed": all(reports),
+    }
     if ranged:  # the replay judges one schedule per record; a budget-range graph has one per image (a clip, per group): the report only
         replaced = [report_path] if report_path.exists() else []
         with atomic_outputs([report_path]) as (temp_report,):
@@ -139,7 +145,7 @@ def save_records(
         if replaced:
             log(f"Parity: replaced the earlier record {report_path}")
         return [report_path]
-    paths = [save_dir / f"{stem}_inputs.json", save_dir / f"{stem}_reference_outputs.json", report_path]
+    paths = [save_dir / name for name in record_names(stem)]
     replaced = [p for p in paths if p.exists()]
     with atomic_outputs(paths) as (temp_inputs, temp_outputs, temp_report):
         save_json([c.feeds for c in cases], str(temp_inputs), description="flashvlm parity inputs")
@@ -162,19 +168,36 @@ def save_records(
         results.append(("reference", iterations))
         results.save(str(temp_outputs))
         temp_report.write_text(json.dumps(record, indent=2) + "\n")
+    note_written(paths[:2])  # Polygraphy's records carry no stamp: the folder's ledger lists them
     if replaced:
         log(f"Parity: replaced the earlier records {', '.join(str(p) for p in replaced)}")
     return paths
 
 
-def check_save_dir(save_dir: Path) -> None:
-    """Fail before any work when the records cannot be written."""
+def _report_only(request) -> bool:
+    """A budget-range, clip or crops graph: the replay judges one image at one budget per record, so the report only."""
+    return request.ranged or request.clip is not None or request.crops > 1
+
+
+def record_names(stem: str, report_only: bool = False) -> list[str]:
+    """The files parity saves for a graph `stem`: the Polygraphy inputs and reference outputs (unless `report_only`),
+    then the report."""
+    return ([] if report_only else [f"{stem}_inputs.json", f"{stem}_reference_outputs.json"]) + [f"{stem}_parity.json"]
+
+
+def check_save_dir(save_dir: Path, names: list[str] = ()) -> None:
+    """Fail before any work when the records cannot be written, or one of `names` there is a file this tool did not
+    write (artifacts/ownership.py: only its own earlier records are replaced)."""
+    from flashvlm_export.artifacts.ownership import check_replaceable
+
     try:
         save_dir.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise UsageError(f"--save-dir {save_dir} cannot be created ({exc.strerror}); choose another --save-dir or pass --no-save") from None
     if not os.access(save_dir, os.W_OK | os.X_OK):
         raise UsageError(f"--save-dir {save_dir} is not writable; choose another --save-dir or pass --no-save")
+    for name in names:
+        check_replaceable(save_dir / name, "move it away, choose another --save-dir, or pass --no-save")
 
 
 def reference_backends(request: ExportRequest, parts):
@@ -213,7 +236,7 @@ def run_parity(
     if graph.is_file():
         check_graph_interface(graph, request)
     if save_dir is not None:
-        check_save_dir(save_dir)
+        check_save_dir(save_dir, record_names(graph.stem, report_only=_report_only(request)))
     if cases is None:
         if request.selector_only:
             cases = selector_corpus(geometry_of(request), seed, repeats)
@@ -247,7 +270,7 @@ def run_parity(
         table = request.token_positions().numpy() if request.positions else None
         # the replay judges one image's decisions per record; a clip's are per group or grouped, a photo's per crop:
         # the report only
-        whole = request.ranged or request.clip is not None or request.crops > 1
+        whole = _report_only(request)
         paths = save_records(cases, reports, save_dir, graph.stem, schedule, min_overlap, log, table, ranged=whole)
         log(f"Parity: saved {', '.join(str(p) for p in paths)} ({human_size(sum(p.stat().st_size for p in paths))})")
     return reports

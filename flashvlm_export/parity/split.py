@@ -19,6 +19,7 @@ import tempfile
 from dataclasses import replace
 from pathlib import Path
 
+from flashvlm_export.artifacts.ownership import PRODUCER
 from flashvlm_export.artifacts.placement import atomic_outputs
 from flashvlm_export.export.interface import BUDGET, FEATURES, INDICES, KEPT, POSITIONS, TEXT_EMBEDS, TEXT_MASK, VISUAL_EMBEDS
 from flashvlm_export.export.manifest import Manifest
@@ -46,7 +47,7 @@ def run_split_parity(
     requests = {k: manifest.request(k) for k in manifest.budgets}
     first = requests[manifest.budgets[0]]
     if save_dir is not None:
-        check_save_dir(save_dir)
+        check_save_dir(save_dir, [f"{manifest.folder.name}_parity.json"])
     if cases is None:
         cases = pipeline_corpus(geometry_of(first), first.spec.image_size, seed, repeats, grid=first.spec.grid)
     for request in requests.values():
@@ -119,6 +120,7 @@ def run_split_parity(
     if save_dir is not None:
         path = save_dir / f"{manifest.folder.name}_parity.json"
         record = {
+            "producer": PRODUCER,
             "manifest": str(manifest.path),
             "cases": [c.name for c in cases],
             "budgets": {str(k): rep.to_dict() for k, rep in reports.items()},

@@ -17,6 +17,7 @@ import numpy as np
 import torch
 
 from flashvlm_export.artifact_paths import not_a_folder
+from flashvlm_export.artifacts.ownership import check_replaceable
 from flashvlm_export.artifacts.timing import StepTimer
 from flashvlm_export.errors import UsageError, arg, switch
 from flashvlm_export.models.weights import weights_for_graph
@@ -228,6 +229,7 @@ def _check_demo_target(target: Path, force: bool) -> None:
     not_a_folder(target, arg("demo_image", str(target)), "demo.png")
     if target.exists() and not force:
         raise UsageError(f"{target} already exists; pass {switch('force')} to overwrite it, or use it as {arg('image', str(target))}")
+    check_replaceable(target, f"use it as {arg('image', str(target))}, or choose another {arg('demo_image')}")
 
 
 def write_demo_image(path: str, force: bool = False, log=print) -> str:

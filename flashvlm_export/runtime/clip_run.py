@@ -20,6 +20,7 @@ import numpy as np
 import torch
 
 from flashvlm_export.artifact_paths import not_a_folder
+from flashvlm_export.artifacts.ownership import check_replaceable
 from flashvlm_export.errors import FlashVLMError, UsageError, arg, switch
 from flashvlm_export.progress import plural
 from flashvlm_export.runtime import run_steps as steps
@@ -72,6 +73,7 @@ def _check_demo_clip(path: Path, force: bool) -> None:
         raise UsageError(f"{arg('demo_video', str(path))} has an unknown container; end the name with {', '.join(CONTAINERS)}")
     if path.exists() and not force:
         raise UsageError(f"{path} already exists; pass {switch('force')} to overwrite it, or use it as {arg('video', str(path))}")
+    check_replaceable(path, f"use it as {arg('video', str(path))}, or choose another {arg('demo_video')}")
 
 
 def _check_strip(path: Path, force: bool) -> None:
@@ -84,6 +86,7 @@ def _check_strip(path: Path, force: bool) -> None:
         raise UsageError(f"{arg('heatmap', str(path))} must end in .png")
     if path.exists() and not force:
         raise UsageError(f"{path} already exists; pass {switch('force')} to overwrite it, or choose another {arg('heatmap')}")
+    check_replaceable(path, f"move it away or choose another {arg('heatmap')}")
     folder = path.parent.absolute()
     while not folder.exists():
         folder = folder.parent

@@ -64,10 +64,16 @@ def check_output(path: Path, force: bool) -> None:
 
 
 def save_png(picture, path: Path) -> None:
+    from PIL.PngImagePlugin import PngInfo
+
+    from flashvlm_export.artifacts.ownership import PNG_KEY, PRODUCER
+
     fd, temp = tempfile.mkstemp(prefix=".flashvlm-tmp-", suffix=".png", dir=path.parent)
     os.close(fd)
     try:
-        picture.save(temp, format="PNG", optimize=True)
+        stamp = PngInfo()
+        stamp.add_text(PNG_KEY, PRODUCER)  # what a later --force recognises as this tool's
+        picture.save(temp, format="PNG", optimize=True, pnginfo=stamp)
         os.chmod(temp, 0o644)
         os.replace(temp, path)
     except BaseException:

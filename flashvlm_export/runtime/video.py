@@ -35,6 +35,7 @@ import numpy as np
 import torch
 
 from flashvlm_export.artifact_paths import input_file, not_a_folder
+from flashvlm_export.artifacts.ownership import PRODUCER, VIDEO_KEY, check_replaceable
 from flashvlm_export.errors import UsageError, arg, switch
 from flashvlm_export.models import qwen2_5_vl
 from flashvlm_export.models.zoo.qwen2_5_vl import QWEN25_VL_7B
@@ -237,12 +238,14 @@ def write_clip(path: str | Path, frames: np.ndarray, fps: int | Fraction = DEMO_
         raise UsageError(f"{arg('demo_video', str(path))} has an unknown container; end the name with {', '.join(CONTAINERS)}")
     if path.exists() and not force:
         raise UsageError(f"{arg('demo_video', str(path))} exists; pass {switch('force')} to replace it, or another name")
+    check_replaceable(path, f"use it as {arg('video', str(path))}, or choose another {arg('demo_video')}")
     if not path.parent.is_dir():
         raise UsageError(f"{arg('demo_video', str(path))}: folder {path.parent} does not exist; create it first")
     muxer, codec = _encoder(path.suffix.lower())
     temporary = path.with_name(f".{path.name}.{os.getpid()}.partial")
     try:
         with av.open(str(temporary), mode="w", format=muxer) as container:
+            container.metadata[VIDEO_KEY] = PRODUCER  # what a later --force recognises as this tool's
             stream = container.add_stream(codec, rate=fps)
             stream.height, stream.width = frames.shape[1:3]
             stream.pix_fmt = "yuv420p"

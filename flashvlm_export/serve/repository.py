@@ -9,7 +9,8 @@ per image, and returns indices, visual_embeds, and positions / kept where the gr
   tensorrt  the same with the manifest's engines as tensorrt_plan models (the plugin library named where needed)
 
 The manifest and every file it names are checked (sha256, graph metadata) before anything is written; the
-repository is built in a staging folder beside --out and moved into place whole.
+repository is built in a staging folder beside --out and moved into place whole, with a ledger of its files
+(artifacts/ownership.py): --force replaces only a repository whose every file is in its ledger, unchanged.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from pathlib import Path
 
 from flashvlm_export.artifacts.files import sha256_of
 from flashvlm_export.artifacts.naming import external_data_path
+from flashvlm_export.artifacts.ownership import PRODUCER, check_folder_replaceable, mark_folder
 from flashvlm_export.artifacts.staging import make_staging, reclaim_stale_staging
 from flashvlm_export.errors import UsageError
 from flashvlm_export.export.manifest import ENCODER_STEM, MANIFEST_NAME, Manifest, entry_stem, read_manifest
@@ -57,10 +59,13 @@ def sub_model(stem: str) -> str:
 
 
 def check_out(out: Path, force: bool) -> None:
+    """--out: a new folder, or with --force one this tool wrote (empty, or every file its ledger's, unchanged)."""
     if os.path.lexists(out) and not (out.is_dir() and not out.is_symlink()):
         raise UsageError(f"--out {out} exists and is not a folder; choose another --out")
     if out.exists() and not force:
         raise UsageError(f"--out {out} already exists; pass --force to replace it, or choose another --out")
+    if out.exists():
+        check_folder_replaceable(out, "--out")
 
 
 def make_parent(out: Path) -> None:
@@ -118,8 +123,10 @@ def write_repository(
             shutil.copyfile(plugin_library, built / PLUGIN_FILE)
             record["plugin_library"] = PLUGIN_FILE
         record["serve"] = serve_command(out, flavour, plugin)
-        (built / RECORD).write_text(json.dumps(record, indent=2) + "\n")
+        (built / RECORD).write_text(json.dumps({"producer": PRODUCER, **record}, indent=2) + "\n")
+        mark_folder(built)  # what a later --force may replace: these files, unchanged
         if out.exists():
+            check_folder_replaceable(out, "--out")  # again: a file may have been put there meanwhile
             os.replace(out, staging / "replaced")
         os.replace(built, out)
     finally:

@@ -141,7 +141,7 @@ def build_engine(
     write_json_atomic(sidecar_path(engine_path), record)
     if timing_cache is not None:
         timing_cache.parent.mkdir(parents=True, exist_ok=True)
-        with atomic_outputs([timing_cache]) as (temp,):
+        with atomic_outputs([timing_cache], own_only=False) as (temp,):  # the user's cache, updated as asked
             temp.write_bytes(bytes(config.get_timing_cache().serialize()))
     log(f"TensorRT: engine built {build_seconds:.1f}s, saved as '{engine_path}' ({human_size(engine_path.stat().st_size)})")
     return record

@@ -12,6 +12,7 @@ from pathlib import Path
 from flashvlm_export import __version__
 from flashvlm_export.artifact_paths import input_file
 from flashvlm_export.artifacts.files import sha256_of
+from flashvlm_export.artifacts.ownership import PRODUCER, check_replaceable
 from flashvlm_export.errors import FlashVLMError, UsageError
 
 
@@ -34,6 +35,7 @@ def engine_record(
     return {
         "engine": engine_path.name,
         "engine_sha256": sha256_of(engine_path),
+        "producer": PRODUCER,  # this record's writer (artifacts/ownership.py); the engine's is built_by
         "built_by": built_by,  # "flashvlm-export" or "trtexec"
         "flashvlm_export_version": __version__,
         "tensorrt_version": tensorrt_version,
@@ -79,8 +81,9 @@ def check_sidecar_request(engine: Path, onnx_path: Path, force: bool) -> tuple[o
     if engine.suffix != ".plan":
         raise UsageError(f"--engine {engine} must end in .plan (its sidecar is the same name with .json)")
     target = sidecar_path(engine)
-    if target.exists() and not force:
+    if os.path.lexists(target) and not force:
         raise UsageError(f"{target} already exists; pass --force to overwrite it")
+    check_replaceable(target, f"move it away (an engine's sidecar is its name with .json) or rename {engine.name}")
     model = load_graph(onnx_path)
     meta = metadata_of(model)
     if "budget" not in meta or "graph" not in meta:
