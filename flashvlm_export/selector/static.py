@@ -41,24 +41,23 @@ def running_count(flags: torch.Tensor) -> torch.Tensor:
     """(B, n) float32 of 0/1 -> (B, n) float32: flags[:, : i + 1].sum(-1) at each i, exact, without CumSum.
 
     TensorRT 10.3 has no cumulative layer, and its ONNX parser builds CumSum as a loop of n sequential steps
-    (docs/TENSORRT.md "Ops built as loops"). Here the n slots are cut into blocks of side = ceil(sqrt(n)) (so at
-    most `side` blocks): one MatMul with a constant (side, side) upper-triangular matrix of ones counts within
-    each block, a second counts the blocks' totals before each block. Every product is 0 or 1 and every sum an
-    integer <= n < 2**24, so float32 (and TF32, whose 10-bit mantissa holds 0 and 1) computes it exactly in
-    any order of summation.
+    (docs/TENSORRT.md "What the static-graph check refuses"). Here the n slots are cut into `blocks` blocks of
+    side = ceil(sqrt(n)): a MatMul with a constant (side, side) upper-triangular matrix of
+    ones counts within each block, and a MatMul with a constant (blocks, blocks) strictly lower-triangular one
+    adds the totals of the blocks before. Every product is 0 or 1 and every sum an integer <= n < 2**24, so
+    float32 (and TF32, whose 10-bit mantissa holds 0 and 1) computes it exactly in any order of summation.
     """
     batch, n = (int(d) for d in flags.shape)  # Python ints: TorchScript's tracer would make each size a computed shape
-    side = math.isqrt(n - 1) + 1  # ceil(sqrt(n)): the block totals fit one block
+    side = math.isqrt(n - 1) + 1
     blocks = -(-n // side)
-    upper = torch.triu(torch.ones(side, side, dtype=flags.dtype))  # upper[j, i] = 1 where j <= i
-    if blocks * side > n:  # zeros by slicing (a static shape on both exporters), never past the end
-        flags = torch.cat([flags, flags[:, : blocks * side - n] * 0], dim=1)
-    within = flags.reshape(batch, blocks, side) @ upper  # (B, blocks, side): the count inside each block
-    totals = within[:, :, -1]  # (B, blocks)
-    if side > blocks:
-        totals = torch.cat([totals, within[:, 0, : side - blocks] * 0], dim=1)  # (B, side)
-    before = (totals @ upper - totals)[:, :blocks]  # (B, blocks): the count in the blocks before each one
-    return (within + before[:, :, None]).reshape(batch, blocks * side)[:, :n]
+    if blocks * side > n:
+        flags = torch.cat([flags, torch.zeros(batch, blocks * side - n, dtype=flags.dtype)], dim=1)
+    upper = torch.triu(torch.ones(side, side, dtype=flags.dtype))  # [j, i] = 1 where j <= i
+    earlier = torch.tril(torch.ones(blocks, blocks, dtype=flags.dtype), diagonal=-1)  # [k, l] = 1 where l < k
+    within = flags.reshape(batch, blocks, side) @ upper  # (B, blocks, side): the count inside each block so far
+    if blocks > 1:
+        within = within + earlier @ within[:, :, -1:]  # plus (B, blocks, 1): the count in the blocks before each one
+    return within.reshape(batch, blocks * side)[:, :n]
 
 
 def stable_descending_order(x: torch.Tensor) -> torch.Tensor:
