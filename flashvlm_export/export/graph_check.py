@@ -6,7 +6,7 @@ Read against the sources (docs/TENSORRT.md "What the static-graph check refuses"
 - LOOP_OPS: TensorRT 10.3 (JetPack 6, Jetson Orin) has no cumulative layer: NVIDIA/TensorRT branch release/10.3,
   include/NvInfer.h has no addCumulative (it first appears in release/10.8). Its ONNX parser builds each of these
   with INetworkDefinition::addLoop, in onnx/onnx-tensorrt branch 10.1-GA, onnxOpImporters.cpp (the newest parser
-  branch before 10.3 stored; release/10.3 pins parsers/onnx at 62bdde2, not stored): CumSum (importer at line
+  branch available here; release/10.3 pins parsers/onnx at 62bdde2, not available): CumSum (importer at line
   1127, addLoop at 1185: one iteration per slice along the axis), GRU (2224, 2364), Loop (2842, 2858), LSTM (2978,
   3068), RNN (4731, 4818), Scan (4965, 5017). No other importer or helper of that branch calls addLoop.
 - INPUT_TYPES: the parser's operator matrix, onnx/onnx-tensorrt branch 10.1-GA, docs/operators.md: Equal (line 68),
