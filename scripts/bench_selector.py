@@ -19,7 +19,7 @@ import torch
 from flashvlm_export.bench.suite import cpu_selector_timings, selector_case
 from flashvlm_export.bench.timing import HEADER
 from flashvlm_export.export.graphs import ExportRequest, export_graph
-from flashvlm_export.models.spec import get_spec
+from flashvlm_export.models.registry import get_spec
 from flashvlm_export.selector.config import SelectorConfig
 
 

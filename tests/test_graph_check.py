@@ -117,3 +117,56 @@ def test_a_topk_over_the_limit_is_caught_beside_external_weights(tmp_path, monke
     monkeypatch.chdir(tmp_path.parent)
     problems = static_graph_problems(onnx.load(str(path), load_external_data=False))
     assert len(problems) == 1 and "3840" in problems[0]
+
+
+# ---------------------------------------------------------------- ops TensorRT 10.3 builds as loops, and input types
+
+
+def test_a_cumsum_is_caught_by_node_and_op():
+    axis = numpy_helper.from_array(np.array(0, dtype=np.int64), "axis")
+    node = helper.make_node("CumSum", ["x", "axis"], ["y"], name="running_count")
+    model = _model([node], [_vec("x")], [_vec("y")], [axis])
+    onnx.checker.check_model(model)  # valid ONNX: only our rule rejects it
+    assert static_graph_problems(model) == ["node running_count is a CumSum, which TensorRT 10.3's ONNX parser builds as a loop"]
+
+
+@pytest.mark.parametrize("op, gates", [("RNN", 1), ("GRU", 3), ("LSTM", 4)])
+def test_a_recurrent_layer_is_caught_as_a_loop(op, gates):
+    seq, batch, width, hidden = 3, 1, 4, 2
+    w = numpy_helper.from_array(np.zeros((1, gates * hidden, width), dtype=np.float32), "w")
+    r = numpy_helper.from_array(np.zeros((1, gates * hidden, hidden), dtype=np.float32), "r")
+    node = helper.make_node(op, ["x", "w", "r"], ["", "h"], name="recurrent", hidden_size=hidden)
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [seq, batch, width])
+    model = _model([node], [x], [helper.make_tensor_value_info("h", TensorProto.FLOAT, [1, batch, hidden])], [w, r])
+    onnx.checker.check_model(model)
+    assert static_graph_problems(model) == [f"node recurrent is a {op}, which TensorRT 10.3's ONNX parser builds as a loop"]
+
+
+def _compare(op: str, dtype: int):
+    node = helper.make_node(op, ["a", "b"], ["y"], name="compare")
+    out = TensorProto.BOOL if op != "Xor" or dtype == TensorProto.BOOL else dtype
+    model = _model([node], [_vec("a", dtype=dtype), _vec("b", dtype=dtype)], [_vec("y", dtype=out)])
+    onnx.checker.check_model(model)
+    return static_graph_problems(model)
+
+
+@pytest.mark.parametrize(
+    "op, dtype, caught",
+    [
+        ("Equal", TensorProto.BOOL, True),  # what the exporter made of an int64 floor division (issue 31 item 18)
+        ("Equal", TensorProto.UINT8, True),
+        ("Less", TensorProto.BOOL, True),
+        ("Equal", TensorProto.FLOAT, False),
+        ("Equal", TensorProto.INT64, False),
+        ("GreaterOrEqual", TensorProto.INT32, False),
+        ("Xor", TensorProto.BOOL, False),  # the parser's way to compare booleans
+    ],
+)
+def test_a_comparison_on_a_type_the_parser_does_not_take_is_caught(op, dtype, caught):
+    problems = _compare(op, dtype)
+    assert bool(problems) == caught
+    if caught:
+        assert problems == [
+            f"{op} compare has {TensorProto.DataType.Name(dtype)} inputs; TensorRT's parser takes FLOAT, FLOAT16, BFLOAT16, "
+            "INT32, INT64: compare numbers, or use Xor/Not on booleans"
+        ]

@@ -8,7 +8,7 @@ from flashvlm_export.parity.compare import ARITHMETIC_BOUNDS, aligned_fused_scor
 from flashvlm_export.selector import SelectorConfig, StaticSelector, reference_select
 from flashvlm_export.selector.ops import lerp, quantile_position
 from flashvlm_export.selector.reference import decide, fused_scores, text_relevance
-from flashvlm_export.selector.static import StaticScores, stable_descending_order
+from flashvlm_export.selector.static import StaticScores, running_count, stable_descending_order
 
 from conftest import corpus, selector_inputs
 
@@ -137,6 +137,16 @@ def test_ties_go_to_the_lower_token_index():
 def test_stable_descending_order_breaks_ties_by_position():
     x = torch.tensor([[0.5, 0.9, 0.5, 0.9, 0.1, 0.5]])
     assert stable_descending_order(x).tolist() == [[1, 3, 0, 2, 5, 4]]
+
+
+def test_running_count_is_cumsum_exactly_at_every_block_layout():
+    """The stable order's run count without CumSum (issue 31 item 19) equals torch.cumsum in float64 bit for bit: the
+    sums are integers below 2**24, exact in float32 in any order. Every n up to 150 (full, partial and single blocks)
+    and the graph sizes around 576 and 2880; all-ones rows reach the largest counts."""
+    gen = torch.Generator().manual_seed(0)
+    for n in [*range(1, 151), 575, 576, 577, 2880, 3840]:
+        flags = (torch.rand(3, n, generator=gen) < torch.tensor([[0.1], [0.6], [1.0]])).float()
+        assert torch.equal(running_count(flags), torch.cumsum(flags.double(), dim=-1).float()), n
 
 
 @pytest.mark.parametrize("n", [1, 2, 7, 284, 576, 3840])

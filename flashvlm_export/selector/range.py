@@ -47,6 +47,12 @@ def _table(values) -> torch.Tensor:
     return torch.tensor(values, dtype=torch.int64)
 
 
+def _per_round(schedule: RangeSchedule, rule) -> torch.Tensor:
+    """(budgets, n_rounds) int64: rule(|R| at the round's start, the round's removal) for every budget and round."""
+    pairs = zip(schedule.sizes_table, schedule.removals_table, strict=True)
+    return _table([[rule(size, r) for size, r in zip(sizes, removals, strict=True)] for sizes, removals in pairs])
+
+
 def round_widths(schedule: RangeSchedule) -> list[int]:
     """The static width of the residual list entering each round, and after the last: the longest list any budget
     has then (a budget past its own rounds keeps its K_div)."""
@@ -71,7 +77,10 @@ class UnrolledRangePrune(nn.Module):
         batch, n, _ = gram.shape
         rows = budget_rows(budget, s)
         removals = _table(s.removals_table)[rows]  # (B, n_rounds)
-        length = n - _table([r.k_imp for r in s.schedules])[rows]  # (B,) |R0| of each image
+        # each round's counts per budget, worked out here in Python integers: the graph divides no integer (the
+        # exporter lowers an int64 floor division to an Equal on booleans, which TensorRT's parser does not take)
+        kept_a_table = _per_round(s, lambda size, r: (size + 1) // 2 - r)[rows]  # (B, n_rounds): ranked A kept
+        filled_table = _per_round(s, lambda size, r: size - r)[rows]  # (B, n_rounds): ranked A kept, then B
         # G with a sentinel row and column N of float32's lowest: a padded slot (-1) reads them, so a padded B column
         # takes part in no max and a padded A row's m is the lowest of all (it ranks after every valid one), with
         # no mask pass over each round's block; valid entries read exactly G's own floats
@@ -93,8 +102,7 @@ class UnrolledRangePrune(nn.Module):
             order = stable_descending_order(m)
             ranked_a = torch.gather(a_side, 1, order)  # valid A in the fixed selector's order, then padding
             # the new list: ranked A from position r on (ceil(L/2) - r of them), then B's floor(L/2), then padding
-            kept_a = (length + 1) // 2 - r  # (B,)
-            filled = kept_a + length // 2
+            kept_a, filled = kept_a_table[:, j], filled_table[:, j]  # (B,) each
             width = widths[j + 1]
             p = torch.arange(width, dtype=torch.int64)[None, :]  # (1, W)
             source = torch.where(p < kept_a[:, None], r[:, None] + p, n_a + p - kept_a[:, None])
@@ -103,7 +111,6 @@ class UnrolledRangePrune(nn.Module):
             pruned = torch.gather(torch.cat([ranked_a, b_side], dim=1), 1, source)
             pruned = torch.where(valid, pruned, PAD)
             residual = torch.where(r[:, None] > 0, pruned, residual[:, :width])  # r = 0: this image's rounds are done
-            length = length - r
         return residual[:, : s.k_div_max]
 
 

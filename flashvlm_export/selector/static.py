@@ -4,6 +4,7 @@ Export rules it keeps (ONNX opset >= 17, TensorRT's ONNX parser):
 - no Loop, If, NonZero or data-dependent shapes: the round schedule is computed from
   (N, K, step, max_rounds) and unrolled;
 - every TopK has K <= 3840 (TensorRT's limit);
+- no op that TensorRT 10.3's ONNX parser builds as a loop (CumSum: `running_count` counts with two MatMuls);
 - the Gram matrix is computed once, flattened, and each round gathers only its A x B block.
 
 Ties: the partition and every pruning round order their scores with `stable_descending_order`, so
@@ -16,6 +17,8 @@ tensors, and a verification build exposes them as outputs.
 """
 
 from __future__ import annotations
+
+import math
 
 import torch
 from torch import nn
@@ -34,22 +37,43 @@ def exporting() -> bool:
     return torch.compiler.is_exporting() or torch.onnx.is_in_onnx_export()
 
 
+def running_count(flags: torch.Tensor) -> torch.Tensor:
+    """(B, n) float32 of 0/1 -> (B, n) float32: flags[:, : i + 1].sum(-1) at each i, exact, without CumSum.
+
+    TensorRT 10.3 has no cumulative layer, and its ONNX parser builds CumSum as a loop of n sequential steps
+    (docs/TENSORRT.md "What the static-graph check refuses"). Here the n slots are cut into `blocks` blocks of
+    side = ceil(sqrt(n)): a MatMul with a constant (side, side) upper-triangular matrix of
+    ones counts within each block, and a MatMul with a constant (blocks, blocks) strictly lower-triangular one
+    adds the totals of the blocks before. Every product is 0 or 1 and every sum an integer <= n < 2**24, so
+    float32 (and TF32, whose 10-bit mantissa holds 0 and 1) computes it exactly in any order of summation.
+    """
+    batch, n = (int(d) for d in flags.shape)  # Python ints: TorchScript's tracer would make each size a computed shape
+    side = math.isqrt(n - 1) + 1
+    blocks = -(-n // side)
+    if blocks * side > n:
+        flags = torch.cat([flags, torch.zeros(batch, blocks * side - n, dtype=flags.dtype)], dim=1)
+    upper = torch.triu(torch.ones(side, side, dtype=flags.dtype))  # [j, i] = 1 where j <= i
+    earlier = torch.tril(torch.ones(blocks, blocks, dtype=flags.dtype), diagonal=-1)  # [k, l] = 1 where l < k
+    within = flags.reshape(batch, blocks, side) @ upper  # (B, blocks, side): the count inside each block so far
+    if blocks > 1:
+        within = within + earlier @ within[:, :, -1:]  # plus (B, blocks, 1): the count in the blocks before each one
+    return within.reshape(batch, blocks * side)[:, :n]
+
+
 def stable_descending_order(x: torch.Tensor) -> torch.Tensor:
     """(B, n) -> (B, n) int64: argsort descending, ties to the lower position, exact on any backend.
 
     A TopK over x sorts the values (exact: comparisons); where values tie, its order among them is the
     backend's own, so the tie groups are re-sorted: group g (a run of equal sorted values, numbered by a
-    cumulative count of value changes) and position i give the key g * n + i, distinct integers below
+    running count of value changes) and position i give the key g * n + i, distinct integers below
     n**2 <= 2**24 (n <= 4096), held exactly in float32, and a TopK over those keys has no ties to break.
-    O(n log n), against the n x n comparisons of ranking every pair.
+    O(n log n) for the sorts, against the n x n comparisons of ranking every pair.
     """
     n = x.shape[-1]
     values, order = torch.topk(x, n, dim=-1, largest=True, sorted=True)
     first = torch.ones_like(values[:, :1])
-    change = torch.cat([first, (values[:, 1:] != values[:, :-1]).to(values.dtype)], dim=-1)
-    # float32, exact (counts < 2**24): ONNX-TensorRT's operator matrix lists CumSum for FP32/FP16/BF16 (axis a
-    # build-time constant), not for integers
-    group = torch.cumsum(change, dim=-1) - 1  # (B, n)
+    change = torch.cat([first, (values[:, 1:] != values[:, :-1]).to(values.dtype)], dim=-1)  # Equal on float32
+    group = running_count(change) - 1  # (B, n), exact integers in float32
     keys = group * n + order.to(torch.float32)  # distinct integers < n**2
     regrouped = torch.topk(keys, n, dim=-1, largest=False, sorted=True).indices
     return torch.gather(order, 1, regrouped)
