@@ -84,12 +84,31 @@ def selector_graphs(tmp_path_factory):
     """llava15 selector graphs (N=576, Dv=1024, Dl=4096, T_max=128) at the budgets the issue names."""
     budgets = (32, 64, 128, 192)
 
-    def build(folder: Path) -> None:
-        for k in budgets:
-            export_selector(folder / f"llava15_selector_b{k}.onnx", k)
+    def build(folder: Path) -> None:  # TorchScript traces the unrolled rounds several times faster than dynamo, which
+        for k in budgets:  # tests/test_exporters.py covers on every graph kind
+            export_selector(folder / f"llava15_selector_b{k}.onnx", k, exporter="torchscript")
 
     folder = shared_folder(tmp_path_factory, "selector_graphs", build)
     return {k: folder / f"llava15_selector_b{k}.onnx" for k in budgets}
+
+
+TINY_FULL_BUDGETS = (64, TINY.n_tokens)
+
+
+@pytest.fixture(scope="session")
+def tiny_full_graphs(tmp_path_factory) -> dict[int, Path]:
+    """llava15-tiny full graphs (random weights, seed 0) at K = 64 and K = N, exported once per run (TorchScript) and
+    shared by every module and worker that runs them (run, llama.cpp)."""
+    from flashvlm_export.models.llava import random_parts
+
+    def build(folder: Path) -> None:
+        parts = random_parts(TINY, seed=0)
+        for k in TINY_FULL_BUDGETS:
+            request = ExportRequest(spec=TINY, budget=k, t_max=TINY.t_max, batch=1, config=SelectorConfig(), selector_only=False)
+            export_graph(request, folder / f"llava15-tiny_b{k}.onnx", parts, "random:0", exporter="torchscript")
+
+    folder = shared_folder(tmp_path_factory, "tiny_full_graphs", build)
+    return {k: folder / f"llava15-tiny_b{k}.onnx" for k in TINY_FULL_BUDGETS}
 
 
 @pytest.fixture(scope="session")

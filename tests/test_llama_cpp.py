@@ -337,15 +337,9 @@ def test_the_gguf_vocabulary_gives_the_stand_in_tokenizers_ids(side):
 
 
 @pytest.fixture(scope="module")
-def llava_graph(tmp_path_factory):
-    from flashvlm_export.export.graphs import ExportRequest, export_graph
-    from flashvlm_export.models.llava import random_parts
-    from flashvlm_export.selector.config import SelectorConfig
-
-    spec = get_spec("llava15-tiny")
-    request = ExportRequest(spec=spec, budget=K_PRUNED, t_max=spec.t_max, batch=1, config=SelectorConfig(), selector_only=False)
-    path = tmp_path_factory.mktemp("llama_graphs") / f"llava15-tiny_b{K_PRUNED}.onnx"
-    return export_graph(request, path, random_parts(spec, 0), "random:0")
+def llava_graph(tiny_full_graphs):
+    """llava15-tiny's full graph at K_PRUNED, random weights, seed 0 (shared with test_run: conftest)."""
+    return tiny_full_graphs[K_PRUNED]
 
 
 @pytest.fixture(scope="module")
@@ -583,7 +577,7 @@ def next_graph(tmp_path_factory):
     spec = get_spec("llava-next-tiny")
     request = ExportRequest(spec=spec, budget=K_NEXT, t_max=spec.t_max, batch=1, config=SelectorConfig(), selector_only=False)
     path = tmp_path_factory.mktemp("llama_graphs_next") / f"llava-next-tiny_b{K_NEXT}.onnx"
-    return export_graph(request, path, get_parts(spec, WeightsSource(seed=0)), "random:0")
+    return export_graph(request, path, get_parts(spec, WeightsSource(seed=0)), "random:0", exporter="torchscript")
 
 
 @needs_llama

@@ -43,7 +43,10 @@ def _request(k: int, selector_only: bool = False) -> ExportRequest:
 @pytest.fixture(scope="module")
 def next_graphs(tmp_path_factory, next_parts):
     folder = tmp_path_factory.mktemp("next_graphs")
-    return {k: export_graph(_request(k), folder / f"llava-next-tiny_b{k}.onnx", next_parts, "random:0") for k in (K, N)}
+    return {
+        k: export_graph(_request(k), folder / f"llava-next-tiny_b{k}.onnx", next_parts, "random:0", exporter="torchscript")
+        for k in (K, N)
+    }
 
 
 @pytest.fixture(scope="module")

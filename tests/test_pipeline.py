@@ -27,7 +27,9 @@ def test_vision_features_equal_llava_hidden_states_and_cls_attention(tiny_parts)
 @pytest.fixture(scope="module")
 def tiny_full_graph(tiny_parts, tmp_path_factory):
     request = ExportRequest(spec=TINY, budget=64, t_max=TINY.t_max, batch=2, config=SelectorConfig(), selector_only=False)
-    return export_graph(request, tmp_path_factory.mktemp("pipeline") / "tiny_b64_bs2.onnx", tiny_parts, "random:0")
+    return export_graph(
+        request, tmp_path_factory.mktemp("pipeline") / "tiny_b64_bs2.onnx", tiny_parts, "random:0", exporter="torchscript"
+    )
 
 
 def test_full_graph_passes_layers_1_and_2_with_its_encoder_checked(tiny_full_graph, tiny_parts):

@@ -20,16 +20,9 @@ QUESTION = "What is on the table?"
 
 
 @pytest.fixture(scope="module")
-def tiny_graphs(tmp_path_factory, tiny_parts):
-    """llava15-tiny full graphs with random weights, seed 0: K=64 and K=N=576 (keeps all)."""
-    folder = tmp_path_factory.mktemp("run_graphs")
-    graphs = {}
-    for k in (64, 576):
-        request = ExportRequest(spec=TINY, budget=k, t_max=TINY.t_max, batch=1, config=SelectorConfig(), selector_only=False)
-        path = folder / f"llava15-tiny_b{k}.onnx"
-        export_graph(request, path, tiny_parts, "random:0")
-        graphs[k] = path
-    return graphs
+def tiny_graphs(tiny_full_graphs):
+    """llava15-tiny full graphs with random weights, seed 0: K=64 and K=N=576 (keeps all); shared (conftest)."""
+    return tiny_full_graphs
 
 
 @pytest.fixture(scope="module")

@@ -55,7 +55,7 @@ def fp16_features_graph(tiny_parts, tmp_path_factory):
         spec=TINY, budget=64, t_max=TINY.t_max, batch=1, config=SelectorConfig(), selector_only=False, precision="fp16"
     )
     folder = tmp_path_factory.mktemp("fp16")
-    shipped = export_graph(request, folder / "tiny_fp16.onnx", tiny_parts, "random:0")
+    shipped = export_graph(request, folder / "tiny_fp16.onnx", tiny_parts, "random:0", exporter="torchscript")
     path = folder / "tiny_fp16_verify.onnx"
     onnx.save(add_verification_outputs(onnx.load(str(shipped)), request.interface(), str(shipped)), str(path))
     return path
