@@ -667,16 +667,22 @@ def test_a_clips_prompt_has_clip_llm_inputs_positions_and_next_position():
     assert image.positions[0, 3] > image.positions[0, 2]  # the second group at a later t
 
 
-@needs_llama
-@pytest.mark.parametrize("k", ["N", K_CLIP])
-def test_llama_cpp_logits_for_a_clip_equal_transformers(clip_side, k):
+def _clip_llama_logits(s, k):
+    """llama.cpp's logits for the clip's kept tokens at budget k (N: all), with their rows and positions."""
     from flashvlm_export.runtime.llama_cpp import llama_cpp_prompt
 
-    s = clip_side
-    k = s.n if k == "N" else k
     idx = torch.from_numpy(s.keep[k])
     rows, positions = s.rows[idx], s.positions[idx]
     ours = _prefill(s.info, llama_cpp_prompt(s.ids, s.spec, rows, positions, clip_last_t=_last_t(s.positions)))
+    return ours, rows, positions
+
+
+@needs_llama
+@pytest.mark.parametrize("k", ["N", K_CLIP])
+def test_llama_cpp_logits_for_a_clip_equal_transformers(clip_side, k):
+    s = clip_side
+    k = s.n if k == "N" else k
+    ours, rows, positions = _clip_llama_logits(s, k)
     theirs = _clip_transformers_logits(s, rows, positions)
     assert ours.shape == theirs.shape == (len(s.ids) - 1 + k, s.spec.text["vocab_size"])
     assert _gap(ours, theirs) <= TOL_REL, _gap(ours, theirs)
@@ -685,13 +691,9 @@ def test_llama_cpp_logits_for_a_clip_equal_transformers(clip_side, k):
 @needs_llama
 @pytest.mark.parametrize("k", ["N", K_CLIP])
 def test_llama_cpp_logits_for_a_clip_equal_the_unmodified_transformers_model_within_the_epsilons_bound(clip_side, k):
-    from flashvlm_export.runtime.llama_cpp import llama_cpp_prompt
-
     s = clip_side
     k = s.n if k == "N" else k
-    idx = torch.from_numpy(s.keep[k])
-    rows, positions = s.rows[idx], s.positions[idx]
-    ours = _prefill(s.info, llama_cpp_prompt(s.ids, s.spec, rows, positions, clip_last_t=_last_t(s.positions)))
+    ours, rows, positions = _clip_llama_logits(s, k)
     with _unmodified(s):
         gap = _gap(ours, _clip_transformers_logits(s, rows, positions))
     assert TOL_REL < gap <= EPSILON_TOL_REL, gap  # qwen2vl: llama.cpp runs epsilon 0
