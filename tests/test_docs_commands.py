@@ -304,25 +304,10 @@ def written(argv: list[str]) -> list[str]:
     own records (parity, bench) or write nothing."""
     word, args = parse(argv)
     if word == "":
-        from flashvlm_export.cli.export import video_options
-        from flashvlm_export.cli.flags import selector_config
-        from flashvlm_export.export.job import plan_outputs
-        from flashvlm_export.export.requests import export_requests
-        from flashvlm_export.models.registry import get_spec
+        from flashvlm_export.cli.export import plan_export
         from flashvlm_export.trt.engines import EngineJob, EngineOptions
 
-        options = dict(t_max=args.t_max, batch=args.batch, image_size=args.image_size, grid=args.grid)
-        options |= dict(selector_only=args.selector_only, n_tokens=args.n_tokens, budget_range=args.budget_range)
-        _, requests = export_requests(
-            args.model,
-            args.budget,
-            config=selector_config(args, get_spec(args.model)),
-            plugin=args.plugin,
-            precision=args.precision,
-            **options,
-            **video_options(args),
-        )
-        outputs = plan_outputs(requests, Path(args.out_dir), args.out, args.split, args.fused)
+        _, _, outputs = plan_export(args)  # the export's own plan of what it writes
         paths = list(outputs.files)
         if args.engine:
             paths += EngineJob(EngineOptions(Path(args.engine_dir))).paths(outputs)

@@ -117,15 +117,13 @@ def video_options(args) -> dict:
     return dict(frames=frames, video_budget=rule, fps=DEFAULT_FPS if args.fps is None else args.fps)
 
 
-def main(argv: list[str]) -> int:
-    from flashvlm_export.export.job import plan_outputs, run_export
-    from flashvlm_export.export.requests import check_export_options, export_requests
+def plan_export(args):
+    """The parsed flags' checked requests and the files they write: (spec, requests, outputs). Nothing is written."""
+    from flashvlm_export.export.job import plan_outputs
+    from flashvlm_export.export.requests import export_requests
     from flashvlm_export.models.registry import get_spec
-    from flashvlm_export.models.weights import WeightsSource
 
-    args = parser().parse_args(argv)
-    check_export_options(args.plugin, args.exporter, args.opset, args.workspace)
-    video = video_options(args)
+    video = video_options(args)  # its refusals come first, as before the selector's
     spec, requests = export_requests(
         args.model,
         args.budget,
@@ -141,7 +139,17 @@ def main(argv: list[str]) -> int:
         precision=args.precision,
         **video,
     )
-    outputs = plan_outputs(requests, Path(args.out_dir), args.out, args.split, args.fused)
+    return spec, requests, plan_outputs(requests, Path(args.out_dir), args.out, args.split, args.fused)
+
+
+def main(argv: list[str]) -> int:
+    from flashvlm_export.export.job import run_export
+    from flashvlm_export.export.requests import check_export_options
+    from flashvlm_export.models.weights import WeightsSource
+
+    args = parser().parse_args(argv)
+    check_export_options(args.plugin, args.exporter, args.opset, args.workspace)
+    spec, _, outputs = plan_export(args)
     source = None if args.selector_only else WeightsSource.from_flags(args.random_weights, args.seed, args.model_path)
     engines = None
     if args.engine:
