@@ -191,7 +191,9 @@ def check_external_data(graph: Path, proto) -> list[Path]:
     for path, (location, end) in ends.items():
         size = path.stat().st_size
         if size < end:
-            raise UsageError(f"{graph}: its external data {location!r} is {size} bytes, shorter than the {end} its tensors need; re-export the graph")
+            raise UsageError(
+                f"{graph}: its external data {location!r} is {size} bytes, shorter than the {end} its tensors need; re-export the graph"
+            )
         if size > end + EXTERNAL_DATA_SLACK:
             raise UsageError(
                 f"{graph}: its external data {location!r} is {_size(size)}, more than its tensors can plausibly need "

@@ -47,7 +47,12 @@ def provider_label(provider: str) -> str:
 
 
 def ort_session(
-    model: Path | str | bytes, provider: str, *, plugin: bool = False, threads: int | None = None, source: Path | str | None = None
+    model: Path | str | bytes,
+    provider: str,
+    *,
+    plugin: bool = False,
+    threads: int | None = None,
+    source: Path | str | None = None,
 ):
     """An ONNX Runtime session of `model` (a path, or a serialized graph: pass `source`, its file) on `provider`.
 

@@ -56,7 +56,9 @@ def _largest_side(spec, memory: int) -> str:
     if not step:
         return f"{spec.name} takes {spec.image_size} px only"
     side = spec.image_size - step
-    while side >= 2 * step and bytes_per_image(replace(spec, image_size=side), (side // spec.token_stride) ** 2, 0, False) > memory:
+    while (
+        side >= 2 * step and bytes_per_image(replace(spec, image_size=side), (side // spec.token_stride) ** 2, 0, False) > memory
+    ):
         side -= step
     return f"use --image-size {side} or less" if side >= 2 * step else "use a machine with more memory"
 

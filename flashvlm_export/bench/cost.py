@@ -92,8 +92,6 @@ LLAVA_NEXT_7B = VlmCost(
 )
 
 
-
-
 def qwen_cost(spec: ModelSpec) -> VlmCost:
     """A Qwen2.5-VL checkpoint's costs at its declared side (N = 256 at 448 px), from its spec."""
     return VlmCost(spec.hf_repo.split("/")[-1], spec.decoder, windowed_encoder(spec), spec.n_tokens, (192, 128, 64, 32))

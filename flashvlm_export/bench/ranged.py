@@ -76,15 +76,22 @@ def range_cost(settings, scratch: Path, log=print) -> list[dict]:
     from flashvlm_export.selector.config import SelectorConfig
 
     spec = get_spec("llava15")
-    base = ExportRequest(spec=spec, budget=RANGE[1], budget_min=RANGE[0], t_max=spec.t_max, batch=1, config=SelectorConfig(), selector_only=True)
+    base = ExportRequest(
+        spec=spec, budget=RANGE[1], budget_min=RANGE[0], t_max=spec.t_max, batch=1, config=SelectorConfig(), selector_only=True
+    )
     start = time.perf_counter()
     ranged = export_graph(base, scratch / "selector_range.onnx", exporter="torchscript")
-    fixed = {k: export_graph(replace(base, budget=k, budget_min=None), scratch / f"selector_b{k}.onnx", exporter="torchscript") for k in BUDGETS}
+    fixed = {
+        k: export_graph(replace(base, budget=k, budget_min=None), scratch / f"selector_b{k}.onnx", exporter="torchscript")
+        for k in BUDGETS
+    }
     parts = get_parts(spec, WeightsSource(seed=0))
     full_request = replace(base, budget=FULL_BUDGET, budget_min=None, selector_only=False)
     full = export_graph(full_request, scratch / "full.onnx", parts, parts.source.tag)
     del parts
-    log(f"  exported the range selector {RANGE[0]}..{RANGE[1]}, {plural(len(BUDGETS), 'fixed selector')} and the full graph {time.perf_counter() - start:.0f}s")
+    log(
+        f"  exported the range selector {RANGE[0]}..{RANGE[1]}, {plural(len(BUDGETS), 'fixed selector')} and the full graph {time.perf_counter() - start:.0f}s"
+    )
 
     case = selector_case(spec.n_tokens, settings.text_len)
     feeds = {**case.feeds}
@@ -101,11 +108,15 @@ def range_cost(settings, scratch: Path, log=print) -> list[dict]:
     timings = _in_blocks(runners, max(1, settings.warmup), repeats)
     floor = gemm_floor(case, repeats)
     pixels = with_prompt_len(
-        pipeline_corpus(Geometry(spec.n_tokens, spec.vision_hidden, spec.text_hidden, spec.t_max, 1), spec.image_size, repeats=1)[0],
+        pipeline_corpus(Geometry(spec.n_tokens, spec.vision_hidden, spec.text_hidden, spec.t_max, 1), spec.image_size, repeats=1)[
+            0
+        ],
         settings.text_len,
     )
     pipeline = OrtGraph(full, provider=CPU)
-    full_time = measure(f"full graph K={FULL_BUDGET}", lambda g=pipeline: g.infer(pixels.feeds), warmup=1, repeats=max(3, settings.repeats // 2))
+    full_time = measure(
+        f"full graph K={FULL_BUDGET}", lambda g=pipeline: g.infer(pixels.feeds), warmup=1, repeats=max(3, settings.repeats // 2)
+    )
     del pipeline
 
     log(HEADER)

@@ -71,7 +71,11 @@ def _child(layout: str, feeds_path: str, budgets: list[int], files: list[str]) -
             chain.infer(feeds, k)
     # VmHWM, not getrusage's ru_maxrss: Linux keeps ru_maxrss across fork and execve, so a child would report the
     # parent's peak when that is higher (getrusage(2)); VmHWM belongs to the child's own address space.
-    status = {line.split(":")[0]: line.split()[1] for line in Path("/proc/self/status").read_text().splitlines() if line.startswith("Vm")}
+    status = {
+        line.split(":")[0]: line.split()[1]
+        for line in Path("/proc/self/status").read_text().splitlines()
+        if line.startswith("Vm")
+    }
     peak, resident = int(status["VmHWM"]) / (1 << 20), int(status["VmRSS"]) / (1 << 20)  # KiB
     print(json.dumps({"peak_rss_gib": round(peak, 2), "resident_gib": round(resident, 2)}))
 
@@ -94,7 +98,9 @@ def split_cost(settings, scratch: Path, log=print) -> list[dict]:
 
     spec = get_spec("llava15")
     parts = random_parts(spec, 0)
-    base = ExportRequest(spec=spec, budget=SPLIT_BUDGETS[0], t_max=spec.t_max, batch=1, config=SelectorConfig(), selector_only=False)
+    base = ExportRequest(
+        spec=spec, budget=SPLIT_BUDGETS[0], t_max=spec.t_max, batch=1, config=SelectorConfig(), selector_only=False
+    )
     requests = [replace(base, budget=k) for k in SPLIT_BUDGETS]
     start = time.perf_counter()
     fused = {}
@@ -102,12 +108,23 @@ def split_cost(settings, scratch: Path, log=print) -> list[dict]:
         fused[request.budget] = export_graph(request, scratch / f"fused_b{request.budget}.onnx", parts)
     plan = split_plan(requests, scratch)  # selectors with TorchScript: the same graph in seconds (README)
     manifest_path = export_split(
-        plan, parts, parts.source.tag, DEFAULT_OPSET, "dynamo", overwrite=False, log=lambda _: None, selector_exporter="torchscript"
+        plan,
+        parts,
+        parts.source.tag,
+        DEFAULT_OPSET,
+        "dynamo",
+        overwrite=False,
+        log=lambda _: None,
+        selector_exporter="torchscript",
     )
     del parts
-    log(f"  exported {plural(len(requests), 'fused graph')} and one split (encoder + {plural(len(requests), 'selector')}) {time.perf_counter() - start:.0f}s")
+    log(
+        f"  exported {plural(len(requests), 'fused graph')} and one split (encoder + {plural(len(requests), 'selector')}) {time.perf_counter() - start:.0f}s"
+    )
     manifest = read_manifest(manifest_path, verify=False)
-    case = pipeline_corpus(Geometry(spec.n_tokens, spec.vision_hidden, spec.text_hidden, spec.t_max, 1), spec.image_size, repeats=1)[0]
+    case = pipeline_corpus(
+        Geometry(spec.n_tokens, spec.vision_hidden, spec.text_hidden, spec.t_max, 1), spec.image_size, repeats=1
+    )[0]
     feeds = with_prompt_len(case, settings.text_len).feeds
     k = SPLIT_BUDGETS[0]
     fused_runtime, chain = OrtGraph(fused[k], provider=CPU), OrtChain(manifest, CPU)

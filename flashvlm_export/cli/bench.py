@@ -64,7 +64,9 @@ def main(argv: list[str]) -> int:
         from flashvlm_export.bench.ranged import range_cost, write_rows
         from flashvlm_export.bench.run import bench_settings
 
-        settings = bench_settings(args.repeats, args.text_len, export=False, full_graph=True, gpu=False, split=False, split_only=False)
+        settings = bench_settings(
+            args.repeats, args.text_len, export=False, full_graph=True, gpu=False, split=False, split_only=False
+        )
         out_dir = Path(args.out_dir)
         check_writable([out_dir / "bench-range.json"], force=True, log=log, flag="--out-dir")
         with tempfile.TemporaryDirectory(prefix="flashvlm-bench-range-") as scratch:
@@ -92,6 +94,8 @@ def main(argv: list[str]) -> int:
         split_only=args.split_only,
     )
     out_dir = Path(args.out_dir)
-    check_writable([out_dir / "bench.json", out_dir / "bench.md"], force=True, log=log, flag="--out-dir")  # before minutes of work
+    check_writable(
+        [out_dir / "bench.json", out_dir / "bench.md"], force=True, log=log, flag="--out-dir"
+    )  # before minutes of work
     run_bench(settings, out_dir, f"{PROG} bench " + " ".join(argv), log=log)
     return 0

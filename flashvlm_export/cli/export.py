@@ -92,7 +92,9 @@ def parser() -> argparse.ArgumentParser:
         help="one encoder graph, one small selector graph per budget and a manifest (the default when --budget lists several)",
     )
     t.add_argument("--fused", action="store_true", help="one full graph per budget, each with its own copy of the encoder")
-    t.add_argument("--engine", action="store_true", help="also build a TensorRT engine from each graph (needs TensorRT and a GPU)")
+    t.add_argument(
+        "--engine", action="store_true", help="also build a TensorRT engine from each graph (needs TensorRT and a GPU)"
+    )
     t.add_argument("--engine-dir", metavar="DIR", default="engines", help="folder for engines (default: engines)")
     t.add_argument(
         "--timing-cache", metavar="PATH", help="TensorRT timing cache, saved and reused (default: <engine-dir>/timing.cache)"
@@ -106,7 +108,11 @@ def parser() -> argparse.ArgumentParser:
 
 def video_options(args) -> dict:
     """export_requests' clip keywords from --video, --frames, --video-budget and --fps (the last three need --video)."""
-    given = {flag: value for flag, value in (("--frames", args.frames), ("--video-budget", args.video_budget), ("--fps", args.fps)) if value is not None}
+    given = {
+        flag: value
+        for flag, value in (("--frames", args.frames), ("--video-budget", args.video_budget), ("--fps", args.fps))
+        if value is not None
+    }
     if not args.video:
         if given:
             flag = next(iter(given))
@@ -156,7 +162,9 @@ def main(argv: list[str]) -> int:
         cache = Path(args.timing_cache) if args.timing_cache else None
         from flashvlm_export.trt.engines import EngineJob, EngineOptions
 
-        options = EngineOptions(Path(args.engine_dir), cache, args.plugin_lib, args.workspace, "--engine-dir" in given_flags(argv))
+        options = EngineOptions(
+            Path(args.engine_dir), cache, args.plugin_lib, args.workspace, "--engine-dir" in given_flags(argv)
+        )
         engines = EngineJob(options)
     done = run_export(spec, outputs, source, args.opset, args.exporter, engines, args.force, log=log)
     weights_flag = "" if done.weights is None else f" {done.weights.flags()}"

@@ -128,7 +128,9 @@ def add_selector_flags(p: argparse.ArgumentParser) -> list[str]:
         where = f", in {interval_text(meta['range'])}" if meta["range"] else ""
         default = "none" if field.default is None else field.default
         if field.name in MODEL_DEFAULTS:
-            default = "the model's: " + ", ".join(f"{gate} for {', '.join(names)}" for gate, names in _model_defaults(field.name).items())
+            default = "the model's: " + ", ".join(
+                f"{gate} for {', '.join(names)}" for gate, names in _model_defaults(field.name).items()
+            )
         kind = {"choices": meta["choices"]} if meta["choices"] else {"type": _TYPES[field.type]}
         value = None if field.name in MODEL_DEFAULTS else field.default
         g.add_argument(flag, default=value, help=f"{meta['help']}{where} (default: {default})", **kind)
@@ -160,4 +162,3 @@ def selector_config(args, spec=None):
         return spec.selector_config(**values) if spec is not None else SelectorConfig(**values)
     except SettingError as exc:
         raise UsageError(exc.named(flag_of(exc.name))) from None
-

@@ -31,7 +31,9 @@ def parser() -> argparse.ArgumentParser:
         "--graph", metavar="PATH", help="graph to check; default: export a selector graph for --model/--budget to a temp dir"
     )
     p.add_argument(
-        "--engine", metavar="PLAN", help="also check this TensorRT engine against the graph it was built from (--graph; a split's engine finds it in the split folder); needs TensorRT and a GPU"
+        "--engine",
+        metavar="PLAN",
+        help="also check this TensorRT engine against the graph it was built from (--graph; a split's engine finds it in the split folder); needs TensorRT and a GPU",
     )
     p.add_argument(
         "--manifest",
@@ -52,7 +54,9 @@ def parser() -> argparse.ArgumentParser:
     # flags that describe a graph to export: moot (and refused) when --graph, --engine or --manifest names one
     p.set_defaults(graph_defining=["--model", *add_graph_flags(p, many_budgets=False), *add_selector_flags(p)])
     c = p.add_argument_group("corpus and records")
-    c.add_argument("--corpus-seed", type=int, default=0, help="seed of the parity corpus and of the sensitivity noise (default: 0)")
+    c.add_argument(
+        "--corpus-seed", type=int, default=0, help="seed of the parity corpus and of the sensitivity noise (default: 0)"
+    )
     c.add_argument("--repeats", type=int, default=2, help="instances of each corpus case (default: 2)")
     c.add_argument("--load-inputs", metavar="JSON", help="run these Polygraphy-format inputs instead of the corpus")
     c.add_argument(

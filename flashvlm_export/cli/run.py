@@ -29,7 +29,12 @@ def parser() -> argparse.ArgumentParser:
         metavar="JSON",
         help="a split export's manifest: its encoder, then the selector of --budget (no host copy in between)",
     )
-    s.add_argument("--budget", type=int, metavar="K", help="K this request keeps: one of a --manifest's budgets, or any in a budget-range graph's or split's range")
+    s.add_argument(
+        "--budget",
+        type=int,
+        metavar="K",
+        help="K this request keeps: one of a --manifest's budgets, or any in a budget-range graph's or split's range",
+    )
     s.add_argument("--tensorrt", action="store_true", help="with --manifest: run its TensorRT engines (needs TensorRT and a GPU)")
     s.add_argument("--plugin-lib", metavar="PATH", help="libflashvlm_plugins.so for an engine built with --plugin")
     i = p.add_argument_group("input")
@@ -37,11 +42,19 @@ def parser() -> argparse.ArgumentParser:
     i.add_argument(
         "--demo-image", metavar="FILE", help="write a synthetic picture (the repository's demo) to FILE and use it as --image"
     )
-    i.add_argument("--video", metavar="FILE", help="a clip (mp4, mkv, avi, ...) for a clip graph (exported with --video): F frames sampled evenly")
     i.add_argument(
-        "--demo-video", metavar="FILE", help="write the synthetic clip (a ball rolling, a box appearing) at the graph's frames and size to FILE (.mp4, .mkv, .avi) and use it as --video"
+        "--video",
+        metavar="FILE",
+        help="a clip (mp4, mkv, avi, ...) for a clip graph (exported with --video): F frames sampled evenly",
     )
-    i.add_argument("--fps", type=float, metavar="F", help="with --video: the frames shown at 0, 1/F, 2/F, ... s instead of evenly spread")
+    i.add_argument(
+        "--demo-video",
+        metavar="FILE",
+        help="write the synthetic clip (a ball rolling, a box appearing) at the graph's frames and size to FILE (.mp4, .mkv, .avi) and use it as --video",
+    )
+    i.add_argument(
+        "--fps", type=float, metavar="F", help="with --video: the frames shown at 0, 1/F, 2/F, ... s instead of evenly spread"
+    )
     i.add_argument(
         "--max-image-pixels",
         type=int,
@@ -79,7 +92,11 @@ def parser() -> argparse.ArgumentParser:
         default="transformers",
         help="where the LLM answers: transformers (default), or llama.cpp with --gguf (needs the llama extra)",
     )
-    o.add_argument("--gguf", metavar="FILE", help="with --llm-runtime llama.cpp: the LLM as GGUF (flashvlm-export gguf writes a test model's)")
+    o.add_argument(
+        "--gguf",
+        metavar="FILE",
+        help="with --llm-runtime llama.cpp: the LLM as GGUF (flashvlm-export gguf writes a test model's)",
+    )
     o.add_argument("--force", action="store_true", help="overwrite an existing --heatmap, --demo-image or --demo-video")
     return p
 

@@ -28,7 +28,9 @@ def parser() -> argparse.ArgumentParser:
         "onnx: onnxruntime_onnx models chained by a Python BLS entry; tensorrt: the manifest's engines as tensorrt_plan models",
     )
     p.add_argument("--plugin-lib", metavar="PATH", help="libflashvlm_plugins.so, for the tensorrt flavour of --plugin engines")
-    p.add_argument("--instances", type=int, default=1, metavar="N", help="instances of each model (instance_group count; default 1)")
+    p.add_argument(
+        "--instances", type=int, default=1, metavar="N", help="instances of each model (instance_group count; default 1)"
+    )
     p.add_argument(
         "--python-path",
         metavar="DIRS",
@@ -45,7 +47,14 @@ def main(argv: list[str]) -> int:
     args = parser().parse_args(argv)
     plugin = Path(args.plugin_lib) if args.plugin_lib else None
     out = write_repository(
-        Path(args.manifest), Path(args.out), args.flavour, args.force, plugin, args.instances, log=log, python_path=args.python_path
+        Path(args.manifest),
+        Path(args.out),
+        args.flavour,
+        args.force,
+        plugin,
+        args.instances,
+        log=log,
+        python_path=args.python_path,
     )
     log(f"Serve it: tritonserver --model-repository {out}   (docs/TRITON.md)")
     return 0

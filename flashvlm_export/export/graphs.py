@@ -109,6 +109,7 @@ class EncoderRequest(_Traced):
             s.image_size,
             frames=self.frames,
             crops=s.crops,
+            deepstack=s.deepstack_layers,
         )
 
     def module(self, parts=None, verification: bool = False) -> torch.nn.Module:
@@ -168,7 +169,7 @@ class ExportRequest(_Traced):
 
     @property
     def budget_label(self) -> str:
-        """"128", or "16-256" for a budget range: file names and messages."""
+        """ "128", or "16-256" for a budget range: file names and messages."""
         return f"{self.budget_min}-{self.budget}" if self.ranged else str(self.budget)
 
     def schedule_of(self, budget: int) -> RoundSchedule:
@@ -227,6 +228,11 @@ class ExportRequest(_Traced):
         positions, at the model's own N (or a clip's)."""
         return self.spec.has_positions and (self.tokens == self.spec.n_tokens or self.clip is not None)
 
+    @property
+    def deepstack(self) -> int:
+        """L: the DeepStack layers whose rows the graph takes and gathers (Qwen3-VL at the model's own N or a clip's)."""
+        return self.spec.deepstack_layers if self.positions else 0
+
     def token_positions(self) -> torch.Tensor:
         """(N, 3) int64: each token's (t, h, w), an image's or a clip's (models/positions.py)."""
         if self.clip is not None:
@@ -249,12 +255,13 @@ class ExportRequest(_Traced):
             frames=self.frames,
             gram_width=None if self.clip is None else self.clip.gram_width,
             crops=s.crops,
+            deepstack=self.deepstack,
         )
 
     def module(self, parts=None, verification: bool = False) -> torch.nn.Module:
         """The static module; with verification=True it also returns the interface's verification outputs."""
         table = self.token_positions() if self.positions else None
-        selector = SelectorWithEmbeds(self.selector(verification), table)
+        selector = SelectorWithEmbeds(self.selector(verification), table, deepstack=bool(self.deepstack))
         if self.selector_only:
             return selector
         if parts is None:
@@ -263,6 +270,7 @@ class ExportRequest(_Traced):
 
     def metadata(self, weights: str | None) -> dict[str, str]:
         return request_metadata(self, weights)
+
 
 def request_from_metadata(meta: dict[str, str], source: str) -> ExportRequest:
     """The request a full or selector graph was exported from, rebuilt from its metadata (export/metadata.py checks it)."""
@@ -325,7 +333,11 @@ def export_logged(
     timer = StepTimer("ONNX", log)
     with progress(f"ONNX: exporting {what} with {exporter}", log=log, hint=hint):
         export_graph(request, path, parts, weights, opset, exporter, overwrite=overwrite, module=module, metadata=metadata)
-    shape = f"B={request.batch}" if request.kind == "encoder" else f"K={request.budget_label}, B={request.batch}, T_max={request.t_max}"
+    shape = (
+        f"B={request.batch}"
+        if request.kind == "encoder"
+        else f"K={request.budget_label}, B={request.batch}, T_max={request.t_max}"
+    )
     where = "staged, placed with the rest of the split" if staged else f"saved as '{path}'"
     log(f"ONNX: export success ({request.kind} graph, {shape}) {timer.elapsed:.1f}s, {where} ({human_size(artifact_size(path))})")
     return stamped(metadata, opset)

@@ -18,12 +18,14 @@ PIXEL_VALUES = "pixel_values"  # (B, 3, H, W); a clip graph's (B, F, 3, H, W)
 VISION_FEATURES = "vision_features"  # X (B, N, Dv)
 CLS_ATTENTION = "cls_attention"  # a (B, N)
 PROJECTED_FEATURES = "projected_features"  # P(X) (B, N, Dl)
+DEEPSTACK_FEATURES = "deepstack_features"  # (B, L, N, Dl): each DeepStack layer's row per token (Qwen3-VL only)
 TEXT_EMBEDS = "text_embeds"  # T (B, T_max, Dl)
 TEXT_MASK = "text_mask"  # (B, T_max) bool
 BUDGET = "budget"  # (B,) int64: each image's K, an input of a budget-range graph only (KMIN <= K <= KMAX)
 INDICES = "indices"  # (B, K) int64 ascending
 VISUAL_EMBEDS = "visual_embeds"  # P(X)[indices] (B, K, Dl)
 POSITIONS = "positions"  # (B, K, 3) int64 (t, h, w) of each kept token from the image's start (3-axis rotary models)
+DEEPSTACK_EMBEDS = "deepstack_embeds"  # (B, L, K, Dl): the kept tokens' DeepStack rows (Qwen3-VL only)
 KEPT = "kept"  # (B,) int64: tokens each image kept, an output of a budget-range graph only
 TEXT_RELEVANCE = "text_relevance"  # s (B, N), step 5
 SHARPENED_SCORES = "sharpened_scores"  # q (B, N), step 6: before step 7's top-p gate
@@ -32,6 +34,7 @@ GRAM = "gram"  # G (B, N, N), step 10; a per-group clip graph's (B, N, n): each 
 # cut into crops (LLaVA-NeXT): each crop's, (B, crops, N/crops, N/crops)
 
 FEATURES = (VISION_FEATURES, CLS_ATTENTION, PROJECTED_FEATURES)
+ENCODER_OUTPUTS = (*FEATURES, DEEPSTACK_FEATURES)  # every tensor an encoder may return (DeepStack: Qwen3-VL only)
 SELECTOR_INPUTS = (*FEATURES, TEXT_EMBEDS, TEXT_MASK)
 PIPELINE_INPUTS = (PIXEL_VALUES, TEXT_EMBEDS, TEXT_MASK)
 
@@ -92,6 +95,7 @@ def graph_interface(
     frames: int | None = None,
     gram_width: int | None = None,
     crops: int = 1,
+    deepstack: int = 0,
 ) -> GraphInterface:
     """The interface of one graph; `budget >= n_tokens` keeps every token and decides nothing.
 
@@ -102,6 +106,8 @@ def graph_interface(
     frames: a clip graph: pixel_values (B, F, 3, H, W), N the clip's tokens (selector/clip.py); gram_width: the columns
     of its Gram (a group's n under the per-group rule).
     crops > 1 (LLaVA-NeXT): pixel_values (B, crops, 3, S, S); the N tokens are the crops' crop-major, and G is per crop.
+    deepstack = L > 0 (Qwen3-VL): the features also hold `deepstack_features` (B, L, N, Dl) after P(X), and the selected
+    outputs `deepstack_embeds` (B, L, K, Dl) after the positions (a range graph's padded rows zero).
     """
     if kind not in GRAPH_KINDS:
         raise ValueError(f"unknown graph kind {kind!r}")
@@ -112,6 +118,8 @@ def graph_interface(
         TensorSpec(CLS_ATTENTION, (b, n), f32),
         TensorSpec(PROJECTED_FEATURES, (b, n, text_hidden), f32),
     )
+    if deepstack:
+        features += (TensorSpec(DEEPSTACK_FEATURES, (b, deepstack, n, text_hidden), f32),)
     stack = (frames,) if frames is not None else (crops,) if crops > 1 else ()  # a clip's frames or a photo's crops
     pixels = TensorSpec(PIXEL_VALUES, (b, *stack, 3, image_size, image_size), f32)
     gram = (b, crops, n // crops, n // crops) if crops > 1 else (b, n, gram_width or n)
@@ -121,6 +129,8 @@ def graph_interface(
     selected = (TensorSpec(INDICES, (b, k), np.int64), TensorSpec(VISUAL_EMBEDS, (b, k, text_hidden), f32))
     if positions:
         selected += (TensorSpec(POSITIONS, (b, k, 3), np.int64),)
+    if deepstack:
+        selected += (TensorSpec(DEEPSTACK_EMBEDS, (b, deepstack, k, text_hidden), f32),)
     if budget_min is not None:
         text += (TensorSpec(BUDGET, (b,), np.int64),)
         selected += (TensorSpec(KEPT, (b,), np.int64),)

@@ -108,7 +108,9 @@ def run_export(
 
         resolve_weights_dir(spec, source.path)
     engine_paths = engines.prepare(outputs) if engines is not None else []
-    with owned_folder(outputs.plan.folder) if outputs.plan else nullcontext():  # a split stopped part-way leaves no folder it made
+    with (
+        owned_folder(outputs.plan.folder) if outputs.plan else nullcontext()
+    ):  # a split stopped part-way leaves no folder it made
         # each refusal names the flag that moves those files: a split's folder and its engines only by --out-dir
         check_writable(outputs.files, force, log=log, flag=outputs.flag)
         if engine_paths:

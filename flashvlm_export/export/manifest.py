@@ -118,7 +118,11 @@ class Manifest:
 
     def _file(self, entry: dict, what: str, kind: str = "graph") -> Path:
         """A file the manifest names, by the rule of artifact_paths: inside its folder, regular, its recorded size."""
-        where = "copy the whole split folder (its engines/ too), or run in ONNX Runtime" if kind == "engine" else "copy the whole split folder"
+        where = (
+            "copy the whole split folder (its engines/ too), or run in ONNX Runtime"
+            if kind == "engine"
+            else "copy the whole split folder"
+        )
         return named_file(self.path, self.folder, entry["path"], what, kind, expect_bytes=entry.get("bytes"), fix=where)
 
     @property
@@ -144,7 +148,9 @@ class Manifest:
         for entry in self.record["selectors"]:
             if entry["budget"] == budget:
                 return entry
-        raise UsageError(f"{arg('budget', budget)} is not in {self.path}: it has {self.serves}; ask for one of those or re-export")
+        raise UsageError(
+            f"{arg('budget', budget)} is not in {self.path}: it has {self.serves}; ask for one of those or re-export"
+        )
 
     def request(self, budget: int):
         """The budget's ExportRequest as a full pipeline (the chain end to end), from its selector graph's metadata."""
@@ -161,7 +167,9 @@ class Manifest:
         if self.budget_range is not None:
             k_min, k_max = self.budget_range
             if isinstance(budget, bool) or not isinstance(budget, (int, np.integer)) or not k_min <= budget <= k_max:
-                raise UsageError(f"{arg('budget', budget)} is outside {self.path}'s range: it serves {self.serves}; ask for one in it")
+                raise UsageError(
+                    f"{arg('budget', budget)} is outside {self.path}'s range: it serves {self.serves}; ask for one in it"
+                )
             return k_max
         self._selector(budget)
         return budget
@@ -189,7 +197,7 @@ def read_manifest(path: Path, verify: bool = True, engines: bool = False) -> Man
     except (OSError, UnicodeDecodeError, ValueError) as exc:
         raise _fail(path, f"is not readable JSON ({type(exc).__name__})") from None
     if not isinstance(record, dict) or record.get("format") != FORMAT:
-        raise _fail(path, f"is not a flashvlm-export split manifest (no \"format\": \"{FORMAT}\")")
+        raise _fail(path, f'is not a flashvlm-export split manifest (no "format": "{FORMAT}")')
     if record.get("format_version") != FORMAT_VERSION:
         raise _fail(path, f"has format_version {record.get('format_version')!r}; this flashvlm-export reads {FORMAT_VERSION}")
     try:

@@ -158,7 +158,9 @@ def request_fields(meta: dict[str, str], source: str) -> dict:
     """The fields of the ExportRequest a full or selector graph was exported from, checked key by key; malformed
     metadata is a one-line error, and so is a split's encoder graph (its manifest describes it)."""
     if meta.get("graph") == "encoder":
-        raise UsageError(f"{source} is the encoder graph of a split export; pass its manifest instead ({arg('manifest', 'DIR/manifest.json')})")
+        raise UsageError(
+            f"{source} is the encoder graph of a split export; pass its manifest instead ({arg('manifest', 'DIR/manifest.json')})"
+        )
     key = "?"
 
     def field(name: str) -> str:
@@ -194,7 +196,9 @@ def request_fields(meta: dict[str, str], source: str) -> dict:
             check_budget_range(budget_min, n_tokens, "budget_min", f" for n_tokens {n_tokens}")
             key = "budget_max"
             if whole("budget_max") != budget or budget_min >= budget:
-                raise ValueError(f"range {budget_min}..{meta['budget_max']} with budget {budget}: want budget_min < budget_max = budget")
+                raise ValueError(
+                    f"range {budget_min}..{meta['budget_max']} with budget {budget}: want budget_min < budget_max = budget"
+                )
         key = "plugin"
         plugin = meta.get("plugin", "0")
         if plugin not in ("0", "1"):

@@ -24,6 +24,7 @@ from flashvlm_export.export.options import DEFAULT_EXPORTER, DEFAULT_OPSET, EXPO
 EXTERNAL_DATA_BYTES = 2 * 1024**3  # protobuf's 2 GB limit
 HEADROOM_BYTES = 64 * 1024**2  # graph structure, sidecar and file-system slack beyond the weights
 
+
 @dataclass(frozen=True)
 class GraphIO:
     """What one export traces: input and output names (from export/interface.py) and example inputs.
@@ -186,7 +187,9 @@ def export_onnx(
 # 70 rounds, 192 s with dynamo and 31 s with torchscript under a load of 11 on 2026-12-06). The opening line says
 # only whether an export can take minutes, and when torchscript is the quicker exporter.
 MANY_ROUNDS = 20  # unrolled pruning rounds from which the dynamo exporter can take minutes (and torchscript is quicker)
-LARGE_WEIGHTS = 256 * 1024**2  # bytes of weights from which an export can take minutes (llava15's 1.2 GB: 22 s quiet, 4 min loaded)
+LARGE_WEIGHTS = (
+    256 * 1024**2
+)  # bytes of weights from which an export can take minutes (llava15's 1.2 GB: 22 s quiet, 4 min loaded)
 
 
 def export_hint(n_rounds: int, weight_bytes: int, exporter: str) -> str:

@@ -104,10 +104,14 @@ def export_requests(
         if not 2 <= n_tokens <= TOPK_LIMIT:
             raise UsageError(f"--n-tokens {n_tokens} is out of range; use 2 <= N <= {TOPK_LIMIT} (TensorRT's TopK limit)")
         if spec.crops > 1:
-            raise UsageError(f"--n-tokens {n_tokens}: {spec.name}'s N is its crops' ({spec.crops} x {spec.crop_tokens}); drop --n-tokens")
+            raise UsageError(
+                f"--n-tokens {n_tokens}: {spec.name}'s N is its crops' ({spec.crops} x {spec.crop_tokens}); drop --n-tokens"
+            )
         tokens = n_tokens
     if budget_range is not None and spec.crops > 1:
-        raise UsageError(f"--budget-range {budget_range} is not built for a model cut into crops ({spec.name}); pass --budget K1,K2,...")
+        raise UsageError(
+            f"--budget-range {budget_range} is not built for a model cut into crops ({spec.name}); pass --budget K1,K2,..."
+        )
     check_shape_fits(spec, tokens, t_max, batch, selector_only)
     if budget_range is not None:
         if budgets is not None:
@@ -136,7 +140,9 @@ def check_video(spec: ModelSpec, frames: int, fps: float, n_tokens: int | None, 
     """--video: a model with a video path, an even frame count of at least one temporal group, a positive --fps."""
     if not spec.has_video:
         with_video = ", ".join(name for name, other in MODELS.items() if other.has_video)
-        raise UsageError(f"--video: {spec.name} has no video path; use --model {with_video.split(', ')[0]} (video: {with_video}) or drop --video")
+        raise UsageError(
+            f"--video: {spec.name} has no video path; use --model {with_video.split(', ')[0]} (video: {with_video}) or drop --video"
+        )
     step = spec.temporal_patch
     if isinstance(frames, bool) or not isinstance(frames, int) or frames < step or frames % step:
         fix = step if not isinstance(frames, int) or frames < step else frames + step - frames % step
@@ -147,7 +153,9 @@ def check_video(spec: ModelSpec, frames: int, fps: float, n_tokens: int | None, 
     if not (math.isfinite(fps) and fps > 0):
         raise UsageError(f"--fps {fps} must be a positive frame rate; use e.g. --fps 2 (Qwen's default)")
     if n_tokens is not None:
-        raise UsageError(f"--n-tokens {n_tokens} and --video exclude each other: a clip's N is --frames / {spec.temporal_patch} x the image's; drop --n-tokens")
+        raise UsageError(
+            f"--n-tokens {n_tokens} and --video exclude each other: a clip's N is --frames / {spec.temporal_patch} x the image's; drop --n-tokens"
+        )
     if budget_range is not None:
         raise UsageError(f"--budget-range {budget_range} does not apply to --video yet; pass one --budget")
 

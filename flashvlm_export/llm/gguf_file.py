@@ -134,7 +134,9 @@ def stand_in_vocab(spec: ModelSpec, vocab_size: int):
     control = set(BASE_TOKENS.values()) | set(stand_in_specials(spec).values())
     for token, index in tokenizer.get_vocab().items():
         tokens[index] = token
-        types[index] = gguf.TokenType.UNKNOWN if index == UNK else gguf.TokenType.CONTROL if index in control else gguf.TokenType.NORMAL
+        types[index] = (
+            gguf.TokenType.UNKNOWN if index == UNK else gguf.TokenType.CONTROL if index in control else gguf.TokenType.NORMAL
+        )
     return tokens, types, tokenizer.bos_token_id, tokenizer.eos_token_id
 
 
@@ -147,8 +149,12 @@ def write_gguf(path: Path, spec: ModelSpec, config, hf, dtype: str = "f32", name
         raise UsageError(f"{arg('dtype', dtype)} is not a GGUF weight type; choose one of {', '.join(DTYPES)}")
     arch = gguf_arch(spec)
     head_dim = config.hidden_size // config.num_attention_heads
-    qtype = {"f32": gguf.GGMLQuantizationType.F32, "f16": gguf.GGMLQuantizationType.F16, "q8_0": gguf.GGMLQuantizationType.Q8_0}[dtype]
-    ftype = {"f32": gguf.LlamaFileType.ALL_F32, "f16": gguf.LlamaFileType.MOSTLY_F16, "q8_0": gguf.LlamaFileType.MOSTLY_Q8_0}[dtype]
+    qtype = {"f32": gguf.GGMLQuantizationType.F32, "f16": gguf.GGMLQuantizationType.F16, "q8_0": gguf.GGMLQuantizationType.Q8_0}[
+        dtype
+    ]
+    ftype = {"f32": gguf.LlamaFileType.ALL_F32, "f16": gguf.LlamaFileType.MOSTLY_F16, "q8_0": gguf.LlamaFileType.MOSTLY_Q8_0}[
+        dtype
+    ]
     fd, temp = tempfile.mkstemp(prefix=".flashvlm-tmp-", suffix=".gguf", dir=path.parent)
     os.close(fd)
     try:
@@ -226,7 +232,9 @@ def write_model_gguf(
     timer = StepTimer("GGUF", log)
     if test_size:
         if layers is not None:
-            raise UsageError(f"{arg('layers', layers)}: {spec.name}'s GGUF is its whole random LLM (the graph's); drop {arg('layers')}")
+            raise UsageError(
+                f"{arg('layers', layers)}: {spec.name}'s GGUF is its whole random LLM (the graph's); drop {arg('layers')}"
+            )
         from flashvlm_export.models.adapter import get_parts
         from flashvlm_export.models.weights import WeightsSource
         from flashvlm_export.runtime.answer import build_llm
@@ -241,7 +249,10 @@ def write_model_gguf(
                 f"{spec.name}'s random LLM is for timing only and is cut to a few layers: pass {arg('layers', 'N')} with N in 1..{full}"
             )
         config = text_config(spec, layers)
-        weights, what = timing_weights(config, seed), f"{spec.name}'s geometry, {layers}/{full} layers, seeded timing weights (not a model)"
+        weights, what = (
+            timing_weights(config, seed),
+            f"{spec.name}'s geometry, {layers}/{full} layers, seeded timing weights (not a model)",
+        )
     write_gguf(out, spec, config, weights, dtype, name=f"{spec.name} ({what})")
     timer.done(f"wrote {what}, {dtype}", out)
     return out

@@ -85,7 +85,9 @@ def full_config(spec: ModelSpec):
     """The transformers LlavaNextConfig with this geometry and the checkpoint's pinpoints (eager vision attention)."""
     from transformers import CLIPVisionConfig, LlavaNextConfig
 
-    vision = CLIPVisionConfig(hidden_size=spec.vision_hidden, image_size=spec.image_size, patch_size=spec.patch_size, **spec.vision)
+    vision = CLIPVisionConfig(
+        hidden_size=spec.vision_hidden, image_size=spec.image_size, patch_size=spec.patch_size, **spec.vision
+    )
     config = LlavaNextConfig(
         vision_config=vision,
         text_config=text_config(spec),
@@ -182,7 +184,9 @@ def _load_newline(path: Path, hidden: int) -> torch.Tensor:
                 if key in f.keys():
                     newline = f.get_tensor(key).to(torch.float32)
                     if tuple(newline.shape) != (hidden,):
-                        raise UsageError(f"checkpoint {path} has an image_newline of shape {tuple(newline.shape)}, not ({hidden},); {FIX}")
+                        raise UsageError(
+                            f"checkpoint {path} has an image_newline of shape {tuple(newline.shape)}, not ({hidden},); {FIX}"
+                        )
                     return newline
     raise UsageError(f"checkpoint {path} has no image_newline; {FIX}")
 

@@ -242,7 +242,9 @@ def video_processor_patchify(videos: torch.Tensor, patch_size: int, merge_size: 
         grid_w // merge_size, merge_size, patch_size,
     )  # fmt: skip
     patches = patches.permute(0, 1, 4, 7, 5, 8, 3, 2, 6, 9)
-    flatten_patches = patches.reshape(batch_size, grid_t * grid_h * grid_w, channel * temporal_patch_size * patch_size * patch_size)
+    flatten_patches = patches.reshape(
+        batch_size, grid_t * grid_h * grid_w, channel * temporal_patch_size * patch_size * patch_size
+    )
     return flatten_patches, grid_t, grid_h, grid_w
 
 
@@ -254,7 +256,9 @@ class QwenClipEncoderCore(nn.Module):
     def __init__(self, core: QwenEncoderCore, frames: int):
         super().__init__()
         if frames % core.temporal:
-            raise UsageError(f"--frames {frames} is not a multiple of {core.temporal} (Qwen2.5-VL's temporal patch); use --frames {frames + 1}")
+            raise UsageError(
+                f"--frames {frames} is not a multiple of {core.temporal} (Qwen2.5-VL's temporal patch); use --frames {frames + 1}"
+            )
         self.core, self.groups = core, frames // core.temporal
 
     def forward(self, frames: torch.Tensor):

@@ -10,9 +10,9 @@ import importlib
 
 from flashvlm_export.errors import UsageError, nearest
 from flashvlm_export.models.spec import ModelSpec
-from flashvlm_export.models.zoo import llava15, llava_next, qwen2_5_vl
+from flashvlm_export.models.zoo import llava15, llava_next, qwen2_5_vl, qwen3_5, qwen3_vl
 
-ZOO = (llava15, qwen2_5_vl, llava_next)
+ZOO = (llava15, qwen2_5_vl, llava_next, qwen3_vl, qwen3_5)
 MODELS: dict[str, ModelSpec] = {spec.name: spec for module in ZOO for spec in module.SPECS}
 
 

@@ -18,10 +18,21 @@ class DecoderGeometry:
     heads: int
     kv_heads: int
     vocab: int
+    head_dim: int = 0  # attention head width; 0: hidden / heads (Qwen3 declares its own, 128 or 256)
+    # Qwen3.5's hybrid decoder: this many of the layers are linear attention (Gated DeltaNet), the rest full attention
+    linear_layers: int = 0
+    linear_key_heads: int = 0
+    linear_value_heads: int = 0
+    linear_head_dim: int = 0  # key and value head width of the linear-attention layers
+
+    def __post_init__(self) -> None:
+        if not self.head_dim:
+            object.__setattr__(self, "head_dim", self.hidden // self.heads)
 
     @property
-    def head_dim(self) -> int:
-        return self.hidden // self.heads
+    def attention_layers(self) -> int:
+        """Layers of softmax attention over the whole prefix (the rest are linear attention: Qwen3.5)."""
+        return self.layers - self.linear_layers
 
     def llama_config(self) -> dict:
         """transformers LlamaConfig keyword arguments for this geometry."""
@@ -35,7 +46,14 @@ class DecoderGeometry:
         )
 
 
-FAMILIES = ("llava", "qwen2_5_vl", "llava_next")  # the adapter modules of models/ (models/registry.py imports them)
+FAMILIES = (
+    "llava",
+    "qwen2_5_vl",
+    "llava_next",
+    "qwen3_vl",
+    "qwen3_5",
+)  # the adapter modules of models/ (registry.py imports them)
+QWEN_FAMILIES = ("qwen2_5_vl", "qwen3_vl", "qwen3_5")  # native-resolution towers with video and 3-axis rotary positions
 
 
 @dataclass(frozen=True)
@@ -141,8 +159,8 @@ class ModelSpec:
 
     @property
     def has_video(self) -> bool:
-        """Whether the family encodes clips (export --video): Qwen2.5-VL's temporal groups of two frames."""
-        return self.family == "qwen2_5_vl"
+        """Whether the family encodes clips (export --video): the Qwen towers' temporal groups of two frames."""
+        return self.family in QWEN_FAMILIES
 
     @property
     def temporal_patch(self) -> int:
@@ -153,7 +171,20 @@ class ModelSpec:
     @property
     def has_positions(self) -> bool:
         """Whether the LLM places visual tokens by (t, h, w) rotary positions, which the graphs then return."""
-        return self.family == "qwen2_5_vl"
+        return self.family in QWEN_FAMILIES
+
+    @property
+    def deepstack_layers(self) -> int:
+        """L: the vision tower's DeepStack layers (Qwen3-VL: 3), each a feature row per merged token added to the LLM's
+        first L decoder layers; the graphs then also return `deepstack_embeds` (B, L, K, Dl). 0 for every other model."""
+        return len(self.vision.get("deepstack_visual_indexes", ())) if self.family == "qwen3_vl" else 0
+
+    @property
+    def timestamped_frames(self) -> bool:
+        """Whether a clip's frame groups are separated by timestamp text (`<t seconds>` before each group's
+        vision_start: the Qwen3 generation), each group then placed as an image of its own; else (Qwen2.5-VL) by
+        the temporal rotary axis alone."""
+        return self.family in ("qwen3_vl", "qwen3_5")
 
     def pinpoint_grid(self, number: int) -> tuple[int, int]:
         """The grid (rows, columns) of the checkpoint's pinpoint `number`."""

@@ -82,16 +82,21 @@ class SelectorWithEmbeds(nn.Module):
     themselves, so a runtime never copies the N rows of P(X) through the host.
     """
 
-    def __init__(self, selector: nn.Module, token_positions: torch.Tensor | None = None):
+    def __init__(self, selector: nn.Module, token_positions: torch.Tensor | None = None, deepstack: bool = False):
         """`token_positions` (N, 3) int64: each token's (t, h, w) rotary position relative to the image's start;
-        given, the module also returns the kept tokens' positions (B, K, 3) after visual_embeds."""
+        given, the module also returns the kept tokens' positions (B, K, 3) after visual_embeds. deepstack=True
+        (Qwen3-VL): it takes `deepstack_features` (B, L, N, Dl) after P(X) and returns the kept tokens' rows
+        (B, L, K, Dl) after the positions, gathered at the same indices."""
         super().__init__()
         self.selector = selector
         self.token_positions = token_positions
+        self.deepstack = deepstack
 
-    def forward(self, vision_features, cls_attention, projected, text_embeds, text_mask, *budget):
-        """`budget` (B,) int64: given to a budget-range selector (selector/range.py), whose -1 padded indices give zero
-        rows and -1 positions, and whose `kept` (B,) follows the positions."""
+    def forward(self, vision_features, cls_attention, projected, *rest):
+        """rest: [deepstack_features,] text_embeds, text_mask[, budget]. `budget` (B,) int64: given to a budget-range
+        selector (selector/range.py), whose -1 padded indices give zero rows and -1 positions, and whose `kept` (B,)
+        follows the positions."""
+        deepstack, (text_embeds, text_mask, *budget) = (rest[0], rest[1:]) if self.deepstack else (None, rest)
         selected = self.selector(vision_features, cls_attention, projected, text_embeds, text_mask, *budget)
         indices, *decisions = selected if isinstance(selected, tuple) else (selected,)
         kept = (decisions.pop(0),) if getattr(self.selector, "ranged", False) else ()
@@ -107,7 +112,13 @@ class SelectorWithEmbeds(nn.Module):
         positions = self.token_positions[safe]  # (B, K, 3): a Gather from a constant table
         if kept:
             positions = torch.where(valid[..., None], positions, -1)
-        return (indices, rows, positions, *kept, *decisions)
+        if deepstack is None:
+            return (indices, rows, positions, *kept, *decisions)
+        # each image's (L, N, Dl) rows at its K indices along N: one Gather per image, as for P(X)
+        stacked = torch.stack([d.index_select(1, i) for d, i in zip(deepstack.unbind(0), safe.unbind(0), strict=True)])
+        if kept:
+            stacked = torch.where(valid[:, None, :, None], stacked, 0.0)
+        return (indices, rows, positions, stacked, *kept, *decisions)
 
 
 class FlashVLMPipeline(nn.Module):

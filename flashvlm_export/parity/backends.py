@@ -12,6 +12,7 @@ from flashvlm_export.backend import CPU, ort_provider, ort_session, provider_lab
 from flashvlm_export.export.interface import (
     BUDGET,
     CLS_ATTENTION,
+    DEEPSTACK_FEATURES,
     FUSED_SCORES,
     GRAM,
     INDICES,
@@ -93,8 +94,11 @@ class PipelineFeatures:
     @torch.no_grad()
     def __call__(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         pixels = torch.from_numpy(feeds[PIXEL_VALUES])
-        x, a, p = self.parts.reference_clip_features(pixels) if self.clip else self.parts.reference_features(pixels)
-        return {VISION_FEATURES: x.numpy(), CLS_ATTENTION: a.numpy(), PROJECTED_FEATURES: p.numpy()}
+        x, a, p, *deepstack = self.parts.reference_clip_features(pixels) if self.clip else self.parts.reference_features(pixels)
+        out = {VISION_FEATURES: x.numpy(), CLS_ATTENTION: a.numpy(), PROJECTED_FEATURES: p.numpy()}
+        if deepstack:  # Qwen3-VL: (B, L, N, Dl)
+            out[DEEPSTACK_FEATURES] = deepstack[0].numpy()
+        return out
 
 
 class PipelineReference(SelectorReference):

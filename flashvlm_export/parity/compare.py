@@ -27,7 +27,9 @@ import torch
 from flashvlm_export.export.interface import (
     BUDGET,
     CLS_ATTENTION,
-    FEATURES,
+    DEEPSTACK_EMBEDS,
+    DEEPSTACK_FEATURES,
+    ENCODER_OUTPUTS,
     FUSED_SCORES,
     GRAM,
     INDICES,
@@ -61,6 +63,7 @@ ARITHMETIC_BOUNDS = {
     VISION_FEATURES: 1e-4,
     CLS_ATTENTION: 1e-4,
     PROJECTED_FEATURES: 1e-4,
+    DEEPSTACK_FEATURES: 1e-4,  # Qwen3-VL's DeepStack rows: intermediate blocks through their own mergers
 }
 SENSITIVITY_NOISE = 1e-6  # ALGORITHM.md: the float32 GEMM differences between backends are about 1e-6 in G
 
@@ -99,7 +102,9 @@ def aligned_fused_scores(
     """The reference's steps 1, 7 and 8 on a backend's own q and a: F through the gate the reference takes on that q.
     A clip's: each group's own under per-group, S_int per group under joint (selector/clip.py)."""
     if clip is not None and clip.per_group:
-        return np.concatenate([aligned_fused_scores(sharpened[sl], cls_attention[sl], has_text, config) for sl in clip.group_slices()])
+        return np.concatenate(
+            [aligned_fused_scores(sharpened[sl], cls_attention[sl], has_text, config) for sl in clip.group_slices()]
+        )
     groups = 1 if clip is None else clip.groups
     s_int = intrinsic_scores(torch.from_numpy(np.asarray(cls_attention, dtype=np.float32)), groups)
     if has_text:
@@ -227,7 +232,7 @@ class BackendReport:
         for b in range(indices.shape[0]):
             where = self._where(case, b) + ("" if budgets is None else f" (K={int(budgets[b])})")
             own = image_schedule(schedule, budgets, b)
-            for name in FEATURES:  # at any precision: an fp16 overflow (inf) in X, a or P(X) would select on garbage
+            for name in ENCODER_OUTPUTS:  # at any precision: an fp16 overflow (inf) in X, a or P(X) would select on garbage
                 if name in outputs and not np.all(np.isfinite(outputs[name][b])):
                     self.decision_failures.append(f"{where}: {name} holds non-finite values (an overflow in the encoder?)")
             self._decisions(where, b, outputs, own, ranged=budgets is not None)
@@ -327,6 +332,22 @@ class BackendReport:
         rows[indices >= 0] = projected[indices[indices >= 0]]
         if not np.array_equal(outputs[VISUAL_EMBEDS][b], rows):
             self.decision_failures.append(f"{where}: visual_embeds are not P(X) at the backend's own indices")
+        if DEEPSTACK_FEATURES not in basis:
+            return
+        if DEEPSTACK_EMBEDS not in outputs:
+            if DEEPSTACK_EMBEDS not in self.missing:
+                self.missing.append(DEEPSTACK_EMBEDS)
+            return
+        layers = np.asarray(basis[DEEPSTACK_FEATURES][b])  # (L, N, Dl)
+        stacked = np.zeros((layers.shape[0], len(indices), layers.shape[-1]), dtype=layers.dtype)
+        stacked[:, indices >= 0] = layers[:, indices[indices >= 0]]
+        got = np.asarray(outputs[DEEPSTACK_EMBEDS][b])
+        if got.shape != stacked.shape or not np.array_equal(got, stacked):
+            wrong = [i for i in range(min(len(got), len(stacked))) if not np.array_equal(got[i], stacked[i])]
+            self.decision_failures.append(
+                f"{where}: deepstack_embeds are not the DeepStack rows at the backend's own indices "
+                f"(layers {wrong if got.shape == stacked.shape else got.shape})"
+            )
 
     def _positioned(self, where: str, b: int, outputs: dict) -> None:
         """The kept tokens' positions: each kept token's own (t, h, w), in the order of the indices, exactly (integers).
@@ -355,7 +376,7 @@ class BackendReport:
             entry = self.tensors.setdefault(name, TensorError(name, bounds.get(name)))
             entry.update(max_relative_error(got, want), where)
 
-        for name in FEATURES:
+        for name in ENCODER_OUTPUTS:
             if name in outputs and name in reference:
                 check(name, outputs[name][b], reference[name][b])
         if schedule.keeps_all:
@@ -438,7 +459,13 @@ class BackendReport:
             "layer2_arithmetic": {
                 "passed": self.arithmetic_passed,
                 "tensors": {
-                    t.name: {"max_relative_error": t.max_error, "bound": t.bound, "passed": t.passed, "at": t.where, "over_bound_at": t.over}
+                    t.name: {
+                        "max_relative_error": t.max_error,
+                        "bound": t.bound,
+                        "passed": t.passed,
+                        "at": t.where,
+                        "over_bound_at": t.over,
+                    }
                     for t in self.tensors.values()
                 },
             },

@@ -14,6 +14,7 @@ import numpy as np
 from flashvlm_export.export.interface import (
     BUDGET,
     CLS_ATTENTION,
+    DEEPSTACK_FEATURES,
     PIXEL_VALUES,
     PROJECTED_FEATURES,
     SELECTOR_INPUTS,
@@ -32,6 +33,7 @@ class Geometry:
     batch: int  # static batch of the graph
     budget_range: tuple[int, int] | None = None  # a budget-range graph's (KMIN, KMAX): each case feeds a budget per image
     frames: int | None = None  # a clip graph's F: each pipeline image becomes a clip of F frames (`clip_of`)
+    deepstack: int = 0  # L: a Qwen3-VL selector's DeepStack layers; selector cases then feed (B, L, N, Dl) random rows
 
 
 @dataclass
@@ -173,6 +175,9 @@ def selector_corpus(geometry: Geometry, seed: int = 0, repeats: int = 2, names=S
             maker = _SceneMaker(geometry, rng)
             images = [getattr(maker, name)() for _ in range(geometry.batch)]
             feeds = {key: np.stack([im[key] for im in images]) for key in SELECTOR_INPUTS}
+            if geometry.deepstack:  # rows the selector only gathers: any values prove the gather
+                shape = (geometry.batch, geometry.deepstack, geometry.n_tokens, geometry.text_hidden)
+                feeds[DEEPSTACK_FEATURES] = rng.standard_normal(shape).astype(np.float32)
             cases.append(Case(f"{name}#{repeat}", feeds))
     return with_budgets(cases, geometry, seed)
 

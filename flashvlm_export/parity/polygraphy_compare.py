@@ -71,7 +71,9 @@ def judge(outputs: dict, records: dict, where: str = "replay") -> tuple[bool, li
         return False, [f"{where}: indices of shape {indices.shape}, the records' are {reference.shape}"]
     table = records.get(TOKEN_POSITIONS)
     report = BackendReport(where, token_positions=None if table is None else np.asarray(table))
-    report.replay(where, {name: np.asarray(value) for name, value in outputs.items()}, schedule_from_record(records[ROUND_SCHEDULE]))
+    report.replay(
+        where, {name: np.asarray(value) for name, value in outputs.items()}, schedule_from_record(records[ROUND_SCHEDULE])
+    )
     unplaced = []  # a graph whose model places tokens by (t, h, w) must return them, whatever else the run holds
     if POSITIONS in report.missing:
         report.missing.remove(POSITIONS)

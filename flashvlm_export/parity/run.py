@@ -16,7 +16,7 @@ from flashvlm_export.errors import MissingDependencyError, UsageError
 from flashvlm_export.export.graphs import ExportRequest, request_from_metadata
 from flashvlm_export.export.interface import (
     BUDGET,
-    FEATURES,
+    ENCODER_OUTPUTS,
     INDICES,
     PIXEL_VALUES,
     PROJECTED_FEATURES,
@@ -36,17 +36,26 @@ from flashvlm_export.selector.schedule import RoundSchedule, round_schedule
 def geometry_of(request: ExportRequest) -> Geometry:
     s = request.spec
     span = (request.budget_min, request.budget) if request.ranged else None
-    return Geometry(request.tokens, s.vision_hidden, s.text_hidden, request.t_max, request.batch, span, request.frames)
+    return Geometry(
+        request.tokens, s.vision_hidden, s.text_hidden, request.t_max, request.batch, span, request.frames, request.deepstack
+    )
 
 
 def check_graph_interface(graph: Path, request: ExportRequest) -> None:
     """The graph's own inputs and outputs must be what its metadata declares (an edited graph is refused)."""
     proto = load_graph(graph)
     declared = request.interface()
-    own = {v.name: tuple(d.dim_value for d in v.type.tensor_type.shape.dim) for v in list(proto.graph.input) + list(proto.graph.output)}
+    own = {
+        v.name: tuple(d.dim_value for d in v.type.tensor_type.shape.dim)
+        for v in list(proto.graph.input) + list(proto.graph.output)
+    }
     want = {t.name: t.shape for t in declared.inputs + declared.outputs}
     if own != want:
-        diff = "; ".join(f"{n}: graph {own.get(n)} vs metadata {want.get(n)}" for n in sorted(set(own) | set(want)) if own.get(n) != want.get(n))
+        diff = "; ".join(
+            f"{n}: graph {own.get(n)} vs metadata {want.get(n)}"
+            for n in sorted(set(own) | set(want))
+            if own.get(n) != want.get(n)
+        )
         raise UsageError(f"{graph} does not match its own metadata ({diff}); re-export it with flashvlm-export")
 
 
@@ -59,7 +68,9 @@ def validate_cases(cases: list[Case], request: ExportRequest) -> None:
         for spec in interface.inputs:
             name, shape, dtype = spec.name, spec.shape, spec.dtype
             if name not in case.feeds:
-                raise UsageError(f"parity case {case.name} lacks input {name!r}; the graph takes {', '.join(interface.input_names)}")
+                raise UsageError(
+                    f"parity case {case.name} lacks input {name!r}; the graph takes {', '.join(interface.input_names)}"
+                )
             value = np.asarray(case.feeds[name])
             if value.shape != shape:
                 hint = ""
@@ -78,7 +89,9 @@ def validate_cases(cases: list[Case], request: ExportRequest) -> None:
                 )
             if dtype is np.float32 and not np.isfinite(value).all():
                 bad = "NaN" if np.isnan(value).any() else "Inf (a value beyond float32's range)"
-                raise UsageError(f"parity case {case.name} input {name!r} contains {bad}; parity needs finite float32 inputs, fix the data")
+                raise UsageError(
+                    f"parity case {case.name} input {name!r} contains {bad}; parity needs finite float32 inputs, fix the data"
+                )
             case.feeds[name] = value
 
 
@@ -137,11 +150,15 @@ def save_records(
         "backends": [r.to_dict() for r in reports],
         "passed": all(reports),
     }
-    if ranged:  # the replay judges one schedule per record; a budget-range graph has one per image (a clip, per group): the report only
+    if (
+        ranged
+    ):  # the replay judges one schedule per record; a budget-range graph has one per image (a clip, per group): the report only
         replaced = [report_path] if report_path.exists() else []
         with atomic_outputs([report_path]) as (temp_report,):
             temp_report.write_text(json.dumps(record, indent=2) + "\n")
-        log("Parity: no Polygraphy replay records for a budget-range or clip graph (the replay judges one image at one budget per record); the report only")
+        log(
+            "Parity: no Polygraphy replay records for a budget-range or clip graph (the replay judges one image at one budget per record); the report only"
+        )
         if replaced:
             log(f"Parity: replaced the earlier record {report_path}")
         return [report_path]
@@ -193,7 +210,9 @@ def check_save_dir(save_dir: Path, names: list[str] = ()) -> None:
     try:
         save_dir.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
-        raise UsageError(f"--save-dir {save_dir} cannot be created ({exc.strerror}); choose another --save-dir or pass --no-save") from None
+        raise UsageError(
+            f"--save-dir {save_dir} cannot be created ({exc.strerror}); choose another --save-dir or pass --no-save"
+        ) from None
     if not os.access(save_dir, os.W_OK | os.X_OK):
         raise UsageError(f"--save-dir {save_dir} is not writable; choose another --save-dir or pass --no-save")
     for name in names:
@@ -282,11 +301,13 @@ def run_backends(request: ExportRequest, reference: Backend, backends: list[Back
     reduced = request.precision != "fp32"
     bounds = dict(ARITHMETIC_BOUNDS)
     if reduced:  # the encoder's own outputs differ by its precision: measured, not a gate (ALGORITHM.md)
-        bounds.update({name: None for name in FEATURES})
+        bounds.update({name: None for name in ENCODER_OUTPUTS})
     selector_reference = SelectorReference(request.crop_budget, request.config, clip=request.clip)
     view = CropView.of(request)  # a model cut into crops is checked crop by crop (the identity otherwise)
     table = request.token_positions().numpy() if request.positions else None
-    reports = {b.name: BackendReport(b.name, min_overlap, token_positions=table, clip=request.clip, crops=view.crops) for b in backends}
+    reports = {
+        b.name: BackendReport(b.name, min_overlap, token_positions=table, clip=request.clip, crops=view.crops) for b in backends
+    }
     for number, case in enumerate(cases):
         expected = reference.infer(case.feeds)
         case.reference_indices = expected[INDICES]
@@ -298,7 +319,9 @@ def run_backends(request: ExportRequest, reference: Backend, backends: list[Back
             if request.selector_only:
                 basis, own = view(case.feeds), expected
             else:  # the selector checked on the backend's own encoder outputs
-                basis = {name: outputs.get(name, expected[name]) for name in FEATURES}
+                basis = {
+                    name: outputs.get(name, expected[name]) for name in ENCODER_OUTPUTS if name in outputs or name in expected
+                }
                 basis.update(view({TEXT_EMBEDS: case.feeds[TEXT_EMBEDS], TEXT_MASK: case.feeds[TEXT_MASK]}))
                 if budgets is not None:
                     basis[BUDGET] = budgets
@@ -309,4 +332,3 @@ def run_backends(request: ExportRequest, reference: Backend, backends: list[Back
                 case.name, expected, own, outputs, basis, schedule, request.config, bounds, sensitivity
             )
     return list(reports.values())
-

@@ -21,7 +21,17 @@ from pathlib import Path
 
 from flashvlm_export.artifacts.ownership import PRODUCER
 from flashvlm_export.artifacts.placement import atomic_outputs
-from flashvlm_export.export.interface import BUDGET, FEATURES, INDICES, KEPT, POSITIONS, TEXT_EMBEDS, TEXT_MASK, VISUAL_EMBEDS
+from flashvlm_export.export.interface import (
+    BUDGET,
+    DEEPSTACK_EMBEDS,
+    ENCODER_OUTPUTS,
+    INDICES,
+    KEPT,
+    POSITIONS,
+    TEXT_EMBEDS,
+    TEXT_MASK,
+    VISUAL_EMBEDS,
+)
 from flashvlm_export.export.manifest import Manifest
 from flashvlm_export.parity.backends import OnnxRuntime, PipelineFeatures, SelectorReference
 from flashvlm_export.parity.compare import ARITHMETIC_BOUNDS, SHIPPED_INDICES, BackendReport, layer_summary, sensitivity_overlaps
@@ -61,7 +71,7 @@ def run_split_parity(
     torch_encoder = PipelineFeatures(parts, clip=first.clip is not None)
     bounds = dict(ARITHMETIC_BOUNDS)
     if manifest.record["precision"] != "fp32":  # the encoder's own outputs differ by its precision: measured, not a gate
-        bounds.update({name: None for name in FEATURES})
+        bounds.update({name: None for name in ENCODER_OUTPUTS})
     table = first.token_positions().numpy() if first.positions else None
     reports = {
         k: BackendReport(f"{chain.name}, K={k}", min_overlap, token_positions=table, clip=first.clip) for k in manifest.budgets
@@ -102,6 +112,8 @@ def run_split_parity(
                 outputs[VISUAL_EMBEDS] = shipped[VISUAL_EMBEDS]
                 if POSITIONS in shipped:  # checked against the kept tokens' own (t, h, w)
                     outputs[POSITIONS] = shipped[POSITIONS]
+                if DEEPSTACK_EMBEDS in shipped:  # checked against the encoder's own DeepStack rows at the indices
+                    outputs[DEEPSTACK_EMBEDS] = shipped[DEEPSTACK_EMBEDS]
                 if KEPT in shipped:  # a range selector: the shipped count is the one checked (kept == the image's K)
                     outputs[KEPT] = shipped[KEPT]
                 outputs = view(outputs)

@@ -78,7 +78,9 @@ def llm_parameters(spec: ModelSpec, checkpoint: str | None) -> int:
             with safe_open(str(file), framework="pt") as f:
                 count += sum(math.prod(f.get_slice(key).get_shape()) for key in f.keys())
         except Exception as exc:  # SafetensorError: truncated, not safetensors, bad header
-            raise UsageError(f"{file} is not a readable safetensors file ({type(exc).__name__}); pass a complete {_family_name(spec)} checkpoint") from None
+            raise UsageError(
+                f"{file} is not a readable safetensors file ({type(exc).__name__}); pass a complete {_family_name(spec)} checkpoint"
+            ) from None
     return count
 
 
@@ -131,7 +133,9 @@ def check_llm_fits(params: int, dtype: torch.dtype, device: torch.device, random
         if have is None or need <= have:
             continue
         fixes = [f"pass {arg('llm_dtype', 'bf16')} or {arg('llm_dtype', 'fp16')} (half of fp32)"] if name == "fp32" else []
-        fixes.append("free GPU memory or use a larger GPU" if where.type == "cuda" else "free memory or use a larger machine or a GPU")
+        fixes.append(
+            "free GPU memory or use a larger GPU" if where.type == "cuda" else "free memory or use a larger machine or a GPU"
+        )
         raise UsageError(
             f"the LLM ({parameter_count(params)} parameters) needs about {_gb(need)} in {name} on {where.type} "
             f"but {_gb(have)} is available; {', or '.join(fixes)}"
@@ -222,13 +226,44 @@ class LLMInput:
     inputs_embeds: torch.Tensor
     position_ids: torch.Tensor | None = None
     next_position: int | None = None
+    prefill: dict | None = None  # more arguments of the prefill's forward (DeepStack rows: deepstack_prefill)
+
+
+def deepstack_prefill(
+    embed_tokens, embeds: torch.Tensor, token_ids: list[int], token: int, visual_embeds, deepstack, spec: ModelSpec, video=False
+):
+    """A Qwen3-VL prefill through transformers' own DeepStack path: the spliced rows become the placeholder token's
+    embedding again, and `mm_encoder_outputs` hands the model the K rows and their DeepStack rows (L, K, Dl), which its
+    forward scatters into the placeholder positions (masked_scatter) and adds to the outputs of its first L decoder
+    layers at the same positions, as it does with its own vision tower's outputs. Returns (inputs_embeds, prefill)."""
+    from transformers.models.qwen3_vl.modeling_qwen3_vl import BaseModelOutputWithDeepstackFeatures
+
+    k = visual_embeds.shape[0]
+    if deepstack is None or tuple(deepstack.shape) != (spec.deepstack_layers, k, visual_embeds.shape[1]):
+        got = None if deepstack is None else tuple(deepstack.shape)
+        raise ValueError(f"{spec.name} needs (L={spec.deepstack_layers}, K={k}, Dl) DeepStack rows, got {got}")
+    device = embeds.device
+    p = image_position(token_ids, token)
+    placeholder = embed_tokens(torch.full((k,), token, dtype=torch.long, device=device)).to(embeds.dtype)
+    embeds = torch.cat([embeds[0, :p], placeholder, embeds[0, p + k :]])[None]
+    rows = torch.as_tensor(visual_embeds).to(device)
+    features = BaseModelOutputWithDeepstackFeatures(
+        pooler_output=(rows,), deepstack_features=[(torch.as_tensor(d).to(device),) for d in deepstack]
+    )
+    return embeds, {"mm_encoder_outputs": {"video" if video else "image": features}}
 
 
 def llm_input(
-    embed_tokens: torch.nn.Module, token_ids: list[int], spec: ModelSpec, visual_embeds: torch.Tensor, positions=None
+    embed_tokens: torch.nn.Module,
+    token_ids: list[int],
+    spec: ModelSpec,
+    visual_embeds: torch.Tensor,
+    positions=None,
+    deepstack=None,
 ) -> LLMInput:
     """visual_embeds (K, Dl) spliced at the image token; with spec.has_positions, `positions` (K, 3) (the graph's
-    (t, h, w) of each kept row, relative to the image's start) placed as the unpruned sequence places them."""
+    (t, h, w) of each kept row, relative to the image's start) placed as the unpruned sequence places them; with
+    DeepStack (Qwen3-VL), `deepstack` (L, K, Dl): the kept rows' DeepStack rows (deepstack_prefill)."""
     embeds = splice(embed_tokens, token_ids, spec.image_token_index, visual_embeds)
     if not spec.has_positions:
         return LLMInput(embeds)
@@ -238,7 +273,12 @@ def llm_input(
     after = len(token_ids) - before - 1
     extent = image_extent(spec)
     ids = sequence_positions(before, torch.as_tensor(positions), after, extent)[:, None].to(embeds.device)
-    return LLMInput(embeds, ids, before + extent + after)
+    prefill = None
+    if spec.deepstack_layers:
+        embeds, prefill = deepstack_prefill(
+            embed_tokens, embeds, token_ids, spec.image_token_index, visual_embeds, deepstack, spec
+        )
+    return LLMInput(embeds, ids, before + extent + after, prefill)
 
 
 def _sync(device: torch.device) -> None:
@@ -247,8 +287,24 @@ def _sync(device: torch.device) -> None:
 
 
 def kv_cache_bytes(cache) -> int:
-    """Bytes of every key and value tensor a transformers Cache holds (one entry of cache.layers per layer)."""
-    return sum(t.numel() * t.element_size() for layer in cache.layers for t in (layer.keys, layer.values) if t is not None)
+    """Bytes of every state tensor a transformers Cache holds (one entry of cache.layers per layer): the keys and values
+    of attention layers, and a linear-attention layer's (Qwen3.5's Gated DeltaNet) convolution and recurrent states,
+    which keep their size whatever the prompt's length."""
+
+    def tensors(value):
+        if isinstance(value, torch.Tensor):
+            yield value
+        elif isinstance(value, dict):
+            for v in value.values():
+                yield from tensors(v)
+        elif isinstance(value, (list, tuple)):
+            for v in value:
+                yield from tensors(v)
+
+    names = ("keys", "values", "conv_states", "recurrent_states")
+    return sum(
+        t.numel() * t.element_size() for layer in cache.layers for name in names for t in tensors(getattr(layer, name, None))
+    )
 
 
 @torch.no_grad()
@@ -269,6 +325,7 @@ def greedy_answer(model, prompt: LLMInput | torch.Tensor, tokenizer, max_new_tok
         return {"position_ids": torch.full((3, 1, 1), prompt.next_position + offset, dtype=torch.long, device=device)}
 
     first = {} if prompt.position_ids is None else {"position_ids": prompt.position_ids}
+    first.update(prompt.prefill or {})
     model(inputs_embeds=inputs_embeds, use_cache=True, **first)  # warm-up, not timed
     _sync(device)
     start = time.perf_counter()

@@ -179,12 +179,18 @@ def run(
         if info.weights.random:
             log(f"Note: {RANDOM_NOTE}")
         runs = {"pruned": (f"pruned K={len(selection.indices)}", selection.visual_embeds, selection.positions)}
+        deepstack = {"pruned": selection.deepstack}  # Qwen3-VL's DeepStack rows of each run (None elsewhere)
         if compare_full:  # every image row at its own position: the model's own input
-            _, _, projected = parts.reference_features(prepared.pixel_values)  # (1, N, Dl)
-            runs["full"] = (f"full N={n}", projected[0], token_positions(spec) if spec.has_positions else None)
+            features = parts.reference_features(prepared.pixel_values)  # X, a, P(X) (1, N, Dl)[, DeepStack (1, L, N, Dl)]
+            runs["full"] = (f"full N={n}", features[2][0], token_positions(spec) if spec.has_positions else None)
+            deepstack["full"] = features[3][0] if len(features) > 3 else None
         if spec.crops > 1:  # base, unpadded grid, image_newline rows (models/anyres.py), for either LLM runtime
             runs = {
-                key: (label, _crops_layout(spec, parts, prepared, rows, selection.indices if key == "pruned" else None, log), kept)
+                key: (
+                    label,
+                    _crops_layout(spec, parts, prepared, rows, selection.indices if key == "pruned" else None, log),
+                    kept,
+                )
                 for key, (label, rows, kept) in runs.items()
             }
         if gguf is not None:  # the same rows and positions through llama.cpp (runtime/llama_cpp.py)
@@ -196,7 +202,7 @@ def run(
         else:
             embed = llm.get_input_embeddings()
             for key, (label, rows, kept) in runs.items():
-                inputs = llm_input(embed, token_ids, spec, rows, kept)
+                inputs = llm_input(embed, token_ids, spec, rows, kept, deepstack[key])
                 result.answers[key] = greedy_answer(llm, inputs, tokenizer, max_new_tokens, label)
         log_answers(result.answers, len(selection.indices), n, log)
     return result
@@ -228,7 +234,9 @@ def _no_pixel_limit(max_image_pixels: int | None, why: str) -> None:
 def _check_demo_target(target: Path, force: bool) -> None:
     not_a_folder(target, arg("demo_image", str(target)), "demo.png")
     if target.exists() and not force:
-        raise UsageError(f"{target} already exists; pass {switch('force')} to overwrite it, or use it as {arg('image', str(target))}")
+        raise UsageError(
+            f"{target} already exists; pass {switch('force')} to overwrite it, or use it as {arg('image', str(target))}"
+        )
     check_replaceable(target, f"use it as {arg('image', str(target))}, or choose another {arg('demo_image')}")
 
 

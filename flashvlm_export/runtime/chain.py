@@ -22,7 +22,8 @@ from flashvlm_export.backend import CUDA, ort_provider, ort_session, provider_la
 from flashvlm_export.errors import UsageError
 from flashvlm_export.export.interface import (
     BUDGET,
-    FEATURES,
+    DEEPSTACK_EMBEDS,
+    ENCODER_OUTPUTS,
     INDICES,
     KEPT,
     PIXEL_VALUES,
@@ -46,10 +47,13 @@ class OrtChain:
         plugin = bool(manifest.record["plugin"])
         self.encoder = ort_session(manifest.encoder_graph, provider)
         self.selectors = {k: ort_session(manifest.selector_graph(k), provider, plugin=plugin) for k in manifest.budgets}
-        # X, a, P(X): allocated once on the device, written by the encoder, read by every selector
+        # X, a, P(X) (and Qwen3-VL's DeepStack rows): allocated once on the device, written by the encoder, read by
+        # every selector
         shapes = {o.name: o.shape for o in self.encoder.get_outputs()}
         self.features = {
-            name: ort.OrtValue.ortvalue_from_shape_and_type(shapes[name], np.float32, self.device, 0) for name in FEATURES
+            name: ort.OrtValue.ortvalue_from_shape_and_type(shapes[name], np.float32, self.device, 0)
+            for name in ENCODER_OUTPUTS
+            if name in shapes
         }
         self.encoder_binding = self.encoder.io_binding()
         for name, value in self.features.items():
@@ -68,10 +72,10 @@ class OrtChain:
 
     @staticmethod
     def _returned(session) -> tuple[str, ...]:
-        """What a selector returns: indices and visual_embeds, and positions where the model has them (and kept, for a
-        budget-range selector)."""
+        """What a selector returns: indices and visual_embeds, and positions and DeepStack rows where the model has them
+        (and kept, for a budget-range selector)."""
         names = {o.name for o in session.get_outputs()}
-        return (INDICES, VISUAL_EMBEDS) + tuple(name for name in (POSITIONS, KEPT) if name in names)
+        return (INDICES, VISUAL_EMBEDS) + tuple(name for name in (POSITIONS, DEEPSTACK_EMBEDS, KEPT) if name in names)
 
     @property
     def budgets(self) -> tuple[int, ...]:

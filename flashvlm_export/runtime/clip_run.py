@@ -38,7 +38,9 @@ def check_inputs(video, demo_video, image, demo_image, fps) -> None:
     """One clip (a file or the demo), no picture beside it, a positive --fps if any: before anything is loaded."""
     if image is not None or demo_image is not None:
         given = arg("image") if image is not None else arg("demo_image")
-        raise UsageError(f"{given} and {arg('video') if video is not None else arg('demo_video')} exclude each other; run one picture or one clip")
+        raise UsageError(
+            f"{given} and {arg('video') if video is not None else arg('demo_video')} exclude each other; run one picture or one clip"
+        )
     if (video is None) == (demo_video is None):
         raise UsageError(f"pass one of {arg('video', 'FILE')} or {arg('demo_video', 'FILE')}")
     if fps is not None and not (np.isfinite(fps) and fps > 0):
@@ -105,7 +107,9 @@ def clip_positions(selection, request, effective_fps: float, source: str, log) -
 
     spec, frames = request.spec, request.frames
     if selection.positions is None:
-        raise FlashVLMError(f"{source} returns no kept-token positions, which {spec.name} needs; re-export it with flashvlm-export")
+        raise FlashVLMError(
+            f"{source} returns no kept-token positions, which {spec.name} needs; re-export it with flashvlm-export"
+        )
     kept = torch.from_numpy(selection.indices)
     want = clip_token_positions(spec, frames, request.second_per_grid_t)[kept]
     if not torch.equal(selection.positions, want):
@@ -201,7 +205,9 @@ def run_clip(graph, video, question, *, image=None, demo_image=None, demo_video=
     backend = steps.selection_backend(info, graph, engine, plugin_lib, split, tensorrt, budget)
     selection = select(backend, clip.pixel_values, text_embeds, text_mask, request.batch)
     total = request.tokens
-    log(f"Run: selected {len(selection.indices)}/{total} tokens {selection.ms:.1f} ms ({selection.backend}, encoder + projector + selector)")
+    log(
+        f"Run: selected {len(selection.indices)}/{total} tokens {selection.ms:.1f} ms ({selection.backend}, encoder + projector + selector)"
+    )
     counts = group_counts(selection.indices, groups, n)
     per_group = len(selection.indices) // groups if request.video_budget == "per-group" else None
     log(f"Run: kept per frame group (group g = frames 2g, 2g+1; {n} tokens each): {_groups_text(counts, per_group)}")
@@ -239,7 +245,9 @@ def run_clip(graph, video, question, *, image=None, demo_image=None, demo_video=
             from flashvlm_export.runtime import llama_cpp
 
             timer = StepTimer("Answer", log)
-            result.answers = llama_cpp.answers(plan.gguf, spec, token_ids, runs, tokenizer, max_new_tokens, log, clip_last_t=last_t)
+            result.answers = llama_cpp.answers(
+                plan.gguf, spec, token_ids, runs, tokenizer, max_new_tokens, log, clip_last_t=last_t
+            )
             timer.done(f"greedy decoding through llama.cpp (arch {plan.gguf.arch}, {plan.gguf.path})")
         else:
             embed = llm.get_input_embeddings()

@@ -54,7 +54,7 @@ def score_maps(parts, pixel_values: torch.Tensor, text_rows: torch.Tensor, confi
     fused_scores with eta = 0 is max(S_int, 1e-6) and with eta = 1 is max(S_ext, 1e-6): the
     reference's code, not a copy of it (the 1e-6 floor is below what a picture shows).
     """
-    _, a, projected = parts.reference_features(pixel_values)  # (1, N), (1, N, Dl): the family's reference X, a, P(X)
+    _, a, projected, *_ = parts.reference_features(pixel_values)  # (1, N), (1, N, Dl): the family's reference X, a, P(X)
 
     def scores(eta: float) -> np.ndarray:
         return fused_scores(a[0], projected[0], text_rows, dataclasses.replace(config, eta=eta)).numpy()
@@ -204,7 +204,10 @@ def render_crops_heatmap(
     rows, cols = grid
     panels = [
         (f"base image: kept {int(np.sum(indices < tokens))}/{tokens}", kept_panels[0]),
-        (f"{rows}x{cols} crops: kept {int(np.sum(indices >= tokens))}/{tokens * (crops - 1)}", _tile(kept_panels[1:], rows, cols)),
+        (
+            f"{rows}x{cols} crops: kept {int(np.sum(indices >= tokens))}/{tokens * (crops - 1)}",
+            _tile(kept_panels[1:], rows, cols),
+        ),
         ("base image: F (step 8)", fused_panels[0]),
         ("crops: F (step 8), each min-max scaled", _tile(fused_panels[1:], rows, cols)),
     ]

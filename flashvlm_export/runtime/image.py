@@ -43,9 +43,12 @@ def _defaults(spec: ModelSpec, family) -> dict:
     side = spec.image_size
     common = dict(image_mean=list(family.IMAGE_MEAN), image_std=list(family.IMAGE_STD), do_convert_rgb=True)
     if family.RESIZE == STRETCH:  # S x S pixels exactly (smart_resize keeps a square photo's side when S is a multiple of 28)
-        return dict(common, size={"shortest_edge": side * side, "longest_edge": side * side})
+        square = {"shortest_edge": side * side, "longest_edge": side * side}
+        return dict(common, size=square, patch_size=spec.patch_size, merge_size=spec.merge)  # Qwen3: 16 px patches
     if family.RESIZE == ANYRES:
-        return dict(common, size={"shortest_edge": side}, crop_size={"height": side, "width": side}, image_grid_pinpoints=_pinpoint(spec))
+        return dict(
+            common, size={"shortest_edge": side}, crop_size={"height": side, "width": side}, image_grid_pinpoints=_pinpoint(spec)
+        )
     return dict(common, size={"shortest_edge": side}, crop_size={"height": side, "width": side}, do_center_crop=True)
 
 

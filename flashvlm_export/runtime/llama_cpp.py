@@ -47,7 +47,9 @@ def import_llama_cpp():
     try:
         import llama_cpp.llama_cpp as lib
     except ImportError as exc:
-        raise MissingDependencyError(f"--llm-runtime llama.cpp needs llama-cpp-python ({exc}); install it with {INSTALL}") from None
+        raise MissingDependencyError(
+            f"--llm-runtime llama.cpp needs llama-cpp-python ({exc}); install it with {INSTALL}"
+        ) from None
     if _LOG_CALLBACK is None:
 
         def keep(level, text, _user):
@@ -148,7 +150,9 @@ class Prompt:
         return sum(len(s) for s in self.segments)
 
 
-def llama_cpp_prompt(token_ids: list[int], spec: ModelSpec, visual_embeds, positions=None, clip_last_t: int | None = None) -> Prompt:
+def llama_cpp_prompt(
+    token_ids: list[int], spec: ModelSpec, visual_embeds, positions=None, clip_last_t: int | None = None
+) -> Prompt:
     """The prompt as llama.cpp batches: tokens before the image, the K rows (K, Dl), tokens after; the positions
     runtime/answer.llm_input gives transformers (`positions`: the graph's (K, 3) (t, h, w), for M-RoPE models).
     clip_last_t: set for a Qwen2.5-VL clip (the unpruned clip's last t): its rows at the video placeholder, positioned as
@@ -204,7 +208,8 @@ def check_attention_order(ids: np.ndarray, p: int, k: int, what: str = "image") 
     p .. p+k-1. A clip whose frame groups share a t (sampled fast) or reach past the text's start (slow) is refused."""
     keys = ids.T.astype(np.int64)  # (L, 3): t, h, w, compared in that order
     rising = (keys[1:, 0] > keys[:-1, 0]) | (
-        (keys[1:, 0] == keys[:-1, 0]) & ((keys[1:, 1] > keys[:-1, 1]) | ((keys[1:, 1] == keys[:-1, 1]) & (keys[1:, 2] > keys[:-1, 2])))
+        (keys[1:, 0] == keys[:-1, 0])
+        & ((keys[1:, 1] > keys[:-1, 1]) | ((keys[1:, 1] == keys[:-1, 1]) & (keys[1:, 2] > keys[:-1, 2])))
     )
     bad = np.flatnonzero(~rising)
     if p + k < ids.shape[1] and k and ids[0, p + k] <= ids[0, p : p + k].max():
@@ -212,7 +217,9 @@ def check_attention_order(ids: np.ndarray, p: int, k: int, what: str = "image") 
     if bad.size:
         i = int(bad[0])
         fix = (
-            "sample the clip at another --fps (frame groups at distinct t, all below the text's start)" if what == "clip" else "re-export the graph"
+            "sample the clip at another --fps (frame groups at distinct t, all below the text's start)"
+            if what == "clip"
+            else "re-export the graph"
         )
         raise UsageError(
             f"llama.cpp masks attention by M-RoPE position, and this {what}'s positions do not rise along the prompt "
@@ -351,11 +358,15 @@ def check_llm_choice(llm: str, gguf: str | None, answer: bool) -> None:
     if llm not in LLMS:
         raise UsageError(f"{arg('llm_runtime', llm)} is not an LLM runtime; choose one of {', '.join(LLMS)}")
     if llm == "llama.cpp" and gguf is None:
-        raise UsageError(f"{arg('llm_runtime', 'llama.cpp')} needs {arg('gguf', 'FILE')}: the LLM as GGUF (flashvlm-export gguf writes a test model's)")
+        raise UsageError(
+            f"{arg('llm_runtime', 'llama.cpp')} needs {arg('gguf', 'FILE')}: the LLM as GGUF (flashvlm-export gguf writes a test model's)"
+        )
     if llm != "llama.cpp" and gguf is not None:
         raise UsageError(f"{arg('gguf')} is the LLM for {arg('llm_runtime', 'llama.cpp')}; add it, or drop {arg('gguf')}")
     if llm == "llama.cpp" and not answer:
-        raise UsageError(f"{arg('llm_runtime', 'llama.cpp')} answers the question: add {switch('answer')} (or {switch('compare_full')})")
+        raise UsageError(
+            f"{arg('llm_runtime', 'llama.cpp')} answers the question: add {switch('answer')} (or {switch('compare_full')})"
+        )
 
 
 def answers(
@@ -370,7 +381,9 @@ def answers(
 ) -> dict:
     """run's answers through llama.cpp: runs maps a key to (label, visual rows (K, Dl), the graph's (K, 3) positions);
     clip_last_t: set for the rows of a clip (run --video; the unpruned clip's last t), at the video placeholder."""
-    prompts = {key: (label, llama_cpp_prompt(token_ids, spec, rows, kept, clip_last_t)) for key, (label, rows, kept) in runs.items()}
+    prompts = {
+        key: (label, llama_cpp_prompt(token_ids, spec, rows, kept, clip_last_t)) for key, (label, rows, kept) in runs.items()
+    }
     longest = max(p.length for _, p in prompts.values())
     with LlamaCppLLM(info, n_ctx=longest + max_new_tokens) as llm:
         if None not in (llm.rms_eps, info.rms_eps) and abs(llm.rms_eps - info.rms_eps) > 1e-3 * info.rms_eps:

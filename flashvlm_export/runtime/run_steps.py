@@ -92,7 +92,9 @@ def load_parts(info: GraphInfo, log):
     return get_parts_logged(info.spec, info.weights, log, with_embeddings=True, what=" vision tower and embed_tokens")
 
 
-def selection_backend(info: GraphInfo, graph: str | None, engine: str | None, plugin_lib: str | None, split=None, tensorrt=False, budget=None):
+def selection_backend(
+    info: GraphInfo, graph: str | None, engine: str | None, plugin_lib: str | None, split=None, tensorrt=False, budget=None
+):
     if split is not None:
         from flashvlm_export.runtime.chain import BudgetBackend, SplitChain
 
@@ -127,7 +129,9 @@ def check_positions(selection, spec, source: str) -> None:
     from flashvlm_export.models.positions import token_positions
 
     if selection.positions is None:
-        raise FlashVLMError(f"{source} returns no kept-token positions, which {spec.name} needs; re-export it with flashvlm-export")
+        raise FlashVLMError(
+            f"{source} returns no kept-token positions, which {spec.name} needs; re-export it with flashvlm-export"
+        )
     want = token_positions(spec)[torch.from_numpy(selection.indices)]
     if not torch.equal(selection.positions, want):
         row = int(torch.any(selection.positions != want, dim=1).nonzero()[0])
@@ -199,7 +203,9 @@ def load_llm(plan: AnswerPlan, info: GraphInfo, parts, log):
     timer = StepTimer("Model", log)
     checkpoint = None if info.weights.random else str(info.weights.path)
     llm = llm_answer.build_llm(info.spec, parts, checkpoint, info.weights.seed, plan.device, plan.dtype)
-    timer.done(f"LLM ready on {plan.device}, {llm_answer.dtype_name(plan.dtype)} ({llm_answer.parameter_count(plan.params)} parameters)")
+    timer.done(
+        f"LLM ready on {plan.device}, {llm_answer.dtype_name(plan.dtype)} ({llm_answer.parameter_count(plan.params)} parameters)"
+    )
     return llm
 
 
@@ -214,7 +220,9 @@ def open_source(graph: str | None, engine: str | None, manifest: str | None, bud
         info, split = manifest_info(manifest, budget, tensorrt)
         return info, split, split.weights, manifest
     if tensorrt:
-        raise UsageError(f"{switch('tensorrt')} runs a manifest's engines; pass {arg('manifest')} (a single engine: {arg('engine')})")
+        raise UsageError(
+            f"{switch('tensorrt')} runs a manifest's engines; pass {arg('manifest')} (a single engine: {arg('engine')})"
+        )
     meta, source = graph_metadata_of(graph, engine)
     info = graph_info_module.graph_info(meta, source)
     check_graph_budget(info.request, budget, source)

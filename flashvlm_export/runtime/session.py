@@ -12,7 +12,17 @@ import torch
 
 from flashvlm_export.backend import Backend, ort_provider, ort_session, provider_label
 from flashvlm_export.errors import FlashVLMError
-from flashvlm_export.export.interface import BUDGET, INDICES, KEPT, PIXEL_VALUES, POSITIONS, TEXT_EMBEDS, TEXT_MASK, VISUAL_EMBEDS
+from flashvlm_export.export.interface import (
+    BUDGET,
+    DEEPSTACK_EMBEDS,
+    INDICES,
+    KEPT,
+    PIXEL_VALUES,
+    POSITIONS,
+    TEXT_EMBEDS,
+    TEXT_MASK,
+    VISUAL_EMBEDS,
+)
 
 
 @dataclass
@@ -22,6 +32,7 @@ class Selection:
     ms: float  # one warm run of the graph or engine (encoder + projector + selector)
     backend: str
     positions: torch.Tensor | None = None  # (K, 3) int64 (t, h, w) from the image's start, where the graph returns them
+    deepstack: torch.Tensor | None = None  # (L, K, Dl) fp32: the kept tokens' DeepStack rows (Qwen3-VL)
 
 
 class OrtGraph:
@@ -36,7 +47,7 @@ class OrtGraph:
         self.input_names = tuple(i.name for i in self.session.get_inputs())
         returned = {o.name for o in self.session.get_outputs()}
         # positions where the model has them; kept for a budget-range graph (whose feeds carry `budget`)
-        self.output_names = [INDICES, VISUAL_EMBEDS] + [name for name in (POSITIONS, KEPT) if name in returned]
+        self.output_names = [INDICES, VISUAL_EMBEDS] + [name for name in (POSITIONS, DEEPSTACK_EMBEDS, KEPT) if name in returned]
 
     def infer(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         inputs = {name: feeds[name] for name in self.input_names}
@@ -85,4 +96,12 @@ def select(
                 f"{backend.name} returned positions of shape {tuple(positions.shape)}, not ({len(indices)}, 3); "
                 "re-export the graph with flashvlm-export"
             )
-    return Selection(indices, embeds, ms, backend.name, positions)
+    deepstack = None
+    if DEEPSTACK_EMBEDS in out:
+        deepstack = torch.from_numpy(np.asarray(out[DEEPSTACK_EMBEDS], dtype=np.float32)[0][:, :kept].copy())
+        if tuple(deepstack.shape[1:]) != tuple(embeds.shape):
+            raise FlashVLMError(
+                f"{backend.name} returned deepstack_embeds of shape {tuple(deepstack.shape)}, not (L, {len(indices)}, "
+                f"{embeds.shape[1]}); re-export the graph with flashvlm-export"
+            )
+    return Selection(indices, embeds, ms, backend.name, positions, deepstack)

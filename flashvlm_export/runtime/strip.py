@@ -67,8 +67,16 @@ def clip_strip(
     total = sum(len(set(tokens)) for tokens in kept)
     y = rows * (TITLE + side) + (rows - 1) * GAP + 4
     draw.rectangle([2, y + 1, 12, y + 11], outline=KEPT_RGB, width=BORDER)
-    draw.text((16, y), f"kept {total}/{groups * n} tokens over {groups} groups; dropped cells at {DROPPED_DIM:.0%} brightness", fill=(0, 0, 0))
-    draw.text((2, y + 15), f"a panel shows frame {TEMPORAL_PATCH}g of the frames {TEMPORAL_PATCH}g, {TEMPORAL_PATCH}g+1 that group g encodes", fill=(0, 0, 0))
+    draw.text(
+        (16, y),
+        f"kept {total}/{groups * n} tokens over {groups} groups; dropped cells at {DROPPED_DIM:.0%} brightness",
+        fill=(0, 0, 0),
+    )
+    draw.text(
+        (2, y + 15),
+        f"a panel shows frame {TEMPORAL_PATCH}g of the frames {TEMPORAL_PATCH}g, {TEMPORAL_PATCH}g+1 that group g encodes",
+        fill=(0, 0, 0),
+    )
     if footer:
         draw.text((2, y + 29), footer, fill=(0, 0, 0))
     return picture

@@ -64,14 +64,18 @@ class PreparedClip:
 
 def _settings(model_dir: Path | None) -> tuple[dict, str]:
     """mean, std, rescale_factor and resample: a checkpoint's video (else image) processor config, else Qwen's defaults."""
-    settings = dict(image_mean=list(qwen2_5_vl.IMAGE_MEAN), image_std=list(qwen2_5_vl.IMAGE_STD), rescale_factor=1 / 255, resample=BICUBIC)
+    settings = dict(
+        image_mean=list(qwen2_5_vl.IMAGE_MEAN), image_std=list(qwen2_5_vl.IMAGE_STD), rescale_factor=1 / 255, resample=BICUBIC
+    )
     for name in ("video_preprocessor_config.json", "preprocessor_config.json"):
         config = Path(model_dir) / name if model_dir is not None else None
         if config is not None and config.is_file():
             stored = json.loads(config.read_text())
             settings.update({key: stored[key] for key in settings if key in stored})
             if settings["resample"] != BICUBIC:
-                raise UsageError(f"{config} asks for resample {settings['resample']}; Qwen2.5-VL's video processor resizes bicubic (3)")
+                raise UsageError(
+                    f"{config} asks for resample {settings['resample']}; Qwen2.5-VL's video processor resizes bicubic (3)"
+                )
             return settings, str(config)
     return settings, "Qwen2VLVideoProcessor defaults"
 
@@ -84,7 +88,9 @@ def _open(path: Path):
     try:
         container = av.open(str(path))
     except av.error.FFmpegError as exc:
-        raise UsageError(f"{arg('video', str(path))} is not a video FFmpeg can read ({type(exc).__name__}); {VIDEO_HINT}") from None
+        raise UsageError(
+            f"{arg('video', str(path))} is not a video FFmpeg can read ({type(exc).__name__}); {VIDEO_HINT}"
+        ) from None
     if container.format.name in STILL_FORMATS:
         container.close()
         raise UsageError(f"{arg('video', str(path))} is a still image ({container.format.name}), not a video; {VIDEO_HINT}")
@@ -115,14 +121,18 @@ def fps_indices(total: int, source_fps: Fraction, fps: Fraction) -> list[int]:
 def _sample(path: Path, total: int, source_fps: Fraction, frames: int, fps: float | None) -> tuple[list[int], float]:
     name = arg("video", str(path))
     if total < frames:
-        raise UsageError(f"{name} has {total} frames but the graph takes {frames} ({arg('frames', frames)} at export); use a longer clip or export fewer frames")
+        raise UsageError(
+            f"{name} has {total} frames but the graph takes {frames} ({arg('frames', frames)} at export); use a longer clip or export fewer frames"
+        )
     if fps is None:
         return even_indices(total, frames), frames / total * float(source_fps)
     wanted = Fraction(str(fps))
     if not wanted > 0:
         raise UsageError(f"{arg('fps', fps)} is not a positive rate; pass frames per second such as 2 or 0.5")
     if wanted > source_fps:
-        raise UsageError(f"{arg('fps', fps)} is above the clip's {float(source_fps):g} fps ({name}); pass at most {float(source_fps):g}")
+        raise UsageError(
+            f"{arg('fps', fps)} is above the clip's {float(source_fps):g} fps ({name}); pass at most {float(source_fps):g}"
+        )
     indices = fps_indices(total, source_fps, wanted)
     if len(indices) < frames:
         seconds = total / float(source_fps)
@@ -148,7 +158,9 @@ def _decode(path: Path, indices: list[int]) -> tuple[np.ndarray, list[float]]:
             if i >= indices[-1]:
                 break
     if len(frames) < len(wanted):
-        raise UsageError(f"{arg('video', str(path))} decodes to {seen} frames, fewer than its header says; re-encode the clip or use another one")
+        raise UsageError(
+            f"{arg('video', str(path))} decodes to {seen} frames, fewer than its header says; re-encode the clip or use another one"
+        )
     return np.stack([frames[i] for i in indices]), [times[i] for i in indices]
 
 
@@ -167,14 +179,18 @@ def normalize_frames(frames: torch.Tensor, settings: dict) -> torch.Tensor:
     return frames.to(torch.float32).sub_(mean).div_(std)
 
 
-def read_clip(path: str | Path, frames: int, size: int, fps: float | None = None, model_dir: str | Path | None = None) -> PreparedClip:
+def read_clip(
+    path: str | Path, frames: int, size: int, fps: float | None = None, model_dir: str | Path | None = None
+) -> PreparedClip:
     """Decode `path`, sample `frames` frames (evenly, or at `fps` from the start), make them Qwen2.5-VL's pixels at S = `size`.
 
     Bad input (a missing file, one FFmpeg cannot read, a still image, too few frames, an odd `frames`, an `fps`
     that samples fewer than `frames`) is a UsageError naming the value and the fix.
     """
     if frames < TEMPORAL_PATCH or frames % TEMPORAL_PATCH:
-        raise UsageError(f"{arg('frames', frames)} is not a positive even count; Qwen2.5-VL pairs frames into temporal groups of {TEMPORAL_PATCH}: pass 2, 4, 8, ...")
+        raise UsageError(
+            f"{arg('frames', frames)} is not a positive even count; Qwen2.5-VL pairs frames into temporal groups of {TEMPORAL_PATCH}: pass 2, 4, 8, ..."
+        )
     if size <= 0:
         raise UsageError(f"{arg('size', size)} is not a positive side in pixels; pass the graph's image size (e.g. 448)")
     path = Path(path)
@@ -264,5 +280,7 @@ def write_demo_clip(path: str | Path, frames: int = 16, size: int = 448, force: 
     """The synthetic clip (demo_frames) at `fps` (DEMO_FPS by default); refuses an existing file unless `force`; never
     leaves a partial file."""
     if frames < 1 or size < 16 or size % 2 or not fps > 0:
-        raise UsageError(f"a demo clip needs frames >= 1, an even size >= 16 and fps > 0, not frames={frames}, size={size}, fps={fps}")
+        raise UsageError(
+            f"a demo clip needs frames >= 1, an even size >= 16 and fps > 0, not frames={frames}, size={size}, fps={fps}"
+        )
     return write_clip(path, demo_frames(frames, size), Fraction(str(fps)), force)

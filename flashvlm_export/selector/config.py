@@ -11,7 +11,9 @@ from flashvlm_export.errors import UsageError
 GATES = ("llava", "norm")
 TEXT_SCOPES = ("all", "before-image")  # which prompt tokens form T (docs/ALGORITHM.md, Qwen2.5-VL)
 VIDEO_BUDGETS = ("per-group", "joint")  # a clip's budget rule (selector/clip.py); the first is the default
-MODEL_DEFAULTS = ("gate",)  # fields whose default is the model's (ModelSpec.gate): LLaVA's code gates "llava", the Qwen port "norm"
+MODEL_DEFAULTS = (
+    "gate",
+)  # fields whose default is the model's (ModelSpec.gate): LLaVA's code gates "llava", the Qwen port "norm"
 
 
 class SettingError(UsageError):
@@ -59,7 +61,9 @@ class SelectorConfig:
     attenuation: float = _setting(0.1, "factor on q below the gate", (0.0, 1.0, False, False))  # step 7
     important_ratio: float = _setting(0.5, "K_imp = floor(ratio * K)", (0.0, 1.0, False, False))  # step 9
     step: int = _setting(8, "tokens pruned per round at most, >= 1")  # s, step 11
-    max_rounds: int | None = _setting(None, "cap on pruning rounds, >= 1; raises the step to fit (leave unset for no cap)")  # step 11
+    max_rounds: int | None = _setting(
+        None, "cap on pruning rounds, >= 1; raises the step to fit (leave unset for no cap)"
+    )  # step 11
     gate: str = _setting("llava", "query gating", choices=GATES)  # "llava" (authors' code) or "norm" (Qwen port), step 3
     # T: every non-image token of the prompt ("all", ours), or only those before the image ("before-image": the
     # authors' Qwen port, which in Qwen's template leaves the question out). The runtime builds T by it.

@@ -137,7 +137,9 @@ class RangeSelector(nn.Module):
         self.config = config
         self.schedule = schedule if schedule is not None else range_schedule(n_tokens, k_min, k_max, config)
         if (self.schedule.n_tokens, self.schedule.k_min, self.schedule.k_max) != (n_tokens, k_min, k_max):
-            raise ValueError(f"a schedule for N={self.schedule.n_tokens}, {self.schedule.k_min}..{self.schedule.k_max} given to N={n_tokens}, {k_min}..{k_max}")
+            raise ValueError(
+                f"a schedule for N={self.schedule.n_tokens}, {self.schedule.k_min}..{self.schedule.k_max} given to N={n_tokens}, {k_min}..{k_max}"
+            )
         if n_tokens > TOPK_LIMIT:
             raise UsageError(f"N={n_tokens} exceeds TensorRT's TopK limit {TOPK_LIMIT}; select per crop or frame")
         self.scores = StaticScores(n_tokens, config)

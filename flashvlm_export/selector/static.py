@@ -168,7 +168,9 @@ class StaticSelector(nn.Module):
         self.config = config
         self.schedule = schedule if schedule is not None else round_schedule(n_tokens, budget, config)
         if (self.schedule.n_tokens, self.schedule.budget) != (n_tokens, budget):
-            raise ValueError(f"a schedule for N={self.schedule.n_tokens}, K={self.schedule.budget} given to N={n_tokens}, K={budget}")
+            raise ValueError(
+                f"a schedule for N={self.schedule.n_tokens}, K={self.schedule.budget} given to N={n_tokens}, K={budget}"
+            )
         if n_tokens > TOPK_LIMIT:
             raise UsageError(f"N={n_tokens} exceeds TensorRT's TopK limit {TOPK_LIMIT}; select per crop or frame")
         self.scores = StaticScores(n_tokens, config)

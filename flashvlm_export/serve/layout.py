@@ -76,7 +76,13 @@ def model_config(
 ) -> str:
     """config.pbtxt text. `engine`: a platform (tensorrt_plan, onnxruntime_onnx) or "python" (the Python backend)."""
     head = f'backend: "{engine}"' if engine == "python" else f'platform: "{engine}"'
-    lines = [f'name: "{name}"', head, f"max_batch_size: {max_batch_size}", _tensor_block("input", inputs), _tensor_block("output", outputs)]
+    lines = [
+        f'name: "{name}"',
+        head,
+        f"max_batch_size: {max_batch_size}",
+        _tensor_block("input", inputs),
+        _tensor_block("output", outputs),
+    ]
     lines.append(f"instance_group [ {{ count: {instances} kind: {'KIND_GPU' if gpu else 'KIND_CPU'} }} ]")
     if dynamic_batching and max_batch_size > 0:
         lines.append("dynamic_batching { max_queue_delay_microseconds: 100 }")

@@ -66,7 +66,9 @@ class TritonPythonModel:
         key, run = request_budget(self.manifest, budget, len(feeds[TEXT_MASK]))
         feeds, images = padded(feeds, batch)
         encoded = pb_utils.InferenceRequest(
-            model_name=self.encoder, requested_output_names=list(FEATURES), inputs=[host_tensor(PIXEL_VALUES, feeds[PIXEL_VALUES])]
+            model_name=self.encoder,
+            requested_output_names=list(FEATURES),
+            inputs=[host_tensor(PIXEL_VALUES, feeds[PIXEL_VALUES])],
         ).exec()
         if encoded.has_error():
             raise RuntimeError(encoded.error().message())
@@ -74,7 +76,9 @@ class TritonPythonModel:
         inputs += [host_tensor(TEXT_EMBEDS, feeds[TEXT_EMBEDS]), host_tensor(TEXT_MASK, feeds[TEXT_MASK])]
         if self.manifest.budget_range is not None:
             inputs.append(host_tensor(BUDGET, np.asarray(padded_budget(run, images, batch), dtype=np.int64)))
-        selected = pb_utils.InferenceRequest(model_name=self._selector(key), requested_output_names=self.outputs, inputs=inputs).exec()
+        selected = pb_utils.InferenceRequest(
+            model_name=self._selector(key), requested_output_names=self.outputs, inputs=inputs
+        ).exec()
         if selected.has_error():
             raise RuntimeError(selected.error().message())
         tensors = [pb_utils.get_output_tensor_by_name(selected, name) for name in self.outputs]

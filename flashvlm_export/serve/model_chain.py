@@ -57,5 +57,7 @@ class TritonPythonModel:
                 responses.append(pb_utils.InferenceResponse(error=pb_utils.TritonError(str(exc))))
             except Exception as exc:  # this request's own failure, in one line; the other requests of the batch still answer
                 line = str(exc).strip().splitlines()[0][:300] if str(exc).strip() else ""
-                responses.append(pb_utils.InferenceResponse(error=pb_utils.TritonError(f"flashvlm: {type(exc).__name__}: {line}")))
+                responses.append(
+                    pb_utils.InferenceResponse(error=pb_utils.TritonError(f"flashvlm: {type(exc).__name__}: {line}"))
+                )
         return responses

@@ -117,8 +117,17 @@ def write_repository(
     try:
         built = staging / "repository"
         built.mkdir()
-        models = _write_cpu(manifest, built, instances, python_path) if flavour == "cpu" else _write_chained(manifest, built, flavour, instances, python_path)
-        record = {"flavour": flavour, "manifest_sha256": sha256_of(manifest.path), "model": manifest.record["model"], "models": models}
+        models = (
+            _write_cpu(manifest, built, instances, python_path)
+            if flavour == "cpu"
+            else _write_chained(manifest, built, flavour, instances, python_path)
+        )
+        record = {
+            "flavour": flavour,
+            "manifest_sha256": sha256_of(manifest.path),
+            "model": manifest.record["model"],
+            "models": models,
+        }
         if flavour == "tensorrt" and plugin:
             shutil.copyfile(plugin_library, built / PLUGIN_FILE)
             record["plugin_library"] = PLUGIN_FILE
@@ -205,7 +214,14 @@ def _write_chained(manifest: Manifest, root: Path, flavour: str, instances: int,
     shutil.copyfile(SOURCES / "model_bls.py", version / "model.py")
     (version / MANIFEST_NAME).write_text(json.dumps(manifest.record, indent=2) + "\n")  # its budgets; the graphs are the models
     batch, inputs, outputs = _entry_io(manifest)
-    parameters = {"manifest": MANIFEST_NAME, "encoder": sub_model(ENCODER_STEM), "selector_prefix": f"{ENTRY}_", "python_path": python_path}
-    config = model_config(ENTRY, "python", batch, inputs, outputs, instances, gpu=False, parameters=parameters, dynamic_batching=True)
+    parameters = {
+        "manifest": MANIFEST_NAME,
+        "encoder": sub_model(ENCODER_STEM),
+        "selector_prefix": f"{ENTRY}_",
+        "python_path": python_path,
+    }
+    config = model_config(
+        ENTRY, "python", batch, inputs, outputs, instances, gpu=False, parameters=parameters, dynamic_batching=True
+    )
     (root / ENTRY / "config.pbtxt").write_text(config)
     return [ENTRY, *names]

@@ -37,7 +37,7 @@ def find_tritonserver() -> tuple[Path | None, str]:
 
 
 def import_tritonclient() -> str:
-    """"" when tritonclient imports (from this environment, else the cache's client/, put last on sys.path); else why not."""
+    """ "" when tritonclient imports (from this environment, else the cache's client/, put last on sys.path); else why not."""
     client = cache_dir() / "client"
     if client.is_dir() and str(client) not in sys.path:
         sys.path.append(str(client))

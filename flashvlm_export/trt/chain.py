@@ -49,6 +49,8 @@ SELECTED = (INDICES, VISUAL_EMBEDS, POSITIONS)  # what a selector engine may ret
 def selected_names(io: dict) -> tuple[str, ...]:
     """The outputs a selector engine returns, in order: indices, visual_embeds, and positions where it has them."""
     return tuple(name for name in SELECTED if name in io)
+
+
 HOST_INPUTS = PIPELINE_INPUTS  # pixel_values, text_embeds, text_mask
 GEOMETRY = ("n_tokens", "vision_hidden", "text_hidden")
 REEXPORT = "export the encoder and its selectors together, from one model and batch, with flashvlm-export ... --engine"
@@ -157,8 +159,7 @@ class EngineChain:
             for name in (TEXT_EMBEDS, TEXT_MASK):
                 self._device[name] = self._empty(*selector_io[first][name][1:])
             self._outputs = {
-                key: {name: self._empty(*io[name][1:]) for name in selected_names(io)}
-                for key, io in selector_io.items()
+                key: {name: self._empty(*io[name][1:]) for name in selected_names(io)} for key, io in selector_io.items()
             }
             self._pinned = {name: self._host(self._device[name]) for name in HOST_INPUTS}
             self._pinned_out = {key: {name: self._host(t) for name, t in outs.items()} for key, outs in self._outputs.items()}
@@ -296,9 +297,7 @@ class EngineChain:
                 raise UsageError(f"{path} outputs indices {io['indices'][1]}, not (B, {key}); key it by its budget")
         host_side = [(encoder, PIXEL_VALUES, enc_io)]
         host_side += [
-            (selectors[k], name, io)
-            for k, io in selector_io.items()
-            for name in (TEXT_EMBEDS, TEXT_MASK, INDICES, VISUAL_EMBEDS)
+            (selectors[k], name, io) for k, io in selector_io.items() for name in (TEXT_EMBEDS, TEXT_MASK, INDICES, VISUAL_EMBEDS)
         ]
         for path, name, io in host_side:  # numpy, on the host side, has no bfloat16
             if io[name][2] == torch.bfloat16:

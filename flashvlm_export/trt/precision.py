@@ -85,7 +85,9 @@ class PrecisionPlan:
         selector = Counter(n.computes_in for n in self.selector_nodes)
         overall = ", ".join(f"{counts[k]} {k}" for k in sorted(counts))
         inside = ", ".join(f"{selector[k]} {k}" for k in sorted(selector)) or "none"
-        return f"{len(self.nodes)} nodes ({overall}); selector (after {plural(len(self.casts_back), 'cast')} back to fp32): {inside}"
+        return (
+            f"{len(self.nodes)} nodes ({overall}); selector (after {plural(len(self.casts_back), 'cast')} back to fp32): {inside}"
+        )
 
     def check(self, source) -> None:
         """Raise one line naming the first offending nodes when a selector node is not fp32."""

@@ -10,7 +10,9 @@ from dataclasses import replace
 from flashvlm_export.models.spec import DecoderGeometry, ModelSpec
 from flashvlm_export.models.zoo.llava15 import LLAMA2_7B, LLAVA15
 
-MISTRAL_7B = DecoderGeometry("Mistral-7B-Instruct-v0.2", layers=32, hidden=4096, intermediate=14336, heads=32, kv_heads=8, vocab=32000)
+MISTRAL_7B = DecoderGeometry(
+    "Mistral-7B-Instruct-v0.2", layers=32, hidden=4096, intermediate=14336, heads=32, kv_heads=8, vocab=32000
+)
 
 # the llava-hf LLaVA-NeXT checkpoints' image_grid_pinpoints, (height, width) px
 PINPOINTS = ((336, 672), (672, 336), (672, 672), (1008, 336), (336, 1008))
