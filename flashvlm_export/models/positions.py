@@ -10,6 +10,11 @@ A clip (video) of F frames is G = F / 2 temporal groups: group g's tokens sit at
 second_per_grid_t) (second_per_grid_t = temporal_patch_size / fps, the processor's), h and w as an image's; the text
 after the clip advances by max(rows, columns) as after an image (transformers 5.x get_rope_index: the temporal extent
 does not move the text).
+
+The Qwen3 generation (ModelSpec.timestamped_frames) separates a clip's groups by timestamp text (`<t seconds>` then
+the group's vision_start): its get_rope_index places each group as an image of its own, at the running text
+position, so a clip token's position is (0, h, w) relative to its group's start (clip_token_positions), and the
+runtime lays the groups out between their timestamps (runtime/clip.py).
 """
 
 from __future__ import annotations
@@ -53,8 +58,10 @@ def temporal_positions(spec: ModelSpec, groups: int, second_per_grid_t: float) -
 
 
 def clip_token_positions(spec: ModelSpec, frames: int, second_per_grid_t: float) -> torch.Tensor:
-    """(G * N, 3) int64: each token of a clip of `frames` frames, group-major raster order, at its (t, h, w)."""
+    """(G * N, 3) int64: each token of a clip of `frames` frames, group-major raster order, at its (t, h, w): from the
+    clip's start (Qwen2.5-VL), or from its own group's start (the Qwen3 generation: t = 0, whatever the fps)."""
     groups = frames // spec.temporal_patch
     table = token_positions(spec).repeat(groups, 1)
-    table[:, 0] = temporal_positions(spec, groups, second_per_grid_t).repeat_interleave(spec.n_tokens)
+    if not spec.timestamped_frames:
+        table[:, 0] = temporal_positions(spec, groups, second_per_grid_t).repeat_interleave(spec.n_tokens)
     return table

@@ -33,6 +33,7 @@ MODEL_TYPE = "qwen2_5_vl"
 GGUF_ARCH = "qwen2vl"  # llama.cpp's architecture of its LLM (M-RoPE with rope sections)
 IMAGE_MEAN = (0.48145466, 0.4578275, 0.40821073)  # Qwen2VLImageProcessor's (OpenAI CLIP's)
 IMAGE_STD = (0.26862954, 0.26130258, 0.27577711)
+VIDEO_PROCESSOR_NAME = "Qwen2VLVideoProcessor"  # how messages name the clip settings' source (runtime/video.py)
 RESIZE = "stretch"  # bicubic to the exported side, as Qwen's processor resizes (no crop)
 TEMPLATE = (
     "<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n"

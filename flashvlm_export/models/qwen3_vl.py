@@ -47,6 +47,8 @@ NAME = "Qwen3-VL"
 MODEL_TYPE = "qwen3_vl"
 IMAGE_MEAN = (0.5, 0.5, 0.5)  # the Qwen3-VL checkpoints' preprocessor_config.json
 IMAGE_STD = (0.5, 0.5, 0.5)
+VIDEO_PROCESSOR_NAME = "Qwen3VLVideoProcessor"
+SPREAD_FRAMES = True  # its sample_frames: np.linspace(0, total - 1, F).round(), first and last frame included
 # Qwen3-VL's chat template (no default system turn); the video placeholder replaces the image's (video_prompt)
 TEMPLATE = "<|im_start|>user\n<|vision_start|><|image_pad|><|vision_end|>{question}<|im_end|>\n<|im_start|>assistant\n"
 RECORDING = "record_eager_qwen3"

@@ -230,12 +230,13 @@ class LLMInput:
 
 
 def deepstack_prefill(
-    embed_tokens, embeds: torch.Tensor, token_ids: list[int], token: int, visual_embeds, deepstack, spec: ModelSpec, video=False
+    embed_tokens, embeds: torch.Tensor, visual: torch.Tensor, token: int, visual_embeds, deepstack, spec: ModelSpec, video=False
 ):
     """A Qwen3-VL prefill through transformers' own DeepStack path: the spliced rows become the placeholder token's
     embedding again, and `mm_encoder_outputs` hands the model the K rows and their DeepStack rows (L, K, Dl), which its
     forward scatters into the placeholder positions (masked_scatter) and adds to the outputs of its first L decoder
-    layers at the same positions, as it does with its own vision tower's outputs. Returns (inputs_embeds, prefill)."""
+    layers at the same positions, as it does with its own vision tower's outputs. `embeds` (1, L, Dl) holds the K rows
+    where `visual` (L,) bool is set; `token`: the placeholder's id. Returns (inputs_embeds, prefill)."""
     from transformers.models.qwen3_vl.modeling_qwen3_vl import BaseModelOutputWithDeepstackFeatures
 
     k = visual_embeds.shape[0]
@@ -243,9 +244,9 @@ def deepstack_prefill(
         got = None if deepstack is None else tuple(deepstack.shape)
         raise ValueError(f"{spec.name} needs (L={spec.deepstack_layers}, K={k}, Dl) DeepStack rows, got {got}")
     device = embeds.device
-    p = image_position(token_ids, token)
     placeholder = embed_tokens(torch.full((k,), token, dtype=torch.long, device=device)).to(embeds.dtype)
-    embeds = torch.cat([embeds[0, :p], placeholder, embeds[0, p + k :]])[None]
+    embeds = embeds.clone()
+    embeds[0, visual.to(device)] = placeholder
     rows = torch.as_tensor(visual_embeds).to(device)
     features = BaseModelOutputWithDeepstackFeatures(
         pooler_output=(rows,), deepstack_features=[(torch.as_tensor(d).to(device),) for d in deepstack]
@@ -275,9 +276,9 @@ def llm_input(
     ids = sequence_positions(before, torch.as_tensor(positions), after, extent)[:, None].to(embeds.device)
     prefill = None
     if spec.deepstack_layers:
-        embeds, prefill = deepstack_prefill(
-            embed_tokens, embeds, token_ids, spec.image_token_index, visual_embeds, deepstack, spec
-        )
+        visual = torch.zeros(embeds.shape[1], dtype=torch.bool)
+        visual[before : before + visual_embeds.shape[0]] = True
+        embeds, prefill = deepstack_prefill(embed_tokens, embeds, visual, spec.image_token_index, visual_embeds, deepstack, spec)
     return LLMInput(embeds, ids, before + extent + after, prefill)
 
 

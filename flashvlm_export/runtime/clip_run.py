@@ -142,8 +142,15 @@ def run_clip(graph, video, question, *, image=None, demo_image=None, demo_video=
     from flashvlm_export.artifacts.timing import StepTimer
     from flashvlm_export.models.positions import clip_token_positions, second_per_grid
     from flashvlm_export.models.weights import weights_for_graph
-    from flashvlm_export.runtime.answer import check_llm_dtype, image_position
-    from flashvlm_export.runtime.clip import clip_llm_input, clip_prompt_ids, clip_text_inputs, read_clip, video_token_index
+    from flashvlm_export.runtime.answer import check_llm_dtype
+    from flashvlm_export.runtime.clip import (
+        clip_llm_input,
+        clip_prompt_ids,
+        clip_text_inputs,
+        group_timestamps,
+        placeholder_positions,
+        read_clip,
+    )
     from flashvlm_export.runtime.graph_info import GraphInfo
     from flashvlm_export.runtime.image import stretch_note
     from flashvlm_export.runtime.session import select
@@ -183,8 +190,10 @@ def run_clip(graph, video, question, *, image=None, demo_image=None, demo_video=
     if answer and gguf is None:  # before the selection: a model that cannot answer fails fast
         llm = steps.load_llm(plan, info, parts, log)
     tokenizer, tokenizer_name = load_tokenizer(spec, checkpoint)
-    token_ids = clip_prompt_ids(tokenizer, question, spec)
-    image_position(token_ids, video_token_index(spec), "<|video_pad|>")  # the question must not add a clip token
+    # the Qwen3 generation: each frame group's timestamp, in the prompt before its tokens
+    stamps = group_timestamps(clip.indices, clip.source_fps, spec.temporal_patch) if spec.timestamped_frames else None
+    token_ids = clip_prompt_ids(tokenizer, question, spec, stamps)
+    placeholder_positions(token_ids, spec, groups)  # the question must not add a clip token
     if answer and gguf is not None:  # before the selection: positions llama.cpp cannot mask as the model does, one line
         from flashvlm_export.runtime import llama_cpp
 
@@ -213,7 +222,8 @@ def run_clip(graph, video, question, *, image=None, demo_image=None, demo_video=
     log(f"Run: kept per frame group (group g = frames 2g, 2g+1; {n} tokens each): {_groups_text(counts, per_group)}")
     log(f"Run: kept indices {selection.indices.tolist()}")
     positions = clip_positions(selection, request, clip.effective_fps, source, log)
-    log(f"Run: kept positions (t, h, w) from the clip's start: {steps.positions_text(positions)}")
+    origin = "its frame group's start (after the group's timestamp)" if spec.timestamped_frames else "the clip's start"
+    log(f"Run: kept positions (t, h, w) from {origin}: {steps.positions_text(positions)}")
     result = ClipRunResult(
         selection.indices, total, selection.ms, selection.backend, positions=positions.numpy(), kept_per_group=counts,
         effective_fps=clip.effective_fps, timestamps=list(clip.timestamps),
@@ -236,10 +246,12 @@ def run_clip(graph, video, question, *, image=None, demo_image=None, demo_video=
         if info.weights.random:
             log(f"Note: {RANDOM_NOTE}")
         runs = {"pruned": (f"pruned K={len(selection.indices)}", selection.visual_embeds, positions)}
+        kept = {"pruned": (selection.indices, selection.deepstack)}  # each run's token indices and DeepStack rows
         table = clip_token_positions(spec, frames, second_per_grid(spec, clip.effective_fps))  # the unpruned clip's
         if compare_full:  # every clip row at its own position: the model's own video input
-            _, _, projected = parts.reference_clip_features(clip.pixel_values)  # (1, N, Dl)
-            runs["full"] = (f"full N={total}", projected[0], table)
+            features = parts.reference_clip_features(clip.pixel_values)  # X, a, P(X) (1, N, Dl)[, DeepStack]
+            runs["full"] = (f"full N={total}", features[2][0], table)
+            kept["full"] = (np.arange(total), features[3][0] if len(features) > 3 else None)
         last_t = int(table[:, 0].max())
         if gguf is not None:  # the same rows and positions through llama.cpp (runtime/llama_cpp.py)
             from flashvlm_export.runtime import llama_cpp
@@ -252,7 +264,10 @@ def run_clip(graph, video, question, *, image=None, demo_image=None, demo_video=
         else:
             embed = llm.get_input_embeddings()
             for key, (label, rows, kept_positions) in runs.items():
-                inputs = clip_llm_input(embed, token_ids, spec, rows, kept_positions, last_t=last_t)
+                indices, deepstack = kept[key]
+                inputs = clip_llm_input(
+                    embed, token_ids, spec, rows, kept_positions, last_t=last_t, indices=indices, deepstack=deepstack
+                )
                 result.answers[key] = greedy_answer(llm, inputs, tokenizer, max_new_tokens, label)
         steps.log_answers(result.answers, len(selection.indices), total, log)
     return result

@@ -62,10 +62,11 @@ class PreparedClip:
     frame_size: tuple[int, int] = (0, 0)  # (width, height) of the decoded frames, before the stretch to S x S
 
 
-def _settings(model_dir: Path | None) -> tuple[dict, str]:
-    """mean, std, rescale_factor and resample: a checkpoint's video (else image) processor config, else Qwen's defaults."""
+def _settings(model_dir: Path | None, family=qwen2_5_vl) -> tuple[dict, str]:
+    """mean, std, rescale_factor and resample: a checkpoint's video (else image) processor config, else the family's
+    defaults (Qwen2.5-VL's CLIP mean and std; the Qwen3 generation's 0.5)."""
     settings = dict(
-        image_mean=list(qwen2_5_vl.IMAGE_MEAN), image_std=list(qwen2_5_vl.IMAGE_STD), rescale_factor=1 / 255, resample=BICUBIC
+        image_mean=list(family.IMAGE_MEAN), image_std=list(family.IMAGE_STD), rescale_factor=1 / 255, resample=BICUBIC
     )
     for name in ("video_preprocessor_config.json", "preprocessor_config.json"):
         config = Path(model_dir) / name if model_dir is not None else None
@@ -77,7 +78,7 @@ def _settings(model_dir: Path | None) -> tuple[dict, str]:
                     f"{config} asks for resample {settings['resample']}; Qwen2.5-VL's video processor resizes bicubic (3)"
                 )
             return settings, str(config)
-    return settings, "Qwen2VLVideoProcessor defaults"
+    return settings, f"{family.VIDEO_PROCESSOR_NAME} defaults"
 
 
 def _open(path: Path):
@@ -107,8 +108,11 @@ def _count(path: Path) -> int:
         return sum(1 for _ in container.decode(stream))
 
 
-def even_indices(total: int, frames: int) -> list[int]:
-    """Qwen2VLVideoProcessor.sample_frames' uniform rule in integers: floor(i * total / F) for i < F."""
+def even_indices(total: int, frames: int, spread: bool = False) -> list[int]:
+    """Qwen2VLVideoProcessor.sample_frames' uniform rule in integers: floor(i * total / F) for i < F; spread=True:
+    Qwen3VLVideoProcessor.sample_frames' rule, np.linspace(0, total - 1, F).round() (first and last frame included)."""
+    if spread:
+        return np.linspace(0, total - 1, frames).round().astype(int).tolist()
     return [i * total // frames for i in range(frames)]
 
 
@@ -118,14 +122,16 @@ def fps_indices(total: int, source_fps: Fraction, fps: Fraction) -> list[int]:
     return [math.floor(i * source_fps / fps) for i in range(available)]
 
 
-def _sample(path: Path, total: int, source_fps: Fraction, frames: int, fps: float | None) -> tuple[list[int], float]:
+def _sample(
+    path: Path, total: int, source_fps: Fraction, frames: int, fps: float | None, spread: bool = False
+) -> tuple[list[int], float]:
     name = arg("video", str(path))
     if total < frames:
         raise UsageError(
             f"{name} has {total} frames but the graph takes {frames} ({arg('frames', frames)} at export); use a longer clip or export fewer frames"
         )
     if fps is None:
-        return even_indices(total, frames), frames / total * float(source_fps)
+        return even_indices(total, frames, spread), frames / total * float(source_fps)
     wanted = Fraction(str(fps))
     if not wanted > 0:
         raise UsageError(f"{arg('fps', fps)} is not a positive rate; pass frames per second such as 2 or 0.5")
@@ -180,9 +186,10 @@ def normalize_frames(frames: torch.Tensor, settings: dict) -> torch.Tensor:
 
 
 def read_clip(
-    path: str | Path, frames: int, size: int, fps: float | None = None, model_dir: str | Path | None = None
+    path: str | Path, frames: int, size: int, fps: float | None = None, model_dir: str | Path | None = None, family=qwen2_5_vl
 ) -> PreparedClip:
-    """Decode `path`, sample `frames` frames (evenly, or at `fps` from the start), make them Qwen2.5-VL's pixels at S = `size`.
+    """Decode `path`, sample `frames` frames (evenly, or at `fps` from the start), make them the family's pixels at
+    S = `size` (Qwen2.5-VL's by default; a family adapter with SPREAD_FRAMES samples as Qwen3VLVideoProcessor does).
 
     Bad input (a missing file, one FFmpeg cannot read, a still image, too few frames, an odd `frames`, an `fps`
     that samples fewer than `frames`) is a UsageError naming the value and the fix.
@@ -194,14 +201,14 @@ def read_clip(
     if size <= 0:
         raise UsageError(f"{arg('size', size)} is not a positive side in pixels; pass the graph's image size (e.g. 448)")
     path = Path(path)
-    settings, processor = _settings(Path(model_dir) if model_dir is not None else None)
+    settings, processor = _settings(Path(model_dir) if model_dir is not None else None, family)
     container, stream = _open(path)
     with container:
         total, rate = int(stream.frames), stream.average_rate
     if not rate:
         raise UsageError(f"{arg('video', str(path))} has no frame rate in its header; re-encode it (e.g. to mp4)")
     total = total or _count(path)
-    indices, effective = _sample(path, total, Fraction(rate), frames, fps)
+    indices, effective = _sample(path, total, Fraction(rate), frames, fps, getattr(family, "SPREAD_FRAMES", False))
     decoded, times = _decode(path, indices)  # (F, H, W, 3)
     video = torch.from_numpy(decoded).permute(0, 3, 1, 2).contiguous()  # (F, 3, H, W), as the processor lays it out
     resized = resize_frames(video, size)  # (F, 3, S, S) uint8
