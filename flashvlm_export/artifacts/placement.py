@@ -149,6 +149,7 @@ def atomic_outputs(final_paths: list[Path], overwrite: bool = True, own_only: bo
 def write_json_atomic(path: Path, record: dict) -> None:
     """Replace `path` (only a record this tool wrote) with `record` as JSON in one rename."""
     check_replaceable(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
     fd, temp = tempfile.mkstemp(prefix=STAGING_PREFIX, suffix=".json", dir=path.parent)
     try:
         os.fchmod(fd, 0o644)

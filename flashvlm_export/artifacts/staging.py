@@ -48,6 +48,9 @@ def _owner_alive(owner: dict) -> bool:
 
 
 def make_staging(folder: Path) -> Path:
+    """A staging folder in `folder`, which is made here (with its parents) when it does not exist yet: output folders
+    appear when the first output is written, not when a run starts (check_writable)."""
+    folder.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=STAGING_PREFIX, dir=folder))
     try:  # an interruption here must not leave an ownerless folder behind
         owner = {"pid": os.getpid(), "start": _start_time(os.getpid()), "created": time.time()}
@@ -90,6 +93,7 @@ def reclaim_stale_staging(folder: Path, log=print) -> list[Path]:
 
 
 def _name_max(folder: Path) -> int:
+    folder = next((p for p in (folder, *folder.parents) if p.exists()), Path("."))  # a folder not made yet: its parent's
     try:
         return os.pathconf(folder, "PC_NAME_MAX")
     except (OSError, ValueError):
@@ -104,19 +108,23 @@ def check_writable(paths: list[Path], force: bool, log=print, *, flag: str) -> N
     for path in paths:
         folder = path.parent
         if folder not in probed:
-            try:
-                folder.mkdir(parents=True, exist_ok=True)
-            except OSError as exc:
-                raise UsageError(f"cannot create output directory {folder}: {exc.strerror}; choose another {flag}") from None
+            # a folder that does not exist yet is made when the outputs are placed, not here: a run refused later
+            # (a bad checkpoint, an interrupted export) leaves no empty folder behind; its nearest existing ancestor
+            # is probed instead, where the folder will be made
+            existing = next((p for p in (folder, *folder.parents) if p.exists()), Path("."))
+            if not existing.is_dir():
+                raise UsageError(f"cannot create output directory {folder}: {existing} is not a folder; choose another {flag}")
             try:  # a real write: permission bits alone say nothing for root, /proc, /sys or a read-only mount
-                fd, probe = tempfile.mkstemp(prefix=STAGING_PREFIX, dir=folder)
+                fd, probe = tempfile.mkstemp(prefix=STAGING_PREFIX, dir=existing)
                 os.close(fd)
                 os.unlink(probe)
             except OSError as exc:
+                what = "output directory" if existing == folder else f"the folder {existing}, where {folder} would be made,"
                 raise UsageError(
-                    f"output directory {folder} cannot be written ({exc.strerror}); choose another {flag} or fix its permissions"
+                    f"{what} cannot be written ({exc.strerror}); choose another {flag} or fix its permissions"
                 ) from None
-            reclaim_stale_staging(folder, log)
+            if existing == folder:
+                reclaim_stale_staging(folder, log)
             probed.add(folder)
         for target in (path, sidecar_path(path), external_data_path(path)):
             if len(target.name.encode()) > _name_max(folder):

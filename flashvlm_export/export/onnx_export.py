@@ -99,7 +99,8 @@ def fold_shape_constants(proto):
 
 
 def _check_free_space(folder: Path, needed: int) -> None:
-    free = shutil.disk_usage(folder).free
+    existing = next((p for p in (folder, *folder.parents) if p.exists()), Path("."))  # made when the graph is placed
+    free = shutil.disk_usage(existing).free
     if free < needed:
         raise UsageError(
             f"{folder} has {human_size(free)} free but the graph needs about {human_size(needed)}; "
