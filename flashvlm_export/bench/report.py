@@ -7,7 +7,7 @@ from pathlib import Path
 
 from flashvlm_export.artifacts.ownership import PRODUCER, note_written
 from flashvlm_export.artifacts.placement import atomic_outputs
-from flashvlm_export.bench.cost import cost_markdown, differences_text
+from flashvlm_export.bench.cost import cost_markdown, differences_text, linear_attention_text
 from flashvlm_export.progress import plural
 
 
@@ -85,7 +85,16 @@ def markdown(results: dict) -> str:
     if prefill:
         parts += ["", "| visual tokens | prefill ms (median) |", "|---|---|"]
         parts += [f"| {r['visual_tokens']} (+{r['text_tokens']} text) | {r['median_ms']:.2f} |" for r in prefill]
-    parts += ["", "Cost calculator (geometry, not measured):", "", cost_markdown(), "", differences_text()]
+    parts += [
+        "",
+        "Cost calculator (geometry, not measured):",
+        "",
+        cost_markdown(),
+        "",
+        linear_attention_text(),
+        "",
+        differences_text(),
+    ]
     return "\n".join(parts) + "\n"
 
 

@@ -74,9 +74,10 @@ def main(argv: list[str]) -> int:
         log(f"Bench: wrote {write_rows(rows, out_dir)}")
         return 0
     if args.cost_only:
-        from flashvlm_export.bench.cost import VIDEO_MODELS, cost_markdown, differences_text
+        from flashvlm_export.bench.cost import VIDEO_MODELS, cost_markdown, differences_text, linear_attention_text
 
         log(cost_markdown())
+        log(linear_attention_text())
         log(differences_text())
         log("\nVideo (Qwen2.5-VL-7B, 448 px frames; frames 2g, 2g+1 form one group of 256 tokens):")
         log(cost_markdown(VIDEO_MODELS))

@@ -24,6 +24,8 @@ class DecoderGeometry:
     linear_key_heads: int = 0
     linear_value_heads: int = 0
     linear_head_dim: int = 0  # key and value head width of the linear-attention layers
+    linear_conv_kernel: int = 0  # their depthwise causal convolution's width (Qwen3.5: 4)
+    attention_output_gate: bool = False  # full attention's sigmoid output gate: q_proj 2x wide (Qwen3.5's attn_output_gate)
 
     def __post_init__(self) -> None:
         if not self.head_dim:

@@ -26,7 +26,7 @@ def _decoder(name: str, layers: int, hidden: int, intermediate: int, heads: int,
     return DecoderGeometry(
         name, layers=layers, hidden=hidden, intermediate=intermediate, heads=heads, kv_heads=kv_heads, vocab=248320,
         head_dim=256, linear_layers=layers - layers // FULL_ATTENTION_INTERVAL, linear_key_heads=16,
-        linear_value_heads=value_heads, linear_head_dim=128,
+        linear_value_heads=value_heads, linear_head_dim=128, linear_conv_kernel=4, attention_output_gate=True,
     )  # fmt: skip
 
 
@@ -42,7 +42,7 @@ def _text(g: DecoderGeometry) -> dict:
         linear_num_value_heads=g.linear_value_heads,
         linear_key_head_dim=g.linear_head_dim,
         linear_value_head_dim=g.linear_head_dim,
-        linear_conv_kernel_dim=4,
+        linear_conv_kernel_dim=g.linear_conv_kernel,
         full_attention_interval=FULL_ATTENTION_INTERVAL,
         vocab_size=g.vocab,
         rms_norm_eps=1e-6,
