@@ -2,10 +2,13 @@
 tritonserver (skips, saying why, where scripts/fetch_triton.sh could not fetch the server or the client).
 
 The tiny model's split at K = 64, 16 is exported once; the live server runs its generated CPU repository on
-127.0.0.1 with free ports, bounded timeouts, and is always stopped (its process group killed)."""
+127.0.0.1 with free ports, bounded timeouts, and is always stopped (its process group killed). A qwen3-vl-tiny split
+(K = 64, 32) checks the DeepStack tensors: the configs, the onnx flavour's BLS entry on a stand-in pb_utils, and one
+live request of its CPU repository."""
 
 import json
 import os
+import re
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -285,3 +288,215 @@ def test_the_docs_client_snippet_runs_as_written(server, tmp_path):
     assert run.returncode == 0, run.stderr
     indices = [int(i) for i in re.findall(r"\d+", run.stdout)]
     assert len(indices) == 16 and indices == sorted(indices), run.stdout  # (1, 16) ascending, as the comment says
+
+
+# ---- Qwen3-VL: the DeepStack tensors through the repository ---------------------------------------------------------
+# The tiny split's encoder writes deepstack_features (1, 3, 256, 64) besides X, a, P(X); its selectors take it and
+# return deepstack_embeds (1, 3, K, 64) after positions. Exact equality below: the repository's models are the split's
+# own graph files (sha256-checked copies) run by the same onnxruntime on the same CPU as the in-process OrtChain, with
+# the same inputs; deepstack_embeds is a gather of the encoder's rows at the kept indices, so nothing is re-computed
+# differently on either side.
+
+QWEN3 = "qwen3-vl-tiny"
+QWEN3_BUDGETS = (64, 32)
+
+
+@pytest.fixture(scope="module")
+def qwen3_split(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("qwen3")
+    argv = ["--model", QWEN3, "--budget", ",".join(map(str, QWEN3_BUDGETS)), "--random-weights", "--out-dir", str(out)]
+    assert main([*argv, "--exporter", "torchscript"]) == 0
+    return out / f"{QWEN3}_split" / "manifest.json"
+
+
+def qwen3_inputs() -> dict[str, np.ndarray]:
+    from flashvlm_export.models.registry import get_spec
+
+    spec = get_spec(QWEN3)
+    rng = np.random.default_rng(3)
+    return {
+        PIXEL_VALUES: rng.standard_normal((1, 3, spec.image_size, spec.image_size)).astype(np.float32),
+        TEXT_EMBEDS: rng.standard_normal((1, spec.t_max, spec.text_hidden)).astype(np.float32),
+        TEXT_MASK: np.arange(spec.t_max)[None] < 19,
+    }
+
+
+def test_qwen3_vl_repositories_declare_the_deepstack_tensors(qwen3_split, tmp_path):
+    """cpu and onnx flavours: the entry returns deepstack_embeds (L, K varying, Dl); the onnx flavour's encoder model
+    declares deepstack_features, each selector model takes it, and the BLS entry is told to pass it."""
+    assert main(["triton", "--manifest", str(qwen3_split), "--out", str(tmp_path / "cpu")]) == 0
+    assert main(["triton", "--manifest", str(qwen3_split), "--out", str(tmp_path / "onnx"), "--flavour", "onnx"]) == 0
+    row = 'name: "deepstack_embeds" data_type: TYPE_FP32 dims: [ 3, -1, 64 ]'
+    assert row in (tmp_path / "cpu" / "flashvlm" / "config.pbtxt").read_text()
+    entry = (tmp_path / "onnx" / "flashvlm" / "config.pbtxt").read_text()
+    assert row in entry
+    assert 'key: "shared" value: { string_value: "vision_features,cls_attention,projected_features,deepstack_features" }' in entry
+    features = 'name: "deepstack_features" data_type: TYPE_FP32 dims: [ 1, 3, 256, 64 ]'
+    encoder = (tmp_path / "onnx" / "flashvlm_encoder" / "config.pbtxt").read_text()
+    assert features in encoder.split("output [")[1]
+    for k in QWEN3_BUDGETS:
+        selector = (tmp_path / "onnx" / f"flashvlm_selector_b{k}" / "config.pbtxt").read_text()
+        head, outputs = selector.split("output [")
+        assert features in head and f'name: "deepstack_embeds" data_type: TYPE_FP32 dims: [ 1, 3, {k}, 64 ]' in outputs
+
+
+def test_an_encoder_and_selector_that_disagree_on_deepstack_rows_are_refused():
+    from flashvlm_export.serve.layout import Tensor, shared_tensors
+
+    features = tuple(Tensor(n, "TYPE_FP32", (1,)) for n in ("vision_features", "cls_attention", "projected_features"))
+    deepstack = (Tensor("deepstack_features", "TYPE_FP32", (1,)),)
+    encoder = ((Tensor(PIXEL_VALUES, "TYPE_FP32", (1,)),), features + deepstack)
+    assert shared_tensors(encoder, (features + deepstack, ()))[-1] == "deepstack_features"
+    with pytest.raises(UsageError, match="deepstack_features on one side only") as info:
+        shared_tensors(encoder, (features, ()))
+    assert "\n" not in str(info.value)
+
+
+class StandInTensor:
+    """pb_utils.Tensor's names the entry models use (from_dlpack, name) over a host array, itself a DLPack producer."""
+
+    def __init__(self, name: str, array: np.ndarray):
+        self._name, self.array = name, np.ascontiguousarray(array)
+
+    @classmethod
+    def from_dlpack(cls, name, producer):
+        return cls(name, np.from_dlpack(producer))
+
+    def name(self) -> str:
+        return self._name
+
+    def __dlpack__(self, **kwargs):
+        return self.array.__dlpack__(**kwargs)
+
+    def __dlpack_device__(self):
+        return self.array.__dlpack_device__()
+
+
+def stand_in_pb_utils(repo: Path, calls: list):
+    """A stand-in triton_python_backend_utils whose BLS InferenceRequest runs the repository's sub-model (its
+    model.onnx) in onnxruntime, refusing an input the model does not take or an output its config does not declare."""
+    import types
+
+    import onnxruntime as ort
+
+    sessions = {}
+
+    def session(name):
+        if name not in sessions:
+            sessions[name] = ort.InferenceSession(str(repo / name / "1" / "model.onnx"), providers=["CPUExecutionProvider"])
+        return sessions[name]
+
+    class Response:
+        def __init__(self, output_tensors=None, error=None):
+            self.output_tensors, self.error_value = output_tensors or [], error
+
+        def has_error(self):
+            return self.error_value is not None
+
+        def error(self):
+            return self.error_value
+
+    class Error:
+        def __init__(self, message):
+            self._message = message
+
+        def message(self):
+            return self._message
+
+    class InferenceRequest:
+        def __init__(self, model_name, requested_output_names, inputs):
+            self.model, self.requested, self.inputs = model_name, list(requested_output_names), inputs
+
+        def exec(self):
+            config = (repo / self.model / "config.pbtxt").read_text()
+            declared = re.findall(r'name: "(\w+)"', config.split("output [")[1])
+            feeds = {t.name(): t.array for t in self.inputs}
+            taken = [i.name for i in session(self.model).get_inputs()]
+            calls.append((self.model, sorted(feeds), list(self.requested)))
+            if sorted(feeds) != sorted(taken) or not set(self.requested) <= set(declared):
+                return Response(error=Error(f"{self.model}: fed {sorted(feeds)}, takes {taken}; asked {self.requested}"))
+            values = session(self.model).run(self.requested, feeds)
+            return Response([StandInTensor(n, v) for n, v in zip(self.requested, values, strict=True)])
+
+    module = types.ModuleType("triton_python_backend_utils")
+    module.Tensor = StandInTensor
+    module.InferenceRequest = InferenceRequest
+    module.InferenceResponse = Response
+    module.TritonError = Error
+    module.get_input_tensor_by_name = lambda request, name: request[name]
+    module.get_output_tensor_by_name = lambda response, name: {t.name(): t for t in response.output_tensors}[name]
+    return module
+
+
+def test_qwen3_vl_bls_entry_passes_the_deepstack_rows_on_stand_in_triton(qwen3_split, tmp_path, monkeypatch):
+    """The onnx flavour's entry model (model_bls.py, as copied into the repository) run in-process against a stand-in
+    pb_utils whose BLS calls run the repository's encoder and selector graphs in onnxruntime: it asks the encoder for
+    deepstack_features, feeds it to the selector, and returns deepstack_embeds equal to the in-process chain's (same
+    graphs, same onnxruntime, same process). What it does not prove: that Triton's Python backend and BLS behave like
+    the stand-in (the onnx flavour is not served here: the wheel's tritonserver has no onnxruntime backend)."""
+    import importlib.util
+    import sys
+
+    repo = tmp_path / "repo"
+    assert main(["triton", "--manifest", str(qwen3_split), "--out", str(repo), "--flavour", "onnx"]) == 0
+    calls = []
+    monkeypatch.setitem(sys.modules, "triton_python_backend_utils", stand_in_pb_utils(repo, calls))
+    monkeypatch.setattr(sys, "path", list(sys.path))  # the entry puts its python_path first
+    spec = importlib.util.spec_from_file_location("flashvlm_bls_under_test", repo / "flashvlm" / "1" / "model.py")
+    bls = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bls)
+    config_text = (repo / "flashvlm" / "config.pbtxt").read_text()
+    config = {
+        "output": [{"name": n} for n in re.findall(r'name: "(\w+)"', config_text.split("output [")[1].split("]\n")[0])],
+        "parameters": {
+            k: {"string_value": v} for k, v in re.findall(r'key: "(\w+)" value: \{ string_value: "(.*?)" \}', config_text)
+        },
+    }
+    model = bls.TritonPythonModel()
+    model.initialize({"model_config": json.dumps(config), "model_repository": str(repo / "flashvlm"), "model_version": "1"})
+    feeds = qwen3_inputs()
+    request = {name: StandInTensor(name, value) for name, value in {**feeds, "budget": np.array([[32]])}.items()}
+    (response,) = model.execute([request])
+    assert not response.has_error(), response.error().message()
+    got = {t.name(): t.array for t in response.output_tensors}
+    assert calls[0][0] == "flashvlm_encoder" and "deepstack_features" in calls[0][2]
+    assert calls[1][0] == "flashvlm_selector_b32" and "deepstack_features" in calls[1][1]
+    want = SplitChain(qwen3_split).infer(feeds, 32)
+    assert sorted(got) == sorted(want) == sorted([INDICES, VISUAL_EMBEDS, "positions", "deepstack_embeds"])
+    assert got["deepstack_embeds"].shape == (1, 3, 32, 64)
+    for name in want:
+        np.testing.assert_array_equal(got[name], want[name])
+
+
+def test_live_server_returns_qwen3_vl_deepstack_embeds_equal_to_the_split_chain(qwen3_split, tmp_path):
+    """The CPU repository of the Qwen3-VL split on a real tritonserver: one HTTP request at K = 32 returns indices,
+    visual_embeds, positions and deepstack_embeds (1, 3, 32, 64), each equal to OrtChain's in-process answer (the
+    note above: same graph files, same onnxruntime, same CPU, same inputs), and the server's model metadata declares
+    deepstack_embeds as it is (its Python backend does not check an output against the config: it returned the
+    right tensor while the config declared [-1, 64, 64])."""
+    binary, why = find_tritonserver()
+    why = why if binary is None else import_tritonclient()
+    if binary is None or why:
+        pytest.skip(f"live Triton test: {why}")
+    import tritonclient.http as http
+
+    assert main(["triton", "--manifest", str(qwen3_split), "--out", str(tmp_path / "repo")]) == 0
+    feeds = qwen3_inputs()
+    want = SplitChain(qwen3_split).infer(feeds, 32)
+    names = (INDICES, VISUAL_EMBEDS, "positions", "deepstack_embeds")
+    types = {np.dtype(np.float32): "FP32", np.dtype(bool): "BOOL", np.dtype(np.int64): "INT64"}
+    with TritonServer(binary, tmp_path / "repo", tmp_path / "server.log") as live:
+        client = http.InferenceServerClient(live.http_url, connection_timeout=TIMEOUT_S, network_timeout=TIMEOUT_S)
+        tensors = []
+        for name, array in {**feeds, "budget": np.array([[32]], dtype=np.int64)}.items():
+            tensor = http.InferInput(name, list(array.shape), types[array.dtype])
+            tensor.set_data_from_numpy(array)
+            tensors.append(tensor)
+        answer = client.infer("flashvlm", tensors)
+        declared = {o["name"]: o["shape"] for o in client.get_model_metadata("flashvlm")["outputs"]}
+        client.close()
+    assert declared["deepstack_embeds"] == [-1, 3, -1, 64]  # what the server tells clients: batch, L, K varying, Dl
+    got = {name: answer.as_numpy(name) for name in names}
+    assert sorted(want) == sorted(names) and got["deepstack_embeds"].shape == (1, 3, 32, 64)
+    for name in names:
+        np.testing.assert_array_equal(got[name], want[name])

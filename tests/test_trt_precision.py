@@ -150,3 +150,22 @@ def test_a_reduced_graph_without_a_cast_back_is_reported():
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)], ir_version=10)
     bad = precision_plan(model).violations()
     assert "topk (TopK) computes in fp16" in bad and any("no Cast back to fp32" in v for v in bad)
+
+
+def test_qwen3_vl_fp16_graphs_end_the_encoder_at_the_deepstack_rows_too(tmp_path):
+    """Qwen3-VL's DeepStack mergers feed deepstack_features only, none of X, a, P(X): unless that name ends the encoder
+    side too, the check counts the mergers as selector nodes computing in fp16 and refuses the encoder graph and the
+    fused graph (as it did before interface.ENCODER_OUTPUTS was its list of names)."""
+    common = ["--model", "qwen3-vl-tiny", "--random-weights", "--precision", "fp16", "--exporter", "torchscript"]
+    assert main([*common, "--budget", "32", "--split", "--out-dir", str(tmp_path / "split")]) == 0
+    assert main([*common, "--budget", "32", "--fused", "--out-dir", str(tmp_path / "fused")]) == 0
+    (encoder,) = tmp_path.glob("split/*/encoder.onnx")
+    (fused,) = tmp_path.glob("fused/*.onnx")
+    for path in (encoder, fused):
+        model = load_graph(path)
+        plan = precision_plan(model)
+        assert plan.violations() == [], (path.name, plan.violations()[:3])
+        ends = {n.output[0] for n in model.graph.node if (n.name or n.output[0]) in plan.casts_back}
+        assert "deepstack_features" in ends, (path.name, ends)
+        merger = [n for n in plan.nodes if "deepstack_mergers" in n.name and n.computes_in == "fp16"]
+        assert merger and not any(n.selector for n in merger)  # fp16, on the encoder side

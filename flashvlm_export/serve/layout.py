@@ -10,7 +10,16 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from flashvlm_export.export.interface import BUDGET, KEPT, PIXEL_VALUES, TEXT_EMBEDS, TEXT_MASK
+from flashvlm_export.errors import UsageError
+from flashvlm_export.export.interface import (
+    BUDGET,
+    DEEPSTACK_EMBEDS,
+    ENCODER_OUTPUTS,
+    KEPT,
+    PIXEL_VALUES,
+    TEXT_EMBEDS,
+    TEXT_MASK,
+)
 
 TRITON_TYPES = {1: "TYPE_FP32", 7: "TYPE_INT64", 9: "TYPE_BOOL", 10: "TYPE_FP16", 16: "TYPE_BF16", 6: "TYPE_INT32"}
 
@@ -39,9 +48,25 @@ def graph_tensors(graph: Path) -> tuple[tuple[Tensor, ...], tuple[Tensor, ...]]:
     return tensors(model.graph.input), tensors(model.graph.output)
 
 
+def shared_tensors(encoder: tuple, selector: tuple) -> tuple[str, ...]:
+    """The encoder's outputs that the selector takes, in interface order: X, a, P(X), and Qwen3-VL's deepstack_features.
+    A one-line error naming the tensor where the two graphs disagree (one writes what the other does not read)."""
+    (_, enc_out), (sel_in, _) = encoder, selector
+    written = {t.name for t in enc_out} & set(ENCODER_OUTPUTS)
+    read = {t.name for t in sel_in} & set(ENCODER_OUTPUTS)
+    if written != read:
+        extra = ", ".join(sorted(written ^ read))
+        raise UsageError(
+            f"the encoder graph writes {sorted(written)}, the selector graph reads {sorted(read)} ({extra} on one side "
+            "only); export the encoder and its selectors together, from one model"
+        )
+    return tuple(name for name in ENCODER_OUTPUTS if name in written)
+
+
 def entry_tensors(encoder: tuple, selector: tuple, batch: int) -> tuple[int, tuple, tuple]:
     """(max_batch_size, inputs, outputs) of the entry model: pixels, text, mask and a budget per image in; indices,
-    visual_embeds (positions where the model has them, kept for a budget-range split) out, K wide varying per request."""
+    visual_embeds (positions and deepstack_embeds where the model has them, kept for a budget-range split) out, K wide
+    varying per request."""
     (enc_in, _), (sel_in, sel_out) = encoder, selector
     by_name = {t.name: t for t in enc_in + sel_in}
     inputs = [by_name[PIXEL_VALUES], by_name[TEXT_EMBEDS], by_name[TEXT_MASK], Tensor(BUDGET, "TYPE_INT64", (batch, 1))]
@@ -49,6 +74,8 @@ def entry_tensors(encoder: tuple, selector: tuple, batch: int) -> tuple[int, tup
     for t in sel_out:
         if t.name == KEPT:
             outputs.append(Tensor(KEPT, t.dtype, (batch, 1)))
+        elif t.name == DEEPSTACK_EMBEDS:  # (B, L, K, Dl): K is the request's
+            outputs.append(Tensor(t.name, t.dtype, (*t.dims[:2], -1, *t.dims[3:])))
         else:  # indices (B, K), visual_embeds (B, K, Dl), positions (B, K, 3): K is the request's
             outputs.append(Tensor(t.name, t.dtype, (t.dims[0], -1, *t.dims[2:])))
     batched = all(t.dims and t.dims[0] == batch for t in inputs + outputs)

@@ -2,8 +2,10 @@
 
 Copied as <repository>/flashvlm/1/model.py by `flashvlm-export triton --flavour onnx|tensorrt`. It runs the
 encoder model, then the selector model that serves the request's budget (read from the manifest copy beside it),
-passing X, a, P(X) as Triton tensors (on the GPU they stay there, through DLPack). Needs flashvlm_export
-importable in the Python backend (docs/TRITON.md).
+passing the encoder's outputs its `shared` parameter names (X, a, P(X), and Qwen3-VL's deepstack_features) as Triton
+tensors (on the GPU they stay there, through DLPack); the client gets what the entry's config declares (indices,
+visual_embeds, and positions / deepstack_embeds / kept where the graphs have them). Needs flashvlm_export importable
+in the Python backend (docs/TRITON.md).
 """
 
 import json
@@ -14,7 +16,6 @@ from pathlib import Path
 import triton_python_backend_utils as pb_utils
 
 BUDGET, KEPT, PIXEL_VALUES, TEXT_EMBEDS, TEXT_MASK = "budget", "kept", "pixel_values", "text_embeds", "text_mask"
-FEATURES = ("vision_features", "cls_attention", "projected_features")  # export/interface.py's names
 
 
 def parameters_of(config: dict) -> dict[str, str]:
@@ -53,6 +54,7 @@ class TritonPythonModel:
         self.manifest = Manifest(path, json.loads(path.read_text()))  # budgets only: the graphs are the sub-models
         self.encoder = parameters["encoder"]
         self.prefix = parameters["selector_prefix"]
+        self.shared = parameters["shared"].split(",")  # the encoder's outputs the selectors read (repository.py writes it)
         self.outputs = [o["name"] for o in config["output"]]
 
     def _selector(self, key: int) -> str:
@@ -67,12 +69,12 @@ class TritonPythonModel:
         feeds, images = padded(feeds, batch)
         encoded = pb_utils.InferenceRequest(
             model_name=self.encoder,
-            requested_output_names=list(FEATURES),
+            requested_output_names=list(self.shared),
             inputs=[host_tensor(PIXEL_VALUES, feeds[PIXEL_VALUES])],
         ).exec()
         if encoded.has_error():
             raise RuntimeError(encoded.error().message())
-        inputs = [pb_utils.get_output_tensor_by_name(encoded, name) for name in FEATURES]
+        inputs = [pb_utils.get_output_tensor_by_name(encoded, name) for name in self.shared]
         inputs += [host_tensor(TEXT_EMBEDS, feeds[TEXT_EMBEDS]), host_tensor(TEXT_MASK, feeds[TEXT_MASK])]
         if self.manifest.budget_range is not None:
             inputs.append(host_tensor(BUDGET, np.asarray(padded_budget(run, images, batch), dtype=np.int64)))

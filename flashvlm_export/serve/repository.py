@@ -1,11 +1,12 @@
 """A Triton model repository from a split export's manifest (docs/TRITON.md).
 
 Three flavours, one shape (an entry model `flashvlm` that takes pixel_values, text_embeds, text_mask and a budget
-per image, and returns indices, visual_embeds, and positions / kept where the graphs have them):
+per image, and returns indices, visual_embeds, and positions / deepstack_embeds / kept where the graphs have them):
 
   cpu       the whole chain as one Python-backend model, ONNX Runtime inside (runtime/chain.py): runs on any
             tritonserver with the Python backend, this machine's included
-  onnx      flashvlm_encoder and flashvlm_selector_b<K> as onnxruntime_onnx models, chained by a Python BLS entry
+  onnx      flashvlm_encoder and flashvlm_selector_b<K> as onnxruntime_onnx models, chained by a Python BLS entry that
+            passes the encoder's outputs (X, a, P(X), and Qwen3-VL's deepstack_features: its `shared` parameter)
   tensorrt  the same with the manifest's engines as tensorrt_plan models (the plugin library named where needed)
 
 The manifest and every file it names are checked (sha256, graph metadata) before anything is written; the
@@ -26,7 +27,7 @@ from flashvlm_export.artifacts.ownership import PRODUCER, check_folder_replaceab
 from flashvlm_export.artifacts.staging import make_staging, reclaim_stale_staging
 from flashvlm_export.errors import UsageError
 from flashvlm_export.export.manifest import ENCODER_STEM, MANIFEST_NAME, Manifest, entry_stem, read_manifest
-from flashvlm_export.serve.layout import entry_tensors, graph_tensors, model_config
+from flashvlm_export.serve.layout import entry_tensors, graph_tensors, model_config, shared_tensors
 
 FLAVOURS = ("cpu", "onnx", "tensorrt")
 ENTRY = "flashvlm"
@@ -187,6 +188,14 @@ def _entry_io(manifest: Manifest):
     return entry_tensors(encoder, selector, manifest.record["batch"])
 
 
+def _shared(manifest: Manifest) -> tuple[str, ...]:
+    """What the BLS entry passes from the encoder model to a selector model: the encoder graph's outputs every
+    selector graph reads (X, a, P(X), and Qwen3-VL's deepstack_features)."""
+    encoder = graph_tensors(manifest.encoder_graph)
+    found = {shared_tensors(encoder, graph_tensors(manifest.selector_graph(k))) for k in manifest.budgets}
+    return found.pop()
+
+
 def _write_chained(manifest: Manifest, root: Path, flavour: str, instances: int, python_path: str) -> list[str]:
     """The encoder and each selector as their own models, and the Python BLS entry that chains them."""
     platform = "tensorrt_plan" if flavour == "tensorrt" else "onnxruntime_onnx"
@@ -218,6 +227,7 @@ def _write_chained(manifest: Manifest, root: Path, flavour: str, instances: int,
         "manifest": MANIFEST_NAME,
         "encoder": sub_model(ENCODER_STEM),
         "selector_prefix": f"{ENTRY}_",
+        "shared": ",".join(_shared(manifest)),  # the encoder outputs the entry passes to the selector
         "python_path": python_path,
     }
     config = model_config(

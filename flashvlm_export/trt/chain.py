@@ -1,13 +1,17 @@
 """A split export's engines as one pipeline: encoder engine -> the selector engine of a request's budget.
 
-The encoder engine writes vision_features, cls_attention and projected_features into device buffers
-(torch CUDA tensors) that every selector context reads through the same addresses; only indices and
-visual_embeds (B, K, ...) are copied back to the host. Everything runs on one CUDA stream.
+The encoder engine writes vision_features, cls_attention and projected_features (and, for Qwen3-VL,
+deepstack_features (B, L, N, Dl)) into device buffers (torch CUDA tensors) that every selector context
+reads through the same addresses; only the selected tensors (indices, visual_embeds, and positions and
+deepstack_embeds (B, L, K, Dl) where the engines have them) are copied back to the host. Everything
+runs on one CUDA stream.
 
 What is verified, and how:
 - The checks before TensorRT (sidecars present and readable, graph kinds, each selector's budget equals
   its key, batch, T_max and geometry agree, a budget the chain lacks) run in tests/test_trt_chain.py on
-  hand-written sidecars.
+  hand-written sidecars. The checks of the deserialized engines' I/O tensors (`engine_io`, `check_io`)
+  and which tensor each context binds (`bound_names`) run there on stand-ins for ICudaEngine and the
+  tensorrt module's enums: our logic only.
 - Every TensorRT Python name used here was read in NVIDIA/TensorRT python/src/infer/pyCore.cpp and
   pyFoundationalTypes.cpp on release/10.3 and release/11.1 (file:line in the comments below), and the
   device-memory rules in include/NvInferRuntime.h on both branches. The names and signatures used are
@@ -28,6 +32,9 @@ import numpy as np
 
 from flashvlm_export.errors import FlashVLMError, MissingDependencyError, UsageError
 from flashvlm_export.export.interface import (
+    DEEPSTACK_EMBEDS,
+    DEEPSTACK_FEATURES,
+    ENCODER_OUTPUTS,
     FEATURES,
     INDICES,
     PIPELINE_INPUTS,
@@ -40,15 +47,35 @@ from flashvlm_export.export.interface import (
 from flashvlm_export.trt.runner import check_engine_here, read_engine_record
 from flashvlm_export.trt.sidecar import io_mismatch
 
-SHARED = FEATURES  # encoder outputs = selector inputs
-ENCODER_IO = {PIXEL_VALUES, *SHARED}
-SELECTOR_IO = {*SHARED, TEXT_EMBEDS, TEXT_MASK, INDICES, VISUAL_EMBEDS}
-SELECTED = (INDICES, VISUAL_EMBEDS, POSITIONS)  # what a selector engine may return (positions: 3-axis rotary models)
+SHARED = ENCODER_OUTPUTS  # encoder outputs = selector inputs: X, a, P(X), and deepstack_features (Qwen3-VL only)
+ENCODER_IO = {PIXEL_VALUES, *FEATURES}  # every encoder engine's; deepstack_features besides where the model has DeepStack
+SELECTOR_IO = {*FEATURES, TEXT_EMBEDS, TEXT_MASK, INDICES, VISUAL_EMBEDS}
+# what a selector engine may return (positions: 3-axis rotary models; deepstack_embeds: Qwen3-VL), in this order
+SELECTED = (INDICES, VISUAL_EMBEDS, POSITIONS, DEEPSTACK_EMBEDS)
+K_AXIS = {INDICES: 1, VISUAL_EMBEDS: 1, POSITIONS: 1, DEEPSTACK_EMBEDS: 2}  # where each selected tensor has its K
+INTEGER = (INDICES, POSITIONS)  # int64 on the host; the other selected tensors float32
+DEEPSTACK = (DEEPSTACK_FEATURES, DEEPSTACK_EMBEDS)  # a selector engine of a DeepStack model has both, others neither
 
 
 def selected_names(io: dict) -> tuple[str, ...]:
-    """The outputs a selector engine returns, in order: indices, visual_embeds, and positions where it has them."""
+    """The outputs a selector engine returns, in order: indices, visual_embeds, and positions and deepstack_embeds where
+    it has them."""
     return tuple(name for name in SELECTED if name in io)
+
+
+def shared_names(enc_io: dict) -> tuple[str, ...]:
+    """The device buffers the encoder writes and the selectors read, in order: X, a, P(X), and deepstack_features where
+    the encoder engine has it."""
+    return tuple(name for name in SHARED if name in enc_io)
+
+
+def bound_names(enc_io: dict, selector_io: dict) -> tuple[tuple[str, ...], dict]:
+    """The tensors each context gets an address for: the encoder's (pixel_values and the shared buffers), and each
+    budget's (inputs, outputs): the shared buffers and the text as inputs, its selected tensors as outputs.
+    Every I/O tensor of every engine, once each, for an engine set that passed `check_io`."""
+    shared = shared_names(enc_io)
+    per_selector = {key: ((*shared, TEXT_EMBEDS, TEXT_MASK), selected_names(io)) for key, io in selector_io.items()}
+    return (PIXEL_VALUES, *shared), per_selector
 
 
 HOST_INPUTS = PIPELINE_INPUTS  # pixel_values, text_embeds, text_mask
@@ -106,8 +133,8 @@ def _show(geometry: dict[str, str]) -> str:
 
 class EngineChain:
     """Encoder engine -> the selector engine of the budget a request asks for, on one CUDA stream.
-    The encoder's outputs live in device buffers that the selector contexts read directly (no host copy);
-    only indices and visual_embeds (B, K, ...) come back to the host.
+    The encoder's outputs (X, a, P(X), and Qwen3-VL's deepstack_features) live in device buffers that the selector
+    contexts read directly (no host copy); only the selected tensors (B, K, ...) come back to the host.
 
     Activation scratch: the selector contexts are created with ExecutionContextAllocationStrategy.USER_MANAGED
     and all get one torch allocation sized to the largest selector's device_memory_size_v2 (present with the
@@ -149,12 +176,15 @@ class EngineChain:
         self._encoder = self._deserialize(trt, encoder)
         self._selectors = {key: self._deserialize(trt, Path(path)) for key, path in sorted(selectors.items())}
 
-        enc_io = self._io(trt, self._encoder, encoder, ENCODER_IO)
-        selector_io = {key: self._io(trt, engine, Path(selectors[key]), SELECTOR_IO) for key, engine in self._selectors.items()}
-        self._check_io(encoder, enc_io, selectors, selector_io)
+        enc_io = engine_io(trt, self._encoder, encoder, "encoder", self._dtypes)
+        selector_io = {
+            key: engine_io(trt, engine, Path(selectors[key]), "selector", self._dtypes) for key, engine in self._selectors.items()
+        }
+        check_io(encoder, enc_io, selectors, selector_io, torch.bfloat16)
+        encoder_names, selector_names = bound_names(enc_io, selector_io)
 
         with torch.cuda.stream(self._stream):  # the buffers belong to the chain's stream
-            self._device = {name: self._empty(*enc_io[name][1:]) for name in (PIXEL_VALUES, *SHARED)}
+            self._device = {name: self._empty(*enc_io[name][1:]) for name in encoder_names}
             first = min(selector_io)
             for name in (TEXT_EMBEDS, TEXT_MASK):
                 self._device[name] = self._empty(*selector_io[first][name][1:])
@@ -193,21 +223,22 @@ class EngineChain:
             self._selector_contexts[key] = context
 
         # set_tensor_address(name, memory: int): pyCore.cpp:1057, lambda :116 (10.3); :1316, lambda :118 (11.1).
-        for name in (PIXEL_VALUES, *SHARED):
+        for name in encoder_names:
             self._bind(self._encoder_context, name, self._device[name].data_ptr(), encoder)
         for key, context in self._selector_contexts.items():
-            for name in (*SHARED, TEXT_EMBEDS, TEXT_MASK):
+            inputs, outputs = selector_names[key]
+            for name in inputs:
                 self._bind(context, name, self._device[name].data_ptr(), selectors[key])
-            for name, tensor in self._outputs[key].items():
-                self._bind(context, name, tensor.data_ptr(), selectors[key])
+            for name in outputs:
+                self._bind(context, name, self._outputs[key][name].data_ptr(), selectors[key])
 
     @property
     def budgets(self) -> tuple[int, ...]:
         return tuple(sorted(self._selectors))
 
     def infer(self, feeds: dict[str, np.ndarray], budget: int) -> dict[str, np.ndarray]:
-        """{"indices": (B, K) int64, "visual_embeds": (B, K, Dl) float32[, "positions": (B, K, 3) int64]} for
-        pixel_values, text_embeds, text_mask."""
+        """{"indices": (B, K) int64, "visual_embeds": (B, K, Dl) float32[, "positions": (B, K, 3) int64]
+        [, "deepstack_embeds": (B, L, K, Dl) float32]} for pixel_values, text_embeds, text_mask."""
         k = select_budget(budget, self.budgets)
         missing = [name for name in HOST_INPUTS if name not in feeds]
         if missing:
@@ -231,14 +262,10 @@ class EngineChain:
                 for name, tensor in self._outputs[k].items():
                     self._pinned_out[k][name].copy_(tensor, non_blocking=True)
             stream.synchronize()
-            out = self._pinned_out[k]
-            result = {
-                INDICES: np.array(out[INDICES].numpy(), dtype=np.int64),
-                VISUAL_EMBEDS: np.array(out[VISUAL_EMBEDS].numpy(), dtype=np.float32),
+            return {  # copies: the pinned buffers are the next request's
+                name: np.array(tensor.numpy(), dtype=np.int64 if name in INTEGER else np.float32)
+                for name, tensor in self._pinned_out[k].items()
             }
-            if POSITIONS in out:
-                result[POSITIONS] = np.array(out[POSITIONS].numpy(), dtype=np.int64)
-            return result
 
     # ------------------------------------------------------------------ helpers
 
@@ -250,58 +277,6 @@ class EngineChain:
                 f"TensorRT {trt.__version__} cannot load {path} on this GPU; rebuild it on this machine with this TensorRT"
             )
         return engine
-
-    def _io(self, trt, engine, path: Path, expected: set[str]) -> dict[str, tuple]:
-        """{name: (mode, shape, torch dtype)} of an engine's I/O tensors, checked against the graph kind's names."""
-        # num_io_tensors, get_tensor_name, get_tensor_mode, get_tensor_shape, get_tensor_dtype:
-        # pyCore.cpp:1187-1192 (10.3), :1434-1439 (11.1). TensorIOMode: :1149-1152 (10.3), :1405-1408 (11.1).
-        # Dims has __len__/__getitem__: pyFoundationalTypes.cpp:246-247 (10.3), :248-249 (11.1).
-        io = {}
-        for i in range(engine.num_io_tensors):
-            name = engine.get_tensor_name(i)
-            shape = tuple(int(d) for d in engine.get_tensor_shape(name))
-            dtype = engine.get_tensor_dtype(name)
-            if dtype not in self._dtypes:
-                raise UsageError(f"{path} has {name} of TensorRT type {dtype}, which the chain cannot hold; {REEXPORT}")
-            if any(d < 0 for d in shape):
-                raise UsageError(f"{path} has {name} of dynamic shape {shape}; the chain needs static-shape engines ({REEXPORT})")
-            io[name] = (engine.get_tensor_mode(name) == trt.TensorIOMode.INPUT, shape, self._dtypes[dtype])
-        if INDICES in expected and POSITIONS in io:  # a selector of a 3-axis rotary model also returns positions
-            expected = expected | {POSITIONS}
-        differs = io_mismatch(set(io), expected)
-        if differs:
-            differs = differs.replace("the graph", "its graph kind")
-            raise UsageError(f"{path} does not have the I/O tensors of its graph kind: {differs}; {REEXPORT}")
-        return io
-
-    def _check_io(self, encoder: Path, enc_io: dict, selectors: dict, selector_io: dict) -> None:
-        torch = self._torch
-        for name, (is_input, _, _) in enc_io.items():
-            if is_input != (name == PIXEL_VALUES):
-                raise UsageError(f"{encoder} has {name} as an {'input' if is_input else 'output'}; {REEXPORT}")
-        first = min(selector_io)
-        for key, io in selector_io.items():
-            path = selectors[key]
-            for name, (is_input, shape, dtype) in io.items():
-                if is_input != (name not in SELECTED):
-                    raise UsageError(f"{path} has {name} as an {'input' if is_input else 'output'}; {REEXPORT}")
-                if name in SHARED and (shape, dtype) != enc_io[name][1:]:
-                    raise UsageError(
-                        f"{path} takes {name} {shape} {dtype}, the encoder {encoder} writes {enc_io[name][1]} {enc_io[name][2]}; {REEXPORT}"
-                    )
-                if name in (TEXT_EMBEDS, TEXT_MASK) and (shape, dtype) != selector_io[first][name][1:]:
-                    raise UsageError(
-                        f"{path} takes {name} {shape} {dtype}, {selectors[first]} takes {selector_io[first][name][1:]}; {REEXPORT}"
-                    )
-            if io[INDICES][1][-1:] != (key,) or io[VISUAL_EMBEDS][1][1:2] != (key,):
-                raise UsageError(f"{path} outputs indices {io['indices'][1]}, not (B, {key}); key it by its budget")
-        host_side = [(encoder, PIXEL_VALUES, enc_io)]
-        host_side += [
-            (selectors[k], name, io) for k, io in selector_io.items() for name in (TEXT_EMBEDS, TEXT_MASK, INDICES, VISUAL_EMBEDS)
-        ]
-        for path, name, io in host_side:  # numpy, on the host side, has no bfloat16
-            if io[name][2] == torch.bfloat16:
-                raise UsageError(f"{path} has {name} as bfloat16, which numpy on the host cannot hold; {REEXPORT}")
 
     def _empty(self, shape: tuple, dtype):
         return self._torch.empty(shape, dtype=dtype, device="cuda")
@@ -327,6 +302,75 @@ class EngineChain:
             raise FlashVLMError(
                 f"TensorRT could not enqueue the {what} engine (execute_async_v3 returned False); see TensorRT's log above"
             )
+
+
+def engine_io(trt, engine, path: Path, kind: str, dtypes: dict) -> dict[str, tuple]:
+    """{name: (is_input, shape, torch dtype)} of an engine's I/O tensors, checked against the graph kind's names
+    ("encoder" or "selector"; the DeepStack tensors and positions where the engine has them)."""
+    # num_io_tensors, get_tensor_name, get_tensor_mode, get_tensor_shape, get_tensor_dtype:
+    # pyCore.cpp:1187-1192 (10.3), :1434-1439 (11.1). TensorIOMode: :1149-1152 (10.3), :1405-1408 (11.1).
+    # Dims has __len__/__getitem__: pyFoundationalTypes.cpp:246-247 (10.3), :248-249 (11.1).
+    io = {}
+    for i in range(engine.num_io_tensors):
+        name = engine.get_tensor_name(i)
+        shape = tuple(int(d) for d in engine.get_tensor_shape(name))
+        dtype = engine.get_tensor_dtype(name)
+        if dtype not in dtypes:
+            raise UsageError(f"{path} has {name} of TensorRT type {dtype}, which the chain cannot hold; {REEXPORT}")
+        if any(d < 0 for d in shape):
+            raise UsageError(f"{path} has {name} of dynamic shape {shape}; the chain needs static-shape engines ({REEXPORT})")
+        io[name] = (engine.get_tensor_mode(name) == trt.TensorIOMode.INPUT, shape, dtypes[dtype])
+    if kind == "encoder":
+        expected = ENCODER_IO | ({DEEPSTACK_FEATURES} & set(io))  # an encoder of a DeepStack model also writes its rows
+    else:
+        expected = SELECTOR_IO | ({POSITIONS} & set(io))  # a selector of a 3-axis rotary model also returns positions
+        if set(DEEPSTACK) & set(io):  # a selector of a DeepStack model takes its rows and returns the kept ones: both
+            expected |= set(DEEPSTACK)
+    differs = io_mismatch(set(io), expected)
+    if differs:
+        differs = differs.replace("the graph", "its graph kind")
+        raise UsageError(f"{path} does not have the I/O tensors of its graph kind: {differs}; {REEXPORT}")
+    return io
+
+
+def check_io(encoder: Path, enc_io: dict, selectors: dict, selector_io: dict, bfloat16) -> None:
+    """The engines' I/O tensors fit together: the encoder writes what each selector reads (DeepStack rows included,
+    or on neither side), in the same shapes and types; inputs and outputs where the chain puts them; every selected
+    tensor K wide; nothing the host side sees in `bfloat16` (torch.bfloat16: numpy has none). One line otherwise."""
+    for name, (is_input, _, _) in enc_io.items():
+        if is_input != (name == PIXEL_VALUES):
+            raise UsageError(f"{encoder} has {name} as an {'input' if is_input else 'output'}; {REEXPORT}")
+    first = min(selector_io)
+    for key, io in selector_io.items():
+        path = selectors[key]
+        if (DEEPSTACK_FEATURES in io) != (DEEPSTACK_FEATURES in enc_io):
+            takes, writes = ("takes", "does not write") if DEEPSTACK_FEATURES in io else ("does not take", "writes")
+            raise UsageError(
+                f"{path} {takes} {DEEPSTACK_FEATURES} (Qwen3-VL's DeepStack rows), the encoder {encoder} {writes} it: "
+                f"engines of two models; {REEXPORT}"
+            )
+        for name, (is_input, shape, dtype) in io.items():
+            if is_input != (name not in SELECTED):
+                raise UsageError(f"{path} has {name} as an {'input' if is_input else 'output'}; {REEXPORT}")
+            if name in SHARED and (shape, dtype) != enc_io[name][1:]:
+                raise UsageError(
+                    f"{path} takes {name} {shape} {dtype}, the encoder {encoder} writes {enc_io[name][1]} {enc_io[name][2]}; {REEXPORT}"
+                )
+            if name in (TEXT_EMBEDS, TEXT_MASK) and (shape, dtype) != selector_io[first][name][1:]:
+                raise UsageError(
+                    f"{path} takes {name} {shape} {dtype}, {selectors[first]} takes {selector_io[first][name][1:]}; {REEXPORT}"
+                )
+        for name in selected_names(io):
+            shape, axis = io[name][1], K_AXIS[name]
+            if shape[axis : axis + 1] != (key,):
+                raise UsageError(f"{path} outputs {name} {shape}, not K={key} wide on axis {axis}; key it by its budget")
+    host_side = [(encoder, PIXEL_VALUES, enc_io)]
+    host_side += [
+        (selectors[k], name, io) for k, io in selector_io.items() for name in (TEXT_EMBEDS, TEXT_MASK, *selected_names(io))
+    ]
+    for path, name, io in host_side:  # numpy, on the host side, has no bfloat16
+        if io[name][2] == bfloat16:
+            raise UsageError(f"{path} has {name} as bfloat16, which numpy on the host cannot hold; {REEXPORT}")
 
 
 def _torch_dtypes(trt, torch) -> dict:

@@ -9,12 +9,14 @@ reads that decision off the ONNX file, before and without TensorRT:
   tensors are all fp32, and in no float type ("int") when it has none (index and mask arithmetic);
 - the encoder side is the casts back to fp32 (fp16/bf16 -> fp32) that end the reduced-precision
   encoder and projector, and every node that feeds them. Those casts are the producers of the tensors
-  the graph names X, a and P(X) (export/interface.py FEATURES), when it names them and they are casts
-  back; otherwise the first casts back (a cast back downstream of another is a round trip inside the
-  selector). Naming lets an encoder round-trip to fp32 inside (Qwen2.5-VL's rotary and softmax); the selector is every other node: all that is downstream
-  of the casts back, and the text side (T, the mask) that never meets the encoder. (A reduced round
-  trip on the text side, before it meets the encoder's outputs, would count as encoder side: the
-  tests pin the exported graphs' casts back to exactly X, a and P(X).)
+  the graph names X, a, P(X) and, for Qwen3-VL, the DeepStack rows (export/interface.py
+  ENCODER_OUTPUTS), when it names them and they are casts back; otherwise the first casts back (a cast
+  back downstream of another is a round trip inside the selector). Naming lets an encoder round-trip
+  to fp32 inside (Qwen2.5-VL's rotary and softmax); the selector is every other node: all that is
+  downstream of the casts back, and the text side (T, the mask) that never meets the encoder. (A
+  reduced round trip on the text side, before it meets the encoder's outputs, would count as encoder
+  side: the tests pin the exported graphs' casts back to exactly X, a and P(X), and Qwen3-VL's to
+  those and the DeepStack rows.)
 - TensorRT holds in fp32 exactly the nodes that compute in fp32 (`PrecisionPlan.held_fp32`).
 
 The check (`PrecisionPlan.violations`): no selector node computes in anything but fp32 or "int", and a
@@ -27,7 +29,7 @@ from collections import Counter
 from dataclasses import dataclass
 
 from flashvlm_export.errors import FlashVLMError
-from flashvlm_export.export.interface import FEATURES as ENCODER_OUTPUTS
+from flashvlm_export.export.interface import ENCODER_OUTPUTS
 from flashvlm_export.export.options import REDUCED_PRECISIONS
 from flashvlm_export.progress import plural
 
@@ -146,7 +148,8 @@ def precision_plan(model) -> PrecisionPlan:
                 candidates.add(index)
     named = [index for index, node in enumerate(nodes) if any(o in ENCODER_OUTPUTS for o in node.output)]
     if named:
-        # The graph names the encoder's outputs X, a, P(X) (export/interface.py): their producers end the encoder,
+        # The graph names the encoder's outputs X, a, P(X) (and Qwen3-VL's deepstack_features, whose mergers feed
+        # none of the other three; export/interface.py ENCODER_OUTPUTS): their producers end the encoder,
         # whatever round trips to fp32 the encoder makes inside (Qwen2.5-VL rotates and softmaxes in fp32).
         ends = named
     else:
