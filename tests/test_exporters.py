@@ -98,3 +98,23 @@ def test_a_torchscript_llava_full_graph_passes_parity(tmp_path, capsys):
     assert main([*model, "--exporter", "torchscript", "--out", str(graph)]) == 0
     assert main(["parity", "--graph", str(graph), "--random-weights", "--repeats", "1", "--no-save"]) == 0
     assert "PASSED" in capsys.readouterr().out
+
+
+def test_external_data_is_placed_whenever_the_exporter_writes_it(tiny_parts, tmp_path, monkeypatch):
+    """A graph's initializers can pass protobuf's 2 GB while the module's parameters do not (folded constants,
+    buffers: qwen3-vl-2b's 1.75 GB of parameters exported with torch's exporter writing external data on its own).
+    Here the threshold is lowered and the parameters reported as 0 bytes: the data file must still be placed beside
+    the graph, and the graph load and run from it."""
+    import onnxruntime as ort
+
+    from flashvlm_export.artifacts.naming import external_data_path
+    from flashvlm_export.export import onnx_export
+
+    monkeypatch.setattr(onnx_export, "EXTERNAL_DATA_BYTES", 1024)
+    monkeypatch.setattr(onnx_export, "parameter_bytes", lambda module: 0)
+    graph = export_graph(request_of("full"), tmp_path / "g.onnx", tiny_parts, "random:0", exporter="torchscript")
+    data = external_data_path(graph)
+    assert data.is_file() and data.stat().st_size > graph.stat().st_size
+    model = onnx.load(str(graph), load_external_data=False)
+    assert any(i.data_location == onnx.TensorProto.EXTERNAL for i in model.graph.initializer)
+    ort.InferenceSession(str(graph), providers=["CPUExecutionProvider"])

@@ -133,8 +133,10 @@ def export_onnx(
     weights = parameter_bytes(module)
     large = weights >= EXTERNAL_DATA_BYTES
     _check_free_space(path.parent, weights + HEADROOM_BYTES)
-    # placed in this order: a reader that sees the sidecar sees the graph and its data
-    finals = ([external_data_path(path)] if large else []) + [path, sidecar_path(path)]
+    # placed in this order: a reader that sees the sidecar sees the graph and its data. The data file is placed when the
+    # exporter wrote one: the graph's initializers can pass 2 GB when its parameters do not (folded constants, buffers;
+    # qwen3-vl-2b: 1.75 GB of parameters), and torch's exporter then writes external data on its own
+    finals = [external_data_path(path), path, sidecar_path(path)]
     metadata = stamped(metadata, opset)
     module = module.eval()
     with atomic_outputs(finals, overwrite=overwrite) as temps:
@@ -168,6 +170,7 @@ def export_onnx(
                     dynamo=False,
                 )
                 proto = fold_shape_constants(onnx.load(str(temp_graph)))
+                large = large or sum(len(t.raw_data) for t in proto.graph.initializer) >= EXTERNAL_DATA_BYTES
                 kept = [o for o in proto.graph.output if o.name not in graph_io.verification_names]
                 del proto.graph.output[:]
                 proto.graph.output.extend(kept)
