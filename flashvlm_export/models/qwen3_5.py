@@ -32,6 +32,8 @@ from flashvlm_export.models.spec import ModelSpec
 
 NAME = "Qwen3.5"
 MODEL_TYPE = "qwen3_5"
+# llama.cpp's architecture of its LLM (conversion/qwen.py Qwen3_5TextModel: Gated DeltaNet + gated full attention, interleaved M-RoPE)
+GGUF_ARCH = "qwen35"
 # Qwen3.5's chat template with thinking off (its generation prompt then opens and closes an empty think block)
 TEMPLATE = (
     "<|im_start|>user\n<|vision_start|><|image_pad|><|vision_end|>{question}<|im_end|>\n"

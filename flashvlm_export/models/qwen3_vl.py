@@ -45,6 +45,9 @@ from flashvlm_export.models.weights import WeightsSource, load_states, open_chec
 
 NAME = "Qwen3-VL"
 MODEL_TYPE = "qwen3_vl"
+# llama.cpp's architecture of its LLM (convert_hf_to_gguf.py / conversion/qwen3vl.py Qwen3VLTextModel: interleaved
+# M-RoPE, n_deepstack_layers; each image row n_embd x (1 + L) wide: its DeepStack rows appended)
+GGUF_ARCH = "qwen3vl"
 IMAGE_MEAN = (0.5, 0.5, 0.5)  # the Qwen3-VL checkpoints' preprocessor_config.json
 IMAGE_STD = (0.5, 0.5, 0.5)
 VIDEO_PROCESSOR_NAME = "Qwen3VLVideoProcessor"

@@ -197,7 +197,9 @@ def run(
             from flashvlm_export.runtime import llama_cpp
 
             timer = StepTimer("Answer", log)
-            result.answers = llama_cpp.answers(plan.gguf, spec, token_ids, runs, tokenizer, max_new_tokens, log)
+            result.answers = llama_cpp.answers(
+                plan.gguf, spec, token_ids, runs, tokenizer, max_new_tokens, log, deepstack=deepstack
+            )
             timer.done(f"greedy decoding through llama.cpp (arch {plan.gguf.arch}, {plan.gguf.path})")
         else:
             embed = llm.get_input_embeddings()

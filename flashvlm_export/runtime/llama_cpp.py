@@ -14,6 +14,13 @@ Positions are the transformers path's (runtime/answer.llm_input), from the same 
   kept rows at the graph's (t, h, w) + the image's start, the text after at its unpruned positions, and each
   generated token at the unpruned sequence's next position (the rope delta kept). llama.cpp's causal mask for
   embeddings at one t compares (h, w) in raster order, which is the kept rows' ascending order.
+- The Qwen3 generation (interleaved M-RoPE): Qwen3-VL as arch qwen3vl, Qwen3.5 as qwen35, positions as Qwen2.5-VL's.
+  Qwen3-VL's DeepStack rows travel in the embedding itself: llama.cpp's qwen3vl takes rows n_embd x (1 + L) wide (the
+  row, then its L DeepStack rows) and adds slice l + 1 to decoder layer l's output (llama_cpp_prompt). Qwen3.5's
+  Gated DeltaNet layers carry their recurrent state from batch to batch of the one sequence, as its full-attention
+  layers carry their KV cache. The bundled llama.cpp (llama-cpp-python 0.3.36, vendor/llama.cpp 0c1e570) has both
+  architectures (src/models/qwen3vl.cpp, src/models/qwen35.cpp); one without them is refused in one line
+  (check_llama_cpp_runs).
 """
 
 from __future__ import annotations
@@ -27,7 +34,7 @@ from pathlib import Path
 import numpy as np
 
 from flashvlm_export.artifact_paths import input_file
-from flashvlm_export.errors import FlashVLMError, MissingDependencyError, UsageError, arg
+from flashvlm_export.errors import FlashVLMError, MissingDependencyError, UsageError, arg, switch
 from flashvlm_export.models.spec import ModelSpec
 
 GGUF_MAGIC = b"GGUF"
@@ -65,9 +72,12 @@ def import_llama_cpp():
 
 
 def _last_error() -> str:
+    """llama.cpp's last warning or error since the last call; for a failed load, its cause ("llama_model_load: error
+    loading model: unknown model architecture: 'x'"), not the "failed to load model" line that follows it."""
     lines = [line for line in _LOG if line]
     _LOG.clear()
-    return lines[-1] if lines else "no message"
+    causes = [line for line in lines if "error loading model" in line]
+    return (causes or lines or ["no message"])[-1]
 
 
 @dataclass(frozen=True)
@@ -77,6 +87,31 @@ class GGUFInfo:
     width: int  # {arch}.embedding_length: the LLM's hidden size, the width of the rows it takes
     file_type: int | None
     rms_eps: float | None = None  # {arch}.attention.layer_norm_rms_epsilon as the file records it
+    deepstack: int = 0  # {arch}.n_deepstack_layers (qwen3vl): each image row then takes its L DeepStack rows appended
+    head_dim: int | None = None  # {arch}.attention.key_length where recorded (else width / heads)
+    recurrent_layers: int = 0  # linear-attention layers (qwen35's Gated DeltaNet): no KV cache, a fixed-size state
+    state_bytes: int = 0  # those layers' recurrent state in llama.cpp (fp32 conv + delta-rule states), whatever the length
+
+
+def _recurrent_state(fields, arch: str, layers: int) -> tuple[int, int]:
+    """(linear-attention layers, their state bytes): llama.cpp keeps per such layer (d_conv - 1) * (d_inner + 2 * groups *
+    d_state) conv values and d_state * d_inner delta-rule values, fp32 (llama-hparams.cpp n_embd_r, n_embd_s)."""
+
+    def get(key, default=None):
+        field = fields.get(f"{arch}.{key}")
+        return default if field is None else field.contents()
+
+    if get("ssm.inner_size") is None:
+        return 0, 0
+    flags = get("attention.recurrent_layers")
+    if flags is None:
+        interval = int(get("full_attention_interval", 4))
+        flags = [(i + 1) % interval != 0 for i in range(layers)]
+    n = sum(bool(f) for f in flags)
+    d_conv, d_inner, d_state, groups = (
+        int(get(k)) for k in ("ssm.conv_kernel", "ssm.inner_size", "ssm.state_size", "ssm.group_count")
+    )
+    return n, n * 4 * ((d_conv - 1) * (d_inner + 2 * groups * d_state) + d_state * d_inner)
 
 
 def read_gguf(path: str | Path) -> GGUFInfo:
@@ -100,12 +135,19 @@ def read_gguf(path: str | Path) -> GGUFInfo:
         width = int(reader.fields[f"{arch}.embedding_length"].contents())
         file_type = reader.fields.get("general.file_type")
         eps = reader.fields.get(f"{arch}.attention.layer_norm_rms_epsilon")
+        deepstack = reader.fields.get(f"{arch}.n_deepstack_layers")
+        key_length = reader.fields.get(f"{arch}.attention.key_length")
+        recurrent, state = _recurrent_state(reader.fields, arch, int(reader.fields[f"{arch}.block_count"].contents()))
     except ImportError:
         raise MissingDependencyError(f"reading a GGUF needs the gguf package; install it with {INSTALL}") from None
     except Exception as exc:  # truncated, or a GGUF without the keys an LLM has
         raise UsageError(f"{what} is not a readable GGUF LLM ({type(exc).__name__}: {exc}); pass a complete GGUF") from None
     file_type = None if file_type is None else int(file_type.contents())
-    return GGUFInfo(path, arch, width, file_type, None if eps is None else float(eps.contents()))
+    return GGUFInfo(
+        path, arch, width, file_type, None if eps is None else float(eps.contents()),
+        deepstack=0 if deepstack is None else int(deepstack.contents()),
+        head_dim=None if key_length is None else int(key_length.contents()), recurrent_layers=recurrent, state_bytes=state,
+    )  # fmt: skip
 
 
 def check_gguf(path: str | Path, spec: ModelSpec, source: str) -> GGUFInfo:
@@ -125,7 +167,54 @@ def check_gguf(path: str | Path, spec: ModelSpec, source: str) -> GGUFInfo:
             f"{arg('gguf', str(path))} is an LLM {info.width} wide but {source} ({spec.name}) gives visual_embeds "
             f"{spec.text_hidden} wide; pass the GGUF of {spec.name}'s own LLM"
         )
+    if info.deepstack != spec.deepstack_layers:
+        raise UsageError(
+            f"{arg('gguf', str(path))} is an LLM with {info.deepstack} DeepStack layers but {source} ({spec.name}) gives "
+            f"{spec.deepstack_layers}; pass the GGUF of {spec.name}'s own LLM (n_deepstack_layers {spec.deepstack_layers})"
+        )
     return info
+
+
+def check_llama_cpp_runs(info: GGUFInfo, spec: ModelSpec) -> None:
+    """Before anything is written or selected: the installed llama.cpp knows the GGUF's architecture (its loader, on the
+    vocabulary and keys alone). A llama.cpp without it (an older release: no qwen3vl, no qwen35) is one line that names
+    the model, what llama.cpp lacks and the fix."""
+    error = probe_load(info.path)
+    if error is None:
+        return
+    if "unknown model architecture" in error:
+        raise UsageError(lacks_arch(spec, info.arch))
+    raise UsageError(f"llama.cpp cannot load {arg('gguf', str(info.path))}: {error}")
+
+
+def probe_load(path: str | Path) -> str | None:
+    """llama.cpp's loader on the GGUF's keys and vocabulary (vocab_only: no weights read): None, or its error line."""
+    lib = import_llama_cpp()
+    params = lib.llama_model_default_params()
+    params.vocab_only = True
+    model = lib.llama_model_load_from_file(str(path).encode(), params)
+    if model:
+        lib.llama_model_free(model)
+        return None
+    return _last_error()
+
+
+def llama_cpp_version() -> str:
+    try:
+        from importlib.metadata import version
+
+        return f"llama-cpp-python {version('llama_cpp_python')}"
+    except Exception:  # not installed as a distribution
+        return "llama-cpp-python"
+
+
+def lacks_arch(spec: ModelSpec, arch: str) -> str:
+    """The one line for a llama.cpp that has no architecture for the model's LLM."""
+    return (
+        f"{spec.name}: the installed llama.cpp ({llama_cpp_version()}) has no {arch!r} architecture, which {spec.name}'s LLM "
+        f"needs; answer with the transformers LLM ({switch('answer')} without {arg('llm_runtime', 'llama.cpp')} and {arg('gguf')}), "
+        f"or install a llama-cpp-python whose llama.cpp has {arch!r}"
+    )
 
 
 @dataclass
@@ -151,12 +240,15 @@ class Prompt:
 
 
 def llama_cpp_prompt(
-    token_ids: list[int], spec: ModelSpec, visual_embeds, positions=None, clip_last_t: int | None = None
+    token_ids: list[int], spec: ModelSpec, visual_embeds, positions=None, clip_last_t: int | None = None, deepstack=None
 ) -> Prompt:
     """The prompt as llama.cpp batches: tokens before the image, the K rows (K, Dl), tokens after; the positions
     runtime/answer.llm_input gives transformers (`positions`: the graph's (K, 3) (t, h, w), for M-RoPE models).
     clip_last_t: set for a Qwen2.5-VL clip (the unpruned clip's last t): its rows at the video placeholder, positioned as
     runtime/clip.clip_llm_input positions them.
+    deepstack (Qwen3-VL): the kept rows' DeepStack rows (L, K, Dl); llama.cpp's qwen3vl takes each image row n_embd x
+    (1 + L) wide, the row then its L DeepStack rows (src/models/qwen3vl.cpp: after decoder layer il < L it adds the input's
+    slice il + 1 to every row's output; a text token's slices are zeros, llama-graph.cpp build_inp_embd pads them).
     M-RoPE positions llama.cpp cannot mask as transformers does are refused (check_attention_order)."""
     import torch
 
@@ -166,6 +258,15 @@ def llama_cpp_prompt(
     rows = np.ascontiguousarray(torch.as_tensor(visual_embeds).detach().to("cpu", torch.float32).numpy())
     k = rows.shape[0]
     clip = clip_last_t is not None
+    if clip:
+        check_clip_hand_off(spec)
+    if spec.deepstack_layers:
+        wide = (spec.deepstack_layers, k, rows.shape[1])
+        if deepstack is None or tuple(deepstack.shape) != wide:
+            got = None if deepstack is None else tuple(deepstack.shape)
+            raise ValueError(f"{spec.name} needs (L, K, Dl) = {wide} DeepStack rows for llama.cpp, got {got}")
+        layers = torch.as_tensor(deepstack).detach().to("cpu", torch.float32).numpy()
+        rows = np.ascontiguousarray(np.concatenate([rows, *layers], axis=1))  # (K, Dl * (1 + L)): row, then layer 0, 1, ...
     if clip:
         from flashvlm_export.runtime.clip import clip_position_ids, video_token_index
 
@@ -197,6 +298,17 @@ def llama_cpp_prompt(
         Segment(tail, token_ids=np.asarray(after, np.int32)),
     ]
     return Prompt([s for s in segments if len(s)], next_position)
+
+
+def check_clip_hand_off(spec: ModelSpec) -> None:
+    """A clip's rows go to llama.cpp as Qwen2.5-VL's do (frame groups told apart by t alone); the Qwen3 generation's
+    frame groups are separated by timestamp text, which this hand-off does not write: one line."""
+    if spec.timestamped_frames:
+        raise UsageError(
+            f"{spec.name}: llama.cpp answers for a clip are built for Qwen2.5-VL only ({spec.name}'s frame groups are "
+            f"separated by timestamp text, which this hand-off does not write); answer the clip with the transformers LLM "
+            f"(drop {arg('llm_runtime', 'llama.cpp')} and {arg('gguf')}), or pass an image"
+        )
 
 
 def check_attention_order(ids: np.ndarray, p: int, k: int, what: str = "image") -> None:
@@ -244,6 +356,13 @@ class LlamaCppLLM:
         self.rms_eps = _RMS_EPS[-1] if _RMS_EPS else None
         self.n_vocab = lib.llama_vocab_n_tokens(lib.llama_model_get_vocab(self.model))
         self.n_embd = lib.llama_model_n_embd(self.model)
+        self.n_embd_inp = lib.llama_model_n_embd_inp(self.model)  # qwen3vl: n_embd x (1 + n_deepstack_layers)
+        # llama.cpp's qwen3vl adds the DeepStack slice to decoder layer il's output when il < L, also in the last layer,
+        # whose rows it has already cut to the batch's outputs (src/models/qwen3vl.cpp: ggml_get_rows at il == n_layer - 1,
+        # then ggml_add with all n_tokens rows of the slice): unless every row is an output, that add's shapes differ and
+        # ggml aborts the process. It happens only where L reaches the last layer (qwen3-vl-tiny: 3 layers, L = 3; the
+        # released models have 28+ layers, L = 3): there every row of every batch is an output.
+        self.every_row = info.deepstack >= lib.llama_model_n_layer(self.model)
         threads = threads or len(os.sched_getaffinity(0))
         # An fp32 GGUF runs fp32 end to end: an fp32 KV cache and no flash attention, whose CPU kernel rounds (measured
         # on the tiny models: 7e-3 of the largest logit with it, 4e-7 without). Others: llama.cpp's defaults
@@ -277,11 +396,13 @@ class LlamaCppLLM:
         self.close()
 
     def kv_bytes(self, length: int) -> int:
-        """Bytes of the keys and values `length` tokens hold in the KV cache."""
+        """Bytes of the keys and values `length` tokens hold in the KV cache, and of a hybrid model's recurrent state
+        (its linear-attention layers hold no keys and values: a fixed-size state instead), as transformers' side counts."""
         lib = self.lib
-        head_dim = self.n_embd // lib.llama_model_n_head(self.model)
-        per_token = 2 * lib.llama_model_n_layer(self.model) * lib.llama_model_n_head_kv(self.model) * head_dim
-        return per_token * length * (4 if self.kv_type == GGML_TYPE_F32 else 2)
+        head_dim = self.info.head_dim or self.n_embd // lib.llama_model_n_head(self.model)
+        layers = lib.llama_model_n_layer(self.model) - self.info.recurrent_layers
+        per_token = 2 * layers * lib.llama_model_n_head_kv(self.model) * head_dim
+        return per_token * length * (4 if self.kv_type == GGML_TYPE_F32 else 2) + self.info.state_bytes
 
     def _decode(self, segment: Segment, all_logits: bool) -> np.ndarray:
         """One llama_decode of the segment; the logits of its rows (all, or the last), (rows, n_vocab) float32."""
@@ -298,8 +419,8 @@ class LlamaCppLLM:
         if segment.token_ids is not None:
             batch.token = ptr(segment.token_ids.astype(np.int32), lib.llama_token)
         else:
-            if segment.embeds.shape[1] != self.n_embd:
-                raise ValueError(f"rows {segment.embeds.shape[1]} wide for an LLM {self.n_embd} wide")
+            if segment.embeds.shape[1] != self.n_embd_inp:
+                raise ValueError(f"rows {segment.embeds.shape[1]} wide for an LLM that takes rows {self.n_embd_inp} wide")
             batch.embd = ptr(segment.embeds.astype(np.float32), ctypes.c_float)
         batch.pos = ptr(segment.positions.astype(np.int32).reshape(-1), lib.llama_pos)  # section-major
         batch.n_seq_id = ptr(np.ones(n, np.int32), ctypes.c_int32)
@@ -308,16 +429,18 @@ class LlamaCppLLM:
         seq_ids = (ctypes.POINTER(lib.llama_seq_id) * n)(*([ctypes.cast(seq0, ctypes.POINTER(lib.llama_seq_id))] * n))
         keep.append(seq_ids)
         batch.seq_id = seq_ids
+        every = all_logits or self.every_row
         outputs = np.zeros(n, np.int8)
-        outputs[:] = 1 if all_logits else 0
+        outputs[:] = 1 if every else 0
         outputs[-1] = 1
         batch.logits = ptr(outputs, ctypes.c_int8)
         code = lib.llama_decode(self.ctx, batch)
         if code != 0:
             raise FlashVLMError(f"llama.cpp could not decode a batch of {n} (llama_decode returned {code}): {_last_error()}")
-        rows = n if all_logits else 1
+        rows = n if every else 1
         logits = lib.llama_get_logits(self.ctx)
-        return np.ctypeslib.as_array(logits, shape=(rows * self.n_vocab,)).reshape(rows, self.n_vocab).copy()
+        logits = np.ctypeslib.as_array(logits, shape=(rows * self.n_vocab,)).reshape(rows, self.n_vocab)
+        return (logits if all_logits else logits[-1:]).copy()
 
     def prefill(self, prompt: Prompt, all_logits: bool = False) -> np.ndarray:
         """A fresh KV cache, then the prompt's batches in order: the logits of every row (L, V) or of the last (V,)."""
@@ -353,8 +476,6 @@ LLMS = ("transformers", "llama.cpp")
 
 def check_llm_choice(llm: str, gguf: str | None, answer: bool) -> None:
     """--llm-runtime and --gguf go together: llama.cpp needs a GGUF and --answer; a GGUF without llama.cpp is a mistake."""
-    from flashvlm_export.errors import switch
-
     if llm not in LLMS:
         raise UsageError(f"{arg('llm_runtime', llm)} is not an LLM runtime; choose one of {', '.join(LLMS)}")
     if llm == "llama.cpp" and gguf is None:
@@ -378,11 +499,15 @@ def answers(
     max_new_tokens: int,
     log=print,
     clip_last_t: int | None = None,
+    deepstack: dict | None = None,
 ) -> dict:
     """run's answers through llama.cpp: runs maps a key to (label, visual rows (K, Dl), the graph's (K, 3) positions);
-    clip_last_t: set for the rows of a clip (run --video; the unpruned clip's last t), at the video placeholder."""
+    clip_last_t: set for the rows of a clip (run --video; the unpruned clip's last t), at the video placeholder;
+    deepstack (Qwen3-VL): the same keys to each run's DeepStack rows (L, K, Dl)."""
+    deepstack = deepstack or {}
     prompts = {
-        key: (label, llama_cpp_prompt(token_ids, spec, rows, kept, clip_last_t)) for key, (label, rows, kept) in runs.items()
+        key: (label, llama_cpp_prompt(token_ids, spec, rows, kept, clip_last_t, deepstack.get(key)))
+        for key, (label, rows, kept) in runs.items()
     }
     longest = max(p.length for _, p in prompts.values())
     with LlamaCppLLM(info, n_ctx=longest + max_new_tokens) as llm:
