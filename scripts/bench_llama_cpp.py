@@ -72,9 +72,11 @@ def main() -> None:
     ref_k = budgets[0]
     ref_ms = statistics.median(times[ref_k]) * 1e3
     ref_flops = prefill_flops(geometry, ref_k + args.prompt)
-    print(f"{spec.decoder.name} geometry, {layers} layers, {info.path.name}; {platform.processor() or platform.machine()}, "
-          f"{threads} threads; load average {load_before[0]:.2f} before, {load_after[0]:.2f} after; "
-          f"{args.repeats} repeats; {time.strftime('%Y-%m-%d')}")
+    print(
+        f"{spec.decoder.name} geometry, {layers} layers, {info.path.name}; {platform.processor() or platform.machine()}, "
+        f"{threads} threads; load average {load_before[0]:.2f} before, {load_after[0]:.2f} after; "
+        f"{args.repeats} repeats; {time.strftime('%Y-%m-%d')}"
+    )
     print("| visual tokens | prompt tokens | prefill ms, median (min..max) | vs full, measured | vs full, FLOP model |")
     print("|---|---|---|---|---|")
     for k in budgets:

@@ -28,7 +28,10 @@ from flashvlm_export.serve.server import TritonServer, find_tritonserver, import
 
 def request_inputs(manifest, count: int) -> list[dict[str, np.ndarray]]:
     """`count` requests of the split's own shapes, seeded; the text mask a few tokens long."""
-    shapes = {t.name: t.dims for t in graph_tensors(manifest.encoder_graph)[0] + graph_tensors(manifest.selector_graph(manifest.budgets[0]))[0]}
+    shapes = {
+        t.name: t.dims
+        for t in graph_tensors(manifest.encoder_graph)[0] + graph_tensors(manifest.selector_graph(manifest.budgets[0]))[0]
+    }
     found = []
     for seed in range(count):
         rng = np.random.default_rng(seed)
@@ -85,7 +88,9 @@ def measure(make_call, jobs, concurrency: int) -> tuple[float, list[float], list
 
 def row(label: str, concurrency: int, wall: float, latencies: list[float]) -> str:
     ms = np.asarray(latencies) * 1e3
-    return f"| {label} | {concurrency} | {len(latencies) / wall:.1f} | {np.percentile(ms, 50):.1f} | {np.percentile(ms, 99):.1f} |"
+    return (
+        f"| {label} | {concurrency} | {len(latencies) / wall:.1f} | {np.percentile(ms, 50):.1f} | {np.percentile(ms, 99):.1f} |"
+    )
 
 
 def main() -> int:
@@ -113,8 +118,10 @@ def main() -> int:
                 lines.append(row(f"Triton CPU repository, gRPC ({args.instances} instance)", concurrency, wall, lat))
                 wall, lat, _ = measure(lambda: lambda one, budget: chain.infer(one, budget)[INDICES], jobs, concurrency)
                 lines.append(row("split chain in-process", concurrency, wall, lat))
-    print(f"{manifest.record['model']}, K = {', '.join(map(str, manifest.budgets))}, {args.requests} requests per row; "
-          f"{platform.processor() or platform.machine()}, {time.strftime('%Y-%m-%d')}")
+    print(
+        f"{manifest.record['model']}, K = {', '.join(map(str, manifest.budgets))}, {args.requests} requests per row; "
+        f"{platform.processor() or platform.machine()}, {time.strftime('%Y-%m-%d')}"
+    )
     print("\n".join(lines))
     return 0
 

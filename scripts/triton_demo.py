@@ -45,11 +45,18 @@ def main() -> int:
     import tritonclient.http as http
 
     request = manifest.request(manifest.budgets[0])
-    feeds = {k: v[:1] for k, v in pipeline_corpus(geometry_of(request), request.spec.image_size, repeats=1)[0].feeds.items() if k != "budget"}
+    feeds = {
+        k: v[:1]
+        for k, v in pipeline_corpus(geometry_of(request), request.spec.image_size, repeats=1)[0].feeds.items()
+        if k != "budget"
+    }
     arrays = {**feeds, "budget": np.array([[args.budget]], dtype=np.int64)}
     types = {np.dtype(np.float32): "FP32", np.dtype(bool): "BOOL", np.dtype(np.int64): "INT64"}
     try:
-        with tempfile.TemporaryDirectory(prefix="flashvlm-triton-") as scratch, TritonServer(binary, Path(args.repository), Path(scratch) / "server.log") as server:
+        with (
+            tempfile.TemporaryDirectory(prefix="flashvlm-triton-") as scratch,
+            TritonServer(binary, Path(args.repository), Path(scratch) / "server.log") as server,
+        ):
             print(f"tritonserver ready at http://{server.http_url} serving {args.repository}")
             client = http.InferenceServerClient(server.http_url, network_timeout=60)
             inputs = []

@@ -39,9 +39,7 @@ def _limit_file_size(limit: int):
 def run_cli(*args: str, cwd: Path, file_size_limit: int | None = None, env: dict | None = None, timeout: float = 300):
     command = [sys.executable, "-m", "flashvlm_export.cli", *args]
     limit = _limit_file_size(file_size_limit) if file_size_limit is not None else None
-    return subprocess.run(
-        command, cwd=cwd, capture_output=True, text=True, env=_env(env), preexec_fn=limit, timeout=timeout
-    )
+    return subprocess.run(command, cwd=cwd, capture_output=True, text=True, env=_env(env), preexec_fn=limit, timeout=timeout)
 
 
 def start_cli(*args: str, cwd: Path) -> subprocess.Popen:

@@ -18,7 +18,10 @@ def passthrough(tmp_path_factory):
     graph = helper.make_graph(
         [helper.make_node("Identity", ["i"], [INDICES]), helper.make_node("Identity", ["x"], [VISUAL_EMBEDS])],
         "passthrough",
-        [helper.make_tensor_value_info("i", TensorProto.INT64, [1, 2]), helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 2, 3])],
+        [
+            helper.make_tensor_value_info("i", TensorProto.INT64, [1, 2]),
+            helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 2, 3]),
+        ],
         [
             helper.make_tensor_value_info(INDICES, TensorProto.INT64, [1, 2]),
             helper.make_tensor_value_info(VISUAL_EMBEDS, TensorProto.FLOAT, [1, 2, 3]),

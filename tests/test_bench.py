@@ -54,9 +54,7 @@ def test_reduced_bench_runs_every_cpu_backend_on_the_same_inputs(monkeypatch, tm
     assert json_path.is_file() and "| 576 | 64 |" in md_path.read_text()
 
 
-@pytest.mark.parametrize(
-    "argv", [["bench", "--repeats", "0"], ["bench", "--repeats", "100000"], ["bench", "--text-len", "500"]]
-)
+@pytest.mark.parametrize("argv", [["bench", "--repeats", "0"], ["bench", "--repeats", "100000"], ["bench", "--text-len", "500"]])
 def test_bad_bench_settings_are_one_line_errors(capsys, argv):
     assert main(argv) == 2
     assert len(capsys.readouterr().err.strip().splitlines()) == 1
@@ -91,7 +89,11 @@ def test_qwen_geometries_are_read_from_their_specs(name):
     model = next(m for m in cost.MODELS if m.decoder is spec.decoder)  # the zoo's DecoderGeometry itself, not a copy
     e = model.encoder
     assert model.full_tokens == spec.n_tokens == 256 and e.tokens == spec.merge**2 * spec.n_tokens == 1024  # 4N patches
-    assert (e.layers, e.hidden, e.intermediate) == (spec.vision["depth"], spec.vision["hidden_size"], spec.vision["intermediate_size"])
+    assert (e.layers, e.hidden, e.intermediate) == (
+        spec.vision["depth"],
+        spec.vision["hidden_size"],
+        spec.vision["intermediate_size"],
+    )
     assert e.full_attention_layers == len(spec.vision["fullatt_block_indexes"]) and e.window == 8 * 8  # 112 px of 14 px patches
 
 

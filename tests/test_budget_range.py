@@ -47,7 +47,9 @@ def range_request(spec=TINY, k_min=4, k_max=64, batch=4, selector_only=True, n_t
 
 
 @pytest.mark.parametrize(
-    "config", [SelectorConfig(), SelectorConfig(important_ratio=0.3, step=3), SelectorConfig(max_rounds=4)], ids=["default", "ratio-step", "max-rounds"]
+    "config",
+    [SelectorConfig(), SelectorConfig(important_ratio=0.3, step=3), SelectorConfig(max_rounds=4)],
+    ids=["default", "ratio-step", "max-rounds"],
 )
 def test_every_budget_of_a_range_is_exactly_the_fixed_selector_at_that_budget(config):
     """Exact by construction: F and G come from the same modules on the same batch (the same float operations), and
@@ -116,7 +118,9 @@ def test_padding_rows_of_visual_embeds_are_zero_and_positions_minus_one():
 @pytest.fixture(scope="module")
 def tiny_range_graph(tmp_path_factory):
     """llava15-tiny's selector for 4..64 at batch 4 and N=144, through ONNX Runtime."""
-    return export_graph(range_request(), tmp_path_factory.mktemp("range") / "tiny_selector_b4-64_bs4.onnx", exporter="torchscript")
+    return export_graph(
+        range_request(), tmp_path_factory.mktemp("range") / "tiny_selector_b4-64_bs4.onnx", exporter="torchscript"
+    )
 
 
 def test_the_range_graph_is_static_and_tensorrt_friendly(tiny_range_graph):
@@ -162,7 +166,9 @@ def test_an_image_given_its_neighbours_budget_fails_layer_1(tiny_range_graph):
         feeds[BUDGET] = budgets
         return feeds
 
-    (report,) = run_parity(tiny_range_graph, cases=mixed_cases(request, ("scene",)), backends=[Planted(honest, neighbours)], **QUIET)
+    (report,) = run_parity(
+        tiny_range_graph, cases=mixed_cases(request, ("scene",)), backends=[Planted(honest, neighbours)], **QUIET
+    )
     assert not report and not report.decisions_passed
     assert any("image 0 (K=4): kept 16" in f for f in report.decision_failures), report.decision_failures
 
@@ -248,9 +254,28 @@ def test_split_parity_checks_the_shipped_selectors_kept_count(qwen_split, tiny_p
 def test_run_takes_any_budget_of_the_range_from_one_file_and_a_list_per_image(qwen_split, capsys, tmp_path):
     image = str(tmp_path / "demo.png")
     for k in (9, 50):
-        assert main(["run", "--manifest", str(qwen_split), "--budget", str(k), "--demo-image", image, "--force", "--question", "What?"]) == 0
+        assert (
+            main(
+                [
+                    "run",
+                    "--manifest",
+                    str(qwen_split),
+                    "--budget",
+                    str(k),
+                    "--demo-image",
+                    image,
+                    "--force",
+                    "--question",
+                    "What?",
+                ]
+            )
+            == 0
+        )
         assert f"Run: selected {k}/256 tokens" in capsys.readouterr().out
-    assert main(["run", "--manifest", str(qwen_split), "--budget", "65", "--demo-image", image, "--force", "--question", "What?"]) == 2
+    assert (
+        main(["run", "--manifest", str(qwen_split), "--budget", "65", "--demo-image", image, "--force", "--question", "What?"])
+        == 2
+    )
     err = capsys.readouterr().err
     assert "--budget 65 is outside" in err and "any K in 8..64" in err and len(err.strip().splitlines()) == 1
     chain = OrtChain(read_manifest(qwen_split))
@@ -268,7 +293,22 @@ def test_run_takes_any_budget_of_the_range_from_one_file_and_a_list_per_image(qw
 
 
 def test_run_graph_takes_two_budgets_from_one_full_graph(tmp_path, capsys):
-    assert main(["--model", "qwen2.5-vl-tiny", "--budget-range", "8..64", "--random-weights", "--out-dir", str(tmp_path), "--exporter", "torchscript"]) == 0
+    assert (
+        main(
+            [
+                "--model",
+                "qwen2.5-vl-tiny",
+                "--budget-range",
+                "8..64",
+                "--random-weights",
+                "--out-dir",
+                str(tmp_path),
+                "--exporter",
+                "torchscript",
+            ]
+        )
+        == 0
+    )
     graph = str(tmp_path / "qwen2.5-vl-tiny_b8-64.onnx")  # the range in the name
     from flashvlm_export.export.graphs import request_from_metadata
     from flashvlm_export.export.metadata import graph_metadata

@@ -65,7 +65,12 @@ def test_selector_only_export_and_standalone_parity(tmp_path, capsys):
     assert (tmp_path / "s.onnx").is_file() and (tmp_path / "s.json").is_file()
     code = main(["parity", "--model", "llava15-tiny", "--budget", "552", "--repeats", "1", "--no-save"])
     out = capsys.readouterr().out
-    assert code == 0 and "PASSED" in out and "onnxruntime[CPU]:" in out and "layer 3 outcome (reported, not a gate): identical index sets" in out
+    assert (
+        code == 0
+        and "PASSED" in out
+        and "onnxruntime[CPU]:" in out
+        and "layer 3 outcome (reported, not a gate): identical index sets" in out
+    )
 
 
 @pytest.mark.parametrize("command", [export, parity, run, bench, sidecar, build_plugin, gguf], ids=lambda m: m.__name__)
@@ -198,7 +203,10 @@ def tiny_selector(tmp_path_factory) -> Path:
     """One tiny selector graph for the input-validation tests (what they check does not depend on the exporter, so
     the faster torchscript one)."""
     graph = tmp_path_factory.mktemp("selector") / "s.onnx"
-    assert main(["--model", "llava15-tiny", "--selector-only", "--budget", "16", "--exporter", "torchscript", "--out", str(graph)]) == 0
+    assert (
+        main(["--model", "llava15-tiny", "--selector-only", "--budget", "16", "--exporter", "torchscript", "--out", str(graph)])
+        == 0
+    )
     return graph
 
 

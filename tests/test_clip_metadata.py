@@ -46,7 +46,11 @@ CASES = {
     "odd-frames": ("qwen", dict(frames=5), ["'n_tokens'", "5 frames / 2"]),
     "n-tokens": ("qwen", dict(n_tokens=768), ["'n_tokens'", "768 is not 4 frames / 2 x 256 tokens"]),
     "fps": ("qwen", dict(fps=0), ["'fps'", "0.0 is not a positive frame rate"]),
-    "frames-without-video": ("llava", dict(frames=8, video_budget="joint", fps=2.0), ["'frames'", "llava15-tiny has no video path"]),
+    "frames-without-video": (
+        "llava",
+        dict(frames=8, video_budget="joint", fps=2.0),
+        ["'frames'", "llava15-tiny has no video path"],
+    ),
 }
 
 
@@ -55,6 +59,12 @@ CASES = {
 def test_clip_metadata_that_does_not_agree_is_one_line_exit_2(graphs, tmp_path, capsys, case, command):
     model, values, fragments = CASES[case]
     graph = edited(graphs[model], tmp_path, **values)
-    tail = ["--no-save", "--repeats", "1"] if command == "parity" else ["--video", str(tmp_path / "clip.mp4"), "--question", "what moves?"]
-    expect_one_line(capsys, [command, "--graph", str(graph), *tail], f"{graph} has malformed flashvlm metadata", REEXPORT, *fragments)
+    tail = (
+        ["--no-save", "--repeats", "1"]
+        if command == "parity"
+        else ["--video", str(tmp_path / "clip.mp4"), "--question", "what moves?"]
+    )
+    expect_one_line(
+        capsys, [command, "--graph", str(graph), *tail], f"{graph} has malformed flashvlm metadata", REEXPORT, *fragments
+    )
     assert sorted(p.name for p in tmp_path.iterdir()) == [graph.name]  # nothing written

@@ -26,7 +26,10 @@ def test_a_loop_is_caught():
     body = helper.make_graph(
         [helper.make_node("Identity", ["cond_in"], ["cond_out"])],
         "body",
-        [helper.make_tensor_value_info("i", TensorProto.INT64, []), helper.make_tensor_value_info("cond_in", TensorProto.BOOL, [])],
+        [
+            helper.make_tensor_value_info("i", TensorProto.INT64, []),
+            helper.make_tensor_value_info("cond_in", TensorProto.BOOL, []),
+        ],
         [helper.make_tensor_value_info("cond_out", TensorProto.BOOL, [])],
     )
     trip = numpy_helper.from_array(np.array(3, dtype=np.int64), "trip")
@@ -78,7 +81,10 @@ def test_a_shape_computed_from_data_is_caught():
     """Range's length comes from an input value: no Loop, If or NonZero, yet the shape depends on the data."""
     zero = numpy_helper.from_array(np.array(0, dtype=np.int64), "zero")
     one = numpy_helper.from_array(np.array(1, dtype=np.int64), "one")
-    nodes = [helper.make_node("Range", ["zero", "limit", "one"], ["r"]), helper.make_node("Cast", ["r"], ["y"], to=TensorProto.FLOAT)]
+    nodes = [
+        helper.make_node("Range", ["zero", "limit", "one"], ["r"]),
+        helper.make_node("Cast", ["r"], ["y"], to=TensorProto.FLOAT),
+    ]
     limit = helper.make_tensor_value_info("limit", TensorProto.INT64, [])
     model = _model(nodes, [limit], [_vec("y")], [zero, one])
     assert any("Range" in p and "data-dependent shape" in p for p in static_graph_problems(model))
@@ -86,7 +92,9 @@ def test_a_shape_computed_from_data_is_caught():
 
 def test_a_dynamic_graph_input_is_caught():
     x = helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 8])
-    model = _model([helper.make_node("Relu", ["x"], ["y"])], [x], [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", 8])])
+    model = _model(
+        [helper.make_node("Relu", ["x"], ["y"])], [x], [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", 8])]
+    )
     assert any("x has a dynamic dimension" in p for p in static_graph_problems(model))
     onnx.checker.check_model(model)  # the planted graph is valid ONNX: only our rule rejects it
 

@@ -110,7 +110,9 @@ def circles(root: Path) -> list[list[str]]:
 
 
 def test_every_package_and_module_has_a_floor_of_its_own():
-    names = {path.name.removesuffix(".py") for path in PACKAGE.iterdir() if path.suffix == ".py" or (path / "__init__.py").is_file()}
+    names = {
+        path.name.removesuffix(".py") for path in PACKAGE.iterdir() if path.suffix == ".py" or (path / "__init__.py").is_file()
+    }
     assert names == set(FLOORS) and len(FLOORS) == len(set(FLOORS))
 
 

@@ -26,7 +26,11 @@ def test_onnxruntime_passes_layers_1_and_2_at_576_tokens(selector_graphs, budget
     assert_layers_1_and_2(reports, 7)
     # the ties case holds one-hot features and one fused score: every cosine and score is exact in float32,
     # so no backend's rounding can differ and the index sets must be equal on every CPU
-    ties = [i for i, case in enumerate(["scene", "random", "ties", "constant_saliency", "duplicated_features", "empty_text", "padding"]) if case == "ties"]
+    ties = [
+        i
+        for i, case in enumerate(["scene", "random", "ties", "constant_saliency", "duplicated_features", "empty_text", "padding"])
+        if case == "ties"
+    ]
     assert all(reports[1].overlaps[i] == 1.0 for i in ties)
 
 

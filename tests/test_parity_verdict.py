@@ -151,7 +151,7 @@ def test_min_overlap_makes_layer_3_a_gate(tiny_graphs):
 
 @pytest.mark.parametrize(
     "content, message",
-    [("{\"a\": 1}", "Dict data, not a list"), ("[[1, 2]]", "holds list data"), ("[]", "the inputs are empty")],
+    [('{"a": 1}', "Dict data, not a list"), ("[[1, 2]]", "holds list data"), ("[]", "the inputs are empty")],
 )
 def test_load_inputs_of_the_wrong_shape_are_one_line_errors(tiny_graphs, tmp_path, capsys, content, message):
     bad = tmp_path / "inputs.json"

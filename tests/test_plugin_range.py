@@ -117,7 +117,9 @@ def test_twin_row_equals_the_fixed_budget_plugin_at_that_images_budget(mixed_bat
 def test_ort_op_equals_reference_per_image_on_mixed_budgets(mixed_batches):
     _, batches = mixed_batches
     for schedule, gram, residual, budget, expected in batches[:1]:
-        got = _run_range(gram.numpy(), residual.numpy().astype(np.int32), budget.numpy().astype(np.int32), **range_node_attributes(schedule))
+        got = _run_range(
+            gram.numpy(), residual.numpy().astype(np.int32), budget.numpy().astype(np.int32), **range_node_attributes(schedule)
+        )
         assert mismatched_images(got, expected) == []
 
 
@@ -215,11 +217,21 @@ def test_malformed_list_gives_an_all_padding_row(plant):
 def test_twin_refuses_fields_the_plugin_refuses():
     gram, residual, budget = np.ones((1, 40, 40), np.float32), np.arange(30, dtype=np.int32)[None], np.array([20])
     assert run_range_twin(gram, residual, budget, 2, 39, 20, 8, 0)[0] == 0
-    for fields in [(2, 40, 20, 8, 0), (1, 39, 20, 8, 0), (30, 20, 20, 8, 0), (2, 39, 31, 8, 0), (2, 39, 20, 0, 0), (2, 39, 20, 8, -1)]:
+    for fields in [
+        (2, 40, 20, 8, 0),
+        (1, 39, 20, 8, 0),
+        (30, 20, 20, 8, 0),
+        (2, 39, 31, 8, 0),
+        (2, 39, 20, 0, 0),
+        (2, 39, 20, 8, -1),
+    ]:
         assert run_range_twin(gram, residual, budget, *fields)[0] == STATUS_BAD_ARGUMENTS, fields
 
 
-@pytest.mark.parametrize("config", [SelectorConfig(), SelectorConfig(max_rounds=40), SelectorConfig(max_rounds=10), SelectorConfig(step=3, max_rounds=7)])
+@pytest.mark.parametrize(
+    "config",
+    [SelectorConfig(), SelectorConfig(max_rounds=40), SelectorConfig(max_rounds=10), SelectorConfig(step=3, max_rounds=7)],
+)
 def test_step_fields_reproduce_every_budgets_step(config):
     schedule = range_schedule(576, 16, 256, config)
     step, cap = step_fields(schedule)

@@ -256,7 +256,10 @@ def planted(fused, parts):
     honest = Remembered(pipeline_backend(request, QwenEncoderCore(parts.visual, QWEN.image_size)))
     wrong_block = pipeline_backend(request, SaliencyFromBlockBefore(parts.visual, QWEN.image_size))
     wrong_block.name = "saliency-from-block-before"
-    swapped, exchanged = Planted(honest, swap_one_token, "token-swapped"), Planted(honest, exchange_two_positions, "positions-exchanged")
+    swapped, exchanged = (
+        Planted(honest, swap_one_token, "token-swapped"),
+        Planted(honest, exchange_two_positions, "positions-exchanged"),
+    )
     overflowed = Planted(honest, overflow_one_row, "overflowed")
     backends = [honest, swapped, exchanged, wrong_block, overflowed]
     reports = run_parity(fused, parts, repeats=1, backends=backends, **QUIET)
@@ -348,7 +351,10 @@ def checkpoint_of(family_model: str, folder: Path) -> Path:
 
 @pytest.mark.parametrize(
     "model, other, found",
-    [(QWEN.name, "llava15-tiny", "'llava' model, not 'qwen2_5_vl'"), ("llava15-tiny", QWEN.name, "'qwen2_5_vl' model, not 'llava'")],
+    [
+        (QWEN.name, "llava15-tiny", "'llava' model, not 'qwen2_5_vl'"),
+        ("llava15-tiny", QWEN.name, "'qwen2_5_vl' model, not 'llava'"),
+    ],
 )
 def test_a_checkpoint_of_the_other_family_is_refused(tmp_path, capsys, model, other, found):
     path = checkpoint_of(other, tmp_path)
@@ -408,7 +414,9 @@ def test_the_two_text_scopes_score_the_patches_differently():
 
     parts = get_parts(QWEN, WeightsSource(seed=0), with_embeddings=True)
     ids = prompt_token_ids(stand_in_tokenizer(QWEN), "Which cup is yellow?", QWEN)
-    _, _, projected = parts.reference_features(torch.randn(1, 3, QWEN.image_size, QWEN.image_size, generator=torch.Generator().manual_seed(0)))
+    _, _, projected = parts.reference_features(
+        torch.randn(1, 3, QWEN.image_size, QWEN.image_size, generator=torch.Generator().manual_seed(0))
+    )
     relevance = {}
     for scope in ("all", "before-image"):
         embeds, mask = text_inputs(parts.embed_tokens, ids, QWEN.t_max, QWEN.image_token_index, scope=scope)
@@ -422,7 +430,11 @@ def test_an_image_side_too_large_to_trace_names_the_image_size_and_the_largest_t
     from flashvlm_export import limits
 
     monkeypatch.setattr(limits, "memory_bytes", lambda: 16 * 2**30)
-    err = expect_one_line(capsys, ["--model", "qwen2.5-vl-7b", "--image-size", "1708", "--budget", "64", "--random-weights"], "--image-size 1708 needs")
+    err = expect_one_line(
+        capsys,
+        ["--model", "qwen2.5-vl-7b", "--image-size", "1708", "--budget", "64", "--random-weights"],
+        "--image-size 1708 needs",
+    )
     side = int(err.split("use --image-size ")[1].split()[0])
     spec = get_spec("qwen2.5-vl-7b").at_image_size(side)
     assert side % 28 == 0 and limits.bytes_per_image(spec, spec.n_tokens, 0, False) <= 16 * 2**30

@@ -237,17 +237,27 @@ def test_a_groups_budget_off_by_one_fails(planted):
         (["--model", "llava15-tiny", "--video"], ["--video: llava15-tiny has no video path", "qwen2.5-vl"]),
         (["--model", QWEN.name, "--video", "--frames", "5"], ["--frames 5 must be an even number", "--frames 6"]),
         (["--model", QWEN.name, "--video", "--frames", "0"], ["--frames 0", "--frames 2"]),
-        (["--model", QWEN.name, "--video", "--frames", "8", "--budget", "66"], ["--budget 66", "4 frame groups", "64 or 68", "joint"]),
+        (
+            ["--model", QWEN.name, "--video", "--frames", "8", "--budget", "66"],
+            ["--budget 66", "4 frame groups", "64 or 68", "joint"],
+        ),
         (["--model", QWEN.name, "--frames", "8"], ["--frames 8 applies to clips; add --video"]),
         (["--model", QWEN.name, "--video", "--frames", "32", "--video-budget", "joint"], ["N=4096", "TopK", "per-group"]),
         (["--model", QWEN.name, "--video", "--fps", "0"], ["--fps 0.0 must be a positive frame rate"]),
     ],
-    ids=["no-video-path", "odd-frames", "too-few-frames", "budget-not-divisible", "frames-without-video", "joint-over-topk", "fps"],
+    ids=[
+        "no-video-path",
+        "odd-frames",
+        "too-few-frames",
+        "budget-not-divisible",
+        "frames-without-video",
+        "joint-over-topk",
+        "fps",
+    ],
 )
 def test_bad_video_export_is_one_line_exit_2_and_writes_nothing(tmp_path, capsys, flags, fragments):
     expect_one_line(capsys, [*flags, "--random-weights", "--out-dir", str(tmp_path / "out")], *fragments)
     assert not (tmp_path / "out").exists()
-
 
 
 def test_a_clip_too_long_to_trace_names_frames_and_the_most_that_fit(capsys, monkeypatch):

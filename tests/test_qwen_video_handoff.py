@@ -49,7 +49,13 @@ def handoff(tmp_path_factory, parts):
     selections = {}
     for k in (K, N):
         request = ExportRequest(
-            spec=QWEN, budget=k, t_max=QWEN.t_max, batch=1, config=SelectorConfig(gate=QWEN.gate), selector_only=False, frames=FRAMES
+            spec=QWEN,
+            budget=k,
+            t_max=QWEN.t_max,
+            batch=1,
+            config=SelectorConfig(gate=QWEN.gate),
+            selector_only=False,
+            frames=FRAMES,
         )
         graph = export_graph(request, folder / f"clip_b{k}.onnx", parts, "random:0", exporter="torchscript")
         selections[k] = select(OrtGraph(graph), clip, text, mask, batch=1)
@@ -60,7 +66,9 @@ def handoff(tmp_path_factory, parts):
     video_mask = expanded == video_token_index(QWEN)
     types = video_mask.int() * 2  # mm_token_type_ids: video = 2
     with torch.no_grad():
-        positions, _ = llm.model.get_rope_index(expanded, mm_token_type_ids=types, video_grid_thw=grid, second_per_grid_ts=seconds)
+        positions, _ = llm.model.get_rope_index(
+            expanded, mm_token_type_ids=types, video_grid_thw=grid, second_per_grid_ts=seconds
+        )
         rows = torch.cat(llm.model.get_video_features(flat[0], grid).pooler_output)
         full_embeds = llm.get_input_embeddings()(expanded)
         full_embeds[video_mask] = rows
@@ -146,7 +154,9 @@ def test_first_generated_position_is_transformers_rope_delta_for_short_and_long_
     types = (expanded == video_token_index(QWEN)).int() * 2
     grid = torch.tensor([[frames // 2, *h.grid[0, 1:].tolist()]])
     with torch.no_grad():
-        positions, deltas = h.llm.model.get_rope_index(expanded, mm_token_type_ids=types, video_grid_thw=grid, second_per_grid_ts=h.seconds)
+        positions, deltas = h.llm.model.get_rope_index(
+            expanded, mm_token_type_ids=types, video_grid_thw=grid, second_per_grid_ts=h.seconds
+        )
     rows = torch.zeros(n, QWEN.text_hidden)
     inputs = clip_llm_input(h.llm.get_input_embeddings(), ids, QWEN, rows, table, last_t=int(table[:, 0].max()))
     assert torch.equal(inputs.position_ids, positions)

@@ -148,7 +148,11 @@ BAD = [
     ("image", ["--video", "{clip}"], ["is an image graph", "--video --frames 8"]),
     ("llava", ["--video", "{clip}"], ["--video: llava15-tiny has no video path", "qwen2.5-vl"]),
     ("per-group", ["--video", "{clip}", "--image", "{still}"], ["--image and --video exclude each other"]),
-    ("per-group", ["--demo-video", "{out}/demo.mp4", "--demo-image", "{out}/demo.png"], ["--demo-image and --demo-video exclude"]),
+    (
+        "per-group",
+        ["--demo-video", "{out}/demo.mp4", "--demo-image", "{out}/demo.png"],
+        ["--demo-image and --demo-video exclude"],
+    ),
     ("per-group", ["--image", "{still}"], ["is a clip graph (4 frames)", "--video FILE"]),
     ("image", ["--image", "{still}", "--fps", "2"], ["--fps 2.0 samples a clip"]),
     ("per-group", ["--video", "{clip}", "--fps", "0"], ["--fps 0.0 is not a positive rate"]),
@@ -171,7 +175,9 @@ def llava_graph(tmp_path, monkeypatch) -> Path:
     graph.write_bytes(b"")
     request = ExportRequest(spec=llava, budget=16, t_max=llava.t_max, batch=1, config=SelectorConfig(), selector_only=False)
     monkeypatch.setattr(run_steps, "graph_metadata_of", lambda g, e: ({"weights": "random:0"}, str(graph)))
-    monkeypatch.setattr(graph_info, "graph_info", lambda meta, source: graph_info.GraphInfo(request, recorded_weights("random:0", source), source))
+    monkeypatch.setattr(
+        graph_info, "graph_info", lambda meta, source: graph_info.GraphInfo(request, recorded_weights("random:0", source), source)
+    )
     return graph
 
 
@@ -184,7 +190,9 @@ def llava_graph(tmp_path, monkeypatch) -> Path:
         "demo-video-exists", "demo-video-container",
     ],
 )  # fmt: skip
-def test_bad_video_input_is_one_line_exit_2_and_writes_nothing(request, graphs, demo_clip, tmp_path, capsys, graph, flags, fragments):
+def test_bad_video_input_is_one_line_exit_2_and_writes_nothing(
+    request, graphs, demo_clip, tmp_path, capsys, graph, flags, fragments
+):
     (tmp_path / "in").mkdir()
     files = _bad_files(tmp_path / "in", demo_clip)
     out = tmp_path / "out"

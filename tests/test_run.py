@@ -269,7 +269,9 @@ def test_weights_other_than_the_graphs_are_a_one_line_error(tiny_graphs, demo_im
     "flags, named",
     [([], "--answer with the random weights {graph} records (seed 0)"), (["--random-weights"], "--answer with --random-weights")],
 )
-def test_a_refused_random_weight_answer_names_what_the_user_passed_or_the_graph_records(tmp_path, demo_image, capsys, flags, named):
+def test_a_refused_random_weight_answer_names_what_the_user_passed_or_the_graph_records(
+    tmp_path, demo_image, capsys, flags, named
+):
     """A full-size graph's metadata only (the refusal comes before any inference): no flag means the graph's record."""
     import onnx
 
@@ -372,9 +374,7 @@ def test_run_with_a_checkpoint_uses_its_processor_tokenizer_and_llm(tiny_checkpo
 
     parts = load_parts(TINY, str(tiny_checkpoint))
     request = ExportRequest(spec=TINY, budget=576, t_max=TINY.t_max, batch=1, config=SelectorConfig(), selector_only=False)
-    graph = export_graph(
-        request, tmp_path / "ckpt_b576.onnx", parts, str(tiny_checkpoint)
-    )
+    graph = export_graph(request, tmp_path / "ckpt_b576.onnx", parts, str(tiny_checkpoint))
 
     prepared = prepare_image(demo_image, TINY, tiny_checkpoint)
     assert "preprocessor_config.json" in prepared.processor
@@ -462,8 +462,16 @@ def test_the_llm_loads_in_the_dtype_asked_for_bf16_halves_the_kv_cache(tiny_grap
 
     lines = {"fp32": [], "bf16": []}
     results = {
-        name: run(str(tiny_graphs[64]), str(demo_image), QUESTION, random_weights=True, answer=True, max_new_tokens=2,
-                  llm_dtype=name, log=lines[name].append)  # fmt: skip
+        name: run(
+            str(tiny_graphs[64]),
+            str(demo_image),
+            QUESTION,
+            random_weights=True,
+            answer=True,
+            max_new_tokens=2,
+            llm_dtype=name,
+            log=lines[name].append,
+        )  # fmt: skip
         for name in lines
     }
     assert any("LLM ready on cpu, bf16" in line for line in lines["bf16"])
@@ -518,10 +526,15 @@ def test_a_7b_llm_is_checked_on_the_host_and_on_the_gpu(monkeypatch):
     free = {"cpu": 64 * 1024**3, "cuda": 12 * 1024**3}
     monkeypatch.setattr(answer, "available_memory", lambda device: free[device.type])
     answer.check_llm_fits(params, torch.float32, torch.device("cpu"), random_weights=False)  # 29.9 GB <= 64 GB
-    with pytest.raises(UsageError, match=r"needs about 15\.5 GB in bf16 on cuda but 12\.0 GB is available; free GPU memory or use a larger GPU$"):
+    with pytest.raises(
+        UsageError, match=r"needs about 15\.5 GB in bf16 on cuda but 12\.0 GB is available; free GPU memory or use a larger GPU$"
+    ):
         answer.check_llm_fits(params, torch.bfloat16, torch.device("cuda"), random_weights=False)
     free["cpu"] = 8 * 1024**3
-    with pytest.raises(UsageError, match=r"needs about 29\.9 GB in fp32 on cpu but 8\.0 GB is available; pass llm_dtype='bf16' or llm_dtype='fp16' "):
+    with pytest.raises(
+        UsageError,
+        match=r"needs about 29\.9 GB in fp32 on cpu but 8\.0 GB is available; pass llm_dtype='bf16' or llm_dtype='fp16' ",
+    ):
         answer.check_llm_fits(params, torch.float32, torch.device("cpu"), random_weights=False)
 
 
@@ -544,9 +557,17 @@ def test_python_api_errors_name_keyword_arguments_and_the_cli_names_flags(tiny_g
     # main() spelled flags only while it ran: the Python API speaks Python again
     with pytest.raises(UsageError, match=r"^max_new_tokens=0 must be >= 1$"):
         run(str(tiny_graphs[64]), str(demo_image), QUESTION, max_new_tokens=0, log=lambda _: None)
-    assert (arg("model_path", "/x"), switch("random_weights"), arg("heatmap")) == ("model_path='/x'", "random_weights=True", "heatmap=")
+    assert (arg("model_path", "/x"), switch("random_weights"), arg("heatmap")) == (
+        "model_path='/x'",
+        "random_weights=True",
+        "heatmap=",
+    )
     with cli_spelling():
-        assert (arg("model_path", "/x"), switch("random_weights"), arg("heatmap")) == ("--model-path /x", "--random-weights", "--heatmap")
+        assert (arg("model_path", "/x"), switch("random_weights"), arg("heatmap")) == (
+            "--model-path /x",
+            "--random-weights",
+            "--heatmap",
+        )
 
 
 def test_a_refused_run_writes_no_demo_picture(tmp_path, capsys):

@@ -31,7 +31,10 @@ def assert_decisions_and_bounds(selector, x, a, p, text, mask, budget, config=Se
         if len(words):
             want = text_relevance(p[b], words, config).numpy()
             assert max_relative_error(relevance[b].numpy(), want) <= ARITHMETIC_BOUNDS["text_relevance"]
-            assert max_relative_error(fused[b].numpy(), aligned_fused_scores(sharpened[b].numpy(), a[b].numpy(), True, config)) <= 1e-5
+            assert (
+                max_relative_error(fused[b].numpy(), aligned_fused_scores(sharpened[b].numpy(), a[b].numpy(), True, config))
+                <= 1e-5
+            )
         else:
             assert max_relative_error(fused[b].numpy(), trace.fused_scores.numpy()) <= 1e-5
 
@@ -83,7 +86,9 @@ def test_batch_images_are_selected_independently_with_their_own_text():
     x, a, p, text, mask = selector_inputs(batch=2, lengths=[16, 5])
     both = StaticSelector(576, 64)(x, a, p, text, mask)
     for b in range(2):  # each image of the batch passes layers 1 and 2 against the reference on its own text
-        assert_decisions_and_bounds(StaticSelector(576, 64), x[b : b + 1], a[b : b + 1], p[b : b + 1], text[b : b + 1], mask[b : b + 1], 64)
+        assert_decisions_and_bounds(
+            StaticSelector(576, 64), x[b : b + 1], a[b : b + 1], p[b : b + 1], text[b : b + 1], mask[b : b + 1], 64
+        )
     swapped = StaticSelector(576, 64)(x, a, p, text.flip(0), mask.flip(0))
     assert not torch.equal(both, swapped)  # the text changes the choice
 
@@ -161,7 +166,9 @@ def test_stable_descending_order_is_a_stable_sort_on_inputs_full_of_ties(n):
         elif trial % 3 == 1:
             x = torch.randn(3, n, generator=gen)
         else:
-            x = torch.where(torch.rand(3, n, generator=gen) < 0.5, torch.finfo(torch.float32).min, torch.randn(3, n, generator=gen))
+            x = torch.where(
+                torch.rand(3, n, generator=gen) < 0.5, torch.finfo(torch.float32).min, torch.randn(3, n, generator=gen)
+            )
             x[:, ::7] = -0.0
             x[:, 1::7] = 0.0
         want = torch.sort(x, dim=-1, descending=True, stable=True).indices

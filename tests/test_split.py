@@ -152,7 +152,9 @@ def test_chain_serves_each_budget_and_refuses_one_it_lacks(split, capsys, tmp_pa
     image = str(tmp_path / "demo.png")
     assert main(["run", "--manifest", str(split), "--budget", "16", "--demo-image", image, "--question", "What?"]) == 0
     assert "Run: selected 16/576 tokens" in capsys.readouterr().out
-    expect_one_line(capsys, ["run", "--manifest", str(split), "--budget", "48", "--image", image, "--question", "Q"], "K = 64, 16")
+    expect_one_line(
+        capsys, ["run", "--manifest", str(split), "--budget", "48", "--image", image, "--question", "Q"], "K = 64, 16"
+    )
     expect_one_line(capsys, ["run", "--manifest", str(split), "--image", image, "--question", "Q"], "--budget")
     expect_one_line(
         capsys, ["run", "--manifest", str(split), "--budget", "16", "--tensorrt", "--image", image, "--question", "Q"],
@@ -238,7 +240,8 @@ def test_a_split_that_fails_part_way_leaves_nothing(monkeypatch, tmp_path, parts
     monkeypatch.setattr(split_module, "export_logged", fail_on_selectors)
     spec = get_spec("llava15-tiny")
     requests = [
-        ExportRequest(spec=spec, budget=k, t_max=spec.t_max, batch=1, config=SelectorConfig(), selector_only=False) for k in BUDGETS
+        ExportRequest(spec=spec, budget=k, t_max=spec.t_max, batch=1, config=SelectorConfig(), selector_only=False)
+        for k in BUDGETS
     ]
     plan = split_module.split_plan(requests, tmp_path)
     with pytest.raises(RuntimeError, match="planted"):
@@ -269,7 +272,9 @@ def test_engines_are_checked_only_when_the_chain_runs_them(split, tmp_path):
     copied = copy_split(split, tmp_path)
     list_engines(copied, "engines")
     assert read_manifest(copied).budgets == BUDGETS
-    with pytest.raises(UsageError, match=r"encoder engine, which does not exist; copy the whole split folder \(its engines/ too\)"):
+    with pytest.raises(
+        UsageError, match=r"encoder engine, which does not exist; copy the whole split folder \(its engines/ too\)"
+    ):
         read_manifest(copied, engines=True)
 
 

@@ -95,7 +95,9 @@ def test_an_existing_out_is_refused_and_kept_with_or_without_force(split, capsys
 
 def test_tensorrt_flavour_needs_engines_and_the_plugin_library(split, capsys, tmp_path, monkeypatch):
     out = tmp_path / "out" / "repo"
-    expect_one_line(capsys, ["triton", "--manifest", str(split), "--out", str(out), "--flavour", "tensorrt"], "no TensorRT engines")
+    expect_one_line(
+        capsys, ["triton", "--manifest", str(split), "--out", str(out), "--flavour", "tensorrt"], "no TensorRT engines"
+    )
     listed = copy_split(split, tmp_path / "e")  # engines listed and present, with honest hashes
     list_engines(listed, "engines")
     record = json.loads(listed.read_text())
@@ -120,7 +122,9 @@ def test_tensorrt_flavour_needs_engines_and_the_plugin_library(split, capsys, tm
     lib = tmp_path / "libflashvlm_plugins.so"
     lib.write_bytes(b"so")
     assert main([*argv, "--plugin-lib", str(lib)]) == 0
-    assert f'plugins="{(fresh / repository.PLUGIN_FILE).resolve()}"' in json.loads((fresh / repository.RECORD).read_text())["serve"]
+    assert (
+        f'plugins="{(fresh / repository.PLUGIN_FILE).resolve()}"' in json.loads((fresh / repository.RECORD).read_text())["serve"]
+    )
     assert leftovers(tmp_path / "out") == ["plugin", "repo"]
 
 
@@ -247,7 +251,18 @@ def test_live_server_serves_a_range_split_two_images_each_its_own_budget_and_a_p
         pytest.skip(f"live Triton test: {why}")
     import tritonclient.http as http
 
-    argv = ["--model", "llava15-tiny", "--budget-range", "8..64", "--batch", "2", "--random-weights", "--split", "--out-dir", str(tmp_path)]
+    argv = [
+        "--model",
+        "llava15-tiny",
+        "--budget-range",
+        "8..64",
+        "--batch",
+        "2",
+        "--random-weights",
+        "--split",
+        "--out-dir",
+        str(tmp_path),
+    ]
     assert main([*argv, "--exporter", "torchscript"]) == 0  # several times faster; dynamo: tests/test_exporters.py
     manifest = next(tmp_path.glob("*/manifest.json"))
     assert main(["triton", "--manifest", str(manifest), "--out", str(tmp_path / "repo")]) == 0

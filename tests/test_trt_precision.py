@@ -29,7 +29,18 @@ def fp16_graph(request, tmp_path_factory):
     folder = tmp_path_factory.mktemp("fp16")
     flags = ["--plugin"] if request.param else []
     # K = 544: every selector node kind in a few unrolled rounds (the default K = 128 unrolls 56, minutes of dynamo)
-    argv = ["--model", "llava15-tiny", "--random-weights", "--precision", "fp16", "--budget", "544", *flags, "--out-dir", str(folder)]
+    argv = [
+        "--model",
+        "llava15-tiny",
+        "--random-weights",
+        "--precision",
+        "fp16",
+        "--budget",
+        "544",
+        *flags,
+        "--out-dir",
+        str(folder),
+    ]
     assert main(argv) == 0
     (path,) = folder.glob("*.onnx")
     return path
