@@ -975,29 +975,67 @@ def test_check_gguf_refuses_a_qwen3_vl_gguf_without_its_deepstack_layers(monkeyp
     assert len(str(caught.value).splitlines()) == 1
 
 
-@pytest.mark.parametrize("name", QWEN3)
-def test_a_qwen3_clip_through_llama_cpp_is_refused_in_one_line(name):
-    """The llama.cpp clip hand-off writes Qwen2.5-VL's prompt (frame groups told apart by t alone); the Qwen3
-    generation separates them by timestamp text: refused, before anything is selected (run_steps.plan_answer too)."""
-    from flashvlm_export.errors import UsageError
-    from flashvlm_export.runtime.clip import clip_prompt_ids
-    from flashvlm_export.runtime.llama_cpp import check_clip_hand_off, llama_cpp_prompt
-    from flashvlm_export.runtime.run_steps import plan_answer
+@pytest.fixture(scope="module", params=QWEN3)
+def qwen3_clip_side(request, tmp_path_factory):
+    """A Qwen3-generation model's random LLM and GGUF, a 4-frame clip's rows and DeepStack rows (transformers' own tower),
+    its timestamped prompt (frames 0..3 at 2 fps): the clip hand-off through llama.cpp, frame groups between timestamps."""
+    from flashvlm_export.models.adapter import get_parts
+    from flashvlm_export.models.positions import clip_token_positions
+    from flashvlm_export.models.weights import WeightsSource
+    from flashvlm_export.runtime.clip import clip_prompt_ids, group_timestamps
     from flashvlm_export.runtime.tokenizer import stand_in_tokenizer
 
-    spec = get_spec(name)
-    table = torch.zeros(2 * spec.n_tokens, 3, dtype=torch.long)  # refused before the positions are read
-    ids = clip_prompt_ids(stand_in_tokenizer(spec), QUESTION, spec)
-    clip_graph = SimpleNamespace(spec=spec, request=SimpleNamespace(frames=CLIP_FRAMES))  # what plan_answer reads
-    for refuse in (
-        lambda: check_clip_hand_off(spec),
-        lambda: llama_cpp_prompt(ids, spec, torch.zeros(len(table), 64), table, clip_last_t=1),
-        lambda: plan_answer(clip_graph, "never-read.gguf", True, "fp32", "clip.onnx"),
-    ):
-        with pytest.raises(UsageError, match="llama.cpp answers for a clip are built for Qwen2.5-VL only") as caught:
-            refuse()
-        assert name in str(caught.value) and len(str(caught.value).splitlines()) == 1
-    check_clip_hand_off(get_spec("qwen2.5-vl-tiny"))  # Qwen2.5-VL's clips go through
+    if NO_GGUF:
+        pytest.skip(NO_GGUF)
+    spec = get_spec(request.param)
+    parts = get_parts(spec, WeightsSource(seed=0), with_embeddings=True)
+    llm, info, _ = _llm_and_gguf(spec, parts, tmp_path_factory.mktemp("gguf_qwen3_clip"))
+    clip = torch.randn(1, CLIP_FRAMES, 3, spec.image_size, spec.image_size, generator=torch.Generator().manual_seed(3))
+    features = parts.reference_clip_features(clip)
+    n = CLIP_FRAMES // 2 * spec.n_tokens
+    kept = np.sort(np.random.default_rng(0).choice(n - 1, K_CLIP, replace=False))
+    tokenizer = stand_in_tokenizer(spec)
+    stamps = group_timestamps(range(CLIP_FRAMES), 2.0)
+    return SimpleNamespace(
+        spec=spec, llm=llm, info=info, rows=features[2][0], deepstack=features[3][0] if len(features) > 3 else None,
+        positions=clip_token_positions(spec, CLIP_FRAMES, 1.0), tokenizer=tokenizer, stamps=stamps,
+        ids=clip_prompt_ids(tokenizer, QUESTION, spec, stamps), keep={n: np.arange(n), K_CLIP: kept}, n=n,
+    )  # fmt: skip
+
+
+def _qwen3_clip_inputs(s, k):
+    idx = torch.from_numpy(s.keep[k])
+    return idx, s.rows[idx], s.positions[idx], None if s.deepstack is None else s.deepstack[:, idx]
+
+
+@needs_llama
+@pytest.mark.parametrize("k", ["N", K_CLIP])
+def test_llama_cpp_logits_for_a_qwen3_clip_equal_transformers(qwen3_clip_side, k):
+    """Each frame group's kept rows (with their DeepStack rows: Qwen3-VL) between the group timestamps, through llama.cpp,
+    give transformers' logits on the same input (runtime/clip.clip_llm_input, proved against transformers' own video
+    forward in tests/test_qwen3_handoff.py); a timestamp off by one second in llama.cpp's prompt does not."""
+    from flashvlm_export.runtime.clip import clip_llm_input, clip_prompt_ids
+    from flashvlm_export.runtime.llama_cpp import llama_cpp_prompt
+
+    s = qwen3_clip_side
+    k = s.n if k == "N" else k
+    idx, rows, positions, deepstack = _qwen3_clip_inputs(s, k)
+    ours = _prefill(s.info, llama_cpp_prompt(s.ids, s.spec, rows, positions, 0, deepstack, idx.numpy()))
+    inputs = clip_llm_input(
+        s.llm.get_input_embeddings(), s.ids, s.spec, rows, positions, last_t=0, indices=idx, deepstack=deepstack
+    )
+    with torch.no_grad():
+        theirs = s.llm(inputs_embeds=inputs.inputs_embeds, position_ids=inputs.position_ids, **(inputs.prefill or {}))
+    theirs = theirs.logits[0].numpy()
+    assert ours.shape == theirs.shape == (len(s.ids) - CLIP_FRAMES // 2 + k, s.spec.text["vocab_size"])
+    assert _gap(ours, theirs) <= TOL_REL, _gap(ours, theirs)
+    stamps = list(s.stamps)
+    stamps[1] += 1.0
+    wrong = clip_prompt_ids(s.tokenizer, QUESTION, s.spec, stamps)
+    assert (
+        _gap(_prefill(s.info, llama_cpp_prompt(wrong, s.spec, rows, positions, 0, deepstack, idx.numpy())), theirs)
+        > 100 * TOL_REL
+    )
 
 
 @needs_llama

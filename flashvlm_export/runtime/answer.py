@@ -210,12 +210,33 @@ def splice(
     embed_tokens: torch.nn.Module, token_ids: list[int], image_token_index: int, visual_embeds: torch.Tensor
 ) -> torch.Tensor:
     """(1, S, Dl): the prompt's text embeddings with visual_embeds (K, Dl) where the image token stands."""
-    p = image_position(token_ids, image_token_index)
+    image_position(token_ids, image_token_index)
+    return splice_rows(embed_tokens, token_ids, image_token_index, [visual_embeds.shape[0]], visual_embeds)[0]
+
+
+def splice_rows(embed_tokens, token_ids: list[int], token: int, counts: list[int], rows: torch.Tensor):
+    """The prompt's text embeddings with the i-th occurrence of `token` replaced by the next counts[i] of `rows`
+    (K, Dl) (one placeholder: an image; one per frame group: a Qwen3-generation clip). Returns (1, L, Dl) and the
+    (L,) bool mask of the spliced rows. The one splice of every transformers answer path."""
     device = embed_tokens.weight.device
-    before = embed_tokens(torch.tensor(token_ids[:p], dtype=torch.long, device=device))
-    after = embed_tokens(torch.tensor(token_ids[p + 1 :], dtype=torch.long, device=device))
-    rows = visual_embeds.to(device=device, dtype=before.dtype)
-    return torch.cat([before, rows, after])[None]
+    if token_ids.count(token) != len(counts) or sum(counts) != rows.shape[0]:
+        raise ValueError(
+            f"{token_ids.count(token)} placeholders for {len(counts)} groups of rows ({sum(counts)} of {rows.shape[0]})"
+        )
+    text = embed_tokens(torch.tensor([t for t in token_ids if t != token], dtype=torch.long, device=device))
+    rows = rows.to(device=device, dtype=text.dtype)
+    pieces, mask, used, at, group = [], [], 0, 0, 0
+    for token_id in token_ids:
+        if token_id == token:
+            count = counts[group]
+            pieces.append(rows[used : used + count])
+            mask += [True] * count
+            used, group = used + count, group + 1
+        else:
+            pieces.append(text[at : at + 1])
+            mask.append(False)
+            at += 1
+    return torch.cat(pieces)[None], torch.tensor(mask, device=device)
 
 
 @dataclass
@@ -265,7 +286,8 @@ def llm_input(
     """visual_embeds (K, Dl) spliced at the image token; with spec.has_positions, `positions` (K, 3) (the graph's
     (t, h, w) of each kept row, relative to the image's start) placed as the unpruned sequence places them; with
     DeepStack (Qwen3-VL), `deepstack` (L, K, Dl): the kept rows' DeepStack rows (deepstack_prefill)."""
-    embeds = splice(embed_tokens, token_ids, spec.image_token_index, visual_embeds)
+    image_position(token_ids, spec.image_token_index)
+    embeds, visual = splice_rows(embed_tokens, token_ids, spec.image_token_index, [visual_embeds.shape[0]], visual_embeds)
     if not spec.has_positions:
         return LLMInput(embeds)
     if positions is None or tuple(positions.shape) != (visual_embeds.shape[0], 3):
@@ -276,8 +298,6 @@ def llm_input(
     ids = sequence_positions(before, torch.as_tensor(positions), after, extent)[:, None].to(embeds.device)
     prefill = None
     if spec.deepstack_layers:
-        visual = torch.zeros(embeds.shape[1], dtype=torch.bool)
-        visual[before : before + visual_embeds.shape[0]] = True
         embeds, prefill = deepstack_prefill(embed_tokens, embeds, visual, spec.image_token_index, visual_embeds, deepstack, spec)
     return LLMInput(embeds, ids, before + extent + after, prefill)
 

@@ -20,7 +20,7 @@ from flashvlm_export.errors import UsageError
 from flashvlm_export.models.positions import image_extent, sequence_positions
 from flashvlm_export.models.registry import adapter
 from flashvlm_export.models.spec import ModelSpec
-from flashvlm_export.runtime.answer import LLMInput, image_position, splice
+from flashvlm_export.runtime.answer import LLMInput, image_position, splice, splice_rows
 
 
 def video_token_index(spec: ModelSpec) -> int:
@@ -135,24 +135,14 @@ def clip_llm_input(
         raise ValueError(f"{spec.name} needs the K kept indices to place each row in its frame group")
     group_of = torch.as_tensor(indices) // spec.n_tokens
     ids, next_position, _ = timestamped_positions(token_ids, spec, group_of, positions)
-    device = embed_tokens.weight.device
-    rows = visual_embeds.to(device)
-    pieces, visual, used, g = [], [], 0, 0
-    for token in token_ids:
-        if token == index:
-            count = int((group_of == g).sum())
-            pieces.append(rows[used : used + count])
-            visual += [True] * count
-            used, g = used + count, g + 1
-        else:
-            pieces.append(embed_tokens(torch.tensor([token], device=device)).to(rows.dtype))
-            visual.append(False)
-    embeds = torch.cat(pieces)[None]
+    counts = torch.bincount(group_of, minlength=token_ids.count(index)).tolist()
+    embeds, visual = splice_rows(embed_tokens, token_ids, index, counts, visual_embeds)
+    device = embeds.device
     prefill = None
     if spec.deepstack_layers:
         from flashvlm_export.runtime.answer import deepstack_prefill
 
-        embeds, prefill = deepstack_prefill(embed_tokens, embeds, torch.tensor(visual), index, rows, deepstack, spec, video=True)
+        embeds, prefill = deepstack_prefill(embed_tokens, embeds, visual, index, visual_embeds, deepstack, spec, video=True)
     return LLMInput(embeds, ids[:, None].to(device), next_position, prefill)
 
 

@@ -198,7 +198,9 @@ def run_clip(graph, video, question, *, image=None, demo_image=None, demo_video=
         from flashvlm_export.runtime import llama_cpp
 
         table = clip_token_positions(spec, frames, second_per_grid(spec, clip.effective_fps))
-        llama_cpp.llama_cpp_prompt(token_ids, spec, torch.zeros(len(table), spec.text_hidden), table, int(table[:, 0].max()))
+        rows = torch.zeros(len(table), spec.text_hidden)
+        layers = torch.zeros(spec.deepstack_layers, len(table), spec.text_hidden) if spec.deepstack_layers else None
+        llama_cpp.llama_cpp_prompt(token_ids, spec, rows, table, int(table[:, 0].max()), layers, np.arange(len(table)))
     scope = request.config.text_scope
     text_embeds, text_mask = clip_text_inputs(parts.embed_tokens, token_ids, spec, request.t_max, scope=scope)
     sampled = f"at {fps:g} fps" if fps is not None else "evenly"
@@ -258,8 +260,9 @@ def run_clip(graph, video, question, *, image=None, demo_image=None, demo_video=
 
             timer = StepTimer("Answer", log)
             result.answers = llama_cpp.answers(
-                plan.gguf, spec, token_ids, runs, tokenizer, max_new_tokens, log, clip_last_t=last_t
-            )
+                plan.gguf, spec, token_ids, runs, tokenizer, max_new_tokens, log, clip_last_t=last_t,
+                deepstack={key: ds for key, (_, ds) in kept.items()}, indices={key: i for key, (i, _) in kept.items()},
+            )  # fmt: skip
             timer.done(f"greedy decoding through llama.cpp (arch {plan.gguf.arch}, {plan.gguf.path})")
         else:
             embed = llm.get_input_embeddings()

@@ -240,7 +240,13 @@ class Prompt:
 
 
 def llama_cpp_prompt(
-    token_ids: list[int], spec: ModelSpec, visual_embeds, positions=None, clip_last_t: int | None = None, deepstack=None
+    token_ids: list[int],
+    spec: ModelSpec,
+    visual_embeds,
+    positions=None,
+    clip_last_t: int | None = None,
+    deepstack=None,
+    indices=None,
 ) -> Prompt:
     """The prompt as llama.cpp batches: tokens before the image, the K rows (K, Dl), tokens after; the positions
     runtime/answer.llm_input gives transformers (`positions`: the graph's (K, 3) (t, h, w), for M-RoPE models).
@@ -249,6 +255,9 @@ def llama_cpp_prompt(
     deepstack (Qwen3-VL): the kept rows' DeepStack rows (L, K, Dl); llama.cpp's qwen3vl takes each image row n_embd x
     (1 + L) wide, the row then its L DeepStack rows (src/models/qwen3vl.cpp: after decoder layer il < L it adds the input's
     slice il + 1 to every row's output; a text token's slices are zeros, llama-graph.cpp build_inp_embd pads them).
+    A clip of the Qwen3 generation (timestamped frame groups): `indices` (K,), the kept tokens, put each group's rows at
+    its own placeholder, between the timestamps, at runtime/clip.timestamped_positions' positions (the rule
+    transformers gets from clip_llm_input).
     M-RoPE positions llama.cpp cannot mask as transformers does are refused (check_attention_order)."""
     import torch
 
@@ -258,8 +267,6 @@ def llama_cpp_prompt(
     rows = np.ascontiguousarray(torch.as_tensor(visual_embeds).detach().to("cpu", torch.float32).numpy())
     k = rows.shape[0]
     clip = clip_last_t is not None
-    if clip:
-        check_clip_hand_off(spec)
     if spec.deepstack_layers:
         wide = (spec.deepstack_layers, k, rows.shape[1])
         if deepstack is None or tuple(deepstack.shape) != wide:
@@ -267,6 +274,8 @@ def llama_cpp_prompt(
             raise ValueError(f"{spec.name} needs (L, K, Dl) = {wide} DeepStack rows for llama.cpp, got {got}")
         layers = torch.as_tensor(deepstack).detach().to("cpu", torch.float32).numpy()
         rows = np.ascontiguousarray(np.concatenate([rows, *layers], axis=1))  # (K, Dl * (1 + L)): row, then layer 0, 1, ...
+    if clip and spec.timestamped_frames:
+        return timestamped_prompt(token_ids, spec, rows, positions, indices)
     if clip:
         from flashvlm_export.runtime.clip import clip_position_ids, video_token_index
 
@@ -300,15 +309,36 @@ def llama_cpp_prompt(
     return Prompt([s for s in segments if len(s)], next_position)
 
 
-def check_clip_hand_off(spec: ModelSpec) -> None:
-    """A clip's rows go to llama.cpp as Qwen2.5-VL's do (frame groups told apart by t alone); the Qwen3 generation's
-    frame groups are separated by timestamp text, which this hand-off does not write: one line."""
-    if spec.timestamped_frames:
-        raise UsageError(
-            f"{spec.name}: llama.cpp answers for a clip are built for Qwen2.5-VL only ({spec.name}'s frame groups are "
-            f"separated by timestamp text, which this hand-off does not write); answer the clip with the transformers LLM "
-            f"(drop {arg('llm_runtime', 'llama.cpp')} and {arg('gguf')}), or pass an image"
-        )
+def timestamped_prompt(token_ids: list[int], spec: ModelSpec, rows: np.ndarray, positions, indices) -> Prompt:
+    """A Qwen3-generation clip as llama.cpp batches: the text runs (timestamps included) and each frame group's kept
+    rows (K_g, Dl * (1 + L)) at its placeholder, at runtime/clip.timestamped_positions' positions."""
+    import torch
+
+    from flashvlm_export.runtime.clip import timestamped_positions, video_token_index
+
+    k = rows.shape[0]
+    if indices is None or len(indices) != k or positions is None or tuple(positions.shape) != (k, 3):
+        raise ValueError(f"{spec.name} needs the K = {k} kept indices and (K, 3) positions to place a clip's rows")
+    group_of = torch.as_tensor(np.asarray(indices)) // spec.n_tokens
+    ids, next_position, _ = timestamped_positions(token_ids, spec, group_of, positions)
+    ids = ids.numpy().astype(np.int32)
+    check_attention_order(ids, 0, 0, "clip")  # every (t, h, w) rises along the prompt: llama.cpp's mask is causal
+    video = video_token_index(spec)
+    segments, text, at, used, g = [], [], 0, 0, 0
+    for token in [*token_ids, None]:
+        if token is not None and token != video:
+            text.append(token)
+            continue
+        if text:  # the text run before this placeholder (or the prompt's end): one position on every axis
+            segments.append(Segment(ids[:1, at : at + len(text)], token_ids=np.asarray(text, np.int32)))
+            at, text = at + len(text), []
+        if token is None:
+            break
+        count = int((group_of == g).sum())
+        image = np.concatenate([ids[:, at : at + count], np.zeros((MROPE_AXES - 3, count), np.int32)])
+        segments.append(Segment(image, embeds=np.ascontiguousarray(rows[used : used + count])))
+        at, used, g = at + count, used + count, g + 1
+    return Prompt([s for s in segments if len(s)], next_position)
 
 
 def check_attention_order(ids: np.ndarray, p: int, k: int, what: str = "image") -> None:
@@ -500,13 +530,15 @@ def answers(
     log=print,
     clip_last_t: int | None = None,
     deepstack: dict | None = None,
+    indices: dict | None = None,
 ) -> dict:
     """run's answers through llama.cpp: runs maps a key to (label, visual rows (K, Dl), the graph's (K, 3) positions);
     clip_last_t: set for the rows of a clip (run --video; the unpruned clip's last t), at the video placeholder;
-    deepstack (Qwen3-VL): the same keys to each run's DeepStack rows (L, K, Dl)."""
-    deepstack = deepstack or {}
+    deepstack (Qwen3-VL): the same keys to each run's DeepStack rows (L, K, Dl); indices (a Qwen3-generation clip): the
+    same keys to each run's kept token indices (K,)."""
+    deepstack, indices = deepstack or {}, indices or {}
     prompts = {
-        key: (label, llama_cpp_prompt(token_ids, spec, rows, kept, clip_last_t, deepstack.get(key)))
+        key: (label, llama_cpp_prompt(token_ids, spec, rows, kept, clip_last_t, deepstack.get(key), indices.get(key)))
         for key, (label, rows, kept) in runs.items()
     }
     longest = max(p.length for _, p in prompts.values())

@@ -182,8 +182,6 @@ def plan_answer(info: GraphInfo, gguf: str | None, random_weights: bool, llm_dty
     if gguf is not None:
         from flashvlm_export.runtime import llama_cpp
 
-        if info.request.frames is not None:
-            llama_cpp.check_clip_hand_off(spec)
         checked = llama_cpp.check_gguf(gguf, spec, source)
         llama_cpp.check_llama_cpp_runs(checked, spec)  # the installed llama.cpp has its architecture
         return AnswerPlan(gguf=checked)

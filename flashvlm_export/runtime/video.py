@@ -75,7 +75,7 @@ def _settings(model_dir: Path | None, family=qwen2_5_vl) -> tuple[dict, str]:
             settings.update({key: stored[key] for key in settings if key in stored})
             if settings["resample"] != BICUBIC:
                 raise UsageError(
-                    f"{config} asks for resample {settings['resample']}; Qwen2.5-VL's video processor resizes bicubic (3)"
+                    f"{config} asks for resample {settings['resample']}; {family.NAME}'s video processor resizes bicubic (3)"
                 )
             return settings, str(config)
     return settings, f"{family.VIDEO_PROCESSOR_NAME} defaults"
@@ -108,12 +108,15 @@ def _count(path: Path) -> int:
         return sum(1 for _ in container.decode(stream))
 
 
-def even_indices(total: int, frames: int, spread: bool = False) -> list[int]:
-    """Qwen2VLVideoProcessor.sample_frames' uniform rule in integers: floor(i * total / F) for i < F; spread=True:
-    Qwen3VLVideoProcessor.sample_frames' rule, np.linspace(0, total - 1, F).round() (first and last frame included)."""
-    if spread:
-        return np.linspace(0, total - 1, frames).round().astype(int).tolist()
+def even_indices(total: int, frames: int) -> list[int]:
+    """Qwen2VLVideoProcessor.sample_frames' uniform rule in integers: floor(i * total / F) for i < F."""
     return [i * total // frames for i in range(frames)]
+
+
+def spread_indices(total: int, frames: int) -> list[int]:
+    """Qwen3VLVideoProcessor.sample_frames' rule given num_frames: np.linspace(0, total - 1, F).round(), the first and
+    the last frame included (its own line)."""
+    return np.linspace(0, total - 1, frames).round().astype(int).tolist()
 
 
 def fps_indices(total: int, source_fps: Fraction, fps: Fraction) -> list[int]:
@@ -131,7 +134,7 @@ def _sample(
             f"{name} has {total} frames but the graph takes {frames} ({arg('frames', frames)} at export); use a longer clip or export fewer frames"
         )
     if fps is None:
-        return even_indices(total, frames, spread), frames / total * float(source_fps)
+        return (spread_indices if spread else even_indices)(total, frames), frames / total * float(source_fps)
     wanted = Fraction(str(fps))
     if not wanted > 0:
         raise UsageError(f"{arg('fps', fps)} is not a positive rate; pass frames per second such as 2 or 0.5")
@@ -196,7 +199,7 @@ def read_clip(
     """
     if frames < TEMPORAL_PATCH or frames % TEMPORAL_PATCH:
         raise UsageError(
-            f"{arg('frames', frames)} is not a positive even count; Qwen2.5-VL pairs frames into temporal groups of {TEMPORAL_PATCH}: pass 2, 4, 8, ..."
+            f"{arg('frames', frames)} is not a positive even count; {family.NAME} pairs frames into temporal groups of {TEMPORAL_PATCH}: pass 2, 4, 8, ..."
         )
     if size <= 0:
         raise UsageError(f"{arg('size', size)} is not a positive side in pixels; pass the graph's image size (e.g. 448)")
