@@ -18,9 +18,15 @@ FOURS = replace(QWEN, vision={**QWEN.vision, "temporal_patch_size": 4})  # group
 
 
 def test_temporal_patch_is_the_vision_configs_and_zero_without_a_video_path():
+    from flashvlm_export.models.registry import adapter
+
+    def configured(spec) -> int:  # transformers' own config of the model: CLIP's has no temporal patch
+        return int(getattr(adapter(spec).full_config(spec).vision_config, "temporal_patch_size", 0) or 0)
+
     assert {name: spec.temporal_patch for name, spec in MODELS.items()} == {
-        name: (2 if spec.family == "qwen2_5_vl" else 0) for name, spec in MODELS.items()
+        name: configured(spec) for name, spec in MODELS.items()
     }
+    assert {spec.temporal_patch for spec in MODELS.values() if spec.has_video} == {2}
     assert FOURS.temporal_patch == 4
 
 

@@ -8,6 +8,7 @@ from pathlib import Path
 from flashvlm_export import __version__
 from flashvlm_export.cli import commands
 from flashvlm_export.cli.flags import (
+    HelpFormatter,
     Parser,
     add_graph_flags,
     add_model_flags,
@@ -37,13 +38,13 @@ def parser() -> argparse.ArgumentParser:
         usage=commands.usage(),
         description="Export the vision encoder, projector and FlashVLM selector as one static-shape ONNX graph.",
         epilog=commands.listing(),
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+        formatter_class=HelpFormatter,
     )
     p.add_argument("--version", action="version", version=f"{commands.PROG} {__version__}")
     add_model_flags(p)
     add_graph_flags(p, many_budgets=True)
     add_selector_flags(p)
-    v = p.add_argument_group("video (Qwen2.5-VL; docs/MODELS.md)")
+    v = p.add_argument_group("video (Qwen2.5-VL, Qwen3-VL, Qwen3.5; docs/MODELS.md)")
     v.add_argument("--video", action="store_true", help="export for clips: F frames at the fixed side, F/2 temporal groups")
     v.add_argument("--frames", type=int, help=f"with --video: frames per clip, even (default: {DEFAULT_FRAMES})")
     v.add_argument(

@@ -13,12 +13,23 @@ from flashvlm_export.errors import UsageError
 from flashvlm_export.models.registry import MODELS, model_name
 from flashvlm_export.models.zoo.llava15 import LLAVA15
 from flashvlm_export.models.zoo.qwen2_5_vl import QWEN25_VL_7B
+from flashvlm_export.models.zoo.qwen3_vl import QWEN3_VL_2B
+
+
+class HelpFormatter(argparse.RawDescriptionHelpFormatter):
+    """Help wrapped at spaces only: a model name (llava-next-vicuna-7b) or a flag is never cut at one of its hyphens."""
+
+    def _split_lines(self, text, width):
+        import textwrap
+
+        return textwrap.wrap(self._whitespace_matcher.sub(" ", text).strip(), width, break_on_hyphens=False)
 
 
 class Parser(argparse.ArgumentParser):
     """argparse with one-line errors, exit code 2, and no prefix matching (--imag is not --image-size)."""
 
     def __init__(self, *args, **kwargs):
+        kwargs.setdefault("formatter_class", HelpFormatter)
         super().__init__(*args, allow_abbrev=False, **kwargs)
 
     def error(self, message: str):  # noqa: D401 - argparse API
@@ -86,7 +97,8 @@ def add_graph_flags(p: argparse.ArgumentParser, many_budgets: bool) -> list[str]
             "--image-size",
             type=int,
             help=f"input image side (default: the model's); {LLAVA15.name} takes {LLAVA15.image_size} only, Qwen2.5-VL "
-            f"multiples of {QWEN25_VL_7B.image_size_step} (default {QWEN25_VL_7B.image_size})",
+            f"multiples of {QWEN25_VL_7B.image_size_step} (default {QWEN25_VL_7B.image_size}), the Qwen3 generation "
+            f"multiples of {QWEN3_VL_2B.image_size_step} (default {QWEN3_VL_2B.image_size})",
         ),
         g.add_argument(
             "--grid",
