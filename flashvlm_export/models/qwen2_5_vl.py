@@ -166,6 +166,24 @@ def rotate_half(x: torch.Tensor) -> torch.Tensor:
     return torch.cat((-x[..., half:], x[..., :half]), dim=-1)
 
 
+def vision_attention(attn, h: torch.Tensor, heads: int, cos, sin, mask=None) -> tuple[torch.Tensor, torch.Tensor]:
+    """A Qwen vision block's attention (Qwen2.5-VL's and the Qwen3 generation's alike: fused qkv, rotary in fp32,
+    eager softmax), batched: (B, S, D) -> output, weights (B, heads, S, S); `mask` (S, S) additive, or None for
+    attention over the whole image."""
+    b, s, d = h.shape
+    qkv = attn.qkv(h).reshape(b, s, 3, heads, d // heads).permute(2, 0, 3, 1, 4)  # (3, B, H, S, hd)
+    q, k, v = qkv[0], qkv[1], qkv[2]
+    qf, kf = q.float(), k.float()  # apply_rotary_pos_emb_vision rotates in fp32
+    q = (qf * cos + rotate_half(qf) * sin).to(v.dtype)
+    k = (kf * cos + rotate_half(kf) * sin).to(v.dtype)
+    scores = torch.matmul(q, k.transpose(2, 3)) * attn.scaling
+    if mask is not None:
+        scores = scores + mask.to(scores.dtype)
+    weights = torch.softmax(scores, dim=-1, dtype=torch.float32).to(v.dtype)
+    out = torch.matmul(weights, v).transpose(1, 2).reshape(b, s, d)
+    return attn.proj(out), weights
+
+
 class QwenEncoderCore(nn.Module):
     """pixel_values (B, 3, H, W) -> X = P(X) (B, N, Dl), a (B, N), P(X) (B, N, Dl) for one fixed H = W."""
 
@@ -196,19 +214,7 @@ class QwenEncoderCore(nn.Module):
 
     def attention(self, block, h: torch.Tensor, windowed: bool) -> tuple[torch.Tensor, torch.Tensor]:
         """Qwen2_5_VLVisionAttention with eager attention, batched: (B, S, D) -> output, weights (B, heads, S, S)."""
-        attn = block.attn
-        b, s, d = h.shape
-        qkv = attn.qkv(h).reshape(b, s, 3, self.heads, d // self.heads).permute(2, 0, 3, 1, 4)  # (3, B, H, S, hd)
-        q, k, v = qkv[0], qkv[1], qkv[2]
-        qf, kf = q.float(), k.float()  # apply_rotary_pos_emb_vision rotates in fp32
-        q = (qf * self.cos + rotate_half(qf) * self.sin).to(v.dtype)
-        k = (kf * self.cos + rotate_half(kf) * self.sin).to(v.dtype)
-        scores = torch.matmul(q, k.transpose(2, 3)) * attn.scaling
-        if windowed:
-            scores = scores + self.window_mask.to(scores.dtype)
-        weights = torch.softmax(scores, dim=-1, dtype=torch.float32).to(v.dtype)
-        out = torch.matmul(weights, v).transpose(1, 2).reshape(b, s, d)
-        return attn.proj(out), weights
+        return vision_attention(block.attn, h, self.heads, self.cos, self.sin, self.window_mask if windowed else None)
 
     def forward(self, pixel_values: torch.Tensor):
         return self.encode(patchify(pixel_values, self.patch, self.merge, self.temporal), pixel_values.shape[0])

@@ -35,9 +35,9 @@ from flashvlm_export.models.qwen2_5_vl import (  # noqa: F401  (the shared proce
     VIDEO_PLACEHOLDER,
     patchify,
     patchify_clip,
-    rotate_half,
     unpatchify,
     video_processor_patchify,
+    vision_attention,
 )
 from flashvlm_export.models.spec import ModelSpec
 from flashvlm_export.models.vision import VisionEncoder
@@ -160,17 +160,7 @@ class Qwen3EncoderCore(nn.Module):
 
     def attention(self, block, h: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Qwen3VLVisionAttention with eager attention over the whole image, batched: (B, S, D) -> output, weights."""
-        attn = block.attn
-        b, s, d = h.shape
-        qkv = attn.qkv(h).reshape(b, s, 3, self.heads, d // self.heads).permute(2, 0, 3, 1, 4)  # (3, B, H, S, hd)
-        q, k, v = qkv[0], qkv[1], qkv[2]
-        qf, kf = q.float(), k.float()  # apply_rotary_pos_emb_vision rotates in fp32
-        q = (qf * self.cos + rotate_half(qf) * self.sin).to(v.dtype)
-        k = (kf * self.cos + rotate_half(kf) * self.sin).to(v.dtype)
-        scores = torch.matmul(q, k.transpose(2, 3)) * attn.scaling
-        weights = torch.softmax(scores, dim=-1, dtype=torch.float32).to(v.dtype)
-        out = torch.matmul(weights, v).transpose(1, 2).reshape(b, s, d)
-        return attn.proj(out), weights
+        return vision_attention(block.attn, h, self.heads, self.cos, self.sin)
 
     def forward(self, pixel_values: torch.Tensor):
         return self.encode(patchify(pixel_values, self.patch, self.merge, self.temporal), pixel_values.shape[0])

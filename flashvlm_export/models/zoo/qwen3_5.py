@@ -6,7 +6,7 @@ The image side is fixed at export (--image-size, a multiple of 32; default 512: 
 
 from flashvlm_export.models.spec import DecoderGeometry, ModelSpec
 from flashvlm_export.models.zoo.qwen2_5_vl import QWEN_IMAGE_BUDGET
-from flashvlm_export.models.zoo.qwen3_vl import QWEN3_SIDE, QWEN3_STEP, QWEN3_TINY_VISION, TINY_TOKENS, VISION_COMMON
+from flashvlm_export.models.zoo.qwen3_vl import QWEN3_SIDE, QWEN3_STEP, VISION_COMMON, tiny_spec
 
 # Qwen3.5's special tokens (config.json: image 248056, video 248057, vision start/end 248053/248054, eos 248044);
 # <|im_start|>/<|im_end|> follow <|endoftext|> as in every Qwen tokenizer (used by the offline stand-in tokenizer only)
@@ -99,34 +99,19 @@ QWEN35_9B = _qwen35(
     "Qwen3.5-9B: ViT (27 x 1152) + 2x2 merger into a hybrid 32-layer decoder (24 linear-attention) (N=256 at 512 px)",
 )  # fmt: skip
 
-QWEN3_5_TINY = ModelSpec(
-    name="qwen3.5-tiny",
-    family="qwen3_5",
-    hf_repo="",
-    image_size=QWEN3_SIDE,
-    image_size_step=QWEN3_STEP,
-    patch_size=16,
-    merge=2,
-    vision_hidden=64,
-    text_hidden=64,
-    t_max=256,
-    vision=dict(QWEN3_TINY_VISION),
-    text=dict(
-        hidden_size=64,
-        intermediate_size=128,
+QWEN3_5_TINY = tiny_spec(
+    "qwen3.5-tiny",
+    "qwen3_5",
+    {},
+    dict(
         num_hidden_layers=4,
         layer_types=["linear_attention", "linear_attention", "linear_attention", "full_attention"],
-        num_attention_heads=4,
-        num_key_value_heads=2,
         head_dim=32,
         linear_num_key_heads=2,
         linear_num_value_heads=4,
         linear_key_head_dim=16,
         linear_value_head_dim=16,
         linear_conv_kernel_dim=4,
-        vocab_size=1000,
-        rms_norm_eps=1e-6,
-        max_position_embeddings=4096,
         rope_parameters={
             "rope_type": "default",
             "rope_theta": 10000000.0,
@@ -135,11 +120,7 @@ QWEN3_5_TINY = ModelSpec(
             "mrope_interleaved": True,
         },  # fmt: skip
     ),
-    image_token_index=999,
-    special_tokens=TINY_TOKENS,
-    gate="norm",
-    image_budget=QWEN_IMAGE_BUDGET,
-    description="test-size Qwen3.5 (512 px: N=256, D=64; 3 linear-attention + 1 full-attention layers); random weights only",
+    "test-size Qwen3.5 (512 px: N=256, D=64; 3 linear-attention + 1 full-attention layers); random weights only",
 )
 
 SPECS = (QWEN35_0_8B, QWEN35_4B, QWEN35_9B, QWEN3_5_TINY)

@@ -123,35 +123,51 @@ QWEN3_TINY_VISION = dict(
     num_position_embeddings=576,
     out_hidden_size=64,
 )
-QWEN3_VL_TINY = ModelSpec(
-    name="qwen3-vl-tiny",
-    family="qwen3_vl",
-    hf_repo="",
-    image_size=QWEN3_SIDE,
-    image_size_step=QWEN3_STEP,
-    patch_size=16,
-    merge=2,
-    vision_hidden=64,
-    text_hidden=64,
-    t_max=256,  # room for the chat prompt through the byte-level stand-in tokenizer
-    vision=dict(QWEN3_TINY_VISION, deepstack_visual_indexes=[0, 1, 2]),
-    text=dict(
-        hidden_size=64,
-        intermediate_size=128,
+TINY_TEXT = dict(
+    hidden_size=64,
+    intermediate_size=128,
+    num_attention_heads=4,
+    num_key_value_heads=2,
+    vocab_size=1000,
+    rms_norm_eps=1e-6,
+    max_position_embeddings=4096,
+)
+
+
+def tiny_spec(name: str, family: str, vision: dict, text: dict, description: str) -> ModelSpec:
+    """A test-size model of the Qwen3 generation (qwen3-vl-tiny, qwen3.5-tiny): the tiny tower's geometry and tokens,
+    the family's own text config and vision extras."""
+    return ModelSpec(
+        name=name,
+        family=family,
+        hf_repo="",
+        image_size=QWEN3_SIDE,
+        image_size_step=QWEN3_STEP,
+        patch_size=16,
+        merge=2,
+        vision_hidden=64,
+        text_hidden=64,
+        t_max=256,  # room for the chat prompt through the byte-level stand-in tokenizer
+        vision=dict(QWEN3_TINY_VISION, **vision),
+        text=dict(TINY_TEXT, **text),
+        image_token_index=TINY_TOKENS["<|image_pad|>"],
+        special_tokens=TINY_TOKENS,
+        gate="norm",
+        image_budget=QWEN_IMAGE_BUDGET,
+        description=description,
+    )
+
+
+QWEN3_VL_TINY = tiny_spec(
+    "qwen3-vl-tiny",
+    "qwen3_vl",
+    dict(deepstack_visual_indexes=[0, 1, 2]),
+    dict(
         num_hidden_layers=3,
-        num_attention_heads=4,
-        num_key_value_heads=2,
         head_dim=16,
-        vocab_size=1000,
-        rms_norm_eps=1e-6,
-        max_position_embeddings=4096,
         rope_parameters={"rope_type": "default", "rope_theta": 5000000.0, "mrope_section": [2, 3, 3], "mrope_interleaved": True},
     ),
-    image_token_index=999,
-    special_tokens=TINY_TOKENS,
-    gate="norm",
-    image_budget=QWEN_IMAGE_BUDGET,
-    description="test-size Qwen3-VL with DeepStack (512 px: N=256, D=64, 3 DeepStack layers); random weights only",
+    "test-size Qwen3-VL with DeepStack (512 px: N=256, D=64, 3 DeepStack layers); random weights only",
 )
 
 SPECS = (QWEN3_VL_2B, QWEN3_VL_4B, QWEN3_VL_8B, QWEN3_VL_TINY)
