@@ -37,7 +37,9 @@ VISION = dict(
 )
 
 
-def _text(geometry: DecoderGeometry, **extra) -> dict:
+def decoder_text(geometry: DecoderGeometry, **family) -> dict:
+    """The text config keyword arguments every Qwen decoder takes from its DecoderGeometry, plus the family's own
+    (`family`: rotary parameters, context length, head width, linear-attention layers)."""
     return dict(
         hidden_size=geometry.hidden,
         intermediate_size=geometry.intermediate,
@@ -46,9 +48,15 @@ def _text(geometry: DecoderGeometry, **extra) -> dict:
         num_key_value_heads=geometry.kv_heads,
         vocab_size=geometry.vocab,
         rms_norm_eps=1e-6,
+        **family,
+    )
+
+
+def _text(geometry: DecoderGeometry) -> dict:
+    return decoder_text(
+        geometry,
         max_position_embeddings=128000,
         rope_parameters={"rope_type": "default", "rope_theta": 1000000.0, "mrope_section": [16, 24, 24]},
-        **extra,
     )
 
 

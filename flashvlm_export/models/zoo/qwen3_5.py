@@ -5,8 +5,8 @@ The image side is fixed at export (--image-size, a multiple of 32; default 512: 
 """
 
 from flashvlm_export.models.spec import DecoderGeometry, ModelSpec
-from flashvlm_export.models.zoo.qwen2_5_vl import QWEN_IMAGE_BUDGET
-from flashvlm_export.models.zoo.qwen3_vl import QWEN3_SIDE, QWEN3_STEP, VISION_COMMON, tiny_spec
+from flashvlm_export.models.zoo.qwen2_5_vl import decoder_text
+from flashvlm_export.models.zoo.qwen3_vl import qwen3_spec, tiny_spec
 
 # Qwen3.5's special tokens (config.json: image 248056, video 248057, vision start/end 248053/248054, eos 248044);
 # <|im_start|>/<|im_end|> follow <|endoftext|> as in every Qwen tokenizer (used by the offline stand-in tokenizer only)
@@ -31,12 +31,8 @@ def _decoder(name: str, layers: int, hidden: int, intermediate: int, heads: int,
 
 
 def _text(g: DecoderGeometry) -> dict:
-    return dict(
-        hidden_size=g.hidden,
-        intermediate_size=g.intermediate,
-        num_hidden_layers=g.layers,
-        num_attention_heads=g.heads,
-        num_key_value_heads=g.kv_heads,
+    return decoder_text(
+        g,
         head_dim=g.head_dim,
         linear_num_key_heads=g.linear_key_heads,
         linear_num_value_heads=g.linear_value_heads,
@@ -44,8 +40,6 @@ def _text(g: DecoderGeometry) -> dict:
         linear_value_head_dim=g.linear_head_dim,
         linear_conv_kernel_dim=g.linear_conv_kernel,
         full_attention_interval=FULL_ATTENTION_INTERVAL,
-        vocab_size=g.vocab,
-        rms_norm_eps=1e-6,
         max_position_embeddings=262144,
         rope_parameters={
             "rope_type": "default",
@@ -58,26 +52,8 @@ def _text(g: DecoderGeometry) -> dict:
 
 
 def _qwen35(name: str, repo: str, g: DecoderGeometry, vision: dict, tied: bool, description: str) -> ModelSpec:
-    return ModelSpec(
-        name=name,
-        family="qwen3_5",
-        hf_repo=repo,
-        image_size=QWEN3_SIDE,
-        image_size_step=QWEN3_STEP,
-        patch_size=16,
-        merge=2,
-        vision_hidden=g.hidden,
-        text_hidden=g.hidden,
-        t_max=128,
-        vision=dict(VISION_COMMON, **vision, out_hidden_size=g.hidden),
-        text=_text(g),
-        image_token_index=QWEN35_TOKENS["<|image_pad|>"],
-        special_tokens=QWEN35_TOKENS,
-        gate="norm",
-        image_budget=QWEN_IMAGE_BUDGET,
-        decoder=g,
-        tie_word_embeddings=tied,
-        description=description,
+    return qwen3_spec(
+        name, repo, "qwen3_5", g, vision, _text(g), QWEN35_TOKENS, tie_word_embeddings=tied, description=description
     )
 
 

@@ -8,7 +8,7 @@ value was read).
 """
 
 from flashvlm_export.models.spec import DecoderGeometry, ModelSpec
-from flashvlm_export.models.zoo.qwen2_5_vl import QWEN_IMAGE_BUDGET, QWEN_TOKENS
+from flashvlm_export.models.zoo.qwen2_5_vl import QWEN_IMAGE_BUDGET, QWEN_TOKENS, decoder_text
 
 QWEN3_SIDE = 512  # 16 x 16 merged tokens of 32 px
 QWEN3_STEP = 32  # patch 16 x merge 2
@@ -33,17 +33,11 @@ VISION_COMMON = dict(
 )
 
 
-def qwen3_text(geometry: DecoderGeometry, **extra) -> dict:
+def qwen3_text(geometry: DecoderGeometry) -> dict:
     """Qwen3VLTextConfig keyword arguments: interleaved M-RoPE over (t, h, w) of a 128-wide head."""
-    return dict(
-        hidden_size=geometry.hidden,
-        intermediate_size=geometry.intermediate,
-        num_hidden_layers=geometry.layers,
-        num_attention_heads=geometry.heads,
-        num_key_value_heads=geometry.kv_heads,
+    return decoder_text(
+        geometry,
         head_dim=geometry.head_dim,
-        vocab_size=geometry.vocab,
-        rms_norm_eps=1e-6,
         max_position_embeddings=262144,
         rope_parameters={
             "rope_type": "default",
@@ -51,14 +45,14 @@ def qwen3_text(geometry: DecoderGeometry, **extra) -> dict:
             "mrope_section": [24, 20, 20],
             "mrope_interleaved": True,
         },
-        **extra,
     )
 
 
-def _qwen3(name: str, repo: str, geometry: DecoderGeometry, vision: dict, **extra) -> ModelSpec:
+def qwen3_spec(name: str, repo: str, family: str, geometry: DecoderGeometry, vision: dict, text: dict, tokens: dict, **extra):
+    """A full-size model of the Qwen3 generation (Qwen3-VL, Qwen3.5): its tower at 512 px, its decoder's geometry."""
     return ModelSpec(
         name=name,
-        family="qwen3_vl",
+        family=family,
         hf_repo=repo,
         image_size=QWEN3_SIDE,
         image_size_step=QWEN3_STEP,
@@ -68,14 +62,18 @@ def _qwen3(name: str, repo: str, geometry: DecoderGeometry, vision: dict, **extr
         text_hidden=geometry.hidden,
         t_max=128,
         vision=dict(VISION_COMMON, **vision, out_hidden_size=geometry.hidden),
-        text=qwen3_text(geometry),
-        image_token_index=QWEN_TOKENS["<|image_pad|>"],
-        special_tokens=QWEN_TOKENS,
+        text=text,
+        image_token_index=tokens["<|image_pad|>"],
+        special_tokens=tokens,
         gate="norm",
         image_budget=QWEN_IMAGE_BUDGET,
         decoder=geometry,
         **extra,
     )
+
+
+def _qwen3(name: str, repo: str, geometry: DecoderGeometry, vision: dict, **extra) -> ModelSpec:
+    return qwen3_spec(name, repo, "qwen3_vl", geometry, vision, qwen3_text(geometry), QWEN_TOKENS, **extra)
 
 
 QWEN3_VL_2B = _qwen3(
