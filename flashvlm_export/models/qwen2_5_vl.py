@@ -256,34 +256,50 @@ def video_processor_patchify(videos: torch.Tensor, patch_size: int, merge_size: 
 
 
 class QwenClipEncoderCore(nn.Module):
-    """A clip (B, F, 3, H, W), F a multiple of the temporal patch (2) -> X = P(X) (B, G*n, Dl), a (B, G*n), P(X), in
-    the clip's token order (temporal group by group, raster within each): the G = F/2 temporal groups are a batch of
-    images through QwenEncoderCore, as transformers' tower attends within each group (cu_seqlens per group)."""
+    """A clip (B, F, 3, H, W), F a multiple of the temporal patch (2) -> X = P(X) (B, G*n, Dl), a (B, G*n), P(X)[, the
+    Qwen3-VL tower's DeepStack rows (B, L, G*n, Dl)], in the clip's token order (temporal group by group, raster within
+    each): the G = F/2 temporal groups are a batch of images through the family's encoder core (`core.encode`), as
+    transformers' tower attends within each group (cu_seqlens per group). `name`: the family, for messages."""
 
-    def __init__(self, core: QwenEncoderCore, frames: int):
+    def __init__(self, core: nn.Module, frames: int, name: str = NAME):
         super().__init__()
         if frames % core.temporal:
             raise UsageError(
-                f"--frames {frames} is not a multiple of {core.temporal} (Qwen2.5-VL's temporal patch); use --frames {frames + 1}"
+                f"--frames {frames} is not a multiple of {core.temporal} ({name}'s temporal patch); use --frames {frames + 1}"
             )
         self.core, self.groups = core, frames // core.temporal
 
     def forward(self, frames: torch.Tensor):
         b = frames.shape[0]
         c = self.core
-        x, a, p = c.encode(patchify_clip(frames, c.patch, c.merge, c.temporal), b * self.groups)  # (B*G, n, Dl), ...
-        return x.reshape(b, -1, x.shape[-1]), a.reshape(b, -1), p.reshape(b, -1, p.shape[-1])
+        x, a, p, *deepstack = c.encode(patchify_clip(frames, c.patch, c.merge, c.temporal), b * self.groups)  # (B*G, n, Dl), ...
+        out = (x.reshape(b, -1, x.shape[-1]), a.reshape(b, -1), p.reshape(b, -1, p.shape[-1]))
+        if not deepstack:
+            return out
+        d = deepstack[0]  # (B*G, L, n, Dl) -> (B, L, G*n, Dl)
+        d = d.reshape(b, self.groups, *d.shape[1:]).transpose(1, 2)
+        return (*out, d.reshape(b, d.shape[1], -1, d.shape[-1]))
 
 
-def _record(module, query, key, value, attention_mask, scaling, dropout=0.0, **kwargs):
-    """transformers' eager attention, keeping the weights on the module: how the reference reads `a`. Its eager path
-    calls this once per attention chunk (per temporal group of a clip): `flashvlm_chunks` keeps them all."""
+def qwen25_recorder():
+    """recorder on Qwen2.5-VL's eager attention (imported when the reference first runs)."""
     from transformers.models.qwen2_5_vl.modeling_qwen2_5_vl import eager_attention_forward
 
-    out, weights = eager_attention_forward(module, query, key, value, attention_mask, scaling, dropout, **kwargs)
-    module.flashvlm_weights = weights
-    module.__dict__.setdefault("flashvlm_chunks", []).append(weights)
-    return out, weights
+    return recorder(eager_attention_forward)
+
+
+def recorder(eager):
+    """transformers' eager attention `eager`, keeping the weights on the module: how the references read `a`. The eager
+    path calls it once per attention chunk (per image, per temporal group of a clip): `flashvlm_weights` holds the
+    last, `flashvlm_chunks` all of them."""
+
+    def record(module, query, key, value, attention_mask, scaling, dropout=0.0, **kwargs):
+        out, weights = eager(module, query, key, value, attention_mask, scaling, dropout, **kwargs)
+        module.flashvlm_weights = weights
+        module.__dict__.setdefault("flashvlm_chunks", []).append(weights)
+        return out, weights
+
+    return record
 
 
 @dataclass
@@ -304,7 +320,7 @@ class QwenParts:
         from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
         from transformers.vision_utils import get_vision_window_index
 
-        AttentionInterface.register(RECORDING, _record)
+        AttentionInterface.register(RECORDING, qwen25_recorder())
         cfg = self.visual.config
         processor = Qwen2VLImageProcessorPil()
         last = self.visual.blocks[-1].attn
@@ -336,7 +352,7 @@ class QwenParts:
         from transformers import AttentionInterface
         from transformers.vision_utils import get_vision_window_index
 
-        AttentionInterface.register(RECORDING, _record)
+        AttentionInterface.register(RECORDING, qwen25_recorder())
         cfg = self.visual.config
         m = cfg.spatial_merge_size
         last = self.visual.blocks[-1].attn

@@ -33,8 +33,9 @@ from flashvlm_export.models.qwen2_5_vl import (  # noqa: F401  (the shared proce
     IMAGE_PROCESSOR,
     RESIZE,
     VIDEO_PLACEHOLDER,
+    QwenClipEncoderCore,
     patchify,
-    patchify_clip,
+    recorder,
     unpatchify,
     video_processor_patchify,
     vision_attention,
@@ -187,41 +188,6 @@ class Qwen3EncoderCore(nn.Module):
         return merged, saliency, merged, torch.stack(deepstack, dim=1)  # (B, L, N, Dl)
 
 
-class Qwen3ClipEncoderCore(nn.Module):
-    """A clip (B, F, 3, H, W) -> the G = F/2 temporal groups as a batch of images through Qwen3EncoderCore (the tower
-    attends within each group, cu_seqlens per group), tokens group-major: X, a, P(X)[, D (B, L, G*n, Dl)]."""
-
-    def __init__(self, core: Qwen3EncoderCore, frames: int, name: str):
-        super().__init__()
-        if frames % core.temporal:
-            raise UsageError(
-                f"--frames {frames} is not a multiple of {core.temporal} ({name}'s temporal patch); use --frames {frames + 1}"
-            )
-        self.core, self.groups = core, frames // core.temporal
-
-    def forward(self, frames: torch.Tensor):
-        b = frames.shape[0]
-        c = self.core
-        out = c.encode(patchify_clip(frames, c.patch, c.merge, c.temporal), b * self.groups)
-        x, a, p = out[0].reshape(b, -1, out[0].shape[-1]), out[1].reshape(b, -1), out[2].reshape(b, -1, out[2].shape[-1])
-        if len(out) == 3:
-            return x, a, p
-        d = out[3]  # (B*G, L, n, Dl) -> (B, L, G*n, Dl)
-        d = d.reshape(b, self.groups, d.shape[1], d.shape[2], d.shape[3]).transpose(1, 2)
-        return x, a, p, d.reshape(b, d.shape[1], -1, d.shape[-1])
-
-
-def recorder(eager):
-    """transformers' eager attention, keeping each call's weights on the module (one call per image or temporal group)."""
-
-    def record(module, query, key, value, attention_mask, scaling, dropout=0.0, **kwargs):
-        out, weights = eager(module, query, key, value, attention_mask, scaling, dropout, **kwargs)
-        module.__dict__.setdefault("flashvlm_chunks", []).append(weights)
-        return out, weights
-
-    return record
-
-
 @dataclass
 class Qwen3Parts:
     spec: ModelSpec
@@ -237,7 +203,7 @@ class Qwen3Parts:
 
     def clip_encoder(self, frames: int, dtype: torch.dtype = torch.float32) -> VisionEncoder:
         core = Qwen3EncoderCore(self.visual, self.spec.image_size)
-        return VisionEncoder(Qwen3ClipEncoderCore(core, frames, self.family_name), dtype)
+        return VisionEncoder(QwenClipEncoderCore(core, frames, self.family_name), dtype)
 
     @torch.no_grad()
     def _reference(self, flat: torch.Tensor, grid: torch.Tensor):
