@@ -250,6 +250,14 @@ class LLMInput:
     prefill: dict | None = None  # more arguments of the prefill's forward (DeepStack rows: deepstack_prefill)
 
 
+def check_deepstack(spec: ModelSpec, deepstack, k: int, width: int) -> None:
+    """The DeepStack rows a Qwen3-VL hand-off needs with its K rows of `width`: (L, K, width); both LLM runtimes check."""
+    want = (spec.deepstack_layers, k, width)
+    if deepstack is None or tuple(deepstack.shape) != want:
+        got = None if deepstack is None else tuple(deepstack.shape)
+        raise ValueError(f"{spec.name} needs (L, K, Dl) = {want} DeepStack rows, got {got}")
+
+
 def deepstack_prefill(
     embed_tokens, embeds: torch.Tensor, visual: torch.Tensor, token: int, visual_embeds, deepstack, spec: ModelSpec, video=False
 ):
@@ -261,9 +269,7 @@ def deepstack_prefill(
     from transformers.models.qwen3_vl.modeling_qwen3_vl import BaseModelOutputWithDeepstackFeatures
 
     k = visual_embeds.shape[0]
-    if deepstack is None or tuple(deepstack.shape) != (spec.deepstack_layers, k, visual_embeds.shape[1]):
-        got = None if deepstack is None else tuple(deepstack.shape)
-        raise ValueError(f"{spec.name} needs (L={spec.deepstack_layers}, K={k}, Dl) DeepStack rows, got {got}")
+    check_deepstack(spec, deepstack, k, visual_embeds.shape[1])
     device = embeds.device
     placeholder = embed_tokens(torch.full((k,), token, dtype=torch.long, device=device)).to(embeds.dtype)
     embeds = embeds.clone()

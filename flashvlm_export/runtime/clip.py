@@ -20,7 +20,7 @@ from flashvlm_export.errors import UsageError
 from flashvlm_export.models.positions import image_extent, sequence_positions
 from flashvlm_export.models.registry import adapter
 from flashvlm_export.models.spec import ModelSpec
-from flashvlm_export.runtime.answer import LLMInput, image_position, splice, splice_rows
+from flashvlm_export.runtime.answer import LLMInput, deepstack_prefill, image_position, splice, splice_rows
 
 
 def video_token_index(spec: ModelSpec) -> int:
@@ -73,27 +73,25 @@ def placeholder_positions(token_ids: list[int], spec: ModelSpec, groups: int) ->
     return found
 
 
-def timestamped_positions(token_ids: list[int], spec: ModelSpec, group_of, positions) -> tuple[torch.Tensor, int, list[int]]:
+def timestamped_positions(token_ids: list[int], spec: ModelSpec, group_of, positions) -> tuple[torch.Tensor, int]:
     """(3, L) position ids of a timestamped clip's prompt (one placeholder per group) with group g's placeholder
     replaced by its kept rows (group_of[i]: the group of kept row i, ascending), each at the running text position +
-    its (0, h, w); the first generated token's position; the sequence index of each placeholder's first row.
+    its (0, h, w); and the first generated token's position.
     Qwen3-VL's get_rope_index: text advances one per token, a group by max(rows, columns)."""
     index = video_token_index(spec)
     group_of = torch.as_tensor(group_of)
     positions = torch.as_tensor(positions)
     extent = image_extent(spec)
-    columns, starts, cursor, g = [], [], 0, 0
+    columns, cursor, g = [], 0, 0
     for token in token_ids:
         if token != index:
             columns.append(torch.full((3, 1), cursor, dtype=torch.int64))
             cursor += 1
             continue
-        rows = positions[group_of == g]
-        starts.append(sum(c.shape[1] for c in columns))
-        columns.append(rows.to(torch.int64).T + cursor)
+        columns.append(positions[group_of == g].to(torch.int64).T + cursor)
         cursor += extent
         g += 1
-    return torch.cat(columns, dim=1), cursor, starts
+    return torch.cat(columns, dim=1), cursor
 
 
 def clip_text_inputs(embed_tokens, token_ids: list[int], spec: ModelSpec, t_max: int, scope: str = "all"):
@@ -134,14 +132,12 @@ def clip_llm_input(
     if indices is None or len(indices) != visual_embeds.shape[0]:
         raise ValueError(f"{spec.name} needs the K kept indices to place each row in its frame group")
     group_of = torch.as_tensor(indices) // spec.n_tokens
-    ids, next_position, _ = timestamped_positions(token_ids, spec, group_of, positions)
+    ids, next_position = timestamped_positions(token_ids, spec, group_of, positions)
     counts = torch.bincount(group_of, minlength=token_ids.count(index)).tolist()
     embeds, visual = splice_rows(embed_tokens, token_ids, index, counts, visual_embeds)
     device = embeds.device
     prefill = None
     if spec.deepstack_layers:
-        from flashvlm_export.runtime.answer import deepstack_prefill
-
         embeds, prefill = deepstack_prefill(embed_tokens, embeds, visual, index, visual_embeds, deepstack, spec, video=True)
     return LLMInput(embeds, ids[:, None].to(device), next_position, prefill)
 

@@ -268,10 +268,9 @@ def llama_cpp_prompt(
     k = rows.shape[0]
     clip = clip_last_t is not None
     if spec.deepstack_layers:
-        wide = (spec.deepstack_layers, k, rows.shape[1])
-        if deepstack is None or tuple(deepstack.shape) != wide:
-            got = None if deepstack is None else tuple(deepstack.shape)
-            raise ValueError(f"{spec.name} needs (L, K, Dl) = {wide} DeepStack rows for llama.cpp, got {got}")
+        from flashvlm_export.runtime.answer import check_deepstack
+
+        check_deepstack(spec, deepstack, k, rows.shape[1])
         layers = torch.as_tensor(deepstack).detach().to("cpu", torch.float32).numpy()
         rows = np.ascontiguousarray(np.concatenate([rows, *layers], axis=1))  # (K, Dl * (1 + L)): row, then layer 0, 1, ...
     if clip and spec.timestamped_frames:
@@ -320,7 +319,7 @@ def timestamped_prompt(token_ids: list[int], spec: ModelSpec, rows: np.ndarray, 
     if indices is None or len(indices) != k or positions is None or tuple(positions.shape) != (k, 3):
         raise ValueError(f"{spec.name} needs the K = {k} kept indices and (K, 3) positions to place a clip's rows")
     group_of = torch.as_tensor(np.asarray(indices)) // spec.n_tokens
-    ids, next_position, _ = timestamped_positions(token_ids, spec, group_of, positions)
+    ids, next_position = timestamped_positions(token_ids, spec, group_of, positions)
     ids = ids.numpy().astype(np.int32)
     check_attention_order(ids, 0, 0, "clip")  # every (t, h, w) rises along the prompt: llama.cpp's mask is causal
     video = video_token_index(spec)
