@@ -78,6 +78,14 @@ def max_relative_error(got: np.ndarray, want: np.ndarray) -> float:
     return 0.0 if diff == 0.0 else float(diff / scale) if scale > 0 else float("inf")
 
 
+def at_indices(table: np.ndarray, indices: np.ndarray, axis: int = 0, fill=0) -> np.ndarray:
+    """`table`'s entries at `indices` along `axis`, `fill` where an index is -1 (a budget-range graph's padding): what
+    a backend's gathered outputs must equal, bit for bit."""
+    out = np.take(table, np.maximum(indices, 0), axis=axis)
+    out[(slice(None),) * axis + (indices < 0,)] = fill
+    return out
+
+
 def overlap(a: np.ndarray, b: np.ndarray) -> float:
     """|A & B| / K for two index rows (-1 slots of a budget-range graph are no tokens; K: the longer row's count)."""
     a, b = (set(np.asarray(row)[np.asarray(row) >= 0].tolist()) for row in (a, b))
@@ -260,8 +268,7 @@ class BackendReport:
                 self.decision_failures.append(f"{where}: the shipped graph's indices differ from its verification build's")
         if ranged:
             if KEPT not in outputs:
-                if KEPT not in self.missing:
-                    self.missing.append(KEPT)
+                self._missing(KEPT)
                 return
             k = min(schedule.budget, schedule.n_tokens)
             if int(outputs[KEPT][b]) != k or not np.all(indices[k:] == -1):
@@ -283,8 +290,8 @@ class BackendReport:
             return
         if FUSED_SCORES not in outputs or GRAM not in outputs:
             for name in (FUSED_SCORES, GRAM):
-                if name not in outputs and name not in self.missing:
-                    self.missing.append(name)
+                if name not in outputs:
+                    self._missing(name)
             return
         self.decisions_checked += 1
         n = len(outputs[FUSED_SCORES][b])
@@ -319,6 +326,11 @@ class BackendReport:
             self._gathered(f"{where} image {b}", b, outputs, outputs)
             self._positioned(f"{where} image {b}", b, outputs)
 
+    def _missing(self, name: str) -> None:
+        """An output the backend does not give, which the check needs: named once in the report."""
+        if name not in self.missing:
+            self.missing.append(name)
+
     def _gathered(self, where: str, b: int, outputs: dict, basis: dict) -> None:
         """Step 12's rows: visual_embeds must be the backend's own P(X) at its own indices, bit for bit.
 
@@ -327,20 +339,15 @@ class BackendReport:
         if VISUAL_EMBEDS not in outputs or PROJECTED_FEATURES not in basis:
             return
         indices = np.asarray(outputs[INDICES][b])
-        projected = np.asarray(basis[PROJECTED_FEATURES][b])
-        rows = np.zeros((len(indices), projected.shape[-1]), dtype=projected.dtype)  # -1 slots: zero rows
-        rows[indices >= 0] = projected[indices[indices >= 0]]
+        rows = at_indices(np.asarray(basis[PROJECTED_FEATURES][b]), indices)  # -1 slots: zero rows
         if not np.array_equal(outputs[VISUAL_EMBEDS][b], rows):
             self.decision_failures.append(f"{where}: visual_embeds are not P(X) at the backend's own indices")
         if DEEPSTACK_FEATURES not in basis:
             return
         if DEEPSTACK_EMBEDS not in outputs:
-            if DEEPSTACK_EMBEDS not in self.missing:
-                self.missing.append(DEEPSTACK_EMBEDS)
+            self._missing(DEEPSTACK_EMBEDS)
             return
-        layers = np.asarray(basis[DEEPSTACK_FEATURES][b])  # (L, N, Dl)
-        stacked = np.zeros((layers.shape[0], len(indices), layers.shape[-1]), dtype=layers.dtype)
-        stacked[:, indices >= 0] = layers[:, indices[indices >= 0]]
+        stacked = at_indices(np.asarray(basis[DEEPSTACK_FEATURES][b]), indices, axis=1)  # (L, N, Dl) at the K indices
         got = np.asarray(outputs[DEEPSTACK_EMBEDS][b])
         if got.shape != stacked.shape or not np.array_equal(got, stacked):
             wrong = [i for i in range(min(len(got), len(stacked))) if not np.array_equal(got[i], stacked[i])]
@@ -357,12 +364,10 @@ class BackendReport:
         if self.token_positions is None:
             return
         if POSITIONS not in outputs:
-            if POSITIONS not in self.missing:
-                self.missing.append(POSITIONS)
+            self._missing(POSITIONS)
             return
         indices = np.asarray(outputs[INDICES][b])
-        want = np.full((len(indices), 3), -1, dtype=self.token_positions.dtype)  # -1 slots: -1 rows
-        want[indices >= 0] = self.token_positions[indices[indices >= 0]]
+        want = at_indices(self.token_positions, indices, fill=-1)  # -1 slots: -1 rows
         got = np.asarray(outputs[POSITIONS][b])
         if got.shape != want.shape or not np.array_equal(got, want):
             bad = int(np.argmax(np.any(got != want, axis=-1))) if got.shape == want.shape else 0
@@ -383,8 +388,7 @@ class BackendReport:
             return
         missing = [n for n in (TEXT_RELEVANCE, SHARPENED_SCORES, FUSED_SCORES, GRAM) if n not in outputs]
         for name in missing:
-            if name not in self.missing:
-                self.missing.append(name)
+            self._missing(name)
         if missing:
             return
         has_text = bool(np.asarray(basis[TEXT_MASK][b]).any())
