@@ -16,6 +16,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from flashvlm_export.errors import UsageError, arg, switch
@@ -237,6 +238,17 @@ def splice_rows(embed_tokens, token_ids: list[int], token: int, counts: list[int
             mask.append(False)
             at += 1
     return torch.cat(pieces)[None], torch.tensor(mask, device=device)
+
+
+@dataclass
+class AnswerRun:
+    """One answer `run` asks for ("pruned", and "full" with --compare-full): what either LLM runtime is fed."""
+
+    label: str  # "pruned K=64", "full N=256"
+    rows: torch.Tensor  # (K, Dl) visual rows (LLaVA-NeXT: laid out as its LLM takes them)
+    positions: torch.Tensor | None = None  # (K, 3) the graph's (t, h, w), for models placed by 3-axis positions
+    deepstack: torch.Tensor | None = None  # (L, K, Dl) Qwen3-VL's DeepStack rows
+    indices: np.ndarray | None = None  # (K,) the kept tokens: a Qwen3-generation clip places rows by frame group
 
 
 @dataclass

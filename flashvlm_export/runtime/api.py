@@ -174,38 +174,30 @@ def run(
 
     if answer:
         from flashvlm_export.models.positions import token_positions
-        from flashvlm_export.runtime.answer import greedy_answer, llm_input
+        from flashvlm_export.runtime.answer import AnswerRun, greedy_answer, llm_input
 
         if info.weights.random:
             log(f"Note: {RANDOM_NOTE}")
-        runs = {"pruned": (f"pruned K={len(selection.indices)}", selection.visual_embeds, selection.positions)}
-        deepstack = {"pruned": selection.deepstack}  # Qwen3-VL's DeepStack rows of each run (None elsewhere)
+        pruned = f"pruned K={len(selection.indices)}"
+        runs = {"pruned": AnswerRun(pruned, selection.visual_embeds, selection.positions, selection.deepstack)}
         if compare_full:  # every image row at its own position: the model's own input
             features = parts.reference_features(prepared.pixel_values)  # X, a, P(X) (1, N, Dl)[, DeepStack (1, L, N, Dl)]
-            runs["full"] = (f"full N={n}", features[2][0], token_positions(spec) if spec.has_positions else None)
-            deepstack["full"] = features[3][0] if len(features) > 3 else None
+            table = token_positions(spec) if spec.has_positions else None
+            runs["full"] = AnswerRun(f"full N={n}", features[2][0], table, features[3][0] if len(features) > 3 else None)
         if spec.crops > 1:  # base, unpadded grid, image_newline rows (models/anyres.py), for either LLM runtime
-            runs = {
-                key: (
-                    label,
-                    _crops_layout(spec, parts, prepared, rows, selection.indices if key == "pruned" else None, log),
-                    kept,
-                )
-                for key, (label, rows, kept) in runs.items()
-            }
+            for key, run in runs.items():
+                run.rows = _crops_layout(spec, parts, prepared, run.rows, selection.indices if key == "pruned" else None, log)
         if gguf is not None:  # the same rows and positions through llama.cpp (runtime/llama_cpp.py)
             from flashvlm_export.runtime import llama_cpp
 
             timer = StepTimer("Answer", log)
-            result.answers = llama_cpp.answers(
-                plan.gguf, spec, token_ids, runs, tokenizer, max_new_tokens, log, deepstack=deepstack
-            )
+            result.answers = llama_cpp.answers(plan.gguf, spec, token_ids, runs, tokenizer, max_new_tokens, log)
             timer.done(f"greedy decoding through llama.cpp (arch {plan.gguf.arch}, {plan.gguf.path})")
         else:
             embed = llm.get_input_embeddings()
-            for key, (label, rows, kept) in runs.items():
-                inputs = llm_input(embed, token_ids, spec, rows, kept, deepstack[key])
-                result.answers[key] = greedy_answer(llm, inputs, tokenizer, max_new_tokens, label)
+            for key, run in runs.items():
+                inputs = llm_input(embed, token_ids, spec, run.rows, run.positions, run.deepstack)
+                result.answers[key] = greedy_answer(llm, inputs, tokenizer, max_new_tokens, run.label)
         log_answers(result.answers, len(selection.indices), n, log)
     return result
 

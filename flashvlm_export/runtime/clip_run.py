@@ -243,34 +243,32 @@ def run_clip(graph, video, question, *, image=None, demo_image=None, demo_video=
         result.heatmap = strip_path
 
     if answer:
-        from flashvlm_export.runtime.answer import greedy_answer
+        from flashvlm_export.runtime.answer import AnswerRun, greedy_answer
 
         if info.weights.random:
             log(f"Note: {RANDOM_NOTE}")
-        runs = {"pruned": (f"pruned K={len(selection.indices)}", selection.visual_embeds, positions)}
-        kept = {"pruned": (selection.indices, selection.deepstack)}  # each run's token indices and DeepStack rows
+        pruned = f"pruned K={len(selection.indices)}"
+        runs = {"pruned": AnswerRun(pruned, selection.visual_embeds, positions, selection.deepstack, selection.indices)}
         table = clip_token_positions(spec, frames, second_per_grid(spec, clip.effective_fps))  # the unpruned clip's
         if compare_full:  # every clip row at its own position: the model's own video input
             features = parts.reference_clip_features(clip.pixel_values)  # X, a, P(X) (1, N, Dl)[, DeepStack]
-            runs["full"] = (f"full N={total}", features[2][0], table)
-            kept["full"] = (np.arange(total), features[3][0] if len(features) > 3 else None)
+            deepstack = features[3][0] if len(features) > 3 else None
+            runs["full"] = AnswerRun(f"full N={total}", features[2][0], table, deepstack, np.arange(total))
         last_t = int(table[:, 0].max())
         if gguf is not None:  # the same rows and positions through llama.cpp (runtime/llama_cpp.py)
             from flashvlm_export.runtime import llama_cpp
 
             timer = StepTimer("Answer", log)
             result.answers = llama_cpp.answers(
-                plan.gguf, spec, token_ids, runs, tokenizer, max_new_tokens, log, clip_last_t=last_t,
-                deepstack={key: ds for key, (_, ds) in kept.items()}, indices={key: i for key, (i, _) in kept.items()},
-            )  # fmt: skip
+                plan.gguf, spec, token_ids, runs, tokenizer, max_new_tokens, log, clip_last_t=last_t
+            )
             timer.done(f"greedy decoding through llama.cpp (arch {plan.gguf.arch}, {plan.gguf.path})")
         else:
             embed = llm.get_input_embeddings()
-            for key, (label, rows, kept_positions) in runs.items():
-                indices, deepstack = kept[key]
+            for key, run in runs.items():
                 inputs = clip_llm_input(
-                    embed, token_ids, spec, rows, kept_positions, last_t=last_t, indices=indices, deepstack=deepstack
+                    embed, token_ids, spec, run.rows, run.positions, last_t=last_t, indices=run.indices, deepstack=run.deepstack
                 )
-                result.answers[key] = greedy_answer(llm, inputs, tokenizer, max_new_tokens, label)
+                result.answers[key] = greedy_answer(llm, inputs, tokenizer, max_new_tokens, run.label)
         steps.log_answers(result.answers, len(selection.indices), total, log)
     return result

@@ -528,17 +528,12 @@ def answers(
     max_new_tokens: int,
     log=print,
     clip_last_t: int | None = None,
-    deepstack: dict | None = None,
-    indices: dict | None = None,
 ) -> dict:
-    """run's answers through llama.cpp: runs maps a key to (label, visual rows (K, Dl), the graph's (K, 3) positions);
-    clip_last_t: set for the rows of a clip (run --video; the unpruned clip's last t), at the video placeholder;
-    deepstack (Qwen3-VL): the same keys to each run's DeepStack rows (L, K, Dl); indices (a Qwen3-generation clip): the
-    same keys to each run's kept token indices (K,)."""
-    deepstack, indices = deepstack or {}, indices or {}
+    """run's answers through llama.cpp: runs maps a key to its runtime/answer.AnswerRun (rows, positions, DeepStack rows,
+    a clip's kept indices); clip_last_t: set for the rows of a clip (run --video; the unpruned clip's last t)."""
     prompts = {
-        key: (label, llama_cpp_prompt(token_ids, spec, rows, kept, clip_last_t, deepstack.get(key), indices.get(key)))
-        for key, (label, rows, kept) in runs.items()
+        key: (run.label, llama_cpp_prompt(token_ids, spec, run.rows, run.positions, clip_last_t, run.deepstack, run.indices))
+        for key, run in runs.items()
     }
     longest = max(p.length for _, p in prompts.values())
     with LlamaCppLLM(info, n_ctx=longest + max_new_tokens) as llm:
