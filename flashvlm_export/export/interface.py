@@ -35,6 +35,15 @@ GRAM = "gram"  # G (B, N, N), step 10; a per-group clip graph's (B, N, n): each 
 
 FEATURES = (VISION_FEATURES, CLS_ATTENTION, PROJECTED_FEATURES)
 ENCODER_OUTPUTS = (*FEATURES, DEEPSTACK_FEATURES)  # every tensor an encoder may return (DeepStack: Qwen3-VL only)
+
+
+def encoder_outputs_among(names) -> tuple[str, ...]:
+    """The encoder outputs among `names`, in interface order: what a split's encoder writes and its selectors read (X, a,
+    P(X), and deepstack_features where the model has DeepStack). The one rule of every chain (ONNX Runtime, TensorRT,
+    Triton)."""
+    return tuple(name for name in ENCODER_OUTPUTS if name in names)
+
+
 SELECTOR_INPUTS = (*FEATURES, TEXT_EMBEDS, TEXT_MASK)
 PIPELINE_INPUTS = (PIXEL_VALUES, TEXT_EMBEDS, TEXT_MASK)
 

@@ -23,7 +23,6 @@ from flashvlm_export.errors import UsageError
 from flashvlm_export.export.interface import (
     BUDGET,
     DEEPSTACK_EMBEDS,
-    ENCODER_OUTPUTS,
     INDICES,
     KEPT,
     PIXEL_VALUES,
@@ -31,6 +30,7 @@ from flashvlm_export.export.interface import (
     TEXT_EMBEDS,
     TEXT_MASK,
     VISUAL_EMBEDS,
+    encoder_outputs_among,
 )
 from flashvlm_export.export.manifest import Manifest
 from flashvlm_export.runtime.budgets import budget_feed, per_image
@@ -52,8 +52,7 @@ class OrtChain:
         shapes = {o.name: o.shape for o in self.encoder.get_outputs()}
         self.features = {
             name: ort.OrtValue.ortvalue_from_shape_and_type(shapes[name], np.float32, self.device, 0)
-            for name in ENCODER_OUTPUTS
-            if name in shapes
+            for name in encoder_outputs_among(shapes)
         }
         self.encoder_binding = self.encoder.io_binding()
         for name, value in self.features.items():

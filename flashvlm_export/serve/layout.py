@@ -14,11 +14,11 @@ from flashvlm_export.errors import UsageError
 from flashvlm_export.export.interface import (
     BUDGET,
     DEEPSTACK_EMBEDS,
-    ENCODER_OUTPUTS,
     KEPT,
     PIXEL_VALUES,
     TEXT_EMBEDS,
     TEXT_MASK,
+    encoder_outputs_among,
 )
 
 TRITON_TYPES = {1: "TYPE_FP32", 7: "TYPE_INT64", 9: "TYPE_BOOL", 10: "TYPE_FP16", 16: "TYPE_BF16", 6: "TYPE_INT32"}
@@ -52,15 +52,15 @@ def shared_tensors(encoder: tuple, selector: tuple) -> tuple[str, ...]:
     """The encoder's outputs that the selector takes, in interface order: X, a, P(X), and Qwen3-VL's deepstack_features.
     A one-line error naming the tensor where the two graphs disagree (one writes what the other does not read)."""
     (_, enc_out), (sel_in, _) = encoder, selector
-    written = {t.name for t in enc_out} & set(ENCODER_OUTPUTS)
-    read = {t.name for t in sel_in} & set(ENCODER_OUTPUTS)
+    written = set(encoder_outputs_among({t.name for t in enc_out}))
+    read = set(encoder_outputs_among({t.name for t in sel_in}))
     if written != read:
         extra = ", ".join(sorted(written ^ read))
         raise UsageError(
             f"the encoder graph writes {sorted(written)}, the selector graph reads {sorted(read)} ({extra} on one side "
             "only); export the encoder and its selectors together, from one model"
         )
-    return tuple(name for name in ENCODER_OUTPUTS if name in written)
+    return encoder_outputs_among(written)
 
 
 def entry_tensors(encoder: tuple, selector: tuple, batch: int) -> tuple[int, tuple, tuple]:

@@ -43,6 +43,7 @@ from flashvlm_export.export.interface import (
     TEXT_EMBEDS,
     TEXT_MASK,
     VISUAL_EMBEDS,
+    encoder_outputs_among,
 )
 from flashvlm_export.trt.runner import check_engine_here, read_engine_record
 from flashvlm_export.trt.sidecar import io_mismatch
@@ -66,7 +67,7 @@ def selected_names(io: dict) -> tuple[str, ...]:
 def shared_names(enc_io: dict) -> tuple[str, ...]:
     """The device buffers the encoder writes and the selectors read, in order: X, a, P(X), and deepstack_features where
     the encoder engine has it."""
-    return tuple(name for name in SHARED if name in enc_io)
+    return encoder_outputs_among(enc_io)
 
 
 def bound_names(enc_io: dict, selector_io: dict) -> tuple[tuple[str, ...], dict]:
