@@ -1,4 +1,4 @@
-"""What an artifact on disk weighs and hashes to."""
+"""What an artifact on disk weighs and hashes to, and where its folder will be."""
 
 from __future__ import annotations
 
@@ -23,6 +23,12 @@ def sha256_of(path: Path) -> str:
         for block in iter(lambda: f.read(1 << 24), b""):
             digest.update(block)
     return digest.hexdigest()
+
+
+def existing_ancestor(folder: Path) -> Path:
+    """`folder`, or its nearest parent that exists: an output folder is made when its first output is placed
+    (staging.make_staging), so free space, writability and name limits are asked of what is there now."""
+    return next((p for p in (folder, *folder.parents) if p.exists()), Path("."))
 
 
 def artifact_size(path: Path) -> int:

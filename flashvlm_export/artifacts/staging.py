@@ -14,7 +14,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from flashvlm_export.artifacts.files import human_size
+from flashvlm_export.artifacts.files import existing_ancestor, human_size
 from flashvlm_export.artifacts.naming import STAGING_PREFIX, external_data_path
 from flashvlm_export.artifacts.ownership import check_replaceable
 from flashvlm_export.artifacts.sidecar import sidecar_path
@@ -93,7 +93,7 @@ def reclaim_stale_staging(folder: Path, log=print) -> list[Path]:
 
 
 def _name_max(folder: Path) -> int:
-    folder = next((p for p in (folder, *folder.parents) if p.exists()), Path("."))  # a folder not made yet: its parent's
+    folder = existing_ancestor(folder)  # a folder not made yet: its parent's
     try:
         return os.pathconf(folder, "PC_NAME_MAX")
     except (OSError, ValueError):
@@ -111,7 +111,7 @@ def check_writable(paths: list[Path], force: bool, log=print, *, flag: str) -> N
             # a folder that does not exist yet is made when the outputs are placed, not here: a run refused later
             # (a bad checkpoint, an interrupted export) leaves no empty folder behind; its nearest existing ancestor
             # is probed instead, where the folder will be made
-            existing = next((p for p in (folder, *folder.parents) if p.exists()), Path("."))
+            existing = existing_ancestor(folder)
             if not existing.is_dir():
                 raise UsageError(f"cannot create output directory {folder}: {existing} is not a folder; choose another {flag}")
             try:  # a real write: permission bits alone say nothing for root, /proc, /sys or a read-only mount

@@ -13,7 +13,7 @@ import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
-from flashvlm_export.artifacts.files import human_size
+from flashvlm_export.artifacts.files import existing_ancestor, human_size
 from flashvlm_export.artifacts.naming import external_data_path
 from flashvlm_export.artifacts.placement import atomic_outputs
 from flashvlm_export.artifacts.sidecar import sidecar_path
@@ -99,8 +99,7 @@ def fold_shape_constants(proto):
 
 
 def _check_free_space(folder: Path, needed: int) -> None:
-    existing = next((p for p in (folder, *folder.parents) if p.exists()), Path("."))  # made when the graph is placed
-    free = shutil.disk_usage(existing).free
+    free = shutil.disk_usage(existing_ancestor(folder)).free  # the folder is made when the graph is placed
     if free < needed:
         raise UsageError(
             f"{folder} has {human_size(free)} free but the graph needs about {human_size(needed)}; "
