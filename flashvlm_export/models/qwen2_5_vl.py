@@ -92,13 +92,15 @@ def adopt_parts(model, parts: QwenParts) -> None:
     model.model.language_model.embed_tokens.load_state_dict(parts.embed_tokens.state_dict())
 
 
-def full_config(spec: ModelSpec):
+def full_config(spec: ModelSpec, config_class=None):
+    """The whole model's config, of `config_class` (default Qwen2_5_VLConfig; the Qwen3 generation passes its own,
+    which takes the same keys)."""
     from transformers import Qwen2_5_VLConfig
 
     tokens = spec.special_tokens
     vision = dict(spec.vision, patch_size=spec.patch_size, spatial_merge_size=spec.merge, in_channels=3)
     text = dict(spec.text, eos_token_id=tokens["<|im_end|>"], bos_token_id=tokens["<|endoftext|>"])
-    config = Qwen2_5_VLConfig(
+    config = (config_class or Qwen2_5_VLConfig)(
         vision_config=vision,
         text_config=text,
         image_token_id=spec.image_token_index,

@@ -104,18 +104,9 @@ def processor_pixels(output, spec: ModelSpec) -> torch.Tensor:
 
 
 def full_config(spec: ModelSpec, config_class=None):
-    tokens = spec.special_tokens
-    vision = dict(spec.vision, patch_size=spec.patch_size, spatial_merge_size=spec.merge, in_channels=3)
-    text = dict(spec.text, eos_token_id=tokens["<|im_end|>"], bos_token_id=tokens["<|endoftext|>"])
-    return (config_class or CONFIG_CLASS())(
-        vision_config=vision,
-        text_config=text,
-        image_token_id=spec.image_token_index,
-        vision_start_token_id=tokens["<|vision_start|>"],
-        vision_end_token_id=tokens["<|vision_end|>"],
-        video_token_id=tokens["<|video_pad|>"],
-        tie_word_embeddings=spec.tie_word_embeddings,
-    )
+    from flashvlm_export.models import qwen2_5_vl
+
+    return qwen2_5_vl.full_config(spec, config_class or CONFIG_CLASS())
 
 
 def adopt_parts(model, parts) -> None:

@@ -97,6 +97,27 @@ QWEN25_VL_7B = _qwen(
     description="Qwen2.5-VL-7B-Instruct: windowed ViT (675M) + 2x2 merger into Qwen2.5-7B (N=256 at 448 px)",
 )
 
+# The test-size Qwen models' tokens (ids at the top of a 1,000-word vocabulary, above the stand-in tokenizer's bytes) and
+# decoder widths, shared by qwen2.5-vl-tiny and the Qwen3 generation's test models (models/zoo/qwen3_vl.py)
+TINY_TOKENS = {
+    "<|endoftext|>": 994,
+    "<|im_start|>": 995,
+    "<|im_end|>": 996,
+    "<|vision_start|>": 997,
+    "<|vision_end|>": 998,
+    "<|image_pad|>": 999,
+    "<|video_pad|>": 993,
+}
+TINY_TEXT = dict(
+    hidden_size=64,
+    intermediate_size=128,
+    num_attention_heads=4,
+    num_key_value_heads=2,
+    vocab_size=1000,
+    rms_norm_eps=1e-6,
+    max_position_embeddings=4096,
+)
+
 # Same token geometry (448 px, N = 256; windows of 8x8 patches, full attention in blocks 1 and 3), tiny widths.
 QWEN25_VL_TINY = ModelSpec(
     name="qwen2.5-vl-tiny",
@@ -122,26 +143,12 @@ QWEN25_VL_TINY = ModelSpec(
         out_hidden_size=64,
     ),
     text=dict(
-        hidden_size=64,
-        intermediate_size=128,
+        TINY_TEXT,
         num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        vocab_size=1000,
-        rms_norm_eps=1e-6,
-        max_position_embeddings=4096,
         rope_parameters={"rope_type": "default", "rope_theta": 1000000.0, "mrope_section": [2, 3, 3]},
     ),
-    image_token_index=999,
-    special_tokens={
-        "<|endoftext|>": 994,
-        "<|im_start|>": 995,
-        "<|im_end|>": 996,
-        "<|vision_start|>": 997,
-        "<|vision_end|>": 998,
-        "<|image_pad|>": 999,
-        "<|video_pad|>": 993,
-    },
+    image_token_index=TINY_TOKENS["<|image_pad|>"],
+    special_tokens=TINY_TOKENS,
     gate="norm",
     image_budget=QWEN_IMAGE_BUDGET,
     description="test-size Qwen2.5-VL (448 px: N=256, D=64); random weights only",

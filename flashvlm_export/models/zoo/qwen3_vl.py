@@ -8,7 +8,7 @@ value was read).
 """
 
 from flashvlm_export.models.spec import DecoderGeometry, ModelSpec
-from flashvlm_export.models.zoo.qwen2_5_vl import QWEN_IMAGE_BUDGET, QWEN_TOKENS, decoder_text
+from flashvlm_export.models.zoo.qwen2_5_vl import QWEN_IMAGE_BUDGET, QWEN_TOKENS, TINY_TEXT, TINY_TOKENS, decoder_text
 
 QWEN3_SIDE = 512  # 16 x 16 merged tokens of 32 px
 QWEN3_STEP = 32  # patch 16 x merge 2
@@ -102,15 +102,6 @@ QWEN3_VL_8B = _qwen3(
 
 # Test size: the same token geometry (512 px, N = 256 of 1,024 patches), a 24 x 24 learned position grid (so the
 # resampling to 32 x 32 patches is exercised), 4 blocks with DeepStack taps after blocks 0, 1, 2 into a 3-layer LLM.
-TINY_TOKENS = {
-    "<|endoftext|>": 994,
-    "<|im_start|>": 995,
-    "<|im_end|>": 996,
-    "<|vision_start|>": 997,
-    "<|vision_end|>": 998,
-    "<|image_pad|>": 999,
-    "<|video_pad|>": 993,
-}
 QWEN3_TINY_VISION = dict(
     depth=4,
     hidden_size=32,
@@ -120,15 +111,6 @@ QWEN3_TINY_VISION = dict(
     temporal_patch_size=2,
     num_position_embeddings=576,
     out_hidden_size=64,
-)
-TINY_TEXT = dict(
-    hidden_size=64,
-    intermediate_size=128,
-    num_attention_heads=4,
-    num_key_value_heads=2,
-    vocab_size=1000,
-    rms_norm_eps=1e-6,
-    max_position_embeddings=4096,
 )
 
 
