@@ -138,6 +138,16 @@ def list_engines(manifest: Path, folder: str) -> None:
     manifest.write_text(json.dumps(record))
 
 
+class Planted:
+    """Wraps an honest parity backend and corrupts its outputs with `corrupt` (a planted fault the checks must catch)."""
+
+    def __init__(self, honest, corrupt, name="planted"):
+        self.honest, self.corrupt, self.name = honest, corrupt, name
+
+    def infer(self, feeds):
+        return self.corrupt({k: v.copy() for k, v in self.honest.infer(feeds).items()})
+
+
 def expect_one_line(capsys, argv, *fragments) -> str:
     """The CLI refuses argv with exit code 2 and one line on stderr (no traceback) holding every fragment; the line."""
     from flashvlm_export.cli import main

@@ -15,7 +15,7 @@ from flashvlm_export.parity.compare import SHIPPED_INDICES
 from flashvlm_export.parity.run import run_parity
 from flashvlm_export.selector import SelectorConfig
 
-from conftest import TINY
+from conftest import TINY, Planted
 
 QUIET = dict(log=lambda _: None)
 
@@ -31,16 +31,6 @@ def tiny_graphs(tmp_path_factory):
         1: export_graph(tiny_request(), folder / "tiny_b64.onnx", exporter="torchscript"),
         2: export_graph(tiny_request(batch=2), folder / "tiny_b64_bs2.onnx", exporter="torchscript"),
     }
-
-
-class Planted:
-    """Wraps an honest backend and corrupts its outputs."""
-
-    def __init__(self, honest, corrupt, name="planted"):
-        self.honest, self.corrupt, self.name = honest, corrupt, name
-
-    def infer(self, feeds):
-        return self.corrupt({k: v.copy() for k, v in self.honest.infer(feeds).items()})
 
 
 def honest_static(request):

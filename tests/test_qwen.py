@@ -25,7 +25,7 @@ from flashvlm_export.parity.backends import TorchModule
 from flashvlm_export.parity.compare import max_relative_error
 from flashvlm_export.parity.run import run_parity
 
-from conftest import expect_one_line
+from conftest import Planted, expect_one_line
 
 QWEN = get_spec("qwen2.5-vl-tiny")
 QUIET = dict(log=lambda _: None)
@@ -186,16 +186,6 @@ def test_split_export_passes_parity_per_budget(out_dir, capsys):
 
 
 # ---------------------------------------------------------------- (c) planted faults fail parity
-
-
-class Planted:
-    """Wraps an honest backend and corrupts its outputs."""
-
-    def __init__(self, honest, corrupt, name):
-        self.honest, self.corrupt, self.name = honest, corrupt, name
-
-    def infer(self, feeds):
-        return self.corrupt({k: v.copy() for k, v in self.honest.infer(feeds).items()})
 
 
 class Remembered:

@@ -21,7 +21,7 @@ from flashvlm_export.export.metadata import graph_metadata, request_fields
 from flashvlm_export.models.registry import adapter, get_spec
 from flashvlm_export.parity.compare import max_relative_error
 
-from conftest import expect_one_line
+from conftest import Planted, expect_one_line
 
 VL = get_spec("qwen3-vl-tiny")
 Q35 = get_spec("qwen3.5-tiny")
@@ -223,16 +223,6 @@ def test_run_on_a_clip_places_each_frame_group_after_its_timestamp(out_dir, tmp_
 
 
 # ---------------------------------------------------------------- planted faults fail parity
-
-
-class Planted:
-    """Wraps an honest backend and corrupts its outputs."""
-
-    def __init__(self, honest, corrupt, name):
-        self.honest, self.corrupt, self.name = honest, corrupt, name
-
-    def infer(self, feeds):
-        return self.corrupt({k: v.copy() for k, v in self.honest.infer(feeds).items()})
 
 
 def deepstack_at_the_next_indices(out):
