@@ -304,13 +304,12 @@ def llm_input(
     """visual_embeds (K, Dl) spliced at the image token; with spec.has_positions, `positions` (K, 3) (the graph's
     (t, h, w) of each kept row, relative to the image's start) placed as the unpruned sequence places them; with
     DeepStack (Qwen3-VL), `deepstack` (L, K, Dl): the kept rows' DeepStack rows (deepstack_prefill)."""
-    image_position(token_ids, spec.image_token_index)
+    before = image_position(token_ids, spec.image_token_index)  # exactly one image placeholder, or one line
     embeds, visual = splice_rows(embed_tokens, token_ids, spec.image_token_index, [visual_embeds.shape[0]], visual_embeds)
     if not spec.has_positions:
         return LLMInput(embeds)
     if positions is None or tuple(positions.shape) != (visual_embeds.shape[0], 3):
         raise ValueError(f"{spec.name} needs (K, 3) positions for its K = {visual_embeds.shape[0]} visual rows")
-    before = image_position(token_ids, spec.image_token_index)
     after = len(token_ids) - before - 1
     extent = image_extent(spec)
     ids = sequence_positions(before, torch.as_tensor(positions), after, extent)[:, None].to(embeds.device)
