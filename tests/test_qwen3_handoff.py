@@ -352,3 +352,50 @@ def test_pruned_clip_equals_the_models_own_input_gathered_at_the_kept_tokens(cli
     torch.testing.assert_close(ours, reference, **TOL)
     if h.deepstack:
         assert not _close(_clip_ours(h, K, deepstack=s.deepstack[[2, 1, 0]])[1], reference)
+
+
+# ---------------------------------------------------------------- the hand-off's own checks, on planted wrong inputs
+
+
+def test_deepstack_rows_of_the_wrong_shape_or_none_are_refused_by_both_llm_runtimes():
+    """Qwen3-VL's rows without their DeepStack rows, or with another K or L, never reach an LLM (transformers' input
+    and llama.cpp's batches check the same shape, answer.check_deepstack); a model without DeepStack takes none."""
+    from flashvlm_export.models.positions import token_positions
+    from flashvlm_export.models.prompt import prompt_token_ids
+    from flashvlm_export.runtime.answer import llm_input
+    from flashvlm_export.runtime.llama_cpp import llama_cpp_prompt
+    from flashvlm_export.runtime.tokenizer import stand_in_tokenizer
+
+    ids = prompt_token_ids(stand_in_tokenizer(VL), QUESTION, VL)
+    embed = torch.nn.Embedding(VL.text["vocab_size"], VL.text_hidden)
+    rows, positions = torch.zeros(K, VL.text_hidden), token_positions(VL)[:K]
+    honest = torch.zeros(VL.deepstack_layers, K, VL.text_hidden)
+    assert llm_input(embed, ids, VL, rows, positions, honest).prefill is not None
+    assert llama_cpp_prompt(ids, VL, rows, positions, deepstack=honest).length == len(ids) - 1 + K
+    for wrong in (None, honest[:2], honest[:, : K - 1]):
+        with pytest.raises(ValueError, match="DeepStack rows"):
+            llm_input(embed, ids, VL, rows, positions, wrong)
+        with pytest.raises(ValueError, match="DeepStack rows"):
+            llama_cpp_prompt(ids, VL, rows, positions, deepstack=wrong)
+    assert llm_input(embed, prompt_token_ids(stand_in_tokenizer(Q35), QUESTION, Q35), Q35, rows, positions).prefill is None
+
+
+def test_a_clip_prompt_with_a_placeholder_too_many_or_no_timestamps_is_refused():
+    from flashvlm_export.errors import UsageError
+    from flashvlm_export.runtime.answer import splice_rows
+    from flashvlm_export.runtime.clip import clip_prompt_ids, placeholder_positions, video_token_index
+    from flashvlm_export.runtime.tokenizer import stand_in_tokenizer
+
+    tokenizer = stand_in_tokenizer(VL)
+    ids = clip_prompt_ids(tokenizer, QUESTION, VL, [0.5, 1.5])
+    assert len(placeholder_positions(ids, VL, 2)) == 2
+    with pytest.raises(UsageError, match="3 video placeholders where 2 belong") as caught:
+        placeholder_positions(clip_prompt_ids(tokenizer, "<|video_pad|> what?", VL, [0.5, 1.5]), VL, 2)
+    assert len(str(caught.value).splitlines()) == 1
+    with pytest.raises(ValueError, match="pass them"):
+        clip_prompt_ids(tokenizer, QUESTION, VL)
+    embed = torch.nn.Embedding(VL.text["vocab_size"], VL.text_hidden)
+    with pytest.raises(ValueError, match="2 placeholders for 1 groups"):  # rows for one group, two placeholders
+        splice_rows(embed, ids, video_token_index(VL), [4], torch.zeros(4, VL.text_hidden))
+    with pytest.raises(ValueError, match=r"\(5 of 4\)"):  # counts that do not add up to the rows
+        splice_rows(embed, ids, video_token_index(VL), [2, 3], torch.zeros(4, VL.text_hidden))
