@@ -44,7 +44,7 @@ def bytes_per_image(spec, n_tokens: int, t_max: int, selector_only: bool) -> int
     inner = int(spec.vision.get("intermediate_size", 4 * width))
     # images through the encoder: a photo's crops (LLaVA-NeXT), or a clip's temporal groups (N = groups x the image's N)
     images = getattr(spec, "crops", 1) * max(1, n_tokens // spec.n_tokens)
-    encoder = images * (3 * spec.image_size**2 + heads * seq * seq + seq * (width + inner))
+    encoder = images * (3 * spec.image_shape[0] * spec.image_shape[1] + heads * seq * seq + seq * (width + inner))
     return LIVE_COPIES * FLOAT * (selector + encoder)
 
 
@@ -55,9 +55,12 @@ def _largest_side(spec, memory: int) -> str:
     step = spec.image_size_step
     if not step:
         return f"{spec.name} takes {spec.image_size} px only"
+    if not spec.square:
+        return "use a smaller --image-size"
     side = spec.image_size - step
     while (
-        side >= 2 * step and bytes_per_image(replace(spec, image_size=side), (side // spec.token_stride) ** 2, 0, False) > memory
+        side >= 2 * step
+        and bytes_per_image(replace(spec, image_size=side, image_width=0), (side // spec.token_stride) ** 2, 0, False) > memory
     ):
         side -= step
     return f"use --image-size {side} or less" if side >= 2 * step else "use a machine with more memory"
@@ -79,7 +82,7 @@ def check_shape_fits(spec, n_tokens: int, t_max: int, batch: int, selector_only:
             "or a smaller --image-size"
         )
     if image_alone > memory and not selector_only:  # the image side, not the text, is what does not fit
-        raise UsageError(f"--image-size {spec.image_size} needs {why}; {_largest_side(spec, memory)}")
+        raise UsageError(f"--image-size {spec.shape_text} needs {why}; {_largest_side(spec, memory)}")
     if per_image > memory:
         row = bytes_per_image(spec, n_tokens, t_max, selector_only) - bytes_per_image(spec, n_tokens, 0, selector_only)
         base = per_image - row
@@ -92,7 +95,7 @@ def check_repeats_fit(repeats: int, cases_per_repeat: int, spec, n_tokens: int, 
     """parity --repeats: the corpus (cases x batch images of float32 inputs) must fit in memory, twice (saved JSON)."""
     inputs = n_tokens * (spec.vision_hidden + spec.text_hidden + 1) + t_max * (spec.text_hidden + 1)
     if not selector_only:
-        inputs = 3 * spec.image_size**2 + t_max * (spec.text_hidden + 1)
+        inputs = 3 * spec.image_shape[0] * spec.image_shape[1] + t_max * (spec.text_hidden + 1)
     per_repeat = 2 * FLOAT * inputs * batch * cases_per_repeat
     memory = memory_bytes() // 2  # the rest is for the models and the backends
     if repeats * per_repeat > memory:

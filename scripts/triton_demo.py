@@ -47,7 +47,7 @@ def main() -> int:
     request = manifest.request(manifest.budgets[0])
     feeds = {
         k: v[:1]
-        for k, v in pipeline_corpus(geometry_of(request), request.spec.image_size, repeats=1)[0].feeds.items()
+        for k, v in pipeline_corpus(geometry_of(request), request.spec.image_shape, repeats=1)[0].feeds.items()
         if k != "budget"
     }
     arrays = {**feeds, "budget": np.array([[args.budget]], dtype=np.int64)}

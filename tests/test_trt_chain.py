@@ -253,7 +253,7 @@ def stand_in(model: str, kind: str, budget: int = 0, deepstack: int | None = Non
     layers = spec.deepstack_layers if deepstack is None else deepstack
     n = spec.n_tokens
     face = graph_interface(
-        kind, 1, n, budget or n, spec.t_max, spec.vision_hidden, spec.text_hidden, spec.image_size,
+        kind, 1, n, budget or n, spec.t_max, spec.vision_hidden, spec.text_hidden, spec.image_shape,
         positions=spec.has_positions and kind == "selector", deepstack=layers,
     )  # fmt: skip
     tensors = {t.name: (True, t.shape, TRT_TYPES[t.dtype]) for t in face.inputs}

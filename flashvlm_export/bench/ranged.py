@@ -108,9 +108,9 @@ def range_cost(settings, scratch: Path, log=print) -> list[dict]:
     timings = _in_blocks(runners, max(1, settings.warmup), repeats)
     floor = gemm_floor(case, repeats)
     pixels = with_prompt_len(
-        pipeline_corpus(Geometry(spec.n_tokens, spec.vision_hidden, spec.text_hidden, spec.t_max, 1), spec.image_size, repeats=1)[
-            0
-        ],
+        pipeline_corpus(
+            Geometry(spec.n_tokens, spec.vision_hidden, spec.text_hidden, spec.t_max, 1), spec.image_shape, repeats=1
+        )[0],
         settings.text_len,
     )
     pipeline = OrtGraph(full, provider=CPU)

@@ -22,7 +22,7 @@ def selector_share(manifest_path: Path, warmup: int, repeats: int, log=print) ->
 
     manifest = read_manifest(Path(manifest_path))
     first = manifest.request(manifest.budgets[0])
-    case = pipeline_corpus(geometry_of(first), first.spec.image_size, repeats=1, grid=first.spec.grid)[0]
+    case = pipeline_corpus(geometry_of(first), first.spec.image_shape, repeats=1, grid=first.spec.grid)[0]
     chain = OrtChain(manifest, CPU)
     samples: dict[str, list[float]] = {"encoder": [], **{f"selector K={k}": [] for k in manifest.budgets}}
     for run in range(warmup + repeats):

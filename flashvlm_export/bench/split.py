@@ -123,7 +123,7 @@ def split_cost(settings, scratch: Path, log=print) -> list[dict]:
     )
     manifest = read_manifest(manifest_path, verify=False)
     case = pipeline_corpus(
-        Geometry(spec.n_tokens, spec.vision_hidden, spec.text_hidden, spec.t_max, 1), spec.image_size, repeats=1
+        Geometry(spec.n_tokens, spec.vision_hidden, spec.text_hidden, spec.t_max, 1), spec.image_shape, repeats=1
     )[0]
     feeds = with_prompt_len(case, settings.text_len).feeds
     k = SPLIT_BUDGETS[0]

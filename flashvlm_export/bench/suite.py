@@ -181,7 +181,7 @@ def full_graph(graph: Path, selector_ms: float, settings: BenchSettings, log=pri
 
     spec = get_spec("llava15")
     case = pipeline_corpus(
-        Geometry(spec.n_tokens, spec.vision_hidden, spec.text_hidden, spec.t_max, 1), spec.image_size, repeats=1
+        Geometry(spec.n_tokens, spec.vision_hidden, spec.text_hidden, spec.t_max, 1), spec.image_shape, repeats=1
     )[0]
     with_prompt_len(case, settings.text_len)
     runtime = OnnxRuntime(graph)

@@ -95,10 +95,11 @@ def add_graph_flags(p: argparse.ArgumentParser, many_budgets: bool) -> list[str]
         g.add_argument("--batch", type=int, default=1, help="static batch size B (default: 1; bounded by memory)"),
         g.add_argument(
             "--image-size",
-            type=int,
-            help=f"input image side (default: the model's); {LLAVA15.name} takes {LLAVA15.image_size} only, Qwen2.5-VL "
-            f"multiples of {QWEN25_VL_7B.image_size_step} (default {QWEN25_VL_7B.image_size}), the Qwen3 generation "
-            f"multiples of {QWEN3_VL_2B.image_size_step} (default {QWEN3_VL_2B.image_size})",
+            metavar="SIDE|HxW",
+            help=f"input image side, or HEIGHTxWIDTH for a non-square shape (default: the model's); {LLAVA15.name} takes "
+            f"{LLAVA15.image_size} only, Qwen2.5-VL multiples of {QWEN25_VL_7B.image_size_step} (default "
+            f"{QWEN25_VL_7B.image_size}, e.g. 364x504), the Qwen3 generation multiples of {QWEN3_VL_2B.image_size_step} "
+            f"(default {QWEN3_VL_2B.image_size})",
         ),
         g.add_argument(
             "--grid",

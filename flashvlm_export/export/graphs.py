@@ -48,11 +48,16 @@ def example_inputs(interface: GraphInterface, seed: int = 0) -> tuple[torch.Tens
     return tuple(tensors)
 
 
-def encoder_module(parts, precision: str, frames: int | None = None) -> VisionEncoder:
+def encoder_module(parts, precision: str, frames: int | None = None, spec: ModelSpec | None = None) -> VisionEncoder:
     """The family's encoder (pixels -> X, a, P(X)); fp16/bf16 as a copy behind casts (the fp32 parts stay for the reference).
-    `frames`: the clip encoder over that many frames (pixels (B, F, 3, H, W) -> the clip's tokens)."""
+    `frames`: the clip encoder over that many frames (pixels (B, F, 3, H, W) -> the clip's tokens). `spec`: the
+    request's shape, where the weights were loaded once for several (a split of several shapes, --aspects)."""
     if parts is None:
         raise UsageError("the encoder needs the model's weights: pass --random-weights or --model-path")
+    if spec is not None and parts.spec != spec:
+        from dataclasses import replace
+
+        parts = replace(parts, spec=spec)
     if frames is not None:
         return parts.clip_encoder(frames, TORCH_DTYPES[precision])
     return parts.encoder(TORCH_DTYPES[precision])
@@ -106,14 +111,14 @@ class EncoderRequest(_Traced):
             s.t_max,
             s.vision_hidden,
             s.text_hidden,
-            s.image_size,
+            s.image_shape,
             frames=self.frames,
             crops=s.crops,
             deepstack=s.deepstack_layers,
         )
 
     def module(self, parts=None, verification: bool = False) -> torch.nn.Module:
-        return encoder_module(parts, self.precision, self.frames)
+        return encoder_module(parts, self.precision, self.frames, self.spec)
 
     def metadata(self, weights: str | None) -> dict[str, str]:
         return encoder_metadata(self, weights)
@@ -249,7 +254,7 @@ class ExportRequest(_Traced):
             self.t_max,
             s.vision_hidden,
             s.text_hidden,
-            s.image_size,
+            s.image_shape,
             positions=self.positions,
             budget_min=self.budget_min,
             frames=self.frames,
@@ -266,7 +271,7 @@ class ExportRequest(_Traced):
             return selector
         if parts is None:
             raise UsageError("the full graph needs the model's weights: pass --random-weights or --model-path")
-        return FlashVLMPipeline(encoder_module(parts, self.precision, self.frames), selector, verification)
+        return FlashVLMPipeline(encoder_module(parts, self.precision, self.frames, self.spec), selector, verification)
 
     def metadata(self, weights: str | None) -> dict[str, str]:
         return request_metadata(self, weights)

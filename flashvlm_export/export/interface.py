@@ -98,7 +98,7 @@ def graph_interface(
     t_max: int,
     vision_hidden: int,
     text_hidden: int,
-    image_size: int,
+    image_shape: tuple[int, int],
     positions: bool = False,
     budget_min: int | None = None,
     frames: int | None = None,
@@ -112,7 +112,7 @@ def graph_interface(
     outputs also hold the kept tokens' (t, h, w) rotary positions (models/positions.py). budget_min: a budget-range
     graph (budget_min..budget): it also takes `budget` (B,) and returns `kept` (B,); its indices, visual_embeds
     and positions are padded to K = budget (-1 indices and positions, zero rows after each image's kept ones).
-    frames: a clip graph: pixel_values (B, F, 3, H, W), N the clip's tokens (selector/clip.py); gram_width: the columns
+    image_shape: (H, W) of pixel_values. frames: a clip graph: pixel_values (B, F, 3, H, W), N the clip's tokens (selector/clip.py); gram_width: the columns
     of its Gram (a group's n under the per-group rule).
     crops > 1 (LLaVA-NeXT): pixel_values (B, crops, 3, S, S); the N tokens are the crops' crop-major, and G is per crop.
     deepstack = L > 0 (Qwen3-VL): the features also hold `deepstack_features` (B, L, N, Dl) after P(X), and the selected
@@ -130,7 +130,7 @@ def graph_interface(
     if deepstack:
         features += (TensorSpec(DEEPSTACK_FEATURES, (b, deepstack, n, text_hidden), f32),)
     stack = (frames,) if frames is not None else (crops,) if crops > 1 else ()  # a clip's frames or a photo's crops
-    pixels = TensorSpec(PIXEL_VALUES, (b, *stack, 3, image_size, image_size), f32)
+    pixels = TensorSpec(PIXEL_VALUES, (b, *stack, 3, *image_shape), f32)
     gram = (b, crops, n // crops, n // crops) if crops > 1 else (b, n, gram_width or n)
     if kind == "encoder":
         return GraphInterface(kind, (pixels,), features, ())

@@ -48,7 +48,7 @@ def encoder_metadata(request, weights: str | None) -> dict[str, str]:
         model=s.name,
         batch=request.batch,
         n_tokens=request.tokens,
-        image_size=s.image_size,
+        image_size=s.shape_text,
         vision_hidden=s.vision_hidden,
         text_hidden=s.text_hidden,
         precision=request.precision,
@@ -81,7 +81,7 @@ def request_metadata(request, weights: str | None) -> dict[str, str]:
         t_max=request.t_max,
         batch=request.batch,
         n_tokens=request.tokens,
-        image_size=request.spec.image_size,
+        image_size=request.spec.shape_text,
         vision_hidden=request.spec.vision_hidden,
         text_hidden=request.spec.text_hidden,
         k_imp=widest.k_imp,
@@ -183,7 +183,7 @@ def request_fields(meta: dict[str, str], source: str) -> dict:
             raise ValueError(f"{graph!r} is neither 'selector' nor 'full'")
         spec = get_spec(field("model"))
         key = "image_size"
-        spec = spec.at_image_size(int(meta.get("image_size", spec.image_size)), "image_size")
+        spec = spec.at_image_size(meta.get("image_size", spec.shape_text), "image_size")
         key = "grid"
         spec = spec.at_grid(meta.get("grid"), "grid")
         budget, t_max, batch, n_tokens = whole("budget"), whole("t_max"), whole("batch"), whole("n_tokens", 2)

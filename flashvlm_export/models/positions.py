@@ -26,15 +26,15 @@ from flashvlm_export.models.spec import ModelSpec
 
 def token_positions(spec: ModelSpec) -> torch.Tensor:
     """(N, 3) int64: each visual token's (t, h, w) relative to the image's start, raster order (t = 0: a still image)."""
-    side = spec.grid_side
-    rows = torch.arange(side).repeat_interleave(side)
-    cols = torch.arange(side).repeat(side)
+    height, width = spec.token_grid
+    rows = torch.arange(height).repeat_interleave(width)
+    cols = torch.arange(width).repeat(height)
     return torch.stack([torch.zeros_like(rows), rows, cols], dim=1)
 
 
 def image_extent(spec: ModelSpec) -> int:
     """How far the image advances the text's position: max(rows, columns) of the token grid (Qwen's get_rope_index)."""
-    return spec.grid_side
+    return max(spec.token_grid)
 
 
 def sequence_positions(before: int, kept: torch.Tensor, after: int, extent: int) -> torch.Tensor:

@@ -74,16 +74,17 @@ def IMAGE_PROCESSOR():
 
 
 def processor_pixels(output, spec: ModelSpec) -> torch.Tensor:
-    """(1, 3, S, S) fp32 from the processor's flat patches of one S x S image (unpatchify)."""
+    """(1, 3, H, W) fp32 from the processor's flat patches of one H x W image (unpatchify)."""
     flat = torch.as_tensor(output["pixel_values"], dtype=torch.float32)
     grid = [int(x) for x in output["image_grid_thw"][0]]
-    side = spec.image_size // spec.patch_size
-    if grid != [1, side, side]:
+    height, width = spec.image_shape
+    rows, cols = height // spec.patch_size, width // spec.patch_size
+    if grid != [1, rows, cols]:
         raise UsageError(
-            f"the image processor made a {grid[1]}x{grid[2]} patch grid but {spec.name} takes {side}x{side} "
-            f"({spec.image_size} px); use the checkpoint the graph was exported from"
+            f"the image processor made a {grid[1]}x{grid[2]} patch grid but {spec.name} takes {rows}x{cols} "
+            f"({height}x{width} px); use the checkpoint the graph was exported from"
         )
-    return unpatchify(flat, spec.image_size, spec.patch_size, spec.merge)
+    return unpatchify(flat, spec.image_shape, spec.patch_size, spec.merge)
 
 
 def adopt_parts(model, parts: QwenParts) -> None:
@@ -142,13 +143,14 @@ def patchify_clip(frames: torch.Tensor, patch: int, merge: int, temporal: int) -
     return x.reshape(x.shape[0], -1)
 
 
-def unpatchify(flat: torch.Tensor, side: int, patch: int, merge: int) -> torch.Tensor:
-    """patchify's inverse for one image: (S/patch)^2 flat patches -> (1, 3, S, S), from the first temporal frame."""
-    g = side // patch
-    c = 3
-    x = flat.reshape(g // merge, g // merge, merge, merge, c, -1, patch, patch)[:, :, :, :, :, 0]
+def unpatchify(flat: torch.Tensor, shape: tuple[int, int], patch: int, merge: int) -> torch.Tensor:
+    """patchify's inverse for one image: (H/patch) x (W/patch) flat patches -> (1, 3, H, W), from the first temporal
+    frame."""
+    (height, width), c = shape, 3
+    gh, gw = height // patch, width // patch
+    x = flat.reshape(gh // merge, gw // merge, merge, merge, c, -1, patch, patch)[:, :, :, :, :, 0]
     x = x.permute(4, 0, 2, 5, 1, 3, 6)  # (C, gh/m, mh, ph, gw/m, mw, pw)
-    return x.reshape(1, c, side, side).contiguous()
+    return x.reshape(1, c, height, width).contiguous()
 
 
 def check_last_block(vision_config) -> None:
@@ -187,17 +189,17 @@ def vision_attention(attn, h: torch.Tensor, heads: int, cos, sin, mask=None) -> 
 
 
 class QwenEncoderCore(nn.Module):
-    """pixel_values (B, 3, H, W) -> X = P(X) (B, N, Dl), a (B, N), P(X) (B, N, Dl) for one fixed H = W."""
+    """pixel_values (B, 3, H, W) -> X = P(X) (B, N, Dl), a (B, N), P(X) (B, N, Dl) for one fixed (H, W)."""
 
-    def __init__(self, visual: nn.Module, image_size: int):
+    def __init__(self, visual: nn.Module, image_shape: tuple[int, int]):
         super().__init__()
         from transformers.vision_utils import get_vision_position_ids, get_vision_window_index
 
         cfg = visual.config
         check_last_block(cfg)
         self.patch, self.merge, self.temporal = cfg.patch_size, cfg.spatial_merge_size, cfg.temporal_patch_size
-        side = image_size // self.patch
-        grid = torch.tensor([[1, side, side]])
+        height, width = (image_shape, image_shape) if isinstance(image_shape, int) else image_shape  # a side: square
+        grid = torch.tensor([[1, height // self.patch, width // self.patch]])  # (t, h, w) patches
         window_index, cu_windows = get_vision_window_index(grid, self.merge, cfg.window_size, self.patch)
         unit = self.merge**2
         patch_order = (window_index[:, None] * unit + torch.arange(unit)).reshape(-1)  # window order of the patches
@@ -313,7 +315,7 @@ class QwenParts:
     source: WeightsSource
 
     def encoder(self, dtype: torch.dtype = torch.float32) -> VisionEncoder:
-        return VisionEncoder(QwenEncoderCore(self.visual, self.spec.image_size), dtype)
+        return VisionEncoder(QwenEncoderCore(self.visual, self.spec.image_shape), dtype)
 
     @torch.no_grad()
     def reference_features(self, pixel_values: torch.Tensor):
@@ -345,7 +347,7 @@ class QwenParts:
         return p, torch.stack(saliency), p
 
     def clip_encoder(self, frames: int, dtype: torch.dtype = torch.float32) -> VisionEncoder:
-        return VisionEncoder(QwenClipEncoderCore(QwenEncoderCore(self.visual, self.spec.image_size), frames), dtype)
+        return VisionEncoder(QwenClipEncoderCore(QwenEncoderCore(self.visual, self.spec.image_shape), frames), dtype)
 
     @torch.no_grad()
     def reference_clip_features(self, clips: torch.Tensor):

@@ -118,14 +118,14 @@ def adopt_parts(model, parts) -> None:
 class Qwen3EncoderCore(nn.Module):
     """pixel_values (B, 3, H, W) -> X = P(X) (B, N, Dl), a (B, N), P(X) (B, N, Dl)[, DeepStack (B, L, N, Dl)]."""
 
-    def __init__(self, visual: nn.Module, image_size: int):
+    def __init__(self, visual: nn.Module, image_shape: tuple[int, int]):
         super().__init__()
         from transformers.vision_utils import get_vision_interpolation_indices_and_weights, get_vision_position_ids
 
         cfg = visual.config
         self.patch, self.merge, self.temporal = cfg.patch_size, cfg.spatial_merge_size, cfg.temporal_patch_size
-        side = image_size // self.patch
-        grid = torch.tensor([[1, side, side]])
+        height, width = (image_shape, image_shape) if isinstance(image_shape, int) else image_shape  # a side: square
+        grid = torch.tensor([[1, height // self.patch, width // self.patch]])  # (t, h, w) patches
         indices, weights = get_vision_interpolation_indices_and_weights(
             grid,
             num_grid_per_side=visual.num_grid_per_side,
@@ -190,10 +190,10 @@ class Qwen3Parts:
     eager: object = None  # the family's eager_attention_forward (the reference's recording wraps it)
 
     def encoder(self, dtype: torch.dtype = torch.float32) -> VisionEncoder:
-        return VisionEncoder(Qwen3EncoderCore(self.visual, self.spec.image_size), dtype)
+        return VisionEncoder(Qwen3EncoderCore(self.visual, self.spec.image_shape), dtype)
 
     def clip_encoder(self, frames: int, dtype: torch.dtype = torch.float32) -> VisionEncoder:
-        core = Qwen3EncoderCore(self.visual, self.spec.image_size)
+        core = Qwen3EncoderCore(self.visual, self.spec.image_shape)
         return VisionEncoder(QwenClipEncoderCore(core, frames, self.family_name), dtype)
 
     @torch.no_grad()

@@ -62,7 +62,7 @@ QWEN_FAMILIES = ("qwen2_5_vl", "qwen3_vl", "qwen3_5")  # native-resolution tower
 class ModelSpec:
     """A model's geometry and names, declared once (models/zoo/<model>.py); its family's adapter does the rest.
 
-    N = (image_size / (patch_size * merge)) ** 2 visual tokens in raster order; `vision_hidden` is the width of
+    N = (height / (patch_size * merge)) x (width / (patch_size * merge)) visual tokens in raster order (image_shape); `vision_hidden` is the width of
     the X the Gram of step 10 is taken on (CLIP's hidden size for LLaVA; for Qwen2.5-VL the merger's output, so
     Dv = Dl), `text_hidden` that of T and P(X).
     """
@@ -70,7 +70,7 @@ class ModelSpec:
     name: str  # the --model value
     family: str  # one of FAMILIES: which adapter builds, loads and answers with it
     hf_repo: str  # Hugging Face id, looked up in the local cache only ("" for test-size models)
-    image_size: int  # input pixels per side (square); the default when image_size_step allows others
+    image_size: int  # input pixels of the image's height, and its width unless image_width is set (square: the default)
     patch_size: int  # ViT patch side
     vision_hidden: int  # Dv, width of the vision features X
     text_hidden: int  # Dl, width of the LLM embeddings (and of P(X))
@@ -93,6 +93,7 @@ class ModelSpec:
     grid: tuple[int, int] | None = None  # (rows, columns) of crops fixed at export (--grid); None: one image, no crops
     chat_template: str = ""  # the chat prompt with {question}, where the checkpoint's differs from its family's
     declared_grid: tuple[int, int] | None = None  # the declared grid (set from grid); at_grid keeps it
+    image_width: int = 0  # a non-square input's width in pixels (a Qwen shape HxW: --image-size 364x504); 0: square
 
     def __post_init__(self) -> None:
         if self.family not in FAMILIES:
@@ -108,9 +109,33 @@ class ModelSpec:
         return self.patch_size * self.merge
 
     @property
+    def image_shape(self) -> tuple[int, int]:
+        """(height, width) of the input image in pixels: the one home of the graph's pixel shape."""
+        return self.image_size, self.image_width or self.image_size
+
+    @property
+    def square(self) -> bool:
+        return self.image_shape[0] == self.image_shape[1]
+
+    @property
+    def token_grid(self) -> tuple[int, int]:
+        """(rows, columns) of visual tokens per image, raster order (a square image: grid_side x grid_side)."""
+        height, width = self.image_shape
+        return height // self.token_stride, width // self.token_stride
+
+    @property
     def grid_side(self) -> int:
-        """Visual tokens per image side."""
-        return self.image_size // self.token_stride
+        """Visual tokens per side of a square image (a non-square shape has token_grid's rows and columns)."""
+        rows, cols = self.token_grid
+        if rows != cols:
+            raise ValueError(f"{self.label} is {rows}x{cols} tokens, not square: read token_grid")
+        return rows
+
+    @property
+    def shape_text(self) -> str:
+        """The image shape as --image-size takes it: 448, or 364x504 (height x width) when not square."""
+        height, width = self.image_shape
+        return str(height) if height == width else f"{height}x{width}"
 
     @property
     def crops(self) -> int:
@@ -120,7 +145,8 @@ class ModelSpec:
     @property
     def crop_tokens(self) -> int:
         """Visual tokens per crop (per image when there are no crops)."""
-        return self.grid_side**2
+        rows, cols = self.token_grid
+        return rows * cols
 
     @property
     def n_tokens(self) -> int:
@@ -130,7 +156,8 @@ class ModelSpec:
     @property
     def label(self) -> str:
         """The model's name in artifact names: the --model name, with the side when not the default (qwen2.5-vl-7b-476px)."""
-        name = self.name if self.image_size == self.declared_image_size else f"{self.name}-{self.image_size}px"
+        declared = (self.declared_image_size, self.declared_image_size)
+        name = self.name if self.image_shape == declared else f"{self.name}-{self.shape_text}px"
         return name if self.grid == self.declared_grid else f"{name}-{self.grid[0]}x{self.grid[1]}"
 
     def selector_config(self, **settings):
@@ -208,30 +235,59 @@ class ModelSpec:
             raise UsageError(f"{flag} {text} is not a grid {self.name}'s checkpoint lists; use one of {listed} (ROWSxCOLS)")
         return replace(self, grid=(int(rows), int(cols)))
 
-    def at_image_size(self, size: int | None, flag: str = "--image-size") -> ModelSpec:
-        """This spec at another image side, if the family allows it; a size it cannot take is a one-line error."""
+    def at_image_size(self, size, flag: str = "--image-size") -> ModelSpec:
+        """This spec at another image shape, if the family allows it: a side (448), "HxW" ("364x504") or (H, W); a
+        shape it cannot take is a one-line error naming the nearest it can."""
         from dataclasses import replace
 
-        if size is None or size == self.image_size:
+        if size is None:
             return self
+        height, width = parse_shape(size, flag)
+        if (height, width) == self.image_shape:
+            return self
+        text = str(height) if height == width else f"{height}x{width}"
         if self.image_size_step is None:
             raise UsageError(
-                f"{flag} {size} does not fit {self.name}: it takes {self.image_size}x{self.image_size} images "
+                f"{flag} {text} does not fit {self.name}: it takes {self.image_size}x{self.image_size} images "
                 f"(N={self.n_tokens} tokens); resize the image or drop {flag}"
             )
         from flashvlm_export.selector.static import TOPK_LIMIT as limit  # N is bounded by TensorRT's TopK
 
         step = self.image_size_step
-        if isinstance(size, bool) or not isinstance(size, int) or size < 2 * step or size % step:
-            low = size // step * step if isinstance(size, int) and size >= 2 * step else 2 * step
-            raise UsageError(
-                f"{flag} {size} is not a multiple of {step} of at least {2 * step} ({self.name}: {self.patch_size} px patches, "
-                f"{self.merge}x{self.merge} merged); use {flag} {low} or {low + step}"
-            )
-        resized = replace(self, image_size=size)
+        for i, side in enumerate((height, width)):
+            if side < 2 * step or side % step:
+                low = side // step * step if side >= 2 * step else 2 * step
+                if height == width:
+                    what, fixes = "", (str(low), str(low + step))
+                else:
+                    what = f" ({('height', 'width')[i]} {side})"
+                    fixes = tuple(f"{v}x{width}" if i == 0 else f"{height}x{v}" for v in (low, low + step))
+                raise UsageError(
+                    f"{flag} {text}{what} is not a multiple of {step} of at least {2 * step} ({self.name}: "
+                    f"{self.patch_size} px patches, {self.merge}x{self.merge} merged); use {flag} {fixes[0]} or {fixes[1]}"
+                )
+        resized = replace(self, image_size=height, image_width=0 if height == width else width)
         if resized.n_tokens > limit:
-            largest = int(limit**0.5) * step
+            rows, cols = resized.token_grid
+            scale = (limit / resized.n_tokens) ** 0.5
+            fit = f"{int(rows * scale) * step}x{int(cols * scale) * step}" if height != width else str(int(limit**0.5) * step)
             raise UsageError(
-                f"{flag} {size} gives N={resized.n_tokens} visual tokens, over TensorRT's TopK limit {limit}; use {flag} {largest} or less"
+                f"{flag} {text} gives N={resized.n_tokens} visual tokens ({rows}x{cols}), over TensorRT's TopK limit {limit}; "
+                f"use {flag} {fit} or less"
             )
         return resized
+
+
+def parse_shape(size, flag: str = "--image-size") -> tuple[int, int]:
+    """(height, width) from a side (448), "HxW" ("364x504") or a pair; anything else is a one-line error."""
+    if isinstance(size, tuple) and len(size) == 2 and all(type(v) is int for v in size):
+        return size
+    if type(size) is int:
+        return size, size
+    text = str(size).strip().lower()
+    height, sep, width = text.partition("x")
+    if text.isdigit():
+        return int(text), int(text)
+    if sep and height.isdigit() and width.isdigit():
+        return int(height), int(width)
+    raise UsageError(f"{flag} {size!r} is not a side or HEIGHTxWIDTH in pixels; pass e.g. {flag} 448 or {flag} 364x504")

@@ -203,12 +203,14 @@ def grid_crops(image: np.ndarray, grid: tuple[int, int], side: int) -> np.ndarra
 
 
 def pipeline_corpus(
-    geometry: Geometry, image_size: int, seed: int = 0, repeats: int = 2, grid: tuple[int, int] | None = None
+    geometry: Geometry, image_size, seed: int = 0, repeats: int = 2, grid: tuple[int, int] | None = None
 ) -> list[Case]:
-    """Normalised-pixel images (noise, blocks of colour, near-flat) with random text; with a grid (LLaVA-NeXT) each
-    picture is rows x cols crops large and fed as its base image and crops (grid_crops)."""
+    """Normalised-pixel images (noise, blocks of colour, near-flat) with random text, at the graph's image_size (a side,
+    or (H, W): ModelSpec.image_shape); with a grid (LLaVA-NeXT) each picture is rows x cols crops large and fed as its
+    base image and crops (grid_crops)."""
     rows, cols = grid or (1, 1)
-    height, width = rows * image_size, cols * image_size
+    side_h, side_w = (image_size, image_size) if isinstance(image_size, int) else image_size
+    height, width = rows * side_h, cols * side_w
     cases = []
     for name in PIPELINE_CASES:
         for repeat in range(repeats):
@@ -226,7 +228,7 @@ def pipeline_corpus(
                 if geometry.frames is not None:
                     pixels.append(clip_of(img, geometry.frames, len(pixels) + repeat).astype(np.float32))
                 else:
-                    pixels.append(img.astype(np.float32) if grid is None else grid_crops(img, grid, image_size))
+                    pixels.append(img.astype(np.float32) if grid is None else grid_crops(img, grid, side_h))
                 text, mask = maker.text(None, int(rng.integers(0 if repeat else 1, geometry.t_max + 1)))
                 texts.append(text)
                 masks.append(mask)

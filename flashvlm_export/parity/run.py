@@ -75,7 +75,7 @@ def validate_cases(cases: list[Case], request: ExportRequest) -> None:
             if value.shape != shape:
                 hint = ""
                 if name == PIXEL_VALUES and value.ndim == 4:
-                    hint = f" ({request.spec.name} takes {request.spec.image_size}x{request.spec.image_size} images)"
+                    hint = f" ({request.spec.label} takes {request.spec.image_shape[0]}x{request.spec.image_shape[1]} (height x width) images)"
                 raise UsageError(
                     f"parity case {case.name} input {name!r} has shape {tuple(value.shape)}, the graph takes {shape}{hint}; "
                     "resize or re-export with matching --batch/--t-max"
@@ -260,7 +260,7 @@ def run_parity(
         if request.selector_only:
             cases = selector_corpus(geometry_of(request), seed, repeats)
         else:
-            cases = pipeline_corpus(geometry_of(request), request.spec.image_size, seed, repeats, grid=request.spec.grid)
+            cases = pipeline_corpus(geometry_of(request), request.spec.image_shape, seed, repeats, grid=request.spec.grid)
     validate_cases(cases, request)
     reference, static = reference_backends(request, parts)
     with tempfile.TemporaryDirectory(prefix="flashvlm-verify-") as scratch:

@@ -158,7 +158,7 @@ def clip_position_ids(token_ids: list[int], spec: ModelSpec, positions, k: int, 
 
 
 def read_clip(path, spec: ModelSpec, frames: int, fps: float | None = None, model_dir=None):
-    """The clip at the graph's F frames and side S (spec.image_size), through runtime/video.py's decoder (imported on
+    """The clip at the graph's F frames and shape (spec.image_shape), through runtime/video.py's decoder (imported on
     first use): a PreparedClip, its pixel_values (1, F, 3, S, S) fp32; `model_dir`: the checkpoint's processor config."""
     try:
         from flashvlm_export.runtime.video import read_clip as decode
@@ -166,4 +166,4 @@ def read_clip(path, spec: ModelSpec, frames: int, fps: float | None = None, mode
         if exc.name != "flashvlm_export.runtime.video":
             raise
         raise UsageError("--video needs the clip decoder (flashvlm_export/runtime/video.py), absent from this install") from None
-    return decode(path, frames, spec.image_size, fps=fps, model_dir=model_dir, family=adapter(spec))
+    return decode(path, frames, spec.image_shape, fps=fps, model_dir=model_dir, family=adapter(spec))

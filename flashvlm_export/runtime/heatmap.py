@@ -92,32 +92,50 @@ def _ramp(values: np.ndarray) -> np.ndarray:
     return (RAMP[low] * (1 - t) + RAMP[low + 1] * t).round().astype(np.uint8)
 
 
-def _score_panel(values: np.ndarray, grid: int, side: int) -> np.ndarray:
-    cell = side // grid
-    rgb = _ramp(values.reshape(grid, grid))  # (grid, grid, 3)
-    return np.repeat(np.repeat(rgb, cell, axis=0), cell, axis=1)
+def rows_cols(grid) -> tuple[int, int]:
+    """A token grid as (rows, columns): a side (square) or the pair."""
+    return (grid, grid) if isinstance(grid, int) else (int(grid[0]), int(grid[1]))
 
 
-def kept_panel(shown: np.ndarray, important: np.ndarray, diverse: np.ndarray, grid: int) -> np.ndarray:
-    """(S, S, 3) uint8: the picture dimmed to DROPPED_DIM, kept cells (important | diverse) bright and outlined in their colour."""
-    side = shown.shape[0]
-    cell = side // grid
+def picture_grid(shown: np.ndarray, n: int) -> tuple[int, int]:
+    """(rows, columns) of n square token cells over a picture of shown's shape (H x W: a non-square Qwen shape too)."""
+    height, width = shown.shape[:2]
+    cell = math.isqrt(height * width // n)
+    rows, cols = height // cell, width // cell
+    if rows * cols != n:
+        raise ValueError(f"{n} tokens do not tile a {height}x{width} picture in square cells")
+    return rows, cols
+
+
+def _score_panel(values: np.ndarray, grid, shape) -> np.ndarray:
+    """(H, W, 3): the values on the token grid (a side or (rows, columns)), each cell H/rows x W/columns pixels."""
+    (rows, cols), (height, width) = rows_cols(grid), rows_cols(shape)
+    rgb = _ramp(values.reshape(rows, cols))  # (rows, cols, 3)
+    return np.repeat(np.repeat(rgb, height // rows, axis=0), width // cols, axis=1)
+
+
+def kept_panel(shown: np.ndarray, important: np.ndarray, diverse: np.ndarray, grid) -> np.ndarray:
+    """(H, W, 3) uint8: the picture dimmed to DROPPED_DIM, kept cells (important | diverse) bright and outlined in their
+    colour; `grid` the token grid, a side or (rows, columns)."""
+    rows, cols = rows_cols(grid)
+    ch, cw = shown.shape[0] // rows, shown.shape[1] // cols
     out = (shown.astype(np.float64) * DROPPED_DIM).round().astype(np.uint8)
     for token in np.flatnonzero(important | diverse):
-        r, c = divmod(int(token), grid)
-        y, x = r * cell, c * cell
-        out[y : y + cell, x : x + cell] = shown[y : y + cell, x : x + cell]
+        r, c = divmod(int(token), cols)
+        y, x = r * ch, c * cw
+        out[y : y + ch, x : x + cw] = shown[y : y + ch, x : x + cw]
         colour = IMPORTANT_RGB if important[token] else DIVERSE_RGB
-        box = out[y : y + cell, x : x + cell]
+        box = out[y : y + ch, x : x + cw]
         box[:BORDER], box[-BORDER:], box[:, :BORDER], box[:, -BORDER:] = colour, colour, colour, colour
     return out
 
 
-def cell_origin(token: int, grid: int, side: int) -> tuple[int, int]:
-    """(x, y) in the rendered picture of a token's cell's top-left pixel in the kept-token panel."""
-    r, c = divmod(token, grid)
-    cell = side // grid
-    return c * cell, TITLE + r * cell
+def cell_origin(token: int, grid, shape) -> tuple[int, int]:
+    """(x, y) in the rendered picture of a token's cell's top-left pixel in the kept-token panel (grid and the
+    picture's shape: a side each, or (rows, columns) and (H, W))."""
+    (rows, cols), (height, width) = rows_cols(grid), rows_cols(shape)
+    r, c = divmod(token, cols)
+    return c * (width // cols), TITLE + r * (height // rows)
 
 
 def render_heatmap(
@@ -131,24 +149,24 @@ def render_heatmap(
     from PIL import Image, ImageDraw
 
     n = maps.fused.shape[0]
-    grid = math.isqrt(n)
-    side = shown.shape[0]
+    grid = picture_grid(shown, n)  # the photo as the graph sees it, unsquashed: a non-square shape's own grid
+    height, side = shown.shape[:2]
     important, diverse = token_roles(indices, maps.fused, k_imp)
     panels = [
         (f"kept {len(indices)}/{n}", kept_panel(shown, important, diverse, grid)),
-        ("S_int (step 1)", _score_panel(maps.s_int, grid, side)),
-        ("s (step 5: text relevance), min-max scaled", _score_panel(_minmax(maps.relevance), grid, side)),
-        ("S_ext (step 7)", _score_panel(maps.s_ext, grid, side)),
-        ("F (step 8), min-max scaled", _score_panel(_minmax(maps.fused), grid, side)),
+        ("S_int (step 1)", _score_panel(maps.s_int, grid, (height, side))),
+        ("s (step 5: text relevance), min-max scaled", _score_panel(_minmax(maps.relevance), grid, (height, side))),
+        ("S_ext (step 7)", _score_panel(maps.s_ext, grid, (height, side))),
+        ("F (step 8), min-max scaled", _score_panel(_minmax(maps.fused), grid, (height, side))),
     ]
     width = len(panels) * side + (len(panels) - 1) * GAP
-    picture = Image.new("RGB", (width, TITLE + side + FOOTER), (255, 255, 255))
+    picture = Image.new("RGB", (width, TITLE + height + FOOTER), (255, 255, 255))
     draw = ImageDraw.Draw(picture)
     for i, (title, pixels) in enumerate(panels):
         x = i * (side + GAP)
         picture.paste(Image.fromarray(pixels), (x, TITLE))
         draw.text((x + 2, 3), title, fill=(0, 0, 0))
-    y = TITLE + side + 4
+    y = TITLE + height + 4
     draw.rectangle([2, y + 1, 12, y + 11], outline=IMPORTANT_RGB, width=BORDER)
     draw.text((16, y), f"important {int(important.sum())} (step 9)", fill=(0, 0, 0))
     draw.rectangle([182, y + 1, 192, y + 11], outline=DIVERSE_RGB, width=BORDER)

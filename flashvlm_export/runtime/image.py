@@ -1,15 +1,16 @@
-"""A photo -> pixel_values (1, 3, S, S), as the checkpoint's own image processor makes them for the graph's side S.
+"""A photo -> pixel_values (1, 3, H, W), as the checkpoint's own image processor makes them for the graph's shape.
 
 runtime/photo.py reads the file as an image viewer shows it (EXIF orientation, 16-bit and float samples scaled to
 8 bits, transparency on white, a pixel limit). The family adapter names the processor class and how it resizes
 (models/adapter.py). With a model directory that has preprocessor_config.json, that config drives it (its mean,
 std, rescale factor); otherwise the adapter's defaults. LLaVA-1.5 (RESIZE "shortest-edge-crop"): CLIP's processor
 resizes the shortest side to S, center-crops, rescales 1/255 and normalises with CLIP's mean and std. Qwen2.5-VL
-(RESIZE "stretch"): the graph is static, so the photo is stretched to S x S (bicubic, PIL, the processor's
-resample), then Qwen2VLImageProcessorPil rescales, normalises and patchifies it without resizing again, and the
-adapter unpatchifies its flat patches. For a square photo this is the processor's own output with size fixed to
-S x S pixels (tests/test_qwen_handoff.py); a photo of another aspect is stretched, which the processor would not
-do, and `note` says so in one line.
+(RESIZE "stretch"): the graph is static, so the photo is resized to the graph's H x W (bicubic, PIL, the
+processor's resample), then Qwen2VLImageProcessorPil rescales, normalises and patchifies it without resizing again,
+and the adapter unpatchifies its flat patches. For a photo of the graph's aspect this is the processor's own output
+with its pixels pinned to H x W (tests/test_qwen_handoff.py); a photo of another aspect is stretched, which the
+processor would not do, and `note` says so in one line with the aspect error (a split of several shapes picks the
+nearest: models/shapes.py).
 """
 
 from __future__ import annotations
@@ -41,10 +42,11 @@ class PreparedImage:
 def _defaults(spec: ModelSpec, family) -> dict:
     """The processor's settings without a checkpoint: the adapter's mean and std, sized to the graph's side."""
     side = spec.image_size
+    height, width = spec.image_shape
     common = dict(image_mean=list(family.IMAGE_MEAN), image_std=list(family.IMAGE_STD), do_convert_rgb=True)
-    if family.RESIZE == STRETCH:  # S x S pixels exactly (smart_resize keeps a square photo's side when S is a multiple of 28)
-        square = {"shortest_edge": side * side, "longest_edge": side * side}
-        return dict(common, size=square, patch_size=spec.patch_size, merge_size=spec.merge)  # Qwen3: 16 px patches
+    if family.RESIZE == STRETCH:  # H x W pixels exactly (smart_resize keeps an H x W photo's shape, both multiples of 28)
+        pinned = {"shortest_edge": height * width, "longest_edge": height * width}
+        return dict(common, size=pinned, patch_size=spec.patch_size, merge_size=spec.merge)  # Qwen3: 16 px patches
     if family.RESIZE == ANYRES:
         return dict(
             common, size={"shortest_edge": side}, crop_size={"height": side, "width": side}, image_grid_pinpoints=_pinpoint(spec)
@@ -58,7 +60,7 @@ def image_processor(spec: ModelSpec, model_dir: Path | None):
     if model_dir is not None and (Path(model_dir) / "preprocessor_config.json").is_file():
         return cls.from_pretrained(str(model_dir), local_files_only=True), f"{model_dir}/preprocessor_config.json"
     name = cls.__name__.removesuffix("Pil").removesuffix("ImageProcessor")  # "CLIP", "Qwen2VL"
-    return cls(**_defaults(spec, family)), f"{name} defaults for {spec.name} ({spec.image_size} px)"
+    return cls(**_defaults(spec, family)), f"{name} defaults for {spec.name} ({spec.shape_text} px)"
 
 
 def _pinpoint(spec: ModelSpec) -> list[list[int]]:
@@ -101,15 +103,21 @@ def _prepare_crops(image, spec: ModelSpec, processor, name: str) -> PreparedImag
 
 
 def stretch_note(spec: ModelSpec, width: int, height: int, what: str = "photo") -> str:
-    """One line when a photo (or a clip) that is not square is stretched to the graph's square (Qwen2.5-VL's static
-    side), as LLaVA-NeXT's grid_note says when a photo does not fit the graph's grid; empty for a square one."""
-    if width == height:
+    """One line when a photo (or a clip) of another aspect than the graph's shape is stretched to it (Qwen's static
+    shape), as LLaVA-NeXT's grid_note says when a photo does not fit the graph's grid; empty for one of its aspect."""
+    from flashvlm_export.models.shapes import aspect_error
+
+    rows, cols = spec.image_shape
+    if width * rows == height * cols:
         return ""
-    side = spec.image_size
+    from math import gcd
+
+    fix = "to a square" if rows == cols else f"to {cols // gcd(rows, cols)}:{rows // gcd(rows, cols)}"
     return (
-        f"the {what} is {width}x{height} px; this graph takes {side}x{side}, so the {what} is stretched to a square "
-        f"(aspect ratio {width / height:.2f} -> 1; the checkpoint's processor would keep it): crop or pad the {what} "
-        "to a square to keep its proportions"
+        f"the {what} is {width}x{height} px (width x height); this graph takes {cols}x{rows}, so the {what} is stretched "
+        f"(aspect ratio {width / height:.2f} -> {cols / rows:.2f}, {aspect_error((height, width), spec.image_shape):.1f}% "
+        f"off; the checkpoint's processor would keep it): export --aspects for a graph per shape, or crop the {what} "
+        f"{fix} to keep its proportions"
     )
 
 
@@ -124,15 +132,15 @@ def prepare_image(
         return _prepare_crops(image, spec, processor, name)
     options, note = {}, ""
     if family.RESIZE == STRETCH:  # to the graph's side as the processor resizes (bicubic), then no resize of its own
-        side = spec.image_size
+        height, width = spec.image_shape
         note = stretch_note(spec, image.width, image.height)
-        image = image.resize((side, side), resample=int(processor.resample))
+        image = image.resize((width, height), resample=int(processor.resample))
         options["do_resize"] = False
     pixels = family.processor_pixels(processor(images=image, return_tensors="pt", **options), spec)  # (1, 3, H, W)
-    if tuple(pixels.shape[-2:]) != (spec.image_size, spec.image_size):
+    if tuple(pixels.shape[-2:]) != spec.image_shape:
         raise UsageError(
             f"the image processor ({name}) makes {tuple(pixels.shape[-2:])} pixels but {spec.name} takes "
-            f"{spec.image_size}x{spec.image_size}; use the checkpoint the graph was exported from"
+            f"{spec.image_shape[0]}x{spec.image_shape[1]} (height x width); use the checkpoint the graph was exported from"
         )
     mean = torch.tensor(processor.image_mean, dtype=torch.float32)[:, None, None]
     std = torch.tensor(processor.image_std, dtype=torch.float32)[:, None, None]

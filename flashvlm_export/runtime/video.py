@@ -108,6 +108,13 @@ def _count(path: Path) -> int:
         return sum(1 for _ in container.decode(stream))
 
 
+def frame_size(path: Path) -> tuple[int, int]:
+    """(width, height) of the clip's frames, from its first video stream's header."""
+    container, stream = _open(path)
+    with container:
+        return int(stream.width), int(stream.height)
+
+
 def even_indices(total: int, frames: int) -> list[int]:
     """Qwen2VLVideoProcessor.sample_frames' uniform rule in integers: floor(i * total / F) for i < F."""
     return [i * total // frames for i in range(frames)]
@@ -173,11 +180,13 @@ def _decode(path: Path, indices: list[int]) -> tuple[np.ndarray, list[float]]:
     return np.stack([frames[i] for i in indices]), [times[i] for i in indices]
 
 
-def resize_frames(frames: torch.Tensor, size: int) -> torch.Tensor:
-    """(F, 3, H, W) uint8 -> (F, 3, S, S) uint8, torchvision's resize_image path for bicubic uint8 on CPU."""
-    if tuple(frames.shape[-2:]) == (size, size):
+def resize_frames(frames: torch.Tensor, size) -> torch.Tensor:
+    """(F, 3, H, W) uint8 -> (F, 3, S, S) uint8 (size S, or (S_h, S_w) for a non-square graph), torchvision's resize_image
+    path for bicubic uint8 on CPU."""
+    shape = (size, size) if isinstance(size, int) else tuple(size)
+    if tuple(frames.shape[-2:]) == shape:
         return frames
-    return torch.nn.functional.interpolate(frames, size=[size, size], mode="bicubic", align_corners=False, antialias=True)
+    return torch.nn.functional.interpolate(frames, size=list(shape), mode="bicubic", align_corners=False, antialias=True)
 
 
 def normalize_frames(frames: torch.Tensor, settings: dict) -> torch.Tensor:
@@ -189,10 +198,10 @@ def normalize_frames(frames: torch.Tensor, settings: dict) -> torch.Tensor:
 
 
 def read_clip(
-    path: str | Path, frames: int, size: int, fps: float | None = None, model_dir: str | Path | None = None, family=qwen2_5_vl
+    path: str | Path, frames: int, size, fps: float | None = None, model_dir: str | Path | None = None, family=qwen2_5_vl
 ) -> PreparedClip:
     """Decode `path`, sample `frames` frames (evenly, or at `fps` from the start), make them the family's pixels at
-    S = `size` (Qwen2.5-VL's by default; a family adapter with SPREAD_FRAMES samples as Qwen3VLVideoProcessor does).
+    S = `size` (or (height, width) for a non-square graph; Qwen2.5-VL's by default; a family adapter with SPREAD_FRAMES samples as Qwen3VLVideoProcessor does).
 
     Bad input (a missing file, one FFmpeg cannot read, a still image, too few frames, an odd `frames`, an `fps`
     that samples fewer than `frames`) is a UsageError naming the value and the fix.
@@ -201,7 +210,7 @@ def read_clip(
         raise UsageError(
             f"{arg('frames', frames)} is not a positive even count; {family.NAME} pairs frames into temporal groups of {TEMPORAL_PATCH}: pass 2, 4, 8, ..."
         )
-    if size <= 0:
+    if min((size, size) if isinstance(size, int) else size) <= 0:
         raise UsageError(f"{arg('size', size)} is not a positive side in pixels; pass the graph's image size (e.g. 448)")
     path = Path(path)
     settings, processor = _settings(Path(model_dir) if model_dir is not None else None, family)
@@ -221,14 +230,17 @@ def read_clip(
     return PreparedClip(pixels, shown, indices, times, float(rate), effective, total, processor, (width, height))
 
 
-def demo_frames(frames: int = 16, size: int = 448) -> np.ndarray:
-    """(F, S, S, 3) uint8: a red ball rolling left to right over a tiled floor; a green box appears in the second half."""
-    y, x = np.mgrid[0:size, 0:size]
+def demo_frames(frames: int = 16, size=448) -> np.ndarray:
+    """(F, H, W, 3) uint8 (size: a side, or (H, W)): a red ball rolling left to right over a tiled floor; a green box
+    appears in the second half."""
+    height, width = (size, size) if isinstance(size, int) else size
+    y, x = np.mgrid[0:height, 0:width] * (min(height, width) / np.array([height, width]))[:, None, None]
+    size = min(height, width)
     tile = max(size // 8, 1)
     checker = ((y // tile + x // tile) % 2).astype(np.float64)
     background = np.stack([120 + 40 * checker + 40 * y / size, 110 + 30 * checker, 90 + 50 * x / size], axis=-1)
     radius = size / 10
-    out = np.empty((frames, size, size, 3), dtype=np.uint8)
+    out = np.empty((frames, height, width, 3), dtype=np.uint8)
     for f in range(frames):
         picture = background.copy()
         cx = radius + (size - 2 * radius) * f / max(frames - 1, 1)
@@ -236,7 +248,7 @@ def demo_frames(frames: int = 16, size: int = 448) -> np.ndarray:
         picture[(x - cx) ** 2 + (y - cy) ** 2 <= radius**2] = (220, 30, 40)
         if f >= frames // 2:  # the box: a question about "the second half" has somewhere to look
             top, left, side = int(size * 0.12), int(size * 0.62), int(size * 0.22)
-            picture[top : top + side, left : left + side] = (40, 170, 70)
+            picture[(y >= top) & (y < top + side) & (x >= left) & (x < left + side)] = (40, 170, 70)
         out[f] = picture.round().astype(np.uint8)
     return out
 
@@ -286,10 +298,11 @@ def write_clip(path: str | Path, frames: np.ndarray, fps: int | Fraction = DEMO_
     return path
 
 
-def write_demo_clip(path: str | Path, frames: int = 16, size: int = 448, force: bool = False, fps: float = DEMO_FPS) -> Path:
-    """The synthetic clip (demo_frames) at `fps` (DEMO_FPS by default); refuses an existing file unless `force`; never
-    leaves a partial file."""
-    if frames < 1 or size < 16 or size % 2 or not fps > 0:
+def write_demo_clip(path: str | Path, frames: int = 16, size=448, force: bool = False, fps: float = DEMO_FPS) -> Path:
+    """The synthetic clip (demo_frames; size a side or (H, W)) at `fps` (DEMO_FPS by default); refuses an existing file
+    unless `force`; never leaves a partial file."""
+    sides = (size, size) if isinstance(size, int) else tuple(size)
+    if frames < 1 or min(sides) < 16 or any(s % 2 for s in sides) or not fps > 0:
         raise UsageError(
             f"a demo clip needs frames >= 1, an even size >= 16 and fps > 0, not frames={frames}, size={size}, fps={fps}"
         )
