@@ -31,7 +31,9 @@ BOUNDS = {  # the largest file each kind can plausibly be
     "graph": 2 * GiB,  # protobuf cannot parse a larger file: weights past it go to external data
     "engine": 32 * GiB,  # an fp32 engine of a 7B-class vision tower is ~1.3 GB; this is far past any real one
     "inputs": 2 * GiB,  # parity --load-inputs records
+    "data": 64 * GiB,  # a split's shared encoder weights (export/shapes.py): one 7B-class tower's, a few GB
 }
+SHARED_DATA = "encoder_weights.data"  # a split of several shapes: every encoder's weights, once (export/shapes.py)
 EXTERNAL_DATA_SLACK = 64 * 1024  # onnx's largest alignment padding (external_data_helper._MAX_EXTERNAL_DATA_PADDING)
 
 _KINDS = {
@@ -194,7 +196,7 @@ def check_external_data(graph: Path, proto) -> list[Path]:
             raise UsageError(
                 f"{graph}: its external data {location!r} is {size} bytes, shorter than the {end} its tensors need; re-export the graph"
             )
-        if size > end + EXTERNAL_DATA_SLACK:
+        if size > end + EXTERNAL_DATA_SLACK and Path(location).name != SHARED_DATA:  # the shared file holds every shape's
             raise UsageError(
                 f"{graph}: its external data {location!r} is {_size(size)}, more than its tensors can plausibly need "
                 f"({end} bytes and alignment); re-export the graph with flashvlm-export"

@@ -6,6 +6,7 @@ A file is this tool's own when it carries the tool's stamp in its own format:
   .json             a top-level "producer": "flashvlm-export" (sidecars, manifests, reports)
   .plan             its sidecar (X.plan -> X.json) is this tool's, names it and says built_by flashvlm-export
   .onnx.data        the external data of a graph beside it that is this tool's and keeps its tensors there
+  .data             a split's shared encoder weights, which the folder's manifest.json (this tool's) lists
   .gguf             the key flashvlm_export.producer
   .png              a tEXt chunk Software = flashvlm-export
   .mp4 .mkv .avi    the container's comment tag
@@ -82,6 +83,13 @@ def _own_external_data(path: Path) -> bool:
     return path.name in locations
 
 
+def _own_shared_data(path: Path) -> bool:
+    """A split of several shapes' shared weights (export/shapes.py): its folder's manifest is this tool's and lists it."""
+    record = _json_record(path.parent / "manifest.json")
+    shared = record.get("shared_weights") if isinstance(record, dict) and record.get("producer") == PRODUCER else None
+    return isinstance(shared, dict) and shared.get("path") == path.name
+
+
 def _stamped_engine(path: Path) -> bool:
     sidecar = sidecar_path(path)
     if not _regular(sidecar):
@@ -129,6 +137,7 @@ _STAMPS = {
     ".onnx": _stamped_onnx,
     ".json": _stamped_json,
     ".plan": _stamped_engine,
+    ".data": _own_shared_data,
     ".gguf": _stamped_gguf,
     ".png": _stamped_png,
     ".mp4": _stamped_video,

@@ -94,6 +94,15 @@ def parser() -> argparse.ArgumentParser:
     )
     t.add_argument("--fused", action="store_true", help="one full graph per budget, each with its own copy of the encoder")
     t.add_argument(
+        "--aspects",
+        nargs="?",
+        const="",
+        metavar="SHAPES",
+        help="one split holding several input shapes, chosen per photo by run --manifest: alone, the common aspects "
+        "1:1, 4:3, 3:4, 16:9, 9:16 at the square's token count (Qwen) or every grid pinpoint of the checkpoint "
+        "(LLaVA-NeXT); or a list, e.g. 448x448,392x588 (height x width), 4:3 (width:height), or grids 2x2,1x3",
+    )
+    t.add_argument(
         "--engine", action="store_true", help="also build a TensorRT engine from each graph (needs TensorRT and a GPU)"
     )
     t.add_argument("--engine-dir", metavar="DIR", default="engines", help="folder for engines (default: engines)")
@@ -131,14 +140,10 @@ def plan_export(args):
     from flashvlm_export.models.registry import get_spec
 
     video = video_options(args)  # its refusals come first, as before the selector's
-    spec, requests = export_requests(
-        args.model,
-        args.budget,
+    common = dict(
         config=selector_config(args, get_spec(args.model)),
         t_max=args.t_max,
         batch=args.batch,
-        image_size=args.image_size,
-        grid=args.grid,
         selector_only=args.selector_only,
         n_tokens=args.n_tokens,
         budget_range=args.budget_range,
@@ -146,7 +151,46 @@ def plan_export(args):
         precision=args.precision,
         **video,
     )
+    if args.aspects is not None:
+        return plan_shapes(args, common)
+    spec, requests = export_requests(args.model, args.budget, image_size=args.image_size, grid=args.grid, **common)
     return spec, requests, plan_outputs(requests, Path(args.out_dir), args.out, args.split, args.fused)
+
+
+def plan_shapes(args, common: dict):
+    """--aspects: each shape's checked requests (the same budgets: the square's default when none given) and the one
+    split folder that holds them (export/shapes.py)."""
+    from flashvlm_export.export.job import Outputs
+    from flashvlm_export.export.requests import export_requests
+    from flashvlm_export.export.shapes import shapes_plan
+    from flashvlm_export.models.shapes import parse_aspects, shape_key
+
+    for flag, given in (
+        ("--fused", args.fused),
+        ("--selector-only", args.selector_only),
+        ("--out", args.out),
+        ("--grid", args.grid),
+    ):
+        if given:
+            raise UsageError(f"--aspects writes one split folder of several shapes; drop {flag} (or --aspects)")
+    base, base_requests = export_requests(args.model, args.budget, image_size=args.image_size, **common)
+    if not base.square:
+        raise UsageError(
+            f"--image-size {args.image_size} with --aspects: --aspects sets the shapes, a square --image-size their token "
+            f"count; pass a square side (e.g. --image-size {base.image_size}) or list the shapes in --aspects"
+        )
+    shapes = parse_aspects(args.aspects, base)
+    budgets = args.budget  # none given: the square's default for every Qwen shape; each grid's own for LLaVA-NeXT's
+    if budgets is None and args.budget_range is None and base.grid is None:
+        budgets = ",".join(str(r.budget) for r in base_requests)
+    shape_requests = []
+    for shape in shapes:
+        size = None if shape.grid is not None else shape.image_shape
+        grid = None if shape.grid is None else shape_key(shape)
+        shape_requests.append(export_requests(args.model, budgets, image_size=size, grid=grid, **common)[1])
+    plan = shapes_plan(shape_requests, Path(args.out_dir))
+    requests = [r for rs in shape_requests for r in rs]
+    return base, requests, Outputs(requests, plan.graphs(), plan)
 
 
 def main(argv: list[str]) -> int:
@@ -171,9 +215,11 @@ def main(argv: list[str]) -> int:
     weights_flag = "" if done.weights is None else f" {done.weights.flags()}"
     if done.manifest is not None:
         first = outputs.plan.selectors[-1].budget
+        budgets = {r.budget for r in outputs.requests}
+        budget = "" if len(budgets) > 1 and len(outputs.plan.selectors) == 1 else f" --budget {first}"  # each shape's own
         log(f"Done. Check it: {commands.PROG} parity --manifest {done.manifest}{weights_flag}")
         picture = "--video CLIP" if args.video else "--image PHOTO"
-        log(f"Run it:   {commands.PROG} run --manifest {done.manifest} --budget {first} {picture} --question TEXT")
+        log(f"Run it:   {commands.PROG} run --manifest {done.manifest}{budget} {picture} --question TEXT")
     elif done.engines:
         log(f"Done. Check it: {commands.PROG} parity --engine {done.engines[0]} --graph {done.graphs[0]}{weights_flag}")
     else:

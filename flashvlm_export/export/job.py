@@ -22,7 +22,7 @@ class Outputs:
 
     requests: list[ExportRequest]
     graphs: list[Path]  # one per request; for a split, the encoder then each selector
-    plan: SplitPlan | None = None
+    plan: SplitPlan | None = None  # or a ShapesPlan (export/shapes.py): a split of several shapes
 
     flag: str = "--out-dir"  # the flags that move these paths: a split's only by --out-dir; one graph by --out too
 
@@ -126,7 +126,18 @@ def run_export(
             parts = get_parts_logged(spec, source, log)
         weights = None if parts is None else parts.source.tag
         plan, manifest, requests = outputs.plan, None, outputs.requests
-        if plan:
+        shapes = plan is not None and not isinstance(plan, SplitPlan)
+        if shapes:
+            from flashvlm_export.export.shapes import export_shapes
+
+            manifest = export_shapes(plan, parts, weights, opset, exporter, overwrite=force, log=log)
+            total = sum(artifact_size(g) for g in plan.graphs()) + plan.data.stat().st_size
+            log(
+                f"Split: wrote {manifest}: {plural(len(plan.plans), 'shape')} ({', '.join(p.tag for p in plan.plans)}), "
+                f"each an encoder graph and {plural(len(plan.selectors), 'selector graph')}; {human_size(total)} in all"
+            )
+            requests = plan.requests()
+        elif plan:
             from flashvlm_export.export.split import export_split
 
             manifest = export_split(plan, parts, weights, opset, exporter, overwrite=force, log=log)
@@ -136,13 +147,17 @@ def run_export(
                 f"{plural(len(plan.selectors), 'selector graph')} (K = {', '.join(r.budget_label for r in plan.selectors)}, "
                 f"{human_size(selectors)} together)"
             )
-            requests = [plan.encoder, *plan.selectors]
+            requests = plan.requests()
         else:
             for request, path in zip(requests, outputs.graphs, strict=True):
                 export_logged(request, path, parts, weights, opset, exporter, overwrite=force, log=log)
         if engine_paths:
             built = engines.build(requests, outputs.graphs, engine_paths, weights, log=log)
-            if plan:
+            if shapes:
+                from flashvlm_export.export.shapes import add_shape_engines
+
+                add_shape_engines(plan, built)
+            elif plan:
                 from flashvlm_export.export.split import add_engines
 
                 add_engines(manifest, built)

@@ -196,6 +196,12 @@ def read_manifest(path: Path, verify: bool = True, engines: bool = False) -> Man
         record = json.loads(read_bounded(path, BOUNDS["json"]))
     except (OSError, UnicodeDecodeError, ValueError) as exc:
         raise _fail(path, f"is not readable JSON ({type(exc).__name__})") from None
+    if isinstance(record, dict) and record.get("format") == "flashvlm-export shapes":  # export/shapes.py
+        shapes = [s.get("manifest", {}).get("path", "?") for s in record.get("shapes", []) if isinstance(s, dict)]
+        raise UsageError(
+            f"{path} is a split of several shapes ({len(shapes)}): run --manifest and parity --manifest take it whole; "
+            f"for this command name one shape's manifest, e.g. {path.parent / shapes[0] if shapes else 'manifest_<shape>.json'}"
+        )
     if not isinstance(record, dict) or record.get("format") != FORMAT:
         raise _fail(path, f'is not a flashvlm-export split manifest (no "format": "{FORMAT}")')
     if record.get("format_version") != FORMAT_VERSION:

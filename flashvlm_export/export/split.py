@@ -25,7 +25,6 @@ from flashvlm_export.export.graphs import EncoderRequest, ExportRequest, export_
 from flashvlm_export.export.manifest import (
     ENCODER_STEM,
     MANIFEST_NAME,
-    entry_stem,
     file_entry,
     manifest_record,
     read_manifest,
@@ -41,20 +40,28 @@ class SplitPlan:
     folder: Path
     encoder: EncoderRequest
     selectors: tuple[ExportRequest, ...]  # one per budget, selector graphs (with step 12's gather)
+    tag: str = ""  # one shape of a split of several (export/shapes.py): its key ends each file's name
+
+    def _named(self, stem: str) -> str:
+        return f"{stem}_{self.tag}" if self.tag else stem
 
     @property
     def manifest(self) -> Path:
-        return self.folder / MANIFEST_NAME
+        return self.folder / (f"{self._named(Path(MANIFEST_NAME).stem)}.json" if self.tag else MANIFEST_NAME)
 
     @property
     def encoder_graph(self) -> Path:
-        return self.folder / f"{ENCODER_STEM}.onnx"
+        return self.folder / f"{self._named(ENCODER_STEM)}.onnx"
 
     def selector_graph(self, request: ExportRequest) -> Path:
-        return self.folder / f"{selector_stem(request.budget, request.budget_min)}.onnx"
+        return self.folder / f"{self._named(selector_stem(request.budget, request.budget_min))}.onnx"
 
     def graphs(self) -> list[Path]:
         return [self.encoder_graph] + [self.selector_graph(r) for r in self.selectors]
+
+    def requests(self) -> list:
+        """The request of each graph, in graphs' order."""
+        return [self.encoder, *self.selectors]
 
     def outputs(self) -> list[Path]:
         """Every file the split writes: graphs, their sidecars, the manifest (and an encoder's external data past 2 GB)."""
@@ -71,13 +78,15 @@ class SplitPlan:
         return [self.engine_folder / (g.stem + ".plan") for g in self.graphs()]
 
 
-def split_plan(requests: list[ExportRequest], out_dir: Path) -> SplitPlan:
-    """The split of full-graph requests (one per budget, same model/batch/precision/plugin) into `out_dir`."""
+def split_plan(requests: list[ExportRequest], out_dir: Path, tag: str = "", folder: Path | None = None) -> SplitPlan:
+    """The split of full-graph requests (one per budget, same model/batch/precision/plugin) into `out_dir` (or into
+    `folder`, as one shape `tag` of a split of several)."""
     first = requests[0]
-    folder = Path(out_dir) / split_stem(first.spec.label, first.batch, first.precision, first.plugin, clip_label(first))
+    if folder is None:
+        folder = Path(out_dir) / split_stem(first.spec.label, first.batch, first.precision, first.plugin, clip_label(first))
     encoder = EncoderRequest(spec=first.spec, batch=first.batch, precision=first.precision, frames=first.frames)
     selectors = tuple(replace(r, selector_only=True, precision="fp32") for r in requests)
-    return SplitPlan(folder, encoder, selectors)
+    return SplitPlan(folder, encoder, selectors, tag)
 
 
 def export_split(
@@ -100,19 +109,35 @@ def export_split(
     finals = plan.outputs()
     with atomic_outputs(finals, overwrite=overwrite) as temps:
         staged = dict(zip(finals, temps, strict=True))
-        metas = {}
-        for request, graph in [(plan.encoder, plan.encoder_graph)] + [(r, plan.selector_graph(r)) for r in plan.selectors]:
-            # selector graphs hold no weights: the encoder and the manifest record whose they are
-            own_weights = weights if request.kind == "encoder" else None
-            how = exporter if request.kind == "encoder" else selector_exporter or exporter
-            meta = export_logged(request, staged[graph], parts, own_weights, opset, how, log=log, staged=True)
-            metas[graph.stem] = meta
-        files = {g.stem: file_entry(staged[g], staged[g].parent) for g in plan.graphs()}
-        selectors_meta = {r.budget: metas[selector_stem(r.budget, r.budget_min)] for r in plan.selectors}
-        write_manifest(staged[plan.manifest], manifest_record(metas[ENCODER_STEM], selectors_meta, files))
+        metas = export_plan_graphs(plan, staged, parts, weights, opset, exporter, log, selector_exporter)
+        write_plan_manifest(plan, staged, metas)
     for graph in plan.graphs():  # announced only now: every file is in place
         log(f"ONNX: saved as '{graph}' ({human_size(artifact_size(graph))})")
     return plan.manifest
+
+
+def export_plan_graphs(plan: SplitPlan, staged: dict, parts, weights, opset, exporter, log, selector_exporter=None) -> dict:
+    """Export the plan's graphs to their staged paths; each graph's metadata by its manifest key (encoder,
+    selector_b<K>)."""
+    metas = {}
+    for request, graph in [(plan.encoder, plan.encoder_graph)] + [(r, plan.selector_graph(r)) for r in plan.selectors]:
+        # selector graphs hold no weights: the encoder and the manifest record whose they are
+        own_weights = weights if request.kind == "encoder" else None
+        how = exporter if request.kind == "encoder" else selector_exporter or exporter
+        meta = export_logged(request, staged[graph], parts, own_weights, opset, how, log=log, staged=True)
+        metas[ENCODER_STEM if request.kind == "encoder" else selector_stem(request.budget, request.budget_min)] = meta
+    return metas
+
+
+def write_plan_manifest(plan: SplitPlan, staged: dict, metas: dict) -> None:
+    """The plan's manifest, from its staged graphs as they now are (hashes) and their metadata."""
+    files = {ENCODER_STEM: file_entry(staged[plan.encoder_graph], staged[plan.encoder_graph].parent)}
+    for r in plan.selectors:
+        files[selector_stem(r.budget, r.budget_min)] = file_entry(
+            staged[plan.selector_graph(r)], staged[plan.encoder_graph].parent
+        )
+    selectors_meta = {r.budget: metas[selector_stem(r.budget, r.budget_min)] for r in plan.selectors}
+    write_manifest(staged[plan.manifest], manifest_record(metas[ENCODER_STEM], selectors_meta, files))
 
 
 def _created_by(folder: Path) -> Path | None:
@@ -142,11 +167,11 @@ def owned_folder(folder: Path):
 
 
 def add_engines(manifest_path: Path, engines: dict[str, Path]) -> None:
-    """Rewrite the manifest to list the engines built from its graphs ({"encoder" | "selector_b<K>": plan})."""
+    """Rewrite the manifest to list the engines built from its graphs ({graph stem: plan}: encoder, selector_b<K>, or
+    with a shape's tag, encoder_364x504)."""
     manifest = read_manifest(manifest_path, verify=False)
     record, root = manifest.record, manifest.folder
-    record["encoder"]["engine"] = file_entry(engines[ENCODER_STEM], root)
-    for selector in record["selectors"]:
-        selector["engine"] = file_entry(engines[entry_stem(selector)], root)
+    for entry in [record["encoder"], *record["selectors"]]:
+        entry["engine"] = file_entry(engines[Path(entry["onnx"]["path"]).stem], root)
     with atomic_outputs([manifest_path], overwrite=True) as (temp,):
         write_manifest(temp, record)

@@ -7,7 +7,7 @@ from __future__ import annotations
 import tempfile
 import time
 from contextlib import contextmanager, nullcontext
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from flashvlm_export.errors import UsageError, arg
@@ -130,20 +130,34 @@ def check_manifest(manifest_path: Path, settings: ParitySettings, weights: Named
     """Parity of a split export, budget by budget and the chain end to end; True when it passed."""
     from flashvlm_export.artifacts.timing import StepTimer
     from flashvlm_export.export.manifest import read_manifest
+    from flashvlm_export.export.shapes import is_shape_set, read_shape_set
     from flashvlm_export.limits import check_repeats_fit
     from flashvlm_export.parity.corpus import PIPELINE_CASES
     from flashvlm_export.parity.split import run_split_parity
 
     timer = StepTimer("Manifest", log)
-    manifest = read_manifest(manifest_path)
-    timer.done(f"{manifest.path}: every file's sha256 and every graph's metadata agree")
-    r = manifest.request(manifest.budgets[0])
-    check_repeats_fit(settings.repeats, len(PIPELINE_CASES), r.spec, r.tokens, r.t_max, r.batch, False)
-    parts = get_parts_logged(r.spec, weights.for_artifact(manifest.weights, str(manifest.path)), log)
-    start = time.perf_counter()
-    s = settings
-    reports = run_split_parity(manifest, parts, s.corpus_seed, s.repeats, None, s.save_dir, log=log, min_overlap=s.min_overlap)
+    if is_shape_set(manifest_path):  # a split of several shapes: each shape's chain in turn, the weights loaded once
+        shape_set = read_shape_set(manifest_path)
+        manifests = [shape_set.manifest(i) for i in range(len(shape_set.specs))]
+        timer.done(f"{shape_set.path}: {len(manifests)} shapes ({shape_set.listing}); every file's sha256 and metadata agree")
+    else:
+        manifests = [read_manifest(manifest_path)]
+        timer.done(f"{manifests[0].path}: every file's sha256 and every graph's metadata agree")
+    parts, failed, start, s = None, [], time.perf_counter(), settings
+    for manifest in manifests:
+        r = manifest.request(manifest.budgets[0])
+        check_repeats_fit(settings.repeats, len(PIPELINE_CASES), r.spec, r.tokens, r.t_max, r.batch, False)
+        if parts is None:
+            parts = get_parts_logged(r.spec, weights.for_artifact(manifest.weights, str(manifest.path)), log)
+        parts = replace(parts, spec=r.spec)  # the one model, at this shape
+        if len(manifests) > 1:
+            log(f"Shape {r.spec.shape_text if r.spec.grid is None else r.spec.label}: {manifest.path.name}")
+        reports = run_split_parity(
+            manifest, parts, s.corpus_seed, s.repeats, None, s.save_dir, log=log, min_overlap=s.min_overlap
+        )
+        bad = [str(k) for k, report in reports.items() if not report]
+        shape = "" if len(manifests) == 1 else f" at {manifest.path.stem.removeprefix('manifest_')}"
+        failed += [f"K = {', '.join(bad)}{shape}"] if bad else []
     elapsed = time.perf_counter() - start
-    bad = [str(k) for k, report in reports.items() if not report]
-    failed = [f"K = {', '.join(bad)}"] if bad else []
-    return _verdict(failed, elapsed, f"layers 1 and 2 hold for every budget of the chain{settings.gate}", log)
+    every = "every budget of the chain" + ("" if len(manifests) == 1 else f", at every one of the {len(manifests)} shapes")
+    return _verdict(failed, elapsed, f"layers 1 and 2 hold for {every}{settings.gate}", log)

@@ -57,9 +57,10 @@ def run_split_parity(
     requests = {k: manifest.request(k) for k in manifest.budgets}
     first = requests[manifest.budgets[0]]
     if save_dir is not None:
-        check_save_dir(save_dir, [f"{manifest.folder.name}_parity.json"])
+        record_name = f"{manifest.folder.name}{manifest.path.stem.removeprefix('manifest')}_parity.json"  # a shape's: _364x504
+        check_save_dir(save_dir, [record_name])
     if cases is None:
-        cases = pipeline_corpus(geometry_of(first), first.spec.image_size, seed, repeats, grid=first.spec.grid)
+        cases = pipeline_corpus(geometry_of(first), first.spec.image_shape, seed, repeats, grid=first.spec.grid)
     for request in requests.values():
         validate_cases(cases, request)
     chain = chain or OrtChain(manifest, "CPUExecutionProvider")
@@ -130,7 +131,7 @@ def run_split_parity(
     for line in layer_summary(list(reports.values())):
         log(line)
     if save_dir is not None:
-        path = save_dir / f"{manifest.folder.name}_parity.json"
+        path = save_dir / record_name
         record = {
             "producer": PRODUCER,
             "manifest": str(manifest.path),

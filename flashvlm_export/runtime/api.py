@@ -20,6 +20,7 @@ from flashvlm_export.artifact_paths import not_a_folder
 from flashvlm_export.artifacts.ownership import check_replaceable
 from flashvlm_export.artifacts.timing import StepTimer
 from flashvlm_export.errors import UsageError, arg, switch
+from flashvlm_export.export.shapes import is_shape_set
 from flashvlm_export.models.weights import weights_for_graph
 from flashvlm_export.runtime.graph_info import GraphInfo
 from flashvlm_export.runtime.run_steps import (
@@ -98,7 +99,14 @@ def run(
     from flashvlm_export.runtime.llama_cpp import check_llm_choice
 
     check_llm_choice(llm_runtime, gguf, answer)
+    chosen = None
+    if manifest is not None and is_shape_set(manifest):  # several shapes: the processor's pick for this photo
+        from flashvlm_export.runtime.shape_choice import choose_manifest, photo_hw
+
+        manifest, chosen = choose_manifest(manifest, photo_hw(image, demo_image, max_image_pixels), log)
     info, split, recorded, source = open_source(graph, engine, manifest, budget, tensorrt)
+    if split is not None and budget is None:  # a split of one budget needs no --budget
+        budget = info.request.budget
     weights = weights_for_graph(recorded, random_weights, seed, model_path, source)
     info = GraphInfo(info.request, weights, source)
     spec, request = info.spec, info.request
@@ -150,7 +158,7 @@ def run(
         check_positions(selection, spec, source)
         log(f"Run: kept positions (t, h, w) from the image's start, from the graph: {positions_text(selection.positions)}")
     positions = None if selection.positions is None else selection.positions.numpy()
-    result = RunResult(selection.indices, n, selection.ms, selection.backend, positions=positions)
+    result = RunResult(selection.indices, n, selection.ms, selection.backend, positions=positions, shape=chosen)
 
     if heatmap_path is not None:
         from flashvlm_export.runtime.heatmap import render_heatmap, score_maps

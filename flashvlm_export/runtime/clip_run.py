@@ -164,7 +164,16 @@ def run_clip(graph, video, question, *, image=None, demo_image=None, demo_video=
     from flashvlm_export.runtime.llama_cpp import check_llm_choice
 
     check_llm_choice(llm_runtime, gguf, answer)
+    chosen = None
+    from flashvlm_export.export.shapes import is_shape_set
+
+    if manifest is not None and is_shape_set(manifest):  # several shapes: the processor's pick for the clip's frames
+        from flashvlm_export.runtime.shape_choice import choose_manifest, clip_hw
+
+        manifest, chosen = choose_manifest(manifest, clip_hw(video), log, what="clip")
     info, split, recorded, source = steps.open_source(graph, engine, manifest, budget, tensorrt)
+    if split is not None and budget is None:  # a split of one budget needs no --budget
+        budget = info.request.budget
     check_clip_graph(info.request, source)
     weights = weights_for_graph(recorded, random_weights, seed, model_path, source)
     info = GraphInfo(info.request, weights, source)
@@ -183,8 +192,8 @@ def run_clip(graph, video, question, *, image=None, demo_image=None, demo_video=
 
         target = Path(demo_video)
         target.parent.mkdir(parents=True, exist_ok=True)
-        video = str(write_demo_clip(target, frames=frames, size=spec.image_size, force=force, fps=request.fps))
-        log(f"Input: wrote the demo clip ({frames} frames, {spec.image_size} px, {request.fps:g} fps: the graph's) to {video}")
+        video = str(write_demo_clip(target, frames=frames, size=spec.image_shape, force=force, fps=request.fps))
+        log(f"Input: wrote the demo clip ({frames} frames, {spec.shape_text} px, {request.fps:g} fps: the graph's) to {video}")
     clip = read_clip(video, spec, frames, fps, checkpoint)  # a missing, unreadable, still or short clip: one line
     parts = steps.load_parts(info, log)
     if answer and gguf is None:  # before the selection: a model that cannot answer fails fast
@@ -227,7 +236,7 @@ def run_clip(graph, video, question, *, image=None, demo_image=None, demo_video=
     origin = "its frame group's start (after the group's timestamp)" if spec.timestamped_frames else "the clip's start"
     log(f"Run: kept positions (t, h, w) from {origin}: {steps.positions_text(positions)}")
     result = ClipRunResult(
-        selection.indices, total, selection.ms, selection.backend, positions=positions.numpy(), kept_per_group=counts,
+        selection.indices, total, selection.ms, selection.backend, positions=positions.numpy(), kept_per_group=counts, shape=chosen,
         effective_fps=clip.effective_fps, timestamps=list(clip.timestamps),
     )  # fmt: skip
 
@@ -238,7 +247,7 @@ def run_clip(graph, video, question, *, image=None, demo_image=None, demo_video=
         kept = [[int(i) % n for i in selection.indices if i // n == g] for g in range(groups)]
         footer = f"{request.video_budget} rule, K={len(selection.indices)} of N={total}, {selection.backend}"
         strip_path.parent.mkdir(parents=True, exist_ok=True)
-        steps.save_png(clip_strip(clip.shown, kept, spec.grid_side, clip.timestamps, footer=footer), strip_path)
+        steps.save_png(clip_strip(clip.shown, kept, spec.token_grid, clip.timestamps, footer=footer), strip_path)
         timer.done(f"kept tokens over the clip's {plural(groups, 'frame group')}", strip_path)
         result.heatmap = strip_path
 

@@ -26,6 +26,7 @@ class RunResult:
     selection_ms: float
     backend: str
     positions: np.ndarray | None = None  # (K, 3) the graph's (t, h, w) of each kept token (3-axis rotary models)
+    shape: str | None = None  # a split of several shapes: the one chosen for this photo (models/shapes.py shape_key)
     heatmap: Path | None = None
     answers: dict[str, Answer] = field(default_factory=dict)  # "pruned" and, with compare_full, "full"
 
@@ -36,6 +37,8 @@ def manifest_info(manifest: str, budget: int | None, tensorrt: bool) -> tuple[Gr
     from flashvlm_export.models.weights import recorded_weights
 
     split = read_manifest(Path(manifest), engines=tensorrt)
+    if budget is None and split.budget_range is None and len(split.budgets) == 1:  # one budget: no choice to make
+        budget = split.budgets[0]
     if budget is None:
         raise UsageError(f"{arg('manifest', manifest)} serves {split.serves}; choose one per request with {arg('budget')}")
     request = split.request(split.check_budget(budget))

@@ -44,6 +44,51 @@ def padded_budget(budget, images: int, batch: int):
     return budget if isinstance(budget, int) else list(budget) + [budget[-1]] * (batch - images)
 
 
+def handler_for(manifest: Path):
+    """The handler of a split: its chain (ChainHandler), or for a split of several shapes one routed by the pixels'
+    shape (ShapeRouter)."""
+    from flashvlm_export.export.shapes import is_shape_set
+
+    return ShapeRouter(Path(manifest)) if is_shape_set(manifest) else ChainHandler(Path(manifest))
+
+
+def pixel_dims(manifest: Manifest) -> tuple[int, ...]:
+    """The pixel_values dims after the batch (3, H, W; crops, 3, S, S; F, 3, H, W) that the split's encoder takes."""
+    from flashvlm_export.serve.layout import graph_tensors
+
+    inputs, _ = graph_tensors(manifest.encoder_graph)
+    return next(t.dims[1:] for t in inputs if t.name == PIXEL_VALUES)
+
+
+def route_text(dims) -> str:
+    return "x".join(str(d) for d in dims)
+
+
+class ShapeRouter:
+    """A split of several shapes behind one Triton model: each request goes to the shape its pixel_values have (the
+    client resized the photo to one, as `run --manifest` picks it); another shape is refused in one line."""
+
+    def __init__(self, manifest: Path):
+        from flashvlm_export.export.shapes import read_shape_set
+
+        shape_set = read_shape_set(manifest)
+        self.handlers = {}
+        for i, key in enumerate(shape_set.keys):
+            handler = ChainHandler(shape_set.manifests[i])
+            self.handlers[pixel_dims(handler.manifest)] = (key, handler)
+        self.manifest = next(iter(self.handlers.values()))[1].manifest
+
+    def infer(self, feeds: dict[str, np.ndarray], budget: np.ndarray) -> dict[str, np.ndarray]:
+        dims = tuple(np.shape(feeds[PIXEL_VALUES])[1:])
+        if dims not in self.handlers:
+            served = ", ".join(f"{key} ({route_text(d)})" for d, (key, _) in self.handlers.items())
+            raise UsageError(
+                f"pixel_values of shape {route_text(dims)} is none of this repository's shapes: {served}; resize the photo "
+                "to one (run --manifest picks it as the model's processor would)"
+            )
+        return self.handlers[dims][1].infer(feeds, budget)
+
+
 class ChainHandler:
     """The split chain (runtime/chain.py) behind one Triton model instance: the CPU flavour's whole model."""
 

@@ -2,6 +2,7 @@
 
 Copied as <repository>/flashvlm/1/model.py by `flashvlm-export triton --flavour onnx|tensorrt`. It runs the
 encoder model, then the selector model that serves the request's budget (read from the manifest copy beside it),
+(over a split of several shapes, the chain of the shape the request's pixel_values have: its `routes` parameter),
 passing the encoder's outputs its `shared` parameter names (X, a, P(X), and Qwen3-VL's deepstack_features) as Triton
 tensors (on the GPU they stay there, through DLPack); the client gets what the entry's config declares (indices,
 visual_embeds, and positions / deepstack_embeds / kept where the graphs have them). Needs flashvlm_export importable
@@ -50,25 +51,44 @@ class TritonPythonModel:
         from flashvlm_export.export.manifest import Manifest, selector_stem
         from flashvlm_export.serve.handler import REQUEST_INPUTS, padded, padded_budget, request_budget
 
-        path = Path(args["model_repository"]) / args["model_version"] / parameters["manifest"]
-        self.manifest = Manifest(path, json.loads(path.read_text()))  # budgets only: the graphs are the sub-models
-        self.encoder = parameters["encoder"]
-        self.prefix = parameters["selector_prefix"]
+        folder = Path(args["model_repository"]) / args["model_version"]
+
+        def route(manifest: str, encoder: str, prefix: str):
+            path = folder / manifest
+            return Manifest(path, json.loads(path.read_text())), encoder, prefix  # budgets only: the graphs are sub-models
+
+        # a split of several shapes: "3x448x448=manifest_448.json,flashvlm_448_encoder,flashvlm_448_;..." (repository.py)
+        self.routes = {None: route(parameters["manifest"], parameters["encoder"], parameters["selector_prefix"])}
+        if parameters.get("routes"):
+            self.routes = {}
+            for item in parameters["routes"].split(";"):
+                dims, _, names = item.partition("=")
+                self.routes[tuple(int(d) for d in dims.split("x"))] = route(*names.split(","))
         self.shared = parameters["shared"].split(",")  # the encoder's outputs the selectors read (repository.py writes it)
         self.outputs = [o["name"] for o in config["output"]]
 
-    def _selector(self, key: int) -> str:
-        low = self.manifest.budget_range[0] if self.manifest.budget_range is not None else None
-        return self.prefix + selector_stem(key, low)
+    def _route(self, pixels):
+        """The shape's (manifest, encoder model, selector prefix) for these pixel_values; one line for another shape."""
+        if None in self.routes:
+            return self.routes[None]
+        dims = tuple(pixels.shape[1:])
+        if dims not in self.routes:
+            served = ", ".join("x".join(map(str, d)) for d in self.routes)
+            raise UsageError(
+                f"pixel_values of shape {'x'.join(map(str, dims))} is none of this repository's shapes: {served}; "
+                "resize the photo to one (run --manifest picks it as the model's processor would)"
+            )
+        return self.routes[dims]
 
     def _one(self, request):
         feeds = {name: host_array(pb_utils.get_input_tensor_by_name(request, name)) for name in REQUEST_INPUTS}
         budget = host_array(pb_utils.get_input_tensor_by_name(request, BUDGET))
-        batch = self.manifest.record["batch"]
-        key, run = request_budget(self.manifest, budget, len(feeds[TEXT_MASK]))
+        manifest, encoder_model, prefix = self._route(feeds[PIXEL_VALUES])
+        batch = manifest.record["batch"]
+        key, run = request_budget(manifest, budget, len(feeds[TEXT_MASK]))
         feeds, images = padded(feeds, batch)
         encoded = pb_utils.InferenceRequest(
-            model_name=self.encoder,
+            model_name=encoder_model,
             requested_output_names=list(self.shared),
             inputs=[host_tensor(PIXEL_VALUES, feeds[PIXEL_VALUES])],
         ).exec()
@@ -76,10 +96,11 @@ class TritonPythonModel:
             raise RuntimeError(encoded.error().message())
         inputs = [pb_utils.get_output_tensor_by_name(encoded, name) for name in self.shared]
         inputs += [host_tensor(TEXT_EMBEDS, feeds[TEXT_EMBEDS]), host_tensor(TEXT_MASK, feeds[TEXT_MASK])]
-        if self.manifest.budget_range is not None:
+        low = manifest.budget_range[0] if manifest.budget_range is not None else None
+        if low is not None:
             inputs.append(host_tensor(BUDGET, np.asarray(padded_budget(run, images, batch), dtype=np.int64)))
         selected = pb_utils.InferenceRequest(
-            model_name=self._selector(key), requested_output_names=self.outputs, inputs=inputs
+            model_name=prefix + selector_stem(key, low), requested_output_names=self.outputs, inputs=inputs
         ).exec()
         if selected.has_error():
             raise RuntimeError(selected.error().message())

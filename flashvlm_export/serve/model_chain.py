@@ -37,11 +37,11 @@ class TritonPythonModel:
         config = json.loads(args["model_config"])
         parameters = parameters_of(config)
         from flashvlm_export.errors import UsageError
-        from flashvlm_export.serve.handler import REQUEST_INPUTS, ChainHandler
+        from flashvlm_export.serve.handler import REQUEST_INPUTS, handler_for
 
         self.usage_error, self.inputs = UsageError, REQUEST_INPUTS
         folder = Path(args["model_repository"]) / args["model_version"]
-        self.handler = ChainHandler(folder / parameters["manifest"])  # checks every hash before it serves
+        self.handler = handler_for(folder / parameters["manifest"])  # checks every hash before it serves
         self.outputs = [o["name"] for o in config["output"]]
 
     def execute(self, requests):

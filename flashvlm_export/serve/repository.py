@@ -19,10 +19,11 @@ from __future__ import annotations
 import json
 import os
 import shutil
+from dataclasses import replace
 from pathlib import Path
 
 from flashvlm_export.artifacts.files import sha256_of
-from flashvlm_export.artifacts.naming import external_data_path
+from flashvlm_export.artifacts.naming import SHARED_DATA, external_data_path
 from flashvlm_export.artifacts.ownership import PRODUCER, check_folder_replaceable, mark_folder
 from flashvlm_export.artifacts.staging import make_staging, reclaim_stale_staging
 from flashvlm_export.errors import UsageError
@@ -96,7 +97,8 @@ def write_repository(
     if isinstance(instances, bool) or not isinstance(instances, int) or not 1 <= instances <= 64:
         raise UsageError(f"--instances {instances!r} must be a whole number in 1..64")
     check_out(out, force)
-    manifest = read_manifest(Path(manifest_path), engines=flavour == "tensorrt")
+    manifests, shape_set = open_split(Path(manifest_path), flavour == "tensorrt")
+    manifest = manifests[0]
     plugin = bool(manifest.record["plugin"])
     if flavour == "onnx" and plugin:
         raise UsageError(
@@ -104,7 +106,8 @@ def write_repository(
             "use --flavour cpu or tensorrt, or re-export without --plugin"
         )
     if flavour == "tensorrt":
-        manifest.engines()  # one line when the manifest lists none
+        for each in manifests:
+            each.engines()  # one line when a manifest lists none
         if plugin and plugin_library is None:
             raise UsageError(
                 f"{manifest.path}'s engines need the ResidualPrune plugin: pass --plugin-lib libflashvlm_plugins.so "
@@ -119,9 +122,9 @@ def write_repository(
         built = staging / "repository"
         built.mkdir()
         models = (
-            _write_cpu(manifest, built, instances, python_path)
+            _write_cpu(manifests, shape_set, built, instances, python_path)
             if flavour == "cpu"
-            else _write_chained(manifest, built, flavour, instances, python_path)
+            else _write_chained(manifests, shape_set, built, flavour, instances, python_path)
         )
         record = {
             "flavour": flavour,
@@ -141,8 +144,19 @@ def write_repository(
         os.replace(built, out)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
-    log(f"Triton: wrote {out} ({flavour} flavour: {', '.join(models)}; serves {manifest.serves})")
+    shapes = "" if shape_set is None else f"; routes each request by its pixels' shape to {shape_set.listing}"
+    log(f"Triton: wrote {out} ({flavour} flavour: {', '.join(models)}; serves {manifest.serves}{shapes})")
     return out
+
+
+def open_split(path: Path, engines: bool):
+    """The split's manifests, checked: one, or each shape's of a split of several shapes (and its ShapeSet)."""
+    from flashvlm_export.export.shapes import is_shape_set, read_shape_set
+
+    if not is_shape_set(path):
+        return [read_manifest(path, engines=engines)], None
+    shape_set = read_shape_set(path)
+    return [shape_set.manifest(i, engines=engines) for i in range(len(shape_set.keys))], shape_set
 
 
 def serve_command(out: Path, flavour: str, plugin: bool) -> str:
@@ -153,27 +167,41 @@ def serve_command(out: Path, flavour: str, plugin: bool) -> str:
 
 
 def _graph_files(manifest: Manifest, entry: dict) -> list[Path]:
+    """A graph and its external data: its own `.onnx.data`, or a split of several shapes' shared weights file."""
     graph = manifest.folder / entry["path"]
-    data = external_data_path(graph)
-    return [graph] + ([data] if data.is_file() else [])
+    data = [external_data_path(graph), manifest.folder / SHARED_DATA]
+    return [graph] + [d for d in data if d.is_file() and (d.name != SHARED_DATA or _reads(graph, d.name))]
 
 
-def _write_cpu(manifest: Manifest, root: Path, instances: int, python_path: str) -> list[str]:
-    """One Python-backend model: model.py and a copy of the split (manifest, graphs) in its version folder."""
+def _reads(graph: Path, location: str) -> bool:
+    import onnx
+
+    model = onnx.load(str(graph), load_external_data=False)
+    return any(e.value == location for t in model.graph.initializer for e in t.external_data if e.key == "location")
+
+
+def _write_cpu(manifests: list[Manifest], shape_set, root: Path, instances: int, python_path: str) -> list[str]:
+    """One Python-backend model: model.py and a copy of the split (manifests, graphs) in its version folder."""
     version = root / ENTRY / VERSION
     split = version / SPLIT_FOLDER
     split.mkdir(parents=True)
-    for entry in [manifest.record["encoder"], *manifest.record["selectors"]]:
-        for file in _graph_files(manifest, entry["onnx"]):
-            target = split / file.relative_to(manifest.folder)
-            target.parent.mkdir(parents=True, exist_ok=True)
-            shutil.copyfile(file, target)
-    record = json.loads(json.dumps(manifest.record))
-    for entry in [record["encoder"], *record["selectors"]]:  # the engines stay behind: this flavour runs the graphs
-        entry["engine"] = None
-    (split / MANIFEST_NAME).write_text(json.dumps(record, indent=2) + "\n")
+    for manifest in manifests:
+        for entry in [manifest.record["encoder"], *manifest.record["selectors"]]:
+            for file in _graph_files(manifest, entry["onnx"]):
+                target = split / file.relative_to(manifest.folder)
+                target.parent.mkdir(parents=True, exist_ok=True)
+                if not target.exists():
+                    shutil.copyfile(file, target)
+    if shape_set is not None:  # the shapes' manifests and the top one as they are (their hashes chain)
+        for path in [*shape_set.manifests, shape_set.path]:
+            shutil.copyfile(path, split / path.name)
+    else:
+        record = json.loads(json.dumps(manifests[0].record))
+        for entry in [record["encoder"], *record["selectors"]]:  # the engines stay behind: this flavour runs the graphs
+            entry["engine"] = None
+        (split / MANIFEST_NAME).write_text(json.dumps(record, indent=2) + "\n")
     shutil.copyfile(SOURCES / "model_chain.py", version / "model.py")
-    batch, inputs, outputs = _entry_io(manifest)
+    batch, inputs, outputs = _entry_io(manifests)
     config = model_config(
         ENTRY, "python", batch, inputs, outputs, instances, gpu=False,
         parameters={"manifest": f"{SPLIT_FOLDER}/{MANIFEST_NAME}", "python_path": python_path}, dynamic_batching=True,
@@ -182,10 +210,24 @@ def _write_cpu(manifest: Manifest, root: Path, instances: int, python_path: str)
     return [ENTRY]
 
 
-def _entry_io(manifest: Manifest):
-    encoder = graph_tensors(manifest.encoder_graph)
-    selector = graph_tensors(manifest.selector_graph(manifest.budgets[0]))
-    return entry_tensors(encoder, selector, manifest.record["batch"])
+def _entry_io(manifests: list[Manifest]):
+    """The entry model's tensors; over several shapes, each dimension that differs between them is -1 (any)."""
+    found = []
+    for manifest in manifests:
+        encoder = graph_tensors(manifest.encoder_graph)
+        selector = graph_tensors(manifest.selector_graph(manifest.budgets[0]))
+        found.append(entry_tensors(encoder, selector, manifest.record["batch"]))
+    batch = found[0][0]
+    return batch, _merged([f[1] for f in found]), _merged([f[2] for f in found])
+
+
+def _merged(tensor_lists) -> tuple:
+    first = tensor_lists[0]
+    merged = []
+    for i, tensor in enumerate(first):
+        dims = tuple(d if all(t[i].dims[j] == d for t in tensor_lists) else -1 for j, d in enumerate(tensor.dims))
+        merged.append(replace(tensor, dims=dims))
+    return tuple(merged)
 
 
 def _shared(manifest: Manifest) -> tuple[str, ...]:
@@ -196,40 +238,56 @@ def _shared(manifest: Manifest) -> tuple[str, ...]:
     return found.pop()
 
 
-def _write_chained(manifest: Manifest, root: Path, flavour: str, instances: int, python_path: str) -> list[str]:
-    """The encoder and each selector as their own models, and the Python BLS entry that chains them."""
+def _write_chained(manifests: list[Manifest], shape_set, root: Path, flavour: str, instances: int, python_path: str) -> list[str]:
+    """The encoder and each selector as their own models (per shape, named flashvlm_<shape>_encoder, ...), and the
+    Python BLS entry that chains them (routing each request by its pixels' shape, over several shapes)."""
+    from flashvlm_export.serve.handler import pixel_dims, route_text
+
     platform = "tensorrt_plan" if flavour == "tensorrt" else "onnxruntime_onnx"
-    engines = manifest.engines()[1] if flavour == "tensorrt" else None
-    stems = {ENCODER_STEM: (manifest.record["encoder"], manifest.encoder_graph)}
-    for entry in manifest.record["selectors"]:
-        stems[entry_stem(entry)] = (entry, manifest.selector_graph(entry["budget"]))
-    names = []
-    for stem, (entry, graph) in stems.items():
-        name = sub_model(stem)
-        version = root / name / VERSION
-        version.mkdir(parents=True)
-        if flavour == "tensorrt":
-            source = manifest.engines()[0] if stem == ENCODER_STEM else engines[entry["budget"]]
-            shutil.copyfile(source, version / "model.plan")
-        else:
-            for file in _graph_files(manifest, entry["onnx"]):
-                shutil.copyfile(file, version / ("model.onnx" if file == graph else file.name))
-        inputs, outputs = graph_tensors(graph)
-        config = model_config(name, platform, 0, inputs, outputs, instances, gpu=True)
-        (root / name / "config.pbtxt").write_text(config)
-        names.append(name)
     version = root / ENTRY / VERSION
     version.mkdir(parents=True)
+    names, routes = [], []
+    for i, manifest in enumerate(manifests):
+        tag = "" if shape_set is None else f"{shape_set.keys[i]}_"
+        engines = manifest.engines()[1] if flavour == "tensorrt" else None
+        stems = {ENCODER_STEM: (manifest.record["encoder"], manifest.encoder_graph)}
+        for entry in manifest.record["selectors"]:
+            stems[entry_stem(entry)] = (entry, manifest.selector_graph(entry["budget"]))
+        for stem, (entry, graph) in stems.items():
+            name = sub_model(tag + stem)
+            model_version = root / name / VERSION
+            model_version.mkdir(parents=True)
+            if flavour == "tensorrt":
+                source = manifest.engines()[0] if stem == ENCODER_STEM else engines[entry["budget"]]
+                shutil.copyfile(source, model_version / "model.plan")
+            else:
+                for file in _graph_files(manifest, entry["onnx"]):
+                    shutil.copyfile(file, model_version / ("model.onnx" if file == graph else file.name))
+            inputs, outputs = graph_tensors(graph)
+            config = model_config(name, platform, 0, inputs, outputs, instances, gpu=True)
+            (root / name / "config.pbtxt").write_text(config)
+            names.append(name)
+        copy = MANIFEST_NAME if shape_set is None else manifest.path.name
+        (version / copy).write_text(json.dumps(manifest.record, indent=2) + "\n")  # its budgets; the graphs are the models
+        routes.append(
+            {
+                "pixels": route_text(pixel_dims(manifest)),
+                "manifest": copy,
+                "encoder": sub_model(tag + ENCODER_STEM),
+                "selector_prefix": f"{ENTRY}_{tag}",
+            }
+        )
     shutil.copyfile(SOURCES / "model_bls.py", version / "model.py")
-    (version / MANIFEST_NAME).write_text(json.dumps(manifest.record, indent=2) + "\n")  # its budgets; the graphs are the models
-    batch, inputs, outputs = _entry_io(manifest)
+    batch, inputs, outputs = _entry_io(manifests)
     parameters = {
-        "manifest": MANIFEST_NAME,
-        "encoder": sub_model(ENCODER_STEM),
-        "selector_prefix": f"{ENTRY}_",
-        "shared": ",".join(_shared(manifest)),  # the encoder outputs the entry passes to the selector
+        "manifest": routes[0]["manifest"],
+        "encoder": routes[0]["encoder"],
+        "selector_prefix": routes[0]["selector_prefix"],
+        "shared": ",".join(_shared(manifests[0])),  # the encoder outputs the entry passes to the selector
         "python_path": python_path,
     }
+    if shape_set is not None:  # the BLS entry picks a route by the request's pixel_values shape
+        parameters["routes"] = ";".join(f"{r['pixels']}={r['manifest']},{r['encoder']},{r['selector_prefix']}" for r in routes)
     config = model_config(
         ENTRY, "python", batch, inputs, outputs, instances, gpu=False, parameters=parameters, dynamic_batching=True
     )
