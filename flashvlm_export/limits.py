@@ -55,8 +55,14 @@ def _largest_side(spec, memory: int) -> str:
     step = spec.image_size_step
     if not step:
         return f"{spec.name} takes {spec.image_size} px only"
-    if not spec.square:
-        return "use a smaller --image-size"
+    if not spec.square:  # both sides scaled down together, a step at a time
+        rows, cols = spec.token_grid
+        for scale in (0.9, 0.8, 0.7, 0.6, 0.5, 0.4, 0.3):
+            h, w = max(2, int(rows * scale)), max(2, int(cols * scale))
+            smaller = replace(spec, image_size=h * spec.token_stride, image_width=w * spec.token_stride)
+            if bytes_per_image(smaller, h * w, 0, False) <= memory:
+                return f"use --image-size {smaller.shape_text} or less"
+        return "use a machine with more memory"
     side = spec.image_size - step
     while (
         side >= 2 * step

@@ -90,11 +90,14 @@ def test_run_on_a_640x360_photo_picks_16_9_says_so_and_returns_it(split, tmp_pat
                  random_weights=True, heatmap=str(tmp_path / "kept.png"), log=lines.append)  # fmt: skip
     assert result.shape == "336x588" and result.n_tokens == 252
     (said,) = [line for line in lines if line.startswith("Shape:")]
-    assert "640x360 px" in said and "588x336 px" in said and "aspect error 1.6%" in said, said
+    assert "640 wide x 360 high (16:9): shape 336x588 (588 wide x 336 high, about 16:9" in said, said
+    assert "aspect error 1.6%" in said, said
     from PIL import Image
 
-    with Image.open(tmp_path / "kept.png") as picture:  # the heatmap shows the photo as the shape sees it: 588 wide
-        assert picture.height < picture.width / 5 * 336 / 588 + 100
+    from flashvlm_export.runtime.heatmap import FOOTER, GAP, TITLE
+
+    with Image.open(tmp_path / "kept.png") as picture:  # five panels of the photo as the shape sees it: 588 x 336
+        assert picture.size == (5 * 588 + 4 * GAP, TITLE + 336 + FOOTER)
 
 
 def test_parity_passes_at_every_shape(split, tmp_path):
@@ -112,7 +115,10 @@ def _copy(split, tmp_path):
     return target
 
 
-@pytest.mark.parametrize("plant", ["shape manifest edited", "shared weights changed", "shape key not its own", "one shape"])
+PLANTS = ["shape manifest edited", "shared weights changed", "shape key not its own", "one shape", "manifests exchanged"]
+
+
+@pytest.mark.parametrize("plant", PLANTS)
 def test_a_tampered_aspects_split_is_refused_in_one_line(split, tmp_path, plant):
     folder = _copy(split, tmp_path)
     top = folder / "manifest.json"
@@ -127,12 +133,39 @@ def test_a_tampered_aspects_split_is_refused_in_one_line(split, tmp_path, plant)
     elif plant == "shape key not its own":
         record["shapes"][1]["shape"] = "448x504"
         top.write_text(json.dumps(record))
+    elif plant == "manifests exchanged":  # hashes intact: the encoders' own metadata say which shape they are
+        first, second = record["shapes"][1]["manifest"], record["shapes"][2]["manifest"]
+        record["shapes"][1]["manifest"], record["shapes"][2]["manifest"] = second, first
+        top.write_text(json.dumps(record))
     else:
         record["shapes"] = record["shapes"][:1]
         top.write_text(json.dumps(record))
     with pytest.raises(UsageError) as info:
         read_shape_set(folder)
     assert "\n" not in str(info.value)
+
+
+def test_one_shapes_manifest_alone_checks_the_shared_weights_it_reads(split, tmp_path):
+    from flashvlm_export.export.manifest import read_manifest
+
+    folder = _copy(split, tmp_path)
+    read_manifest(folder / "manifest_448.json")  # as copied: every hash holds
+    with open(folder / SHARED_DATA, "r+b") as f:
+        f.seek(64)
+        f.write(b"\xff\xfe")
+    with pytest.raises(UsageError, match="shared weights") as info:
+        read_manifest(folder / "manifest_448.json")
+    assert "\n" not in str(info.value)
+
+
+def test_the_shared_weights_are_this_tools_only_where_its_manifest_lists_them(split, tmp_path):
+    from flashvlm_export.artifacts.ownership import is_own
+
+    assert is_own(split / SHARED_DATA)
+    stranger = tmp_path / SHARED_DATA  # the same name in a folder whose manifest does not list it: the user's
+    stranger.write_bytes(b"weights")
+    (tmp_path / "manifest.json").write_text(json.dumps({"producer": "flashvlm-export", "shared_weights": None}))
+    assert not is_own(stranger)
 
 
 @pytest.mark.parametrize(
@@ -175,3 +208,57 @@ def test_llava_next_aspects_are_its_checkpoints_grids_chosen_as_its_processor_ch
         best = select_best_resolution((height, width), [list(p) for p in spec.pinpoints])  # the processor's own pick
         chosen = shapes[choose_shape((height, width), shapes).index]
         assert (chosen.grid[0] * spec.image_size, chosen.grid[1] * spec.image_size) == tuple(best)
+
+
+# ---- LLaVA-NeXT: a split of the checkpoint's grids, chosen per photo as its processor chooses -----------------------
+
+
+@pytest.fixture(scope="module")
+def next_split(tmp_path_factory):
+    def build(folder):
+        argv = ["--model", "llava-next-tiny", "--random-weights", "--split", "--aspects", "1x2,2x1,1x3"]
+        assert main([*argv, "--out-dir", str(folder), "--exporter", "torchscript"]) == 0
+
+    return shared_folder(tmp_path_factory, "next_aspects_split", build) / "llava-next-tiny_aspects_split"
+
+
+def test_a_llava_next_split_of_grids_runs_the_processors_grid_and_passes_parity_at_each(next_split, tmp_path):
+    from transformers.image_processing_utils import select_best_resolution
+
+    from flashvlm_export.parity.job import NamedWeights, ParitySettings, check_manifest
+    from flashvlm_export.runtime import run
+
+    spec = get_spec("llava-next-tiny")
+    pins = [[r * spec.image_size, c * spec.image_size] for r, c in [(1, 2), (2, 1), (1, 3)]]
+    for width, height in [(700, 300), (300, 800)]:
+        best = select_best_resolution((height, width), pins)  # the processor's own pick among the split's grids
+        lines = []
+        result = run(None, photo(tmp_path / f"p{width}.png", width, height), "What is it?", manifest=str(next_split),
+                     random_weights=True, log=lines.append)  # fmt: skip
+        assert result.shape == f"{best[0] // spec.image_size}x{best[1] // spec.image_size}", lines
+        assert result.n_tokens == (1 + best[0] * best[1] // spec.image_size**2) * spec.crop_tokens
+    assert check_manifest(next_split, ParitySettings(repeats=1), NamedWeights(random_weights=True), log=lambda _: None)
+
+
+def test_triton_refuses_grids_it_cannot_tell_apart_by_their_pixels(next_split, tmp_path, capsys):
+    """1x2 and 2x1 both take a base image and two crops, (3, 3, 336, 336): a Triton entry routing by pixel shape
+    cannot tell them apart, so the repository is refused in one line naming both."""
+    expect_error(capsys, ["triton", "--manifest", str(next_split), "--out", str(tmp_path / "repo")], "1x2 and 2x1")
+    assert not (tmp_path / "repo").exists()
+
+
+# ---- --image-size HxW through the other export paths -----------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "flags",
+    [["--budget-range", "16..64"], ["--budget", "32", "--plugin"], ["--budget", "32", "--precision", "fp16"]],
+    ids=["budget-range", "plugin", "fp16-encoder"],
+)
+def test_a_non_square_graph_passes_parity_through_every_export_path(tmp_path, flags):
+    out = tmp_path / "g"
+    argv = ["--model", "qwen2.5-vl-tiny", "--image-size", "364x504", "--random-weights", "--out-dir", str(out), *flags]
+    exporter = "dynamo" if "--plugin" in flags else "torchscript"  # TorchScript cannot write the plugin node
+    assert main([*argv, "--exporter", exporter]) == 0
+    (graph,) = out.glob("qwen2.5-vl-tiny-364x504px_*.onnx")
+    assert main(["parity", "--graph", str(graph), "--random-weights", "--repeats", "1", "--no-save"]) == 0

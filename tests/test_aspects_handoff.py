@@ -22,7 +22,9 @@ from flashvlm_export.models.shapes import choose_shape, default_shapes
 from flashvlm_export.selector.config import SelectorConfig
 
 BASE = get_spec("qwen2.5-vl-tiny")
-WIDE = BASE.at_image_size("336x588")  # 12 x 21 tokens: the 16:9 shape of the default --aspects
+PHOTO_HW = (672, 1176)  # height, width: 7:4
+SHAPES = default_shapes(BASE)
+WIDE = SHAPES[choose_shape(PHOTO_HW, SHAPES).index]  # the shape run --manifest picks for the photo: 336 x 588
 N = WIDE.n_tokens  # 252
 FRAMES = 2
 TOL = dict(rtol=1e-5, atol=1e-5)  # as tests/test_qwen_handoff.py: honest ~1e-6; a misplaced position >= 1e-4
@@ -43,7 +45,7 @@ def setting(tmp_path_factory):
     folder = tmp_path_factory.mktemp("aspects_handoff")
     parts = random_parts(BASE, 0, with_embeddings=True)
     photo = folder / "wide.png"
-    demo_picture(1176).resize((1176, 672)).save(photo)
+    demo_picture(PHOTO_HW[1]).resize(PHOTO_HW[::-1]).save(photo)
     graphs = {}
     for frames in (None, FRAMES):
         request = ExportRequest(
@@ -61,8 +63,8 @@ def _logits(llm, inputs):
 
 
 def test_run_picks_the_shape_of_the_photos_aspect():
-    chosen = choose_shape((672, 1176), default_shapes(BASE))
-    assert chosen.key == WIDE.shape_text and chosen.aspect_error == 0.0
+    chosen = choose_shape(PHOTO_HW, SHAPES)
+    assert WIDE.image_shape == (336, 588) and chosen.aspect_error == 0.0
 
 
 def test_keep_all_on_a_non_square_photo_gives_transformers_own_logits_and_a_transposed_grid_does_not(setting):

@@ -49,19 +49,22 @@ def window_sizes(core: QwenEncoderCore) -> set[int]:
     return set((core.window_mask == 0).sum(dim=1).tolist())
 
 
-@pytest.mark.parametrize("size", [448, 476], ids=["448px-whole-windows", "476px-padded-windows"])
+@pytest.mark.parametrize(
+    "size", [(448, 448), (476, 476), (364, 504)], ids=["448px-whole-windows", "476px-padded-windows", "364x504-ragged"]
+)
 def test_static_encoder_equals_transformers_vision_tower_within_bound(parts, size):
     core = QwenEncoderCore(parts.visual, size)
-    # 112 px windows are 8x8 patches: 448 px tiles them exactly; 476 px (34 patches a side) leaves ragged windows
-    if size == 448:
+    # 112 px windows are 8x8 patches: 448 px tiles them exactly; 476 px (34 patches a side) and 364 x 504 (26 x 36
+    # patches: the 4:3 shape of --aspects) leave ragged windows
+    if size == (448, 448):
         assert window_sizes(core) == {64}
     else:
         assert len(window_sizes(core)) > 1
-    pixels = torch.randn(2, 3, size, size, generator=torch.Generator().manual_seed(size))
+    pixels = torch.randn(2, 3, *size, generator=torch.Generator().manual_seed(sum(size)))
     with torch.no_grad():
         x, a, p = VisionEncoder(core)(pixels)
     rx, ra, rp = parts.reference_features(pixels)
-    n = (size // QWEN.token_stride) ** 2
+    n = (size[0] // QWEN.token_stride) * (size[1] // QWEN.token_stride)
     assert x.shape == p.shape == (2, n, QWEN.text_hidden) and a.shape == (2, n)
     assert torch.equal(x, p)  # X = P(X): the Gram is taken on the merger's outputs
     for name, got, want in [("X", x, rx), ("a", a, ra), ("P(X)", p, rp)]:

@@ -69,16 +69,19 @@ def fused(out_dir) -> dict[str, Path]:
 
 
 @pytest.mark.parametrize("spec", MODELS, ids=lambda s: s.name)
-@pytest.mark.parametrize("size", [512, 384])
+@pytest.mark.parametrize("size", [512, 384, (384, 672)], ids=["512", "384", "384x672"])
 def test_static_tower_equals_transformers_own_within_bound(spec, size):
+    """At square sides and a non-square shape (the 16:9 of --aspects: the learned position grid resampled to 12 x 21
+    merged tokens, rotary rows and columns apart)."""
     parts = adapter(spec).random_parts(spec, 0)
     resized = spec.at_image_size(size)
     parts.spec = resized
-    pixels = torch.randn(2, 3, size, size, generator=torch.Generator().manual_seed(size))
+    height, width = resized.image_shape
+    pixels = torch.randn(2, 3, height, width, generator=torch.Generator().manual_seed(height + width))
     with torch.no_grad():
         ours = parts.encoder()(pixels)
     theirs = parts.reference_features(pixels)
-    n = (size // 32) ** 2
+    n = (height // 32) * (width // 32)
     assert len(ours) == len(theirs) == (4 if spec.deepstack_layers else 3)
     assert ours[0].shape == (2, n, spec.text_hidden) and ours[1].shape == (2, n)
     if spec.deepstack_layers:

@@ -17,11 +17,26 @@ def human_size(n_bytes: int) -> str:
     return f"{size:.1f} GB"
 
 
+_DIGESTS: dict[tuple, str] = {}  # (real path, device, inode, size, mtime_ns, ctime_ns) -> sha256, large files only
+CACHED_FROM = 64 << 20  # smaller files are hashed every time: a read costs little, and a timestamp has a granularity
+
+
 def sha256_of(path: Path) -> str:
+    """The file's sha256; a file hashed before in this process and unchanged since (same inode, size and modification
+    and change times) is not read again when it is large: a split of several shapes names its multi-GB shared weights
+    from every shape's manifest."""
+    import os
+
+    st = os.stat(path)
+    key = (os.path.realpath(path), st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+    if key in _DIGESTS:
+        return _DIGESTS[key]
     digest = hashlib.sha256()
     with open(path, "rb") as f:
         for block in iter(lambda: f.read(1 << 24), b""):
             digest.update(block)
+    if st.st_size >= CACHED_FROM:
+        _DIGESTS[key] = digest.hexdigest()
     return digest.hexdigest()
 
 

@@ -2,7 +2,8 @@
 
 `flashvlm-export bench --manifest M`: the manifest's encoder graph and every selector graph in ONNX Runtime
 CPU, on one corpus image at the model's own geometry, interleaved run by run (encoder, then each selector on
-what the encoder wrote) so that drift hits all alike. The share is selector / (encoder + selector).
+what the encoder wrote) so that drift hits all alike. The share is selector / (encoder + selector). A split of
+several shapes (--aspects): each shape in turn, its rows marked with the shape.
 """
 
 from __future__ import annotations
@@ -16,11 +17,22 @@ from flashvlm_export.bench.timing import HEADER, Timing
 
 def selector_share(manifest_path: Path, warmup: int, repeats: int, log=print) -> list[dict]:
     from flashvlm_export.export.manifest import read_manifest
+    from flashvlm_export.export.shapes import is_shape_set, read_shape_set
+
+    if not is_shape_set(manifest_path):
+        return _share(read_manifest(Path(manifest_path)), warmup, repeats, log)
+    shape_set = read_shape_set(Path(manifest_path))
+    rows = []
+    for i, key in enumerate(shape_set.keys):
+        rows += [dict(row, shape=key) for row in _share(shape_set.manifest(i), warmup, repeats, log)]
+    return rows
+
+
+def _share(manifest, warmup: int, repeats: int, log=print) -> list[dict]:
     from flashvlm_export.parity.corpus import pipeline_corpus
     from flashvlm_export.parity.run import geometry_of
     from flashvlm_export.runtime.chain import OrtChain
 
-    manifest = read_manifest(Path(manifest_path))
     first = manifest.request(manifest.budgets[0])
     case = pipeline_corpus(geometry_of(first), first.spec.image_shape, repeats=1, grid=first.spec.grid)[0]
     chain = OrtChain(manifest, CPU)

@@ -215,6 +215,8 @@ def read_manifest(path: Path, verify: bool = True, engines: bool = False) -> Man
         _check_file(manifest, entry["onnx"], f"{name} graph", verify)
         if engines and entry.get("engine") is not None:
             _check_file(manifest, entry["engine"], f"{name} engine", verify)
+    if record.get("shared_weights") is not None:  # one shape of a split of several: the weights its encoder reads
+        _check_file(manifest, record["shared_weights"], "shared weights", verify, "data")
     if verify:
         _check_graph_metadata(manifest)
     return manifest
@@ -265,8 +267,9 @@ def _checked_shape(path: Path, record: dict) -> Manifest:
     return Manifest(path, record)
 
 
-def _check_file(manifest: Manifest, entry: dict, what: str, verify: bool) -> None:
-    target = manifest._file(entry, what, "engine" if what.endswith("engine") else "graph")  # the rule, before hashing
+def _check_file(manifest: Manifest, entry: dict, what: str, verify: bool, kind: str | None = None) -> None:
+    kind = kind or ("engine" if what.endswith("engine") else "graph")
+    target = manifest._file(entry, what, kind)  # the rule, before hashing
     if verify and sha256_of(target) != entry["sha256"]:
         raise UsageError(
             f"{target} is not the {what} {manifest.path} lists (sha256 differs): it was changed or replaced; "

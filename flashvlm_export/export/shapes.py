@@ -98,12 +98,34 @@ def export_shapes(plan: ShapesPlan, parts, weights, opset: int, exporter: str, *
             f"Shapes: {len(plan.plans)} encoders share one weights file ({human_size(shared['bytes'])}; "
             f"{human_size(shared['saved_bytes'])} of copies not written)"
         )
+        data = file_entry(staged[plan.data], staged[plan.data].parent)  # each shape's manifest checks it too
         for p, meta in zip(plan.plans, metas, strict=True):
-            write_plan_manifest(p, staged, meta)
+            write_plan_manifest(p, staged, meta, data)
         write_manifest(staged[plan.manifest], shapes_record(plan, staged))
+    if overwrite:
+        _drop_stale(plan, finals, log)
     for graph in plan.graphs():
         log(f"ONNX: saved as '{graph}' ({human_size(artifact_size(graph))})")
     return plan.manifest
+
+
+def _drop_stale(plan: ShapesPlan, finals: list[Path], log) -> None:
+    """--force over an earlier split of other shapes: its files this split does not write (their graphs would read
+    offsets of the old shared weights) are removed once the new split is in place; only this tool's files."""
+    from flashvlm_export.artifacts.naming import STAGING_PREFIX
+    from flashvlm_export.artifacts.ownership import LEDGER, is_own
+
+    keep = {Path(p).absolute() for p in finals}
+    stale = [
+        path
+        for path in sorted(plan.folder.iterdir())
+        if path.is_file() and not path.is_symlink() and path.absolute() not in keep
+        and not path.name.startswith(STAGING_PREFIX) and path.name != LEDGER and is_own(path)
+    ]  # fmt: skip
+    for path in stale:
+        path.unlink()
+    if stale:
+        log(f"Shapes: removed {len(stale)} files of the split this one replaced ({', '.join(p.name for p in stale[:4])}...)")
 
 
 def shapes_record(plan: ShapesPlan, staged: dict | None = None) -> dict:

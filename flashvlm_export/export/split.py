@@ -129,15 +129,19 @@ def export_plan_graphs(plan: SplitPlan, staged: dict, parts, weights, opset, exp
     return metas
 
 
-def write_plan_manifest(plan: SplitPlan, staged: dict, metas: dict) -> None:
-    """The plan's manifest, from its staged graphs as they now are (hashes) and their metadata."""
+def write_plan_manifest(plan: SplitPlan, staged: dict, metas: dict, shared: dict | None = None) -> None:
+    """The plan's manifest, from its staged graphs as they now are (hashes) and their metadata; `shared`: the file
+    entry of the weights its encoder reads from a split of several shapes' shared file (export/shapes.py)."""
     files = {ENCODER_STEM: file_entry(staged[plan.encoder_graph], staged[plan.encoder_graph].parent)}
     for r in plan.selectors:
         files[selector_stem(r.budget, r.budget_min)] = file_entry(
             staged[plan.selector_graph(r)], staged[plan.encoder_graph].parent
         )
     selectors_meta = {r.budget: metas[selector_stem(r.budget, r.budget_min)] for r in plan.selectors}
-    write_manifest(staged[plan.manifest], manifest_record(metas[ENCODER_STEM], selectors_meta, files))
+    record = manifest_record(metas[ENCODER_STEM], selectors_meta, files)
+    if shared is not None:
+        record["shared_weights"] = shared
+    write_manifest(staged[plan.manifest], record)
 
 
 def _created_by(folder: Path) -> Path | None:

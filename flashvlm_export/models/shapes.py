@@ -26,6 +26,7 @@ from flashvlm_export.errors import UsageError
 from flashvlm_export.models.spec import ModelSpec
 
 DEFAULT_ASPECTS = ((1, 1), (4, 3), (3, 4), (16, 9), (9, 16))  # width:height: photos, landscape and portrait, documents
+NAMED_ASPECTS = ((1, 1), (5, 4), (4, 3), (3, 2), (16, 10), (16, 9), (2, 1), (21, 9))  # and each portrait twin
 
 
 def shape_key(spec: ModelSpec) -> str:
@@ -37,6 +38,16 @@ def aspect_error(photo_hw: tuple[int, int], shape_hw: tuple[int, int]) -> float:
     """How far the shape's aspect ratio is from the photo's, in percent: |(W / H) / (w / h) - 1| x 100."""
     (h, w), (rows, cols) = photo_hw, shape_hw
     return abs((cols / rows) / (w / h) - 1) * 100
+
+
+def aspect_name(height: int, width: int) -> str:
+    """The shape's aspect, width:height, by its common name where one is within 5% (588 x 336: "about 16:9")."""
+    named = [*NAMED_ASPECTS, *[(h, w) for w, h in NAMED_ASPECTS]]
+    w, h = min(named, key=lambda a: abs(math.log((a[0] / a[1]) / (width / height))))
+    if abs((w / h) / (width / height) - 1) > 0.05:
+        g = math.gcd(width, height)
+        return f"{width // g}:{height // g}"
+    return f"{w}:{h}" if w * height == h * width else f"about {w}:{h}"
 
 
 def aspect_grid(spec: ModelSpec, width: int, height: int) -> tuple[int, int]:
@@ -106,13 +117,14 @@ class Choice:
                 f"grid {self.key} ({self.processor_hw[1]}x{self.processor_hw[0]} px pinpoint, as LlavaNextImageProcessor "
                 "picks; the photo is fitted into it with padding, not stretched)"
             )
-            return f"the photo is {w}x{h} px (width x height): {what}, the pinpoint's aspect {self.aspect_error:.1f}% off the photo's"
+            return f"the photo is {w} wide x {h} high: {what}, the pinpoint's aspect {self.aspect_error:.1f}% off the photo's"
         rows, cols = spec.image_shape
-        what = (
-            f"shape {cols}x{rows} px (width x height; {spec.n_tokens} tokens), nearest to the processor's "
-            f"{self.processor_hw[1]}x{self.processor_hw[0]}"
+        made_h, made_w = self.processor_hw
+        return (
+            f"the photo is {w} wide x {h} high ({aspect_name(h, w)}): shape {self.key} ({cols} wide x {rows} high, "
+            f"{aspect_name(rows, cols)}, {spec.n_tokens} tokens), the nearest to the processor's {made_w} x {made_h}; "
+            f"aspect error {self.aspect_error:.1f}%"
         )
-        return f"the photo is {w}x{h} px (width x height): {what}, aspect error {self.aspect_error:.1f}%"
 
 
 def choose_shape(photo_hw: tuple[int, int], shapes: list[ModelSpec]) -> Choice:
@@ -127,6 +139,8 @@ def choose_shape(photo_hw: tuple[int, int], shapes: list[ModelSpec]) -> Choice:
         return Choice(index, shape_key(shapes[index]), best, aspect_error(photo_hw, best))
     from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import smart_resize
 
+    if max(h, w) > 200 * min(h, w):  # smart_resize's own limit (a ValueError there)
+        raise UsageError(f"the photo is {w}x{h} px: its aspect ratio is over 200, more than Qwen's processor takes; crop it")
     ranked = []
     for i, spec in enumerate(shapes):
         rows, cols = spec.image_shape

@@ -143,6 +143,11 @@ def check_manifest(manifest_path: Path, settings: ParitySettings, weights: Named
     else:
         manifests = [read_manifest(manifest_path)]
         timer.done(f"{manifests[0].path}: every file's sha256 and every graph's metadata agree")
+    if settings.save_dir is not None and len(manifests) > 1:  # every shape's record name checked before any is written
+        from flashvlm_export.parity.run import check_save_dir
+        from flashvlm_export.parity.split import record_name
+
+        check_save_dir(settings.save_dir, [record_name(m) for m in manifests])
     parts, failed, start, s = None, [], time.perf_counter(), settings
     for manifest in manifests:
         r = manifest.request(manifest.budgets[0])

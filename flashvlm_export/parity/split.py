@@ -42,6 +42,11 @@ from flashvlm_export.progress import plural
 from flashvlm_export.runtime.chain import OrtChain
 
 
+def record_name(manifest) -> str:
+    """The parity record of a split: <folder>_parity.json, or one shape's of several: <folder>_364x504_parity.json."""
+    return f"{manifest.folder.name}{manifest.path.stem.removeprefix('manifest')}_parity.json"
+
+
 def run_split_parity(
     manifest: Manifest,
     parts,
@@ -57,8 +62,7 @@ def run_split_parity(
     requests = {k: manifest.request(k) for k in manifest.budgets}
     first = requests[manifest.budgets[0]]
     if save_dir is not None:
-        record_name = f"{manifest.folder.name}{manifest.path.stem.removeprefix('manifest')}_parity.json"  # a shape's: _364x504
-        check_save_dir(save_dir, [record_name])
+        check_save_dir(save_dir, [record_name(manifest)])
     if cases is None:
         cases = pipeline_corpus(geometry_of(first), first.spec.image_shape, seed, repeats, grid=first.spec.grid)
     for request in requests.values():
@@ -131,7 +135,7 @@ def run_split_parity(
     for line in layer_summary(list(reports.values())):
         log(line)
     if save_dir is not None:
-        path = save_dir / record_name
+        path = save_dir / record_name(manifest)
         record = {
             "producer": PRODUCER,
             "manifest": str(manifest.path),

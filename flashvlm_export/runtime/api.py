@@ -20,7 +20,6 @@ from flashvlm_export.artifact_paths import not_a_folder
 from flashvlm_export.artifacts.ownership import check_replaceable
 from flashvlm_export.artifacts.timing import StepTimer
 from flashvlm_export.errors import UsageError, arg, switch
-from flashvlm_export.export.shapes import is_shape_set
 from flashvlm_export.models.weights import weights_for_graph
 from flashvlm_export.runtime.graph_info import GraphInfo
 from flashvlm_export.runtime.run_steps import (
@@ -99,6 +98,8 @@ def run(
     from flashvlm_export.runtime.llama_cpp import check_llm_choice
 
     check_llm_choice(llm_runtime, gguf, answer)
+    from flashvlm_export.export.shapes import is_shape_set
+
     chosen = None
     if manifest is not None and is_shape_set(manifest):  # several shapes: the processor's pick for this photo
         from flashvlm_export.runtime.shape_choice import choose_manifest, photo_hw

@@ -41,5 +41,5 @@ def choose_manifest(manifest: str, hw: tuple[int, int] | None, log=print, what: 
         return str(shape_set.manifests[0]), key
     choice = choose_shape(hw, list(shape_set.specs))
     line = choice.line(hw, shape_set.specs[choice.index]).replace("the photo", f"the {what}", 1)
-    log(f"Shape: {line} (of {shape_set.listing})")
+    log(f"Shape: {line} (shapes height x width: {shape_set.listing})")
     return str(shape_set.manifests[choice.index]), choice.key

@@ -75,7 +75,10 @@ class ShapeRouter:
         self.handlers = {}
         for i, key in enumerate(shape_set.keys):
             handler = ChainHandler(shape_set.manifests[i])
-            self.handlers[pixel_dims(handler.manifest)] = (key, handler)
+            dims = pixel_dims(handler.manifest)
+            if dims in self.handlers:  # the repository writer refuses such a split; a hand-made copy is refused here
+                raise UsageError(f"{manifest}: shapes {self.handlers[dims][0]} and {key} take the same pixel_values")
+            self.handlers[dims] = (key, handler)
         self.manifest = next(iter(self.handlers.values()))[1].manifest
 
     def infer(self, feeds: dict[str, np.ndarray], budget: np.ndarray) -> dict[str, np.ndarray]:

@@ -155,8 +155,21 @@ def open_split(path: Path, engines: bool):
 
     if not is_shape_set(path):
         return [read_manifest(path, engines=engines)], None
+    from flashvlm_export.serve.handler import pixel_dims, route_text
+
     shape_set = read_shape_set(path)
-    return [shape_set.manifest(i, engines=engines) for i in range(len(shape_set.keys))], shape_set
+    manifests = [shape_set.manifest(i, engines=engines) for i in range(len(shape_set.keys))]
+    seen = {}
+    for key, manifest in zip(shape_set.keys, manifests, strict=True):  # the entry routes by the pixels' shape alone
+        dims = pixel_dims(manifest)
+        if dims in seen:
+            raise UsageError(
+                f"{path}: shapes {seen[dims]} and {key} take the same pixel_values ({route_text(dims)}), so a Triton "
+                "entry cannot tell their requests apart; export a split whose shapes differ in pixels (LLaVA-NeXT: grids "
+                "of different crop counts, e.g. --aspects 2x2,1x3), or serve one shape's manifest"
+            )
+        seen[dims] = key
+    return manifests, shape_set
 
 
 def serve_command(out: Path, flavour: str, plugin: bool) -> str:
@@ -171,6 +184,15 @@ def _graph_files(manifest: Manifest, entry: dict) -> list[Path]:
     graph = manifest.folder / entry["path"]
     data = [external_data_path(graph), manifest.folder / SHARED_DATA]
     return [graph] + [d for d in data if d.is_file() and (d.name != SHARED_DATA or _reads(graph, d.name))]
+
+
+def _link_or_copy(source: Path, target: Path) -> None:
+    """A hard link where the file system allows one (a split of several shapes' shared weights, in every shape's
+    encoder model folder, stays one copy on disk), else a copy."""
+    try:
+        os.link(source, target)
+    except OSError:
+        shutil.copyfile(source, target)
 
 
 def _reads(graph: Path, location: str) -> bool:
@@ -262,7 +284,7 @@ def _write_chained(manifests: list[Manifest], shape_set, root: Path, flavour: st
                 shutil.copyfile(source, model_version / "model.plan")
             else:
                 for file in _graph_files(manifest, entry["onnx"]):
-                    shutil.copyfile(file, model_version / ("model.onnx" if file == graph else file.name))
+                    _link_or_copy(file, model_version / ("model.onnx" if file == graph else file.name))
             inputs, outputs = graph_tensors(graph)
             config = model_config(name, platform, 0, inputs, outputs, instances, gpu=True)
             (root / name / "config.pbtxt").write_text(config)
