@@ -7,15 +7,12 @@ the split's own graph files (sha256-checked copies), run by the same onnxruntime
 
 from __future__ import annotations
 
-import importlib.util
-import json
 import re
-import sys
 
 import numpy as np
 import pytest
 from test_aspects import split  # noqa: F401 (the shared split of five shapes)
-from test_triton import TIMEOUT_S, StandInTensor, stand_in_pb_utils
+from test_triton import TIMEOUT_S, StandInTensor, stand_in_bls_entry
 
 from flashvlm_export.cli import main
 from flashvlm_export.errors import UsageError
@@ -65,18 +62,7 @@ def test_onnx_flavour_bls_entry_routes_by_shape_on_stand_in_triton(split, tmp_pa
     repo = tmp_path / "repo"
     assert main(["triton", "--manifest", str(split), "--out", str(repo), "--flavour", "onnx"]) == 0
     calls = []
-    monkeypatch.setitem(sys.modules, "triton_python_backend_utils", stand_in_pb_utils(repo, calls))
-    monkeypatch.setattr(sys, "path", list(sys.path))
-    spec = importlib.util.spec_from_file_location("flashvlm_bls_shapes", repo / "flashvlm" / "1" / "model.py")
-    bls = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bls)
-    text = (repo / "flashvlm" / "config.pbtxt").read_text()
-    config = {
-        "output": [{"name": n} for n in re.findall(r'name: "(\w+)"', text.split("output [")[1].split("]\n")[0])],
-        "parameters": {k: {"string_value": v} for k, v in re.findall(r'key: "(\w+)" value: \{ string_value: "(.*?)" \}', text)},
-    }
-    model = bls.TritonPythonModel()
-    model.initialize({"model_config": json.dumps(config), "model_repository": str(repo / "flashvlm"), "model_version": "1"})
+    model = stand_in_bls_entry(repo, calls, monkeypatch)
     feeds = inputs(364, 504)
     request = {name: StandInTensor(name, value) for name, value in {**feeds, "budget": np.array([[K]])}.items()}
     wrong = {**request, PIXEL_VALUES: StandInTensor(PIXEL_VALUES, inputs(504, 504)[PIXEL_VALUES])}

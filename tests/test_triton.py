@@ -443,32 +443,38 @@ def stand_in_pb_utils(repo: Path, calls: list):
     return module
 
 
+def stand_in_bls_entry(repo: Path, calls: list, monkeypatch):
+    """The repository's entry model (model_bls.py as copied there), imported and initialised as Triton's Python
+    backend would, over stand_in_pb_utils; the BLS calls it makes are appended to `calls`."""
+    import importlib.util
+    import sys
+
+    monkeypatch.setitem(sys.modules, "triton_python_backend_utils", stand_in_pb_utils(repo, calls))
+    monkeypatch.setattr(sys, "path", list(sys.path))  # the entry puts its python_path first
+    spec = importlib.util.spec_from_file_location("flashvlm_bls_under_test", repo / "flashvlm" / "1" / "model.py")
+    bls = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bls)
+    text = (repo / "flashvlm" / "config.pbtxt").read_text()
+    config = {
+        "output": [{"name": n} for n in re.findall(r'name: "(\w+)"', text.split("output [")[1].split("]\n")[0])],
+        "parameters": {k: {"string_value": v} for k, v in re.findall(r'key: "(\w+)" value: \{ string_value: "(.*?)" \}', text)},
+    }
+    model = bls.TritonPythonModel()
+    model.initialize({"model_config": json.dumps(config), "model_repository": str(repo / "flashvlm"), "model_version": "1"})
+    return model
+
+
 def test_qwen3_vl_bls_entry_passes_the_deepstack_rows_on_stand_in_triton(qwen3_split, tmp_path, monkeypatch):
     """The onnx flavour's entry model (model_bls.py, as copied into the repository) run in-process against a stand-in
     pb_utils whose BLS calls run the repository's encoder and selector graphs in onnxruntime: it asks the encoder for
     deepstack_features, feeds it to the selector, and returns deepstack_embeds equal to the in-process chain's (same
     graphs, same onnxruntime, same process). What it does not prove: that Triton's Python backend and BLS behave like
     the stand-in (the onnx flavour is not served here: the wheel's tritonserver has no onnxruntime backend)."""
-    import importlib.util
-    import sys
 
     repo = tmp_path / "repo"
     assert main(["triton", "--manifest", str(qwen3_split), "--out", str(repo), "--flavour", "onnx"]) == 0
     calls = []
-    monkeypatch.setitem(sys.modules, "triton_python_backend_utils", stand_in_pb_utils(repo, calls))
-    monkeypatch.setattr(sys, "path", list(sys.path))  # the entry puts its python_path first
-    spec = importlib.util.spec_from_file_location("flashvlm_bls_under_test", repo / "flashvlm" / "1" / "model.py")
-    bls = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bls)
-    config_text = (repo / "flashvlm" / "config.pbtxt").read_text()
-    config = {
-        "output": [{"name": n} for n in re.findall(r'name: "(\w+)"', config_text.split("output [")[1].split("]\n")[0])],
-        "parameters": {
-            k: {"string_value": v} for k, v in re.findall(r'key: "(\w+)" value: \{ string_value: "(.*?)" \}', config_text)
-        },
-    }
-    model = bls.TritonPythonModel()
-    model.initialize({"model_config": json.dumps(config), "model_repository": str(repo / "flashvlm"), "model_version": "1"})
+    model = stand_in_bls_entry(repo, calls, monkeypatch)
     feeds = qwen3_inputs()
     request = {name: StandInTensor(name, value) for name, value in {**feeds, "budget": np.array([[32]])}.items()}
     (response,) = model.execute([request])

@@ -270,7 +270,10 @@ class ModelSpec:
         if resized.n_tokens > limit:
             rows, cols = resized.token_grid
             scale = (limit / resized.n_tokens) ** 0.5
-            fit = f"{int(rows * scale) * step}x{int(cols * scale) * step}" if height != width else str(int(limit**0.5) * step)
+            fit_rows, fit_cols = max(2, int(rows * scale)), max(2, int(cols * scale))
+            while fit_rows * fit_cols > limit:  # the 2-token floor of a very long side
+                fit_cols -= 1
+            fit = f"{fit_rows * step}x{fit_cols * step}" if height != width else str(int(limit**0.5) * step)
             raise UsageError(
                 f"{flag} {text} gives N={resized.n_tokens} visual tokens ({rows}x{cols}), over TensorRT's TopK limit {limit}; "
                 f"use {flag} {fit} or less"

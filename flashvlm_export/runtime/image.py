@@ -113,11 +113,12 @@ def stretch_note(spec: ModelSpec, width: int, height: int, what: str = "photo") 
     from math import gcd
 
     fix = "to a square" if rows == cols else f"to {cols // gcd(rows, cols)}:{rows // gcd(rows, cols)}"
+    own = f"{width // gcd(width, height)}:{height // gcd(width, height)}"
     return (
         f"the {what} is {width}x{height} px (width x height); this graph takes {cols}x{rows}, so the {what} is stretched "
         f"(aspect ratio {width / height:.2f} -> {cols / rows:.2f}, {aspect_error((height, width), spec.image_shape):.1f}% "
-        f"off; the checkpoint's processor would keep it): export --aspects for a graph per shape, or crop the {what} "
-        f"{fix} to keep its proportions"
+        f"off; the checkpoint's processor would keep it): export a shape of its aspect (--aspects {own}), or crop the "
+        f"{what} {fix} to keep its proportions"
     )
 
 
