@@ -23,9 +23,9 @@ from flashvlm_export.export.options import (
     DEFAULT_FPS,
     DEFAULT_FRAMES,
     DEFAULT_OPSET,
+    ENCODER_PRECISIONS,
     EXPORTERS,
     MIN_OPSET,
-    PRECISION_NAMES,
     exporter_help,
 )
 from flashvlm_export.plugin.build import DEFAULT_BUILD_DIR
@@ -80,9 +80,22 @@ def parser() -> argparse.ArgumentParser:
     t = p.add_argument_group("deployment")
     t.add_argument(
         "--precision",
-        choices=PRECISION_NAMES,
-        default=PRECISION_NAMES[0],
-        help="vision encoder + projector precision, as explicit casts in the graph; the selector always runs in fp32",
+        choices=ENCODER_PRECISIONS,
+        default=ENCODER_PRECISIONS[0],
+        help="vision encoder + projector precision: fp16/bf16 as explicit casts, int8/fp8 as Q/DQ nodes calibrated on "
+        "pictures (--calib-images or --calib-demo); the selector always runs in fp32",
+    )
+    t.add_argument(
+        "--calib-images",
+        metavar="DIR",
+        help="with --precision int8/fp8: a folder of your own photos to calibrate on (a few hundred like the ones you "
+        "will run; docs/QUANTIZATION.md)",
+    )
+    t.add_argument(
+        "--calib-demo",
+        type=int,
+        metavar="N",
+        help="with --precision int8/fp8, for tests and demos: N pictures the tool draws (recorded as not representative)",
     )
     t.add_argument(
         "--plugin", action="store_true", help="replace the unrolled pruning rounds by one flashvlm::ResidualPrune plugin node"
@@ -136,11 +149,13 @@ def video_options(args) -> dict:
 def plan_export(args):
     """The parsed flags' checked requests and the files they write: (spec, requests, outputs). Nothing is written."""
     from flashvlm_export.export.job import plan_outputs
+    from flashvlm_export.export.quantize import calibration_from_flags
     from flashvlm_export.export.requests import export_requests
     from flashvlm_export.models.registry import get_spec
 
     video = video_options(args)  # its refusals come first, as before the selector's
     common = dict(
+        calibration=calibration_from_flags(args.precision, args.calib_images, args.calib_demo),
         config=selector_config(args, get_spec(args.model)),
         t_max=args.t_max,
         batch=args.batch,

@@ -29,6 +29,7 @@ from flashvlm_export.selector.schedule import RangeSchedule, RoundSchedule, rang
 from flashvlm_export.selector.static import StaticSelector
 
 TORCH_DTYPES = dict(zip(PRECISION_NAMES, (torch.float32, torch.float16, torch.bfloat16), strict=True))
+TRACED_DTYPES = {**TORCH_DTYPES, "int8": torch.float32, "fp8": torch.float32}  # quantized after export from fp32
 
 
 def example_inputs(interface: GraphInterface, seed: int = 0) -> tuple[torch.Tensor, ...]:
@@ -59,8 +60,8 @@ def encoder_module(parts, precision: str, frames: int | None = None, spec: Model
 
         parts = replace(parts, spec=spec)
     if frames is not None:
-        return parts.clip_encoder(frames, TORCH_DTYPES[precision])
-    return parts.encoder(TORCH_DTYPES[precision])
+        return parts.clip_encoder(frames, TRACED_DTYPES[precision])
+    return parts.encoder(TRACED_DTYPES[precision])
 
 
 def clip_layout(spec: ModelSpec, frames: int | None, rule: str) -> ClipLayout | None:
@@ -92,6 +93,7 @@ class EncoderRequest(_Traced):
     batch: int
     precision: str = "fp32"
     frames: int | None = None  # a clip encoder: F frames -> the clip's G * N tokens
+    calibration: object = None  # int8/fp8: the pictures it is calibrated on (export/quantize.py Calibration)
     kind = "encoder"
     selector_only = False
     plugin = False
@@ -139,6 +141,7 @@ class ExportRequest(_Traced):
     frames: int | None = None  # set: a clip (video) graph of F frames, F/2 temporal groups (selector/clip.py)
     video_budget: str = DEFAULT_RULE  # a clip's budget rule: per-group or joint
     fps: float = DEFAULT_FPS  # the clip's sampling rate its positions assume (second_per_grid_t = 2 / fps)
+    calibration: object = None  # int8/fp8 encoder: the pictures it is calibrated on (export/quantize.py Calibration)
 
     def __post_init__(self) -> None:
         if self.clip is not None:
@@ -293,15 +296,28 @@ def export_graph(
     overwrite: bool = False,
     module: torch.nn.Module | None = None,
     metadata: dict[str, str] | None = None,
+    calib_cache: Path | None = None,
+    log=print,
 ) -> Path:
     """Export the request's graph to `path` (+ sidecar): traced with its verification outputs, shipped without.
 
     `module` is request.module(parts, verification=True) and `metadata` request.metadata(weights) when the caller
-    built them already.
+    built them already. An int8/fp8 encoder is quantized before the graph is placed (export/quantize.py), its
+    calibration ranges cached at `calib_cache` (default: `<graph stem>.calib.json` beside `path`).
     """
     module = module if module is not None else request.module(parts, verification=True)
     metadata = metadata if metadata is not None else request.metadata(weights)
-    return export_onnx(module, request.graph_io(), path, metadata, opset, exporter, overwrite=overwrite)
+    finish = None
+    if getattr(request, "calibration", None) is not None:
+        from flashvlm_export.export.quantize import quantize_encoder
+
+        cache = calib_cache or path.with_name(f"{path.stem}.calib.json")
+
+        def finish(temp: Path) -> None:
+            cache.parent.mkdir(parents=True, exist_ok=True)
+            quantize_encoder(temp, request, weights, cache, overwrite, log=log)
+
+    return export_onnx(module, request.graph_io(), path, metadata, opset, exporter, overwrite=overwrite, finish=finish)
 
 
 def export_logged(
@@ -315,6 +331,7 @@ def export_logged(
     overwrite: bool = False,
     log=print,
     staged: bool = False,
+    calib_cache: Path | None = None,
 ) -> dict[str, str]:
     """export_graph with an opening line, the time elapsed while it runs and a closing line; returns the graph's metadata.
 
@@ -337,7 +354,10 @@ def export_logged(
     hint = export_hint(rounds, parameter_bytes(module), exporter)
     timer = StepTimer("ONNX", log)
     with progress(f"ONNX: exporting {what} with {exporter}", log=log, hint=hint):
-        export_graph(request, path, parts, weights, opset, exporter, overwrite=overwrite, module=module, metadata=metadata)
+        export_graph(
+            request, path, parts, weights, opset, exporter, overwrite=overwrite, module=module, metadata=metadata,
+            calib_cache=calib_cache, log=log,
+        )  # fmt: skip
     shape = (
         f"B={request.batch}"
         if request.kind == "encoder"

@@ -23,7 +23,7 @@ from flashvlm_export import __version__
 from flashvlm_export.artifact_paths import load_graph
 from flashvlm_export.artifacts.ownership import PRODUCER
 from flashvlm_export.errors import UsageError, arg
-from flashvlm_export.export.options import PRECISION_NAMES
+from flashvlm_export.export.options import ENCODER_PRECISIONS as PRECISION_NAMES
 from flashvlm_export.models.registry import get_spec
 from flashvlm_export.selector.config import SelectorConfig
 from flashvlm_export.selector.schedule import check_budget_range
@@ -56,9 +56,16 @@ def encoder_metadata(request, weights: str | None) -> dict[str, str]:
     if request.frames is not None:
         values["frames"] = request.frames
     values.update(_grid(s))
+    values.update(_calibration(request))
     if weights is not None:
         values["weights"] = weights
     return _strings(values)
+
+
+def _calibration(request) -> dict:
+    """An int8/fp8 encoder records its calibration set: size, sha256, and whether the tool drew it."""
+    calibration = getattr(request, "calibration", None)
+    return {} if calibration is None else calibration.metadata()
 
 
 def _grid(spec) -> dict:
@@ -93,6 +100,7 @@ def request_metadata(request, weights: str | None) -> dict[str, str]:
         precision=request.precision,
     )
     values.update(_grid(request.spec))
+    values.update(_calibration(request))
     if request.ranged:
         values.update(budget_min=request.budget_min, budget_max=request.budget)
     if request.frames is not None:  # a clip: k_imp, k_div and step are one group's under per-group

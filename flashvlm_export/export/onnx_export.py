@@ -116,8 +116,10 @@ def export_onnx(
     exporter: str = DEFAULT_EXPORTER,
     *,
     overwrite: bool = False,
+    finish=None,
 ) -> Path:
-    """Write `path` (+ `path`.data when over 2 GB) and its sidecar .json together, or nothing.
+    """Write `path` (+ `path`.data when over 2 GB) and its sidecar .json together, or nothing. `finish(temp graph)`
+    rewrites the exported graph before it is checked and placed (an int8/fp8 encoder's quantization).
 
     overwrite=False (the default) never replaces a file at any of those paths, even one that appears
     during the export; overwrite=True replaces them all or, on failure, leaves the old ones in place.
@@ -177,6 +179,8 @@ def export_onnx(
                     proto.metadata_props.add(key=key, value=value)
                 onnx.save(proto, str(temp_graph), save_as_external_data=large, location=external_data_path(path).name)
                 del proto
+        if finish is not None:  # an int8/fp8 encoder: quantized here, before the checks and the placement
+            finish(temp_graph)
         problems = static_graph_problems(onnx.load(str(temp_graph), load_external_data=False))
         if problems:
             raise FlashVLMError(f"exported graph breaks the static-graph rules: {'; '.join(problems)}")

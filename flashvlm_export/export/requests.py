@@ -80,6 +80,7 @@ def export_requests(
     video_budget: str = DEFAULT_RULE,
     fps: float = DEFAULT_FPS,
     grid: str | None = None,
+    calibration=None,
 ) -> tuple[ModelSpec, list[ExportRequest]]:
     """The model spec and one ExportRequest per budget, every shape checked (memory bounds included); with
     `budget_range` ("KMIN..KMAX", exclusive with `budgets`) one request for the whole range. `budgets` None: the model's
@@ -128,7 +129,11 @@ def export_requests(
         raise UsageError(f"--budget {budgets}: this command takes one budget")
     if selector_only and precision != "fp32":
         raise UsageError(f"--precision {precision} applies to the encoder; a --selector-only graph is always fp32, drop one")
+    if calibration is not None and selector_only:
+        raise UsageError("--calib-images/--calib-demo calibrate an encoder; a --selector-only graph has none, drop them")
     common = dict(t_max=t_max, batch=batch, config=config, selector_only=selector_only, n_tokens=n_tokens)
+    if calibration is not None:
+        common["calibration"] = calibration
     if frames is not None:
         common.update(frames=frames, video_budget=video_budget, fps=fps)
     if budget_range is not None:

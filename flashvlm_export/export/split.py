@@ -84,8 +84,10 @@ def split_plan(requests: list[ExportRequest], out_dir: Path, tag: str = "", fold
     first = requests[0]
     if folder is None:
         folder = Path(out_dir) / split_stem(first.spec.label, first.batch, first.precision, first.plugin, clip_label(first))
-    encoder = EncoderRequest(spec=first.spec, batch=first.batch, precision=first.precision, frames=first.frames)
-    selectors = tuple(replace(r, selector_only=True, precision="fp32") for r in requests)
+    encoder = EncoderRequest(
+        spec=first.spec, batch=first.batch, precision=first.precision, frames=first.frames, calibration=first.calibration
+    )
+    selectors = tuple(replace(r, selector_only=True, precision="fp32", calibration=None) for r in requests)
     return SplitPlan(folder, encoder, selectors, tag)
 
 
@@ -124,7 +126,8 @@ def export_plan_graphs(plan: SplitPlan, staged: dict, parts, weights, opset, exp
         # selector graphs hold no weights: the encoder and the manifest record whose they are
         own_weights = weights if request.kind == "encoder" else None
         how = exporter if request.kind == "encoder" else selector_exporter or exporter
-        meta = export_logged(request, staged[graph], parts, own_weights, opset, how, log=log, staged=True)
+        cache = plan.folder / f"{graph.stem}.calib.json"  # beside the placed graph: a later export reuses it
+        meta = export_logged(request, staged[graph], parts, own_weights, opset, how, log=log, staged=True, calib_cache=cache)
         metas[ENCODER_STEM if request.kind == "encoder" else selector_stem(request.budget, request.budget_min)] = meta
     return metas
 

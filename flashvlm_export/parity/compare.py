@@ -65,6 +65,25 @@ ARITHMETIC_BOUNDS = {
     PROJECTED_FEATURES: 1e-4,
     DEEPSTACK_FEATURES: 1e-4,  # Qwen3-VL's DeepStack rows: intermediate blocks through their own mergers
 }
+# an int8 / fp8 encoder's own outputs against the fp32 encoder: loose gates that catch a broken quantization (one Q
+# node's scale zeroed: X 1.6, a 0.29, P(X) 1.3 on llava15-tiny), not a quality promise. Measured honest, random
+# weights: llava15-tiny int8 on 8 demo pictures X 0.24, a 0.042, P(X) 0.21 (llava-next-tiny on 4: a 0.055); full-size
+# llava15 int8 on 64: 0.15, 0.0027, 0.17 (a trained tower's regular activations quantize better than random ones)
+QUANTIZED_ENCODER_BOUNDS = {VISION_FEATURES: 0.5, CLS_ATTENTION: 0.2, PROJECTED_FEATURES: 0.5, DEEPSTACK_FEATURES: 0.5}
+
+
+def encoder_bounds(precision: str) -> dict:
+    """The bounds of a graph's encoder outputs at its precision: fp32 ARITHMETIC_BOUNDS'; fp16/bf16 reported only
+    (None); int8/fp8 QUANTIZED_ENCODER_BOUNDS."""
+    from flashvlm_export.export.options import QUANTIZED_PRECISIONS
+
+    if precision == "fp32":
+        return {}
+    if precision in QUANTIZED_PRECISIONS:
+        return dict(QUANTIZED_ENCODER_BOUNDS)
+    return {name: None for name in ENCODER_OUTPUTS}
+
+
 SENSITIVITY_NOISE = 1e-6  # ALGORITHM.md: the float32 GEMM differences between backends are about 1e-6 in G
 
 

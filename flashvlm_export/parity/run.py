@@ -26,7 +26,13 @@ from flashvlm_export.export.interface import (
 )
 from flashvlm_export.export.metadata import graph_metadata
 from flashvlm_export.parity.backends import OnnxRuntime, PipelineFeatures, PipelineReference, SelectorReference, TorchModule
-from flashvlm_export.parity.compare import ARITHMETIC_BOUNDS, BackendReport, layer_summary, sensitivity_overlaps
+from flashvlm_export.parity.compare import (
+    ARITHMETIC_BOUNDS,
+    BackendReport,
+    encoder_bounds,
+    layer_summary,
+    sensitivity_overlaps,
+)
 from flashvlm_export.parity.corpus import Case, Geometry, pipeline_corpus, selector_corpus
 from flashvlm_export.parity.crops import CropReference, CropView
 from flashvlm_export.progress import plural
@@ -298,10 +304,8 @@ def run_parity(
 def run_backends(request: ExportRequest, reference: Backend, backends: list[Backend], cases: list[Case], seed: int, min_overlap):
     """Every case through the reference and each backend, accumulated into one BackendReport per backend."""
     schedule = request.schedule
-    reduced = request.precision != "fp32"
     bounds = dict(ARITHMETIC_BOUNDS)
-    if reduced:  # the encoder's own outputs differ by its precision: measured, not a gate (ALGORITHM.md)
-        bounds.update({name: None for name in ENCODER_OUTPUTS})
+    bounds.update(encoder_bounds(request.precision))  # fp16/bf16: measured, not a gate; int8/fp8: loose gates
     selector_reference = SelectorReference(request.crop_budget, request.config, clip=request.clip)
     view = CropView.of(request)  # a model cut into crops is checked crop by crop (the identity otherwise)
     table = request.token_positions().numpy() if request.positions else None

@@ -24,7 +24,6 @@ from flashvlm_export.artifacts.placement import atomic_outputs
 from flashvlm_export.export.interface import (
     BUDGET,
     DEEPSTACK_EMBEDS,
-    ENCODER_OUTPUTS,
     INDICES,
     KEPT,
     POSITIONS,
@@ -34,7 +33,14 @@ from flashvlm_export.export.interface import (
 )
 from flashvlm_export.export.manifest import Manifest
 from flashvlm_export.parity.backends import OnnxRuntime, PipelineFeatures, SelectorReference
-from flashvlm_export.parity.compare import ARITHMETIC_BOUNDS, SHIPPED_INDICES, BackendReport, layer_summary, sensitivity_overlaps
+from flashvlm_export.parity.compare import (
+    ARITHMETIC_BOUNDS,
+    SHIPPED_INDICES,
+    BackendReport,
+    encoder_bounds,
+    layer_summary,
+    sensitivity_overlaps,
+)
 from flashvlm_export.parity.corpus import Case, pipeline_corpus
 from flashvlm_export.parity.crops import CropView
 from flashvlm_export.parity.run import check_save_dir, geometry_of, validate_cases
@@ -75,8 +81,7 @@ def run_split_parity(
         )
     torch_encoder = PipelineFeatures(parts, clip=first.clip is not None)
     bounds = dict(ARITHMETIC_BOUNDS)
-    if manifest.record["precision"] != "fp32":  # the encoder's own outputs differ by its precision: measured, not a gate
-        bounds.update({name: None for name in ENCODER_OUTPUTS})
+    bounds.update(encoder_bounds(manifest.record["precision"]))  # fp16/bf16: reported; int8/fp8: loose gates
     table = first.token_positions().numpy() if first.positions else None
     reports = {
         k: BackendReport(f"{chain.name}, K={k}", min_overlap, token_positions=table, clip=first.clip) for k in manifest.budgets

@@ -20,7 +20,7 @@ from flashvlm_export.artifacts.files import human_size
 from flashvlm_export.artifacts.placement import atomic_outputs, write_json_atomic
 from flashvlm_export.artifacts.sidecar import sidecar_path
 from flashvlm_export.device import gpu_info
-from flashvlm_export.errors import FlashVLMError, MissingDependencyError
+from flashvlm_export.errors import FlashVLMError, MissingDependencyError, UsageError
 from flashvlm_export.trt.env import import_tensorrt, load_plugin_library, tensorrt_major
 from flashvlm_export.trt.precision import compute_type, precision_plan
 from flashvlm_export.trt.sidecar import engine_record
@@ -76,6 +76,19 @@ def _layer_types(trt, network) -> Counter:
     return counts
 
 
+FP8_FROM = (8, 9)  # compute capability of the first GPUs with FP8 tensor cores (Ada); Hopper 9.0, Thor 11.0; Orin 8.7
+
+
+def check_fp8_support(precision: str, gpu) -> None:
+    """An FP8 graph needs FP8 tensor cores: refused in one line on an older GPU (Jetson Orin, A100), naming int8."""
+    major, minor = (int(v) for v in gpu.compute_capability.split(".")[:2])
+    if precision == "fp8" and (major, minor) < FP8_FROM:
+        raise UsageError(
+            f"--precision fp8: this GPU ({gpu.name}, compute capability {gpu.compute_capability}) has no FP8 (it needs "
+            f"{FP8_FROM[0]}.{FP8_FROM[1]} or newer: Ada, Hopper, Thor; Jetson Orin is 8.7); export --precision int8 for it"
+        )
+
+
 def build_engine(
     onnx_path: Path,
     engine_path: Path,
@@ -91,6 +104,7 @@ def build_engine(
     plan.check(onnx_path)
     trt = import_tensorrt()
     gpu = gpu_info()
+    check_fp8_support(precision, gpu)
     logger = trt.Logger(trt.Logger.WARNING)
     if plugin_library is not None:
         load_plugin_library(trt, plugin_library)

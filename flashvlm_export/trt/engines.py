@@ -53,11 +53,12 @@ class EngineJob:
     def prepare(self, outputs) -> list[Path]:
         """Fail fast, before the export, when TensorRT, the GPU or the plugin is missing; the engines' paths."""
         from flashvlm_export.device import gpu_info
+        from flashvlm_export.trt.build import check_fp8_support
         from flashvlm_export.trt.env import import_tensorrt
 
         paths = self.paths(outputs)
         import_tensorrt()
-        gpu_info()
+        check_fp8_support(outputs.requests[0].precision, gpu_info())
         if outputs.requests[0].plugin:
             from flashvlm_export.plugin.build import find_plugin_library
 
