@@ -217,7 +217,7 @@ def fast_graph(tmp_path_factory) -> Path:
         ("selector_config", "{broken", "'selector_config'"),
         ("selector_config", '{"eta": NaN}', "'selector_config'"),
         ("graph", "video", "'graph'"),
-        ("precision", "fp8", "'precision'"),
+        ("precision", "int4", "'precision'"),
     ],
 )
 def test_malformed_graph_metadata_is_one_line_error(capsys, tmp_path, fast_graph, key, value, shown):

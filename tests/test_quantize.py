@@ -65,6 +65,25 @@ def test_only_the_encoder_holds_q_dq_nodes_and_the_selector_reads_float(graphs):
     assert quantized and all(w.data_type == onnx.TensorProto.INT8 for w in quantized)  # weights stored as int8
 
 
+def test_q_dq_sit_on_the_inputs_of_quantized_nodes_and_a_splits_outputs_stay_float(graphs):
+    """TensorRT's placement: no Q on a MatMul/Gemm/Conv output, no int32 bias; a split encoder's X, a, P(X) (what its
+    selectors read) are float tensors, not a dequantized copy."""
+    for path in (graphs / "llava15-tiny_b64_int8.onnx", graphs / "qwen2.5-vl-tiny_int8_split" / "encoder.onnx"):
+        model = onnx.load(str(path))
+        producer = {o: n for n in model.graph.node for o in n.output}
+        for node in model.graph.node:
+            if node.op_type == "QuantizeLinear" and node.input[0] in producer:
+                assert producer[node.input[0]].op_type not in ("MatMul", "Gemm", "Conv"), node.name
+        weights = {i.name: i for i in model.graph.initializer}
+        dq_types = {
+            weights[n.input[0]].data_type for n in model.graph.node if n.op_type == "DequantizeLinear" and n.input[0] in weights
+        }
+        assert dq_types == {onnx.TensorProto.INT8}, dq_types
+        for output in model.graph.output:
+            if output.name in ENCODER_OUTPUTS:
+                assert producer[output.name].op_type != "DequantizeLinear", output.name
+
+
 def test_the_graph_and_its_sidecar_record_the_precision_and_calibration_set(graphs):
     meta = {
         p.key: p.value for p in onnx.load(str(graphs / "llava15-tiny_b64_int8.onnx"), load_external_data=False).metadata_props

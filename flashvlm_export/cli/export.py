@@ -154,8 +154,15 @@ def plan_export(args):
     from flashvlm_export.models.registry import get_spec
 
     video = video_options(args)  # its refusals come first, as before the selector's
+    calibration = calibration_from_flags(args.precision, args.calib_images, args.calib_demo)
+    if calibration is not None:  # the pictures go through runtime/'s processor path (export/ sits below runtime/)
+        from dataclasses import replace
+
+        from flashvlm_export.runtime.calibration import calibration_pixels
+
+        calibration = replace(calibration, source=calibration_pixels)
     common = dict(
-        calibration=calibration_from_flags(args.precision, args.calib_images, args.calib_demo),
+        calibration=calibration,
         config=selector_config(args, get_spec(args.model)),
         t_max=args.t_max,
         batch=args.batch,

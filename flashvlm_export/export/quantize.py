@@ -23,7 +23,7 @@ import hashlib
 import json
 import os
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -42,6 +42,9 @@ class Calibration:
 
     images: tuple[str, ...] = ()
     demo: int = 0
+    # how a picture becomes pixel_values: runtime/calibration.py's calibration_pixels, bound by the CLI (export/ sits
+    # below runtime/, which holds the checkpoint's processor path)
+    source: object = field(default=None, compare=False, hash=False, repr=False)
 
     @property
     def count(self) -> int:
@@ -102,45 +105,13 @@ def calibration_from_flags(precision: str, images_dir: str | None, demo: int | N
     return Calibration(images=tuple(found))
 
 
-def demo_calibration_picture(index: int, spec):
-    """Demo calibration picture `index`: the still life at a varied size, crop and brightness (deterministic)."""
-    from PIL import ImageEnhance
-
-    from flashvlm_export.runtime.image import demo_picture
-
-    rng = np.random.default_rng([7, index])
-    picture = demo_picture(int(rng.integers(320, 800)))
-    w, h = picture.size
-    left, top = int(rng.integers(0, w // 4)), int(rng.integers(0, h // 4))
-    picture = picture.crop((left, top, w - int(rng.integers(0, w // 4)), h - int(rng.integers(0, h // 4))))
-    return ImageEnhance.Brightness(picture).enhance(float(rng.uniform(0.6, 1.4)))
-
-
-def calibration_pixels(calibration: Calibration, spec, log=print) -> Iterator[np.ndarray]:
-    """Each calibration picture as the graph's pixel_values (1, ...), through the checkpoint's own processor path."""
-    import tempfile
-
-    from flashvlm_export.runtime.image import prepare_image
-
-    with tempfile.TemporaryDirectory(prefix="flashvlm-calib-") as scratch:
-        for i in range(calibration.count):
-            if calibration.demo:
-                path = Path(scratch) / f"demo_{i}.png"
-                demo_calibration_picture(i, spec).save(path)
-            else:
-                path = Path(calibration.images[i])
-            try:
-                yield prepare_image(path, spec).pixel_values.numpy()
-            except UsageError as exc:
-                raise UsageError(f"--calib-images: {exc}") from None
-            if (i + 1) % 16 == 0 or i + 1 == calibration.count:
-                log(f"Calibration: {i + 1}/{calibration.count} pictures")
-
-
-def _feeds(request, calibration: Calibration, inputs: dict, log) -> Iterator[dict]:
-    """A feed per picture for the encoder: its pixels, repeated over a clip's frames and the batch."""
+def _feeds(request, calibration: Calibration, inputs: dict, log, model_dir: Path | None = None) -> Iterator[dict]:
+    """A feed per picture for the encoder: its pixels (the checkpoint's processor config where there is one), a still
+    picture repeated over a clip's frames, and over the batch."""
     shape, dtype = inputs["pixel_values"]
-    for pixels in calibration_pixels(calibration, request.spec, log):
+    if calibration.source is None:
+        raise UsageError("calibration pictures need a source of pixels: build the Calibration with calibration_from_flags")
+    for pixels in calibration.source(calibration, request.spec, log, model_dir):
         value = np.repeat(pixels[:, None], request.frames, axis=1) if request.frames is not None else pixels
         yield {"pixel_values": np.ascontiguousarray(np.broadcast_to(value, shape)).astype(dtype)}
 
@@ -178,9 +149,29 @@ def _cache_record(cache: Path) -> dict | None:
         record = json.loads(cache.read_text())
     except (OSError, ValueError, UnicodeDecodeError):
         record = None
-    if not isinstance(record, dict) or record.get("producer") != "flashvlm-export" or "ranges" not in record:
+    if (
+        not isinstance(record, dict)
+        or record.get("producer") != "flashvlm-export"
+        or not isinstance(record.get("ranges"), dict)
+        or not isinstance(record.get("key"), dict)
+    ):
         raise UsageError(f"{cache} is not a calibration cache this tool wrote; move it away or choose another --out-dir")
     return record
+
+
+def _protect_outputs(model, outputs: tuple[str, ...]) -> None:
+    """Each encoder output X, a, P(X) becomes an Identity of the tensor its producer writes, which every reader takes
+    instead: the quantizer's Q/DQ pairs then sit on that tensor (for the projector's MatMul), never on the named output
+    a split's selectors or a fused graph's selector read, which stays the float value (parity's layer 1)."""
+    from onnx import helper
+
+    produced = {o for n in model.graph.node for o in n.output}
+    for name in [t for t in outputs if t in produced]:
+        inner = f"{name}/float"
+        for node in model.graph.node:
+            node.output[:] = [inner if o == name else o for o in node.output]
+            node.input[:] = [inner if i == name else i for i in node.input]
+        model.graph.node.append(helper.make_node("Identity", [inner], [name], name=f"{name}/output"))
 
 
 def _float_inputs(model, selector: set[str]) -> None:
@@ -228,13 +219,18 @@ def quantize_encoder(graph: Path, request, weights: str | None, cache: Path, ove
     for i, node in enumerate(model.graph.node):  # quantize_static names nodes to quantize by name
         if not node.name:
             node.name = f"{node.op_type}_{i}"
-    onnx.save(model, str(graph))  # the names only: external tensors stay where they are
     outputs = tuple(name for name in ENCODER_OUTPUTS)
+    _protect_outputs(model, outputs)
+    onnx.save(model, str(graph))  # names and Identity nodes only: external tensors stay where they are
+    large = external_data_path(graph).exists()
     nodes = quantized_nodes(model, outputs)
     selector = {n.name for n in model.graph.node} - encoder_nodes(model, outputs)  # never quantized, nor fed Q/DQ
+    selector |= {f"{t}/output" for t in outputs}  # the Identity that names each output reads the float tensor too
     if not nodes:
         raise UsageError(f"{graph.name}: no encoder MatMul/Gemm/Conv with weights to quantize; export it at fp32")
-    key = dict(cache_key(request, request.calibration, nodes), weights=weights)
+    import onnxruntime
+
+    key = dict(cache_key(request, request.calibration, nodes), weights=weights, onnxruntime=onnxruntime.__version__)
     ort_cache = graph.with_name(graph.name + ".ranges.json")
     record = _cache_record(cache)
     if record is not None and record.get("key") != key and not overwrite:
@@ -254,7 +250,8 @@ def quantize_encoder(graph: Path, request, weights: str | None, cache: Path, ove
         for i in model.graph.input
     }
     del model
-    feeds = _feeds(request, request.calibration, inputs, log)
+    model_dir = None if weights is None or weights.startswith("random") else Path(weights)
+    feeds = _feeds(request, request.calibration, inputs, log, model_dir if model_dir and model_dir.is_dir() else None)
 
     class Reader(CalibrationDataReader):
         def get_next(self):
@@ -276,13 +273,15 @@ def quantize_encoder(graph: Path, request, weights: str | None, cache: Path, ove
         with warnings.catch_warnings():  # the Distribution calibrator's "invalid value" on constant tensors (fp8)
             warnings.simplefilter("ignore", RuntimeWarning)
             if selector and not ort_cache.exists():  # calibrated on the encoder alone (a plugin op, no text needed)
-                _calibrate_encoder(graph, outputs, ort_cache, Reader, nodes, kind, fp8)
-            _quantize(graph, temp, ort_cache, Reader, nodes, kind, fp8)
+                _calibrate_encoder(graph, outputs, ort_cache, Reader, nodes, kind, fp8, large)
+            _quantize(graph, temp, ort_cache, Reader, nodes, kind, fp8, large)
     finally:
         root.setLevel(level)
     record = {"producer": "flashvlm-export", "key": key, "ranges": json.loads(ort_cache.read_text())}
     ort_cache.unlink()
-    cache.write_text(json.dumps(record) + "\n")
+    from flashvlm_export.artifacts.placement import write_json_atomic
+
+    write_json_atomic(cache, record)  # in one rename; never over a file that is not this tool's
     quantized = onnx.load(str(temp))
     _float_inputs(quantized, selector)
     for prop in onnx.load(str(graph), load_external_data=False).metadata_props:
@@ -297,7 +296,9 @@ def quantize_encoder(graph: Path, request, weights: str | None, cache: Path, ove
     )
 
 
-def _calibrate_encoder(graph: Path, outputs: tuple[str, ...], ort_cache: Path, reader, nodes, kind, fp8: bool) -> None:
+def _calibrate_encoder(
+    graph: Path, outputs: tuple[str, ...], ort_cache: Path, reader, nodes, kind, fp8: bool, large: bool = False
+) -> None:
     """The ranges of a full graph's encoder, measured on the encoder alone: the graph cut at X, a, P(X) (the selector,
     which may hold the plugin op ONNX Runtime's calibrator cannot load, and the text inputs dropped)."""
     import onnx
@@ -320,20 +321,25 @@ def _calibrate_encoder(graph: Path, outputs: tuple[str, ...], ort_cache: Path, r
     quantized = graph.with_name(graph.stem + ".encoder-q.onnx")
     onnx.save(model, str(encoder))
     try:
-        _quantize(encoder, quantized, ort_cache, reader, nodes, kind, fp8)
+        _quantize(encoder, quantized, ort_cache, reader, nodes, kind, fp8, large)
     finally:
         encoder.unlink(missing_ok=True)
         quantized.unlink(missing_ok=True)
 
 
-def _quantize(graph: Path, temp: Path, ort_cache: Path, reader, nodes: list[str], kind, fp8: bool) -> None:
+def _quantize(graph: Path, temp: Path, ort_cache: Path, reader, nodes: list[str], kind, fp8: bool, large: bool = False) -> None:
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, quantize_static
 
     method = CalibrationMethod.Distribution if fp8 else CalibrationMethod.MinMax  # ORT's only one for float types
     quantize_static(
         str(graph), str(temp), None if ort_cache.exists() else reader(), quant_format=QuantFormat.QDQ,
         op_types_to_quantize=list(QUANTIZED_OPS), nodes_to_quantize=nodes, per_channel=not fp8,
-        activation_type=kind, weight_type=kind, use_external_data_format=False, calibrate_method=method,
-        extra_options={"ActivationSymmetric": True, "WeightSymmetric": True, "DedicatedQDQPair": True},
+        activation_type=kind, weight_type=kind, use_external_data_format=large, calibrate_method=method,
+        extra_options={
+            "ActivationSymmetric": True, "WeightSymmetric": True, "DedicatedQDQPair": True,
+            # Q/DQ on the inputs of each quantized node only (TensorRT's placement), biases left in float: onnx-tensorrt
+            # dequantizes INT8 and FP8 only, not the int32 of a quantized bias
+            "OpTypesToExcludeOutputQuantization": list(QUANTIZED_OPS), "QuantizeBias": False,
+        },
         calibration_cache_path=str(ort_cache),
     )  # fmt: skip

@@ -120,7 +120,8 @@ def _drop_stale(plan: ShapesPlan, finals: list[Path], log) -> None:
         path
         for path in sorted(plan.folder.iterdir())
         if path.is_file() and not path.is_symlink() and path.absolute() not in keep
-        and not path.name.startswith(STAGING_PREFIX) and path.name != LEDGER and is_own(path)
+        and not path.name.startswith(STAGING_PREFIX) and path.name != LEDGER and not path.name.endswith(".calib.json")
+        and is_own(path)
     ]  # fmt: skip
     for path in stale:
         path.unlink()
