@@ -33,6 +33,12 @@ def _variant(batch: int, precision: str, plugin: bool) -> str:
     )
 
 
+def calib_cache_name(request) -> str:
+    """The calibration cache of an int8/fp8 encoder beside its full graphs: one per encoder (model, shape, clip, batch,
+    precision), so graphs of other budgets reuse it: llava15_int8.calib.json."""
+    return f"{request.spec.label}{clip_label(request)}{_variant(request.batch, request.precision, False)}.calib.json"
+
+
 def graph_name(request) -> str:
     return artifact_stem(request) + ".onnx"
 

@@ -309,9 +309,10 @@ def export_graph(
     metadata = metadata if metadata is not None else request.metadata(weights)
     finish = None
     if getattr(request, "calibration", None) is not None:
+        from flashvlm_export.artifacts.naming import calib_cache_name
         from flashvlm_export.export.quantize import quantize_encoder
 
-        cache = calib_cache or path.with_name(f"{path.stem}.calib.json")
+        cache = calib_cache or path.with_name(calib_cache_name(request))
 
         def finish(temp: Path) -> None:
             cache.parent.mkdir(parents=True, exist_ok=True)
