@@ -121,3 +121,22 @@ def max_opset(exporter: str) -> tuple[int, str]:
     if torch_max <= onnx_max:
         return torch_max, f"the installed torch's {exporter} exporter writes at most opset {torch_max}"
     return onnx_max, f"the installed onnx {onnx.__version__} knows at most opset {onnx_max}"
+
+
+# Calibrating and quantizing an encoder (export/quantize.py, ONNX Runtime's quantize_static) holds several copies of the
+# fp32 graph (shape inference, the augmented calibration model, the quantized model) and the pictures' intermediate
+# tensors: measured peak 12.4 GB for llava15's 1.2 GB of encoder weights on 64 pictures (about 10x); qwen2.5-vl-7b's
+# 2.7 GB was killed for memory on a 24 GB machine with 4 pictures.
+QUANTIZE_MEMORY_FACTOR = 10
+
+
+def check_quantization_fits(weight_bytes: int, precision: str, model: str) -> None:
+    """--precision int8/fp8: refuse in one line, before ONNX Runtime starts, an encoder too large to quantize here."""
+    memory = memory_bytes()
+    need = QUANTIZE_MEMORY_FACTOR * weight_bytes
+    if need > memory:
+        raise UsageError(
+            f"--precision {precision} for {model} needs about {_gib(need)} to calibrate and quantize its encoder "
+            f"({QUANTIZE_MEMORY_FACTOR}x its {_gib(weight_bytes)} of fp32 weights, as measured), more than this machine's "
+            f"{_gib(memory)}; quantize on a machine with more memory, or export --precision fp16 here"
+        )

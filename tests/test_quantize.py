@@ -158,3 +158,15 @@ def test_an_fp8_engine_is_refused_on_a_gpu_without_fp8_in_one_line(gpu, refused)
     with pytest.raises(UsageError, match="--precision int8") as info:
         check_fp8_support("fp8", GpuInfo("GPU", gpu))
     assert "\n" not in str(info.value)
+
+
+def test_an_encoder_too_large_to_quantize_here_is_refused_in_one_line_before_onnx_runtime(monkeypatch, tmp_path, capsys):
+    """The memory check (limits.py) with a planted factor that puts the need past this machine: one line, exit 2,
+    nothing written (what the factor is for: qwen2.5-vl-7b's encoder was killed for memory on 24 GB)."""
+    import flashvlm_export.limits as limits
+
+    monkeypatch.setattr(limits, "QUANTIZE_MEMORY_FACTOR", 10**9)
+    out = tmp_path / "o"
+    argv = ["--model", "llava15-tiny", "--budget", "64", "--precision", "int8", *TINY, "--out-dir", str(out)]
+    expect_error(capsys, argv, "--precision int8 for llava15-tiny needs about", "more than this machine's")
+    assert not out.exists() or not any(out.iterdir())

@@ -224,6 +224,10 @@ def quantize_encoder(graph: Path, request, weights: str | None, cache: Path, ove
     _protect_outputs(model, outputs)
     onnx.save(model, str(graph))  # names and Identity nodes only: external tensors stay where they are
     large = external_data_path(graph).exists()
+    from flashvlm_export.limits import check_quantization_fits
+
+    weight_bytes = graph.stat().st_size + (external_data_path(graph).stat().st_size if large else 0)
+    check_quantization_fits(weight_bytes, request.precision, request.spec.name)
     nodes = quantized_nodes(model, outputs)
     selector = {n.name for n in model.graph.node} - encoder_nodes(model, outputs)  # never quantized, nor fed Q/DQ
     selector |= {f"{t}/output" for t in outputs}  # the Identity that names each output reads the float tensor too
