@@ -13,7 +13,7 @@ import onnx
 import pytest
 from test_hardening import expect_error
 
-from flashvlm_export.artifacts.naming import SHARED_DATA
+from flashvlm_export.artifact_paths import SHARED_DATA
 from flashvlm_export.cli import main
 from flashvlm_export.errors import UsageError
 from flashvlm_export.export.shapes import read_shape_set

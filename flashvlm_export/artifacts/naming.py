@@ -5,8 +5,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from flashvlm_export.artifact_paths import SHARED_DATA  # noqa: F401 (named here too, with the other artifact names)
-
 STAGING_PREFIX = ".flashvlm-tmp-"  # staging folders and temporary files (staging.py), never an artifact
 
 

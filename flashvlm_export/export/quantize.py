@@ -25,6 +25,7 @@ import json
 import os
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 
 import numpy as np
@@ -51,9 +52,10 @@ class Calibration:
     def count(self) -> int:
         return self.demo or len(self.images)
 
-    @property
+    @cached_property
     def sha256(self) -> str:
-        """The set's identity: the pictures' bytes in name order, or the demo pictures' recipe."""
+        """The set's identity: the pictures' bytes in name order, or the demo pictures' recipe (read once: the metadata
+        and the cache key both name it)."""
         digest = hashlib.sha256()
         if self.demo:
             digest.update(f"flashvlm-export demo pictures v1 x {self.demo}".encode())
@@ -130,11 +132,11 @@ def encoder_nodes(model, outputs: tuple[str, ...]) -> set[str]:
     return seen
 
 
-def quantized_nodes(model, outputs: tuple[str, ...]) -> list[str]:
+def quantized_nodes(model, outputs: tuple[str, ...], inside: set[str] | None = None) -> list[str]:
     """The encoder's weight-bearing MatMul / Gemm / Conv nodes (a constant or initializer among their inputs)."""
     constants = {t.name for t in model.graph.initializer}
     constants |= {o for n in model.graph.node if n.op_type == "Constant" for o in n.output}
-    inside = encoder_nodes(model, outputs)
+    inside = encoder_nodes(model, outputs) if inside is None else inside
     return [
         n.name
         for n in model.graph.node
@@ -228,8 +230,9 @@ def quantize_encoder(graph: Path, request, weights: str | None, cache: Path, ove
 
     weight_bytes = graph.stat().st_size + (external_data_path(graph).stat().st_size if large else 0)
     check_quantization_fits(weight_bytes, request.precision, request.spec.name)
-    nodes = quantized_nodes(model, outputs)
-    selector = {n.name for n in model.graph.node} - encoder_nodes(model, outputs)  # never quantized, nor fed Q/DQ
+    inside = encoder_nodes(model, outputs)
+    nodes = quantized_nodes(model, outputs, inside)
+    selector = {n.name for n in model.graph.node} - inside  # never quantized, nor fed Q/DQ
     selector |= {f"{t}/output" for t in outputs}  # the Identity that names each output reads the float tensor too
     if not nodes:
         raise UsageError(f"{graph.name}: no encoder MatMul/Gemm/Conv with weights to quantize; export it at fp32")

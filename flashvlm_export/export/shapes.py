@@ -17,12 +17,11 @@ any hash is taken.
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
-from flashvlm_export.artifact_paths import BOUNDS, read_bounded
+from flashvlm_export.artifact_paths import BOUNDS, SHARED_DATA, read_bounded
 from flashvlm_export.artifacts.files import artifact_size, human_size, sha256_of
-from flashvlm_export.artifacts.naming import SHARED_DATA
 from flashvlm_export.artifacts.ownership import PRODUCER
 from flashvlm_export.artifacts.placement import atomic_outputs
 from flashvlm_export.errors import UsageError
@@ -179,6 +178,7 @@ class ShapeSet:
     record: dict
     specs: tuple  # ModelSpec per shape
     manifests: tuple[Path, ...]
+    checked: dict = field(default_factory=dict, compare=False)  # index -> Manifest read_shape_set verified (graphs)
 
     @property
     def keys(self) -> list[str]:
@@ -189,7 +189,13 @@ class ShapeSet:
         return ", ".join(self.keys)
 
     def manifest(self, index: int, engines: bool = False, verify: bool = True) -> Manifest:
-        return read_manifest(self.manifests[index], verify=verify, engines=engines)
+        """Shape `index`'s manifest, checked: the one read_shape_set verified, unless its engines are asked for too."""
+        if not engines and index in self.checked:
+            return self.checked[index]
+        manifest = read_manifest(self.manifests[index], verify=verify, engines=engines)
+        if verify and not engines:
+            self.checked[index] = manifest
+        return manifest
 
 
 def is_shape_set(path: Path) -> bool:
@@ -243,9 +249,9 @@ def read_shape_set(path: Path, verify: bool = True) -> ShapeSet:
         raise fail("lists fewer than two shapes")
     shape_set = ShapeSet(path, record, tuple(specs), tuple(manifests))
     if verify:
-        for i, spec in enumerate(specs):
-            from flashvlm_export.export.metadata import graph_metadata
+        from flashvlm_export.export.metadata import graph_metadata
 
+        for i, spec in enumerate(specs):
             manifest = shape_set.manifest(i)
             meta = graph_metadata(manifest.encoder_graph)
             own = (meta.get("model"), meta.get("image_size"), meta.get("grid"))

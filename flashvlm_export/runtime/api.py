@@ -98,16 +98,11 @@ def run(
     from flashvlm_export.runtime.llama_cpp import check_llm_choice
 
     check_llm_choice(llm_runtime, gguf, answer)
-    from flashvlm_export.export.shapes import is_shape_set
+    from flashvlm_export.runtime.shape_choice import chosen_manifest, photo_hw
 
-    chosen = None
-    if manifest is not None and is_shape_set(manifest):  # several shapes: the processor's pick for this photo
-        from flashvlm_export.runtime.shape_choice import choose_manifest, photo_hw
-
-        manifest, chosen = choose_manifest(manifest, photo_hw(image, demo_image, max_image_pixels), log)
+    # several shapes: the processor's pick for this photo
+    manifest, chosen = chosen_manifest(manifest, lambda: photo_hw(image, demo_image, max_image_pixels), log)
     info, split, recorded, source = open_source(graph, engine, manifest, budget, tensorrt)
-    if split is not None and budget is None:  # a split of one budget needs no --budget
-        budget = info.request.budget
     weights = weights_for_graph(recorded, random_weights, seed, model_path, source)
     info = GraphInfo(info.request, weights, source)
     spec, request = info.spec, info.request

@@ -164,16 +164,11 @@ def run_clip(graph, video, question, *, image=None, demo_image=None, demo_video=
     from flashvlm_export.runtime.llama_cpp import check_llm_choice
 
     check_llm_choice(llm_runtime, gguf, answer)
-    chosen = None
-    from flashvlm_export.export.shapes import is_shape_set
+    from flashvlm_export.runtime.shape_choice import chosen_manifest, clip_hw
 
-    if manifest is not None and is_shape_set(manifest):  # several shapes: the processor's pick for the clip's frames
-        from flashvlm_export.runtime.shape_choice import choose_manifest, clip_hw
-
-        manifest, chosen = choose_manifest(manifest, clip_hw(video), log, what="clip")
+    # several shapes: the processor's pick for the clip's frames
+    manifest, chosen = chosen_manifest(manifest, lambda: clip_hw(video), log, what="clip")
     info, split, recorded, source = steps.open_source(graph, engine, manifest, budget, tensorrt)
-    if split is not None and budget is None:  # a split of one budget needs no --budget
-        budget = info.request.budget
     check_clip_graph(info.request, source)
     weights = weights_for_graph(recorded, random_weights, seed, model_path, source)
     info = GraphInfo(info.request, weights, source)

@@ -102,7 +102,8 @@ def selection_backend(
         from flashvlm_export.runtime.chain import BudgetBackend, SplitChain
 
         chain = SplitChain(split, tensorrt, Path(plugin_lib) if plugin_lib else None)
-        return BudgetBackend(chain, budget)
+        # no --budget: the split's one budget, as manifest_info chose it for the request
+        return BudgetBackend(chain, info.request.budget if budget is None else budget)
     if engine is not None:
         from flashvlm_export.trt.runner import EngineRunner
 

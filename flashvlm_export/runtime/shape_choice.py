@@ -29,6 +29,16 @@ def clip_hw(video: str | None) -> tuple[int, int] | None:
     return height, width
 
 
+def chosen_manifest(manifest: str | None, hw_of, log=print, what: str = "photo") -> tuple[str | None, str | None]:
+    """`run`'s manifest as given, or for a split of several shapes the manifest of the shape chosen for the picture
+    whose (height, width) `hw_of()` reads (only then); and the chosen shape's key (None for one shape)."""
+    from flashvlm_export.export.shapes import is_shape_set
+
+    if manifest is None or not is_shape_set(manifest):
+        return manifest, None
+    return choose_manifest(manifest, hw_of(), log, what)
+
+
 def choose_manifest(manifest: str, hw: tuple[int, int] | None, log=print, what: str = "photo") -> tuple[str, str]:
     """(the chosen shape's manifest path, its key) for a picture of `hw` pixels; None (the demo clip): the first shape."""
     from flashvlm_export.export.shapes import read_shape_set

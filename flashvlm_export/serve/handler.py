@@ -64,6 +64,22 @@ def route_text(dims) -> str:
     return "x".join(str(d) for d in dims)
 
 
+def pixel_routes(path: Path, keys: list[str], manifests: list[Manifest]) -> dict[tuple, str]:
+    """{pixel_values dims: shape key} of a split of several shapes; a one-line error when two shapes take the same
+    pixels, which an entry routing by the pixels' shape cannot tell apart (LLaVA-NeXT 1x2 and 2x1: 3 crops each)."""
+    routes = {}
+    for key, manifest in zip(keys, manifests, strict=True):
+        dims = pixel_dims(manifest)
+        if dims in routes:
+            raise UsageError(
+                f"{path}: shapes {routes[dims]} and {key} take the same pixel_values ({route_text(dims)}), so a Triton "
+                "entry cannot tell their requests apart; export a split whose shapes differ in pixels (LLaVA-NeXT: grids "
+                "of different crop counts, e.g. --aspects 2x2,1x3), or serve one shape's manifest"
+            )
+        routes[dims] = key
+    return routes
+
+
 class ShapeRouter:
     """A split of several shapes behind one Triton model: each request goes to the shape its pixel_values have (the
     client resized the photo to one, as `run --manifest` picks it); another shape is refused in one line."""
@@ -72,13 +88,9 @@ class ShapeRouter:
         from flashvlm_export.export.shapes import read_shape_set
 
         shape_set = read_shape_set(manifest)
-        self.handlers = {}
-        for i, key in enumerate(shape_set.keys):
-            handler = ChainHandler(shape_set.manifests[i])
-            dims = pixel_dims(handler.manifest)
-            if dims in self.handlers:  # the repository writer refuses such a split; a hand-made copy is refused here
-                raise UsageError(f"{manifest}: shapes {self.handlers[dims][0]} and {key} take the same pixel_values")
-            self.handlers[dims] = (key, handler)
+        handlers = [ChainHandler(path) for path in shape_set.manifests]
+        routes = pixel_routes(Path(manifest), shape_set.keys, [h.manifest for h in handlers])
+        self.handlers = {dims: (key, handlers[shape_set.keys.index(key)]) for dims, key in routes.items()}
         self.manifest = next(iter(self.handlers.values()))[1].manifest
 
     def infer(self, feeds: dict[str, np.ndarray], budget: np.ndarray) -> dict[str, np.ndarray]:

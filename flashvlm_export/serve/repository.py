@@ -22,8 +22,9 @@ import shutil
 from dataclasses import replace
 from pathlib import Path
 
+from flashvlm_export.artifact_paths import SHARED_DATA
 from flashvlm_export.artifacts.files import sha256_of
-from flashvlm_export.artifacts.naming import SHARED_DATA, external_data_path
+from flashvlm_export.artifacts.naming import external_data_path
 from flashvlm_export.artifacts.ownership import PRODUCER, check_folder_replaceable, mark_folder
 from flashvlm_export.artifacts.staging import make_staging, reclaim_stale_staging
 from flashvlm_export.errors import UsageError
@@ -155,20 +156,11 @@ def open_split(path: Path, engines: bool):
 
     if not is_shape_set(path):
         return [read_manifest(path, engines=engines)], None
-    from flashvlm_export.serve.handler import pixel_dims, route_text
+    from flashvlm_export.serve.handler import pixel_routes
 
     shape_set = read_shape_set(path)
     manifests = [shape_set.manifest(i, engines=engines) for i in range(len(shape_set.keys))]
-    seen = {}
-    for key, manifest in zip(shape_set.keys, manifests, strict=True):  # the entry routes by the pixels' shape alone
-        dims = pixel_dims(manifest)
-        if dims in seen:
-            raise UsageError(
-                f"{path}: shapes {seen[dims]} and {key} take the same pixel_values ({route_text(dims)}), so a Triton "
-                "entry cannot tell their requests apart; export a split whose shapes differ in pixels (LLaVA-NeXT: grids "
-                "of different crop counts, e.g. --aspects 2x2,1x3), or serve one shape's manifest"
-            )
-        seen[dims] = key
+    pixel_routes(path, shape_set.keys, manifests)  # the entry routes by the pixels' shape alone: each must differ
     return manifests, shape_set
 
 
