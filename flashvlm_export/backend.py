@@ -5,6 +5,10 @@ A backend has a `name` and `infer(feeds) -> {tensor name: array}`, with names fr
 graph of parity/backends.py, the ONNX Runtime graph of runtime/session.py, a TensorRT engine
 (trt/runner.py, parity/engine.py) and a split export's chain at one budget (runtime/chain.py) are
 backends; parity, run and bench call nothing else. A new model or runtime plugs in here.
+
+A graph runs in ONNX Runtime (a provider: CPU, or CUDA with onnxruntime-gpu) or in OpenVINO Runtime on the
+CPU (openvino_runtime.py): `--backend onnxruntime|openvino` on parity, run and bench, `backend=` in Python.
+OpenVINO is a pseudo-provider, OPENVINO, so every class that takes a provider takes it too.
 """
 
 from __future__ import annotations
@@ -14,10 +18,13 @@ from typing import Protocol, runtime_checkable
 
 import numpy as np
 
-from flashvlm_export.errors import MissingDependencyError, UsageError
+from flashvlm_export.errors import MissingDependencyError, UsageError, arg
 
 CPU = "CPUExecutionProvider"
 CUDA = "CUDAExecutionProvider"
+OPENVINO = "OpenVINO"  # not an ONNX Runtime provider: the graph in OpenVINO Runtime on the CPU (openvino_runtime.py)
+ONNXRUNTIME_BACKEND, OPENVINO_BACKEND = "onnxruntime", "openvino"
+GRAPH_BACKENDS = (ONNXRUNTIME_BACKEND, OPENVINO_BACKEND)  # what --backend / backend= name
 
 
 @runtime_checkable
@@ -29,8 +36,23 @@ class Backend(Protocol):
         ...
 
 
+def backend_provider(backend: str | None) -> str | None:
+    """The provider of a --backend choice: OPENVINO, or None (ONNX Runtime's default: CUDA where offered, else CPU)."""
+    if backend in (None, ONNXRUNTIME_BACKEND):
+        return None
+    if backend == OPENVINO_BACKEND:
+        from flashvlm_export.openvino_runtime import import_openvino
+
+        import_openvino()  # installed, or one line that says how
+        return OPENVINO
+    raise UsageError(f"{arg('backend', backend)} is not a graph runtime; choose one of {', '.join(GRAPH_BACKENDS)}")
+
+
 def ort_provider(requested: str | None = None) -> str:
-    """`requested` when ONNX Runtime offers it here (a one-line error otherwise); by default CUDA where offered, else CPU."""
+    """`requested` when ONNX Runtime offers it here (a one-line error otherwise); by default CUDA where offered, else CPU.
+    OPENVINO passes through, once OpenVINO is known to be installed."""
+    if requested == OPENVINO:
+        return backend_provider(OPENVINO_BACKEND)
     import onnxruntime as ort
 
     available = ort.get_available_providers()
@@ -46,6 +68,11 @@ def provider_label(provider: str) -> str:
     return provider.replace("ExecutionProvider", "")
 
 
+def runtime_label(provider: str) -> str:
+    """What runs the graph, for reports: "ONNX Runtime CPU", "ONNX Runtime CUDA", "OpenVINO CPU"."""
+    return "OpenVINO CPU" if provider == OPENVINO else f"ONNX Runtime {provider_label(provider)}"
+
+
 def ort_session(
     model: Path | str | bytes,
     provider: str,
@@ -53,13 +80,20 @@ def ort_session(
     plugin: bool = False,
     threads: int | None = None,
     source: Path | str | None = None,
+    cache: Path | bool = True,
 ):
-    """An ONNX Runtime session of `model` (a path, or a serialized graph: pass `source`, its file) on `provider`.
+    """An ONNX Runtime session of `model` (a path, or a serialized graph: pass `source`, its file) on `provider`,
+    or with provider OPENVINO an OpenVinoSession, which answers the same calls (openvino_runtime.py).
 
     plugin=True registers flashvlm::ResidualPrune as an onnxruntime-extensions Python op; `threads` caps the
     intra-op threads (None: ONNX Runtime's default). A graph the provider cannot run (bf16 kernels the CPU
-    provider lacks, say) is a one-line MissingDependencyError.
+    provider lacks, say) is a one-line MissingDependencyError. `cache`: OpenVINO's model cache folder (True:
+    openvino_cache/ beside the graph; False: none); ONNX Runtime keeps none.
     """
+    if provider == OPENVINO:
+        from flashvlm_export.openvino_runtime import OpenVinoSession
+
+        return OpenVinoSession(model, threads=threads, source=source, plugin=plugin, cache=cache)
     import onnxruntime as ort
 
     options = None

@@ -59,16 +59,26 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--layers", type=int, default=2, help="LLM decoder layers kept (default: 2)")
     p.add_argument("--seed", type=int, default=0, help="torch seed of the random weights (default: 0)")
     p.add_argument("--dtype", choices=["bfloat16", "float16", "float32"], default="bfloat16", help="weights on disk")
+    p.add_argument(
+        "--tie-embeddings",
+        action="store_true",
+        help="lm_head shares embed_tokens (152064 x 3584, 2.2 GB in fp32 fewer to convert; the vision tower and the "
+        "prefill's compute are unchanged)",
+    )
     p.add_argument("--force", action="store_true", help="replace an existing --out folder")
     return p.parse_args(argv)
 
 
-def cut_config(model: str, layers: int):
+def cut_config(model: str, layers: int, tie: bool = False):
     spec = get_spec(model)
     if not 1 <= layers <= spec.text["num_hidden_layers"]:
         raise SystemExit(f"--layers must be in 1..{spec.text['num_hidden_layers']} for {spec.name}")
     spec = dataclasses.replace(spec, text=dict(spec.text, num_hidden_layers=layers))
-    return spec, full_config(spec)
+    config = full_config(spec)
+    if tie:
+        config.tie_word_embeddings = True
+        config.get_text_config().tie_word_embeddings = True
+    return spec, config
 
 
 def save_processor(out: Path, spec) -> None:
@@ -100,7 +110,7 @@ def main(argv=None) -> int:
             print(f"peer_checkpoint: {out} exists; pass --force to replace it", file=sys.stderr)
             return 2
         shutil.rmtree(out)
-    spec, config = cut_config(args.model, args.layers)
+    spec, config = cut_config(args.model, args.layers, args.tie_embeddings)
     from transformers import Qwen2_5_VLForConditionalGeneration
 
     t0 = time.perf_counter()
@@ -126,6 +136,7 @@ def main(argv=None) -> int:
         out=str(out),
         model=spec.name,
         layers=args.layers,
+        tied_embeddings=args.tie_embeddings,
         seed=args.seed,
         dtype=args.dtype,
         params=params,

@@ -158,3 +158,16 @@ def expect_one_line(capsys, argv, *fragments) -> str:
     for fragment in fragments:
         assert fragment in err, err
     return err
+
+
+def openvino_parity_passes(capsys, *argv) -> str:
+    """`parity --backend openvino` on an artifact passes, and OpenVINO really ran it (its name in the report), not
+    ONNX Runtime. Skips (a failure in CI: tests/ci_skips.py) where OpenVINO is not installed."""
+    from flashvlm_export.cli import main
+
+    pytest.importorskip("openvino", reason="OpenVINO Runtime is not installed (pip install openvino)")
+    code = main(["parity", *argv, "--backend", "openvino", "--repeats", "1", "--no-save"])
+    out = capsys.readouterr().out
+    assert code == 0 and out.strip().splitlines()[-1].startswith("PASSED"), out
+    assert ("openvino[CPU]" in out or "OpenVINO CPU chain" in out) and "onnxruntime[" not in out, out
+    return out

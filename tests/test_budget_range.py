@@ -22,7 +22,7 @@ from flashvlm_export.selector.range import RangeSelector
 from flashvlm_export.selector.reference import decide
 from flashvlm_export.selector.schedule import range_schedule
 
-from conftest import TINY, selector_inputs
+from conftest import TINY, openvino_parity_passes, selector_inputs
 
 QWEN = get_spec("qwen2.5-vl-tiny")
 QUIET = dict(log=lambda _: None)
@@ -374,3 +374,8 @@ def test_parity_of_a_range_graph_saves_its_report_and_no_replay_records_it_could
     request = range_request()
     run_parity(tiny_range_graph, cases=mixed_cases(request, ("scene",)), save_dir=tmp_path, **QUIET)
     assert sorted(p.name for p in tmp_path.iterdir()) == [f"{tiny_range_graph.stem}_parity.json"]
+
+
+def test_range_split_chain_passes_parity_on_openvino(capsys, qwen_split):
+    """OpenVINO's chain (issue 35) at a budget per image: the encoder's tensors shared with the range selector."""
+    openvino_parity_passes(capsys, "--manifest", str(qwen_split), "--random-weights")

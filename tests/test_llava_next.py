@@ -18,7 +18,7 @@ import torch
 from flashvlm_export.export.graphs import ExportRequest, export_graph
 from flashvlm_export.models.registry import get_spec
 
-from conftest import expect_one_line
+from conftest import expect_one_line, openvino_parity_passes
 
 NEXT = get_spec("llava-next-tiny")
 K = 160  # 5 crops x 32
@@ -350,3 +350,8 @@ def test_split_export_parity_and_run_through_the_cli(tmp_path, capsys):
     out = capsys.readouterr().out
     assert "selected 80/2880 tokens" in out and "Answer [full N=2880]" in out and (tmp_path / "kept.png").is_file()
     assert "laid out as LLaVA-NeXT's input: 2928 rows" in out  # 576 + 48 rows of 48 + newline
+
+
+def test_crops_graph_passes_parity_on_openvino(capsys, next_graphs):
+    """OpenVINO as a third arithmetic (issue 35): LLaVA-NeXT's base image and crops, crop by crop."""
+    openvino_parity_passes(capsys, "--graph", str(next_graphs[K]), "--random-weights")

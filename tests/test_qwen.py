@@ -25,7 +25,7 @@ from flashvlm_export.parity.backends import TorchModule
 from flashvlm_export.parity.compare import max_relative_error
 from flashvlm_export.parity.run import run_parity
 
-from conftest import Planted, expect_one_line
+from conftest import Planted, expect_one_line, openvino_parity_passes
 
 QWEN = get_spec("qwen2.5-vl-tiny")
 QUIET = dict(log=lambda _: None)
@@ -456,3 +456,8 @@ def test_a_models_selector_config_takes_its_gate_unless_told_otherwise():
     assert QWEN.selector_config().gate == "norm" and get_spec("llava15").selector_config().gate == "llava"
     assert QWEN.selector_config(gate="llava", top_p=0.01).gate == "llava"
     assert QWEN.selector_config(top_p=0.01).top_p == 0.01
+
+
+def test_fused_graph_passes_parity_on_openvino(capsys, fused):
+    """OpenVINO as a third arithmetic (issue 35): the Qwen2.5-VL graph's decisions and bounds hold there too."""
+    openvino_parity_passes(capsys, "--graph", str(fused), "--random-weights")

@@ -21,7 +21,7 @@ from flashvlm_export.export.metadata import graph_metadata, request_fields
 from flashvlm_export.models.registry import adapter, get_spec
 from flashvlm_export.parity.compare import max_relative_error
 
-from conftest import Planted, expect_one_line
+from conftest import Planted, expect_one_line, openvino_parity_passes
 
 VL = get_spec("qwen3-vl-tiny")
 Q35 = get_spec("qwen3.5-tiny")
@@ -339,3 +339,9 @@ def test_qwen3_clips_sample_frames_as_qwen3s_video_processor_does(total, frames)
     assert spread_indices(total, frames) == theirs.tolist()
     if total > frames:
         assert even_indices(total, frames) != theirs.tolist()
+
+
+@pytest.mark.parametrize("spec", MODELS, ids=lambda s: s.name)
+def test_fused_graph_passes_parity_on_openvino(capsys, fused, spec):
+    """OpenVINO as a third arithmetic (issue 35): Qwen3-VL (DeepStack rows) and Qwen3.5 hold there too."""
+    openvino_parity_passes(capsys, "--graph", str(fused[spec.name]), "--random-weights")

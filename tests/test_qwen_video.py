@@ -27,7 +27,7 @@ from flashvlm_export.parity.run import reference_backends, run_parity
 from flashvlm_export.selector.clip import ClipLayout, StaticClipSelector, clip_decide, reference_clip_select
 from flashvlm_export.selector.config import SelectorConfig
 
-from conftest import expect_one_line, selector_inputs
+from conftest import expect_one_line, openvino_parity_passes, selector_inputs
 
 QWEN = get_spec("qwen2.5-vl-tiny")
 FRAMES = 4  # 2 temporal groups: N = 512
@@ -274,3 +274,8 @@ def test_a_clip_too_long_to_trace_names_frames_and_the_most_that_fit(capsys, mon
     fits = limits.bytes_per_image(spec, frames // 2 * spec.n_tokens, spec.t_max, False)
     more = limits.bytes_per_image(spec, (frames // 2 + 1) * spec.n_tokens, spec.t_max, False)
     assert frames % 2 == 0 and fits <= 8 * 2**30 < more  # the largest that fits
+
+
+def test_clip_graph_passes_parity_on_openvino(capsys, per_group):
+    """OpenVINO as a third arithmetic (issue 35): a clip's temporal groups, each at its own budget."""
+    openvino_parity_passes(capsys, "--graph", str(per_group), "--random-weights")

@@ -7,6 +7,7 @@ A file is this tool's own when it carries the tool's stamp in its own format:
   .plan             its sidecar (X.plan -> X.json) is this tool's, names it and says built_by flashvlm-export
   .onnx.data        the external data of a graph beside it that is this tool's and keeps its tensors there
   .data             a split's shared encoder weights, which the folder's manifest.json (this tool's) lists
+  .blob             OpenVINO's compiled-model cache, in an openvino_cache/ folder this tool made (its mark file)
   .gguf             the key flashvlm_export.producer
   .png              a tEXt chunk Software = flashvlm-export
   .mp4 .mkv .avi    the container's comment tag
@@ -90,6 +91,13 @@ def _own_shared_data(path: Path) -> bool:
     return isinstance(shared, dict) and shared.get("path") == path.name
 
 
+def _own_cache_blob(path: Path) -> bool:
+    """A blob OpenVINO wrote into the model cache folder this tool made beside its graphs (openvino_runtime.py)."""
+    from flashvlm_export.openvino_runtime import CACHE_DIRNAME, CACHE_MARK
+
+    return path.parent.name == CACHE_DIRNAME and _regular(path.parent / CACHE_MARK) and _stamped_json(path.parent / CACHE_MARK)
+
+
 def _stamped_engine(path: Path) -> bool:
     sidecar = sidecar_path(path)
     if not _regular(sidecar):
@@ -138,6 +146,7 @@ _STAMPS = {
     ".json": _stamped_json,
     ".plan": _stamped_engine,
     ".data": _own_shared_data,
+    ".blob": _own_cache_blob,
     ".gguf": _stamped_gguf,
     ".png": _stamped_png,
     ".mp4": _stamped_video,

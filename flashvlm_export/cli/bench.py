@@ -46,16 +46,41 @@ def parser() -> argparse.ArgumentParser:
         help="only this: a split export's encoder and each selector timed in ONNX Runtime CPU, and the selector's share "
         "(any model; export one with --budget K1,K2 first)",
     )
+    p.add_argument(
+        "--backend",
+        metavar="LIST",
+        help="with --manifest: the runtimes to time it in, one after the other, with their start times: onnxruntime, "
+        "openvino, or onnxruntime,openvino (default: onnxruntime)",
+    )
     return p
+
+
+def backend_list(text: str | None, manifest: str | None) -> tuple[str, ...]:
+    """--backend's runtimes, each once; one line for an unknown one, or for --backend without --manifest."""
+    from flashvlm_export.backend import GRAPH_BACKENDS, ONNXRUNTIME_BACKEND
+    from flashvlm_export.errors import UsageError
+
+    if text is None:
+        return (ONNXRUNTIME_BACKEND,)
+    if manifest is None:
+        raise UsageError(f"--backend {text} times a split export's chain; pass --manifest PATH, or drop --backend")
+    names = tuple(dict.fromkeys(name.strip() for name in text.split(",")))
+    bad = [name for name in names if name not in GRAPH_BACKENDS]
+    if bad:
+        raise UsageError(
+            f"--backend {text}: {bad[0]!r} is not a graph runtime; use {', '.join(GRAPH_BACKENDS)} or both, comma-separated"
+        )
+    return names
 
 
 def main(argv: list[str]) -> int:
     args = parser().parse_args(argv)
+    backends = backend_list(args.backend, args.manifest)
     if args.manifest:
         from flashvlm_export.bench.run import check_repeats
         from flashvlm_export.bench.share import selector_share
 
-        selector_share(Path(args.manifest), warmup=2, repeats=check_repeats(args.repeats), log=log)
+        selector_share(Path(args.manifest), warmup=2, repeats=check_repeats(args.repeats), log=log, backends=backends)
         return 0
     if args.range:
         import tempfile

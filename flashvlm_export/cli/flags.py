@@ -175,3 +175,16 @@ def selector_config(args, spec=None):
         return spec.selector_config(**values) if spec is not None else SelectorConfig(**values)
     except SettingError as exc:
         raise UsageError(exc.named(flag_of(exc.name))) from None
+
+
+def add_backend_flag(p, what: str = "the graph") -> None:
+    """--backend: the runtime of an exported graph (backend.py's GRAPH_BACKENDS)."""
+    from flashvlm_export.backend import GRAPH_BACKENDS, ONNXRUNTIME_BACKEND
+
+    p.add_argument(
+        "--backend",
+        choices=GRAPH_BACKENDS,
+        default=ONNXRUNTIME_BACKEND,
+        help=f"what runs {what}: onnxruntime (CUDA where onnxruntime-gpu offers it, else CPU) or openvino (OpenVINO "
+        "Runtime on the CPU, f32; pip install openvino) (default: onnxruntime)",
+    )

@@ -8,6 +8,7 @@ from pathlib import Path
 from flashvlm_export.cli.commands import PROG
 from flashvlm_export.cli.flags import (
     Parser,
+    add_backend_flag,
     add_graph_flags,
     add_model_flags,
     add_selector_flags,
@@ -50,6 +51,7 @@ def parser() -> argparse.ArgumentParser:
         metavar="F",
         help="make layer 3 a gate: every image's index-set overlap with the reference must be >= F (0..1)",
     )
+    add_backend_flag(p, "the graph (a split: its chain) beside static torch")
     add_model_flags(p)
     # flags that describe a graph to export: moot (and refused) when --graph, --engine or --manifest names one
     p.set_defaults(graph_defining=["--model", *add_graph_flags(p, many_budgets=False), *add_selector_flags(p)])
@@ -89,7 +91,7 @@ def main(argv: list[str]) -> int:
     args = parser().parse_args(argv)
     given = given_flags(argv)
     save_dir = None if args.no_save else Path(args.save_dir)
-    settings = ParitySettings(args.corpus_seed, args.repeats, save_dir, args.min_overlap)
+    settings = ParitySettings(args.corpus_seed, args.repeats, save_dir, args.min_overlap, args.backend)
     _check_flags(args, given)
     weights = NamedWeights(args.random_weights, args.seed if "--seed" in given else None, args.model_path)
     if args.manifest:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 
 from flashvlm_export.cli.commands import PROG
-from flashvlm_export.cli.flags import Parser, log
+from flashvlm_export.cli.flags import Parser, add_backend_flag, log
 from flashvlm_export.export.options import LLM_DTYPE_NAMES
 
 
@@ -37,6 +37,7 @@ def parser() -> argparse.ArgumentParser:
     )
     s.add_argument("--tensorrt", action="store_true", help="with --manifest: run its TensorRT engines (needs TensorRT and a GPU)")
     s.add_argument("--plugin-lib", metavar="PATH", help="libflashvlm_plugins.so for an engine built with --plugin")
+    add_backend_flag(s, "--graph or --manifest's graphs")
     i = p.add_argument_group("input")
     i.add_argument("--image", metavar="FILE", help="any picture Pillow reads")
     i.add_argument(
@@ -118,6 +119,7 @@ def main(argv: list[str]) -> int:
         manifest=args.manifest,
         budget=args.budget,
         tensorrt=args.tensorrt,
+        backend=args.backend,
         heatmap=args.heatmap,
         answer=args.answer,
         compare_full=args.compare_full,

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from flashvlm_export.backend import CPU, ort_provider, ort_session, provider_label
+from flashvlm_export.backend import CPU, OPENVINO, ort_provider, ort_session, provider_label
 from flashvlm_export.export.interface import (
     BUDGET,
     CLS_ATTENTION,
@@ -134,7 +134,8 @@ class TorchModule:
 
 
 class OnnxRuntime:
-    """A shipped graph and its verification build in ONNX Runtime (CPU unless another provider is asked for)."""
+    """A shipped graph and its verification build in ONNX Runtime (CPU unless another provider is asked for), or in
+    OpenVINO Runtime with provider OPENVINO (backend.py)."""
 
     def __init__(
         self,
@@ -153,7 +154,8 @@ class OnnxRuntime:
             model = verification_model(Path(path), interface, scratch or Path(path).parent)
             self.verification = ort_session(model, provider, plugin=plugin, source=path)
         self.input_names = tuple(i.name for i in self.session.get_inputs())
-        self.name = f"onnxruntime[{provider_label(provider)}{', plugin op' if plugin else ''}]"
+        runtime = "openvino[CPU" if provider == OPENVINO else f"onnxruntime[{provider_label(provider)}"
+        self.name = f"{runtime}{', plugin op' if plugin else ''}]"
 
     def indices(self, feeds) -> np.ndarray:
         """The shipped graph's indices alone."""

@@ -24,14 +24,25 @@ class ParitySettings:
     repeats: int = 2  # instances of each corpus case
     save_dir: Path | None = None  # Polygraphy records and the report; None: none written
     min_overlap: float | None = None  # layer 3 as a gate: every image's overlap >= this
+    backend: str = "onnxruntime"  # what runs the graph beside static torch: onnxruntime or openvino (backend.py)
 
     def __post_init__(self) -> None:
+        from flashvlm_export.backend import backend_provider
+
+        backend_provider(self.backend)  # a known runtime, installed: one line otherwise, before any work
         if not 1 <= self.repeats <= MAX_PARITY_REPEATS:
             raise UsageError(f"{arg('repeats', self.repeats)} is out of range; use 1 to {MAX_PARITY_REPEATS}")
         if not 0 <= self.corpus_seed < 2**32:
             raise UsageError(f"{arg('corpus_seed', self.corpus_seed)} is out of range; use 0 to {2**32 - 1}")
         if self.min_overlap is not None and not 0.0 <= self.min_overlap <= 1.0:
             raise UsageError(f"{arg('min_overlap', self.min_overlap)} is not a fraction; use a value in [0, 1]")
+
+    @property
+    def provider(self) -> str:
+        """The graph's runtime as a provider (backend.py): ONNX Runtime's CPU, or OPENVINO."""
+        from flashvlm_export.backend import CPU, backend_provider
+
+        return backend_provider(self.backend) or CPU
 
     @property
     def gate(self) -> str:
@@ -114,8 +125,9 @@ def check_graph(
         start = time.perf_counter()
         s = settings
         reports = run_parity(
-            graph, parts, s.corpus_seed, s.repeats, cases, s.save_dir, extra, log=log, meta=meta, min_overlap=s.min_overlap
-        )
+            graph, parts, s.corpus_seed, s.repeats, cases, s.save_dir, extra, log=log, meta=meta, min_overlap=s.min_overlap,
+            provider=s.provider,
+        )  # fmt: skip
         elapsed = time.perf_counter() - start
     if engine is not None and polygraphy and settings.save_dir is not None:
         from flashvlm_export.parity.polygraphy_replay import replay_with_polygraphy
@@ -158,7 +170,7 @@ def check_manifest(manifest_path: Path, settings: ParitySettings, weights: Named
         if len(manifests) > 1:
             log(f"Shape {r.spec.shape_text if r.spec.grid is None else r.spec.label}: {manifest.path.name}")
         reports = run_split_parity(
-            manifest, parts, s.corpus_seed, s.repeats, None, s.save_dir, log=log, min_overlap=s.min_overlap
+            manifest, parts, s.corpus_seed, s.repeats, None, s.save_dir, log=log, min_overlap=s.min_overlap, provider=s.provider
         )
         bad = [str(k) for k, report in reports.items() if not report]
         shape = "" if len(manifests) == 1 else f" at {manifest.path.stem.removeprefix('manifest_')}"

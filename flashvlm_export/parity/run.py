@@ -11,7 +11,7 @@ import numpy as np
 
 from flashvlm_export.artifact_paths import load_graph
 from flashvlm_export.artifacts.files import human_size
-from flashvlm_export.backend import Backend
+from flashvlm_export.backend import CPU, Backend, runtime_label
 from flashvlm_export.errors import MissingDependencyError, UsageError
 from flashvlm_export.export.graphs import ExportRequest, request_from_metadata
 from flashvlm_export.export.interface import (
@@ -251,10 +251,12 @@ def run_parity(
     meta: dict[str, str] | None = None,
     min_overlap: float | None = None,
     backends: list | None = None,
+    provider: str = CPU,
 ) -> list[BackendReport]:
-    """The three layers of ALGORITHM.md for static torch, ONNX Runtime (and any extra backend) on one graph.
+    """The three layers of ALGORITHM.md for static torch, the graph in ONNX Runtime (or OpenVINO: provider OPENVINO,
+    backend.py) and any extra backend.
 
-    `backends` replaces the default backends (static torch, ONNX Runtime) - for tests that plant a wrong one.
+    `backends` replaces the default backends (static torch, the graph's runtime) - for tests that plant a wrong one.
     """
     meta = meta or graph_metadata(graph)
     request = request_from_metadata(meta, str(graph))
@@ -274,11 +276,12 @@ def run_parity(
             backends = [static]
             if graph.is_file():
                 try:
-                    backends.append(OnnxRuntime(graph, request.interface(), plugin=request.plugin, scratch=Path(scratch)))
+                    runtime = OnnxRuntime(graph, request.interface(), provider, plugin=request.plugin, scratch=Path(scratch))
+                    backends.append(runtime)
                 except MissingDependencyError as exc:
                     if request.precision == "fp32":
                         raise
-                    log(f"Parity: skipped ONNX Runtime: {exc}")  # e.g. no bf16 kernels on the CPU provider
+                    log(f"Parity: skipped {runtime_label(provider)}: {exc}")  # e.g. no bf16 kernels on the CPU provider
         backends = list(backends) + list(extra_backends or [])
         reports = run_backends(request, reference, backends, cases, seed, min_overlap)
     log(

@@ -21,6 +21,7 @@ from pathlib import Path
 
 from flashvlm_export.artifacts.ownership import PRODUCER
 from flashvlm_export.artifacts.placement import atomic_outputs
+from flashvlm_export.backend import CPU, runtime_label
 from flashvlm_export.export.interface import (
     BUDGET,
     DEEPSTACK_EMBEDS,
@@ -45,7 +46,7 @@ from flashvlm_export.parity.corpus import Case, pipeline_corpus
 from flashvlm_export.parity.crops import CropView
 from flashvlm_export.parity.run import check_save_dir, geometry_of, validate_cases
 from flashvlm_export.progress import plural
-from flashvlm_export.runtime.chain import OrtChain
+from flashvlm_export.runtime.chain import SplitChain
 
 
 def record_name(manifest) -> str:
@@ -63,8 +64,10 @@ def run_split_parity(
     log=print,
     min_overlap: float | None = None,
     chain=None,
+    provider: str = CPU,
 ) -> dict[int, BackendReport]:
-    """The three layers per budget for the manifest's chain in ONNX Runtime; `chain` replaces it (tests plant one)."""
+    """The three layers per budget for the manifest's chain in ONNX Runtime (or OpenVINO: provider OPENVINO, backend.py);
+    `chain` replaces it (tests plant one)."""
     requests = {k: manifest.request(k) for k in manifest.budgets}
     first = requests[manifest.budgets[0]]
     if save_dir is not None:
@@ -73,10 +76,10 @@ def run_split_parity(
         cases = pipeline_corpus(geometry_of(first), first.spec.image_shape, seed, repeats, grid=first.spec.grid)
     for request in requests.values():
         validate_cases(cases, request)
-    chain = chain or OrtChain(manifest, "CPUExecutionProvider")
+    chain = chain or SplitChain(manifest, provider=provider).chain
     if manifest.record["encoder"].get("engine") is not None:
         log(
-            f"Parity: {manifest.path} also lists TensorRT engines; this checks the graphs' chain in ONNX Runtime, not the "
+            f"Parity: {manifest.path} also lists TensorRT engines; this checks the graphs' chain in {runtime_label(provider)}, not the "
             "engines (check an engine alone with parity --engine PLAN)"
         )
     torch_encoder = PipelineFeatures(parts, clip=first.clip is not None)
@@ -91,6 +94,7 @@ def run_split_parity(
             k: OnnxRuntime(
                 manifest.selector_graph(k),
                 replace(r, selector_only=True, precision="fp32").interface(),
+                provider,
                 plugin=r.plugin,
                 scratch=Path(scratch),
             )

@@ -27,6 +27,7 @@ from flashvlm_export.runtime.run_steps import (
     RunResult,
     check_output,
     check_positions,
+    graph_provider,
     load_llm,
     load_parts,
     log_answers,
@@ -52,6 +53,7 @@ def run(
     manifest: str | None = None,
     budget: int | None = None,
     tensorrt: bool = False,
+    backend: str = "onnxruntime",
     heatmap: str | None = None,
     answer: bool = False,
     compare_full: bool = False,
@@ -73,7 +75,7 @@ def run(
         return run_clip(
             graph, video, question, image=image, demo_image=demo_image, demo_video=demo_video, fps=fps, model_path=model_path,
             random_weights=random_weights, seed=seed, engine=engine, plugin_lib=plugin_lib, manifest=manifest, budget=budget,
-            tensorrt=tensorrt, heatmap=heatmap, answer=answer, compare_full=compare_full, max_new_tokens=max_new_tokens,
+            tensorrt=tensorrt, backend=backend, heatmap=heatmap, answer=answer, compare_full=compare_full, max_new_tokens=max_new_tokens,
             llm_dtype=llm_dtype, llm_runtime=llm_runtime, gguf=gguf, force=force, log=log,
         )  # fmt: skip
     if fps is not None:
@@ -88,6 +90,7 @@ def run(
 
     if (image is None) == (demo_image is None):
         raise UsageError(f"pass one of {arg('image', 'FILE')} or {arg('demo_image', 'FILE')}")
+    provider = graph_provider(backend, engine, tensorrt)
     if max_new_tokens < 1:
         raise UsageError(f"{arg('max_new_tokens', max_new_tokens)} must be >= 1")
     check_llm_dtype(llm_dtype)
@@ -138,13 +141,13 @@ def run(
     if prepared.note:
         log(f"Input: {prepared.note}")
 
-    backend = selection_backend(info, graph, engine, plugin_lib, split, tensorrt, budget)
+    runner = selection_backend(info, graph, engine, plugin_lib, split, tensorrt, budget, provider)
     feed = None
     if request.ranged and split is None:  # a budget-range graph takes the budget as an input (checked above)
         from flashvlm_export.runtime.budgets import budget_feed
 
         feed = budget_feed(budget, request.batch, request.budget_min, request.budget, source)
-    selection = select(backend, prepared.pixel_values, text_embeds, text_mask, request.batch, feed)
+    selection = select(runner, prepared.pixel_values, text_embeds, text_mask, request.batch, feed)
     n = request.tokens
     log(
         f"Run: selected {len(selection.indices)}/{n} tokens {selection.ms:.1f} ms ({selection.backend}, encoder + projector + selector)"

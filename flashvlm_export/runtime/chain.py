@@ -5,6 +5,8 @@ device (CUDA with onnxruntime-gpu, else CPU) and bound, through I/O binding, as 
 and as every selector's inputs: nothing of the N rows of X, a or P(X) passes through the host or is
 copied between sessions. Only indices and visual_embeds (B, K, Dl) come back. TensorRT
 (`trt/chain.py`, EngineChain) does the same with device buffers shared between execution contexts.
+OpenVINO (`OpenVinoChain`, on the CPU): the encoder request's output tensors are set as every selector
+request's inputs, one host buffer each, not copied.
 
 `SplitChain` picks the runtime from a manifest and serves any of its budgets per request; `BudgetBackend`
 is a chain at one budget, a backend like any other (backend.py). A budget-range split (one selector for KMIN..KMAX)
@@ -18,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
-from flashvlm_export.backend import CUDA, ort_provider, ort_session, provider_label
+from flashvlm_export.backend import CUDA, OPENVINO, ort_provider, ort_session, runtime_label
 from flashvlm_export.errors import UsageError
 from flashvlm_export.export.interface import (
     BUDGET,
@@ -36,13 +38,56 @@ from flashvlm_export.export.manifest import Manifest
 from flashvlm_export.runtime.budgets import budget_feed, per_image
 
 
-class OrtChain:
+class _Chain:
+    """What every chain of a manifest shares: its budgets, the selector a request's budget needs, one request at a time."""
+
+    manifest: Manifest
+    selectors: dict
+
+    @staticmethod
+    def _returned(session) -> tuple[str, ...]:
+        """What a selector returns: indices and visual_embeds, and positions and DeepStack rows where the model has them
+        (and kept, for a budget-range selector)."""
+        names = {o.name for o in session.get_outputs()}
+        return (INDICES, VISUAL_EMBEDS) + tuple(name for name in (POSITIONS, DEEPSTACK_EMBEDS, KEPT) if name in names)
+
+    @property
+    def budgets(self) -> tuple[int, ...]:
+        return tuple(self.selectors)
+
+    def selector_key(self, budget, batch: int) -> int:
+        """The selector that serves `budget` (one K, or a list of one per image); a one-line error when none does."""
+        keys = {self.manifest.check_budget(k) for k in per_image(budget, batch, str(self.manifest.path))}
+        if len(keys) > 1:
+            raise UsageError(
+                f"budgets {budget} need {len(keys)} selector graphs of {self.manifest.path}; a split of fixed budgets takes one "
+                "budget per batch (export with --budget-range for a budget per image)"
+            )
+        return keys.pop()
+
+    def text_feeds(self, feeds: dict[str, np.ndarray], budget, batch: int) -> dict[str, np.ndarray]:
+        """The selector's own inputs besides the encoder's: the text rows, and a budget-range selector's budgets."""
+        text = {name: np.ascontiguousarray(feeds[name]) for name in (TEXT_EMBEDS, TEXT_MASK)}
+        if self.manifest.budget_range is not None:
+            text[BUDGET] = budget_feed(budget, batch, *self.manifest.budget_range, str(self.manifest.path))
+        return text
+
+    def infer(self, feeds: dict[str, np.ndarray], budget) -> dict[str, np.ndarray]:
+        self.selector_key(budget, len(feeds[TEXT_MASK]))  # before any work
+        with self._lock:
+            self.encode(feeds)
+            return self.select(feeds, budget)
+
+
+class OrtChain(_Chain):
     """Encoder session -> selector session of the request's budget, joined by I/O binding on one device."""
 
     def __init__(self, manifest: Manifest, provider: str | None = None):
         import onnxruntime as ort
 
         provider = ort_provider(provider)
+        if provider == OPENVINO:
+            raise UsageError("OrtChain runs ONNX Runtime; OpenVINO's chain is OpenVinoChain (SplitChain picks it)")
         self.device = "cuda" if provider == CUDA else "cpu"
         plugin = bool(manifest.record["plugin"])
         self.encoder = ort_session(manifest.encoder_graph, provider)
@@ -66,19 +111,8 @@ class OrtChain:
                 binding.bind_output(name, "cpu")
             self.bindings[k] = binding
         self.manifest = manifest
-        self.name = f"ONNX Runtime {provider_label(provider)} chain"
+        self.name = f"{runtime_label(provider)} chain"
         self._lock = threading.Lock()  # the shared buffers serve one request at a time
-
-    @staticmethod
-    def _returned(session) -> tuple[str, ...]:
-        """What a selector returns: indices and visual_embeds, and positions and DeepStack rows where the model has them
-        (and kept, for a budget-range selector)."""
-        names = {o.name for o in session.get_outputs()}
-        return (INDICES, VISUAL_EMBEDS) + tuple(name for name in (POSITIONS, DEEPSTACK_EMBEDS, KEPT) if name in names)
-
-    @property
-    def budgets(self) -> tuple[int, ...]:
-        return tuple(self.selectors)
 
     def encode(self, feeds: dict[str, np.ndarray]) -> None:
         """Run the encoder into the shared device buffers."""
@@ -89,40 +123,66 @@ class OrtChain:
         """A copy of the shared X, a, P(X) (for parity: the encoder's own outputs)."""
         return {name: value.numpy() for name, value in self.features.items()}
 
-    def selector_key(self, budget, batch: int) -> int:
-        """The selector that serves `budget` (one K, or a list of one per image); a one-line error when none does."""
-        keys = {self.manifest.check_budget(k) for k in per_image(budget, batch, str(self.manifest.path))}
-        if len(keys) > 1:
-            raise UsageError(
-                f"budgets {budget} need {len(keys)} selector graphs of {self.manifest.path}; a split of fixed budgets takes one "
-                "budget per batch (export with --budget-range for a budget per image)"
-            )
-        return keys.pop()
-
     def select(self, feeds: dict[str, np.ndarray], budget) -> dict[str, np.ndarray]:
         """The selector of `budget` (one K, or one per image for a budget-range split) on what the encoder last wrote."""
         batch = len(feeds[TEXT_MASK])
         key = self.selector_key(budget, batch)
         binding = self.bindings[key]
-        binding.bind_cpu_input(TEXT_EMBEDS, np.ascontiguousarray(feeds[TEXT_EMBEDS]))
-        binding.bind_cpu_input(TEXT_MASK, np.ascontiguousarray(feeds[TEXT_MASK]))
-        if self.manifest.budget_range is not None:
-            binding.bind_cpu_input(BUDGET, budget_feed(budget, batch, *self.manifest.budget_range, str(self.manifest.path)))
+        for name, value in self.text_feeds(feeds, budget, batch).items():
+            binding.bind_cpu_input(name, value)
         self.selectors[key].run_with_iobinding(binding)
         outputs = binding.copy_outputs_to_cpu()
         return dict(zip(self._returned(self.selectors[key]), outputs, strict=True))
 
-    def infer(self, feeds: dict[str, np.ndarray], budget) -> dict[str, np.ndarray]:
-        self.selector_key(budget, len(feeds[TEXT_MASK]))  # before any work
-        with self._lock:
-            self.encode(feeds)
-            return self.select(feeds, budget)
+
+class OpenVinoChain(_Chain):
+    """Encoder request -> selector request of the request's budget, in OpenVINO on the CPU: the encoder's output
+    tensors become the selector's input tensors (set_tensor shares the host buffer). `cache`: OpenVINO's model cache
+    (True: openvino_cache/ beside the graphs; a folder; False: none)."""
+
+    def __init__(self, manifest: Manifest, cache: Path | bool = True):
+        plugin = bool(manifest.record["plugin"])
+        self.encoder = ort_session(manifest.encoder_graph, OPENVINO, cache=cache)
+        self.selectors = {
+            k: ort_session(manifest.selector_graph(k), OPENVINO, plugin=plugin, cache=cache) for k in manifest.budgets
+        }
+        self.feature_names = encoder_outputs_among({o.name: o.shape for o in self.encoder.get_outputs()})
+        self.features = {}
+        self.manifest = manifest
+        self.name = f"{runtime_label(OPENVINO)} chain"
+        self._lock = threading.Lock()
+
+    def encode(self, feeds: dict[str, np.ndarray]) -> None:
+        request = self.encoder.request
+        request.infer({PIXEL_VALUES: np.ascontiguousarray(feeds[PIXEL_VALUES])})
+        self.features = {name: request.get_tensor(name) for name in self.feature_names}
+
+    def features_on_host(self) -> dict[str, np.ndarray]:
+        return {name: np.array(tensor.data, copy=True) for name, tensor in self.features.items()}
+
+    def select(self, feeds: dict[str, np.ndarray], budget) -> dict[str, np.ndarray]:
+        batch = len(feeds[TEXT_MASK])
+        key = self.selector_key(budget, batch)
+        session = self.selectors[key]
+        wanted = {i.name for i in session.get_inputs()}
+        for name, tensor in self.features.items():
+            if name in wanted:
+                session.request.set_tensor(name, tensor)
+        text = {name: value for name, value in self.text_feeds(feeds, budget, batch).items() if name in wanted}
+        session.request.infer(text)
+        return {name: np.array(session.request.get_tensor(name).data, copy=True) for name in self._returned(session)}
 
 
 class SplitChain:
-    """A manifest's chain in ONNX Runtime, or its TensorRT engines with tensorrt=True."""
+    """A manifest's chain in ONNX Runtime (or OpenVINO: provider OPENVINO), or its TensorRT engines with tensorrt=True."""
 
-    def __init__(self, manifest: Manifest | str | Path, tensorrt: bool = False, plugin_library: Path | None = None):
+    def __init__(
+        self,
+        manifest: Manifest | str | Path,
+        tensorrt: bool = False,
+        plugin_library: Path | None = None,
+        provider: str | None = None,
+    ):
         if not isinstance(manifest, Manifest):
             from flashvlm_export.export.manifest import read_manifest
 
@@ -137,8 +197,10 @@ class SplitChain:
                 )
             encoder, selectors = manifest.engines()
             self.chain = EngineChain(encoder, selectors, plugin_library)
+        elif provider == OPENVINO:
+            self.chain = OpenVinoChain(manifest)
         else:
-            self.chain = OrtChain(manifest)
+            self.chain = OrtChain(manifest, provider)
         self.name = self.chain.name
 
     def infer(self, feeds: dict[str, np.ndarray], budget) -> dict[str, np.ndarray]:

@@ -136,7 +136,7 @@ def _groups_text(counts: list[int], per_group: int | None) -> str:
 
 def run_clip(graph, video, question, *, image=None, demo_image=None, demo_video=None, fps=None, model_path=None,
              random_weights=False, seed=None, engine=None, plugin_lib=None, manifest=None, budget=None, tensorrt=False,
-             heatmap=None, answer=False, compare_full=False, max_new_tokens=64, llm_dtype="auto", llm_runtime="transformers",
+             backend="onnxruntime", heatmap=None, answer=False, compare_full=False, max_new_tokens=64, llm_dtype="auto", llm_runtime="transformers",
              gguf=None, force=False, log=print) -> ClipRunResult:  # fmt: skip
     """runtime.run for a clip: see runtime/api.py; the kept tokens per temporal group, the strip, the answers."""
     from flashvlm_export.artifacts.timing import StepTimer
@@ -157,6 +157,7 @@ def run_clip(graph, video, question, *, image=None, demo_image=None, demo_video=
     from flashvlm_export.runtime.tokenizer import load_tokenizer
 
     check_inputs(video, demo_video, image, demo_image, fps)
+    provider = steps.graph_provider(backend, engine, tensorrt)
     if max_new_tokens < 1:
         raise UsageError(f"{arg('max_new_tokens', max_new_tokens)} must be >= 1")
     check_llm_dtype(llm_dtype)
@@ -217,8 +218,8 @@ def run_clip(graph, video, question, *, image=None, demo_image=None, demo_video=
     if note:
         log(f"Input: {note}")
 
-    backend = steps.selection_backend(info, graph, engine, plugin_lib, split, tensorrt, budget)
-    selection = select(backend, clip.pixel_values, text_embeds, text_mask, request.batch)
+    runner = steps.selection_backend(info, graph, engine, plugin_lib, split, tensorrt, budget, provider)
+    selection = select(runner, clip.pixel_values, text_embeds, text_mask, request.batch)
     total = request.tokens
     log(
         f"Run: selected {len(selection.indices)}/{total} tokens {selection.ms:.1f} ms ({selection.backend}, encoder + projector + selector)"

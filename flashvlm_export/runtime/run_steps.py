@@ -95,13 +95,33 @@ def load_parts(info: GraphInfo, log):
     return get_parts_logged(info.spec, info.weights, log, with_embeddings=True, what=" vision tower and embed_tokens")
 
 
+def graph_provider(backend: str | None, engine: str | None, tensorrt: bool) -> str | None:
+    """The provider (backend.py) of `backend` for run's graphs; an engine is TensorRT's, so naming another runtime for it
+    is refused in one line."""
+    from flashvlm_export.backend import ONNXRUNTIME_BACKEND, backend_provider
+
+    if backend not in (None, ONNXRUNTIME_BACKEND) and (engine is not None or tensorrt):
+        given = arg("engine") if engine is not None else switch("tensorrt")
+        raise UsageError(f"{arg('backend', backend)} runs ONNX graphs and {given} runs TensorRT engines; drop one")
+    return backend_provider(backend)
+
+
 def selection_backend(
-    info: GraphInfo, graph: str | None, engine: str | None, plugin_lib: str | None, split=None, tensorrt=False, budget=None
+    info: GraphInfo,
+    graph: str | None,
+    engine: str | None,
+    plugin_lib: str | None,
+    split=None,
+    tensorrt=False,
+    budget=None,
+    provider: str | None = None,
 ):
+    """The backend of run's selection: a split's chain at the budget, an engine, or the graph (in ONNX Runtime, or
+    OpenVINO with provider OPENVINO)."""
     if split is not None:
         from flashvlm_export.runtime.chain import BudgetBackend, SplitChain
 
-        chain = SplitChain(split, tensorrt, Path(plugin_lib) if plugin_lib else None)
+        chain = SplitChain(split, tensorrt, Path(plugin_lib) if plugin_lib else None, provider)
         # no --budget: the split's one budget, as manifest_info chose it for the request
         return BudgetBackend(chain, info.request.budget if budget is None else budget)
     if engine is not None:
@@ -110,7 +130,7 @@ def selection_backend(
         return EngineRunner(Path(engine), plugin_library=Path(plugin_lib) if plugin_lib else None)
     from flashvlm_export.runtime.session import OrtGraph
 
-    return OrtGraph(Path(graph), plugin=info.request.plugin)
+    return OrtGraph(Path(graph), plugin=info.request.plugin, provider=provider)
 
 
 def check_graph_budget(request, budget: int | None, source: str) -> None:

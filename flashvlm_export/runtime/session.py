@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from flashvlm_export.backend import Backend, ort_provider, ort_session, provider_label
+from flashvlm_export.backend import Backend, ort_provider, ort_session, runtime_label
 from flashvlm_export.errors import FlashVLMError
 from flashvlm_export.export.interface import (
     BUDGET,
@@ -37,12 +37,12 @@ class Selection:
 
 class OrtGraph:
     """A shipped graph in ONNX Runtime, its indices and visual_embeds (and positions, where it returns them): CUDA when
-    onnxruntime-gpu offers it, else CPU."""
+    onnxruntime-gpu offers it, else CPU; or in OpenVINO with provider OPENVINO (backend.py)."""
 
     def __init__(self, path: Path, plugin: bool = False, provider: str | None = None):
         provider = ort_provider(provider)
         self.session = ort_session(Path(path), provider, plugin=plugin)
-        self.name = f"ONNX Runtime {provider_label(provider)}"
+        self.name = runtime_label(provider)
         # a graph that keeps every token may have no text inputs (TorchScript drops unused ones), as parity feeds it
         self.input_names = tuple(i.name for i in self.session.get_inputs())
         returned = {o.name for o in self.session.get_outputs()}

@@ -1,0 +1,150 @@
+"""A graph in OpenVINO Runtime on the CPU, behind the session interface backend.py's callers use.
+
+`OpenVinoSession` answers `get_inputs()`, `get_outputs()` and `run(names, feeds)` as an ONNX Runtime
+InferenceSession does, so the parity backends, run's graph and a split's chain take it unchanged.
+OpenVINO reads our ONNX graphs as they are (its ONNX frontend); nothing is converted ahead of time.
+
+- Precision: f32, pinned. OpenVINO's CPU plugin picks bf16 by default on CPUs with native bf16
+  (INFERENCE_PRECISION_HINT, OpenVINO's docs; ../shared/NOTES.md), which parity would misread as a bug.
+- Model cache: OpenVINO's own CACHE_DIR, `openvino_cache/` beside the graph. A second start reads the graph
+  and imports the compiled blob instead of compiling it. The model is compiled from the graph as read, so
+  OpenVINO keys each blob by the model's content and the settings, and a replaced graph compiles anew. A
+  folder that cannot be written: no cache.
+- Custom ops: a plugin graph's flashvlm::ResidualPrune is an ONNX Runtime custom op (plugin/ort_op.py) and a
+  TensorRT plugin; OpenVINO has no such op, so such a graph is refused in one line naming it.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from flashvlm_export.errors import MissingDependencyError, UsageError
+
+DEVICE = "CPU"
+CACHE_DIRNAME = "openvino_cache"
+CACHE_MARK = "flashvlm-export.json"  # written in a cache folder this tool made: its blobs are then this tool's (--force)
+PRECISION = {"INFERENCE_PRECISION_HINT": "f32"}  # never OpenVINO's bf16 default where parity is claimed
+STANDARD_DOMAINS = {"", "ai.onnx", "ai.onnx.ml"}
+INSTALL = "pip install 'flashvlm-export[openvino]' (or: pip install openvino)"
+
+
+def import_openvino():
+    """The openvino module, or a one-line MissingDependencyError that says how to install it."""
+    try:
+        import openvino
+    except ImportError:
+        raise MissingDependencyError(f"--backend openvino needs OpenVINO Runtime, which is not installed: {INSTALL}") from None
+    return openvino
+
+
+def custom_ops(model) -> list[str]:
+    """The `domain::op` of every node outside ONNX's own domains, in graph order, once each."""
+    found = [f"{node.domain}::{node.op_type}" for node in model.graph.node if node.domain not in STANDARD_DOMAINS]
+    return list(dict.fromkeys(found))
+
+
+def refuse_custom_ops(ops: list[str], name: str) -> None:
+    if ops:
+        raise UsageError(
+            f"OpenVINO cannot run {name}: it holds {', '.join(ops)}, an ONNX Runtime custom op and TensorRT plugin that "
+            "OpenVINO has no implementation of; export the graph without --plugin, or run it with --backend onnxruntime"
+        )
+
+
+def _reason(exc: Exception) -> str:
+    """OpenVINO's message is a stack of 'Exception from file:line' lines; the last other line says what happened."""
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    told = [line for line in lines if not line.startswith(("Exception from ", "Check '"))]
+    return (told or lines or [type(exc).__name__])[-1][:300]
+
+
+def cache_dir(graph: Path) -> Path | None:
+    """`openvino_cache/` beside the graph, made if need be (with this tool's mark, so that --force may replace it with
+    the graphs, artifacts/ownership.py); None where the folder cannot be written."""
+    import json
+
+    from flashvlm_export.artifacts.ownership import PRODUCER
+
+    folder = graph.parent / CACHE_DIRNAME
+    try:
+        folder.mkdir()
+        mark = {"producer": PRODUCER, "what": "OpenVINO's model cache (CACHE_DIR) of the graphs beside it; safe to delete"}
+        (folder / CACHE_MARK).write_text(json.dumps(mark) + "\n")
+    except FileExistsError:
+        pass
+    except OSError:
+        return None
+    return folder if folder.is_dir() and not folder.is_symlink() and os.access(folder, os.W_OK) else None
+
+
+@dataclass(frozen=True)
+class _Port:
+    name: str
+    shape: list[int]
+
+
+class OpenVinoSession:
+    """One compiled graph and one infer request (OpenVINO's CPU plugin, f32).
+
+    `model`: a graph's path, or a serialized graph (pass `source`, its file, for messages). `cache`: where
+    the compiled model is cached (default: openvino_cache/ beside a path's graph; False: none).
+    `start_s` is the seconds from reading the graph to a compiled model ready to run (`read_s` of them reading it).
+    """
+
+    def __init__(
+        self,
+        model: Path | str | bytes,
+        *,
+        threads: int | None = None,
+        source: Path | str | None = None,
+        cache: Path | bool = True,
+        plugin: bool = False,
+    ):
+        ov = import_openvino()
+        name = Path(str(source if source is not None else model)).name if not isinstance(model, bytes) or source else "graph"
+        if plugin:  # the export says so: refused before OpenVINO reads anything
+            from flashvlm_export.plugin import PLUGIN_DOMAIN, PLUGIN_NAME
+
+            refuse_custom_ops([f"{PLUGIN_DOMAIN}::{PLUGIN_NAME}"], name)
+        config = dict(PRECISION)
+        if threads is not None:
+            config["INFERENCE_NUM_THREADS"] = int(threads)
+        self.cache = None
+        if not isinstance(model, bytes):
+            from flashvlm_export.artifact_paths import check_graph, load_graph
+
+            model = check_graph(Path(model))
+            refuse_custom_ops(custom_ops(load_graph(model)), name)  # parsed once per file (artifact_paths caches it)
+            self.cache = cache_dir(model) if cache is True else (Path(cache) if cache else None)
+        if self.cache is not None:
+            config["CACHE_DIR"] = str(self.cache)
+        core = ov.Core()
+        start = time.perf_counter()
+        try:
+            # read, then compile the model object: OpenVINO keys the cache by the model's content then. Compiled from a
+            # path, it keys by the path and would serve a replaced graph's stale blob (tests/test_openvino.py plants one)
+            graph = core.read_model(str(model) if not isinstance(model, bytes) else model)
+            self.read_s = time.perf_counter() - start
+            self.compiled = core.compile_model(graph, DEVICE, config)
+        except Exception as exc:
+            raise MissingDependencyError(f"OpenVINO ({DEVICE}) cannot run {name}: {_reason(exc)}") from None
+        self.start_s = time.perf_counter() - start
+        self.request = self.compiled.create_infer_request()
+        self._inputs = [_Port(p.get_any_name(), list(p.get_partial_shape().to_shape())) for p in self.compiled.inputs]
+        self._outputs = [_Port(p.get_any_name(), list(p.get_partial_shape().to_shape())) for p in self.compiled.outputs]
+
+    def get_inputs(self) -> list[_Port]:
+        return list(self._inputs)
+
+    def get_outputs(self) -> list[_Port]:
+        return list(self._outputs)
+
+    def run(self, names: list[str] | None, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
+        """`names`' arrays (None: every output), as ONNX Runtime's run; the arrays are the caller's own copies."""
+        results = self.request.infer({name: np.ascontiguousarray(value) for name, value in feeds.items()})
+        return [np.array(results[self.compiled.output(name)], copy=True) for name in (names or [p.name for p in self._outputs])]

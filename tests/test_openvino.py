@@ -1,0 +1,131 @@
+"""OpenVINO Runtime as a backend (issue 35): parity, run and bench through it, its model cache, and its refusals.
+
+Each model family's graph is checked on OpenVINO in the module that already exports it (test_qwen.py, test_qwen3.py,
+test_llava_next.py, test_qwen_video.py, test_split.py, test_budget_range.py: conftest.openvino_parity_passes);
+LLaVA-1.5 here. A missing OpenVINO is a skip, which fails CI (tests/ci_skips.py): CI installs it (dev extra).
+"""
+
+from __future__ import annotations
+
+import sys
+
+import numpy as np
+import onnx
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+
+from conftest import expect_one_line, openvino_parity_passes
+
+ov = pytest.importorskip("openvino", reason="OpenVINO Runtime is not installed (pip install openvino)")
+
+from flashvlm_export.errors import MissingDependencyError, UsageError  # noqa: E402
+from flashvlm_export.openvino_runtime import CACHE_DIRNAME, CACHE_MARK, OpenVinoSession  # noqa: E402
+
+
+def add_graph(path, constant: float, op: str = "Add", domain: str = ""):
+    """A one-node graph y = op(x, c) with c = `constant`: small enough to compile in a blink."""
+    init = numpy_helper.from_array(np.full(4, constant, np.float32), "c")
+    node = helper.make_node(op, ["x", "c"], ["y"], domain=domain)
+    io = [helper.make_tensor_value_info(n, TensorProto.FLOAT, [4]) for n in ("x", "y")]
+    opsets = [helper.make_opsetid("", 17)] + ([helper.make_opsetid(domain, 1)] if domain else [])
+    onnx.save(helper.make_model(helper.make_graph([node], "g", io[:1], io[1:], [init]), opset_imports=opsets), path)
+    return path
+
+
+def test_llava_graph_passes_parity_on_openvino(capsys, tiny_full_graphs):
+    openvino_parity_passes(capsys, "--graph", str(tiny_full_graphs[64]), "--random-weights")
+
+
+def test_parity_on_openvino_catches_a_planted_wrong_graph(capsys, tiny_full_graphs, tmp_path):
+    """The OpenVINO backend is judged, not waved through: a graph whose saliency is negated fails layer 1 or 2 there."""
+    model = onnx.load(str(tiny_full_graphs[64]))
+    softmax = next(n for n in model.graph.node if n.op_type == "Softmax")  # the encoder's attention: saliency's source
+    negated = softmax.output[0] + "_planted"
+    model.graph.node.insert(list(model.graph.node).index(softmax) + 1, helper.make_node("Neg", [softmax.output[0]], [negated]))
+    for node in model.graph.node:
+        if node.output[0] != negated:
+            node.input[:] = [negated if name == softmax.output[0] else name for name in node.input]
+    planted = tmp_path / tiny_full_graphs[64].name
+    onnx.save(model, str(planted))
+    from flashvlm_export.cli import main
+
+    code = main(["parity", "--graph", str(planted), "--random-weights", "--backend", "openvino", "--repeats", "1", "--no-save"])
+    out = capsys.readouterr().out
+    assert code == 1 and "openvino[CPU]" in out and out.strip().splitlines()[-1].startswith("FAILED"), out
+
+
+def test_run_selects_on_openvino_and_names_it(capsys, tiny_full_graphs, tmp_path):
+    from flashvlm_export.runtime import run
+
+    picture = str(tmp_path / "demo.png")
+    result = run(str(tiny_full_graphs[64]), None, "What is here?", demo_image=picture, random_weights=True, backend="openvino")
+    assert result.backend == "OpenVINO CPU" and len(result.indices) == 64
+    assert np.all(np.diff(result.indices) > 0)
+
+
+def test_openvino_with_an_engine_is_refused_in_one_line(capsys, tiny_full_graphs):
+    argv = ["run", "--engine", "x.plan", "--image", "x.png", "--question", "q", "--backend", "openvino"]
+    expect_one_line(capsys, argv, "--backend openvino", "--engine", "drop one")
+
+
+def test_missing_openvino_is_one_line(capsys, tiny_full_graphs, monkeypatch):
+    monkeypatch.setitem(sys.modules, "openvino", None)  # `import openvino` raises ImportError, as where it is absent
+    argv = ["parity", "--graph", str(tiny_full_graphs[64]), "--random-weights", "--backend", "openvino"]
+    expect_one_line(capsys, argv, "OpenVINO", "pip install")
+
+
+def test_a_graph_openvino_cannot_read_is_one_line(capsys, tmp_path):
+    """A valid ONNX graph holding an op OpenVINO's ONNX frontend does not convert: the reason, in one line."""
+    graph = tmp_path / "unreadable.onnx"
+    init = numpy_helper.from_array(np.zeros(4, np.float32), "c")
+    node = helper.make_node("TfIdfVectorizer", ["x"], ["y"], mode="TF", min_gram_length=1, max_gram_length=1,
+                            max_skip_count=0, ngram_counts=[0], ngram_indexes=[0], pool_int64s=[1])  # fmt: skip
+    io = [helper.make_tensor_value_info("x", TensorProto.INT64, [4]), helper.make_tensor_value_info("y", TensorProto.FLOAT, [1])]
+    onnx.save(
+        helper.make_model(helper.make_graph([node], "g", io[:1], io[1:], [init]), opset_imports=[helper.make_opsetid("", 17)]),
+        graph,
+    )
+    with pytest.raises(MissingDependencyError, match=r"OpenVINO \(CPU\) cannot run unreadable.onnx: .*TfIdfVectorizer") as err:
+        OpenVinoSession(graph, cache=False)
+    assert "\n" not in str(err.value)
+
+
+def test_a_plugin_graph_is_refused_naming_the_op(tmp_path):
+    graph = add_graph(tmp_path / "plugin.onnx", 1.0, op="ResidualPrune", domain="flashvlm")
+    with pytest.raises(UsageError, match=r"flashvlm::ResidualPrune, an ONNX Runtime custom op.*without --plugin"):
+        OpenVinoSession(graph, cache=False)
+    with pytest.raises(UsageError, match=r"flashvlm::ResidualPrune"):  # the export says so: refused before reading
+        OpenVinoSession(add_graph(tmp_path / "plain.onnx", 1.0), plugin=True, cache=False)
+
+
+def test_model_cache_serves_a_second_start_and_never_a_replaced_graph(tmp_path):
+    """A second start imports the blob (no new one); a graph replaced at the same path gets its own result, not the
+    stale blob's (OpenVINO keys a path-compiled model by its path: compiled from the model read, by its content)."""
+    graph = add_graph(tmp_path / "g.onnx", 1.0)
+    x = {"x": np.zeros(4, np.float32)}
+    first = OpenVinoSession(graph)
+    cache = tmp_path / CACHE_DIRNAME
+    blobs = sorted(cache.glob("*.blob"))
+    assert first.cache == cache and len(blobs) == 1 and (cache / CACHE_MARK).is_file()
+    again = OpenVinoSession(graph)
+    assert sorted(cache.glob("*.blob")) == blobs and again.run(["y"], x)[0].tolist() == [1.0] * 4
+    add_graph(graph, 5.0)  # same path, same size, other weights
+    assert OpenVinoSession(graph).run(["y"], x)[0].tolist() == [5.0] * 4
+    assert len(list(cache.glob("*.blob"))) == 2
+
+
+def test_force_replaces_a_cache_this_tool_made_and_refuses_one_it_did_not(tmp_path):
+    from flashvlm_export.artifacts.ownership import check_replaceable
+
+    graph = add_graph(tmp_path / "g.onnx", 1.0)
+    OpenVinoSession(graph)
+    (blob,) = (tmp_path / CACHE_DIRNAME).glob("*.blob")
+    check_replaceable(blob)  # this tool's mark beside it: replaceable
+    (tmp_path / CACHE_DIRNAME / CACHE_MARK).unlink()
+    with pytest.raises(UsageError, match="was not written by flashvlm-export"):
+        check_replaceable(blob)
+
+
+def test_bench_backend_needs_a_manifest_and_a_known_runtime(capsys):
+    expect_one_line(capsys, ["bench", "--backend", "openvino"], "--manifest")
+    expect_one_line(capsys, ["bench", "--manifest", "m.json", "--backend", "onnxruntime,tvm"], "'tvm'", "openvino")
