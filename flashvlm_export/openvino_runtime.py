@@ -17,6 +17,8 @@ OpenVINO reads our ONNX graphs as they are (its ONNX frontend); nothing is conve
 from __future__ import annotations
 
 import os
+import re
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -42,10 +44,16 @@ def import_openvino():
     return openvino
 
 
-def custom_ops(model) -> list[str]:
-    """The `domain::op` of every node outside ONNX's own domains, in graph order, once each."""
-    found = [f"{node.domain}::{node.op_type}" for node in model.graph.node if node.domain not in STANDARD_DOMAINS]
-    return list(dict.fromkeys(found))
+def unconverted_custom_ops(reason: str) -> list[str]:
+    """The `domain::op` of each op outside ONNX's own domains that OpenVINO's ONNX frontend reports it could not convert
+    ("No conversion rule found for operations: flashvlm.ResidualPrune, ...")."""
+    found = re.search(r"No conversion rule found for operations: (.*)", reason)
+    ops = [op.strip() for op in found.group(1).split(",")] if found else []
+    return [op.replace(".", "::", 1) for op in ops if "." in op and op.split(".", 1)[0] not in STANDARD_DOMAINS]
+
+
+def _dims(port) -> list[int | None]:
+    return [d.get_length() if d.is_static else None for d in port.get_partial_shape()]
 
 
 def refuse_custom_ops(ops: list[str], name: str) -> None:
@@ -107,7 +115,7 @@ class OpenVinoSession:
     ):
         ov = import_openvino()
         name = Path(str(source if source is not None else model)).name if not isinstance(model, bytes) or source else "graph"
-        if plugin:  # the export says so: refused before OpenVINO reads anything
+        if plugin:  # the graph's metadata says so: refused before OpenVINO reads anything
             from flashvlm_export.plugin import PLUGIN_DOMAIN, PLUGIN_NAME
 
             refuse_custom_ops([f"{PLUGIN_DOMAIN}::{PLUGIN_NAME}"], name)
@@ -116,10 +124,9 @@ class OpenVinoSession:
             config["INFERENCE_NUM_THREADS"] = int(threads)
         self.cache = None
         if not isinstance(model, bytes):
-            from flashvlm_export.artifact_paths import check_graph, load_graph
+            from flashvlm_export.artifact_paths import check_graph
 
             model = check_graph(Path(model))
-            refuse_custom_ops(custom_ops(load_graph(model)), name)  # parsed once per file (artifact_paths caches it)
             self.cache = cache_dir(model) if cache is True else (Path(cache) if cache else None)
         if self.cache is not None:
             config["CACHE_DIR"] = str(self.cache)
@@ -132,11 +139,14 @@ class OpenVinoSession:
             self.read_s = time.perf_counter() - start
             self.compiled = core.compile_model(graph, DEVICE, config)
         except Exception as exc:
-            raise MissingDependencyError(f"OpenVINO ({DEVICE}) cannot run {name}: {_reason(exc)}") from None
+            reason = _reason(exc)
+            refuse_custom_ops(unconverted_custom_ops(reason), name)  # a plugin graph the metadata did not announce
+            raise MissingDependencyError(f"OpenVINO ({DEVICE}) cannot run {name}: {reason}") from None
         self.start_s = time.perf_counter() - start
         self.request = self.compiled.create_infer_request()
-        self._inputs = [_Port(p.get_any_name(), list(p.get_partial_shape().to_shape())) for p in self.compiled.inputs]
-        self._outputs = [_Port(p.get_any_name(), list(p.get_partial_shape().to_shape())) for p in self.compiled.outputs]
+        self._inputs = [_Port(p.get_any_name(), _dims(p)) for p in self.compiled.inputs]
+        self._outputs = [_Port(p.get_any_name(), _dims(p)) for p in self.compiled.outputs]
+        self._lock = threading.Lock()  # one infer request: one call at a time, as an ONNX Runtime session allows many
 
     def get_inputs(self) -> list[_Port]:
         return list(self._inputs)
@@ -146,5 +156,7 @@ class OpenVinoSession:
 
     def run(self, names: list[str] | None, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
         """`names`' arrays (None: every output), as ONNX Runtime's run; the arrays are the caller's own copies."""
-        results = self.request.infer({name: np.ascontiguousarray(value) for name, value in feeds.items()})
-        return [np.array(results[self.compiled.output(name)], copy=True) for name in (names or [p.name for p in self._outputs])]
+        with self._lock:
+            results = self.request.infer({name: np.ascontiguousarray(value) for name, value in feeds.items()}, share_outputs=True)
+            wanted = names or [p.name for p in self._outputs]
+            return [np.array(results[self.compiled.output(name)], copy=True) for name in wanted]

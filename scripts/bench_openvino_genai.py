@@ -58,6 +58,24 @@ def write_photo(path: Path) -> Path:
     return path
 
 
+WEIGHTS = {"float16": "fp16", "float32": "fp32"}  # checkpoint dtype -> the IR weight format that holds it exactly
+
+
+def check_same_weights(args) -> str:
+    """Both sides must read the same values: the checkpoint's dtype and the IR's weight format (the peer's marker)."""
+    dtype = json.loads((args.checkpoint / "config.json").read_text()).get("dtype")
+    marker = args.ir_dir / ".peer-converted"
+    if marker.is_file():
+        form = json.loads(marker.read_text()).get("weight_format")
+        if WEIGHTS.get(dtype) != form:
+            raise SystemExit(
+                f"{args.checkpoint} holds {dtype} weights and {args.ir_dir} {form}: not the same values on both sides"
+            )
+    elif dtype not in WEIGHTS:
+        raise SystemExit(f"{args.checkpoint} holds {dtype} weights; write it with peer_checkpoint.py --dtype float16")
+    return dtype
+
+
 def peer(args, photo: Path) -> list[dict]:
     """The peer's JSON lines, measured now (and kept in --out-dir/peer.jsonl)."""
     script = Path(__file__).with_name("openvino_genai_peer.py")
@@ -210,6 +228,7 @@ def markdown(peer_rows: list[dict], our_rows: list[dict], setup: dict) -> str:
 def main(argv=None) -> int:
     args = parse_args(argv)
     budgets = [int(k) for k in args.budgets.split(",")]
+    dtype = check_same_weights(args)
     photo = write_photo(args.out_dir / "photo.png")
     peer_lines = peer(args, photo)
     setup = next(line["setup"] for line in peer_lines if "setup" in line)
@@ -221,6 +240,15 @@ def main(argv=None) -> int:
         date=time.strftime("%Y-%m-%d"),
         machine=f"{os.cpu_count()} CPUs, {os.uname().machine}",
         checkpoint=str(args.checkpoint),
+        weights=f"{dtype} checkpoint; the peer's IR holds the same values; both compute in f32",
+        columns=dict(
+            photo_to_kept_ms="ours: PNG decode + preprocessing + prompt embedding + encoder + selector; the peer: GenAI's "
+            "prepare_embeddings (preprocessing, vision, text embedding, CDPruner, merge; the photo decoded before)",
+            encoder_ms="ours: the encoder graph; the peer: not separable (GenAI's vision_encoding covers a part of it)",
+            pruning="ours: the selector graph; the peer: CDPruner's logged 'Total Pruning Time' (whole ms)",
+            prefill_ms="ours: the splice and the peer's own language model IR (lm_head on the last position)",
+            start_s="ours: every session ready, the OpenVINO model cache as found in the split folder",
+        ),
         question=args.question,
         peer_setup=setup,
         peer=peer_rows,

@@ -216,7 +216,9 @@ def run_one(pipe, genai, image, question: str, keep: int, tokens: int, args) -> 
         keep_requested=keep,
         tokens=tokens,
         pruning_ratio=config.pruning_ratio,
-        kept_visual_tokens=original - removed if config.pruning_ratio else tokens,
+        kept_visual_tokens=(original - removed if "removed_visual_tokens" in logged[-1] else None)
+        if config.pruning_ratio
+        else tokens,
         kept_source="GenAI log 'Original/Removed Visual Tokens'" if config.pruning_ratio else "pruning off",
         input_tokens=rows[-1]["input_tokens"],
         repeats=args.repeats,

@@ -58,7 +58,12 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--model", default="qwen2.5-vl-7b", help="registry spec (default: qwen2.5-vl-7b)")
     p.add_argument("--layers", type=int, default=2, help="LLM decoder layers kept (default: 2)")
     p.add_argument("--seed", type=int, default=0, help="torch seed of the random weights (default: 0)")
-    p.add_argument("--dtype", choices=["bfloat16", "float16", "float32"], default="bfloat16", help="weights on disk")
+    p.add_argument(
+        "--dtype",
+        choices=["bfloat16", "float16", "float32"],
+        default="float16",
+        help="weights on disk (default float16: what the peer's fp16 IR holds exactly; bench_openvino_genai.py checks the pair)",
+    )
     p.add_argument(
         "--tie-embeddings",
         action="store_true",

@@ -160,14 +160,18 @@ def expect_one_line(capsys, argv, *fragments) -> str:
     return err
 
 
-def openvino_parity_passes(capsys, *argv) -> str:
-    """`parity --backend openvino` on an artifact passes, and OpenVINO really ran it (its name in the report), not
-    ONNX Runtime. Skips (a failure in CI: tests/ci_skips.py) where OpenVINO is not installed."""
+def openvino_parity_passes(capsys, flag: str, artifact: Path, *argv) -> str:
+    """`parity FLAG ARTIFACT --backend openvino` passes, and OpenVINO really compiled the artifact: its model cache
+    beside it holds a blob OpenVINO wrote (a label alone would pass were ONNX Runtime run instead). Skips (a failure in
+    CI: tests/ci_skips.py) where OpenVINO is not installed."""
     from flashvlm_export.cli import main
 
     pytest.importorskip("openvino", reason="OpenVINO Runtime is not installed (pip install openvino)")
-    code = main(["parity", *argv, "--backend", "openvino", "--repeats", "1", "--no-save"])
+    cache = Path(artifact).parent / "openvino_cache"
+    shutil.rmtree(cache, ignore_errors=True)
+    code = main(["parity", flag, str(artifact), *argv, "--backend", "openvino", "--repeats", "1", "--no-save"])
     out = capsys.readouterr().out
     assert code == 0 and out.strip().splitlines()[-1].startswith("PASSED"), out
     assert ("openvino[CPU]" in out or "OpenVINO CPU chain" in out) and "onnxruntime[" not in out, out
+    assert list(cache.glob("*.blob")), f"no OpenVINO blob in {cache}: OpenVINO did not compile {artifact}"
     return out

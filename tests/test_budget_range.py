@@ -378,4 +378,4 @@ def test_parity_of_a_range_graph_saves_its_report_and_no_replay_records_it_could
 
 def test_range_split_chain_passes_parity_on_openvino(capsys, qwen_split):
     """OpenVINO's chain (issue 35) at a budget per image: the encoder's tensors shared with the range selector."""
-    openvino_parity_passes(capsys, "--manifest", str(qwen_split), "--random-weights")
+    openvino_parity_passes(capsys, "--manifest", qwen_split, "--random-weights")

@@ -354,4 +354,4 @@ def test_split_export_parity_and_run_through_the_cli(tmp_path, capsys):
 
 def test_crops_graph_passes_parity_on_openvino(capsys, next_graphs):
     """OpenVINO as a third arithmetic (issue 35): LLaVA-NeXT's base image and crops, crop by crop."""
-    openvino_parity_passes(capsys, "--graph", str(next_graphs[K]), "--random-weights")
+    openvino_parity_passes(capsys, "--graph", next_graphs[K], "--random-weights")

@@ -460,4 +460,4 @@ def test_a_models_selector_config_takes_its_gate_unless_told_otherwise():
 
 def test_fused_graph_passes_parity_on_openvino(capsys, fused):
     """OpenVINO as a third arithmetic (issue 35): the Qwen2.5-VL graph's decisions and bounds hold there too."""
-    openvino_parity_passes(capsys, "--graph", str(fused), "--random-weights")
+    openvino_parity_passes(capsys, "--graph", fused, "--random-weights")

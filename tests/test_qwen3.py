@@ -344,4 +344,4 @@ def test_qwen3_clips_sample_frames_as_qwen3s_video_processor_does(total, frames)
 @pytest.mark.parametrize("spec", MODELS, ids=lambda s: s.name)
 def test_fused_graph_passes_parity_on_openvino(capsys, fused, spec):
     """OpenVINO as a third arithmetic (issue 35): Qwen3-VL (DeepStack rows) and Qwen3.5 hold there too."""
-    openvino_parity_passes(capsys, "--graph", str(fused[spec.name]), "--random-weights")
+    openvino_parity_passes(capsys, "--graph", fused[spec.name], "--random-weights")

@@ -278,4 +278,4 @@ def test_a_clip_too_long_to_trace_names_frames_and_the_most_that_fit(capsys, mon
 
 def test_clip_graph_passes_parity_on_openvino(capsys, per_group):
     """OpenVINO as a third arithmetic (issue 35): a clip's temporal groups, each at its own budget."""
-    openvino_parity_passes(capsys, "--graph", str(per_group), "--random-weights")
+    openvino_parity_passes(capsys, "--graph", per_group, "--random-weights")

@@ -292,3 +292,17 @@ def test_bench_manifest_times_the_encoder_and_each_selector_with_its_share(split
 
 def test_bench_manifest_refuses_a_missing_manifest_in_one_line(capsys, tmp_path):
     expect_one_line(capsys, ["bench", "--manifest", str(tmp_path / "none.json")], "does not exist")
+
+
+def test_bench_times_the_chain_in_both_runtimes_with_openvinos_start_times(capsys, split):
+    """bench --backend onnxruntime,openvino (issue 35): each runtime's chain timed, every budget's selector on the
+    encoder's tensors, and OpenVINO's first (compiling) and cached start; the split's own cache left as it was."""
+    pytest.importorskip("openvino", reason="OpenVINO Runtime is not installed (pip install openvino)")
+    from flashvlm_export.bench.share import selector_share
+
+    rows = selector_share(split, warmup=1, repeats=1, log=lambda _: None, backends=("onnxruntime", "openvino"))
+    assert [(r["backend"], r["budget"]) for r in rows] == [(b, k) for b in ("onnxruntime", "openvino") for k in BUDGETS]
+    ov = [r for r in rows if r["backend"] == "openvino"]
+    assert all(r["first_start_s"] > 0 and r["cached_start_s"] > 0 for r in ov)
+    assert all("start_s" in r for r in rows if r["backend"] == "onnxruntime")
+    assert not (split.parent / "openvino_cache").exists()  # timed in a temporary cache

@@ -46,7 +46,9 @@ def start_chain(manifest, provider: str, log=print):
     if provider != OPENVINO:
         start = time.perf_counter()
         chain = OrtChain(manifest, provider)
-        return chain, {"start_s": time.perf_counter() - start}
+        started = time.perf_counter() - start
+        log(f"Bench: {runtime_label(provider)} chain started in {started:.2f} s (ONNX Runtime keeps no compiled-model cache)")
+        return chain, {"start_s": started}
     import tempfile
 
     with tempfile.TemporaryDirectory(prefix="flashvlm-openvino-cache-") as cache:

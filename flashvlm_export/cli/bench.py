@@ -43,8 +43,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--manifest",
         metavar="PATH",
-        help="only this: a split export's encoder and each selector timed in ONNX Runtime CPU, and the selector's share "
-        "(any model; export one with --budget K1,K2 first)",
+        help="only this: a split export's encoder and each selector timed (ONNX Runtime CPU, or each --backend), and the "
+        "selector's share (any model; export one with --budget K1,K2 first)",
     )
     p.add_argument(
         "--backend",

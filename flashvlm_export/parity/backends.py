@@ -152,7 +152,8 @@ class OnnxRuntime:
             from flashvlm_export.export.verification import verification_model
 
             model = verification_model(Path(path), interface, scratch or Path(path).parent)
-            self.verification = ort_session(model, provider, plugin=plugin, source=path)
+            # a throwaway build in scratch: no OpenVINO model cache (it would hold a copy of the weights)
+            self.verification = ort_session(model, provider, plugin=plugin, source=path, cache=False)
         self.input_names = tuple(i.name for i in self.session.get_inputs())
         runtime = "openvino[CPU" if provider == OPENVINO else f"onnxruntime[{provider_label(provider)}"
         self.name = f"{runtime}{', plugin op' if plugin else ''}]"

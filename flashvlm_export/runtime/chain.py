@@ -154,7 +154,7 @@ class OpenVinoChain(_Chain):
 
     def encode(self, feeds: dict[str, np.ndarray]) -> None:
         request = self.encoder.request
-        request.infer({PIXEL_VALUES: np.ascontiguousarray(feeds[PIXEL_VALUES])})
+        request.infer({PIXEL_VALUES: np.ascontiguousarray(feeds[PIXEL_VALUES])}, share_outputs=True)  # nothing copied
         self.features = {name: request.get_tensor(name) for name in self.feature_names}
 
     def features_on_host(self) -> dict[str, np.ndarray]:
@@ -169,7 +169,7 @@ class OpenVinoChain(_Chain):
             if name in wanted:
                 session.request.set_tensor(name, tensor)
         text = {name: value for name, value in self.text_feeds(feeds, budget, batch).items() if name in wanted}
-        session.request.infer(text)
+        session.request.infer(text, share_outputs=True)
         return {name: np.array(session.request.get_tensor(name).data, copy=True) for name in self._returned(session)}
 
 
