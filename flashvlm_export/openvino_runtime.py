@@ -10,8 +10,9 @@ OpenVINO reads our ONNX graphs as they are (its ONNX frontend); nothing is conve
   and imports the compiled blob instead of compiling it. The model is compiled from the graph as read, so
   OpenVINO keys each blob by the model's content and the settings, and a replaced graph compiles anew. A
   folder that cannot be written: no cache.
-- Custom ops: a plugin graph's flashvlm::ResidualPrune is an ONNX Runtime custom op (plugin/ort_op.py) and a
-  TensorRT plugin; OpenVINO has no such op, so such a graph is refused in one line naming it.
+- Custom ops: a plugin graph's flashvlm::ResidualPrune (and ResidualPruneRange) is a TensorRT plugin and an ONNX
+  Runtime custom op (plugin/ort_op.py); OpenVINO is given the same op (plugin/openvino_op.py: a Python op running
+  the same reference loop). Any other custom op is refused in one line naming it.
 """
 
 from __future__ import annotations
@@ -25,11 +26,11 @@ from pathlib import Path
 
 import numpy as np
 
+from flashvlm_export.artifacts.naming import OPENVINO_CACHE as CACHE_DIRNAME
+from flashvlm_export.artifacts.naming import OPENVINO_CACHE_MARK as CACHE_MARK
 from flashvlm_export.errors import MissingDependencyError, UsageError
 
 DEVICE = "CPU"
-CACHE_DIRNAME = "openvino_cache"
-CACHE_MARK = "flashvlm-export.json"  # written in a cache folder this tool made: its blobs are then this tool's (--force)
 PRECISION = {"INFERENCE_PRECISION_HINT": "f32"}  # never OpenVINO's bf16 default where parity is claimed
 STANDARD_DOMAINS = {"", "ai.onnx", "ai.onnx.ml"}
 INSTALL = "pip install 'flashvlm-export[openvino]' (or: pip install openvino)"
@@ -59,8 +60,9 @@ def _dims(port) -> list[int | None]:
 def refuse_custom_ops(ops: list[str], name: str) -> None:
     if ops:
         raise UsageError(
-            f"OpenVINO cannot run {name}: it holds {', '.join(ops)}, an ONNX Runtime custom op and TensorRT plugin that "
-            "OpenVINO has no implementation of; export the graph without --plugin, or run it with --backend onnxruntime"
+            f"OpenVINO cannot run {name}: it holds the custom op {', '.join(ops)}, which neither OpenVINO nor this tool "
+            "implements for it; export the graph with flashvlm-export (its plugin ops run here), or use --backend onnxruntime "
+            "with the op's library"
         )
 
 
@@ -101,6 +103,7 @@ class OpenVinoSession:
 
     `model`: a graph's path, or a serialized graph (pass `source`, its file, for messages). `cache`: where
     the compiled model is cached (default: openvino_cache/ beside a path's graph; False: none).
+    `plugin` is accepted for the ONNX Runtime session's signature: this tool's plugin ops are always given to OpenVINO.
     `start_s` is the seconds from reading the graph to a compiled model ready to run (`read_s` of them reading it).
     """
 
@@ -115,10 +118,6 @@ class OpenVinoSession:
     ):
         ov = import_openvino()
         name = Path(str(source if source is not None else model)).name if not isinstance(model, bytes) or source else "graph"
-        if plugin:  # the graph's metadata says so: refused before OpenVINO reads anything
-            from flashvlm_export.plugin import PLUGIN_DOMAIN, PLUGIN_NAME
-
-            refuse_custom_ops([f"{PLUGIN_DOMAIN}::{PLUGIN_NAME}"], name)
         config = dict(PRECISION)
         if threads is not None:
             config["INFERENCE_NUM_THREADS"] = int(threads)
@@ -131,6 +130,10 @@ class OpenVinoSession:
         if self.cache is not None:
             config["CACHE_DIR"] = str(self.cache)
         core = ov.Core()
+        from flashvlm_export.plugin.openvino_op import extensions
+
+        for extension in extensions():  # a plugin graph's node: OpenVINO is given this tool's op
+            core.add_extension(extension)
         start = time.perf_counter()
         try:
             # read, then compile the model object: OpenVINO keys the cache by the model's content then. Compiled from a
@@ -140,7 +143,7 @@ class OpenVinoSession:
             self.compiled = core.compile_model(graph, DEVICE, config)
         except Exception as exc:
             reason = _reason(exc)
-            refuse_custom_ops(unconverted_custom_ops(reason), name)  # a plugin graph the metadata did not announce
+            refuse_custom_ops(unconverted_custom_ops(reason), name)  # a custom op of another tool
             raise MissingDependencyError(f"OpenVINO ({DEVICE}) cannot run {name}: {reason}") from None
         self.start_s = time.perf_counter() - start
         self.request = self.compiled.create_infer_request()

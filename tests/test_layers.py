@@ -19,6 +19,7 @@ FLOORS = [
     "selector",
     "models",
     "plugin",
+    "openvino_runtime",  # a graph in OpenVINO Runtime, answering the ONNX Runtime session's calls
     "backend",  # the backend interface and the ONNX Runtime session helper
     "export",  # graph metadata, interface, requests, manifest
     "trt",

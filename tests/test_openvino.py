@@ -94,12 +94,48 @@ def test_a_graph_openvino_cannot_read_is_one_line(capsys, tmp_path):
     assert "\n" not in str(err.value)
 
 
-def test_a_plugin_graph_is_refused_naming_the_op(tmp_path):
-    graph = add_graph(tmp_path / "plugin.onnx", 1.0, op="ResidualPrune", domain="flashvlm")
-    with pytest.raises(UsageError, match=r"flashvlm::ResidualPrune, an ONNX Runtime custom op.*without --plugin"):
+def test_a_custom_op_of_another_tool_is_refused_naming_it(tmp_path):
+    graph = add_graph(tmp_path / "foreign.onnx", 1.0, op="Fancy", domain="acme")
+    with pytest.raises(UsageError, match=r"foreign.onnx: it holds the custom op acme::Fancy, which neither OpenVINO"):
         OpenVinoSession(graph, cache=False)
-    with pytest.raises(UsageError, match=r"flashvlm::ResidualPrune"):  # the export says so: refused before reading
-        OpenVinoSession(add_graph(tmp_path / "plain.onnx", 1.0), plugin=True, cache=False)
+
+
+@pytest.mark.parametrize("ranged", [False, True], ids=["ResidualPrune", "ResidualPruneRange"])
+def test_openvino_is_given_the_plugin_op_and_it_equals_onnx_runtimes(tmp_path, ranged):
+    """The plugin node alone, in OpenVINO (plugin/openvino_op.py) and in ONNX Runtime (plugin/ort_op.py): the same
+    rows, exactly (both run the reference loop on the same float32 Gram; no arithmetic of either runtime between)."""
+    pytest.importorskip(
+        "onnxruntime_extensions", reason="onnxruntime-extensions is not installed (pip install 'flashvlm-export[plugin-ort]')"
+    )
+    from flashvlm_export.backend import CPU, ort_session
+    from flashvlm_export.plugin import PLUGIN_DOMAIN, PLUGIN_NAME, RANGE_PLUGIN_NAME
+
+    rng = np.random.default_rng(0)
+    batch, n, width = 2, 48, 40
+    x = rng.standard_normal((batch, n, 8)).astype(np.float32)
+    gram = np.einsum("bnd,bmd->bnm", x, x) / 8
+    residual = np.stack([rng.permutation(n)[:width] for _ in range(batch)]).astype(np.int32)
+    feeds = {"gram": gram, "residual": residual}
+    inputs = [helper.make_tensor_value_info("gram", TensorProto.FLOAT, [batch, n, n]),
+              helper.make_tensor_value_info("residual", TensorProto.INT32, [batch, width])]  # fmt: skip
+    if ranged:
+        residual[1, 30:] = -1  # the second image's list is 30 long: its padding
+        feeds["budget"] = np.array([24, 20], np.int32)  # K: K_div = K - (N - |R0|) = 16 and 2
+        inputs.append(helper.make_tensor_value_info("budget", TensorProto.INT32, [batch]))
+        attrs = dict(k_min=4, k_max=48, k_div_max=32, step=4, max_rounds=0)
+        op, out_width = RANGE_PLUGIN_NAME, 32
+    else:
+        attrs, op, out_width = dict(k_div=16, step=4), PLUGIN_NAME, 16
+    node = helper.make_node(op, [i.name for i in inputs], ["kept"], domain=PLUGIN_DOMAIN, **attrs,
+                            plugin_version="1", plugin_namespace="")  # fmt: skip
+    out = helper.make_tensor_value_info("kept", TensorProto.INT32, [batch, out_width])
+    opsets = [helper.make_opsetid("", 17), helper.make_opsetid(PLUGIN_DOMAIN, 1)]
+    graph = tmp_path / "plugin_node.onnx"
+    onnx.save(helper.make_model(helper.make_graph([node], "g", inputs, [out]), opset_imports=opsets), graph)
+    on_openvino = OpenVinoSession(graph, cache=False).run(["kept"], feeds)[0]
+    on_onnxruntime = ort_session(graph, CPU, plugin=True).run(["kept"], feeds)[0]
+    assert on_openvino.dtype == np.int32 and np.array_equal(on_openvino, on_onnxruntime)
+    assert (on_openvino >= 0).sum() == (32 if not ranged else 16 + 2)  # every image's kept tokens, no rejection
 
 
 def test_model_cache_serves_a_second_start_and_never_a_replaced_graph(tmp_path):

@@ -140,6 +140,17 @@ def test_plugin_graph_in_onnxruntime_matches_reference(plugin_selector_graph):
         assert report, "\n".join(report.lines())
 
 
+def test_plugin_graph_in_openvino_passes_parity(plugin_selector_graph):
+    """OpenVINO given the plugin op (plugin/openvino_op.py, issue 35): the whole plugin graph passes layers 1 and 2."""
+    pytest.importorskip("openvino", reason="OpenVINO Runtime is not installed (pip install openvino)")
+    from flashvlm_export.backend import OPENVINO
+
+    reports = run_parity(plugin_selector_graph, repeats=1, log=lambda _: None, provider=OPENVINO)
+    assert reports[1].backend == "openvino[CPU, plugin op]"
+    for report in reports:
+        assert report, "\n".join(report.lines())
+
+
 def test_plugin_and_unrolled_graphs_choose_the_same_tokens(plugin_selector_graph, selector_graphs):
     from flashvlm_export.parity.backends import OnnxRuntime
     from flashvlm_export.parity.corpus import Geometry, selector_corpus

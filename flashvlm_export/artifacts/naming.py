@@ -6,6 +6,8 @@ from __future__ import annotations
 from pathlib import Path
 
 STAGING_PREFIX = ".flashvlm-tmp-"  # staging folders and temporary files (staging.py), never an artifact
+OPENVINO_CACHE = "openvino_cache"  # OpenVINO's model cache beside the graphs it compiled (openvino_runtime.py)
+OPENVINO_CACHE_MARK = "flashvlm-export.json"  # in a cache folder this tool made: its blobs are then this tool's
 
 
 def artifact_stem(request) -> str:

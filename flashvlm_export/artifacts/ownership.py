@@ -28,7 +28,7 @@ import tempfile
 from pathlib import Path
 
 from flashvlm_export.artifact_paths import BOUNDS, read_bounded
-from flashvlm_export.artifacts.naming import STAGING_PREFIX, external_data_path
+from flashvlm_export.artifacts.naming import OPENVINO_CACHE, OPENVINO_CACHE_MARK, STAGING_PREFIX, external_data_path
 from flashvlm_export.artifacts.sidecar import sidecar_path
 from flashvlm_export.errors import UsageError, switch
 
@@ -93,9 +93,8 @@ def _own_shared_data(path: Path) -> bool:
 
 def _own_cache_blob(path: Path) -> bool:
     """A blob OpenVINO wrote into the model cache folder this tool made beside its graphs (openvino_runtime.py)."""
-    from flashvlm_export.openvino_runtime import CACHE_DIRNAME, CACHE_MARK
-
-    return path.parent.name == CACHE_DIRNAME and _regular(path.parent / CACHE_MARK) and _stamped_json(path.parent / CACHE_MARK)
+    mark = path.parent / OPENVINO_CACHE_MARK
+    return path.parent.name == OPENVINO_CACHE and _regular(mark) and _stamped_json(mark)
 
 
 def _stamped_engine(path: Path) -> bool:
