@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
@@ -161,17 +162,39 @@ def expect_one_line(capsys, argv, *fragments) -> str:
 
 
 def openvino_parity_passes(capsys, flag: str, artifact: Path, *argv) -> str:
-    """`parity FLAG ARTIFACT --backend openvino` passes, and OpenVINO really compiled the artifact: its model cache
-    beside it holds a blob OpenVINO wrote (a label alone would pass were ONNX Runtime run instead). Skips (a failure in
-    CI: tests/ci_skips.py) where OpenVINO is not installed."""
+    """Parity on OpenVINO passes for ARTIFACT, and OpenVINO really compiled it: its model cache beside it holds a blob
+    OpenVINO wrote (a label alone would pass were ONNX Runtime run instead). Skips (a failure in CI: tests/ci_skips.py)
+    where OpenVINO is not installed.
+
+    --manifest: `parity --manifest M --backend openvino` as typed. --graph: the same run_parity the command runs, with
+    the OpenVINO backend alone (the command adds static torch, which the family's other tests check, and takes 4x as
+    long; tests/test_openvino.py runs the command itself on llava15-tiny)."""
     from flashvlm_export.cli import main
 
     pytest.importorskip("openvino", reason="OpenVINO Runtime is not installed (pip install openvino)")
     cache = Path(artifact).parent / "openvino_cache"
     shutil.rmtree(cache, ignore_errors=True)
-    code = main(["parity", flag, str(artifact), *argv, "--backend", "openvino", "--repeats", "1", "--no-save"])
-    out = capsys.readouterr().out
-    assert code == 0 and out.strip().splitlines()[-1].startswith("PASSED"), out
-    assert ("openvino[CPU]" in out or "OpenVINO CPU chain" in out) and "onnxruntime[" not in out, out
+    if flag == "--graph":
+        from flashvlm_export.backend import OPENVINO
+        from flashvlm_export.export.graphs import request_from_metadata
+        from flashvlm_export.export.metadata import graph_metadata
+        from flashvlm_export.models.adapter import get_parts
+        from flashvlm_export.models.weights import WeightsSource
+        from flashvlm_export.parity.backends import OnnxRuntime
+        from flashvlm_export.parity.run import run_parity
+
+        meta = graph_metadata(artifact)
+        request = request_from_metadata(meta, str(artifact))
+        parts = get_parts(request.spec, WeightsSource.from_tag(meta["weights"]))
+        with tempfile.TemporaryDirectory() as scratch:
+            backend = OnnxRuntime(artifact, request.interface(), OPENVINO, plugin=request.plugin, scratch=Path(scratch))
+            (report,) = run_parity(artifact, parts, repeats=1, backends=[backend], log=lambda _: None, meta=meta)
+        out = "\n".join(report.lines())
+        assert report and report.backend.startswith("openvino[CPU"), out
+    else:
+        code = main(["parity", flag, str(artifact), *argv, "--backend", "openvino", "--repeats", "1", "--no-save"])
+        out = capsys.readouterr().out
+        assert code == 0 and out.strip().splitlines()[-1].startswith("PASSED"), out
+        assert "OpenVINO CPU chain" in out and "onnxruntime[" not in out, out
     assert list(cache.glob("*.blob")), f"no OpenVINO blob in {cache}: OpenVINO did not compile {artifact}"
     return out

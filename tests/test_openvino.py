@@ -15,7 +15,7 @@ import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from conftest import expect_one_line, openvino_parity_passes
+from conftest import expect_one_line
 
 ov = pytest.importorskip("openvino", reason="OpenVINO Runtime is not installed (pip install openvino)")
 
@@ -33,11 +33,22 @@ def add_graph(path, constant: float, op: str = "Add", domain: str = ""):
     return path
 
 
-def test_llava_graph_passes_parity_on_openvino(capsys, tiny_full_graphs):
-    openvino_parity_passes(capsys, "--graph", tiny_full_graphs[64], "--random-weights")
+def test_the_parity_command_passes_on_openvino(capsys, tiny_full_graphs):
+    """`flashvlm-export parity --graph G --backend openvino --random-weights` (one repeat, no records) on llava15-tiny: static torch and
+    the graph in OpenVINO (which compiled it: its cache blob); the other families run the same check in their modules."""
+    from flashvlm_export.cli import main
+
+    cache = tiny_full_graphs[64].parent / CACHE_DIRNAME
+    shutil.rmtree(cache, ignore_errors=True)
+    argv = ["parity", "--graph", str(tiny_full_graphs[64]), "--backend", "openvino", "--random-weights"]
+    code = main([*argv, "--repeats", "1", "--no-save"])
+    out = capsys.readouterr().out
+    assert code == 0 and out.strip().splitlines()[-1].startswith("PASSED"), out
+    assert "openvino[CPU]:" in out and "static-torch:" in out and "onnxruntime[" not in out, out
+    assert list(cache.glob("*.blob"))
 
 
-def test_parity_on_openvino_catches_a_planted_wrong_graph(capsys, tiny_full_graphs, tmp_path):
+def test_parity_on_openvino_catches_a_planted_wrong_graph(tiny_full_graphs, tiny_parts, tmp_path):
     """The OpenVINO backend is judged, not waved through: a graph whose saliency is negated fails layer 1 or 2 there."""
     model = onnx.load(str(tiny_full_graphs[64]))
     softmax = next(n for n in model.graph.node if n.op_type == "Softmax")  # the encoder's attention: saliency's source
@@ -48,11 +59,17 @@ def test_parity_on_openvino_catches_a_planted_wrong_graph(capsys, tiny_full_grap
             node.input[:] = [negated if name == softmax.output[0] else name for name in node.input]
     planted = tmp_path / tiny_full_graphs[64].name
     onnx.save(model, str(planted))
-    from flashvlm_export.cli import main
+    from flashvlm_export.backend import OPENVINO
+    from flashvlm_export.export.graphs import request_from_metadata
+    from flashvlm_export.export.metadata import graph_metadata
+    from flashvlm_export.parity.backends import OnnxRuntime
+    from flashvlm_export.parity.run import run_parity
 
-    code = main(["parity", "--graph", str(planted), "--random-weights", "--backend", "openvino", "--repeats", "1", "--no-save"])
-    out = capsys.readouterr().out
-    assert code == 1 and out.strip().splitlines()[-1].startswith("FAILED: openvino[CPU]"), out  # OpenVINO's verdict
+    request = request_from_metadata(graph_metadata(planted), str(planted))
+    backend = OnnxRuntime(planted, request.interface(), OPENVINO, scratch=tmp_path)
+    (report,) = run_parity(planted, tiny_parts, repeats=1, backends=[backend], log=lambda _: None)
+    assert report.backend == "openvino[CPU]" and not report, "\n".join(report.lines())  # OpenVINO's verdict: failed
+    assert list((tmp_path / CACHE_DIRNAME).glob("*.blob"))  # and OpenVINO computed it
 
 
 def test_run_selects_on_openvino_and_names_it(capsys, tiny_full_graphs, tmp_path):
