@@ -35,12 +35,13 @@ def test_onnxruntime_passes_layers_1_and_2_at_576_tokens(selector_graphs, budget
 
 
 def test_onnxruntime_passes_layers_1_and_2_at_2880_tokens(tmp_path):
-    """LLaVA-NeXT's N in one selector: Gram, TopK and the pruning rounds at N = 2880. K = 1920 unrolls 120 rounds of the
-    same body (K = 640 would unroll 280 and take 2.3x as long); two of the corpus's cases (a scene, exact ties) keep
-    the test to half a minute on 2 cores; the whole corpus (padded text included) runs at N = 576 above."""
+    """LLaVA-NeXT's N in one selector: Gram, TopK and the pruning rounds at N = 2880. K = 2560 unrolls 40 rounds of the
+    same body (K = 640 would unroll 280 and take several times as long; LLaVA-NeXT's graphs themselves select crop by
+    crop: test_llava_next.py); two of the corpus's cases (a scene, exact ties); the whole corpus (padded text
+    included) runs at N = 576 above."""
     from flashvlm_export.parity.corpus import Geometry, selector_corpus
 
-    graph = export_selector(tmp_path / "sel2880.onnx", 1920, n_tokens=2880, t_max=32, exporter="torchscript")
+    graph = export_selector(tmp_path / "sel2880.onnx", 2560, n_tokens=2880, t_max=32, exporter="torchscript")
     cases = selector_corpus(Geometry(2880, LLAVA15.vision_hidden, LLAVA15.text_hidden, 32, 1), repeats=1, names=("scene", "ties"))
     assert_layers_1_and_2(run_parity(graph, cases=cases, log=lambda _: None), 2)
 
