@@ -85,7 +85,8 @@ def ort_session(
     """An ONNX Runtime session of `model` (a path, or a serialized graph: pass `source`, its file) on `provider`,
     or with provider OPENVINO an OpenVinoSession, which answers the same calls (openvino_runtime.py).
 
-    plugin=True registers flashvlm::ResidualPrune as an onnxruntime-extensions Python op; `threads` caps the
+    plugin=True registers flashvlm::ResidualPrune as an onnxruntime-extensions Python op (OpenVINO is always given
+    the op: plugin/openvino_op.py); `threads` caps the
     intra-op threads (None: ONNX Runtime's default). A graph the provider cannot run (bf16 kernels the CPU
     provider lacks, say) is a one-line MissingDependencyError. `cache`: OpenVINO's model cache folder (True:
     openvino_cache/ beside the graph; False: none); ONNX Runtime keeps none.
@@ -93,7 +94,7 @@ def ort_session(
     if provider == OPENVINO:
         from flashvlm_export.openvino_runtime import OpenVinoSession
 
-        return OpenVinoSession(model, threads=threads, source=source, plugin=plugin, cache=cache)
+        return OpenVinoSession(model, threads=threads, source=source, cache=cache)
     import onnxruntime as ort
 
     options = None

@@ -103,7 +103,6 @@ class OpenVinoSession:
 
     `model`: a graph's path, or a serialized graph (pass `source`, its file, for messages). `cache`: where
     the compiled model is cached (default: openvino_cache/ beside a path's graph; False: none).
-    `plugin` is accepted for the ONNX Runtime session's signature: this tool's plugin ops are always given to OpenVINO.
     `start_s` is the seconds from reading the graph to a compiled model ready to run (`read_s` of them reading it).
     """
 
@@ -114,7 +113,6 @@ class OpenVinoSession:
         threads: int | None = None,
         source: Path | str | None = None,
         cache: Path | bool = True,
-        plugin: bool = False,
     ):
         ov = import_openvino()
         name = Path(str(source if source is not None else model)).name if not isinstance(model, bytes) or source else "graph"

@@ -91,9 +91,9 @@ def export_split(args, budgets: list[int]) -> Path:
     folder = args.out_dir / "graphs"
     manifest = next(folder.glob("*/manifest.json"), None)
     if manifest is None:
-        cmd = ["flashvlm-export", "--model", MODEL, "--model-path", str(args.checkpoint), "--split"]
-        cmd += ["--budget", ",".join(map(str, budgets)), "--out-dir", str(folder)]
-        subprocess.run([str(Path(sys.executable).with_name("flashvlm-export")), *cmd[1:]], check=True)
+        cli = str(Path(sys.executable).with_name("flashvlm-export"))  # this venv's
+        cmd = [cli, "--model", MODEL, "--model-path", str(args.checkpoint), "--split", "--budget", ",".join(map(str, budgets))]
+        subprocess.run([*cmd, "--out-dir", str(folder)], check=True)
         manifest = next(folder.glob("*/manifest.json"))
     return manifest
 

@@ -161,6 +161,26 @@ def expect_one_line(capsys, argv, *fragments) -> str:
     return err
 
 
+def openvino_report(graph: Path, parts=None):
+    """Parity of `graph` with the OpenVINO backend alone (no static torch), on its own recorded weights unless `parts`
+    are given; the one BackendReport."""
+    from flashvlm_export.backend import OPENVINO
+    from flashvlm_export.export.graphs import request_from_metadata
+    from flashvlm_export.export.metadata import graph_metadata
+    from flashvlm_export.models.adapter import get_parts
+    from flashvlm_export.models.weights import WeightsSource
+    from flashvlm_export.parity.backends import OnnxRuntime
+    from flashvlm_export.parity.run import run_parity
+
+    meta = graph_metadata(graph)
+    request = request_from_metadata(meta, str(graph))
+    parts = parts if parts is not None else get_parts(request.spec, WeightsSource.from_tag(meta["weights"]))
+    with tempfile.TemporaryDirectory() as scratch:
+        backend = OnnxRuntime(graph, request.interface(), OPENVINO, plugin=request.plugin, scratch=Path(scratch))
+        (report,) = run_parity(graph, parts, repeats=1, backends=[backend], log=lambda _: None, meta=meta)
+    return report
+
+
 def openvino_parity_passes(capsys, flag: str, artifact: Path, *argv) -> str:
     """Parity on OpenVINO passes for ARTIFACT, and OpenVINO really compiled it: its model cache beside it holds a blob
     OpenVINO wrote (a label alone would pass were ONNX Runtime run instead). Skips (a failure in CI: tests/ci_skips.py)
@@ -175,20 +195,7 @@ def openvino_parity_passes(capsys, flag: str, artifact: Path, *argv) -> str:
     cache = Path(artifact).parent / "openvino_cache"
     shutil.rmtree(cache, ignore_errors=True)
     if flag == "--graph":
-        from flashvlm_export.backend import OPENVINO
-        from flashvlm_export.export.graphs import request_from_metadata
-        from flashvlm_export.export.metadata import graph_metadata
-        from flashvlm_export.models.adapter import get_parts
-        from flashvlm_export.models.weights import WeightsSource
-        from flashvlm_export.parity.backends import OnnxRuntime
-        from flashvlm_export.parity.run import run_parity
-
-        meta = graph_metadata(artifact)
-        request = request_from_metadata(meta, str(artifact))
-        parts = get_parts(request.spec, WeightsSource.from_tag(meta["weights"]))
-        with tempfile.TemporaryDirectory() as scratch:
-            backend = OnnxRuntime(artifact, request.interface(), OPENVINO, plugin=request.plugin, scratch=Path(scratch))
-            (report,) = run_parity(artifact, parts, repeats=1, backends=[backend], log=lambda _: None, meta=meta)
+        report = openvino_report(artifact)
         out = "\n".join(report.lines())
         assert report and report.backend.startswith("openvino[CPU"), out
     else:

@@ -15,7 +15,7 @@ import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from conftest import expect_one_line
+from conftest import expect_one_line, openvino_report
 
 ov = pytest.importorskip("openvino", reason="OpenVINO Runtime is not installed (pip install openvino)")
 
@@ -59,15 +59,7 @@ def test_parity_on_openvino_catches_a_planted_wrong_graph(tiny_full_graphs, tiny
             node.input[:] = [negated if name == softmax.output[0] else name for name in node.input]
     planted = tmp_path / tiny_full_graphs[64].name
     onnx.save(model, str(planted))
-    from flashvlm_export.backend import OPENVINO
-    from flashvlm_export.export.graphs import request_from_metadata
-    from flashvlm_export.export.metadata import graph_metadata
-    from flashvlm_export.parity.backends import OnnxRuntime
-    from flashvlm_export.parity.run import run_parity
-
-    request = request_from_metadata(graph_metadata(planted), str(planted))
-    backend = OnnxRuntime(planted, request.interface(), OPENVINO, scratch=tmp_path)
-    (report,) = run_parity(planted, tiny_parts, repeats=1, backends=[backend], log=lambda _: None)
+    report = openvino_report(planted, tiny_parts)
     assert report.backend == "openvino[CPU]" and not report, "\n".join(report.lines())  # OpenVINO's verdict: failed
     assert list((tmp_path / CACHE_DIRNAME).glob("*.blob"))  # and OpenVINO computed it
 
