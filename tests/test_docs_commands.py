@@ -28,6 +28,7 @@ FLAG = re.compile(r"--[a-z][a-z0-9-]*(?![A-Za-z0-9_])")  # ours are lower-case; 
 # one of these programs before a flag is skipped from there on
 OTHER_PROGRAMS = {"trtexec", "polygraphy", "tritonserver", "pip", "cmake", "docker", "nvcc", "python", "python3", "pytest"}
 OTHER_PROGRAMS |= {"convert_hf_to_gguf.py", "fetch_triton.sh", "triton_demo.py", "bench_triton.py", "tritonclient", "venv"}
+OTHER_PROGRAMS |= {"huggingface-cli"}
 NOT_FLAGS = {"--imag"}  # cli/flags.py's example of a prefix the parser refuses
 
 

@@ -344,15 +344,16 @@ def test_an_old_ownerless_staging_folder_is_reclaimed(tmp_path):
 def test_help_is_fast_and_lists_the_subcommands():
     script = (
         "import sys\n"
-        "from flashvlm_export.cli import bench, build_plugin, export\n"
+        "from flashvlm_export.cli import bench, build_plugin, evaluate, export\n"
         "text = export.parser().format_help(); bench.parser().format_help(); build_plugin.parser().format_help()\n"
+        "evaluate.parser().format_help()\n"
         "print('torch' in sys.modules, 'onnx' in sys.modules); print(text.splitlines()[1])\n"
     )
     run = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=Path(__file__).parents[1])
     assert run.returncode == 0, run.stderr
     imported, usage = run.stdout.splitlines()[:2]
     assert imported == "False False"  # printing defaults imports neither torch nor onnx
-    assert "{parity,run,bench,sidecar,build-plugin,triton,gguf}" in usage  # every command (run and sidecar were missing)
+    assert "{parity,run,bench,eval,sidecar,build-plugin,triton,gguf}" in usage  # every command (run and sidecar were missing)
 
 
 # ---------------------------------------------------------------- bounds and progress helpers

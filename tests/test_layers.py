@@ -28,6 +28,7 @@ FLOORS = [
     "serve",  # Triton model repositories of a split (docs/TRITON.md)
     "parity",
     "bench",
+    "evaluation",  # flashvlm-export eval: benchmarks, their rules, answers at each budget, the report (docs/EVAL.md)
     "cli",
 ]
 

@@ -12,6 +12,7 @@ COMMANDS = {
     "parity": ("parity", "token-index parity of a graph, engine or split export against the PyTorch reference"),
     "run": ("run", "a photo (or a clip) and a question through an exported graph: kept tokens, heatmap, the LLM's answer"),
     "bench": ("bench", "measured costs on this machine"),
+    "eval": ("evaluate", "answer accuracy against the budget on a local benchmark (MMStar, MMBench, POPE, GQA, TextVQA)"),
     "sidecar": ("sidecar", "write the sidecar record of an engine trtexec built"),
     "build-plugin": ("build_plugin", "build the ResidualPrune TensorRT plugin"),
     "triton": ("triton", "a Triton Inference Server model repository from a split export's manifest"),

@@ -13,6 +13,7 @@ from flashvlm_export.errors import FlashVLMError, ParityError, Terminated
 INSTALL_HINTS = {
     "onnxruntime": "pip install -e '.[cpu]' (or '.[gpu]' on a CUDA host: onnxruntime-gpu, never both)",
     "onnxruntime_extensions": "pip install -e '.[plugin-ort]'",
+    "pyarrow": "pip install -e '.[eval]' (eval's parquet and Arrow benchmarks)",
 }
 
 
@@ -35,10 +36,13 @@ INTERRUPTED_CODES = (130, Terminated.exit_code)  # Ctrl-C (SIGINT) and SIGTERM
 
 
 def _interrupted(exc: BaseException) -> int:
+    """The interruption's line: what a command kept when it says so (eval keeps each answered question: the exception's
+    `kept` note), else that no partial files were kept."""
+    kept = getattr(exc, "kept", None) or "no partial files were kept"
     if isinstance(exc, Terminated):
-        print(f"{PROG}: terminated (SIGTERM); no partial files were kept", file=sys.stderr, flush=True)
+        print(f"{PROG}: terminated (SIGTERM); {kept}", file=sys.stderr, flush=True)
         return Terminated.exit_code
-    print(f"{PROG}: interrupted; no partial files were kept", file=sys.stderr, flush=True)
+    print(f"{PROG}: interrupted; {kept}", file=sys.stderr, flush=True)
     return 130
 
 

@@ -346,8 +346,11 @@ def kv_cache_bytes(cache) -> int:
 
 
 @torch.no_grad()
-def greedy_answer(model, prompt: LLMInput | torch.Tensor, tokenizer, max_new_tokens: int, label: str) -> Answer:
-    """Greedy decoding through the model's forward; the first forward (the prefill) is timed on its own.
+def greedy_answer(
+    model, prompt: LLMInput | torch.Tensor, tokenizer, max_new_tokens: int, label: str, warm_up: bool = True
+) -> Answer:
+    """Greedy decoding through the model's forward; the first forward (the prefill) is timed on its own, after an untimed
+    warm-up forward (warm_up=False: none; `eval` warms the model once, not before every answer).
 
     With position ids (a 3-axis rotary model) every forward gets them explicitly: the prompt's, then the i-th
     generated token at next_position + i on all three axes (the model's own rope-delta bookkeeping is not used).
@@ -364,7 +367,8 @@ def greedy_answer(model, prompt: LLMInput | torch.Tensor, tokenizer, max_new_tok
 
     first = {} if prompt.position_ids is None else {"position_ids": prompt.position_ids}
     first.update(prompt.prefill or {})
-    model(inputs_embeds=inputs_embeds, use_cache=True, **first)  # warm-up, not timed
+    if warm_up:
+        model(inputs_embeds=inputs_embeds, use_cache=True, **first)  # warm-up, not timed
     _sync(device)
     start = time.perf_counter()
     out = model(inputs_embeds=inputs_embeds, use_cache=True, **first)

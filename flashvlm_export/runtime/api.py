@@ -193,7 +193,7 @@ def run(
             runs["full"] = AnswerRun(f"full N={n}", features[2][0], table, features[3][0] if len(features) > 3 else None)
         if spec.crops > 1:  # base, unpadded grid, image_newline rows (models/anyres.py), for either LLM runtime
             for key, run in runs.items():
-                run.rows = _crops_layout(spec, parts, prepared, run.rows, selection.indices if key == "pruned" else None, log)
+                run.rows = crops_layout(spec, parts, prepared, run.rows, selection.indices if key == "pruned" else None, log)
         if gguf is not None:  # the same rows and positions through llama.cpp (runtime/llama_cpp.py)
             from flashvlm_export.runtime import llama_cpp
 
@@ -209,8 +209,9 @@ def run(
     return result
 
 
-def _crops_layout(spec, parts, prepared, rows: torch.Tensor, indices, log) -> torch.Tensor:
-    """LLaVA-NeXT: the graph's rows (or all N, indices None) as the LLM takes them; says what unpadding drops."""
+def crops_layout(spec, parts, prepared, rows: torch.Tensor, indices, log) -> torch.Tensor:
+    """LLaVA-NeXT: the graph's rows (or all N, indices None) as the LLM takes them; says what unpadding drops (run and
+    eval)."""
     from flashvlm_export.models.anyres import dropped_by_unpadding, llm_rows
 
     indices = np.arange(rows.shape[0]) if indices is None else indices

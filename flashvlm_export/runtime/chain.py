@@ -82,7 +82,7 @@ class _Chain:
 class OrtChain(_Chain):
     """Encoder session -> selector session of the request's budget, joined by I/O binding on one device."""
 
-    def __init__(self, manifest: Manifest, provider: str | None = None):
+    def __init__(self, manifest: Manifest, provider: str | None = None, spin: bool = True):
         import onnxruntime as ort
 
         provider = ort_provider(provider)
@@ -90,8 +90,10 @@ class OrtChain(_Chain):
             raise UsageError("OrtChain runs ONNX Runtime; OpenVINO's chain is OpenVinoChain (SplitChain picks it)")
         self.device = "cuda" if provider == CUDA else "cpu"
         plugin = bool(manifest.record["plugin"])
-        self.encoder = ort_session(manifest.encoder_graph, provider)
-        self.selectors = {k: ort_session(manifest.selector_graph(k), provider, plugin=plugin) for k in manifest.budgets}
+        self.encoder = ort_session(manifest.encoder_graph, provider, spin=spin)
+        self.selectors = {
+            k: ort_session(manifest.selector_graph(k), provider, plugin=plugin, spin=spin) for k in manifest.budgets
+        }
         # X, a, P(X) (and Qwen3-VL's DeepStack rows): allocated once on the device, written by the encoder, read by
         # every selector
         shapes = {o.name: o.shape for o in self.encoder.get_outputs()}
@@ -182,7 +184,9 @@ class SplitChain:
         tensorrt: bool = False,
         plugin_library: Path | None = None,
         provider: str | None = None,
+        spin: bool = True,
     ):
+        """spin=False: ONNX Runtime's threads sleep between runs (backend.ort_session)."""
         if not isinstance(manifest, Manifest):
             from flashvlm_export.export.manifest import read_manifest
 
@@ -200,7 +204,7 @@ class SplitChain:
         elif provider == OPENVINO:
             self.chain = OpenVinoChain(manifest)
         else:
-            self.chain = OrtChain(manifest, provider)
+            self.chain = OrtChain(manifest, provider, spin)
         self.name = self.chain.name
 
     def infer(self, feeds: dict[str, np.ndarray], budget) -> dict[str, np.ndarray]:

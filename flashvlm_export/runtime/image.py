@@ -123,9 +123,10 @@ def stretch_note(spec: ModelSpec, width: int, height: int, what: str = "photo") 
 
 
 def prepare_image(
-    path: str | Path, spec: ModelSpec, model_dir: Path | None = None, max_pixels: int | None = None
+    path: str | Path | bytes, spec: ModelSpec, model_dir: Path | None = None, max_pixels: int | None = None
 ) -> PreparedImage:
-    """The photo at `path` (runtime/photo.py reads it as a viewer shows it) as the graph's pixel_values."""
+    """The photo at `path` (runtime/photo.py reads it as a viewer shows it; bytes: the encoded picture) as the graph's
+    pixel_values."""
     image = read_image(path, max_pixels)
     processor, name = image_processor(spec, model_dir)
     family = adapter(spec)

@@ -483,12 +483,13 @@ class LlamaCppLLM:
         return self._decode(segment, all_logits=False)[-1]
 
 
-def llama_cpp_answer(llm: LlamaCppLLM, prompt: Prompt, tokenizer, max_new_tokens: int, label: str):
+def llama_cpp_answer(llm: LlamaCppLLM, prompt: Prompt, tokenizer, max_new_tokens: int, label: str, warm_up: bool = True):
     """Greedy decoding through llama.cpp, as runtime/answer.greedy_answer does through transformers: a warm-up
-    prefill, the timed prefill (argmax included), then one token at a time at the next positions."""
+    prefill (unless warm_up=False), the timed prefill (argmax included), then one token at a time at the next positions."""
     from flashvlm_export.runtime.answer import Answer
 
-    llm.prefill(prompt)  # warm-up, not timed
+    if warm_up:
+        llm.prefill(prompt)  # not timed
     start = time.perf_counter()
     token = int(np.argmax(llm.prefill(prompt)))
     prefill_ms = (time.perf_counter() - start) * 1e3

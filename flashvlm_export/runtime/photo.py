@@ -71,12 +71,19 @@ def _own_limit():
             Image.MAX_IMAGE_PIXELS = saved
 
 
-def read_image(path: str | Path, max_pixels: int | None = None, name: str = "image"):
-    """The picture at `path` as a viewer shows it, a PIL RGB image; bad input is one line naming `name`'s flag."""
+def read_image(path: str | Path | bytes, max_pixels: int | None = None, name: str = "image"):
+    """The picture at `path` as a viewer shows it, a PIL RGB image; bad input is one line naming `name`'s flag.
+    `path` may be the encoded picture itself (bytes: a benchmark that embeds its pictures, `eval`)."""
+    import io
+
     from PIL import Image, ImageOps, UnidentifiedImageError
 
-    given = arg(name, str(path))
-    path = input_file(Path(path), given, HINT)  # a folder or a FIFO is named as one
+    if isinstance(path, bytes):
+        given = f"the embedded picture ({len(path):,} bytes)"
+        path = io.BytesIO(path)
+    else:
+        given = arg(name, str(path))
+        path = input_file(Path(path), given, HINT)  # a folder or a FIFO is named as one
     limit = check_max_pixels(max_pixels)
     whose = "Pillow's guard against decompression bombs" if max_pixels is None else f"the {arg('max_image_pixels')} given"
     try:

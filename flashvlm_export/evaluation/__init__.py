@@ -1,0 +1,1 @@
+"""flashvlm-export eval: answer quality against the budget on a local benchmark (docs/EVAL.md)."""

@@ -1,0 +1,181 @@
+"""One question at every budget: the picture through the encoder once, each budget's selector on its outputs, then the
+LLM's answer from each budget's kept rows and from all N (K = N, "full").
+
+A split's chain in ONNX Runtime or OpenVINO (runtime/chain.py) runs its encoder once per picture and every selector on
+the same buffers, and its encoder's P(X) is the "full" answer's input: nothing runs twice. A single graph (fixed or
+budget-range) and a TensorRT chain run encoder and selector together, once per budget (their time is the selection's),
+and "full" comes from the PyTorch reference encoder (its time is reported apart).
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from flashvlm_export.evaluation.budgets import FULL
+from flashvlm_export.export.interface import DEEPSTACK_FEATURES, PROJECTED_FEATURES
+from flashvlm_export.runtime.answer import AnswerRun
+from flashvlm_export.runtime.session import read_selection, selection_feeds
+
+
+def _ms(start: float) -> float:
+    return (time.perf_counter() - start) * 1e3
+
+
+@dataclass
+class Selected:
+    """What one picture gave at each budget: the selections, their times, and the full rows."""
+
+    encoder_ms: float | None  # the split's encoder, once; None where encoder and selector run as one
+    selections: dict[int, object] = field(default_factory=dict)  # K -> runtime/session.Selection
+    selector_ms: dict[int, float] = field(default_factory=dict)
+    full_rows: torch.Tensor | None = None  # (N, Dl) P(X)
+    full_deepstack: torch.Tensor | None = None  # (L, N, Dl) Qwen3-VL
+    full_ms: float = 0.0  # the reference encoder's time, where "full" needs it (not a split in ONNX Runtime/OpenVINO)
+
+
+class Selector:
+    """The artifact's selection at every budget asked for. `split`: a manifest (runtime/chain.SplitChain); else `graph`
+    (runtime/session.OrtGraph: a fixed graph serves its K; a budget-range graph takes each K as its `budget` input)."""
+
+    def __init__(self, info, split, graph: str | None, provider, tensorrt: bool, plugin_lib: str | None, parts):
+        self.info, self.parts = info, parts
+        request = info.request
+        self.batch = request.batch
+        self.range = None
+        if split is not None:
+            from flashvlm_export.runtime.chain import SplitChain
+
+            # ONNX Runtime's threads sleep between runs: the LLM runs on the same cores right after (backend.ort_session)
+            self.chain = SplitChain(split, tensorrt, Path(plugin_lib) if plugin_lib else None, provider, spin=False).chain
+            self.name = self.chain.name
+            self.encode_once = hasattr(self.chain, "encode")  # ONNX Runtime, OpenVINO; TensorRT's chain runs both at once
+        else:
+            from flashvlm_export.runtime.session import OrtGraph
+
+            self.graph = OrtGraph(Path(graph), plugin=request.plugin, provider=provider, spin=False)
+            self.name, self.encode_once, self.chain = self.graph.name, False, None
+            if request.ranged:
+                self.range = (request.budget_min, request.budget)
+        self.source = info.source
+
+    @property
+    def full_from_encoder(self) -> bool:
+        return self.encode_once
+
+    def _run(self, feeds: dict, k: int) -> dict:
+        if self.chain is not None:
+            return self.chain.infer(feeds, k)
+        feeds = dict(feeds)
+        if self.range is not None:
+            from flashvlm_export.runtime.budgets import budget_feed
+
+            feeds["budget"] = budget_feed(k, self.batch, *self.range, self.source)
+        return self.graph.infer(feeds)
+
+    def select(self, pixel_values, text_embeds, text_mask, ks: list[int], full: bool) -> Selected:
+        feeds = selection_feeds(pixel_values, text_embeds, text_mask, self.batch)
+        if self.encode_once:
+            start = time.perf_counter()
+            self.chain.encode(feeds)
+            selected = Selected(_ms(start))
+        else:
+            selected = Selected(None)
+        for k in ks:
+            start = time.perf_counter()
+            out = self.chain.select(feeds, k) if self.encode_once else self._run(feeds, k)
+            ms = _ms(start)
+            selected.selections[k] = read_selection(out, self.name, ms)
+            selected.selector_ms[k] = ms
+        if full:
+            start = time.perf_counter()
+            if self.encode_once:  # the encoder's own P(X): what every selector read
+                features = self.chain.features_on_host()
+                rows = torch.from_numpy(np.asarray(features[PROJECTED_FEATURES][0], dtype=np.float32))
+                deep = features.get(DEEPSTACK_FEATURES)
+                deep = None if deep is None else torch.from_numpy(np.asarray(deep[0], dtype=np.float32))
+            else:
+                with torch.no_grad():
+                    reference = self.parts.reference_features(pixel_values)  # X, a, P(X)[, DeepStack]
+                rows = reference[2][0].float()
+                deep = reference[3][0].float() if len(reference) > 3 else None
+                selected.full_ms = _ms(start)
+            selected.full_rows, selected.full_deepstack = rows, deep
+        return selected
+
+
+def answer_runs(selected: Selected, spec, parts, prepared, budgets: list[str]) -> dict[str, AnswerRun]:
+    """Each budget's rows as the LLM takes them, by budget name ("32", ..., "full"): the kept rows at the graph's
+    positions, and all N at their own (LLaVA-NeXT: laid out with its image_newline rows, runtime/api.crops_layout)."""
+    from flashvlm_export.models.positions import token_positions
+
+    runs = {}
+    for budget in budgets:
+        if budget == FULL:
+            table = token_positions(spec) if spec.has_positions else None
+            run = AnswerRun(f"full N={selected.full_rows.shape[0]}", selected.full_rows, table, selected.full_deepstack)
+            indices = None
+        else:
+            s = selected.selections[int(budget)]
+            run = AnswerRun(f"pruned K={len(s.indices)}", s.visual_embeds, s.positions, s.deepstack)
+            indices = s.indices
+        if spec.crops > 1:
+            from flashvlm_export.runtime.api import crops_layout
+
+            run.rows = crops_layout(spec, parts, prepared, run.rows, indices, log=lambda _: None)
+        runs[budget] = run
+    return runs
+
+
+class Answerer:
+    """The LLM answering each budget's rows: transformers (runtime/answer.py) or llama.cpp (runtime/llama_cpp.py), kept
+    loaded across questions. The first answer warms the model up (untimed); later ones are timed as they run."""
+
+    def __init__(self, spec, tokenizer, max_new_tokens: int, llm=None, gguf=None):
+        self.spec, self.tokenizer, self.max_new_tokens = spec, tokenizer, max_new_tokens
+        self.llm, self.gguf = llm, gguf
+        self.cpp, self.n_ctx, self.warm = None, 0, False
+
+    def answer(self, token_ids: list[int], runs: dict[str, AnswerRun]) -> dict[str, tuple[object, float]]:
+        """budget -> (runtime/answer.Answer, the answer's whole time in ms: input, prefill and decoding)."""
+        out = {}
+        for key, run in runs.items():
+            start = time.perf_counter()
+            answer = self._one(token_ids, run)
+            out[key] = (answer, _ms(start))
+            self.warm = True
+        return out
+
+    def _one(self, token_ids: list[int], run: AnswerRun):
+        if self.gguf is not None:
+            from flashvlm_export.runtime import llama_cpp
+
+            prompt = llama_cpp.llama_cpp_prompt(token_ids, self.spec, run.rows, run.positions, None, run.deepstack, run.indices)
+            self._context(prompt.length + self.max_new_tokens)
+            return llama_cpp.llama_cpp_answer(
+                self.cpp, prompt, self.tokenizer, self.max_new_tokens, run.label, warm_up=not self.warm
+            )
+        from flashvlm_export.runtime.answer import greedy_answer, llm_input
+
+        inputs = llm_input(self.llm.get_input_embeddings(), token_ids, self.spec, run.rows, run.positions, run.deepstack)
+        return greedy_answer(self.llm, inputs, self.tokenizer, self.max_new_tokens, run.label, warm_up=not self.warm)
+
+    def _context(self, need: int) -> None:
+        """A llama.cpp context of at least `need` positions, opened once and reopened (twice as long) if outgrown."""
+        if self.cpp is not None and need <= self.n_ctx:
+            return
+        from flashvlm_export.runtime.llama_cpp import LlamaCppLLM
+
+        self.close()
+        self.n_ctx = max(need, 2 * self.n_ctx)
+        self.cpp = LlamaCppLLM(self.gguf, n_ctx=self.n_ctx)
+        self.warm = False
+
+    def close(self) -> None:
+        if self.cpp is not None:
+            self.cpp.close()
+            self.cpp = None

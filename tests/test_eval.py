@@ -1,0 +1,278 @@
+"""flashvlm-export eval end to end on the tiny models (issue 36): every layout of the synthetic benchmark through a split
+(the encoder once per picture) and a budget-range graph, answers equal to `run`'s for the same picture and prompt,
+K = N agreement 1, resume after SIGKILL and after Ctrl-C without redoing a question, and one-line refusals that leave
+earlier results as they were.
+
+The tiny graphs here take T_max = 512: the stand-in tokenizer is byte-level, and a multiple-choice prompt in LLaVA's
+chat template is ~330 bytes (the tiny models' default T_max is 256)."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from flashvlm_export.evaluation.questions import LAYOUTS, POPE
+from flashvlm_export.evaluation.results import PLOT, RESULTS, TABLE_JSON, TABLE_MD
+
+from conftest import expect_one_line, shared_folder
+
+T_MAX = "512"
+BUDGETS = "16,64,full"
+
+
+def _export(argv: list[str]) -> None:
+    from flashvlm_export.cli import main
+
+    assert main(argv) == 0
+
+
+@pytest.fixture(scope="module")
+def split(tmp_path_factory) -> Path:
+    """llava15-tiny split, K = 64 and 16, T_max 512: the encoder once per picture, "full" from its P(X)."""
+
+    def build(folder: Path) -> None:
+        _export(["--model", "llava15-tiny", "--budget", "64,16", "--random-weights", "--t-max", T_MAX, "--exporter",
+                 "torchscript", "--out-dir", str(folder)])  # fmt: skip
+
+    return shared_folder(tmp_path_factory, "eval_split", build) / "llava15-tiny_split" / "manifest.json"
+
+
+@pytest.fixture(scope="module")
+def demo(tmp_path_factory) -> Path:
+    from flashvlm_export.evaluation.demo_data import write_demo_data
+
+    folder = tmp_path_factory.mktemp("eval-demo") / "demo"
+    write_demo_data(folder, log=lambda _: None)
+    return folder
+
+
+def _evaluate(manifest, data, out, **kwargs):
+    from flashvlm_export.evaluation.job import evaluate
+
+    kwargs.setdefault("budgets", BUDGETS)
+    return evaluate(str(data), manifest=str(manifest), out=str(out), random_weights=True, log=lambda _: None, **kwargs)
+
+
+def _records(out: Path) -> list[dict]:
+    return [json.loads(line) for line in (out / RESULTS).read_text().splitlines()[1:]]
+
+
+@pytest.mark.parametrize("layout", LAYOUTS)
+def test_every_layout_answers_each_question_at_each_budget(split, demo, tmp_path, layout):
+    """Every question once, at 16, 64 and full, with K kept tokens and the benchmark's units; K = N agrees with itself
+    (agreement 1 by construction: the same answer compared with itself); the table and the plot are written."""
+    result = _evaluate(split, demo / layout, tmp_path / "out")
+    records = _records(tmp_path / "out")
+    from flashvlm_export.evaluation.layouts import read_dataset
+
+    dataset = read_dataset(demo / layout)
+    assert [r["qid"] for r in records] == [q.qid for q in dataset.questions]
+    for r in records:
+        assert {b: c["kept"] for b, c in r["budgets"].items()} == {"16": 16, "64": 64, "full": 576}
+        assert all(0.0 <= c["score"] <= 1.0 for c in r["budgets"].values())
+        assert r["budgets"]["64"]["prompt_tokens"] - r["budgets"]["16"]["prompt_tokens"] == 48  # 48 more image rows
+    rows = {row.budget: row for row in result.rows}
+    assert rows["full"].agreement == 1.0 and rows["full"].kept == 576
+    assert rows["16"].units == (3 if layout == "mmbench" else 6)  # MMBench: 3 questions x 2 CircularEval rotations
+    table = json.loads((tmp_path / "out" / TABLE_JSON).read_text())
+    assert [row["budget"] for row in table["rows"]] == ["16", "64", "full"] and table["header"]["synthetic"]
+    assert "accuracy is meaningless" in (tmp_path / "out" / TABLE_MD).read_text()
+    from PIL import Image
+
+    with Image.open(tmp_path / "out" / PLOT) as plot:
+        assert plot.format == "PNG"
+
+
+def test_the_encoder_runs_once_per_picture(split, demo, tmp_path, monkeypatch):
+    """A split's encoder runs once per question (and once more to warm up), not once per budget."""
+    from flashvlm_export.runtime.chain import OrtChain
+
+    calls = []
+    original = OrtChain.encode
+    monkeypatch.setattr(OrtChain, "encode", lambda self, feeds: calls.append(1) or original(self, feeds))
+    _evaluate(split, demo / POPE, tmp_path / "out")
+    assert len(calls) == len(_records(tmp_path / "out")) + 1  # + the warm-up run of question 1 (selection, untimed)
+
+
+def test_answers_are_runs_answers(split, demo, tmp_path):
+    """The answer at K = 16 is `run --manifest --budget 16`'s for the same picture and prompt, token for token (the same
+    graphs, rows and LLM: equal by construction, on any CPU); the full rows are the PyTorch reference encoder's P(X)
+    (the independent source) within float tolerance, where `run --compare-full` takes them."""
+    from flashvlm_export.evaluation.layouts import read_dataset
+    from flashvlm_export.evaluation.scoring import rule
+    from flashvlm_export.runtime import run
+
+    _evaluate(split, demo / POPE, tmp_path / "out", limit=2)
+    dataset = read_dataset(demo / POPE)
+    for q, record in zip(dataset.questions, _records(tmp_path / "out"), strict=False):
+        ran = run(None, str(q.image), rule(POPE).prompt(q), manifest=str(split), budget=16, random_weights=True, answer=True,
+                  max_new_tokens=16, log=lambda _: None)  # fmt: skip
+        assert ran.answers["pruned"].text == record["budgets"]["16"]["text"]
+        assert ran.answers["pruned"].prompt_tokens == record["budgets"]["16"]["prompt_tokens"]
+
+
+def test_full_rows_are_the_reference_encoders(split, demo):
+    from flashvlm_export.evaluation.answering import Selector
+    from flashvlm_export.evaluation.layouts import read_dataset
+    from flashvlm_export.export.manifest import read_manifest
+    from flashvlm_export.models.adapter import get_parts
+    from flashvlm_export.runtime.image import prepare_image
+    from flashvlm_export.runtime.run_steps import manifest_info
+
+    info, manifest = manifest_info(str(split), 16, False)
+    parts = get_parts(info.spec, info.weights, with_embeddings=True)
+    selector = Selector(info, read_manifest(split), None, None, False, None, parts)
+    q = read_dataset(demo / POPE).questions[0]
+    pixels = prepare_image(q.image, info.spec).pixel_values
+    text = torch.zeros(1, info.request.t_max, info.spec.text_hidden)
+    mask = torch.zeros(1, info.request.t_max, dtype=torch.bool)
+    mask[0, :4] = True
+    selected = selector.select(pixels, text, mask, [16], full=True)
+    with torch.no_grad():
+        reference = parts.reference_features(pixels)[2][0]
+    torch.testing.assert_close(selected.full_rows, reference, atol=1e-4, rtol=1e-4)
+    assert selected.encoder_ms is not None and selected.full_ms == 0.0  # from the encoder's own run, not a second one
+
+
+def test_a_budget_range_graph_and_positions(tmp_path_factory, demo, tmp_path):
+    """qwen2.5-vl-tiny's budget-range graph: any K in 16..64 per call (kept rows cut at `kept`), positions checked by
+    the LLM input, and full from the PyTorch reference encoder (its time reported apart)."""
+
+    def build(folder: Path) -> None:
+        _export(["--model", "qwen2.5-vl-tiny", "--budget-range", "16..64", "--random-weights", "--t-max", T_MAX,
+                 "--exporter", "torchscript", "--out-dir", str(folder)])  # fmt: skip
+
+    graph = shared_folder(tmp_path_factory, "eval_qwen_range", build) / "qwen2.5-vl-tiny_b16-64.onnx"
+    from flashvlm_export.evaluation.job import evaluate
+
+    result = evaluate(str(demo / "mmstar"), graph=str(graph), budgets="16,40,full", out=str(tmp_path / "out"),
+                      random_weights=True, limit=3, log=lambda _: None)  # fmt: skip
+    records = _records(tmp_path / "out")
+    assert [c["kept"] for c in records[0]["budgets"].values()] == [16, 40, 256]
+    assert all(r["encoder_ms"] is None and r["budgets"]["full"]["selector_ms"] > 0 for r in records)
+    assert {row.budget: row.agreement for row in result.rows}["full"] == 1.0
+
+
+def _big_pope(folder: Path, demo: Path, copies: int) -> Path:
+    """The synthetic POPE questions repeated under new ids: enough questions that a run can be stopped part-way."""
+    source = next((demo / POPE).glob("*.jsonl"))
+    rows = [json.loads(line) for line in source.read_text().splitlines()]
+    folder.mkdir()
+    (folder / "images").symlink_to((demo / POPE / "images").resolve())
+    lines = [json.dumps({**row, "question_id": c * 1000 + row["question_id"]}) for c in range(copies) for row in rows]
+    (folder / "questions.jsonl").write_text("\n".join(lines) + "\n")
+    return folder
+
+
+def _eval_child(split: Path, data: Path, out: Path, *extra: str) -> subprocess.Popen:
+    argv = [sys.executable, "-m", "flashvlm_export.cli", "eval", "--manifest", str(split), "--data", str(data),
+            "--budgets", BUDGETS, "--random-weights", "--out", str(out), "--max-new-tokens", "32", *extra]  # fmt: skip
+    return subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def _wait_for_records(out: Path, child: subprocess.Popen, count: int, timeout: float = 120.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        path = out / RESULTS
+        if path.exists() and path.read_text().count("\n") >= count + 1:
+            return
+        assert child.poll() is None, child.communicate()
+        time.sleep(0.02)
+    raise AssertionError(f"no {count} records in {timeout} s")
+
+
+@pytest.mark.parametrize("how", ["SIGKILL", "SIGINT"])
+def test_resume_after_a_stop_redoes_nothing(split, demo, tmp_path, how):
+    """Stopped part-way (a kill, or Ctrl-C), the results so far stay; a line cut by the kill is dropped; --resume answers
+    only the questions left, and the earlier lines are kept byte for byte."""
+    data = _big_pope(tmp_path / "pope", demo, copies=5)  # 30 questions: ~0.1 s each, so the stop lands part-way
+    out = tmp_path / "out"
+    child = _eval_child(split, data, out)
+    _wait_for_records(out, child, 3)
+    child.send_signal(getattr(signal, how))
+    _, err = child.communicate(timeout=60)
+    if how == "SIGINT":  # the one line says what was kept; the partial table is written
+        assert child.returncode == 130 and len(err.strip().splitlines()) == 1 and "kept in" in err, err
+        assert (out / TABLE_MD).exists()
+    else:
+        assert child.returncode == -signal.SIGKILL
+        with open(out / RESULTS, "a") as f:  # a line the kill cut short
+            f.write('{"qid": "cut short", "budg')
+    kept = (out / RESULTS).read_text()
+    kept = kept[: kept.rfind("\n") + 1]
+    done = kept.count("\n") - 1
+    assert 3 <= done < 30
+    from flashvlm_export.evaluation.job import evaluate
+
+    lines = []  # resumed in this process (the API the command calls): one child start less
+    evaluate(str(data), manifest=str(split), out=str(out), budgets=BUDGETS, random_weights=True, max_new_tokens=32,
+             resume=True, log=lines.append)  # fmt: skip
+    assert any(f"{30 - done} to answer" in line for line in lines), lines
+    text = (out / RESULTS).read_text()
+    assert text.startswith(kept)
+    ids = [r["qid"] for r in _records(out)]
+    assert len(ids) == 30 == len(set(ids)) and "cut short" not in ids
+
+
+def test_refusals_are_one_line_and_keep_earlier_results(split, demo, tmp_path, capsys):
+    """A missing dataset, an unknown layout, a budget the split cannot serve, a picture the data names but lacks: one
+    line, exit 2, and the results already in --out unchanged."""
+    out = tmp_path / "out"
+    _evaluate(split, demo / POPE, out, limit=2)
+    before = (out / RESULTS).read_bytes()
+    base = ["eval", "--manifest", str(split), "--random-weights", "--out", str(out), "--budgets", BUDGETS, "--resume"]
+    expect_one_line(capsys, [*base, "--data", str(tmp_path / "nowhere")], "--data", "nowhere")
+    expect_one_line(capsys, [*base, "--data", str(demo / POPE), "--layout", "popee"], "popee")
+    expect_one_line(capsys, [*base, "--data", str(demo / POPE), "--layout", "mmbench"], "mmbench")
+    bad_budget = ["eval", "--manifest", str(split), "--random-weights", "--out", str(out), "--resume", "--budgets", "32,full"]
+    expect_one_line(capsys, [*bad_budget, "--data", str(demo / POPE)], "K = 32", "16, 64")
+    lacking = _big_pope(tmp_path / "lacking", demo, copies=1)
+    (lacking / "images").unlink()
+    (lacking / "images").mkdir()
+    expect_one_line(capsys, [*base, "--data", str(lacking)], "--images")
+    expect_one_line(capsys, [*base[:-1], "--data", str(demo / POPE)], "--resume", "--force")  # earlier results: not replaced
+    expect_one_line(capsys, [*base, "--data", str(demo / POPE), "--budgets", "16,full"], "budgets")  # another run's results
+    assert (out / RESULTS).read_bytes() == before
+
+
+def test_llama_cpp_answers_the_same_prompts(split, demo, tmp_path):
+    """--llm-runtime llama.cpp: the same kept rows through llama.cpp; its prompts are transformers' (same lengths)."""
+    pytest.importorskip("llama_cpp", reason="llama-cpp-python is not installed (pip install -e '.[llama]')")
+    from flashvlm_export.llm.gguf_file import write_model_gguf
+    from flashvlm_export.models.registry import MODELS
+
+    gguf = tmp_path / "tiny.gguf"
+    write_model_gguf(MODELS["llava15-tiny"], gguf, log=lambda _: None)
+    _evaluate(split, demo / "gqa", tmp_path / "cpp", limit=2, llm_runtime="llama.cpp", gguf=str(gguf))
+    _evaluate(split, demo / "gqa", tmp_path / "hf", limit=2)
+    for cpp, hf in zip(_records(tmp_path / "cpp"), _records(tmp_path / "hf"), strict=True):
+        assert {b: c["prompt_tokens"] for b, c in cpp["budgets"].items()} == {
+            b: c["prompt_tokens"] for b, c in hf["budgets"].items()
+        }
+
+
+def test_demo_data_command(tmp_path, capsys):
+    from flashvlm_export.cli import main
+
+    assert main(["eval", "--demo-data", str(tmp_path / "d")]) == 0
+    out = capsys.readouterr().out
+    assert all((tmp_path / "d" / layout).is_dir() for layout in LAYOUTS) and "synthetic" in out
+    expect_one_line(capsys, ["eval", "--demo-data", str(tmp_path / "d")], "--force")
+    expect_one_line(capsys, ["eval", "--demo-data", str(tmp_path / "e"), "--data", "x"], "--demo-data")
+
+
+def test_python_api_spelling(split, demo, tmp_path):
+    """From Python, errors name keyword arguments (budgets=...), not flags."""
+    from flashvlm_export.errors import UsageError
+
+    with pytest.raises(UsageError, match="budgets="):
+        _evaluate(split, demo / POPE, tmp_path / "out", budgets="16,,full")
+    assert not os.path.exists(tmp_path / "out")
