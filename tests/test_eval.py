@@ -276,3 +276,54 @@ def test_python_api_spelling(split, demo, tmp_path):
     with pytest.raises(UsageError, match="budgets="):
         _evaluate(split, demo / POPE, tmp_path / "out", budgets="16,,full")
     assert not os.path.exists(tmp_path / "out")
+
+
+def test_llm_layers_cuts_the_random_llm(split, demo, tmp_path, capsys):
+    """--llm-layers N: the random LLM has N decoder layers (its state dict's layer indices), recorded in the results'
+    identity; refused out of range, with a GGUF, or without random weights."""
+    from flashvlm_export.models.adapter import get_parts
+    from flashvlm_export.runtime.answer import build_llm
+    from flashvlm_export.runtime.run_steps import manifest_info
+
+    info, _ = manifest_info(str(split), 16, False)
+    parts = get_parts(info.spec, info.weights, with_embeddings=True)
+    llm = build_llm(info.spec, parts, None, 0, torch.device("cpu"), layers=1)
+    layers = {name.split("layers.")[1].split(".")[0] for name in llm.state_dict() if ".layers." in name and "language" in name}
+    assert layers == {"0"}
+    _evaluate(split, demo / POPE, tmp_path / "out", limit=1, llm_layers=1)
+    header = json.loads((tmp_path / "out" / RESULTS).read_text().splitlines()[0])
+    assert header["identity"]["llm_layers"] == 1
+    base = ["eval", "--manifest", str(split), "--data", str(demo / POPE), "--out", str(tmp_path / "other")]
+    expect_one_line(capsys, [*base, "--random-weights", "--llm-layers", "0"], "--llm-layers 0", "1..")
+    expect_one_line(
+        capsys, [*base, "--random-weights", "--llm-layers", "1", "--llm-runtime", "llama.cpp", "--gguf", "x.gguf"], "--llm-layers"
+    )
+    assert not (tmp_path / "other").exists()
+
+
+def test_a_clip_benchmark_through_a_clip_split(tmp_path_factory, demo, tmp_path):
+    """A clip graph answers the clip set (a `video` column): the encoder once per clip, each budget's answer equal to
+    `run --video --manifest --budget K`'s for the same clip and prompt, token for token (the same graphs, rows,
+    positions rebuilt at the clip's fps, and LLM: equal by construction). A picture benchmark on it: one line."""
+    from flashvlm_export.errors import UsageError
+    from flashvlm_export.evaluation.demo_data import CLIPS
+    from flashvlm_export.evaluation.layouts import read_dataset
+    from flashvlm_export.evaluation.scoring import rule
+    from flashvlm_export.runtime import run
+
+    def build(folder: Path) -> None:
+        _export(["--model", "qwen2.5-vl-tiny", "--video", "--frames", "8", "--budget", "64,32", "--random-weights",
+                 "--t-max", T_MAX, "--exporter", "torchscript", "--out-dir", str(folder)])  # fmt: skip
+
+    manifest = shared_folder(tmp_path_factory, "eval_clip_split", build) / "qwen2.5-vl-tiny_f8_split" / "manifest.json"
+    result = _evaluate(manifest, demo / CLIPS, tmp_path / "out", budgets="32,full", limit=2)
+    records = _records(tmp_path / "out")
+    assert [c["kept"] for c in records[0]["budgets"].values()] == [32, 1024]
+    assert {row.budget: row.agreement for row in result.rows}["full"] == 1.0
+    q = read_dataset(demo / CLIPS).questions[0]
+    ran = run(None, None, rule("pope").prompt(q), video=str(q.video), manifest=str(manifest), budget=32, random_weights=True,
+              answer=True, max_new_tokens=16, log=lambda _: None)  # fmt: skip
+    assert ran.answers["pruned"].token_ids and ran.answers["pruned"].text == records[0]["budgets"]["32"]["text"]
+    assert ran.answers["pruned"].prompt_tokens == records[0]["budgets"]["32"]["prompt_tokens"]
+    with pytest.raises(UsageError, match="clip graph"):
+        _evaluate(manifest, demo / POPE, tmp_path / "pictures", budgets="32")

@@ -14,7 +14,7 @@ import pytest
 from PIL import Image
 
 from flashvlm_export.errors import UsageError
-from flashvlm_export.evaluation.demo_data import write_demo_data
+from flashvlm_export.evaluation.demo_data import CLIPS, WRITERS, write_demo_data
 from flashvlm_export.evaluation.layouts import read_dataset
 from flashvlm_export.evaluation.questions import GQA, LAYOUTS, MMBENCH, MMSTAR, POPE, TEXTVQA
 
@@ -84,7 +84,7 @@ def test_demo_is_deterministic_and_logged(demo, tmp_path):
         assert first == sorted(p.relative_to(again[layout]) for p in again[layout].rglob("*") if p.is_file())
         for relative in first:
             assert (paths[layout] / relative).read_bytes() == (again[layout] / relative).read_bytes(), relative
-    assert len(lines) == len(LAYOUTS) + 1 and "eval --data" in lines[-1]
+    assert len(lines) == len(WRITERS) + 1 and "eval --data" in lines[-1]
     readme = (paths[MMSTAR].parent / "README.txt").read_text()
     assert "SYNTHETIC" in readme and "says nothing about any model" in readme
 
@@ -263,7 +263,7 @@ def test_duplicate_ids(tmp_path):
 def test_several_splits_without_split(demo):
     with pytest.raises(UsageError) as excinfo:
         read_dataset(demo[0][MMSTAR].parent)
-    _one_line(excinfo, "5 splits", "mmstar/synthetic-mmstar", "split")
+    _one_line(excinfo, f"{len(WRITERS)} splits", "mmstar/synthetic-mmstar", "split")
 
 
 def test_demo_folder_exists_without_force(demo):
@@ -289,3 +289,19 @@ def test_force_replaces_own_folder_only(tmp_path):
         write_demo_data(user, force=True, log=lambda line: None)
     _one_line(excinfo, "notes.md")
     assert (user / "notes.md").exists() and not any(p.name.startswith(".flashvlm-tmp") for p in tmp_path.iterdir())
+
+
+def test_clip_rows_name_their_clip(demo, tmp_path):
+    """A row's `video` column names a clip (for a clip graph), found in videos/; a clip named but absent: one line."""
+    import json
+
+    paths, _ = demo
+    dataset = read_dataset(paths[CLIPS])
+    assert dataset.layout == "pope" and dataset.synthetic
+    assert all(q.video is not None and q.video.is_file() and q.image is None for q in dataset.questions)
+    folder = tmp_path / "clips"
+    folder.mkdir()
+    (folder / "q.jsonl").write_text(json.dumps({"question_id": 1, "video": "gone.mp4", "text": "Is it?", "label": "yes"}) + "\n")
+    with pytest.raises(UsageError) as excinfo:
+        read_dataset(folder)
+    _one_line(excinfo, "gone.mp4", "images=")

@@ -71,6 +71,12 @@ def parser() -> argparse.ArgumentParser:
         "--llm-dtype", choices=LLM_DTYPE_NAMES, default=LLM_DTYPE_NAMES[0], help="transformers LLM dtype (default: auto)"
     )
     o.add_argument(
+        "--llm-layers",
+        type=int,
+        metavar="N",
+        help="with --random-weights: the transformers LLM cut to its first N decoder layers (to time a full-size geometry)",
+    )
+    o.add_argument(
         "--max-new-tokens", type=int, help="greedy answer length at most (default: 16: a letter, yes/no or a short phrase)"
     )
     o.add_argument(
@@ -107,6 +113,6 @@ def main(argv: list[str]) -> int:
         images=args.images, limit=args.limit, out=args.out, resume=args.resume, force=args.force, model_path=args.model_path,
         random_weights=args.random_weights, seed=args.seed, backend=args.backend, tensorrt=args.tensorrt,
         plugin_lib=args.plugin_lib, llm_runtime=args.llm_runtime, gguf=args.gguf, llm_dtype=args.llm_dtype,
-        max_new_tokens=args.max_new_tokens, log=log,
+        max_new_tokens=args.max_new_tokens, llm_layers=args.llm_layers, log=log,
     )  # fmt: skip
     return 0

@@ -99,8 +99,9 @@ class Selector:
                 deep = features.get(DEEPSTACK_FEATURES)
                 deep = None if deep is None else torch.from_numpy(np.asarray(deep[0], dtype=np.float32))
             else:
+                clip = self.info.request.frames is not None  # a clip's rows through the clip encoder
                 with torch.no_grad():
-                    reference = self.parts.reference_features(pixel_values)  # X, a, P(X)[, DeepStack]
+                    reference = (self.parts.reference_clip_features if clip else self.parts.reference_features)(pixel_values)
                 rows = reference[2][0].float()
                 deep = reference[3][0].float() if len(reference) > 3 else None
                 selected.full_ms = _ms(start)
@@ -108,25 +109,27 @@ class Selector:
         return selected
 
 
-def answer_runs(selected: Selected, spec, parts, prepared, budgets: list[str]) -> dict[str, AnswerRun]:
-    """Each budget's rows as the LLM takes them, by budget name ("32", ..., "full"): the kept rows at the graph's
-    positions, and all N at their own (LLaVA-NeXT: laid out with its image_newline rows, runtime/api.crops_layout)."""
-    from flashvlm_export.models.positions import token_positions
+def answer_runs(selected: Selected, item, info, parts, budgets: list[str]) -> dict[str, AnswerRun]:
+    """Each budget's rows as the LLM takes them, by budget name ("32", ..., "full"): the kept rows at their positions
+    (evaluation/item.kept_positions), and all N at the model's own (LLaVA-NeXT: laid out with its image_newline rows,
+    runtime/api.crops_layout)."""
+    from flashvlm_export.evaluation.item import full_indices, kept_positions
 
+    spec = info.spec
     runs = {}
     for budget in budgets:
         if budget == FULL:
-            table = token_positions(spec) if spec.has_positions else None
-            run = AnswerRun(f"full N={selected.full_rows.shape[0]}", selected.full_rows, table, selected.full_deepstack)
+            n = selected.full_rows.shape[0]
+            run = AnswerRun(f"full N={n}", selected.full_rows, item.table, selected.full_deepstack, full_indices(item, n))
             indices = None
         else:
             s = selected.selections[int(budget)]
-            run = AnswerRun(f"pruned K={len(s.indices)}", s.visual_embeds, s.positions, s.deepstack)
+            run = AnswerRun(f"pruned K={len(s.indices)}", s.visual_embeds, kept_positions(item, s, info), s.deepstack, s.indices)
             indices = s.indices
         if spec.crops > 1:
             from flashvlm_export.runtime.api import crops_layout
 
-            run.rows = crops_layout(spec, parts, prepared, run.rows, indices, log=lambda _: None)
+            run.rows = crops_layout(spec, parts, item.prepared, run.rows, indices, log=lambda _: None)
         runs[budget] = run
     return runs
 
@@ -140,29 +143,38 @@ class Answerer:
         self.llm, self.gguf = llm, gguf
         self.cpp, self.n_ctx, self.warm = None, 0, False
 
-    def answer(self, token_ids: list[int], runs: dict[str, AnswerRun]) -> dict[str, tuple[object, float]]:
-        """budget -> (runtime/answer.Answer, the answer's whole time in ms: input, prefill and decoding)."""
+    def answer(self, token_ids: list[int], runs: dict[str, AnswerRun], last_t: int | None = None) -> dict[str, tuple]:
+        """budget -> (runtime/answer.Answer, the answer's whole time in ms: input, prefill and decoding). `last_t`: the
+        rows are a clip's (the unpruned clip's last t), placed as `run --video` places them."""
         out = {}
         for key, run in runs.items():
             start = time.perf_counter()
-            answer = self._one(token_ids, run)
+            answer = self._one(token_ids, run, last_t)
             out[key] = (answer, _ms(start))
             self.warm = True
         return out
 
-    def _one(self, token_ids: list[int], run: AnswerRun):
+    def _one(self, token_ids: list[int], run: AnswerRun, last_t: int | None):
+        warm_up = not self.warm
         if self.gguf is not None:
             from flashvlm_export.runtime import llama_cpp
 
-            prompt = llama_cpp.llama_cpp_prompt(token_ids, self.spec, run.rows, run.positions, None, run.deepstack, run.indices)
+            prompt = llama_cpp.llama_cpp_prompt(token_ids, self.spec, run.rows, run.positions, last_t, run.deepstack, run.indices)
             self._context(prompt.length + self.max_new_tokens)
-            return llama_cpp.llama_cpp_answer(
-                self.cpp, prompt, self.tokenizer, self.max_new_tokens, run.label, warm_up=not self.warm
-            )
+            warm_up = not self.warm  # a new context is cold
+            return llama_cpp.llama_cpp_answer(self.cpp, prompt, self.tokenizer, self.max_new_tokens, run.label, warm_up=warm_up)
         from flashvlm_export.runtime.answer import greedy_answer, llm_input
 
-        inputs = llm_input(self.llm.get_input_embeddings(), token_ids, self.spec, run.rows, run.positions, run.deepstack)
-        return greedy_answer(self.llm, inputs, self.tokenizer, self.max_new_tokens, run.label, warm_up=not self.warm)
+        embed = self.llm.get_input_embeddings()
+        if last_t is None:
+            inputs = llm_input(embed, token_ids, self.spec, run.rows, run.positions, run.deepstack)
+        else:
+            from flashvlm_export.runtime.clip import clip_llm_input
+
+            inputs = clip_llm_input(
+                embed, token_ids, self.spec, run.rows, run.positions, last_t=last_t, indices=run.indices, deepstack=run.deepstack
+            )
+        return greedy_answer(self.llm, inputs, self.tokenizer, self.max_new_tokens, run.label, warm_up=warm_up)
 
     def _context(self, need: int) -> None:
         """A llama.cpp context of at least `need` positions, opened once and reopened (twice as long) if outgrown."""

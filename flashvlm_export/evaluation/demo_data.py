@@ -32,7 +32,7 @@ from flashvlm_export.artifacts.ownership import PRODUCER, check_folder_replaceab
 from flashvlm_export.artifacts.staging import make_staging, reclaim_stale_staging
 from flashvlm_export.errors import UsageError, arg, switch
 from flashvlm_export.evaluation.layouts import DEMO_MARK
-from flashvlm_export.evaluation.questions import GQA, LAYOUTS, MMBENCH, MMSTAR, POPE, TEXTVQA
+from flashvlm_export.evaluation.questions import GQA, MMBENCH, MMSTAR, POPE, TEXTVQA
 
 FLAG = "demo_data"  # the argument that names the folder: --demo-data on the command line
 SEED = 2024
@@ -279,9 +279,29 @@ def _write_textvqa(folder: Path, rng: random.Random) -> Path:
     return path
 
 
+CLIPS = "pope-clips"  # the clip set: POPE's layout, each row naming a clip (a `video` column) for a clip graph
+CLIP_QUESTIONS = (("ball", "yes"), ("dog", "no"), ("box", "yes"), ("car", "no"))  # what the demo clip shows, or not
+
+
+def _write_clips(folder: Path, rng: random.Random) -> Path:
+    """POPE's JSONL with a `video` column: the repository's synthetic clip (a ball rolling, a box appearing;
+    runtime/video.py), 16 frames at 64 px, asked what it holds."""
+    from flashvlm_export.runtime.video import write_demo_clip
+
+    (folder / "videos").mkdir()
+    write_demo_clip(folder / "videos" / "synthetic_clip.mp4", frames=16, size=64)
+    rows = [
+        {"question_id": number, "video": "synthetic_clip.mp4", "text": f"Is there a {thing} in the clip?", "label": label}
+        for number, (thing, label) in enumerate(CLIP_QUESTIONS, 1)
+    ]
+    return _jsonl(folder / "synthetic-pope-clips.jsonl", rows)
+
+
 WRITERS = {MMSTAR: _write_mmstar, MMBENCH: _write_mmbench, POPE: _write_pope, GQA: _write_gqa, TEXTVQA: _write_textvqa}
 FORMATS = {MMSTAR: "parquet, embedded pictures", MMBENCH: "TSV, base64 pictures, CircularEval copies", POPE: "JSONL + images/"}
 FORMATS |= {GQA: "JSONL + images/", TEXTVQA: "JSON {data: [...]}, 10 answers each + images/"}
+WRITERS[CLIPS] = _write_clips
+FORMATS[CLIPS] = "POPE's JSONL naming a clip in a video column + videos/, for clip graphs"
 
 
 def _mark(folder: Path) -> None:
@@ -294,7 +314,7 @@ def _write_all(built: Path) -> dict[str, Path]:
     (built / "README.txt").write_text(README)
     _mark(built)
     written = {}
-    for number, layout in enumerate(LAYOUTS):
+    for number, layout in enumerate(WRITERS):
         folder = built / layout
         folder.mkdir()
         WRITERS[layout](folder, random.Random(SEED + number))

@@ -54,28 +54,35 @@ def _artifact(manifest: str | None, graph: str | None, tensorrt: bool):
     return info, None, meta.get("weights"), source, serves, request.ranged
 
 
-def _prompts(dataset, rule, tokenizer, spec, request, source: str) -> dict[str, list[int]]:
-    """Each question's prompt token ids, checked before anything runs: one image placeholder, text within T_max."""
-    from flashvlm_export.models.prompt import prompt_token_ids, text_token_ids
-    from flashvlm_export.models.registry import adapter
-    from flashvlm_export.runtime.answer import image_position
+def _prompts(dataset, rule, tokenizer, info) -> dict[str, list[int] | None]:
+    """Each question's prompt token ids, checked before anything runs: its placeholder, its text within T_max (a
+    Qwen3-generation clip's prompt holds the clip's timestamps: None here, built and checked once the clip is read)."""
+    from flashvlm_export.evaluation.item import check_text_rows, needs_clip_first, prompt_ids
 
-    placeholder = adapter(spec).IMAGE_PLACEHOLDER
+    spec, request = info.spec, info.request
     ids = {}
     for q in dataset.questions:
-        token_ids = prompt_token_ids(tokenizer, rule.prompt(q), spec)
-        try:
-            image_position(token_ids, spec.image_token_index, placeholder)
-        except UsageError as exc:
-            raise UsageError(f"question {q.qid} of {dataset.name}: {exc}") from None
-        rows = len(text_token_ids(token_ids, spec.image_token_index, request.config.text_scope))
-        if rows > request.t_max:
-            raise UsageError(
-                f"question {q.qid} of {dataset.name} has {rows} text tokens but {source} takes T_max={request.t_max}; "
-                "re-export with a larger --t-max, or leave the question out"
-            )
-        ids[q.qid] = token_ids
+        if needs_clip_first(q, spec):
+            ids[q.qid] = None
+            continue
+        ids[q.qid] = prompt_ids(q, rule, tokenizer, spec)
+        check_text_rows(q, ids[q.qid], spec, request, info.source)
     return ids
+
+
+def _check_media(dataset, request, source: str) -> None:
+    """A clip graph answers a benchmark of clips (a `video` column), an image graph one of pictures."""
+    clips = sum(q.video is not None for q in dataset.questions)
+    if request.frames is not None and clips < len(dataset.questions):
+        raise UsageError(
+            f"{source} is a clip graph ({request.frames} frames) but {dataset.name} has {len(dataset.questions) - clips} "
+            "questions on a picture; pass a benchmark whose rows name a clip (a video column), or an image graph"
+        )
+    if request.frames is None and clips:
+        raise UsageError(
+            f"{dataset.name} has {clips} questions on a clip (its video column); pass a clip graph "
+            "(flashvlm-export --video --frames F) or a benchmark of pictures"
+        )
 
 
 def _identity(source, info, dataset, budgets, backend, tensorrt, llm_runtime, gguf, llm_dtype, max_new_tokens) -> dict:
@@ -119,6 +126,7 @@ def evaluate(
     gguf: str | None = None,
     llm_dtype: str = "auto",
     max_new_tokens: int | None = None,
+    llm_layers: int | None = None,
     log=print,
 ) -> EvalResult:
     """The benchmark `data` through the artifact at each budget; see the module docstring and docs/EVAL.md."""
@@ -143,23 +151,23 @@ def evaluate(
     provider = graph_provider(backend, None, tensorrt)
     info, split, recorded, source, serves, ranged = _artifact(manifest, graph, tensorrt)
     request, spec = info.request, info.spec
-    if request.frames is not None:
-        raise UsageError(f"{source} is a clip graph; eval reads picture benchmarks: pass an image graph or manifest")
     chosen = default_budgets(serves, ranged) if budgets is None else parse_budgets(budgets)
     check_servable(chosen, serves, ranged, request.tokens, source)
     weights = weights_for_graph(recorded, random_weights, seed, model_path, source)
     info = GraphInfo(request, weights, source)
     dataset = read_dataset(data, layout, data_split, images, limit)
     rule = rule_of(dataset.layout)
+    _check_media(dataset, request, source)
     folder = Path(out)
     store_module.check_outputs(folder, resume, force)
-    plan = plan_answer(info, gguf, random_weights, llm_dtype, source)
+    plan = plan_answer(info, gguf, random_weights, llm_dtype, source, llm_layers)
     from flashvlm_export.runtime.tokenizer import load_tokenizer
 
     checkpoint = None if weights.random else Path(weights.path)
     tokenizer, tokenizer_name = load_tokenizer(spec, checkpoint)
-    prompts = _prompts(dataset, rule, tokenizer, spec, request, source)
+    prompts = _prompts(dataset, rule, tokenizer, info)
     identity = _identity(source, info, dataset, chosen, backend, tensorrt, llm_runtime, gguf, llm_dtype, max_new_tokens)
+    identity["llm_layers"] = llm_layers
     store = store_module.open_store(folder, identity, resume, log)  # the first thing written
     todo = [q for q in dataset.questions if q.qid not in store.records]
     synthetic = " (synthetic: written by eval --demo-data)" if dataset.synthetic else ""
@@ -211,7 +219,7 @@ def _answer_all(todo, prompts, info, split, graph, provider, tensorrt, plugin_li
     started, checked = time.perf_counter(), False
     try:
         for number, q in enumerate(todo, 1):
-            record = _question(q, prompts[q.qid], info, parts, selector, answerer, budgets, rule, warm=not checked)
+            record = _question(q, prompts[q.qid], info, parts, selector, answerer, tokenizer, budgets, rule, warm=not checked)
             checked = True
             store.append(record)
             result.answered += 1
@@ -226,30 +234,19 @@ def _answer_all(todo, prompts, info, split, graph, provider, tensorrt, plugin_li
         answerer.close()
 
 
-def _question(q, token_ids, info, parts, selector, answerer, budgets, rule, warm: bool) -> dict:
+def _question(q, token_ids, info, parts, selector, answerer, tokenizer, budgets, rule, warm: bool) -> dict:
     """One question at every budget: its line of results.jsonl."""
     from flashvlm_export.evaluation.answering import answer_runs
+    from flashvlm_export.evaluation.item import prepare
     from flashvlm_export.evaluation.scoring import answer_key
-    from flashvlm_export.models.prompt import text_inputs
-    from flashvlm_export.runtime.image import prepare_image
 
-    spec, request = info.spec, info.request
-    start = time.perf_counter()
-    checkpoint = None if info.weights.random else Path(info.weights.path)
-    try:
-        prepared = prepare_image(q.image, spec, checkpoint)
-    except UsageError as exc:
-        raise UsageError(f"question {q.qid}: {exc}") from None
-    text_embeds, text_mask = text_inputs(
-        parts.embed_tokens, token_ids, request.t_max, spec.image_token_index, scope=request.config.text_scope
-    )
-    input_ms = (time.perf_counter() - start) * 1e3
+    item = prepare(q, token_ids, info, parts, tokenizer, rule)
     ks = [int(b) for b in budgets if b != FULL]
     if warm:  # the first question: every session allocates on its first run (untimed)
-        selector.select(prepared.pixel_values, text_embeds, text_mask, ks, FULL in budgets)
-    selected = selector.select(prepared.pixel_values, text_embeds, text_mask, ks, FULL in budgets)
-    answers = answerer.answer(token_ids, answer_runs(selected, spec, parts, prepared, budgets))
-    shared = input_ms + (selected.encoder_ms or 0.0)
+        selector.select(item.pixel_values, item.text_embeds, item.text_mask, ks, FULL in budgets)
+    selected = selector.select(item.pixel_values, item.text_embeds, item.text_mask, ks, FULL in budgets)
+    answers = answerer.answer(item.token_ids, answer_runs(selected, item, info, parts, budgets), item.last_t)
+    shared = item.input_ms + (selected.encoder_ms or 0.0)
     per_budget, spent_ms = {}, shared
     for budget in budgets:
         answer, total_ms = answers[budget]
@@ -263,7 +260,7 @@ def _question(q, token_ids, info, parts, selector, answerer, budgets, rule, warm
         }  # fmt: skip
         spent_ms += step_ms + total_ms
     return {
-        "qid": q.qid, "input_ms": input_ms, "encoder_ms": selected.encoder_ms, "budgets": per_budget,
+        "qid": q.qid, "input_ms": item.input_ms, "encoder_ms": selected.encoder_ms, "budgets": per_budget,
         "seconds": spent_ms / 1e3, "category": q.category,
     }  # fmt: skip
 

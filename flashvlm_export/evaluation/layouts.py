@@ -391,7 +391,7 @@ def _matches(layout: str, rows) -> bool:
     columns = set(_columns(rows))
     spec = COLUMNS[layout]
     question, answer = _first(columns, spec.question), _first(columns, spec.answer)
-    image = _first(columns, spec.image + spec.image_id)
+    image = _first(columns, spec.image + spec.image_id + VIDEO)
     if not (question and answer and image and all(c in columns for c in spec.required)):
         return False
     answers = _sample(rows, answer)
@@ -408,6 +408,7 @@ def _matches(layout: str, rows) -> bool:
     return True  # MMBench (A and B present), GQA (one string answer)
 
 
+VIDEO = ("video",)  # any layout's row may name a clip file instead of a picture (a clip graph's benchmark)
 LAYOUT_ORDER = (MMBENCH, TEXTVQA, POPE, MMSTAR, GQA)  # most specific first: GQA takes any single string answer
 
 
@@ -425,7 +426,7 @@ def _detect(rows, data) -> str:
 def _check_columns(layout: str, rows, data) -> None:
     columns = set(_columns(rows))
     spec = COLUMNS[layout]
-    roles = [spec.question, spec.answer, spec.image + spec.image_id] + [(c,) for c in spec.required]
+    roles = [spec.question, spec.answer, spec.image + spec.image_id + VIDEO] + [(c,) for c in spec.required]
     missing = ["|".join(names) for names in roles if not _first(columns, names)]
     if missing:
         raise _bad(
@@ -468,16 +469,17 @@ def _decode_base64(text: str, qid: str, path: Path) -> bytes:
         ) from None
 
 
-def _picture_file(name: str, qid: str, path: Path, images: Path | None) -> Path:
-    """A picture file the dataset names: under `images`, else beside the data file or in its images/ folder."""
-    places = [images] if images is not None else [path.parent, path.parent / "images"]
+def _named_file(name: str, qid: str, path: Path, images: Path | None, what: str = "picture", folder: str = "images") -> Path:
+    """A picture (or clip) file the dataset names: under `images`, else beside the data file or in its images/ (videos/)
+    folder."""
+    places = [images] if images is not None else [path.parent, path.parent / folder]
     for place in places:
         if (place / name).is_file():
             return place / name
     where = " or ".join(str(p) for p in places)
     raise _bad(
-        f"question {qid} in {path} names the picture {name}, which is not in {where}; pass the folder that holds the "
-        f"benchmark's pictures with {arg('images', 'DIR')}"
+        f"question {qid} in {path} names the {what} {name}, which is not in {where}; pass the folder that holds the "
+        f"benchmark's {what}s with {arg('images', 'DIR')}"
     )
 
 
@@ -496,7 +498,7 @@ def _picture(value, qid: str, path: Path, images: Path | None, shared: dict[str,
         text = shared[text]  # VLMEvalKit: a short image field is the index of the row whose picture it shares
     if len(text) > 260 or path.suffix.lower() == ".tsv" and len(text) > 64:
         return _decode_base64(text, qid, path)
-    return _picture_file(text, qid, path, images)
+    return _named_file(text, qid, path, images)
 
 
 def _id_picture(value, qid: str, path: Path, images: Path | None) -> Path:
@@ -504,7 +506,7 @@ def _id_picture(value, qid: str, path: Path, images: Path | None) -> Path:
     text = _text(value)
     if text is None:
         raise _bad(f"question {qid} in {path} has no image id; pass the benchmark's own file")
-    return _picture_file(f"{text}.jpg", qid, path, images)
+    return _named_file(f"{text}.jpg", qid, path, images)
 
 
 # ---------------------------------------------------------------- questions
@@ -550,8 +552,12 @@ def _questions(layout: str, rows, ids: list[str], images: Path | None) -> list[Q
     circular = layout == MMBENCH and any(q.isdigit() and int(q) >= CIRCULAR for q in ids)
     shared = {qid: str(row.get("image")) for qid, (_, row) in zip(ids, rows, strict=True)} if layout == MMBENCH else {}
     built = []
+    video = _first(columns, VIDEO)
     for qid, (path, row) in zip(ids, rows, strict=True):
-        if image and row.get(image) is not None:
+        clip = None
+        if video and _text(row.get(video)) is not None:  # a clip: a file beside the data, in videos/ or under --images
+            picture, clip = None, _named_file(_text(row.get(video)), qid, path, images, "clip", "videos")
+        elif image and row.get(image) is not None:
             picture = _picture(row.get(image), qid, path, images, shared)
         elif image_id:
             picture = _id_picture(row.get(image_id), qid, path, images)
@@ -567,6 +573,7 @@ def _questions(layout: str, rows, ids: list[str], images: Path | None) -> list[Q
                 hint=_text(row.get("hint")) if layout == MMBENCH else None,
                 group=_group_of(layout, qid, circular),
                 category=_text(row.get("category")),
+                video=clip,
             )
         )
     return built

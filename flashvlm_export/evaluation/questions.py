@@ -26,11 +26,12 @@ class Question:
     qid: str  # unique in the dataset: the benchmark's own id (index, question_id, questionId) where it has one
     question: str  # the question as the benchmark states it (MMStar: with its inline options)
     answer: str | tuple[str, ...]  # a letter (multiple choice), "yes"/"no" (POPE), the label (GQA), ten answers (TextVQA)
-    image: Path | bytes  # a picture file, or the encoded picture (PNG, JPEG, ...) the dataset embeds
+    image: Path | bytes | None  # a picture file, or the encoded picture (PNG, JPEG, ...) the dataset embeds; None: a clip
     options: tuple[tuple[str, str], ...] = ()  # MMBench: (("A", text), ("B", text), ...); MMStar's are in `question`
     hint: str | None = None  # MMBench's hint, put before the question
     group: str | None = None  # MMBench CircularEval: the id shared by one question's rotated copies
     category: str | None = None
+    video: Path | None = None  # a clip file (the row's `video` column): for a clip graph, in place of a picture
 
 
 @dataclass

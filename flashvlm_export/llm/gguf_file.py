@@ -95,12 +95,9 @@ def import_gguf():
 
 def text_config(spec: ModelSpec, layers: int | None = None):
     """The LLM's transformers text config (the family's full_config), cut to `layers` decoder layers if given."""
-    config = adapter(spec).full_config(spec).text_config
-    if layers is not None:
-        config.num_hidden_layers = layers
-        if getattr(config, "layer_types", None):  # Qwen3.5: the first `layers` of its linear / full attention pattern
-            config.layer_types = config.layer_types[:layers]
-    return config
+    from flashvlm_export.models.adapter import cut_layers
+
+    return cut_layers(adapter(spec).full_config(spec), layers).text_config
 
 
 def permute_rotary(weight: np.ndarray, heads: int) -> np.ndarray:

@@ -65,3 +65,19 @@ def frozen(parts):
         if hasattr(module, "requires_grad_"):
             module.eval().requires_grad_(False)
     return parts
+
+
+def cut_layers(config, layers: int | None):
+    """A copy of the whole model's config with its LLM cut to the first `layers` decoder layers (None: the config
+    itself): the random LLM that times a full-size geometry (eval --llm-layers, gguf --layers). Qwen3.5's layer_types
+    (linear / full attention) are cut alike."""
+    if layers is None:
+        return config
+    import copy
+
+    config = copy.deepcopy(config)
+    text = config.text_config
+    text.num_hidden_layers = layers
+    if getattr(text, "layer_types", None):
+        text.layer_types = text.layer_types[:layers]
+    return config

@@ -63,13 +63,15 @@ def dtype_name(dtype: torch.dtype) -> str:
     return next(name for name, d in LLM_DTYPES.items() if d == dtype)
 
 
-def llm_parameters(spec: ModelSpec, checkpoint: str | None) -> int:
+def llm_parameters(spec: ModelSpec, checkpoint: str | None, layers: int | None = None) -> int:
     """Parameters of the whole model (the family's LLM_CLASS), counted without allocating any: a checkpoint's
-    safetensors headers, or the random-weight model built on the meta device."""
+    safetensors headers, or the random-weight model built on the meta device (its LLM cut to `layers`, if given)."""
     if checkpoint is None:
+        from flashvlm_export.models.adapter import cut_layers
+
         family = adapter(spec)
         with torch.device("meta"):
-            model = family.LLM_CLASS()(family.full_config(spec))
+            model = family.LLM_CLASS()(cut_layers(family.full_config(spec), layers))
         return sum(p.numel() for p in model.parameters())
     from safetensors import safe_open
 
@@ -143,13 +145,19 @@ def check_llm_fits(params: int, dtype: torch.dtype, device: torch.device, random
         )
 
 
-def check_random_llm_fits(spec: ModelSpec, weights: str = "random weights") -> None:
-    """An answer with random weights builds the whole LLM in RAM; only a test-size model fits.
+def check_random_llm_fits(spec: ModelSpec, weights: str = "random weights", layers: int | None = None) -> None:
+    """An answer with random weights builds the whole LLM in RAM; only a test-size model fits (or a full-size one cut
+    to a few `layers`: eval --llm-layers).
 
     `weights` names where the random weights came from: the flag the user passed, or the graph that records them.
     """
-    size = llm_parameters(spec, None) * 4
+    size = llm_parameters(spec, None, layers) * 4
     if size > RANDOM_LLM_MAX_BYTES:
+        if layers is not None:
+            raise UsageError(
+                f"{arg('llm_layers', layers)}: {spec.name}'s random LLM cut to {layers} layers is still ~{size / 1024**3:.0f} GB "
+                f"fp32, over the {RANDOM_LLM_MAX_BYTES / 1024**3:.0f} GB a random LLM may take; pass fewer layers"
+            )
         raise UsageError(
             f"{switch('answer')} with {weights} would build {spec.name}'s whole LLM in memory "
             f"(~{size / 1024**3:.0f} GB fp32); use a {_tiny_name(spec)} graph for a random-weight answer, "
@@ -158,9 +166,16 @@ def check_random_llm_fits(spec: ModelSpec, weights: str = "random weights") -> N
 
 
 def build_llm(
-    spec: ModelSpec, parts, checkpoint: str | None, seed: int | None, device: torch.device, dtype: torch.dtype = torch.float32
+    spec: ModelSpec,
+    parts,
+    checkpoint: str | None,
+    seed: int | None,
+    device: torch.device,
+    dtype: torch.dtype = torch.float32,
+    layers: int | None = None,
 ):
-    """The family's LLM_CLASS in `dtype`: from the local checkpoint, or seeded random around the graph's parts."""
+    """The family's LLM_CLASS in `dtype`: from the local checkpoint, or seeded random around the graph's parts (its LLM
+    cut to `layers` decoder layers, if given: a full-size geometry for timing, eval --llm-layers)."""
     family = adapter(spec)
     cls = family.LLM_CLASS()
     if checkpoint is not None:
@@ -171,9 +186,11 @@ def build_llm(
                 f"cannot load the LLM of {checkpoint} ({type(exc).__name__}); pass a complete {_family_name(spec)} checkpoint"
             ) from None
         return model.to(device).eval()
-    check_random_llm_fits(spec)
+    check_random_llm_fits(spec, layers=layers)
+    from flashvlm_export.models.adapter import cut_layers
+
     torch.manual_seed(seed)  # the LLM layers: seeded; the vision tower, projector and embeddings are the graph's
-    model = cls(parts.config)  # fp32: the same random model in every dtype, rounded
+    model = cls(cut_layers(parts.config, layers))  # fp32: the same random model in every dtype, rounded
     family.adopt_parts(model, parts)
     return model.to(device=device, dtype=dtype).eval().requires_grad_(False)
 

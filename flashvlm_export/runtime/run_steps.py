@@ -197,12 +197,17 @@ class AnswerPlan:
     device: torch.device | None = None
     dtype: torch.dtype | None = None
     params: int | None = None
+    layers: int | None = None  # a random LLM cut to its first `layers` decoder layers (eval --llm-layers)
 
 
-def plan_answer(info: GraphInfo, gguf: str | None, random_weights: bool, llm_dtype: str, source: str) -> AnswerPlan:
+def plan_answer(
+    info: GraphInfo, gguf: str | None, random_weights: bool, llm_dtype: str, source: str, llm_layers: int | None = None
+) -> AnswerPlan:
     """Before anything is loaded: a GGUF of the graph's width and family (llama.cpp), or an LLM that fits in memory
-    (transformers); one line otherwise."""
+    (transformers); one line otherwise. llm_layers: a random-weight LLM cut to that many decoder layers (timing)."""
     spec = info.spec
+    if llm_layers is not None:
+        _check_llm_layers(info, llm_layers, gguf)
     if gguf is not None:
         from flashvlm_export.runtime import llama_cpp
 
@@ -213,12 +218,25 @@ def plan_answer(info: GraphInfo, gguf: str | None, random_weights: bool, llm_dty
 
     if info.weights.random:
         named = switch("random_weights") if random_weights else f"the random weights {source} records (seed {info.weights.seed})"
-        llm_answer.check_random_llm_fits(spec, named)
+        llm_answer.check_random_llm_fits(spec, named, llm_layers)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     dtype = llm_answer.llm_dtype(llm_dtype, device)
-    params = llm_answer.llm_parameters(spec, None if info.weights.random else str(info.weights.path))
+    params = llm_answer.llm_parameters(spec, None if info.weights.random else str(info.weights.path), llm_layers)
     llm_answer.check_llm_fits(params, dtype, device, info.weights.random)
-    return AnswerPlan(device=device, dtype=dtype, params=params)
+    return AnswerPlan(device=device, dtype=dtype, params=params, layers=llm_layers)
+
+
+def _check_llm_layers(info: GraphInfo, layers: int, gguf: str | None) -> None:
+    """--llm-layers cuts a random-weight transformers LLM for timing; a checkpoint's or a GGUF's LLM is answered whole."""
+    if gguf is not None:
+        raise UsageError(f"{arg('llm_layers', layers)} cuts the transformers LLM; a GGUF has its own layers (gguf --layers N)")
+    if not info.weights.random:
+        raise UsageError(f"{arg('llm_layers', layers)} cuts a random-weight LLM for timing; a checkpoint answers whole: drop it")
+    from flashvlm_export.models.registry import adapter
+
+    full = adapter(info.spec).full_config(info.spec).text_config.num_hidden_layers
+    if not 1 <= layers <= full:
+        raise UsageError(f"{arg('llm_layers', layers)} is outside 1..{full}, {info.spec.name}'s decoder layers")
 
 
 def load_llm(plan: AnswerPlan, info: GraphInfo, parts, log):
@@ -228,9 +246,10 @@ def load_llm(plan: AnswerPlan, info: GraphInfo, parts, log):
 
     timer = StepTimer("Model", log)
     checkpoint = None if info.weights.random else str(info.weights.path)
-    llm = llm_answer.build_llm(info.spec, parts, checkpoint, info.weights.seed, plan.device, plan.dtype)
+    llm = llm_answer.build_llm(info.spec, parts, checkpoint, info.weights.seed, plan.device, plan.dtype, plan.layers)
+    cut = "" if plan.layers is None else f", cut to {plan.layers} decoder layers for timing"
     timer.done(
-        f"LLM ready on {plan.device}, {llm_answer.dtype_name(plan.dtype)} ({llm_answer.parameter_count(plan.params)} parameters)"
+        f"LLM ready on {plan.device}, {llm_answer.dtype_name(plan.dtype)} ({llm_answer.parameter_count(plan.params)} parameters{cut})"
     )
     return llm
 
