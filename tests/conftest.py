@@ -205,3 +205,50 @@ def openvino_parity_passes(capsys, flag: str, artifact: Path, *argv) -> str:
         assert "OpenVINO CPU chain" in out and "onnxruntime[" not in out, out
     assert list(cache.glob("*.blob")), f"no OpenVINO blob in {cache}: OpenVINO did not compile {artifact}"
     return out
+
+
+# ---------------------------------------------------------------- eval (tests/test_eval*.py)
+
+EVAL_T_MAX = "512"  # the stand-in tokenizer is byte-level: a multiple-choice prompt is ~330 bytes (tiny default: 256)
+EVAL_BUDGETS = "16,64,full"
+
+
+def cli_ok(argv: list[str]) -> None:
+    from flashvlm_export.cli import main
+
+    assert main(argv) == 0
+
+
+@pytest.fixture(scope="session")
+def eval_split(tmp_path_factory) -> Path:
+    """llava15-tiny split, K = 64 and 16, T_max 512: the encoder once per picture, "full" from its P(X)."""
+
+    def build(folder: Path) -> None:
+        cli_ok(["--model", "llava15-tiny", "--budget", "64,16", "--random-weights", "--t-max", EVAL_T_MAX, "--exporter",
+                "torchscript", "--out-dir", str(folder)])  # fmt: skip
+
+    return shared_folder(tmp_path_factory, "eval_split", build) / "llava15-tiny_split" / "manifest.json"
+
+
+@pytest.fixture(scope="session")
+def eval_demo(tmp_path_factory) -> Path:
+    """The synthetic benchmark (eval --demo-data), written once per worker."""
+    from flashvlm_export.evaluation.demo_data import write_demo_data
+
+    folder = tmp_path_factory.mktemp("eval-demo") / "demo"
+    write_demo_data(folder, log=lambda _: None)
+    return folder
+
+
+def run_eval(manifest, data, out, **kwargs):
+    """flashvlm_export.evaluation.job.evaluate on a split, random weights, budgets 16,64,full unless given; quiet."""
+    from flashvlm_export.evaluation.job import evaluate
+
+    kwargs.setdefault("budgets", EVAL_BUDGETS)
+    return evaluate(str(data), manifest=str(manifest), out=str(out), random_weights=True, log=lambda _: None, **kwargs)
+
+
+def eval_records(out: Path) -> list[dict]:
+    from flashvlm_export.evaluation.results import RESULTS
+
+    return [json.loads(line) for line in (out / RESULTS).read_text().splitlines()[1:]]

@@ -9,11 +9,6 @@ chat template is ~330 bytes (the tiny models' default T_max is 256)."""
 from __future__ import annotations
 
 import json
-import os
-import signal
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -22,47 +17,22 @@ import torch
 from flashvlm_export.evaluation.questions import LAYOUTS, POPE
 from flashvlm_export.evaluation.results import PLOT, RESULTS, TABLE_JSON, TABLE_MD
 
-from conftest import expect_one_line, shared_folder
+from conftest import EVAL_T_MAX, cli_ok, eval_records, expect_one_line, run_eval, shared_folder
 
-T_MAX = "512"
-BUDGETS = "16,64,full"
-
-
-def _export(argv: list[str]) -> None:
-    from flashvlm_export.cli import main
-
-    assert main(argv) == 0
+T_MAX = EVAL_T_MAX
 
 
-@pytest.fixture(scope="module")
-def split(tmp_path_factory) -> Path:
-    """llava15-tiny split, K = 64 and 16, T_max 512: the encoder once per picture, "full" from its P(X)."""
-
-    def build(folder: Path) -> None:
-        _export(["--model", "llava15-tiny", "--budget", "64,16", "--random-weights", "--t-max", T_MAX, "--exporter",
-                 "torchscript", "--out-dir", str(folder)])  # fmt: skip
-
-    return shared_folder(tmp_path_factory, "eval_split", build) / "llava15-tiny_split" / "manifest.json"
+@pytest.fixture
+def split(eval_split) -> Path:
+    return eval_split
 
 
-@pytest.fixture(scope="module")
-def demo(tmp_path_factory) -> Path:
-    from flashvlm_export.evaluation.demo_data import write_demo_data
-
-    folder = tmp_path_factory.mktemp("eval-demo") / "demo"
-    write_demo_data(folder, log=lambda _: None)
-    return folder
+@pytest.fixture
+def demo(eval_demo) -> Path:
+    return eval_demo
 
 
-def _evaluate(manifest, data, out, **kwargs):
-    from flashvlm_export.evaluation.job import evaluate
-
-    kwargs.setdefault("budgets", BUDGETS)
-    return evaluate(str(data), manifest=str(manifest), out=str(out), random_weights=True, log=lambda _: None, **kwargs)
-
-
-def _records(out: Path) -> list[dict]:
-    return [json.loads(line) for line in (out / RESULTS).read_text().splitlines()[1:]]
+_export, _evaluate, _records = cli_ok, run_eval, eval_records
 
 
 @pytest.mark.parametrize("layout", LAYOUTS)
@@ -104,8 +74,7 @@ def test_the_encoder_runs_once_per_picture(split, demo, tmp_path, monkeypatch):
 
 def test_answers_are_runs_answers(split, demo, tmp_path):
     """The answer at K = 16 is `run --manifest --budget 16`'s for the same picture and prompt, token for token (the same
-    graphs, rows and LLM: equal by construction, on any CPU); the full rows are the PyTorch reference encoder's P(X)
-    (the independent source) within float tolerance, where `run --compare-full` takes them."""
+    graphs, rows and LLM: equal by construction, on any CPU). The full rows: test_full_rows_are_the_reference_encoders."""
     from flashvlm_export.evaluation.layouts import read_dataset
     from flashvlm_export.evaluation.scoring import rule
     from flashvlm_export.runtime import run
@@ -161,88 +130,6 @@ def test_a_budget_range_graph_and_positions(tmp_path_factory, demo, tmp_path):
     assert {row.budget: row.agreement for row in result.rows}["full"] == 1.0
 
 
-def _big_pope(folder: Path, demo: Path, copies: int) -> Path:
-    """The synthetic POPE questions repeated under new ids: enough questions that a run can be stopped part-way."""
-    source = next((demo / POPE).glob("*.jsonl"))
-    rows = [json.loads(line) for line in source.read_text().splitlines()]
-    folder.mkdir()
-    (folder / "images").symlink_to((demo / POPE / "images").resolve())
-    lines = [json.dumps({**row, "question_id": c * 1000 + row["question_id"]}) for c in range(copies) for row in rows]
-    (folder / "questions.jsonl").write_text("\n".join(lines) + "\n")
-    return folder
-
-
-def _eval_child(split: Path, data: Path, out: Path, *extra: str) -> subprocess.Popen:
-    argv = [sys.executable, "-m", "flashvlm_export.cli", "eval", "--manifest", str(split), "--data", str(data),
-            "--budgets", BUDGETS, "--random-weights", "--out", str(out), "--max-new-tokens", "32", *extra]  # fmt: skip
-    return subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-
-
-def _wait_for_records(out: Path, child: subprocess.Popen, count: int, timeout: float = 120.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        path = out / RESULTS
-        if path.exists() and path.read_text().count("\n") >= count + 1:
-            return
-        assert child.poll() is None, child.communicate()
-        time.sleep(0.02)
-    raise AssertionError(f"no {count} records in {timeout} s")
-
-
-@pytest.mark.parametrize("how", ["SIGKILL", "SIGINT"])
-def test_resume_after_a_stop_redoes_nothing(split, demo, tmp_path, how):
-    """Stopped part-way (a kill, or Ctrl-C), the results so far stay; a line cut by the kill is dropped; --resume answers
-    only the questions left, and the earlier lines are kept byte for byte."""
-    data = _big_pope(tmp_path / "pope", demo, copies=5)  # 30 questions: ~0.1 s each, so the stop lands part-way
-    out = tmp_path / "out"
-    child = _eval_child(split, data, out)
-    _wait_for_records(out, child, 3)
-    child.send_signal(getattr(signal, how))
-    _, err = child.communicate(timeout=60)
-    if how == "SIGINT":  # the one line says what was kept; the partial table is written
-        assert child.returncode == 130 and len(err.strip().splitlines()) == 1 and "kept in" in err, err
-        assert (out / TABLE_MD).exists()
-    else:
-        assert child.returncode == -signal.SIGKILL
-        with open(out / RESULTS, "a") as f:  # a line the kill cut short
-            f.write('{"qid": "cut short", "budg')
-    kept = (out / RESULTS).read_text()
-    kept = kept[: kept.rfind("\n") + 1]
-    done = kept.count("\n") - 1
-    assert 3 <= done < 30
-    from flashvlm_export.evaluation.job import evaluate
-
-    lines = []  # resumed in this process (the API the command calls): one child start less
-    evaluate(str(data), manifest=str(split), out=str(out), budgets=BUDGETS, random_weights=True, max_new_tokens=32,
-             resume=True, log=lines.append)  # fmt: skip
-    assert any(f"{30 - done} to answer" in line for line in lines), lines
-    text = (out / RESULTS).read_text()
-    assert text.startswith(kept)
-    ids = [r["qid"] for r in _records(out)]
-    assert len(ids) == 30 == len(set(ids)) and "cut short" not in ids
-
-
-def test_refusals_are_one_line_and_keep_earlier_results(split, demo, tmp_path, capsys):
-    """A missing dataset, an unknown layout, a budget the split cannot serve, a picture the data names but lacks: one
-    line, exit 2, and the results already in --out unchanged."""
-    out = tmp_path / "out"
-    _evaluate(split, demo / POPE, out, limit=2)
-    before = (out / RESULTS).read_bytes()
-    base = ["eval", "--manifest", str(split), "--random-weights", "--out", str(out), "--budgets", BUDGETS, "--resume"]
-    expect_one_line(capsys, [*base, "--data", str(tmp_path / "nowhere")], "--data", "nowhere")
-    expect_one_line(capsys, [*base, "--data", str(demo / POPE), "--layout", "popee"], "popee")
-    expect_one_line(capsys, [*base, "--data", str(demo / POPE), "--layout", "mmbench"], "mmbench")
-    bad_budget = ["eval", "--manifest", str(split), "--random-weights", "--out", str(out), "--resume", "--budgets", "32,full"]
-    expect_one_line(capsys, [*bad_budget, "--data", str(demo / POPE)], "K = 32", "16, 64")
-    lacking = _big_pope(tmp_path / "lacking", demo, copies=1)
-    (lacking / "images").unlink()
-    (lacking / "images").mkdir()
-    expect_one_line(capsys, [*base, "--data", str(lacking)], "--images")
-    expect_one_line(capsys, [*base[:-1], "--data", str(demo / POPE)], "--resume", "--force")  # earlier results: not replaced
-    expect_one_line(capsys, [*base, "--data", str(demo / POPE), "--budgets", "16,full"], "budgets")  # another run's results
-    assert (out / RESULTS).read_bytes() == before
-
-
 def test_llama_cpp_answers_the_same_prompts(split, demo, tmp_path):
     """--llm-runtime llama.cpp: the same kept rows through llama.cpp; its prompts are transformers' (same lengths)."""
     pytest.importorskip("llama_cpp", reason="llama-cpp-python is not installed (pip install -e '.[llama]')")
@@ -267,15 +154,6 @@ def test_demo_data_command(tmp_path, capsys):
     assert all((tmp_path / "d" / layout).is_dir() for layout in LAYOUTS) and "synthetic" in out
     expect_one_line(capsys, ["eval", "--demo-data", str(tmp_path / "d")], "--force")
     expect_one_line(capsys, ["eval", "--demo-data", str(tmp_path / "e"), "--data", "x"], "--demo-data")
-
-
-def test_python_api_spelling(split, demo, tmp_path):
-    """From Python, errors name keyword arguments (budgets=...), not flags."""
-    from flashvlm_export.errors import UsageError
-
-    with pytest.raises(UsageError, match="budgets="):
-        _evaluate(split, demo / POPE, tmp_path / "out", budgets="16,,full")
-    assert not os.path.exists(tmp_path / "out")
 
 
 def test_llm_layers_cuts_the_random_llm(split, demo, tmp_path, capsys):
@@ -327,3 +205,20 @@ def test_a_clip_benchmark_through_a_clip_split(tmp_path_factory, demo, tmp_path)
     assert ran.answers["pruned"].prompt_tokens == records[0]["budgets"]["32"]["prompt_tokens"]
     with pytest.raises(UsageError, match="clip graph"):
         _evaluate(manifest, demo / POPE, tmp_path / "pictures", budgets="32")
+
+
+def test_unlabelled_rows_give_agreement_and_costs(split, demo, tmp_path):
+    """Rows without a label (an unlabelled split, its layout named): no accuracy (n/a, null in the JSON), agreement
+    with K = N and the costs all the same."""
+    rows = [json.loads(line) for line in next((demo / POPE).glob("*.jsonl")).read_text().splitlines()]
+    data = tmp_path / "unlabelled"
+    data.mkdir()
+    (data / "images").symlink_to((demo / POPE / "images").resolve())
+    (data / "q.jsonl").write_text("".join(json.dumps({k: v for k, v in row.items() if k != "label"}) + "\n" for row in rows))
+    result = _evaluate(split, data, tmp_path / "out", layout=POPE)
+    rows_by_budget = {row.budget: row for row in result.rows}
+    import math
+
+    assert math.isnan(rows_by_budget["16"].accuracy) and rows_by_budget["full"].agreement == 1.0
+    table = json.loads((tmp_path / "out" / TABLE_JSON).read_text())
+    assert table["rows"][0]["accuracy"] is None and table["rows"][0]["prefill_tokens"] > 0

@@ -48,9 +48,20 @@ class BenchSettings:
     selector: bool = True  # the selector core on every backend (the full graph's share needs it)
 
 
+def cpu_name() -> str:
+    """The processor's model name (/proc/cpuinfo on Linux, where platform.processor() is empty), else its architecture."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
 def machine() -> dict:
     info = {
-        "cpu": platform.processor() or platform.machine(),
+        "cpu": cpu_name(),
         "cores": os.cpu_count(),
         "python": platform.python_version(),
         "torch": torch.__version__,

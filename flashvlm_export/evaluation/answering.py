@@ -136,33 +136,27 @@ def answer_runs(selected: Selected, item, info, parts, budgets: list[str]) -> di
 
 class Answerer:
     """The LLM answering each budget's rows: transformers (runtime/answer.py) or llama.cpp (runtime/llama_cpp.py), kept
-    loaded across questions. The first answer warms the model up (untimed); later ones are timed as they run."""
+    loaded across questions. Each prefill is timed as `run` times it: after an untimed forward of the same input (one
+    prefill more per answer: timed cold, the first prefill after the selectors measured 44-170 ms against 3 ms on this
+    2-core machine under load, its threads and caches left to the graphs); the decoding apart (Answer.decode_ms)."""
 
     def __init__(self, spec, tokenizer, max_new_tokens: int, llm=None, gguf=None):
         self.spec, self.tokenizer, self.max_new_tokens = spec, tokenizer, max_new_tokens
         self.llm, self.gguf = llm, gguf
-        self.cpp, self.n_ctx, self.warm = None, 0, False
+        self.cpp, self.n_ctx = None, 0
 
-    def answer(self, token_ids: list[int], runs: dict[str, AnswerRun], last_t: int | None = None) -> dict[str, tuple]:
-        """budget -> (runtime/answer.Answer, the answer's whole time in ms: input, prefill and decoding). `last_t`: the
-        rows are a clip's (the unpruned clip's last t), placed as `run --video` places them."""
-        out = {}
-        for key, run in runs.items():
-            start = time.perf_counter()
-            answer = self._one(token_ids, run, last_t)
-            out[key] = (answer, _ms(start))
-            self.warm = True
-        return out
+    def answer(self, token_ids: list[int], runs: dict[str, AnswerRun], last_t: int | None = None) -> dict[str, object]:
+        """budget -> runtime/answer.Answer. `last_t`: the rows are a clip's (the unpruned clip's last t), placed as
+        `run --video` places them."""
+        return {key: self._one(token_ids, run, last_t) for key, run in runs.items()}
 
     def _one(self, token_ids: list[int], run: AnswerRun, last_t: int | None):
-        warm_up = not self.warm
         if self.gguf is not None:
             from flashvlm_export.runtime import llama_cpp
 
             prompt = llama_cpp.llama_cpp_prompt(token_ids, self.spec, run.rows, run.positions, last_t, run.deepstack, run.indices)
             self._context(prompt.length + self.max_new_tokens)
-            warm_up = not self.warm  # a new context is cold
-            return llama_cpp.llama_cpp_answer(self.cpp, prompt, self.tokenizer, self.max_new_tokens, run.label, warm_up=warm_up)
+            return llama_cpp.llama_cpp_answer(self.cpp, prompt, self.tokenizer, self.max_new_tokens, run.label)
         from flashvlm_export.runtime.answer import greedy_answer, llm_input
 
         embed = self.llm.get_input_embeddings()
@@ -174,7 +168,7 @@ class Answerer:
             inputs = clip_llm_input(
                 embed, token_ids, self.spec, run.rows, run.positions, last_t=last_t, indices=run.indices, deepstack=run.deepstack
             )
-        return greedy_answer(self.llm, inputs, self.tokenizer, self.max_new_tokens, run.label, warm_up=warm_up)
+        return greedy_answer(self.llm, inputs, self.tokenizer, self.max_new_tokens, run.label)
 
     def _context(self, need: int) -> None:
         """A llama.cpp context of at least `need` positions, opened once and reopened (twice as long) if outgrown."""
@@ -185,7 +179,6 @@ class Answerer:
         self.close()
         self.n_ctx = max(need, 2 * self.n_ctx)
         self.cpp = LlamaCppLLM(self.gguf, n_ctx=self.n_ctx)
-        self.warm = False
 
     def close(self) -> None:
         if self.cpp is not None:

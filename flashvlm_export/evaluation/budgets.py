@@ -12,12 +12,13 @@ FULL = "full"
 
 
 def parse_budgets(text: str) -> list[str]:
-    """ "32,64,full" -> ["32", "64", "full"]: whole numbers >= 1 and "full", each once, in the order given."""
+    """ "64,32,full" -> ["32", "64", "full"]: whole numbers >= 1 and "full", each once; ascending, full last (the
+    table's order; a resumed run's budgets compare in whatever order they were typed)."""
     items = [item.strip().lower() for item in str(text).split(",")]
     if not items or any(not item for item in items):
         raise UsageError(f"{arg('budgets', text)} has an empty item; pass budgets separated by commas, e.g. 32,64,128,full")
     for item in items:
-        if item != FULL and not (item.isdigit() and int(item) >= 1):
+        if item != FULL and not (item.isascii() and item.isdigit() and int(item) >= 1):
             raise UsageError(
                 f"{arg('budgets', text)}: {item!r} is neither a whole number K >= 1 nor {FULL!r}; e.g. 32,64,128,full"
             )
@@ -25,7 +26,7 @@ def parse_budgets(text: str) -> list[str]:
     repeated = sorted({b for b in canonical if canonical.count(b) > 1})
     if repeated:
         raise UsageError(f"{arg('budgets', text)} names {', '.join(repeated)} twice; name each budget once")
-    return canonical
+    return sorted(canonical, key=lambda b: (b == FULL, 0 if b == FULL else int(b)))
 
 
 def default_budgets(serves: list[int] | tuple[int, int], ranged: bool) -> list[str]:

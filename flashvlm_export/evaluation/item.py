@@ -27,8 +27,36 @@ class Item:
     last_t: int | None = None  # a clip: the unpruned clip's last t (the text after it starts past it)
 
 
+ROW_FIX = "fix or remove that row of the data, or stop before it with --limit N"
+
+
 def _ask(q, message: str) -> UsageError:
     return UsageError(f"question {q.qid}: {message}")
+
+
+def picture_label(q) -> str:
+    """How a one-line error names a question's picture."""
+    where = q.image if isinstance(q.image, Path) else f"{len(q.image):,} bytes embedded in the data"
+    return f"question {q.qid}'s picture ({where})"
+
+
+def check_pictures(dataset) -> None:
+    """Every picture opens and passes Pillow's integrity check (Image.verify), before anything runs: a damaged one is
+    one line naming its question, not a stop half-way through (where --resume would stop at it again)."""
+    import io
+
+    from PIL import Image
+
+    from flashvlm_export.runtime.photo import pillow_reason
+
+    for q in dataset.questions:
+        if q.image is None:
+            continue
+        try:
+            with Image.open(io.BytesIO(q.image) if isinstance(q.image, bytes) else q.image) as image:
+                image.verify()
+        except Exception as exc:  # PIL raises many kinds for a damaged file (SyntaxError, struct.error, OSError, ...)
+            raise UsageError(f"{picture_label(q)} is not an image Pillow can read ({pillow_reason(exc)}); {ROW_FIX}") from None
 
 
 def prompt_ids(q, rule, tokenizer, spec, groups: int = 1, timestamps=None) -> list[int]:
@@ -38,6 +66,7 @@ def prompt_ids(q, rule, tokenizer, spec, groups: int = 1, timestamps=None) -> li
     from flashvlm_export.models.registry import adapter
     from flashvlm_export.runtime.answer import image_position
 
+    family = adapter(spec)
     try:
         if q.video is not None:
             from flashvlm_export.runtime.clip import clip_prompt_ids, placeholder_positions
@@ -46,10 +75,15 @@ def prompt_ids(q, rule, tokenizer, spec, groups: int = 1, timestamps=None) -> li
             placeholder_positions(ids, spec, groups)
             return ids
         ids = prompt_token_ids(tokenizer, rule.prompt(q), spec)
-        image_position(ids, spec.image_token_index, adapter(spec).IMAGE_PLACEHOLDER)
+        image_position(ids, spec.image_token_index, family.IMAGE_PLACEHOLDER)
         return ids
-    except UsageError as exc:
-        raise _ask(q, str(exc)) from None
+    except UsageError:
+        token = family.VIDEO_PLACEHOLDER if q.video is not None else family.IMAGE_PLACEHOLDER
+        raise _ask(
+            q,
+            f"its text holds {token!r}, the placeholder eval puts where the {'clip' if q.video is not None else 'picture'} "
+            f"goes (once); {ROW_FIX}",
+        ) from None
 
 
 def check_text_rows(q, ids: list[int], spec, request, source: str) -> None:
@@ -86,10 +120,7 @@ def prepare(q, ids: list[int] | None, info, parts, tokenizer, rule) -> Item:
         from flashvlm_export.models.prompt import text_inputs
         from flashvlm_export.runtime.image import prepare_image
 
-        try:
-            prepared = prepare_image(q.image, spec, checkpoint)
-        except UsageError as exc:
-            raise _ask(q, str(exc)) from None
+        prepared = prepare_image(q.image, spec, checkpoint, label=picture_label(q), fix=ROW_FIX)
         embeds, mask = text_inputs(parts.embed_tokens, ids, request.t_max, spec.image_token_index, scope=scope)
         table = token_positions(spec) if spec.has_positions else None
         ms = (time.perf_counter() - start) * 1e3

@@ -13,7 +13,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from flashvlm_export.errors import FlashVLMError, UsageError, arg
+from flashvlm_export.errors import UsageError, arg
 from flashvlm_export.evaluation import results as store_module
 from flashvlm_export.evaluation.budgets import FULL, check_servable, default_budgets, parse_budgets
 from flashvlm_export.progress import clock, plural
@@ -158,6 +158,9 @@ def evaluate(
     dataset = read_dataset(data, layout, data_split, images, limit)
     rule = rule_of(dataset.layout)
     _check_media(dataset, request, source)
+    from flashvlm_export.evaluation.item import check_pictures
+
+    check_pictures(dataset)
     folder = Path(out)
     store_module.check_outputs(folder, resume, force)
     plan = plan_answer(info, gguf, random_weights, llm_dtype, source, llm_layers)
@@ -167,8 +170,8 @@ def evaluate(
     tokenizer, tokenizer_name = load_tokenizer(spec, checkpoint)
     prompts = _prompts(dataset, rule, tokenizer, info)
     identity = _identity(source, info, dataset, chosen, backend, tensorrt, llm_runtime, gguf, llm_dtype, max_new_tokens)
-    identity["llm_layers"] = llm_layers
-    store = store_module.open_store(folder, identity, resume, log)  # the first thing written
+    identity.update(llm_layers=llm_layers, images=str(Path(images).resolve()) if images else None)
+    store = store_module.open_store(folder, identity, resume, log)  # written from the first answer on
     todo = [q for q in dataset.questions if q.qid not in store.records]
     synthetic = " (synthetic: written by eval --demo-data)" if dataset.synthetic else ""
     log(
@@ -187,17 +190,14 @@ def evaluate(
         if todo:
             _answer_all(todo, prompts, info, split, graph, provider, tensorrt, plugin_lib, plan, gguf, tokenizer, chosen,
                         rule, store, max_new_tokens, result, header, log)  # fmt: skip
-    except (KeyboardInterrupt, FlashVLMError) as exc:
+    except BaseException as exc:  # Ctrl-C, SIGTERM (cli/guard.py raises Terminated), an error: what is done is kept
         _report(dataset, store, chosen, rule, header, result, log, partial=True)
-        if isinstance(exc, KeyboardInterrupt):
-            exc.kept = (
-                f"{plural(len(store.records), 'answered question')} kept in {store.path}; "
-                f"the same command with --resume goes on from there"
-            )
-        raise
-    except BaseException as exc:  # SIGTERM (cli/guard.py raises Terminated): the same note
-        _report(dataset, store, chosen, rule, header, result, log, partial=True)
-        exc.kept = f"{plural(len(store.records), 'answered question')} kept in {store.path}; --resume goes on from there"
+        done = len(store.records)
+        exc.kept = (  # cli/guard.py says it on an interruption's line
+            f"{plural(done, 'answered question')} kept in {store.path}; the same command with --resume goes on from there"
+            if done
+            else f"no question was answered, nothing was written to {folder}"
+        )
         raise
     _report(dataset, store, chosen, rule, header, result, log)
     return result
@@ -249,16 +249,16 @@ def _question(q, token_ids, info, parts, selector, answerer, tokenizer, budgets,
     shared = item.input_ms + (selected.encoder_ms or 0.0)
     per_budget, spent_ms = {}, shared
     for budget in budgets:
-        answer, total_ms = answers[budget]
+        answer = answers[budget]
         step_ms = selected.full_ms if budget == FULL else selected.selector_ms[int(budget)]
-        decode_ms = max(total_ms - answer.prefill_ms, 0.0)
+        decode_ms = answer.decode_ms
         per_budget[budget] = {
             "kept": int(selected.full_rows.shape[0]) if budget == FULL else len(selected.selections[int(budget)].indices),
-            "text": answer.text, "key": answer_key(rule.layout, q, answer.text), "score": float(rule.score(q, answer.text)),
+            "text": answer.text, "key": answer_key(rule.layout, q, answer.text), "score": None if q.answer is None else float(rule.score(q, answer.text)),
             "prompt_tokens": answer.prompt_tokens, "prefill_ms": answer.prefill_ms, "decode_ms": decode_ms,
             "selector_ms": step_ms, "kv_bytes": answer.kv_bytes, "seconds": (shared + step_ms + answer.prefill_ms + decode_ms) / 1e3,
         }  # fmt: skip
-        spent_ms += step_ms + total_ms
+        spent_ms += step_ms + answer.prefill_ms + decode_ms
     return {
         "qid": q.qid, "input_ms": item.input_ms, "encoder_ms": selected.encoder_ms, "budgets": per_budget,
         "seconds": spent_ms / 1e3, "category": q.category,

@@ -426,7 +426,8 @@ def _detect(rows, data) -> str:
 def _check_columns(layout: str, rows, data) -> None:
     columns = set(_columns(rows))
     spec = COLUMNS[layout]
-    roles = [spec.question, spec.answer, spec.image + spec.image_id + VIDEO] + [(c,) for c in spec.required]
+    # no answer column: an unlabelled split (MMBench's test TSV), read when its layout is named: agreement and costs only
+    roles = [spec.question, spec.image + spec.image_id + VIDEO] + [(c,) for c in spec.required]
     missing = ["|".join(names) for names in roles if not _first(columns, names)]
     if missing:
         raise _bad(
@@ -513,31 +514,32 @@ def _id_picture(value, qid: str, path: Path, images: Path | None) -> Path:
 
 
 def _options(row: dict) -> tuple[tuple[str, str], ...]:
-    """MMBench's option columns A, B, C, ... that hold text (an absent option is an empty field, NaN)."""
+    """MMBench's option columns A, B, C, ... up to the first empty one (an absent option is an empty field, NaN), as
+    LLaVA's model_vqa_mmbench.py get_options reads them."""
     options = []
     for letter in "ABCDEFGHIJ":
         text = _text(row.get(letter))
-        if text is not None:
-            options.append((letter, text))
+        if text is None:
+            break
+        options.append((letter, text))
     return tuple(options)
 
 
 def _answer(layout: str, value, qid: str, path: Path):
-    """The label as the layout's rule scores it; one line when the row has none (an unlabelled test split)."""
+    """The label as the layout's rule scores it; None for a row without one (an unlabelled split: its answers still
+    agree or not with K = N's, and cost what they cost)."""
     if layout == TEXTVQA:
         listed = (value,) if isinstance(value, str) else value or ()
         answers = tuple(t for t in (_text(a) for a in listed) if t is not None)
-        if answers:
-            return answers
-    else:
-        text = _text(value)
-        if text is not None and layout == POPE:
-            if text.lower() in ("yes", "no"):
-                return text.lower()
-            raise _bad(f"question {qid} in {path} has the label {text!r}, not yes/no; pass POPE's own files")
-        if text is not None:
-            return text.upper() if layout in (MMSTAR, MMBENCH) else text
-    raise _bad(f"question {qid} in {path} has no answer (an unlabelled test split?); pick a split whose labels are public")
+        return answers or None
+    text = _text(value)
+    if text is not None and layout == POPE:
+        if text.lower() in ("yes", "no"):
+            return text.lower()
+        raise _bad(f"question {qid} in {path} has the label {text!r}, not yes/no; pass POPE's own files")
+    if text is not None:
+        return text.upper() if layout in (MMSTAR, MMBENCH) else text
+    return None
 
 
 def _group_of(layout: str, qid: str, circular: bool) -> str | None:
@@ -567,7 +569,7 @@ def _questions(layout: str, rows, ids: list[str], images: Path | None) -> list[Q
             Question(
                 qid=qid,
                 question=_text(row.get(question)) or "",
-                answer=_answer(layout, row.get(answer), qid, path),
+                answer=_answer(layout, row.get(answer) if answer else None, qid, path),
                 image=picture,
                 options=_options(row) if layout == MMBENCH else (),
                 hint=_text(row.get("hint")) if layout == MMBENCH else None,

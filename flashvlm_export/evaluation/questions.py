@@ -25,7 +25,8 @@ class Question:
 
     qid: str  # unique in the dataset: the benchmark's own id (index, question_id, questionId) where it has one
     question: str  # the question as the benchmark states it (MMStar: with its inline options)
-    answer: str | tuple[str, ...]  # a letter (multiple choice), "yes"/"no" (POPE), the label (GQA), ten answers (TextVQA)
+    answer: str | tuple[str, ...] | None  # a letter (multiple choice), "yes"/"no" (POPE), the label (GQA), ten answers
+    # (TextVQA); None: no label (an unlabelled split: agreement with K = N and costs only)
     image: Path | bytes | None  # a picture file, or the encoded picture (PNG, JPEG, ...) the dataset embeds; None: a clip
     options: tuple[tuple[str, str], ...] = ()  # MMBench: (("A", text), ("B", text), ...); MMStar's are in `question`
     hint: str | None = None  # MMBench's hint, put before the question

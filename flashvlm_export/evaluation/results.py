@@ -28,11 +28,14 @@ HEADER = "header"
 
 @dataclass
 class Store:
-    """OUT/results.jsonl: the header's identity and the records of the questions already answered."""
+    """OUT/results.jsonl: the header's identity and the records of the questions already answered. A new run writes
+    nothing until its first question is answered: then the header and that line replace, in one rename, whatever an
+    earlier run left (--force), and that run's table, JSON and plot are removed (they described other results)."""
 
     folder: Path
     identity: dict
     records: dict[str, dict] = field(default_factory=dict)  # qid -> its line
+    started: bool = False  # results.jsonl holds this run's header
 
     @property
     def path(self) -> Path:
@@ -41,11 +44,27 @@ class Store:
     def append(self, record: dict) -> None:
         """One question's line, whole, on disk before this returns."""
         line = json.dumps(record, sort_keys=True, allow_nan=False) + "\n"
-        with open(self.path, "a", encoding="utf-8") as f:
-            f.write(line)
+        if not self.started:
+            self._start(line)
+        else:
+            with open(self.path, "a", encoding="utf-8") as f:
+                f.write(line)
+                f.flush()
+                os.fsync(f.fileno())
+        self.records[record["qid"]] = record
+
+    def _start(self, first_line: str) -> None:
+        self.folder.mkdir(parents=True, exist_ok=True)
+        temp = self.folder / f".{RESULTS}.tmp"
+        header = {"producer": PRODUCER, "kind": HEADER, "identity": self.identity}
+        with open(temp, "w", encoding="utf-8") as f:
+            f.write(json.dumps(header, sort_keys=True) + "\n" + first_line)
             f.flush()
             os.fsync(f.fileno())
-        self.records[record["qid"]] = record
+        os.replace(temp, self.path)
+        for name in OUTPUTS[1:]:  # the earlier run's report (check_outputs found them this tool's)
+            (self.folder / name).unlink(missing_ok=True)
+        self.started = True
 
 
 def _read_lines(path: Path) -> tuple[dict | None, list[dict], int]:
@@ -101,8 +120,7 @@ def check_outputs(folder: Path, resume: bool, force: bool) -> None:
 
 def open_store(folder: Path, identity: dict, resume: bool, log=print) -> Store:
     """The results to write to: the earlier run's (resume: same identity, its records read, a cut line dropped) or a
-    new file with this run's header. check_outputs has run."""
-    folder.mkdir(parents=True, exist_ok=True)
+    new file, written at the first answer. check_outputs has run."""
     store = Store(folder, identity)
     path = store.path
     if resume and path.exists():
@@ -117,16 +135,9 @@ def open_store(folder: Path, identity: dict, resume: bool, log=print) -> Store:
             log(f"Eval: dropped the last line of {path}, cut short when the earlier run stopped (its question is answered again)")
             with open(path, "r+b") as f:
                 f.truncate(whole)
-        store.records = {r["qid"]: r for r in records}
+        store.records, store.started = {r["qid"]: r for r in records}, True
         log(f"Eval: resuming {path}: {len(records)} questions answered earlier, kept")
         return store
     if resume:
         log(f"Eval: {switch('resume')}: no earlier results in {folder}; starting")
-    temp = path.with_name(f".{RESULTS}.tmp")
-    header = {"producer": PRODUCER, "kind": HEADER, "identity": identity}
-    with open(temp, "w", encoding="utf-8") as f:
-        f.write(json.dumps(header, sort_keys=True) + "\n")
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(temp, path)
-    return store
+    return store  # written from its first answer on (Store._start)

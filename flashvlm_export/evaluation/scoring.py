@@ -4,10 +4,12 @@ Every rule follows a named public evaluation script (its `source`), read at thes
 - haotian-liu/LLaVA c121f0432da27facab705978f83c4ada465e46fd (LLaVA-1.5's evaluation: prompts, POPE, GQA, TextVQA);
 - open-compass/VLMEvalKit e8e78f05f3080fe28154f2130321f17951c3be94 (multiple-choice matching, CircularEval);
 - EvolvingLMMs-Lab/lmms-eval 75571cfe0fa36ca5ec2e6aa2bb268f9d38295af3 (MMStar's prompt, TextVQA without OCR tokens);
+- MMStar-Benchmark/MMStar 79e6d1cbab00576162fc8c878a4ad584f98b4868 (MMStar's own scorer, eval/vlmeval/evaluate/mmstar.py);
 - GQA's official eval.py (gqadataset.org, distributed as a zip, not on GitHub).
 
-Multiple choice is read the way VLMEvalKit's `exact_matching` policy reads it: its rule-based matcher and no LLM judge,
-so an answer the matcher cannot place is wrong (VLMEvalKit, with no judge, scores it as option 'Z', i.e. wrong).
+MMBench's multiple choice is read the way VLMEvalKit's `exact_matching` policy reads it: its rule-based matcher and no
+LLM judge, so an answer the matcher cannot place is wrong (VLMEvalKit, with no judge, scores it as option 'Z', i.e.
+wrong). MMStar's is read by its authors' own scorer (a letter at the reply's start), stricter than VLMEvalKit's.
 """
 
 from __future__ import annotations
@@ -158,6 +160,30 @@ def score_option(q: Question, prediction: str) -> float:
 
 
 # ---------------------------------------------------------------------------------------------------------------------
+# MMStar: its authors' own scorer, MMStar-Benchmark/MMStar eval/vlmeval/evaluate/mmstar.py `MMStar_eval`
+# (commit 79e6d1cbab00576162fc8c878a4ad584f98b4868): the final score is the right answers over all 1,500 questions
+
+_MMSTAR_PREFIXES = ("(", "option ", "the answer is ")  # MMStar_eval: predict[0] == '(', [0:7] == 'option ', [0:14] == ...
+
+
+def extract_mmstar(q: Question, prediction: str) -> str | None:
+    """MMStar_eval's reading: the reply lower-cased, stripped, newlines as spaces; the letter is its first character, or
+    the one right after '(', 'option ' or 'the answer is ' (upper-cased here). None for an empty reply (an IndexError
+    there, caught: wrong). Any other reply is read as its first character: 'The cat (B)' reads 't', wrong."""
+    reply = prediction.lower().strip().replace("\n", " ")
+    for prefix in _MMSTAR_PREFIXES:
+        if reply.startswith(prefix) and len(reply) > len(prefix):
+            return reply[len(prefix)].upper()
+    return reply[0].upper() if reply else None
+
+
+def score_mmstar(q: Question, prediction: str) -> float:
+    """MMStar_eval: 1 when the answer's letter (lower-cased) is the character read, else 0."""
+    letter = extract_mmstar(q, prediction)
+    return float(letter is not None and letter.lower() == str(q.answer).lower().strip())
+
+
+# ---------------------------------------------------------------------------------------------------------------------
 # POPE: LLaVA llava/eval/eval_pope.py `eval_pope`
 
 
@@ -292,10 +318,10 @@ RULES: dict[str, Rule] = {
     MMSTAR: Rule(
         MMSTAR,
         mmstar_prompt,
-        extract_option,
-        score_option,
+        extract_mmstar,
+        score_mmstar,
         "prompt: EvolvingLMMs-Lab/lmms-eval lmms_eval/tasks/mmstar/utils.py mmstar_doc_to_text + _default_template_yaml; "
-        "answer: " + _MC_SOURCE,
+        "answer and score: MMStar-Benchmark/MMStar eval/vlmeval/evaluate/mmstar.py MMStar_eval (the authors' own)",
     ),
     MMBENCH: Rule(
         MMBENCH,

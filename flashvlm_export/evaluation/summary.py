@@ -5,7 +5,6 @@ accuracy.png) written whole beside the results."""
 from __future__ import annotations
 
 import math
-import platform
 import time
 
 from flashvlm_export.evaluation.budgets import FULL
@@ -13,6 +12,7 @@ from flashvlm_export.evaluation.report import BudgetRow, plot_png, table_json, t
 from flashvlm_export.evaluation.results import PLOT, TABLE_JSON, TABLE_MD
 from flashvlm_export.evaluation.scoring import units
 from flashvlm_export.evaluation.stats import mean_interval
+from flashvlm_export.progress import plural
 
 
 def _mean(values) -> float:
@@ -28,8 +28,9 @@ def budget_rows(dataset, records: list[dict], budgets: list[str]) -> list[Budget
     rows = []
     for budget in budgets:
         cells = [r["budgets"][budget] for r in records]
-        scores = units(dataset.layout, questions, [c["score"] for c in cells])
-        accuracy, low, high = mean_interval(scores)
+        labelled = [(q, c["score"]) for q, c in zip(questions, cells, strict=True) if c["score"] is not None]
+        scores = units(dataset.layout, [q for q, _ in labelled], [s for _, s in labelled])
+        accuracy, low, high = mean_interval(scores) if scores else (math.nan, math.nan, math.nan)  # no labels
         agree = math.nan
         if FULL in budgets:
             agree = _mean(float(c["key"] == r["budgets"][FULL]["key"]) for c, r in zip(cells, records, strict=True))
@@ -60,6 +61,16 @@ def time_shares(records: list[dict], budgets: list[str]) -> dict[str, float]:
     return {k: v / whole for k, v in total.items()} if whole > 0 else {}
 
 
+def _machine() -> str:
+    """"AMD EPYC 7B13, 2 cores, torch 2.13.0+cpu, onnxruntime 1.32.0" (bench/suite.machine)."""
+    from flashvlm_export.bench.suite import machine
+
+    m = machine()
+    found = [m["cpu"], f"{m['cores']} cores", m.get("gpu"), f"torch {m['torch']}"]
+    found.append(f"onnxruntime {m['onnxruntime']}" if "onnxruntime" in m else None)
+    return ", ".join(x for x in found if x)
+
+
 def write_report(dataset, store, budgets: list[str], rule, header: dict, partial: bool, log) -> list[BudgetRow]:
     """table.md, table.json and accuracy.png from every answered question, each written whole."""
     from flashvlm_export.artifacts.ownership import note_written
@@ -72,7 +83,7 @@ def write_report(dataset, store, budgets: list[str], rule, header: dict, partial
     header = dict(header)
     header.update(
         questions_done=len(records), shares=time_shares(records, budgets), encoder_ms=_mean(encoders) if encoders else None,
-        date=time.strftime("%Y-%m-%d"), machine=f"{platform.machine()}, {platform.processor() or platform.system()}",
+        date=time.strftime("%Y-%m-%d"), machine=_machine(),
         runtime=header.get("selection", "?"), partial=partial,
     )  # fmt: skip
     folder = store.folder
@@ -83,13 +94,15 @@ def write_report(dataset, store, budgets: list[str], rule, header: dict, partial
     note_written([folder / TABLE_MD])  # the folder's ledger: a later --force may replace it
     write_json_atomic(folder / TABLE_JSON, table_json(rows, header))
     plot_png(rows, header, folder / PLOT)
-    state = "so far (interrupted)" if partial else "done"
+    state = "so far (the run stopped)" if partial else "done"
     log(f"Eval: {len(records)} of {header['questions_total']} questions {state}: {folder / TABLE_MD}, {TABLE_JSON}, {PLOT}")
     for row in rows:
         agreement = "" if math.isnan(row.agreement) else f", agreement with K=N {row.agreement:.0%}"
+        accuracy = "no labels" if math.isnan(row.accuracy) else (
+            f"accuracy {row.accuracy:.1%} [{row.ci_low:.1%}, {row.ci_high:.1%}] over {plural(row.units, 'unit')}"
+        )  # fmt: skip
         log(
-            f"Eval: {row.budget:>5} K={row.kept}: accuracy {row.accuracy:.1%} [{row.ci_low:.1%}, {row.ci_high:.1%}] over "
-            f"{row.units} units{agreement}, prefill {row.prefill_tokens:.0f} tokens {row.prefill_ms:.1f} ms, "
-            f"{row.seconds_per_question:.2f} s/question"
+            f"Eval: {row.budget:>5} K={row.kept}: {accuracy}{agreement}, prefill {row.prefill_tokens:.0f} tokens "
+            f"{row.prefill_ms:.1f} ms, {row.seconds_per_question:.2f} s/question"
         )
     return rows

@@ -123,11 +123,11 @@ def stretch_note(spec: ModelSpec, width: int, height: int, what: str = "photo") 
 
 
 def prepare_image(
-    path: str | Path | bytes, spec: ModelSpec, model_dir: Path | None = None, max_pixels: int | None = None
+    path: str | Path | bytes, spec: ModelSpec, model_dir: Path | None = None, max_pixels: int | None = None, **reading
 ) -> PreparedImage:
     """The photo at `path` (runtime/photo.py reads it as a viewer shows it; bytes: the encoded picture) as the graph's
-    pixel_values."""
-    image = read_image(path, max_pixels)
+    pixel_values; `reading`: read_image's label and fix for its one-line errors."""
+    image = read_image(path, max_pixels, **reading)
     processor, name = image_processor(spec, model_dir)
     family = adapter(spec)
     if family.RESIZE == ANYRES:

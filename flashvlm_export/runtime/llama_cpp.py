@@ -483,22 +483,23 @@ class LlamaCppLLM:
         return self._decode(segment, all_logits=False)[-1]
 
 
-def llama_cpp_answer(llm: LlamaCppLLM, prompt: Prompt, tokenizer, max_new_tokens: int, label: str, warm_up: bool = True):
+def llama_cpp_answer(llm: LlamaCppLLM, prompt: Prompt, tokenizer, max_new_tokens: int, label: str):
     """Greedy decoding through llama.cpp, as runtime/answer.greedy_answer does through transformers: a warm-up
-    prefill (unless warm_up=False), the timed prefill (argmax included), then one token at a time at the next positions."""
+    prefill, the timed prefill (argmax included), then one token at a time at the next positions (timed apart)."""
     from flashvlm_export.runtime.answer import Answer
 
-    if warm_up:
-        llm.prefill(prompt)  # not timed
+    llm.prefill(prompt)  # warm-up, not timed
     start = time.perf_counter()
     token = int(np.argmax(llm.prefill(prompt)))
     prefill_ms = (time.perf_counter() - start) * 1e3
     tokens = [token]
+    start = time.perf_counter()
     while len(tokens) < max_new_tokens and token != tokenizer.eos_token_id:
         token = int(np.argmax(llm.step(token, prompt.next_position + len(tokens) - 1)))
         tokens.append(token)
+    decode_ms = (time.perf_counter() - start) * 1e3
     text = tokenizer.decode(tokens, skip_special_tokens=True).strip()
-    return Answer(label, text, tokens, prompt.length, prefill_ms, llm.kv_bytes(prompt.length))
+    return Answer(label, text, tokens, prompt.length, prefill_ms, llm.kv_bytes(prompt.length), decode_ms)
 
 
 LLMS = ("transformers", "llama.cpp")

@@ -71,19 +71,22 @@ def _own_limit():
             Image.MAX_IMAGE_PIXELS = saved
 
 
-def read_image(path: str | Path | bytes, max_pixels: int | None = None, name: str = "image"):
-    """The picture at `path` as a viewer shows it, a PIL RGB image; bad input is one line naming `name`'s flag.
-    `path` may be the encoded picture itself (bytes: a benchmark that embeds its pictures, `eval`)."""
+def read_image(
+    path: str | Path | bytes, max_pixels: int | None = None, name: str = "image", label: str | None = None, fix: str = HINT
+):
+    """The picture at `path` as a viewer shows it, a PIL RGB image; bad input is one line naming `name`'s flag (or
+    `label`, where no flag named it: `eval`'s "question 3's picture") and `fix`. `path` may be the encoded picture itself
+    (bytes: a benchmark that embeds its pictures)."""
     import io
 
     from PIL import Image, ImageOps, UnidentifiedImageError
 
     if isinstance(path, bytes):
-        given = f"the embedded picture ({len(path):,} bytes)"
+        given = label or f"the embedded picture ({len(path):,} bytes)"
         path = io.BytesIO(path)
     else:
-        given = arg(name, str(path))
-        path = input_file(Path(path), given, HINT)  # a folder or a FIFO is named as one
+        given = label or arg(name, str(path))
+        path = input_file(Path(path), given, fix)  # a folder or a FIFO is named as one
     limit = check_max_pixels(max_pixels)
     whose = "Pillow's guard against decompression bombs" if max_pixels is None else f"the {arg('max_image_pixels')} given"
     try:
@@ -97,10 +100,10 @@ def read_image(path: str | Path | bytes, max_pixels: int | None = None, name: st
                 )
             return viewer_rgb(ImageOps.exif_transpose(image), *_tiff_grey(image))  # tags read before the turn
     except (UnidentifiedImageError, OSError, ValueError, SyntaxError, EOFError, struct.error) as exc:
-        raise UsageError(f"{given} is not an image Pillow can read ({_why(exc)}); {HINT}") from None
+        raise UsageError(f"{given} is not an image Pillow can read ({pillow_reason(exc)}); {fix}") from None
 
 
-def _why(exc: Exception) -> str:
+def pillow_reason(exc: Exception) -> str:
     """Pillow's reason, on one line: a truncated or damaged file says which ('image file is truncated ...')."""
     from PIL import UnidentifiedImageError
 
