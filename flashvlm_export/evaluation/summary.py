@@ -62,7 +62,7 @@ def time_shares(records: list[dict], budgets: list[str]) -> dict[str, float]:
 
 
 def _machine() -> str:
-    """"AMD EPYC 7B13, 2 cores, torch 2.13.0+cpu, onnxruntime 1.32.0" (bench/suite.machine)."""
+    """ "AMD EPYC 7B13, 2 cores, torch 2.13.0+cpu, onnxruntime 1.32.0" (bench/suite.machine)."""
     from flashvlm_export.bench.suite import machine
 
     m = machine()
