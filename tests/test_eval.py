@@ -84,7 +84,7 @@ def test_answers_are_runs_answers(split, demo, tmp_path):
     for q, record in zip(dataset.questions, _records(tmp_path / "out"), strict=False):
         ran = run(None, str(q.image), rule(POPE).prompt(q), manifest=str(split), budget=16, random_weights=True, answer=True,
                   max_new_tokens=16, log=lambda _: None)  # fmt: skip
-        assert ran.answers["pruned"].text == record["budgets"]["16"]["text"]
+        assert ran.answers["pruned"].token_ids == record["budgets"]["16"]["tokens"]
         assert ran.answers["pruned"].prompt_tokens == record["budgets"]["16"]["prompt_tokens"]
 
 
@@ -158,7 +158,7 @@ def test_demo_data_command(tmp_path, capsys):
 
 def test_llm_layers_cuts_the_random_llm(split, demo, tmp_path, capsys):
     """--llm-layers N: the random LLM has N decoder layers (its state dict's layer indices), recorded in the results'
-    identity; refused out of range, with a GGUF, or without random weights."""
+    identity; refused out of range, and with a GGUF (whose layers are its own)."""
     from flashvlm_export.models.adapter import get_parts
     from flashvlm_export.runtime.answer import build_llm
     from flashvlm_export.runtime.run_steps import manifest_info
@@ -180,9 +180,10 @@ def test_llm_layers_cuts_the_random_llm(split, demo, tmp_path, capsys):
 
 
 def test_a_clip_benchmark_through_a_clip_split(tmp_path_factory, demo, tmp_path):
-    """A clip graph answers the clip set (a `video` column): the encoder once per clip, each budget's answer equal to
-    `run --video --manifest --budget K`'s for the same clip and prompt, token for token (the same graphs, rows,
-    positions rebuilt at the clip's fps, and LLM: equal by construction). A picture benchmark on it: one line."""
+    """A clip graph answers the clip set (a `video` column): the split's encoder run apart (timed once per clip), K = 32's
+    answer equal to `run --video --manifest --budget 32`'s for the same clip and prompt, token for token (the same
+    graphs, rows, positions rebuilt at the clip's fps, and LLM: equal by construction). A picture benchmark on it: one
+    line."""
     from flashvlm_export.errors import UsageError
     from flashvlm_export.evaluation.demo_data import CLIPS
     from flashvlm_export.evaluation.layouts import read_dataset
@@ -201,7 +202,8 @@ def test_a_clip_benchmark_through_a_clip_split(tmp_path_factory, demo, tmp_path)
     q = read_dataset(demo / CLIPS).questions[0]
     ran = run(None, None, rule("pope").prompt(q), video=str(q.video), manifest=str(manifest), budget=32, random_weights=True,
               answer=True, max_new_tokens=16, log=lambda _: None)  # fmt: skip
-    assert ran.answers["pruned"].token_ids and ran.answers["pruned"].text == records[0]["budgets"]["32"]["text"]
+    assert all(r["encoder_ms"] is not None for r in records)
+    assert ran.answers["pruned"].token_ids == records[0]["budgets"]["32"]["tokens"]
     assert ran.answers["pruned"].prompt_tokens == records[0]["budgets"]["32"]["prompt_tokens"]
     with pytest.raises(UsageError, match="clip graph"):
         _evaluate(manifest, demo / POPE, tmp_path / "pictures", budgets="32")
@@ -222,3 +224,23 @@ def test_unlabelled_rows_give_agreement_and_costs(split, demo, tmp_path):
     assert math.isnan(rows_by_budget["16"].accuracy) and rows_by_budget["full"].agreement == 1.0
     table = json.loads((tmp_path / "out" / TABLE_JSON).read_text())
     assert table["rows"][0]["accuracy"] is None and table["rows"][0]["prefill_tokens"] > 0
+
+
+def test_openvino_backend_answers_as_onnx_runtime(split, demo, tmp_path):
+    """--backend openvino: the split's chain in OpenVINO (the encoder once, full rows from its P(X)); it compiled the
+    graphs (its model cache holds blobs), and its kept counts and prompt lengths are ONNX Runtime's."""
+    pytest.importorskip("openvino", reason="OpenVINO Runtime is not installed (pip install openvino)")
+    import shutil
+
+    from conftest import copy_split
+
+    manifest = copy_split(split, tmp_path)  # OpenVINO's cache goes beside the graphs: a copy of its own
+    _evaluate(manifest, demo / POPE, tmp_path / "ov", limit=2, backend="openvino")
+    _evaluate(manifest, demo / POPE, tmp_path / "ort", limit=2)
+    assert any((manifest.parent / "openvino_cache").rglob("*.blob"))
+    for ov, ort in zip(_records(tmp_path / "ov"), _records(tmp_path / "ort"), strict=True):
+        assert ov["encoder_ms"] is not None
+        assert {b: (c["kept"], c["prompt_tokens"]) for b, c in ov["budgets"].items()} == {
+            b: (c["kept"], c["prompt_tokens"]) for b, c in ort["budgets"].items()
+        }
+    shutil.rmtree(manifest.parent)

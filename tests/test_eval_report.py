@@ -92,6 +92,7 @@ def row(budget: str, kept: int, accuracy: float, prefill_ms: float = 10.0) -> Bu
 
 ROWS = [row("32", 32, 0.41, 8.0), row("64", 64, 0.52, 9.0), row("128", 128, 0.6, 12.0), row("full", 576, 0.65, 40.0)]
 HEADER = {"dataset": "MMStar (val)", "layout": "mmstar", "synthetic": True, "model": "llava15-tiny", "encoder_ms": 12.0}
+HEADER["shares"] = {"input": 0.01, "encoder": 0.2, "selectors": 0.04, "llm": 0.75}
 
 
 def test_table_markdown():
@@ -103,7 +104,7 @@ def test_table_markdown():
     for r, line in zip(ROWS, table[1:], strict=True):
         assert line.startswith(f"| {r.budget} | {r.kept}")
         assert f"{100 * r.accuracy:.1f} %" in line
-    assert "time shares: encoder" in text and "LLM" in text
+    assert "time shares: picture and prompt 1.0 %, encoder 20.0 %, selectors 4.0 %, LLM 75.0 %" in text
     assert RANDOM_WARNING not in table_markdown(ROWS, {**HEADER, "synthetic": False})
     assert RANDOM_WARNING in table_markdown(ROWS, {"random_weights": True})
     assert "n/a (no labels)" in table_markdown([row("full", 576, math.nan)], {})
@@ -162,3 +163,36 @@ def test_plot_odd_rows(tmp_path, rows):
     plot_png(rows, {"random_weights": True}, path)
     with Image.open(path) as picture:
         assert picture.size == (800, 500)
+
+
+def test_equal_fractional_scores_get_a_width():
+    """Equal fractional scores (s = 0): not a point interval, the Wilson interval of their sum (0.6 of 2 -> as 0.3 x 2)."""
+    mean, low, high = mean_interval([0.3, 0.3])
+    assert mean == pytest.approx(0.3) and (low, high) == pytest.approx(wilson_interval(0.6, 2)) and low < 0.3 < high
+
+
+def test_budget_rows_from_records():
+    """summary.budget_rows on hand-made lines: accuracy over the labelled questions only, agreement over all (labels or
+    not), s/question the mean of each line's own, MMBench groups counted once complete."""
+    from flashvlm_export.evaluation.questions import MMBENCH, POPE, Dataset, Question
+    from flashvlm_export.evaluation.summary import budget_rows, time_shares
+
+    def cell(key, score, seconds, selector=1.0):
+        return {"kept": 4, "key": key, "score": score, "prompt_tokens": 10, "prefill_ms": 2.0, "decode_ms": 3.0,
+                "selector_ms": selector, "seconds": seconds}  # fmt: skip
+
+    questions = [Question(str(i), "?", answer, b"") for i, answer in enumerate(["yes", "no", None])]
+    records = [
+        {"qid": "0", "input_ms": 1.0, "encoder_ms": 4.0, "budgets": {"4": cell("yes", 1.0, 1.0), "full": cell("yes", 1.0, 2.0, 0.0)}},
+        {"qid": "1", "input_ms": 1.0, "encoder_ms": 4.0, "budgets": {"4": cell("yes", 0.0, 3.0), "full": cell("no", 1.0, 2.0, 0.0)}},
+        {"qid": "2", "input_ms": 1.0, "encoder_ms": 4.0, "budgets": {"4": cell("no", None, 5.0), "full": cell("no", None, 2.0, 0.0)}},
+    ]  # fmt: skip
+    rows = {r.budget: r for r in budget_rows(Dataset(POPE, "t", (), questions), records, ["4", "full"])}
+    assert (rows["4"].accuracy, rows["4"].units, rows["full"].accuracy) == (0.5, 2, 1.0)  # the unlabelled one left out
+    assert rows["4"].agreement == pytest.approx(2 / 3) and rows["full"].agreement == 1.0  # all three compared
+    assert rows["4"].seconds_per_question == pytest.approx(3.0)
+    shares = time_shares(records, ["4", "full"])  # input 3, encoder 12, selectors 3, LLM 6 x 5 = 30 (ms)
+    assert shares == pytest.approx({"input": 3 / 48, "encoder": 12 / 48, "selectors": 3 / 48, "llm": 30 / 48})
+    group = [Question(q, "?", "A", b"", group="7", rotations=2) for q in ("7", "1000007")]
+    one = [{**records[0], "qid": "7", "budgets": {"4": cell("A", 1.0, 1.0)}}]
+    assert budget_rows(Dataset(MMBENCH, "t", (), group), one, ["4"])[0].units == 0  # one copy of two: no unit yet

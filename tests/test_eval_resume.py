@@ -113,6 +113,11 @@ def test_refusals_are_one_line_and_keep_earlier_results(split, demo, tmp_path, c
     expect_one_line(capsys, [*base, "--data", str(lacking)], "--images")
     expect_one_line(capsys, [*base[:-1], "--data", str(demo / POPE)], "--resume", "--force")  # earlier results: not replaced
     expect_one_line(capsys, [*base, "--data", str(demo / POPE), "--budgets", "16,full"], "budgets")  # another run's results
+    report_only = tmp_path / "report-only"  # an earlier run's report without its results.jsonl: --force, not a new run
+    report_only.mkdir()
+    (report_only / TABLE_MD).write_text("# an earlier table\n")
+    expect_one_line(capsys, [*base[:-1], "--out", str(report_only), "--data", str(demo / POPE)], "report", "--force")
+    assert (report_only / TABLE_MD).read_text() == "# an earlier table\n"
     assert (out / RESULTS).read_bytes() == before
 
 
@@ -151,8 +156,8 @@ def test_damaged_pictures_and_unicode_budgets_are_one_line(split, demo, tmp_path
 
 def test_a_failed_forced_run_changes_nothing(split, demo, tmp_path, capsys):
     """--force over earlier results: until the new run answers its first question, the earlier results and report stay
-    as they were (a refusal, a crash or a Ctrl-C before it loses nothing); budgets typed in another order are the same
-    run for --resume."""
+    as they were (a Ctrl-C, or a crash, before it loses nothing); budgets typed in another order are the same run for
+    --resume."""
     out = tmp_path / "out"
     _evaluate(split, demo / POPE, out, limit=2)
     before = {name: (out / name).read_bytes() for name in (RESULTS, TABLE_MD, TABLE_JSON, PLOT)}

@@ -247,13 +247,15 @@ def test_textvqa_other_answer_counts():
 
 
 def test_mmbench_circular_units():
-    def q(qid, group):
-        return Question(qid, "?", "A", b"", options=(("A", "x"), ("B", "y")), group=group)
+    def q(qid, group, rotations=2):
+        return Question(qid, "?", "A", b"", options=(("A", "x"), ("B", "y")), group=group, rotations=rotations)
 
-    questions = [q("1", "g1"), q("1000001", "g1"), q("2", "g2"), q("1000002", "g2"), q("3", None), q("4", None)]
+    questions = [q("1", "g1"), q("1000001", "g1"), q("2", "g2"), q("1000002", "g2"), q("3", None, 1), q("4", None, 1)]
     scores = [1.0, 1.0, 1.0, 0.0, 1.0, 0.0]
     # eval_circular_group: a group is a hit only if every rotation is right (multiple_choice.py L424 `if g != p`)
     assert scoring.units(MMBENCH, questions, scores) == [1.0, 0.0, 1.0, 0.0]
+    # a group with one of its two copies answered (a partial run, --limit) is no unit yet: not a hit on one copy
+    assert scoring.units(MMBENCH, questions[:1] + questions[2:], scores[:1] + scores[2:]) == [0.0, 1.0, 0.0]
     # every other layout: one unit per question
     assert scoring.units(MMSTAR, questions, scores) == scores
     with pytest.raises(ValueError):

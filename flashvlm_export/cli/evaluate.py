@@ -29,7 +29,7 @@ def parser() -> argparse.ArgumentParser:
     a.add_argument(
         "--budgets",
         metavar="LIST",
-        help="comma list of K and 'full' (K = N), e.g. 32,64,128,full (default: every budget the artifact has, and full)",
+        help="comma list of K and 'full' (K = N), e.g. 32,64,128,full (default: every budget a split or graph has, a range's two ends, and full)",
     )
     a.add_argument("--tensorrt", action="store_true", help="with --manifest: its TensorRT engines (needs TensorRT and a GPU)")
     a.add_argument("--plugin-lib", metavar="PATH", help="libflashvlm_plugins.so for engines built with --plugin")
@@ -50,6 +50,12 @@ def parser() -> argparse.ArgumentParser:
     d.add_argument("--data-split", metavar="NAME", help="which split when the data holds several (en/dev, test, ...)")
     d.add_argument("--images", metavar="DIR", help="the folder of the pictures the data names by file or id (COCO val2014, ...)")
     d.add_argument("--limit", type=int, metavar="N", help="the first N questions only")
+    d.add_argument(
+        "--max-image-pixels",
+        type=int,
+        metavar="N",
+        help="refuse a picture of more than N pixels (default: Pillow's decompression-bomb limit); raise it for pictures you trust",
+    )
     d.add_argument(
         "--demo-data",
         metavar="DIR",
@@ -113,6 +119,6 @@ def main(argv: list[str]) -> int:
         images=args.images, limit=args.limit, out=args.out, resume=args.resume, force=args.force, model_path=args.model_path,
         random_weights=args.random_weights, seed=args.seed, backend=args.backend, tensorrt=args.tensorrt,
         plugin_lib=args.plugin_lib, llm_runtime=args.llm_runtime, gguf=args.gguf, llm_dtype=args.llm_dtype,
-        max_new_tokens=args.max_new_tokens, llm_layers=args.llm_layers, log=log,
+        max_new_tokens=args.max_new_tokens, llm_layers=args.llm_layers, max_image_pixels=args.max_image_pixels, log=log,
     )  # fmt: skip
     return 0

@@ -40,23 +40,15 @@ def picture_label(q) -> str:
     return f"question {q.qid}'s picture ({where})"
 
 
-def check_pictures(dataset) -> None:
-    """Every picture opens and passes Pillow's integrity check (Image.verify), before anything runs: a damaged one is
-    one line naming its question, not a stop half-way through (where --resume would stop at it again)."""
-    import io
-
-    from PIL import Image
-
-    from flashvlm_export.runtime.photo import pillow_reason
+def check_pictures(dataset, max_pixels: int | None = None) -> None:
+    """Every picture decoded as the run will decode it (runtime/photo.read_image, the pixel limit included), before
+    anything runs: a damaged or oversized one is one line naming its question, not a stop half-way through (where
+    --resume would stop at it again). Pillow's verify() alone passes a JPEG cut short: its data is not decoded."""
+    from flashvlm_export.runtime.photo import read_image
 
     for q in dataset.questions:
-        if q.image is None:
-            continue
-        try:
-            with Image.open(io.BytesIO(q.image) if isinstance(q.image, bytes) else q.image) as image:
-                image.verify()
-        except Exception as exc:  # PIL raises many kinds for a damaged file (SyntaxError, struct.error, OSError, ...)
-            raise UsageError(f"{picture_label(q)} is not an image Pillow can read ({pillow_reason(exc)}); {ROW_FIX}") from None
+        if q.image is not None:
+            read_image(q.image, max_pixels, label=picture_label(q), fix=ROW_FIX)
 
 
 def prompt_ids(q, rule, tokenizer, spec, groups: int = 1, timestamps=None) -> list[int]:
@@ -109,7 +101,7 @@ def needs_clip_first(q, spec) -> bool:
     return q.video is not None and spec.timestamped_frames
 
 
-def prepare(q, ids: list[int] | None, info, parts, tokenizer, rule) -> Item:
+def prepare(q, ids: list[int] | None, info, parts, tokenizer, rule, max_pixels: int | None = None) -> Item:
     """The question's picture or clip through the processor, and its text rows."""
     spec, request = info.spec, info.request
     checkpoint = None if info.weights.random else Path(info.weights.path)
@@ -120,7 +112,7 @@ def prepare(q, ids: list[int] | None, info, parts, tokenizer, rule) -> Item:
         from flashvlm_export.models.prompt import text_inputs
         from flashvlm_export.runtime.image import prepare_image
 
-        prepared = prepare_image(q.image, spec, checkpoint, label=picture_label(q), fix=ROW_FIX)
+        prepared = prepare_image(q.image, spec, checkpoint, max_pixels, label=picture_label(q), fix=ROW_FIX)
         embeds, mask = text_inputs(parts.embed_tokens, ids, request.t_max, spec.image_token_index, scope=scope)
         table = token_positions(spec) if spec.has_positions else None
         ms = (time.perf_counter() - start) * 1e3

@@ -13,12 +13,13 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from flashvlm_export.errors import UsageError, arg
+from flashvlm_export.errors import Terminated, UsageError, arg
 from flashvlm_export.evaluation import results as store_module
 from flashvlm_export.evaluation.budgets import FULL, check_servable, default_budgets, parse_budgets
 from flashvlm_export.progress import clock, plural
 
 DEFAULT_OUT = "eval-results"
+RESULTS_NOTE = "results.jsonl holds every answer; --resume writes the report"
 
 
 @dataclass
@@ -62,7 +63,9 @@ def _prompts(dataset, rule, tokenizer, info) -> dict[str, list[int] | None]:
     spec, request = info.spec, info.request
     ids = {}
     for q in dataset.questions:
-        if needs_clip_first(q, spec):
+        if needs_clip_first(q, spec):  # checked with the widest timestamps (<9999.9 seconds>), built once the clip is read
+            groups = request.clip.groups
+            check_text_rows(q, prompt_ids(q, rule, tokenizer, spec, groups, [9999.9] * groups), spec, request, info.source)
             ids[q.qid] = None
             continue
         ids[q.qid] = prompt_ids(q, rule, tokenizer, spec)
@@ -85,19 +88,26 @@ def _check_media(dataset, request, source: str) -> None:
         )
 
 
+def _stamp(path) -> list:
+    """A file as it is now: its path, size and modification time (a re-export or an edited file is another run)."""
+    path = Path(path).resolve()
+    stat = path.stat()
+    return [str(path), stat.st_size, stat.st_mtime_ns]
+
+
 def _identity(source, info, dataset, budgets, backend, tensorrt, llm_runtime, gguf, llm_dtype, max_new_tokens) -> dict:
     """What a resumed run must share with the earlier one (the question limit may grow)."""
     return {
-        "artifact": str(Path(source).resolve()),
+        "artifact": _stamp(source),
         "model": info.spec.name,
         "weights": info.weights.tag,
         "dataset": dataset.name,
         "layout": dataset.layout,
-        "files": [str(Path(f).resolve()) for f in dataset.files],
+        "files": [_stamp(f) for f in dataset.files],
         "budgets": budgets,
         "backend": "tensorrt" if tensorrt else backend,
         "llm_runtime": llm_runtime,
-        "gguf": str(Path(gguf).resolve()) if gguf else None,
+        "gguf": _stamp(gguf) if gguf else None,
         "llm_dtype": llm_dtype,
         "max_new_tokens": max_new_tokens,
     }
@@ -127,14 +137,16 @@ def evaluate(
     llm_dtype: str = "auto",
     max_new_tokens: int | None = None,
     llm_layers: int | None = None,
+    max_image_pixels: int | None = None,
     log=print,
 ) -> EvalResult:
     """The benchmark `data` through the artifact at each budget; see the module docstring and docs/EVAL.md."""
+    from flashvlm_export.backend import ort_provider, runtime_label
     from flashvlm_export.evaluation.layouts import read_dataset
     from flashvlm_export.evaluation.scoring import DEFAULT_MAX_NEW_TOKENS
     from flashvlm_export.evaluation.scoring import rule as rule_of
     from flashvlm_export.models.weights import weights_for_graph
-    from flashvlm_export.runtime.answer import check_llm_dtype
+    from flashvlm_export.runtime.answer import check_llm_dtype, dtype_name
     from flashvlm_export.runtime.graph_info import GraphInfo
     from flashvlm_export.runtime.llama_cpp import check_llm_choice
     from flashvlm_export.runtime.run_steps import graph_provider, plan_answer
@@ -149,6 +161,8 @@ def evaluate(
     check_llm_dtype(llm_dtype)
     check_llm_choice(llm_runtime, gguf, True)
     provider = graph_provider(backend, None, tensorrt)
+    if plugin_lib is not None and not tensorrt:
+        raise UsageError(f"{arg('plugin_lib')} loads the plugin into TensorRT's engines; add {arg('tensorrt')} or drop it")
     info, split, recorded, source, serves, ranged = _artifact(manifest, graph, tensorrt)
     request, spec = info.request, info.spec
     chosen = default_budgets(serves, ranged) if budgets is None else parse_budgets(budgets)
@@ -159,8 +173,13 @@ def evaluate(
     rule = rule_of(dataset.layout)
     _check_media(dataset, request, source)
     from flashvlm_export.evaluation.item import check_pictures
+    from flashvlm_export.runtime.photo import check_max_pixels
 
-    check_pictures(dataset)
+    check_max_pixels(max_image_pixels)
+    started = time.perf_counter()
+    check_pictures(dataset, max_image_pixels)
+    if time.perf_counter() - started > 5:
+        log(f"Eval: every picture of {dataset.name} decoded and checked in {clock(time.perf_counter() - started)}")
     folder = Path(out)
     store_module.check_outputs(folder, resume, force)
     plan = plan_answer(info, gguf, random_weights, llm_dtype, source, llm_layers)
@@ -170,7 +189,11 @@ def evaluate(
     tokenizer, tokenizer_name = load_tokenizer(spec, checkpoint)
     prompts = _prompts(dataset, rule, tokenizer, info)
     identity = _identity(source, info, dataset, chosen, backend, tensorrt, llm_runtime, gguf, llm_dtype, max_new_tokens)
-    identity.update(llm_layers=llm_layers, images=str(Path(images).resolve()) if images else None)
+    identity.update(
+        llm_layers=llm_layers, images=str(Path(images).resolve()) if images else None, max_image_pixels=max_image_pixels,
+        llm=None if plan.gguf else f"{plan.device.type} {dtype_name(plan.dtype)}",  # auto: fp32 on a CPU, bf16 on a GPU
+        runtime="tensorrt" if tensorrt else runtime_label(ort_provider(provider)),  # onnxruntime: CUDA where it has one
+    )  # fmt: skip
     store = store_module.open_store(folder, identity, resume, log)  # written from the first answer on
     todo = [q for q in dataset.questions if q.qid not in store.records]
     synthetic = " (synthetic: written by eval --demo-data)" if dataset.synthetic else ""
@@ -189,22 +212,27 @@ def evaluate(
     try:
         if todo:
             _answer_all(todo, prompts, info, split, graph, provider, tensorrt, plugin_lib, plan, gguf, tokenizer, chosen,
-                        rule, store, max_new_tokens, result, header, log)  # fmt: skip
+                        rule, store, max_new_tokens, result, header, log, max_image_pixels)  # fmt: skip
     except BaseException as exc:  # Ctrl-C, SIGTERM (cli/guard.py raises Terminated), an error: what is done is kept
-        _report(dataset, store, chosen, rule, header, result, log, partial=True)
         done = len(store.records)
         exc.kept = (  # cli/guard.py says it on an interruption's line
             f"{plural(done, 'answered question')} kept in {store.path}; the same command with --resume goes on from there"
             if done
             else f"no question was answered, nothing was written to {folder}"
         )
+        if not isinstance(exc, (KeyboardInterrupt, Terminated)):
+            log(f"Eval: stopped: {exc.kept}")
+        try:
+            _report(dataset, store, chosen, rule, header, result, log, partial=True)
+        except Exception as failed:  # the report of what is done must not hide why the run stopped
+            log(f"Eval: the partial report was not written ({type(failed).__name__}: {failed}); {RESULTS_NOTE}")
         raise
     _report(dataset, store, chosen, rule, header, result, log)
     return result
 
 
 def _answer_all(todo, prompts, info, split, graph, provider, tensorrt, plugin_lib, plan, gguf, tokenizer, budgets, rule,
-                store, max_new_tokens, result, header, log) -> None:  # fmt: skip
+                store, max_new_tokens, result, header, log, max_pixels=None) -> None:  # fmt: skip
     """Load the vision parts, the selection and the LLM, then answer `todo` one question at a time."""
     from flashvlm_export.evaluation.answering import Answerer, Selector
     from flashvlm_export.runtime.run_steps import load_llm, load_parts
@@ -219,7 +247,9 @@ def _answer_all(todo, prompts, info, split, graph, provider, tensorrt, plugin_li
     started, checked = time.perf_counter(), False
     try:
         for number, q in enumerate(todo, 1):
-            record = _question(q, prompts[q.qid], info, parts, selector, answerer, tokenizer, budgets, rule, warm=not checked)
+            record = _question(
+                q, prompts[q.qid], info, parts, selector, answerer, tokenizer, budgets, rule, not checked, max_pixels
+            )
             checked = True
             store.append(record)
             result.answered += 1
@@ -234,13 +264,13 @@ def _answer_all(todo, prompts, info, split, graph, provider, tensorrt, plugin_li
         answerer.close()
 
 
-def _question(q, token_ids, info, parts, selector, answerer, tokenizer, budgets, rule, warm: bool) -> dict:
+def _question(q, token_ids, info, parts, selector, answerer, tokenizer, budgets, rule, warm: bool, max_pixels=None) -> dict:
     """One question at every budget: its line of results.jsonl."""
     from flashvlm_export.evaluation.answering import answer_runs
     from flashvlm_export.evaluation.item import prepare
     from flashvlm_export.evaluation.scoring import answer_key
 
-    item = prepare(q, token_ids, info, parts, tokenizer, rule)
+    item = prepare(q, token_ids, info, parts, tokenizer, rule, max_pixels)
     ks = [int(b) for b in budgets if b != FULL]
     if warm:  # the first question: every session allocates on its first run (untimed)
         selector.select(item.pixel_values, item.text_embeds, item.text_mask, ks, FULL in budgets)
@@ -255,7 +285,7 @@ def _question(q, token_ids, info, parts, selector, answerer, tokenizer, budgets,
         per_budget[budget] = {
             "kept": int(selected.full_rows.shape[0]) if budget == FULL else len(selected.selections[int(budget)].indices),
             "text": answer.text, "key": answer_key(rule.layout, q, answer.text), "score": None if q.answer is None else float(rule.score(q, answer.text)),
-            "prompt_tokens": answer.prompt_tokens, "prefill_ms": answer.prefill_ms, "decode_ms": decode_ms,
+            "prompt_tokens": answer.prompt_tokens, "tokens": answer.token_ids, "prefill_ms": answer.prefill_ms, "decode_ms": decode_ms,
             "selector_ms": step_ms, "kv_bytes": answer.kv_bytes, "seconds": (shared + step_ms + answer.prefill_ms + decode_ms) / 1e3,
         }  # fmt: skip
         spent_ms += step_ms + answer.prefill_ms + decode_ms

@@ -542,16 +542,23 @@ def _answer(layout: str, value, qid: str, path: Path):
     return None
 
 
-def _group_of(layout: str, qid: str, circular: bool) -> str | None:
-    return str(int(qid) % CIRCULAR) if layout == MMBENCH and circular else None
+def _circular_groups(layout: str, ids: list[str]) -> dict[str, tuple[str, int]]:
+    """MMBench CircularEval, from the whole file (before --limit): each id's group (index % 1e6) and how many copies
+    the group has; {} where the file has no rotated copies (ids all below 1e6) or ids that are not numbers."""
+    if layout != MMBENCH or not all(q.isdigit() for q in ids) or not any(int(q) >= CIRCULAR for q in ids):
+        return {}
+    group = {q: str(int(q) % CIRCULAR) for q in ids}
+    sizes: dict[str, int] = {}
+    for g in group.values():
+        sizes[g] = sizes.get(g, 0) + 1
+    return {q: (g, sizes[g]) for q, g in group.items()}
 
 
-def _questions(layout: str, rows, ids: list[str], images: Path | None) -> list[Question]:
+def _questions(layout: str, rows, ids: list[str], images: Path | None, groups: dict[str, tuple[str, int]]) -> list[Question]:
     columns = set(_columns(rows))
     spec = COLUMNS[layout]
     question, answer = _first(columns, spec.question), _first(columns, spec.answer)
     image, image_id = _first(columns, spec.image), _first(columns, spec.image_id)
-    circular = layout == MMBENCH and any(q.isdigit() and int(q) >= CIRCULAR for q in ids)
     shared = {qid: str(row.get("image")) for qid, (_, row) in zip(ids, rows, strict=True)} if layout == MMBENCH else {}
     built = []
     video = _first(columns, VIDEO)
@@ -573,7 +580,8 @@ def _questions(layout: str, rows, ids: list[str], images: Path | None) -> list[Q
                 image=picture,
                 options=_options(row) if layout == MMBENCH else (),
                 hint=_text(row.get("hint")) if layout == MMBENCH else None,
-                group=_group_of(layout, qid, circular),
+                group=groups[qid][0] if qid in groups else None,
+                rotations=groups[qid][1] if qid in groups else 1,
                 category=_text(row.get("category")),
                 video=clip,
             )
@@ -600,7 +608,7 @@ def read_dataset(
     file, a folder of them, or a repo id in the local Hugging Face cache; `layout`: auto (detected from the columns)
     or one of LAYOUTS; `split`: which split when `data` holds several; `images`: the folder the pictures a dataset
     names are in (default: beside the data file, or its images/ folder); `limit`: the first N questions. Every
-    picture is checked here, before any model runs."""
+    picture file named is found here, before any model runs (eval decodes them next: evaluation/item.check_pictures)."""
     _check_layout(layout)
     _check_limit(limit)
     if images is not None and not Path(images).expanduser().is_dir():
@@ -613,9 +621,10 @@ def read_dataset(
     else:
         _check_columns(layout, rows, data)
     ids = _ids(rows, data)
+    groups = _circular_groups(layout, ids)  # from the whole file: --limit may cut a group
     if limit is not None:
         rows, ids = rows[:limit], ids[:limit]
     folder = Path(images).expanduser() if images is not None else None
-    questions = _questions(layout, rows, ids, folder)
+    questions = _questions(layout, rows, ids, folder, groups)
     name = f"{TITLES[layout]} ({source.label})" if source.one_file else f"{TITLES[layout]} ({source.label}, {split_name})"
     return Dataset(layout, name, tuple(files), questions, synthetic=source.synthetic)

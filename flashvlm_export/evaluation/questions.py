@@ -31,6 +31,7 @@ class Question:
     options: tuple[tuple[str, str], ...] = ()  # MMBench: (("A", text), ("B", text), ...); MMStar's are in `question`
     hint: str | None = None  # MMBench's hint, put before the question
     group: str | None = None  # MMBench CircularEval: the id shared by one question's rotated copies
+    rotations: int = 1  # how many copies its group has in the whole file (a group is scored once all are answered)
     category: str | None = None
     video: Path | None = None  # a clip file (the row's `video` column): for a clip graph, in place of a picture
 

@@ -3,7 +3,7 @@
 The header dict names the run; every key is optional and read with .get:
   dataset, layout, synthetic (bool), random_weights (bool), model, artifact, runtime, llm_runtime, date, machine,
   questions_total, questions_done, encoder_ms (mean encoder time per question),
-  shares ({"encoder": f, "selectors": f, "llm": f}: fractions of the total time; computed from the rows when absent).
+  shares ({"input": f, "encoder": f, "selectors": f, "llm": f}: fractions of the whole run's time, summary.time_shares).
 """
 
 from __future__ import annotations
@@ -36,7 +36,7 @@ class BudgetRow:
     agreement: float  # fraction of questions whose answer equals the K = N answer (1.0 for "full" by construction)
     prefill_tokens: float  # mean prompt length of the LLM's prefill
     prefill_ms: float  # mean measured prefill time (time to first token of the LLM)
-    selector_ms: float  # mean time of the selection step at this budget (0 for full)
+    selector_ms: float  # mean time of the selection step at this budget (full: 0, or the reference encoder's where it runs)
     decode_ms: float  # mean time of the rest of the answer
     seconds_per_question: float  # encoder share + selector + prefill + decode, mean
 
@@ -76,23 +76,6 @@ def _warned(header: dict) -> bool:
     return bool(header.get("synthetic") or header.get("random_weights"))
 
 
-def time_shares(rows: list[BudgetRow], header: dict) -> dict[str, float] | None:
-    """{"encoder", "selectors", "llm"}: fractions of the time spent, header["shares"] if given, else from the rows
-    (each row weighted by its questions; the encoder at header["encoder_ms"] per question). None when nothing is timed."""
-    if header.get("shares"):
-        return dict(header["shares"])
-    encoder = header.get("encoder_ms")
-    encoder = encoder if _finite(encoder) else 0.0
-    totals = {"encoder": 0.0, "selectors": 0.0, "llm": 0.0}
-    for row in rows:
-        weight = max(row.questions, 0)
-        totals["encoder"] += weight * encoder
-        totals["selectors"] += weight * (row.selector_ms if _finite(row.selector_ms) else 0.0)
-        totals["llm"] += weight * sum(x for x in (row.prefill_ms, row.decode_ms) if _finite(x))
-    whole = sum(totals.values())
-    return {k: v / whole for k, v in totals.items()} if whole > 0 else None
-
-
 def table_markdown(rows: list[BudgetRow], header: dict) -> str:
     """The report: what ran where and when, the warning line when the weights are random or the data synthetic, one
     table (a row per budget, in the order given), then how the time divides between encoder, selectors and LLM."""
@@ -121,7 +104,7 @@ def table_markdown(rows: list[BudgetRow], header: dict) -> str:
             "",
             "accuracy per scoring unit: " + "; ".join(f"{r.budget}: {r.units} of {r.questions} questions" for r in grouped),
         ]
-    shares = time_shares(rows, header)
+    shares = header.get("shares")  # evaluation/summary.time_shares
     if shares:
         encoder = f" (encoder {_number(h('encoder_ms'))} ms per question)" if _finite(h("encoder_ms")) else ""
         parts = ", ".join(f"{name} {_percent(shares[key])} %" for key, name in _SHARE_NAMES if key in shares)

@@ -114,6 +114,10 @@ def check_outputs(folder: Path, resume: bool, force: bool) -> None:
                 f"{folder} holds the results of an earlier eval ({len(records)} questions answered); pass {switch('resume')} "
                 f"to go on with it, {switch('force')} to start over, or another {arg('out')}"
             )
+    elif not force and any((folder / name).exists() for name in OUTPUTS[1:]):  # a report without its results.jsonl
+        raise UsageError(
+            f"{folder} holds an earlier eval's report; pass {switch('force')} to replace it, or another {arg('out')}"
+        )
     for name in OUTPUTS[1:]:
         check_replaceable(folder / name, f"move it away or pass another {arg('out')}")
 

@@ -371,17 +371,21 @@ def rule(layout: str) -> Rule:
 def units(layout: str, questions: list[Question], scores: list[float]) -> list[float]:
     """The benchmark's units of accuracy, in order of first appearance. MMBench: CircularEval (VLMEvalKit
     vlmeval/dataset/utils/multiple_choice.py mcq_circular_eval, eval_circular_group: a question's rotated copies share
-    index % 1e6, here q.group) -- a group scores 1 only if every copy scored 1; a question with no group is its own
-    unit. Every other layout: one unit per question, its score."""
+    index % 1e6, here q.group) -- a group scores 1 only if every copy scored 1, and counts only once all its copies
+    (q.rotations) are among `questions` (a partial run or --limit leaves an incomplete group out); a question with no
+    group is its own unit. Every other layout: one unit per question, its score."""
     rule(layout)
     if len(questions) != len(scores):
         raise ValueError(f"units: {len(questions)} questions but {len(scores)} scores")
     if layout != MMBENCH:
         return list(scores)
     groups: dict[object, list[float]] = {}
+    size: dict[object, int] = {}
     for i, (q, s) in enumerate(zip(questions, scores, strict=True)):
-        groups.setdefault(("group", q.group) if q.group is not None else ("single", i), []).append(s)
-    return [float(all(s == 1.0 for s in group)) for group in groups.values()]
+        key = ("group", q.group) if q.group is not None else ("single", i)
+        groups.setdefault(key, []).append(s)
+        size[key] = q.rotations if q.group is not None else 1
+    return [float(all(s == 1.0 for s in group)) for key, group in groups.items() if len(group) == size[key]]
 
 
 def answer_key(layout: str, q: Question, prediction: str) -> str:

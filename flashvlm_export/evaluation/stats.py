@@ -40,8 +40,9 @@ def mean_interval(scores: list[float], z: float = Z95) -> tuple[float, float, fl
     """(mean, low, high) of per-unit scores in [0, 1].
 
     Every score 0 or 1: the Wilson interval of their sum. Otherwise (fractional scores) the normal interval of the mean,
-    mean ± z·s/sqrt(n) with the sample standard deviation s (n - 1), clipped to [0, 1]; one fractional score says
-    nothing of its spread: (score, 0, 1). ValueError for no scores, or a score that is not finite or outside [0, 1].
+    mean ± z·s/sqrt(n) with the sample standard deviation s (n - 1), clipped to [0, 1]; equal scores (s = 0, where
+    that interval is a point): the Wilson interval of their sum, the widest a [0, 1] score of that mean can need; one
+    fractional score says nothing of its spread: (score, 0, 1). ValueError for no scores, or a score that is not finite or outside [0, 1].
     """
     values = [float(s) for s in scores]
     if not values:
@@ -58,4 +59,7 @@ def mean_interval(scores: list[float], z: float = Z95) -> tuple[float, float, fl
         return mean, 0.0, 1.0
     sd = math.sqrt(math.fsum((s - mean) ** 2 for s in values) / (n - 1))
     half = z * sd / math.sqrt(n)
+    if sd == 0.0:  # equal scores: the normal interval collapses to a point; Bernoulli's spread bounds theirs
+        low, high = wilson_interval(math.fsum(values), n, z)
+        return mean, low, high
     return mean, max(0.0, mean - half), min(1.0, mean + half)
