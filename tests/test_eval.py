@@ -37,7 +37,7 @@ _export, _evaluate, _records = cli_ok, run_eval, eval_records
 
 @pytest.mark.parametrize("layout", LAYOUTS)
 def test_every_layout_answers_each_question_at_each_budget(split, demo, tmp_path, layout):
-    """Every question once, at 16, 64 and full, with K kept tokens and the benchmark's units; K = N agrees with itself
+    """Every question once, at 512, 544 and full, with K kept tokens and the benchmark's units; K = N agrees with itself
     (agreement 1 by construction: the same answer compared with itself); the table and the plot are written."""
     result = _evaluate(split, demo / layout, tmp_path / "out")
     records = _records(tmp_path / "out")
@@ -46,14 +46,14 @@ def test_every_layout_answers_each_question_at_each_budget(split, demo, tmp_path
     dataset = read_dataset(demo / layout)
     assert [r["qid"] for r in records] == [q.qid for q in dataset.questions]
     for r in records:
-        assert {b: c["kept"] for b, c in r["budgets"].items()} == {"16": 16, "64": 64, "full": 576}
+        assert {b: c["kept"] for b, c in r["budgets"].items()} == {"512": 512, "544": 544, "full": 576}
         assert all(0.0 <= c["score"] <= 1.0 for c in r["budgets"].values())
-        assert r["budgets"]["64"]["prompt_tokens"] - r["budgets"]["16"]["prompt_tokens"] == 48  # 48 more image rows
+        assert r["budgets"]["544"]["prompt_tokens"] - r["budgets"]["512"]["prompt_tokens"] == 32  # 32 more image rows
     rows = {row.budget: row for row in result.rows}
     assert rows["full"].agreement == 1.0 and rows["full"].kept == 576
-    assert rows["16"].units == (3 if layout == "mmbench" else 6)  # MMBench: 3 questions x 2 CircularEval rotations
+    assert rows["512"].units == (3 if layout == "mmbench" else 6)  # MMBench: 3 questions x 2 CircularEval rotations
     table = json.loads((tmp_path / "out" / TABLE_JSON).read_text())
-    assert [row["budget"] for row in table["rows"]] == ["16", "64", "full"] and table["header"]["synthetic"]
+    assert [row["budget"] for row in table["rows"]] == ["512", "544", "full"] and table["header"]["synthetic"]
     assert "accuracy is meaningless" in (tmp_path / "out" / TABLE_MD).read_text()
     from PIL import Image
 
@@ -73,7 +73,7 @@ def test_the_encoder_runs_once_per_picture(split, demo, tmp_path, monkeypatch):
 
 
 def test_answers_are_runs_answers(split, demo, tmp_path):
-    """The answer at K = 16 is `run --manifest --budget 16`'s for the same picture and prompt, token for token (the same
+    """The answer at K = 512 is `run --manifest --budget 512`'s for the same picture and prompt, token for token (the same
     graphs, rows and LLM: equal by construction, on any CPU). The full rows: test_full_rows_are_the_reference_encoders."""
     from flashvlm_export.evaluation.layouts import read_dataset
     from flashvlm_export.evaluation.scoring import rule
@@ -82,10 +82,10 @@ def test_answers_are_runs_answers(split, demo, tmp_path):
     _evaluate(split, demo / POPE, tmp_path / "out", limit=2)
     dataset = read_dataset(demo / POPE)
     for q, record in zip(dataset.questions, _records(tmp_path / "out"), strict=False):
-        ran = run(None, str(q.image), rule(POPE).prompt(q), manifest=str(split), budget=16, random_weights=True, answer=True,
+        ran = run(None, str(q.image), rule(POPE).prompt(q), manifest=str(split), budget=512, random_weights=True, answer=True,
                   max_new_tokens=16, log=lambda _: None)  # fmt: skip
-        assert ran.answers["pruned"].token_ids == record["budgets"]["16"]["tokens"]
-        assert ran.answers["pruned"].prompt_tokens == record["budgets"]["16"]["prompt_tokens"]
+        assert ran.answers["pruned"].token_ids == record["budgets"]["512"]["tokens"]
+        assert ran.answers["pruned"].prompt_tokens == record["budgets"]["512"]["prompt_tokens"]
 
 
 def test_full_rows_are_the_reference_encoders(split, demo):
@@ -96,7 +96,7 @@ def test_full_rows_are_the_reference_encoders(split, demo):
     from flashvlm_export.runtime.image import prepare_image
     from flashvlm_export.runtime.run_steps import manifest_info
 
-    info, manifest = manifest_info(str(split), 16, False)
+    info, manifest = manifest_info(str(split), 512, False)
     parts = get_parts(info.spec, info.weights, with_embeddings=True)
     selector = Selector(info, read_manifest(split), None, None, False, None, parts)
     q = read_dataset(demo / POPE).questions[0]
@@ -104,7 +104,7 @@ def test_full_rows_are_the_reference_encoders(split, demo):
     text = torch.zeros(1, info.request.t_max, info.spec.text_hidden)
     mask = torch.zeros(1, info.request.t_max, dtype=torch.bool)
     mask[0, :4] = True
-    selected = selector.select(pixels, text, mask, [16], full=True)
+    selected = selector.select(pixels, text, mask, [512], full=True)
     with torch.no_grad():
         reference = parts.reference_features(pixels)[2][0]
     torch.testing.assert_close(selected.full_rows, reference, atol=1e-4, rtol=1e-4)
@@ -112,20 +112,20 @@ def test_full_rows_are_the_reference_encoders(split, demo):
 
 
 def test_a_budget_range_graph_and_positions(tmp_path_factory, demo, tmp_path):
-    """qwen2.5-vl-tiny's budget-range graph: any K in 16..64 per call (kept rows cut at `kept`), positions checked by
+    """qwen2.5-vl-tiny's budget-range graph: any K in 200..240 per call (kept rows cut at `kept`), positions checked by
     the LLM input, and full from the PyTorch reference encoder (its time reported apart)."""
 
     def build(folder: Path) -> None:
-        _export(["--model", "qwen2.5-vl-tiny", "--budget-range", "16..64", "--random-weights", "--t-max", T_MAX,
+        _export(["--model", "qwen2.5-vl-tiny", "--budget-range", "200..240", "--random-weights", "--t-max", T_MAX,
                  "--exporter", "torchscript", "--out-dir", str(folder)])  # fmt: skip
 
-    graph = shared_folder(tmp_path_factory, "eval_qwen_range", build) / "qwen2.5-vl-tiny_b16-64.onnx"
+    graph = shared_folder(tmp_path_factory, "eval_qwen_range", build) / "qwen2.5-vl-tiny_b200-240.onnx"
     from flashvlm_export.evaluation.job import evaluate
 
-    result = evaluate(str(demo / "mmstar"), graph=str(graph), budgets="16,40,full", out=str(tmp_path / "out"),
+    result = evaluate(str(demo / "mmstar"), graph=str(graph), budgets="200,220,full", out=str(tmp_path / "out"),
                       random_weights=True, limit=3, log=lambda _: None)  # fmt: skip
     records = _records(tmp_path / "out")
-    assert [c["kept"] for c in records[0]["budgets"].values()] == [16, 40, 256]
+    assert [c["kept"] for c in records[0]["budgets"].values()] == [200, 220, 256]
     assert all(r["encoder_ms"] is None and r["budgets"]["full"]["selector_ms"] > 0 for r in records)
     assert {row.budget: row.agreement for row in result.rows}["full"] == 1.0
 
@@ -163,7 +163,7 @@ def test_llm_layers_cuts_the_random_llm(split, demo, tmp_path, capsys):
     from flashvlm_export.runtime.answer import build_llm
     from flashvlm_export.runtime.run_steps import manifest_info
 
-    info, _ = manifest_info(str(split), 16, False)
+    info, _ = manifest_info(str(split), 512, False)
     parts = get_parts(info.spec, info.weights, with_embeddings=True)
     llm = build_llm(info.spec, parts, None, 0, torch.device("cpu"), layers=1)
     layers = {name.split("layers.")[1].split(".")[0] for name in llm.state_dict() if ".layers." in name and "language" in name}
@@ -180,8 +180,8 @@ def test_llm_layers_cuts_the_random_llm(split, demo, tmp_path, capsys):
 
 
 def test_a_clip_benchmark_through_a_clip_split(tmp_path_factory, demo, tmp_path):
-    """A clip graph answers the clip set (a `video` column): the split's encoder run apart (timed once per clip), K = 32's
-    answer equal to `run --video --manifest --budget 32`'s for the same clip and prompt, token for token (the same
+    """A clip graph answers the clip set (a `video` column): the split's encoder run apart (timed once per clip), K = 960's
+    answer equal to `run --video --manifest --budget 960`'s for the same clip and prompt, token for token (the same
     graphs, rows, positions rebuilt at the clip's fps, and LLM: equal by construction). A picture benchmark on it: one
     line."""
     from flashvlm_export.errors import UsageError
@@ -191,22 +191,22 @@ def test_a_clip_benchmark_through_a_clip_split(tmp_path_factory, demo, tmp_path)
     from flashvlm_export.runtime import run
 
     def build(folder: Path) -> None:
-        _export(["--model", "qwen2.5-vl-tiny", "--video", "--frames", "8", "--budget", "64,32", "--random-weights",
+        _export(["--model", "qwen2.5-vl-tiny", "--video", "--frames", "8", "--budget", "992,960", "--random-weights",
                  "--t-max", T_MAX, "--exporter", "torchscript", "--out-dir", str(folder)])  # fmt: skip
 
     manifest = shared_folder(tmp_path_factory, "eval_clip_split", build) / "qwen2.5-vl-tiny_f8_split" / "manifest.json"
-    result = _evaluate(manifest, demo / CLIPS, tmp_path / "out", budgets="32,full", limit=2)
+    result = _evaluate(manifest, demo / CLIPS, tmp_path / "out", budgets="960,full", limit=2)
     records = _records(tmp_path / "out")
-    assert [c["kept"] for c in records[0]["budgets"].values()] == [32, 1024]
+    assert [c["kept"] for c in records[0]["budgets"].values()] == [960, 1024]
     assert {row.budget: row.agreement for row in result.rows}["full"] == 1.0
     q = read_dataset(demo / CLIPS).questions[0]
-    ran = run(None, None, rule("pope").prompt(q), video=str(q.video), manifest=str(manifest), budget=32, random_weights=True,
+    ran = run(None, None, rule("pope").prompt(q), video=str(q.video), manifest=str(manifest), budget=960, random_weights=True,
               answer=True, max_new_tokens=16, log=lambda _: None)  # fmt: skip
     assert all(r["encoder_ms"] is not None for r in records)
-    assert ran.answers["pruned"].token_ids == records[0]["budgets"]["32"]["tokens"]
-    assert ran.answers["pruned"].prompt_tokens == records[0]["budgets"]["32"]["prompt_tokens"]
+    assert ran.answers["pruned"].token_ids == records[0]["budgets"]["960"]["tokens"]
+    assert ran.answers["pruned"].prompt_tokens == records[0]["budgets"]["960"]["prompt_tokens"]
     with pytest.raises(UsageError, match="clip graph"):
-        _evaluate(manifest, demo / POPE, tmp_path / "pictures", budgets="32")
+        _evaluate(manifest, demo / POPE, tmp_path / "pictures", budgets="960")
 
 
 def test_unlabelled_rows_give_agreement_and_costs(split, demo, tmp_path):
@@ -221,7 +221,7 @@ def test_unlabelled_rows_give_agreement_and_costs(split, demo, tmp_path):
     rows_by_budget = {row.budget: row for row in result.rows}
     import math
 
-    assert math.isnan(rows_by_budget["16"].accuracy) and rows_by_budget["full"].agreement == 1.0
+    assert math.isnan(rows_by_budget["512"].accuracy) and rows_by_budget["full"].agreement == 1.0
     table = json.loads((tmp_path / "out" / TABLE_JSON).read_text())
     assert table["rows"][0]["accuracy"] is None and table["rows"][0]["prefill_tokens"] > 0
 

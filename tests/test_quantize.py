@@ -28,10 +28,10 @@ TINY = ["--random-weights", "--exporter", "torchscript", "--calib-demo", "8"]
 def graphs(tmp_path_factory):
     def build(folder):
         for argv in (
-            ["--model", "llava15-tiny", "--budget", "64", "--precision", "int8"],
-            ["--model", "llava15-tiny", "--budget-range", "16..64", "--precision", "int8"],
-            ["--model", "qwen2.5-vl-tiny", "--budget", "32,16", "--precision", "int8"],
-            ["--model", "llava15-tiny", "--budget", "64", "--precision", "fp8"],
+            ["--model", "llava15-tiny", "--budget", "560", "--precision", "int8"],
+            ["--model", "llava15-tiny", "--budget-range", "528..560", "--precision", "int8"],
+            ["--model", "qwen2.5-vl-tiny", "--budget", "240,224", "--precision", "int8"],
+            ["--model", "llava15-tiny", "--budget", "560", "--precision", "fp8"],
         ):
             assert main([*argv, *TINY, "--out-dir", str(folder)]) == 0
 
@@ -42,7 +42,7 @@ def parity(*argv) -> int:
     return main(["parity", *argv, "--random-weights", "--repeats", "1", "--no-save"])
 
 
-@pytest.mark.parametrize("name", ["llava15-tiny_b64_int8.onnx", "llava15-tiny_b16-64_int8.onnx", "llava15-tiny_b64_fp8.onnx"])
+@pytest.mark.parametrize("name", ["llava15-tiny_b560_int8.onnx", "llava15-tiny_b528-560_int8.onnx", "llava15-tiny_b560_fp8.onnx"])
 def test_a_quantized_full_graph_passes_parity(graphs, name):
     assert parity("--graph", str(graphs / name)) == 0
 
@@ -53,7 +53,7 @@ def test_an_int8_split_passes_parity_at_each_budget(graphs):
 
 def test_only_the_encoder_holds_q_dq_nodes_and_the_selector_reads_float(graphs):
     """Every Q/DQ node lies before the encoder's outputs X, a, P(X); no node after them reads a dequantized copy."""
-    model = onnx.load(str(graphs / "llava15-tiny_b64_int8.onnx"))
+    model = onnx.load(str(graphs / "llava15-tiny_b560_int8.onnx"))
     inside = encoder_nodes(model, ENCODER_OUTPUTS)
     qdq = [n for n in model.graph.node if n.op_type in ("QuantizeLinear", "DequantizeLinear")]
     assert qdq and all(n.name in inside for n in qdq)
@@ -68,7 +68,7 @@ def test_only_the_encoder_holds_q_dq_nodes_and_the_selector_reads_float(graphs):
 def test_no_int32_bias_and_a_splits_outputs_stay_float(graphs):
     """onnx-tensorrt dequantizes INT8 and FP8 only: every dequantized initializer is int8; a split encoder's X, a, P(X)
     (what its selectors read) are float tensors, not a dequantized copy."""
-    for path in (graphs / "llava15-tiny_b64_int8.onnx", graphs / "qwen2.5-vl-tiny_int8_split" / "encoder.onnx"):
+    for path in (graphs / "llava15-tiny_b560_int8.onnx", graphs / "qwen2.5-vl-tiny_int8_split" / "encoder.onnx"):
         model = onnx.load(str(path))
         producer = {o: n for n in model.graph.node for o in n.output}
         weights = {i.name: i for i in model.graph.initializer}
@@ -83,21 +83,21 @@ def test_no_int32_bias_and_a_splits_outputs_stay_float(graphs):
 
 def test_the_graph_and_its_sidecar_record_the_precision_and_calibration_set(graphs):
     meta = {
-        p.key: p.value for p in onnx.load(str(graphs / "llava15-tiny_b64_int8.onnx"), load_external_data=False).metadata_props
+        p.key: p.value for p in onnx.load(str(graphs / "llava15-tiny_b560_int8.onnx"), load_external_data=False).metadata_props
     }
-    sidecar = json.loads((graphs / "llava15-tiny_b64_int8.json").read_text())
+    sidecar = json.loads((graphs / "llava15-tiny_b560_int8.json").read_text())
     for record in (meta, sidecar):
         assert str(record["precision"]) == "int8" and str(record["calib_images"]) == "8"
         assert len(record["calib_sha256"]) == 64 and "not representative" in record["calib_demo"]
 
 
 def test_a_zero_scale_in_one_q_node_fails_parity(graphs, tmp_path):
-    model = onnx.load(str(graphs / "llava15-tiny_b64_int8.onnx"))
+    model = onnx.load(str(graphs / "llava15-tiny_b560_int8.onnx"))
     weights = {i.name: i for i in model.graph.initializer}
     q = next(n for n in model.graph.node if n.op_type == "QuantizeLinear" and n.input[1] in weights)
     scale = weights[q.input[1]]
     scale.CopyFrom(numpy_helper.from_array(np.zeros_like(numpy_helper.to_array(scale)), scale.name))
-    broken = tmp_path / "llava15-tiny_b64_int8.onnx"
+    broken = tmp_path / "llava15-tiny_b560_int8.onnx"
     onnx.save(model, str(broken))
     assert parity("--graph", str(broken)) == 1
 
@@ -107,7 +107,7 @@ def test_a_second_export_with_the_same_pictures_reuses_the_calibration(graphs, t
     folder = tmp_path / "g"
     folder.mkdir()
     shutil.copy(graphs / "llava15-tiny_int8.calib.json", folder / "llava15-tiny_int8.calib.json")
-    assert main(["--model", "llava15-tiny", "--budget", "32", "--precision", "int8", *TINY, "--out-dir", str(folder)]) == 0
+    assert main(["--model", "llava15-tiny", "--budget", "544", "--precision", "int8", *TINY, "--out-dir", str(folder)]) == 0
     out = capsys.readouterr().out
     assert "skipped" in out and "Calibration: 8/8" not in out
 
@@ -117,7 +117,7 @@ def test_a_calibration_cache_from_another_graph_is_refused_and_nothing_written(g
     folder.mkdir()
     qwen_cache = graphs / "qwen2.5-vl-tiny_int8_split" / "encoder.calib.json"
     shutil.copy(qwen_cache, folder / "llava15-tiny_int8.calib.json")
-    argv = ["--model", "llava15-tiny", "--budget", "32", "--precision", "int8", *TINY, "--out-dir", str(folder)]
+    argv = ["--model", "llava15-tiny", "--budget", "544", "--precision", "int8", *TINY, "--out-dir", str(folder)]
     expect_error(capsys, argv, "calibration cache of another graph", "model")
     assert sorted(p.name for p in folder.iterdir()) == ["llava15-tiny_int8.calib.json"]
 

@@ -1,5 +1,5 @@
 """flashvlm-export eval: stopping and resuming (SIGKILL, Ctrl-C, a forced run that stops early), and the one-line
-refusals that leave earlier results as they were (issue 36). tests/test_eval.py runs the layouts and the artifacts."""
+refusals that leave earlier results as they were (issue 36). tests/test_eval.py runs the layouts and the artifacts (this file sorts after it: its split is built by then)."""
 
 from __future__ import annotations
 
@@ -18,7 +18,7 @@ from flashvlm_export.evaluation.results import PLOT, RESULTS, TABLE_JSON, TABLE_
 
 from conftest import EVAL_BUDGETS, eval_records, expect_one_line, run_eval
 
-BUDGETS = EVAL_BUDGETS
+BUDGETS = "512,full"  # two answers a question: the stops still land part-way
 
 
 @pytest.fixture
@@ -62,37 +62,46 @@ def _wait_for_records(out: Path, child: subprocess.Popen, count: int, timeout: f
     raise AssertionError(f"no {count} records in {timeout} s")
 
 
-@pytest.mark.parametrize("how", ["SIGKILL", "SIGINT"])
-def test_resume_after_a_stop_redoes_nothing(split, demo, tmp_path, how):
-    """Stopped part-way (a kill, or Ctrl-C), the results so far stay; a line cut by the kill is dropped; --resume answers
-    only the questions left, and the earlier lines are kept byte for byte."""
-    data = _big_pope(tmp_path / "pope", demo, copies=5)  # 30 questions: ~0.1 s each, so the stop lands part-way
+def _whole_lines(out: Path) -> str:
+    text = (out / RESULTS).read_text()
+    return text[: text.rfind("\n") + 1]
+
+
+def test_resume_after_a_kill_and_a_ctrl_c_redoes_nothing(split, demo, tmp_path):
+    """Killed part-way (SIGKILL), then resumed and stopped again with Ctrl-C, then resumed to the end: each stop keeps
+    the results so far (a line the kill cut short is dropped), Ctrl-C's one line says what was kept and the partial
+    table is written, and each --resume answers only the questions left, the earlier lines kept byte for byte."""
+    total = 24
+    data = _big_pope(tmp_path / "pope", demo, copies=total // 6)  # ~0.1 s a question: each stop lands part-way
     out = tmp_path / "out"
     child = _eval_child(split, data, out)
     _wait_for_records(out, child, 3)
-    child.send_signal(getattr(signal, how))
-    _, err = child.communicate(timeout=60)
-    if how == "SIGINT":  # the one line says what was kept; the partial table is written
-        assert child.returncode == 130 and len(err.strip().splitlines()) == 1 and "kept in" in err, err
-        assert (out / TABLE_MD).exists()
-    else:
-        assert child.returncode == -signal.SIGKILL
-        with open(out / RESULTS, "a") as f:  # a line the kill cut short
-            f.write('{"qid": "cut short", "budg')
-    kept = (out / RESULTS).read_text()
-    kept = kept[: kept.rfind("\n") + 1]
+    child.send_signal(signal.SIGKILL)
+    child.communicate(timeout=60)
+    assert child.returncode == -signal.SIGKILL
+    with open(out / RESULTS, "a") as f:  # a line the kill cut short
+        f.write('{"qid": "cut short", "budg')
+    kept = _whole_lines(out)
     done = kept.count("\n") - 1
-    assert 3 <= done < 30
+    assert 3 <= done < total
+    child = _eval_child(split, data, out, "--resume")
+    _wait_for_records(out, child, done + 2)
+    child.send_signal(signal.SIGINT)
+    log, err = child.communicate(timeout=60)
+    assert f"{total - done} to answer" in log
+    assert child.returncode == 130 and len(err.strip().splitlines()) == 1 and "kept in" in err, err
+    assert (out / TABLE_MD).exists() and _whole_lines(out).startswith(kept)
+    kept = _whole_lines(out)
+    done = kept.count("\n") - 1
     from flashvlm_export.evaluation.job import evaluate
 
-    lines = []  # resumed in this process (the API the command calls): one child start less
+    lines = []  # the last resume in this process (the API the command calls): one child start less
     evaluate(str(data), manifest=str(split), out=str(out), budgets=BUDGETS, random_weights=True, max_new_tokens=32,
              resume=True, log=lines.append)  # fmt: skip
-    assert any(f"{30 - done} to answer" in line for line in lines), lines
-    text = (out / RESULTS).read_text()
-    assert text.startswith(kept)
+    assert any(f"{total - done} to answer" in line for line in lines), lines
+    assert (out / RESULTS).read_text().startswith(kept)
     ids = [r["qid"] for r in _records(out)]
-    assert len(ids) == 30 == len(set(ids)) and "cut short" not in ids
+    assert len(ids) == total == len(set(ids)) and "cut short" not in ids
 
 
 def test_refusals_are_one_line_and_keep_earlier_results(split, demo, tmp_path, capsys):
@@ -101,18 +110,18 @@ def test_refusals_are_one_line_and_keep_earlier_results(split, demo, tmp_path, c
     out = tmp_path / "out"
     _evaluate(split, demo / POPE, out, limit=2)
     before = (out / RESULTS).read_bytes()
-    base = ["eval", "--manifest", str(split), "--random-weights", "--out", str(out), "--budgets", BUDGETS, "--resume"]
+    base = ["eval", "--manifest", str(split), "--random-weights", "--out", str(out), "--budgets", EVAL_BUDGETS, "--resume"]
     expect_one_line(capsys, [*base, "--data", str(tmp_path / "nowhere")], "--data", "nowhere")
     expect_one_line(capsys, [*base, "--data", str(demo / POPE), "--layout", "popee"], "popee")
     expect_one_line(capsys, [*base, "--data", str(demo / POPE), "--layout", "mmbench"], "mmbench")
     bad_budget = ["eval", "--manifest", str(split), "--random-weights", "--out", str(out), "--resume", "--budgets", "32,full"]
-    expect_one_line(capsys, [*bad_budget, "--data", str(demo / POPE)], "K = 32", "16, 64")
+    expect_one_line(capsys, [*bad_budget, "--data", str(demo / POPE)], "K = 32", "512, 544")
     lacking = _big_pope(tmp_path / "lacking", demo, copies=1)
     (lacking / "images").unlink()
     (lacking / "images").mkdir()
     expect_one_line(capsys, [*base, "--data", str(lacking)], "--images")
     expect_one_line(capsys, [*base[:-1], "--data", str(demo / POPE)], "--resume", "--force")  # earlier results: not replaced
-    expect_one_line(capsys, [*base, "--data", str(demo / POPE), "--budgets", "16,full"], "budgets")  # another run's results
+    expect_one_line(capsys, [*base, "--data", str(demo / POPE), "--budgets", "512,full"], "budgets")  # another run's results
     report_only = tmp_path / "report-only"  # an earlier run's report without its results.jsonl: --force, not a new run
     report_only.mkdir()
     (report_only / TABLE_MD).write_text("# an earlier table\n")
@@ -126,7 +135,7 @@ def test_python_api_spelling(split, demo, tmp_path):
     from flashvlm_export.errors import UsageError
 
     with pytest.raises(UsageError, match="budgets="):
-        _evaluate(split, demo / POPE, tmp_path / "out", budgets="16,,full")
+        _evaluate(split, demo / POPE, tmp_path / "out", budgets="512,,full")
     assert not os.path.exists(tmp_path / "out")
 
 
@@ -135,7 +144,7 @@ def test_damaged_pictures_and_unicode_budgets_are_one_line(split, demo, tmp_path
     a budget in other digits ('16²') is refused, not a traceback."""
     import shutil
 
-    base = ["eval", "--manifest", str(split), "--random-weights", "--budgets", "16,full"]
+    base = ["eval", "--manifest", str(split), "--random-weights", "--budgets", "512,full"]
     broken = tmp_path / "pope"
     shutil.copytree(demo / POPE, broken)
     first = sorted((broken / "images").iterdir())[0]
@@ -174,5 +183,5 @@ def test_a_failed_forced_run_changes_nothing(split, demo, tmp_path, capsys):
     finally:
         item.prepare = original
     assert {name: (out / name).read_bytes() for name in before} == before
-    _evaluate(split, demo / POPE, out, resume=True, budgets="full,64,16")  # the same budgets, typed in another order
+    _evaluate(split, demo / POPE, out, resume=True, budgets="full,544,512")  # the same budgets, typed in another order
     assert len(_records(out)) == 6
