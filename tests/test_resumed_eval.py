@@ -127,6 +127,9 @@ def test_refusals_are_one_line_and_keep_earlier_results(split, demo, tmp_path, c
     (report_only / TABLE_MD).write_text("# an earlier table\n")
     expect_one_line(capsys, [*base[:-1], "--out", str(report_only), "--data", str(demo / POPE)], "report", "--force")
     assert (report_only / TABLE_MD).read_text() == "# an earlier table\n"
+    pope = ["--data", str(demo / POPE)]
+    expect_one_line(capsys, [*base, *pope, "--max-image-pixels", "100"], "question 1's picture", "over the limit of 100")
+    expect_one_line(capsys, [*base, *pope, "--plugin-lib", "x.so"], "--plugin-lib", "--tensorrt")
     assert (out / RESULTS).read_bytes() == before
 
 

@@ -53,7 +53,8 @@ class Selector:
             # ONNX Runtime's threads sleep between runs: the LLM runs on the same cores right after (backend.ort_session)
             self.chain = SplitChain(split, tensorrt, Path(plugin_lib) if plugin_lib else None, provider, spin=False).chain
             self.name = self.chain.name
-            self.encode_once = hasattr(self.chain, "encode")  # ONNX Runtime, OpenVINO; TensorRT's chain runs both at once
+            # ONNX Runtime, OpenVINO: the encoder apart, once, and "full" from its P(X); TensorRT's chain runs both at once
+            self.encode_once = hasattr(self.chain, "encode")
         else:
             from flashvlm_export.runtime.session import OrtGraph
 
@@ -62,10 +63,6 @@ class Selector:
             if request.ranged:
                 self.range = (request.budget_min, request.budget)
         self.source = info.source
-
-    @property
-    def full_from_encoder(self) -> bool:
-        return self.encode_once
 
     def _run(self, feeds: dict, k: int) -> dict:
         if self.chain is not None:

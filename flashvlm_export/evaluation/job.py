@@ -202,7 +202,9 @@ def evaluate(
         f"{len(todo)} to answer; budgets {', '.join(chosen)}; {source}; rule: {rule.source}"
     )
     if weights.random or dataset.synthetic:
-        log("Note: random weights or synthetic data: the accuracy is meaningless; the run shows the plumbing and the costs")
+        from flashvlm_export.evaluation.report import RANDOM_WARNING
+
+        log(f"Note: {RANDOM_WARNING}")
     header = {
         "dataset": dataset.name, "layout": dataset.layout, "synthetic": dataset.synthetic, "random_weights": weights.random,
         "model": spec.name, "artifact": source, "tokenizer": tokenizer_name, "llm_runtime": llm_runtime,
@@ -243,7 +245,7 @@ def _answer_all(todo, prompts, info, split, graph, provider, tensorrt, plugin_li
     selector = Selector(info, split, graph, provider, tensorrt, plugin_lib, parts)
     answerer = Answerer(spec, tokenizer, max_new_tokens, llm=llm, gguf=plan.gguf)
     header["selection"] = selector.name
-    header["full_rows"] = "the encoder graph's P(X)" if selector.full_from_encoder else "the PyTorch reference encoder's P(X)"
+    header["full_rows"] = "the encoder graph's P(X)" if selector.encode_once else "the PyTorch reference encoder's P(X)"
     started, checked = time.perf_counter(), False
     try:
         for number, q in enumerate(todo, 1):

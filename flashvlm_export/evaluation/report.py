@@ -13,9 +13,9 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from flashvlm_export.artifacts.ownership import PRODUCER
+from flashvlm_export.evaluation.budgets import FULL  # the K = N row's name (one home: --budgets' word)
 
 RANDOM_WARNING = "random weights / synthetic data: accuracy is meaningless; the table shows the plumbing and the costs"
-FULL = "full"
 SIZE = (800, 500)
 ACCURACY_RGB = (31, 119, 180)  # the accuracy points, their line and whiskers: no other element of the plot uses it
 PREFILL_RGB = (214, 96, 0)
